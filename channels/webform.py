@@ -1,0 +1,347 @@
+"""Web forms channel: `GET/POST /forms/{form_id}` (HTML and JSON), plus the decoder that
+turns a stored submission (from a form or from `POST /api/v1/leads`) into an `Inbound`.
+
+Validation happens before anything is stored (422, field by field); a valid submission is
+written raw to the inbox first, then processed; 201 means the store has it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
+
+from aiohttp import web
+
+from hub import i18n
+from hub.domain import Identity, IdentityKind, Inbound, InboxItem, LeadKind
+from hub.errors import DecodeError
+from hub.identities import normalize_email, normalize_phone, normalize_telegram_username
+from hub.web.keys import HUB_KEY
+from hub.web.ratelimit import client_ip
+from hub.web.templates import render
+
+if TYPE_CHECKING:
+    from hub.app import Hub
+    from hub.intake import IntakeResult
+
+log = logging.getLogger(__name__)
+
+CHANNELS = ("webform", "api")
+MAX_MESSAGE = 10_000
+FIELDS = ("name", "email", "phone", "telegram", "subject", "message")
+_ONE_LINE = re.compile(r"^[^\x00-\x1f\x7f]*$")
+_TOKEN = re.compile(r"^[A-Za-z0-9_.:-]{8,128}$")
+HONEYPOT = "website"
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    """A validated submission: every field a clean string (possibly empty)."""
+
+    name: str
+    email: str
+    phone: str
+    telegram: str
+    subject: str
+    message: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {f: getattr(self, f) for f in FIELDS}
+
+
+def validate_submission(raw: Mapping[str, Any], language: str) -> tuple[Submission | None, dict[str, str]]:
+    """Check a submission field by field; returns (submission, {}) or (None, errors)."""
+    errors: dict[str, str] = {}
+    values: dict[str, str] = {}
+    for name in FIELDS:
+        value = raw.get(name, "")
+        if value is None:
+            value = ""
+        if not isinstance(value, str):
+            # Objects such as {"$gt": ""} never reach the store: only plain text is accepted.
+            errors[name] = i18n.text("error.field_type", language)
+            continue
+        values[name] = value.replace("\x00", "").strip()
+    if errors:
+        return None, errors
+
+    def t(key: str, **kw: Any) -> str:
+        return i18n.text(key, language, **kw)
+
+    name = values["name"]
+    if len(name) > 200 or not _ONE_LINE.match(name):
+        errors["name"] = t("error.name_invalid")
+    subject = values["subject"]
+    if len(subject) > 300 or not _ONE_LINE.match(subject):
+        errors["subject"] = t("error.subject_invalid")
+    message = values["message"].replace("\r\n", "\n")
+    if not message:
+        errors["message"] = t("error.message_required")
+    elif len(message) > MAX_MESSAGE:
+        errors["message"] = t("error.message_too_long", max=MAX_MESSAGE)
+    email = phone = telegram = ""
+    if values["email"]:
+        email = normalize_email(values["email"]) or ""
+        if not email:
+            errors["email"] = t("error.email_invalid")
+    if values["phone"]:
+        phone = normalize_phone(values["phone"]) or ""
+        if not phone:
+            errors["phone"] = t("error.phone_invalid")
+    if values["telegram"]:
+        telegram = normalize_telegram_username(values["telegram"]) or ""
+        if not telegram:
+            errors["telegram"] = t("error.telegram_invalid")
+    if not (values["email"] or values["phone"] or values["telegram"]):
+        errors["email"] = t("error.contact_required")
+    if errors:
+        return None, errors
+    return Submission(name, email, phone, telegram, subject, message), {}
+
+
+def decode(item: InboxItem) -> Inbound:
+    """A stored form or API submission -> Inbound (the payload was validated before storing)."""
+    try:
+        data = json.loads(item.payload.decode("utf-8"))
+        fields = data["fields"]
+        submission, errors = validate_submission(fields, "en")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DecodeError(f"submission {item.external_id}: unreadable payload: {exc}") from exc
+    if submission is None:
+        raise DecodeError(f"submission {item.external_id}: invalid fields: {errors}")
+    identities: list[Identity] = []
+    if submission.email:
+        identities.append(Identity(IdentityKind.EMAIL, submission.email, submission.name))
+    if submission.telegram:
+        identities.append(Identity(IdentityKind.TELEGRAM_USERNAME, submission.telegram, submission.name))
+    if submission.phone:
+        identities.append(Identity(IdentityKind.PHONE, submission.phone, submission.name))
+    kind = data.get("kind")
+    return Inbound(
+        channel=item.channel,
+        external_id=item.external_id,
+        sender=identities[0],
+        other_identities=tuple(identities[1:]),
+        subject=submission.subject,
+        text=submission.message,
+        received_at=item.received_at,
+        kind_hint=LeadKind(kind) if kind else None,
+        form_id=str(data.get("form_id", "")),
+        language=str(data.get("language", "")),
+        meta={"team": data.get("team"), "ip": data.get("ip", "")},
+    )
+
+
+async def submit(
+    hub: Hub,
+    channel: str,
+    form_id: str,
+    kind: LeadKind,
+    submission: Submission,
+    idempotency_key: str | None,
+    language: str,
+    ip: str,
+    team: str | None = None,
+) -> IntakeResult | None:
+    """Store a validated submission raw, then turn it into a lead; None if quarantined."""
+    key = idempotency_key or secrets.token_hex(16)
+    payload = {
+        "form_id": form_id,
+        "kind": kind.value,
+        "fields": submission.as_dict(),
+        "language": language,
+        "ip": ip,
+        "team": team,
+    }
+    raw = json.dumps(payload, ensure_ascii=False).encode("utf-8")
+    _, result = await hub.inbox.submit(channel, f"{form_id}:{key}", raw, {"ip": ip})
+    return result
+
+
+def due_text(hub: Hub, due: datetime | None, language: str) -> str:
+    """A due time as the customer reads it: local time of the SLA calendar."""
+    if due is None:
+        return ""
+    local = due.astimezone(ZoneInfo(hub.settings.sla.calendar.timezone))
+    return local.strftime("%d.%m.%Y %H:%M") if language == "uk" else local.strftime("%Y-%m-%d %H:%M")
+
+
+def _wants_json(request: web.Request) -> bool:
+    return request.content_type == "application/json" or "application/json" in request.headers.get(
+        "Accept", ""
+    )
+
+
+def _form_title(form_id: str, language: str, configured: str) -> str:
+    if configured:
+        return configured
+    key = f"form.title.{form_id}"
+    title = i18n.text(key, language)
+    return title if title != key else i18n.text("form.title.default", language)
+
+
+async def show_form(request: web.Request) -> web.Response:
+    """GET /forms/{form_id}: the form, in the visitor's language."""
+    hub: Hub = request.app[HUB_KEY]
+    form_id = request.match_info["form_id"]
+    form = hub.settings.forms.get(form_id)
+    if form is None:
+        raise web.HTTPNotFound(text=f"unknown form {form_id!r}")
+    language = request.query.get("lang") or i18n.from_accept_language(request.headers.get("Accept-Language"))
+    language = i18n.pick_language(language)
+    return _render_form(form_id, form.title, language, {}, {}, secrets.token_urlsafe(16), 200)
+
+
+def _render_form(
+    form_id: str,
+    title: str,
+    language: str,
+    values: Mapping[str, Any],
+    errors: dict[str, str],
+    token: str,
+    status: int,
+) -> web.Response:
+    html = render(
+        "form.html",
+        lang=language,
+        t=lambda key, **kw: i18n.text(key, language, **kw),
+        form_id=form_id,
+        title=_form_title(form_id, language, title),
+        values={k: v for k, v in values.items() if isinstance(v, str)},
+        errors=errors,
+        token=token,
+        honeypot=HONEYPOT,
+    )
+    return web.Response(text=html, content_type="text/html", status=status, charset="utf-8")
+
+
+async def post_form(request: web.Request) -> web.Response:
+    """POST /forms/{form_id}: urlencoded (a browser) or JSON (a site's script)."""
+    hub: Hub = request.app[HUB_KEY]
+    form_id = request.match_info["form_id"]
+    form = hub.settings.forms.get(form_id)
+    if form is None:
+        raise web.HTTPNotFound(text=f"unknown form {form_id!r}")
+    as_json = _wants_json(request)
+    ip = client_ip(request, hub.settings.web.trusted_proxies)
+    if request.content_type == "application/json":
+        try:
+            body = await request.json()
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise web.HTTPBadRequest(
+                text=json.dumps({"error": "invalid_json", "detail": f"the body is not valid JSON: {exc}"}),
+                content_type="application/json",
+            ) from exc
+        if not isinstance(body, dict):
+            raise web.HTTPBadRequest(
+                text=json.dumps({"error": "invalid_json", "detail": "the body must be a JSON object"}),
+                content_type="application/json",
+            )
+        raw: dict[str, Any] = body
+    elif request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        try:
+            posted = await request.post()
+        except UnicodeDecodeError as exc:
+            raise web.HTTPBadRequest(text=f"the form data is not valid UTF-8: {exc}") from exc
+        raw = {k: v for k, v in posted.items() if isinstance(v, str)}
+    else:
+        raise web.HTTPUnsupportedMediaType(
+            text=json.dumps({"error": "unsupported_media_type", "detail": "send application/json or a form"}),
+            content_type="application/json",
+        )
+    language = i18n.pick_language(
+        str(raw.get("lang") or "") or i18n.from_accept_language(request.headers.get("Accept-Language"))
+    )
+    limited = hub.form_limiter.hit(ip)
+    if limited is not None:
+        seconds = max(1, int(limited + 0.999))
+        message = i18n.text("error.rate_limited", language, seconds=seconds)
+        return web.json_response(
+            {"error": "rate_limited", "detail": message},
+            status=429,
+            headers={"Retry-After": str(seconds)},
+        )
+    if raw.get(HONEYPOT):
+        log.info("form %s: honeypot filled, submission dropped", form_id)
+        return web.json_response(
+            {"error": "rejected", "detail": "the submission looks automated"}, status=400
+        )
+    key = request.headers.get("Idempotency-Key") or raw.get("_token")
+    if key is not None and (not isinstance(key, str) or not _TOKEN.match(key)):
+        return web.json_response(
+            {
+                "error": "validation_failed",
+                "detail": "bad idempotency key",
+                "fields": {"Idempotency-Key": "8-128 characters of A-Z a-z 0-9 _ . : -"},
+            },
+            status=422,
+        )
+    submission, errors = validate_submission(raw, language)
+    if submission is None:
+        if as_json:
+            return web.json_response(
+                {
+                    "error": "validation_failed",
+                    "detail": i18n.text("form.errors", language),
+                    "fields": errors,
+                },
+                status=422,
+            )
+        return _render_form(
+            form_id, form.title, language, raw, errors, str(key or secrets.token_urlsafe(16)), 422
+        )
+    result = await submit(hub, "webform", form_id, form.kind, submission, key, language, ip, team=form.team)
+    if result is None:
+        return web.json_response(
+            {
+                "error": "not_processed",
+                "detail": "the submission was stored but could not be processed; staff will see it",
+            },
+            status=202,
+        )
+    lead = result.lead
+    due_iso = lead.first_response_due.isoformat() if lead.first_response_due else None
+    if as_json:
+        return web.json_response(
+            {"lead": lead.ref, "kind": lead.kind.value, "first_response_due": due_iso},
+            status=200 if result.duplicate else 201,
+        )
+    html = render(
+        "thanks.html",
+        lang=language,
+        t=lambda k, **kw: i18n.text(k, language, **kw),
+        lead=lead.ref,
+        due=due_text(hub, lead.first_response_due, language),
+        telegram_link=hub.telegram_link(lead) if hasattr(hub, "telegram_link") else "",
+    )
+    return web.Response(text=html, content_type="text/html", status=201, charset="utf-8")
+
+
+def setup_web(app: web.Application) -> None:
+    """Register the form routes on the hub's web application."""
+    app.router.add_get("/forms/{form_id}", show_form)
+    app.router.add_post("/forms/{form_id}", post_form)
+
+
+class WebformChannel:
+    """Forms on the hub's own web server, plus the decoder of API submissions."""
+
+    name = "webform"
+
+    def attach(self, hub: Hub) -> None:
+        for channel in CHANNELS:
+            hub.inbox.register(channel, decode)
+        hub.web_setups.append(setup_web)
+
+    async def start(self) -> None:
+        """Nothing to connect: forms arrive through the hub's web server."""
+
+    async def stop(self) -> None:
+        """Nothing to disconnect."""

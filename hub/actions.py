@@ -1,0 +1,97 @@
+"""Staff actions on a lead: assign, resolve, reopen, change kind. Each records an event."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from hub.config import Settings
+from hub.domain import Event, EventType, Lead, LeadKind, LeadStatus, utcnow
+from hub.errors import ConflictError, NotFoundError, ValidationFailed
+from hub.events import EventBus
+from hub.sla import SlaClock
+from storage.base import LeadChanges, Store
+
+
+class LeadActions:
+    """Commands staff give from the API, the dashboard or Telegram."""
+
+    def __init__(self, store: Store, bus: EventBus, settings: Settings, clock: SlaClock) -> None:
+        self._store = store
+        self._bus = bus
+        self._settings = settings
+        self._clock = clock
+
+    async def _lead(self, number: int) -> Lead:
+        lead = await self._store.get_lead(number)
+        if lead is None:
+            raise NotFoundError(f"lead L-{number} does not exist")
+        return lead
+
+    async def _record(
+        self, lead: Lead, event_type: EventType, now: datetime, data: dict[str, object]
+    ) -> None:
+        event = Event(event_type.value, now, lead.number, dict(data))
+        await self._store.append_event(event)
+        await self._bus.publish(event, lead)
+
+    async def assign(self, number: int, manager_id: str, by: str, now: datetime | None = None) -> Lead:
+        """Give the lead to a configured manager (manual assignment overrides the router)."""
+        now = now or utcnow()
+        manager = self._settings.manager(manager_id)
+        if manager is None:
+            known = ", ".join(m.id for m in self._settings.managers) or "none configured"
+            raise ValidationFailed(f"unknown manager {manager_id!r}", {"manager": f"not one of: {known}"})
+        lead = await self._lead(number)
+        team = lead.team if lead.team in manager.teams else (manager.teams[0] if manager.teams else lead.team)
+        lead = (
+            await self._store.update_lead(number, LeadChanges(assignee=manager.id, team=team, updated_at=now))
+            or lead
+        )
+        await self._record(
+            lead,
+            EventType.LEAD_ASSIGNED,
+            now,
+            {"assignee": manager.id, "team": team, "by": by, "reason": {"manual": by}},
+        )
+        return lead
+
+    async def resolve(self, number: int, by: str, now: datetime | None = None) -> Lead:
+        """Mark the lead resolved; its SLA clocks stop. A customer message reopens it."""
+        now = now or utcnow()
+        lead = await self._lead(number)
+        if lead.status in (LeadStatus.RESOLVED, LeadStatus.CLOSED):
+            raise ConflictError(f"{lead.ref} is already {lead.status.value}")
+        changes = LeadChanges(status=LeadStatus.RESOLVED, resolved_at=now, updated_at=now)
+        lead = await self._store.update_lead(number, changes) or lead
+        await self._record(lead, EventType.LEAD_RESOLVED, now, {"by": by})
+        return lead
+
+    async def reopen(self, number: int, by: str, now: datetime | None = None) -> Lead:
+        """Put a resolved lead back in the queue."""
+        now = now or utcnow()
+        lead = await self._lead(number)
+        if lead.is_active:
+            raise ConflictError(f"{lead.ref} is already {lead.status.value}")
+        changes = LeadChanges(status=LeadStatus.OPEN, clear_resolved_at=True, updated_at=now)
+        lead = await self._store.update_lead(number, changes) or lead
+        await self._record(lead, EventType.LEAD_REOPENED, now, {"by": by})
+        return lead
+
+    async def set_kind(self, number: int, kind: LeadKind, by: str, now: datetime | None = None) -> Lead:
+        """Change a lead's kind; an unanswered lead gets the new kind's due time."""
+        now = now or utcnow()
+        lead = await self._lead(number)
+        if lead.kind == kind:
+            return lead
+        changes = LeadChanges(kind=kind, updated_at=now)
+        if lead.first_response_at is None and lead.breached_at is None:
+            due = self._clock.due_times(kind, lead.created_at)
+            changes = LeadChanges(
+                kind=kind,
+                first_response_due=due.first_response_due,
+                warn_due=due.warn_due,
+                updated_at=now,
+            )
+        lead = await self._store.update_lead(number, changes) or lead
+        await self._record(lead, EventType.LEAD_STATUS, now, {"kind": kind.value, "by": by})
+        return lead

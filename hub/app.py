@@ -1,0 +1,161 @@
+"""The composition root: the only module that knows every concrete part of the hub."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from collections.abc import Callable
+from datetime import datetime
+
+from aiohttp import web
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from channels.base import Channel
+from hub.actions import LeadActions
+from hub.calendar import AlwaysOpen, Calendar
+from hub.config import Settings
+from hub.domain import Lead, new_id, utcnow
+from hub.events import EventBus
+from hub.inbox import InboxProcessor
+from hub.intake import Intake
+from hub.outbox import OutboxDispatcher
+from hub.replies import Replies
+from hub.sla import SlaClock, SlaSweeper
+from hub.web.ratelimit import SlidingWindowLimiter
+from hub.web.server import create_web_app
+from routing.availability import Availability
+from routing.router import ConfigRouter
+from storage import Store, store_from_url
+from storage.base import StoreError
+
+log = logging.getLogger(__name__)
+
+WebSetup = Callable[[web.Application], None]
+
+
+def build_calendar(settings: Settings) -> Calendar:
+    """The SLA calendar from `sla.calendar` (24x7 unless business hours are configured)."""
+    calendar = settings.sla.calendar
+    if calendar.hours == "24x7" and not calendar.holidays:
+        return AlwaysOpen()
+    from hub.business_hours import BusinessHours
+
+    return BusinessHours.from_settings(calendar)
+
+
+def build_channels(settings: Settings) -> list[Channel]:
+    """Channel adapters enabled in the config, each registered once by name."""
+    from channels.webform import WebformChannel
+
+    channels: list[Channel] = []
+    if settings.web.enabled:
+        channels.append(WebformChannel())
+    names = [c.name for c in channels]
+    if len(names) != len(set(names)):
+        raise ValueError(f"channels registered twice: {names}")
+    return channels
+
+
+class Hub:
+    """Every part of a running hub, wired together; `start()` and `stop()` run it."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store | None = None,
+        channels: list[Channel] | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.settings = settings
+        self.now = clock
+        self.instance_id = f"{socket.gethostname()}:{os.getpid()}:{new_id()[:8]}"
+        self.store: Store = store or store_from_url(settings.storage.url)
+        self.bus = EventBus()
+        self.sla = SlaClock(settings.sla, build_calendar(settings))
+        self.availability = Availability(self.store)
+        self.router = ConfigRouter(settings, self.store, self.availability)
+        self.intake = Intake(self.store, self.sla, self.router, self.bus)
+        self.inbox = InboxProcessor(self.store, self.intake, self.bus, self.instance_id)
+        self.outbox = OutboxDispatcher(self.store, self.bus, settings.outbox, self.instance_id)
+        self.replies = Replies(self.store, self.bus, lambda: self.outbox.channels, self.outbox.wake)
+        self.actions = LeadActions(self.store, self.bus, settings, self.sla)
+        self.sweeper = SlaSweeper(self.store, self.bus)
+        self.form_limiter = SlidingWindowLimiter(settings.web.form_rate_limit)
+        self.web_setups: list[WebSetup] = []
+        self.channels = channels if channels is not None else build_channels(settings)
+        for channel in self.channels:
+            channel.attach(self)
+        self._scheduler: AsyncIOScheduler | None = None
+        self._runner: web.AppRunner | None = None
+        self.web_port: int | None = None
+
+    def telegram_link(self, lead: Lead) -> str:
+        """A deep link that continues this lead in Telegram ('' while Telegram is off)."""
+        return ""
+
+    async def start(self) -> None:
+        """Open the store, replay unfinished input, start sweeps, delivery, web and channels."""
+        await self.store.open()
+        await self.inbox.start()
+        await self.outbox.start()
+        self._scheduler = AsyncIOScheduler(timezone="UTC")
+        self._scheduler.add_job(
+            self.sweep_sla,
+            "interval",
+            seconds=self.settings.sla.check_every.total_seconds(),
+            max_instances=1,
+            coalesce=True,
+            next_run_time=utcnow(),
+            id="sla-sweep",
+        )
+        self._scheduler.start()
+        if self.settings.web.enabled:
+            self._runner = web.AppRunner(create_web_app(self), access_log=None, shutdown_timeout=10)
+            await self._runner.setup()
+            site = web.TCPSite(
+                self._runner, self.settings.web.host, self.settings.web.port, reuse_address=True
+            )
+            await site.start()
+            server = site._server
+            sockets = getattr(server, "sockets", None) or []
+            self.web_port = sockets[0].getsockname()[1] if sockets else self.settings.web.port
+            log.info("web: listening on http://%s:%s", self.settings.web.host, self.web_port)
+        for channel in self.channels:
+            await channel.start()
+        log.info("hub %s started (storage: %s)", self.instance_id, self.store.backend)
+
+    async def sweep_sla(self) -> None:
+        """One SLA sweep at the current time (the scheduler's job)."""
+        try:
+            await self.sweeper.sweep(self.now())
+        except StoreError as exc:
+            log.warning("sla sweep: store unavailable, next sweep will catch up: %s", exc)
+
+    async def stop(self) -> None:
+        """Stop taking input, finish in-flight requests, then close the store."""
+        for channel in reversed(self.channels):
+            try:
+                await channel.stop()
+            except Exception:
+                log.exception("channel %s failed to stop cleanly", channel.name)
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=False)
+            self._scheduler = None
+        await self.outbox.stop()
+        await self.inbox.stop()
+        await self.store.close()
+        log.info("hub %s stopped", self.instance_id)
+
+
+async def run_until_stopped(hub: Hub, stop: asyncio.Event) -> None:
+    """Start the hub, wait for `stop`, then shut down cleanly."""
+    await hub.start()
+    try:
+        await stop.wait()
+    finally:
+        await hub.stop()

@@ -1,0 +1,67 @@
+"""`hub run` and `hub check-config`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+
+from hub.config import ConfigError, Settings, load_settings, masked_dump
+from hub.logs import configure_logging
+
+log = logging.getLogger("hub")
+
+
+def _secrets(settings: Settings) -> list[str]:
+    values = [
+        settings.api.token,
+        settings.web.secret_key,
+        settings.email.imap.password,
+        settings.email.smtp.password,
+        settings.telegram.token,
+        settings.telegram.webhook_secret,
+    ]
+    found = [v.get_secret_value() for v in values if v is not None]
+    if settings.storage.backend == "mongo":
+        found.append(settings.storage.url)
+    return found
+
+
+async def _run(settings: Settings) -> int:
+    from hub.app import Hub, run_until_stopped
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    hub = Hub(settings)
+    await run_until_stopped(hub, stop)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `hub` console script and `python -m hub`."""
+    parser = argparse.ArgumentParser(prog="hub", description="Omnichannel inbound-request hub")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="start everything enabled in the config until SIGINT/SIGTERM")
+    run.add_argument("--config", help="path to config.yaml (default: $HUB_CONFIG or ./config.yaml)")
+    check = sub.add_parser("check-config", help="validate the config and print it with secrets masked")
+    check.add_argument("--config", help="path to config.yaml (default: $HUB_CONFIG or ./config.yaml)")
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"hub: bad configuration: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "check-config":
+        print(json.dumps(masked_dump(settings), indent=2, ensure_ascii=False))
+        return 0
+    configure_logging(settings.log_level, _secrets(settings))
+    try:
+        return asyncio.run(_run(settings))
+    except ConfigError as exc:
+        print(f"hub: bad configuration: {exc}", file=sys.stderr)
+        return 2

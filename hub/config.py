@@ -1,0 +1,411 @@
+"""Typed, validated settings from `config.yaml`, with `HUB_*` environment overrides.
+
+A bad config stops the hub with a message naming the key and the problem (`ConfigError`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from hub.domain import LeadKind, Role
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)\s*$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the key and what to fix."""
+
+
+def parse_duration(value: Any) -> timedelta:
+    """`90s`, `15m`, `4h`, `2d` (or a number of seconds) -> timedelta."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str) and (match := _DURATION.match(value)):
+        seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    else:
+        raise ValueError(f"invalid duration {value!r}: use a number with s, m, h or d, e.g. 90s, 15m, 4h, 2d")
+    if seconds <= 0:
+        raise ValueError(f"duration {value!r} must be positive")
+    return timedelta(seconds=seconds)
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+
+
+class RateLimit(BaseModel):
+    """`10/m` means ten per minute; `0` turns the limit off."""
+
+    model_config = ConfigDict(frozen=True)
+    count: int
+    per_seconds: float
+
+    @property
+    def enabled(self) -> bool:
+        return self.count > 0
+
+
+def parse_rate_limit(value: Any) -> RateLimit:
+    if isinstance(value, RateLimit):
+        return value
+    if value in (0, "0", None, "off"):
+        return RateLimit(count=0, per_seconds=1)
+    if isinstance(value, str):
+        match = re.match(r"^\s*(\d+)\s*/\s*(\d*)\s*(s|m|h|d)\s*$", value)
+        if match:
+            count, mult, unit = int(match.group(1)), match.group(2), match.group(3)
+            return RateLimit(count=count, per_seconds=_UNITS[unit] * (int(mult) if mult else 1))
+    raise ValueError(f"invalid rate limit {value!r}: use COUNT/UNIT such as 10/m, or 0 to turn it off")
+
+
+RateLimitSetting = Annotated[RateLimit, BeforeValidator(parse_rate_limit)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StorageSettings(_Section):
+    url: str = "sqlite:///data/hub.db"
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        if not value.startswith(("sqlite:///", "mongodb://", "mongodb+srv://")):
+            raise ValueError("must start with sqlite:///PATH, mongodb:// or mongodb+srv://")
+        return value
+
+    @property
+    def backend(self) -> Literal["sqlite", "mongo"]:
+        return "sqlite" if self.url.startswith("sqlite") else "mongo"
+
+
+class WebSettings(_Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    public_url: str = ""  # how customers reach us, for links in acknowledgements
+    form_rate_limit: RateLimitSetting = Field(default_factory=lambda: parse_rate_limit("10/m"))
+    trusted_proxies: list[str] = Field(default_factory=list)
+    max_body_bytes: int = Field(256 * 1024, ge=1024)
+    secret_key: SecretStr | None = None  # HUB_SECRET_KEY: signs sessions and links
+
+
+class ApiSettings(_Section):
+    token: SecretStr | None = None  # HUB_API_TOKEN
+
+
+class FormSettings(_Section):
+    kind: LeadKind = LeadKind.MESSAGE
+    title: str = ""
+    team: str | None = None
+
+
+class WorkingHours(_Section):
+    timezone: str = "Europe/Kyiv"
+    hours: str | dict[str, list[str]] = "24x7"
+
+
+class ManagerSettings(_Section):
+    id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    name: str
+    role: Role = Role.AGENT
+    teams: list[str] = Field(default_factory=list)
+    telegram_id: int | None = None
+    email: str | None = None
+    skills: list[str] = Field(default_factory=list)
+    capacity: int = Field(25, ge=0)
+    active: bool = True
+    working_hours: WorkingHours | None = None
+    password_hash: str | None = None  # argon2 hash, for dashboard sign-in
+
+
+class TeamSettings(_Section):
+    strategy: Literal["least_loaded", "round_robin", "sticky"] = "least_loaded"
+    fallback: str | None = None
+    staff_group_id: int | None = None
+
+
+class RuleMatch(_Section):
+    channel: str | list[str] | None = None
+    kind: LeadKind | None = None
+    form: str | list[str] | None = None
+    keywords: list[str] = Field(default_factory=list)
+
+
+class RoutingRule(_Section):
+    name: str = ""
+    match: RuleMatch = Field(default_factory=RuleMatch)
+    team: str
+    priority: int = 0
+    tags: list[str] = Field(default_factory=list)
+
+
+class RoutingSettings(_Section):
+    default_team: str | None = None
+    rules: list[RoutingRule] = Field(default_factory=list)
+
+
+class CalendarSettings(_Section):
+    timezone: str = "Europe/Kyiv"
+    hours: str | dict[str, list[str]] = "24x7"
+    holidays: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r} (use an IANA name such as Europe/Kyiv)") from exc
+        return value
+
+
+class SlaPolicy(_Section):
+    first_response: Duration
+    warn_at: float = Field(0.8, gt=0, lt=1)
+
+
+class SlaSettings(_Section):
+    check_every: Duration = Field(default_factory=lambda: timedelta(seconds=30))
+    calendar: CalendarSettings = Field(default_factory=CalendarSettings)
+    policies: dict[LeadKind, SlaPolicy] = Field(
+        default_factory=lambda: {
+            LeadKind.MESSAGE: SlaPolicy(first_response=timedelta(hours=4)),
+            LeadKind.SERVICE_REQUEST: SlaPolicy(first_response=timedelta(hours=12)),
+        }
+    )
+
+    @model_validator(mode="after")
+    def _every_kind_has_a_policy(self) -> SlaSettings:
+        missing = [kind.value for kind in LeadKind if kind not in self.policies]
+        if missing:
+            raise ValueError(f"sla.policies lacks a policy for: {', '.join(missing)}")
+        return self
+
+
+class ImapSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = 993
+    security: Literal["ssl", "starttls", "plain"] = "ssl"
+    username: str = "support"
+    password: SecretStr | None = None  # HUB_IMAP_PASSWORD
+    mailbox: str = "INBOX"
+    poll_every: Duration = Field(default_factory=lambda: timedelta(seconds=60))
+    move_to: str | None = None
+    verify_tls: bool = True
+
+
+class SmtpSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = 465
+    security: Literal["ssl", "starttls", "plain"] = "ssl"
+    username: str | None = "support"
+    password: SecretStr | None = None  # HUB_SMTP_PASSWORD
+    from_: str = Field("Support <support@example.com>", alias="from")
+    verify_tls: bool = True
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class EmailSettings(_Section):
+    enabled: bool = False
+    imap: ImapSettings = Field(default_factory=ImapSettings)
+    smtp: SmtpSettings = Field(default_factory=SmtpSettings)
+    max_attachment_bytes: int = Field(10 * 1024 * 1024, ge=0)
+    kinds: dict[str, LeadKind] = Field(default_factory=dict)  # recipient/keyword -> kind
+    ack: bool = True
+
+
+class TelegramSettings(_Section):
+    enabled: bool = False
+    token: SecretStr | None = None  # HUB_TELEGRAM_TOKEN
+    mode: Literal["polling", "webhook"] = "polling"
+    webhook_secret: SecretStr | None = None  # HUB_TELEGRAM_WEBHOOK_SECRET
+    webhook_path: str = "/telegram/webhook"
+    api_base: str = "https://api.telegram.org"
+    staff_group_id: int | None = None
+    alerts_chat_id: int | None = None
+    bot_username: str = ""
+
+
+class OutboxSettings(_Section):
+    poll_every: Duration = Field(default_factory=lambda: timedelta(seconds=2))
+    max_attempts: int = Field(8, ge=1)
+    backoff_base: Duration = Field(default_factory=lambda: timedelta(seconds=5))
+    backoff_max: Duration = Field(default_factory=lambda: timedelta(minutes=30))
+
+
+class Settings(_Section):
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    web: WebSettings = Field(default_factory=WebSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+    forms: dict[str, FormSettings] = Field(
+        default_factory=lambda: {
+            "contact": FormSettings(kind=LeadKind.MESSAGE),
+            "service": FormSettings(kind=LeadKind.SERVICE_REQUEST),
+        }
+    )
+    managers: list[ManagerSettings] = Field(default_factory=list)
+    teams: dict[str, TeamSettings] = Field(default_factory=dict)
+    routing: RoutingSettings = Field(default_factory=RoutingSettings)
+    sla: SlaSettings = Field(default_factory=SlaSettings)
+    email: EmailSettings = Field(default_factory=EmailSettings)
+    telegram: TelegramSettings = Field(default_factory=TelegramSettings)
+    outbox: OutboxSettings = Field(default_factory=OutboxSettings)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("forms")
+    @classmethod
+    def _form_ids(cls, value: dict[str, FormSettings]) -> dict[str, FormSettings]:
+        for form_id in value:
+            if not re.fullmatch(r"[a-z0-9_-]{1,40}", form_id):
+                raise ValueError(f"form id {form_id!r}: use 1-40 lowercase letters, digits, - or _")
+        return value
+
+    @model_validator(mode="after")
+    def _references_resolve(self) -> Settings:
+        ids = [m.id for m in self.managers]
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicates:
+            raise ValueError(f"managers: duplicate id(s) {', '.join(duplicates)}")
+        for manager in self.managers:
+            for team in manager.teams:
+                if team not in self.teams:
+                    raise ValueError(f"managers[{manager.id}].teams: unknown team {team!r}")
+        for i, rule in enumerate(self.routing.rules):
+            if rule.team not in self.teams:
+                raise ValueError(f"routing.rules[{i}].team: unknown team {rule.team!r}")
+        if self.routing.default_team and self.routing.default_team not in self.teams:
+            raise ValueError(f"routing.default_team: unknown team {self.routing.default_team!r}")
+        for team_name, team_settings in self.teams.items():
+            if team_settings.fallback and team_settings.fallback not in self.teams:
+                raise ValueError(f"teams.{team_name}.fallback: unknown team {team_settings.fallback!r}")
+        for form_id, form in self.forms.items():
+            if form.team and form.team not in self.teams:
+                raise ValueError(f"forms.{form_id}.team: unknown team {form.team!r}")
+        return self
+
+    def manager(self, manager_id: str) -> ManagerSettings | None:
+        return next((m for m in self.managers if m.id == manager_id), None)
+
+
+#: Environment variable -> dotted key. Secrets live only here, never in config.yaml.
+ENV_OVERRIDES: dict[str, str] = {
+    "HUB_STORAGE_URL": "storage.url",
+    "HUB_WEB_HOST": "web.host",
+    "HUB_WEB_PORT": "web.port",
+    "HUB_WEB_PUBLIC_URL": "web.public_url",
+    "HUB_SECRET_KEY": "web.secret_key",
+    "HUB_API_TOKEN": "api.token",
+    "HUB_IMAP_HOST": "email.imap.host",
+    "HUB_IMAP_PORT": "email.imap.port",
+    "HUB_IMAP_PASSWORD": "email.imap.password",
+    "HUB_SMTP_HOST": "email.smtp.host",
+    "HUB_SMTP_PORT": "email.smtp.port",
+    "HUB_SMTP_PASSWORD": "email.smtp.password",
+    "HUB_TELEGRAM_TOKEN": "telegram.token",
+    "HUB_TELEGRAM_WEBHOOK_SECRET": "telegram.webhook_secret",
+    "HUB_TELEGRAM_API_BASE": "telegram.api_base",
+    "HUB_LOG_LEVEL": "log_level",
+}
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    node = data
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        child = node.get(key)
+        if not isinstance(child, dict):
+            child = {}
+            node[key] = child
+        node = child
+    node[leaf] = value
+
+
+def _format_error(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(part) for part in err["loc"]) or "(top level)"
+        message = err["msg"].removeprefix("Value error, ")
+        lines.append(f"{key}: {message}")
+    return "; ".join(lines)
+
+
+def settings_from_dict(data: dict[str, Any], env: dict[str, str] | None = None) -> Settings:
+    """Validate a config mapping, applying `HUB_*` overrides from `env` (default: os.environ)."""
+    env = dict(os.environ if env is None else env)
+    merged: dict[str, Any] = _deep_copy(data)
+    for var, dotted in ENV_OVERRIDES.items():
+        if env.get(var):
+            _set_dotted(merged, dotted, env[var])
+    try:
+        return Settings.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc)) from exc
+
+
+def _deep_copy(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {k: _deep_copy(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_deep_copy(v) for v in data]
+    return data
+
+
+def load_settings(path: str | Path | None = None, env: dict[str, str] | None = None) -> Settings:
+    """Read and validate the YAML config at `path` (default: HUB_CONFIG or ./config.yaml)."""
+    env_map = dict(os.environ if env is None else env)
+    config_path = Path(path or env_map.get("HUB_CONFIG") or "config.yaml")
+    try:
+        text = config_path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file {config_path} not found (pass --config PATH)") from exc
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{config_path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{config_path}: the top level must be a mapping of sections")
+    return settings_from_dict(data, env_map)
+
+
+def masked_dump(settings: Settings) -> dict[str, Any]:
+    """The effective settings as plain data, every secret replaced by `***`."""
+    raw = settings.model_dump(mode="json", by_alias=True)
+    _mask(raw)
+    url = settings.storage.url
+    raw["storage"]["url"] = re.sub(r"//([^:/@]+):([^@]+)@", r"//\1:***@", url)
+    return raw
+
+
+def _mask(node: Any) -> None:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in {"token", "password", "webhook_secret", "secret_key", "password_hash"}:
+                node[key] = "***" if value else None
+            else:
+                _mask(value)
+    elif isinstance(node, list):
+        for item in node:
+            _mask(item)

@@ -1,0 +1,260 @@
+"""Core types of the hub: what every channel produces and what the store keeps.
+
+Nothing here knows about MIME, HTTP or Telegram: adapters translate into these types at the edge.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class LeadKind(StrEnum):
+    MESSAGE = "message"
+    SERVICE_REQUEST = "service_request"
+
+
+class LeadStatus(StrEnum):
+    NEW = "new"
+    OPEN = "open"
+    WAITING_CUSTOMER = "waiting_customer"
+    RESOLVED = "resolved"
+    CLOSED = "closed"
+
+
+#: Statuses in which a lead still needs work (the queue, routing load, SLA clocks).
+ACTIVE_STATUSES: frozenset[LeadStatus] = frozenset(
+    {LeadStatus.NEW, LeadStatus.OPEN, LeadStatus.WAITING_CUSTOMER}
+)
+
+
+class IdentityKind(StrEnum):
+    EMAIL = "email"
+    TELEGRAM = "telegram"
+    TELEGRAM_USERNAME = "telegram_username"
+    PHONE = "phone"
+
+
+class Direction(StrEnum):
+    IN = "in"
+    OUT = "out"
+    NOTE = "note"
+
+
+class DeliveryState(StrEnum):
+    QUEUED = "queued"
+    SENT = "sent"
+    FAILED = "failed"
+
+
+class Role(StrEnum):
+    AGENT = "agent"
+    LEAD = "lead"
+    ADMIN = "admin"
+
+
+def utcnow() -> datetime:
+    """The current time as an aware UTC datetime (the only clock services read by default)."""
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    """A random, sortable-enough identifier for rows that have no natural key."""
+    return uuid.uuid4().hex
+
+
+_LEAD_REF = re.compile(r"^\s*(?:#)?L-?(\d{1,12})\s*$", re.IGNORECASE)
+
+
+def format_lead_number(number: int) -> str:
+    """`1042` -> `L-1042`, the form customers and staff see."""
+    return f"L-{number}"
+
+
+def parse_lead_number(text: str) -> int | None:
+    """`L-1042`, `l1042`, `#L-1042` or `1042` -> 1042; anything else -> None."""
+    text = text.strip()
+    if text.isdigit():
+        return int(text)
+    match = _LEAD_REF.match(text)
+    return int(match.group(1)) if match else None
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """One way to reach a person: an email address, a Telegram user id, a phone number."""
+
+    kind: IdentityKind
+    value: str
+    display_name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    name: str
+    content_type: str
+    size: int
+    ref: str = ""  # content address in the attachment store; empty when dropped
+    dropped_reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadHints:
+    """What an inbound message says about the conversation it belongs to."""
+
+    message_ids: tuple[str, ...] = ()  # In-Reply-To / References, reply-to-message ids
+    lead_number: int | None = None  # a token such as [#L-1042] found in a subject
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """A customer message as every channel hands it to `hub.intake.accept`."""
+
+    channel: str
+    external_id: str
+    sender: Identity
+    text: str
+    received_at: datetime
+    subject: str = ""
+    html: str = ""
+    other_identities: tuple[Identity, ...] = ()
+    attachments: tuple[Attachment, ...] = ()
+    thread: ThreadHints = field(default_factory=ThreadHints)
+    kind_hint: LeadKind | None = None
+    form_id: str = ""
+    language: str = ""
+    own_refs: tuple[str, ...] = ()  # ids this message can later be referenced by (Message-ID)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Contact:
+    id: str
+    name: str
+    identities: list[Identity]
+    created_at: datetime
+    language: str = ""
+    tags: list[str] = field(default_factory=list)
+
+    def identity(self, kind: IdentityKind) -> Identity | None:
+        """The first identity of that kind, if the contact has one."""
+        return next((i for i in self.identities if i.kind == kind), None)
+
+
+@dataclass(slots=True)
+class Lead:
+    number: int
+    kind: LeadKind
+    channel: str
+    contact_id: str
+    status: LeadStatus
+    created_at: datetime
+    updated_at: datetime
+    subject: str = ""
+    form_id: str = ""
+    assignee: str | None = None
+    team: str | None = None
+    priority: int = 0
+    tags: list[str] = field(default_factory=list)
+    origin_external_id: str = ""
+    first_response_at: datetime | None = None
+    resolved_at: datetime | None = None
+    first_response_due: datetime | None = None
+    warn_due: datetime | None = None
+    warned_at: datetime | None = None
+    breached_at: datetime | None = None
+
+    @property
+    def ref(self) -> str:
+        return format_lead_number(self.number)
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in ACTIVE_STATUSES
+
+
+@dataclass(slots=True)
+class Message:
+    id: str
+    lead_number: int
+    direction: Direction
+    channel: str
+    author: str
+    text: str
+    created_at: datetime
+    html: str = ""
+    attachments: list[Attachment] = field(default_factory=list)
+    external_id: str | None = None
+    refs: list[str] = field(default_factory=list)
+    delivery: DeliveryState | None = None
+
+
+@dataclass(slots=True)
+class OutboxItem:
+    """One delivery to do: the row is the truth about whether a reply went out."""
+
+    id: str
+    message_id: str
+    lead_number: int
+    channel: str
+    payload: dict[str, Any]
+    created_at: datetime
+    state: DeliveryState = DeliveryState.QUEUED
+    attempts: int = 0
+    next_attempt_at: datetime | None = None
+    last_error: str = ""
+    sent_at: datetime | None = None
+    external_ref: str = ""
+
+
+@dataclass(slots=True)
+class Event:
+    type: str
+    at: datetime
+    lead_number: int | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+    id: int | None = None
+
+
+@dataclass(slots=True)
+class InboxItem:
+    """Raw input exactly as a channel received it, kept until it has been processed."""
+
+    id: int
+    channel: str
+    external_id: str
+    payload: bytes
+    received_at: datetime
+    status: str = "pending"  # pending | done | quarantined
+    reason: str = ""
+    lead_number: int | None = None
+    attempts: int = 0
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    items: list[T]
+    next_cursor: str | None
+
+
+class EventType(StrEnum):
+    LEAD_CREATED = "lead.created"
+    LEAD_ASSIGNED = "lead.assigned"
+    LEAD_UNASSIGNED = "lead.unassigned"
+    LEAD_STATUS = "lead.status_changed"
+    LEAD_RESOLVED = "lead.resolved"
+    LEAD_REOPENED = "lead.reopened"
+    MESSAGE_ADDED = "message.added"
+    REPLY_RECORDED = "reply.recorded"
+    DELIVERY_SENT = "delivery.sent"
+    DELIVERY_FAILED = "delivery.failed"
+    SLA_WARNING = "sla.warning"
+    SLA_BREACHED = "sla.breached"
+    INPUT_QUARANTINED = "input.quarantined"

@@ -1,0 +1,39 @@
+"""Errors the core raises; adapters translate them at the edge (HTTP status, bot reply)."""
+
+from __future__ import annotations
+
+
+class HubError(Exception):
+    """Base of the hub's own errors."""
+
+
+class NotFoundError(HubError):
+    """The lead, manager or form named does not exist."""
+
+
+class ValidationFailed(HubError):
+    """Input is malformed; `fields` maps each bad field to what is wrong with it."""
+
+    def __init__(self, message: str, fields: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.fields = fields or {}
+
+
+class ConflictError(HubError):
+    """The action does not fit the lead's current state (e.g. resolving a closed lead)."""
+
+
+class DecodeError(HubError):
+    """Raw input cannot become an `Inbound`; it is quarantined with this reason."""
+
+
+class TransientError(HubError):
+    """Try again later: a server is down, a rate limit applies, a connection dropped."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class PermanentError(HubError):
+    """Retrying cannot help (address rejected, chat blocked the bot): report it once."""

@@ -1,0 +1,131 @@
+"""Raw input first: every channel stores what it received before acknowledging it.
+
+`InboxProcessor.submit` writes the raw payload, then decodes and accepts it at once; the
+replay loop picks up anything a crash or an outage left pending. Input that cannot be
+decoded is quarantined with its reason, never dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from hub.domain import Event, EventType, Inbound, InboxItem, utcnow
+from hub.errors import DecodeError
+from hub.events import EventBus
+from hub.intake import Intake, IntakeResult
+from storage.base import Store, StoreError
+
+log = logging.getLogger(__name__)
+
+Decoder = Callable[[InboxItem], Inbound]
+
+CLAIM_SECONDS = 60.0
+
+
+class InboxProcessor:
+    """Decodes stored raw input with the channel's decoder and hands it to intake."""
+
+    def __init__(self, store: Store, intake: Intake, bus: EventBus, holder: str) -> None:
+        self._store = store
+        self._intake = intake
+        self._bus = bus
+        self._holder = holder
+        self._decoders: dict[str, Decoder] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def register(self, channel: str, decoder: Decoder) -> None:
+        """Set the decoder for one channel's raw payloads."""
+        if channel in self._decoders:
+            raise ValueError(f"inbox: a decoder for channel {channel!r} is registered twice")
+        self._decoders[channel] = decoder
+
+    async def submit(
+        self,
+        channel: str,
+        external_id: str,
+        payload: bytes,
+        meta: dict[str, Any] | None = None,
+        now: datetime | None = None,
+    ) -> tuple[InboxItem, IntakeResult | None]:
+        """Store raw input durably, then process it; the result is None if it was quarantined."""
+        now = now or utcnow()
+        item, created = await self._store.inbox_put(
+            channel,
+            external_id,
+            payload,
+            now,
+            meta,
+            holder=self._holder,
+            lease_seconds=CLAIM_SECONDS,
+        )
+        if not created and item.status == "quarantined":
+            return item, None
+        return item, await self.process(item)
+
+    async def process(self, item: InboxItem) -> IntakeResult | None:
+        """Decode and accept one item; quarantine it if it cannot be decoded."""
+        decoder = self._decoders.get(item.channel)
+        if decoder is None:
+            await self._quarantine(item, f"no decoder for channel {item.channel!r} (is the channel enabled?)")
+            return None
+        try:
+            inbound = decoder(item)
+        except DecodeError as exc:
+            await self._quarantine(item, str(exc))
+            return None
+        result = await self._intake.accept(inbound)
+        await self._store.inbox_done(item.id, result.lead.number)
+        return result
+
+    async def _quarantine(self, item: InboxItem, reason: str) -> None:
+        log.warning("inbox %s %s: quarantined: %s", item.channel, item.id, reason)
+        await self._store.inbox_quarantine(item.id, reason)
+        event = Event(
+            EventType.INPUT_QUARANTINED.value,
+            utcnow(),
+            None,
+            {"inbox_id": item.id, "channel": item.channel, "reason": reason},
+        )
+        await self._store.append_event(event)
+        await self._bus.publish(event, None)
+
+    async def replay_once(self, now: datetime | None = None, limit: int = 100) -> int:
+        """Process pending items whose claim lapsed (crash or outage); returns how many."""
+        items = await self._store.inbox_claim(self._holder, now or utcnow(), CLAIM_SECONDS, limit)
+        for item in items:
+            try:
+                await self.process(item)
+            except StoreError as exc:
+                log.warning("inbox %s %s: store error, will retry: %s", item.channel, item.id, exc)
+                return len(items)
+            except Exception as exc:
+                # A bug in decoding or intake must not block the queue: keep the input, say why.
+                log.exception("inbox %s %s: processing failed", item.channel, item.id)
+                await self._quarantine(item, f"processing failed: {type(exc).__name__}: {exc}")
+        return len(items)
+
+    async def start(self, every: float = 5.0) -> None:
+        """Replay what a previous run left, then keep retrying in the background."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(every), name="inbox-replay")
+
+    async def _run(self, every: float) -> None:
+        while True:
+            try:
+                while await self.replay_once() > 0:
+                    pass
+            except StoreError as exc:
+                log.warning("inbox replay: store unavailable: %s", exc)
+            await asyncio.sleep(every)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None

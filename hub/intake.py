@@ -1,0 +1,277 @@
+"""The one door into the core: `Intake.accept(inbound)`.
+
+Every channel ends here. Idempotent on (channel, external_id): a redelivered inbound returns
+the lead it produced before and changes nothing. Each step is itself idempotent, so a crash
+between steps is repaired by replaying the same inbound from the inbox.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from hub.domain import (
+    Contact,
+    Direction,
+    Event,
+    EventType,
+    Inbound,
+    Lead,
+    LeadKind,
+    LeadStatus,
+    Message,
+    new_id,
+    utcnow,
+)
+from hub.events import EventBus
+from hub.ports import Router, RoutingDecision, RoutingRequest
+from hub.sla import SlaClock
+from storage.base import DuplicateError, LeadChanges, Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class IntakeResult:
+    lead: Lead
+    message: Message
+    contact: Contact
+    created_lead: bool
+    duplicate: bool
+    events: list[Event] = field(default_factory=list)
+
+
+class Intake:
+    """Turns inbounds into contacts, leads and messages, routes new leads, publishes events."""
+
+    def __init__(self, store: Store, clock: SlaClock, router: Router, bus: EventBus) -> None:
+        self._store = store
+        self._clock = clock
+        self._router = router
+        self._bus = bus
+
+    async def accept(self, inbound: Inbound, now: datetime | None = None) -> IntakeResult:
+        """Store one customer message in its lead (new or existing); safe to call twice."""
+        now = now or utcnow()
+        known = await self._store.find_message(inbound.channel, inbound.external_id)
+        if known is not None:
+            lead = await self._store.get_lead(known.lead_number)
+            if lead is None:
+                raise LookupError(f"message {known.id} points at missing lead L-{known.lead_number}")
+            contact = await self._store.get_contact(lead.contact_id)
+            assert contact is not None
+            return IntakeResult(lead, known, contact, created_lead=False, duplicate=True)
+
+        contact = await self._resolve_contact(inbound, now)
+        events: list[Event] = []
+        lead, created = await self._find_or_open_lead(inbound, contact, now)
+        if created:
+            events.append(
+                Event(
+                    EventType.LEAD_CREATED.value,
+                    now,
+                    lead.number,
+                    {"channel": lead.channel, "kind": lead.kind.value, "form": lead.form_id},
+                )
+            )
+        if (
+            lead.assignee is None
+            and lead.team is None
+            and (created or lead.origin_external_id == inbound.external_id)
+        ):
+            lead, assigned = await self._route(lead, inbound, contact, now)
+            events.extend(assigned)
+
+        message = Message(
+            id=new_id(),
+            lead_number=lead.number,
+            direction=Direction.IN,
+            channel=inbound.channel,
+            author=inbound.sender.display_name or contact.name,
+            text=inbound.text,
+            html=inbound.html,
+            attachments=list(inbound.attachments),
+            external_id=inbound.external_id,
+            refs=list(inbound.own_refs),
+            created_at=inbound.received_at,
+        )
+        message, stored = await self._store.add_message(message)
+        if inbound.own_refs:
+            await self._store.add_refs(lead.number, list(inbound.own_refs))
+        if stored:
+            events.append(
+                Event(
+                    EventType.MESSAGE_ADDED.value,
+                    now,
+                    lead.number,
+                    {"message_id": message.id, "direction": "in", "channel": inbound.channel},
+                )
+            )
+        if not created and stored:
+            lead, changed = await self._customer_wrote_again(lead, now)
+            events.extend(changed)
+
+        for event in events:
+            await self._store.append_event(event)
+        log.info(
+            "%s %s: %s message %s",
+            lead.ref,
+            inbound.channel,
+            "new lead," if created else "",
+            message.id,
+        )
+        for event in events:
+            await self._bus.publish(event, lead)
+        return IntakeResult(lead, message, contact, created_lead=created, duplicate=not stored, events=events)
+
+    async def _resolve_contact(self, inbound: Inbound, now: datetime) -> Contact:
+        """The sender's contact, created on first sight; other identities are attached when free."""
+        everyone = [inbound.sender, *inbound.other_identities]
+        contact: Contact | None = None
+        for ident in everyone:
+            contact = await self._store.find_contact(ident)
+            if contact is not None:
+                break
+        if contact is None:
+            fresh = Contact(
+                id=new_id(),
+                name=inbound.sender.display_name or inbound.sender.value,
+                identities=list(dict.fromkeys(everyone)),
+                created_at=now,
+                language=inbound.language,
+            )
+            try:
+                return await self._store.create_contact(fresh)
+            except DuplicateError:
+                # Another message from the same person won the race; use its contact.
+                for ident in everyone:
+                    contact = await self._store.find_contact(ident)
+                    if contact is not None:
+                        break
+                if contact is None:
+                    raise
+        known = {(i.kind, i.value) for i in contact.identities}
+        for ident in everyone:
+            if (ident.kind, ident.value) in known:
+                continue
+            if await self._store.add_identity(contact.id, ident):
+                contact.identities.append(ident)
+            else:
+                # Typed into a form, an address proves nothing; staff merge contacts explicitly.
+                log.info(
+                    "contact %s: identity %s already belongs to another contact",
+                    contact.id,
+                    ident.kind,
+                )
+        return contact
+
+    async def _find_or_open_lead(
+        self, inbound: Inbound, contact: Contact, now: datetime
+    ) -> tuple[Lead, bool]:
+        replayed = await self._store.find_lead_by_origin(inbound.channel, inbound.external_id)
+        if replayed is not None:
+            return replayed, False
+        if inbound.thread.message_ids:
+            number = await self._store.find_lead_by_refs(list(inbound.thread.message_ids))
+            lead = await self._store.get_lead(number) if number else None
+            if lead is not None:
+                return lead, False
+        if inbound.thread.lead_number is not None:
+            lead = await self._store.get_lead(inbound.thread.lead_number)
+            # A ticket number alone proves nothing: only the lead's own contact may use it.
+            if lead is not None and lead.contact_id == contact.id:
+                return lead, False
+        active = await self._store.find_active_lead(contact.id, inbound.channel)
+        if active is not None:
+            return active, False
+        return await self._open_lead(inbound, contact, now)
+
+    async def _open_lead(self, inbound: Inbound, contact: Contact, now: datetime) -> tuple[Lead, bool]:
+        kind = inbound.kind_hint or LeadKind.MESSAGE
+        due = self._clock.due_times(kind, inbound.received_at)
+        lead = Lead(
+            number=await self._store.next_lead_number(),
+            kind=kind,
+            channel=inbound.channel,
+            contact_id=contact.id,
+            status=LeadStatus.NEW,
+            created_at=inbound.received_at,
+            updated_at=now,
+            subject=inbound.subject[:500],
+            form_id=inbound.form_id,
+            origin_external_id=inbound.external_id,
+            first_response_due=due.first_response_due,
+            warn_due=due.warn_due,
+        )
+        return await self._store.create_lead(lead)
+
+    async def _route(
+        self, lead: Lead, inbound: Inbound, contact: Contact, now: datetime
+    ) -> tuple[Lead, list[Event]]:
+        request = RoutingRequest(
+            lead_number=lead.number,
+            channel=lead.channel,
+            kind=lead.kind,
+            form_id=lead.form_id,
+            subject=inbound.subject,
+            text=inbound.text[:5000],
+            language=inbound.language or contact.language,
+            contact_id=contact.id,
+            contact_tags=tuple(contact.tags),
+            recipient=str(inbound.meta.get("recipient", "")),
+            preferred_team=inbound.meta.get("team"),
+        )
+        events: list[Event] = []
+        updated = lead
+
+        async def apply(decision: RoutingDecision) -> None:
+            nonlocal updated
+            changes = LeadChanges(
+                assignee=decision.assignee,
+                team=decision.team,
+                priority=decision.priority or None,
+                tags=sorted({*lead.tags, *decision.tags}) if decision.tags else None,
+                updated_at=now,
+            )
+            result = await self._store.update_lead(lead.number, changes)
+            if result is not None:
+                updated = result
+            event_type = EventType.LEAD_ASSIGNED if decision.assignee else EventType.LEAD_UNASSIGNED
+            events.append(
+                Event(
+                    event_type.value,
+                    now,
+                    lead.number,
+                    {
+                        "assignee": decision.assignee,
+                        "team": decision.team,
+                        "by": "router",
+                        "reason": decision.reason,
+                    },
+                )
+            )
+
+        await self._router.route(request, now, apply)
+        return updated, events
+
+    async def _customer_wrote_again(self, lead: Lead, now: datetime) -> tuple[Lead, list[Event]]:
+        """A customer message on an existing lead reopens it or resumes its clock."""
+        if lead.status in (LeadStatus.NEW, LeadStatus.OPEN):
+            return lead, []
+        previous = lead.status
+        changes = LeadChanges(status=LeadStatus.OPEN, clear_resolved_at=True, updated_at=now)
+        updated = await self._store.update_lead(lead.number, changes) or lead
+        event_type = (
+            EventType.LEAD_REOPENED
+            if previous in (LeadStatus.RESOLVED, LeadStatus.CLOSED)
+            else EventType.LEAD_STATUS
+        )
+        return updated, [
+            Event(
+                event_type.value,
+                now,
+                lead.number,
+                {"from": previous.value, "to": "open", "by": "customer"},
+            )
+        ]

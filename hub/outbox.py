@@ -1,0 +1,162 @@
+"""The outbox dispatcher: delivers queued rows through each channel's sender, with retries.
+
+The row is the truth: it is claimed before sending (so two processes never send it at the
+same time), marked sent after the channel accepted it, retried with jittered exponential
+backoff on transient errors and marked failed, once, on permanent ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from datetime import datetime, timedelta
+
+from hub.config import OutboxSettings
+from hub.domain import Event, EventType, OutboxItem, utcnow
+from hub.errors import PermanentError, TransientError
+from hub.events import EventBus
+from hub.ports import Sender
+from storage.base import Store, StoreError
+
+log = logging.getLogger(__name__)
+
+CLAIM_SECONDS = 120.0
+
+
+def backoff_delay(
+    attempt: int, base: timedelta, cap: timedelta, rng: random.Random | None = None
+) -> timedelta:
+    """Full-jitter exponential backoff: uniform in [base/2, min(cap, base * 2**(attempt-1))]."""
+    rng = rng or random.Random()
+    ceiling = min(cap.total_seconds(), base.total_seconds() * 2 ** max(attempt - 1, 0))
+    return timedelta(seconds=rng.uniform(min(base.total_seconds() / 2, ceiling), ceiling))
+
+
+class OutboxDispatcher:
+    """Runs one delivery loop for all registered senders."""
+
+    def __init__(self, store: Store, bus: EventBus, settings: OutboxSettings, holder: str) -> None:
+        self._store = store
+        self._bus = bus
+        self._settings = settings
+        self._holder = holder
+        self._senders: dict[str, Sender] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def register(self, sender: Sender) -> None:
+        """Add a channel's sender; a channel may have only one."""
+        if sender.channel in self._senders:
+            raise ValueError(f"outbox: a sender for channel {sender.channel!r} is registered twice")
+        self._senders[sender.channel] = sender
+
+    @property
+    def channels(self) -> frozenset[str]:
+        return frozenset(self._senders)
+
+    def wake(self, channel: str = "") -> None:
+        """Deliver now instead of at the next poll (called when a reply is queued)."""
+        self._wake.set()
+
+    async def start(self) -> None:
+        if self._senders and self._task is None:
+            self._task = asyncio.create_task(self._run(), name="outbox-dispatcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        poll = self._settings.poll_every.total_seconds()
+        while True:
+            try:
+                sent = await self.dispatch_once()
+            except StoreError as exc:
+                log.warning("outbox: store unavailable, retrying in %.0fs: %s", poll, exc)
+                sent = 0
+            if sent:
+                continue
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=poll)
+
+    async def dispatch_once(self, now: datetime | None = None, limit: int = 50) -> int:
+        """Claim and deliver one batch of due rows; returns how many were handled."""
+        now = now or utcnow()
+        items = await self._store.outbox_claim(sorted(self._senders), self._holder, now, CLAIM_SECONDS, limit)
+        for item in items:
+            await self._deliver(item)
+        return len(items)
+
+    async def _deliver(self, item: OutboxItem) -> None:
+        lead = await self._store.get_lead(item.lead_number)
+        if lead is None:
+            await self._store.outbox_failed(item.id, "the lead no longer exists")
+            return
+        contact = await self._store.get_contact(lead.contact_id)
+        sender = self._senders[item.channel]
+        try:
+            external_ref = await sender.send(item, lead, contact)
+        except PermanentError as exc:
+            await self._store.outbox_failed(item.id, str(exc))
+            await self._failed(item, str(exc))
+            return
+        except TransientError as exc:
+            await self._retry(item, str(exc), exc.retry_after)
+            return
+        except (OSError, TimeoutError) as exc:
+            await self._retry(item, f"{type(exc).__name__}: {exc}", None)
+            return
+        now = utcnow()
+        await self._store.outbox_sent(item.id, now, external_ref)
+        event = Event(
+            EventType.DELIVERY_SENT.value,
+            now,
+            lead.number,
+            {"message_id": item.message_id, "channel": item.channel, "ref": external_ref},
+        )
+        await self._store.append_event(event)
+        await self._bus.publish(event, lead)
+        log.info("%s %s: reply %s delivered", lead.ref, item.channel, item.message_id)
+
+    async def _retry(self, item: OutboxItem, error: str, retry_after: float | None) -> None:
+        if item.attempts >= self._settings.max_attempts:
+            message = f"gave up after {item.attempts} attempts: {error}"
+            await self._store.outbox_failed(item.id, message)
+            await self._failed(item, message)
+            return
+        delay = backoff_delay(item.attempts, self._settings.backoff_base, self._settings.backoff_max)
+        if retry_after is not None:
+            delay = max(delay, timedelta(seconds=retry_after))
+        log.warning(
+            "L-%s %s: delivery attempt %s failed, retry in %.0fs: %s",
+            item.lead_number,
+            item.channel,
+            item.attempts,
+            delay.total_seconds(),
+            error,
+        )
+        await self._store.outbox_retry(item.id, utcnow() + delay, error)
+
+    async def _failed(self, item: OutboxItem, error: str) -> None:
+        lead = await self._store.get_lead(item.lead_number)
+        event = Event(
+            EventType.DELIVERY_FAILED.value,
+            utcnow(),
+            item.lead_number,
+            {"message_id": item.message_id, "channel": item.channel, "error": error},
+        )
+        await self._store.append_event(event)
+        await self._bus.publish(event, lead)
+        log.error(
+            "L-%s %s: delivery of %s failed for good: %s",
+            item.lead_number,
+            item.channel,
+            item.message_id,
+            error,
+        )

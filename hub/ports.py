@@ -1,0 +1,57 @@
+"""Small protocols through which the core uses parts it does not own (routing, senders)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from hub.domain import Contact, Lead, LeadKind, OutboxItem
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingRequest:
+    """What the router may look at to pick a team and a manager for a lead."""
+
+    lead_number: int
+    channel: str
+    kind: LeadKind
+    form_id: str = ""
+    subject: str = ""
+    text: str = ""
+    language: str = ""
+    contact_id: str = ""
+    contact_tags: tuple[str, ...] = ()
+    recipient: str = ""
+    preferred_team: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingDecision:
+    team: str | None
+    assignee: str | None
+    priority: int = 0
+    tags: tuple[str, ...] = ()
+    reason: dict[str, Any] = field(default_factory=dict)
+
+
+ApplyDecision = Callable[[RoutingDecision], Awaitable[None]]
+
+
+class Router(Protocol):
+    async def route(self, request: RoutingRequest, now: datetime, apply: ApplyDecision) -> RoutingDecision:
+        """Pick a team and, when someone is eligible, a manager; explain why in `reason`.
+
+        `apply` records the decision; the router awaits it before the next decision reads
+        the load, so concurrent leads never see the same stale counts.
+        """
+
+
+class Sender(Protocol):
+    """Delivers outbox rows of one channel; raises TransientError or PermanentError."""
+
+    channel: str
+
+    async def send(self, item: OutboxItem, lead: Lead, contact: Contact | None) -> str:
+        """Deliver one row; returns the channel's id of what was sent (Message-ID, message_id)."""

@@ -1,0 +1,191 @@
+"""Staff replies and internal notes: recorded with their outbox row in one write.
+
+The first public reply stops the first-response clock. Delivery happens later, through the
+outbox dispatcher of the channel chosen here.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Collection
+from datetime import datetime
+
+from hub.domain import (
+    Attachment,
+    Contact,
+    DeliveryState,
+    Direction,
+    Event,
+    EventType,
+    IdentityKind,
+    Lead,
+    LeadStatus,
+    Message,
+    OutboxItem,
+    new_id,
+    utcnow,
+)
+from hub.errors import ConflictError, NotFoundError, ValidationFailed
+from hub.events import EventBus
+from storage.base import LeadChanges, Store
+
+log = logging.getLogger(__name__)
+
+MAX_REPLY_CHARS = 20_000
+
+
+def delivery_channels(lead: Lead, contact: Contact | None) -> list[str]:
+    """Channels that can reach this customer, best first: the one they wrote on, then others."""
+    order: list[str] = []
+    if lead.channel in ("email", "telegram"):
+        order.append(lead.channel)
+    if contact is not None:
+        if contact.identity(IdentityKind.EMAIL) and "email" not in order:
+            order.append("email")
+        if contact.identity(IdentityKind.TELEGRAM) and "telegram" not in order:
+            order.append("telegram")
+    return order
+
+
+class Replies:
+    """Records staff replies and notes on leads."""
+
+    def __init__(
+        self,
+        store: Store,
+        bus: EventBus,
+        available_channels: Callable[[], Collection[str]] = frozenset,
+        on_queued: Callable[[str], None] | None = None,
+    ) -> None:
+        self._store = store
+        self._bus = bus
+        self._available = available_channels
+        self._on_queued = on_queued
+
+    async def record_reply(
+        self,
+        lead_number: int,
+        text: str,
+        author: str,
+        now: datetime | None = None,
+        html: str = "",
+        attachments: list[Attachment] | None = None,
+        source: str = "api",
+        external_id: str | None = None,
+    ) -> Message:
+        """Record a public reply and queue its delivery; the first one stops the first-response clock."""
+        now = now or utcnow()
+        text = text.strip()
+        if not text and not attachments:
+            raise ValidationFailed("a reply needs text", {"text": "must not be empty"})
+        if len(text) > MAX_REPLY_CHARS:
+            raise ValidationFailed("reply too long", {"text": f"at most {MAX_REPLY_CHARS} characters"})
+        lead = await self._store.get_lead(lead_number)
+        if lead is None:
+            raise NotFoundError(f"lead L-{lead_number} does not exist")
+        if external_id is not None:
+            known = await self._store.find_message(source, external_id)
+            if known is not None:
+                return known
+        contact = await self._store.get_contact(lead.contact_id)
+        candidates = delivery_channels(lead, contact)
+        available = set(self._available())
+        channel = next((c for c in candidates if c in available), candidates[0] if candidates else None)
+        message = Message(
+            id=new_id(),
+            lead_number=lead.number,
+            direction=Direction.OUT,
+            channel=channel or lead.channel,
+            author=author,
+            text=text,
+            html=html,
+            attachments=list(attachments or []),
+            external_id=external_id,
+            created_at=now,
+            delivery=DeliveryState.QUEUED if channel else DeliveryState.FAILED,
+        )
+        item = (
+            OutboxItem(
+                id=new_id(),
+                message_id=message.id,
+                lead_number=lead.number,
+                channel=channel,
+                payload={"text": text, "html": html, "author": author},
+                created_at=now,
+                next_attempt_at=now,
+            )
+            if channel
+            else None
+        )
+        await self._store.add_outbound(message, item)
+        changes = LeadChanges(
+            first_response_at=now if lead.first_response_at is None else None,
+            status=LeadStatus.WAITING_CUSTOMER if lead.is_active else None,
+            updated_at=now,
+        )
+        lead = await self._store.update_lead(lead.number, changes) or lead
+        events = [
+            Event(
+                EventType.REPLY_RECORDED.value,
+                now,
+                lead.number,
+                {
+                    "message_id": message.id,
+                    "author": author,
+                    "channel": message.channel,
+                    "source": source,
+                },
+            )
+        ]
+        if channel is None:
+            events.append(
+                Event(
+                    EventType.DELIVERY_FAILED.value,
+                    now,
+                    lead.number,
+                    {
+                        "message_id": message.id,
+                        "error": "the contact has no address on any channel",
+                    },
+                )
+            )
+        for event in events:
+            await self._store.append_event(event)
+            await self._bus.publish(event, lead)
+        if item is not None and self._on_queued is not None:
+            self._on_queued(item.channel)
+        log.info("%s: reply %s by %s queued on %s", lead.ref, message.id, author, channel or "(none)")
+        return message
+
+    async def add_note(
+        self, lead_number: int, text: str, author: str, now: datetime | None = None
+    ) -> Message:
+        """Record an internal note: visible to staff, never sent to the customer."""
+        now = now or utcnow()
+        text = text.strip()
+        if not text:
+            raise ValidationFailed("a note needs text", {"text": "must not be empty"})
+        lead = await self._store.get_lead(lead_number)
+        if lead is None:
+            raise NotFoundError(f"lead L-{lead_number} does not exist")
+        if lead.status == LeadStatus.CLOSED:
+            raise ConflictError(f"{lead.ref} is closed")
+        message = Message(
+            id=new_id(),
+            lead_number=lead.number,
+            direction=Direction.NOTE,
+            channel="internal",
+            author=author,
+            text=text[:MAX_REPLY_CHARS],
+            created_at=now,
+        )
+        await self._store.add_outbound(message, None)
+        event = Event(
+            EventType.MESSAGE_ADDED.value,
+            now,
+            lead.number,
+            {"message_id": message.id, "direction": "note"},
+        )
+        await self._store.append_event(event)
+        await self._bus.publish(event, lead)
+        return message

@@ -1,0 +1,259 @@
+"""REST API under /api/v1 (bearer token from HUB_API_TOKEN). Errors: {"error", "detail"}."""
+
+from __future__ import annotations
+
+import hmac
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from channels import webform
+from hub import i18n
+from hub.domain import LeadKind, LeadStatus, parse_lead_number
+from hub.errors import ValidationFailed
+from hub.web.keys import HUB_KEY
+from hub.web.ratelimit import client_ip
+from hub.web.serialize import contact_json, event_json, inbox_json, lead_json, message_json
+from storage.base import LeadQuery
+
+if TYPE_CHECKING:
+    from hub.app import Hub
+
+PREFIX = "/api/v1"
+MAX_PAGE = 200
+
+
+def error(status: int, code: str, detail: str, **extra: Any) -> web.Response:
+    """A JSON error response in the API's one error shape."""
+    return web.json_response({"error": code, "detail": detail, **extra}, status=status)
+
+
+@web.middleware
+async def require_token(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Every /api/v1 call (but the OpenAPI document) needs `Authorization: Bearer <HUB_API_TOKEN>`."""
+    if not request.path.startswith(PREFIX) or request.path == f"{PREFIX}/openapi.json":
+        response: web.StreamResponse = await handler(request)
+        return response
+    hub: Hub = request.app[HUB_KEY]
+    configured = hub.settings.api.token
+    if configured is None:
+        return error(401, "unauthorized", "the API is disabled: set HUB_API_TOKEN to enable it")
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        given.strip().encode(), configured.get_secret_value().encode()
+    ):
+        return web.json_response(
+            {"error": "unauthorized", "detail": "missing or wrong bearer token"},
+            status=401,
+            headers={"WWW-Authenticate": 'Bearer realm="hub"'},
+        )
+    response = await handler(request)
+    return response
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    if request.content_type != "application/json":
+        raise ValidationFailed("send a JSON object with Content-Type: application/json")
+    try:
+        body = await request.json()
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValidationFailed(f"the body is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise ValidationFailed("the body must be a JSON object")
+    return body
+
+
+def _str_field(body: dict[str, Any], name: str, required: bool = True, max_len: int = 200) -> str:
+    value = body.get(name)
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str) or (required and not value.strip()):
+        raise ValidationFailed(f"{name} is required", {name: "must be a non-empty string"})
+    if len(value) > max_len:
+        raise ValidationFailed(f"{name} is too long", {name: f"at most {max_len} characters"})
+    return value.strip()
+
+
+def _lead_number(request: web.Request) -> int:
+    number = parse_lead_number(request.match_info["number"])
+    if number is None:
+        raise web.HTTPNotFound(text="lead numbers look like L-1042")
+    return number
+
+
+async def create_lead(request: web.Request) -> web.Response:
+    """POST /api/v1/leads: a website backend or another CRM submits a lead."""
+    hub: Hub = request.app[HUB_KEY]
+    body = await _json_body(request)
+    if "text" in body and "message" not in body:
+        body["message"] = body["text"]
+    kind_raw = body.get("kind", LeadKind.MESSAGE.value)
+    try:
+        kind = LeadKind(kind_raw) if isinstance(kind_raw, str) else None
+    except ValueError:
+        kind = None
+    if kind is None:
+        raise ValidationFailed("bad kind", {"kind": f"one of: {', '.join(k.value for k in LeadKind)}"})
+    form_id = body.get("form") or "api"
+    if not isinstance(form_id, str) or len(form_id) > 40:
+        raise ValidationFailed("bad form", {"form": "a string of at most 40 characters"})
+    language = i18n.pick_language(body.get("language") if isinstance(body.get("language"), str) else "en")
+    submission, errors = webform.validate_submission(body, language)
+    if submission is None:
+        raise ValidationFailed("the lead has invalid fields", errors)
+    key = request.headers.get("Idempotency-Key") or body.get("external_id")
+    if key is not None and (not isinstance(key, str) or not 1 <= len(key) <= 200):
+        raise ValidationFailed("bad idempotency key", {"external_id": "a string of 1-200 characters"})
+    ip = client_ip(request, hub.settings.web.trusted_proxies)
+    result = await webform.submit(hub, "api", form_id, kind, submission, key, language, ip)
+    if result is None:
+        return error(
+            202,
+            "not_processed",
+            "stored, but it could not be processed; it is quarantined for staff",
+        )
+    payload = lead_json(result.lead)
+    return web.json_response(payload, status=200 if result.duplicate else 201)
+
+
+async def list_leads(request: web.Request) -> web.Response:
+    """GET /api/v1/leads: filters status, kind, assignee, team, channel, breached, q; cursor pages."""
+    hub: Hub = request.app[HUB_KEY]
+    q = request.query
+    try:
+        statuses = tuple(LeadStatus(s) for s in q.getall("status", [])) or None
+        kind = LeadKind(q["kind"]) if "kind" in q else None
+        limit = min(int(q.get("limit", "50")), MAX_PAGE)
+    except ValueError as exc:
+        raise ValidationFailed(f"bad filter: {exc}") from exc
+    if limit < 1:
+        raise ValidationFailed("bad filter: limit must be 1 or more")
+    breached = None
+    if "breached" in q:
+        if q["breached"] not in ("true", "false", "1", "0"):
+            raise ValidationFailed("bad filter: breached must be true or false")
+        breached = q["breached"] in ("true", "1")
+    assignee = q.get("assignee")
+    cursor = q.get("cursor")
+    if cursor is not None and not cursor.isdigit():
+        raise ValidationFailed("bad cursor: use the next_cursor of the previous page")
+    query = LeadQuery(
+        statuses=statuses,
+        kind=kind,
+        assignee=None if assignee in (None, "none") else assignee,
+        unassigned=assignee == "none",
+        team=q.get("team"),
+        channel=q.get("channel"),
+        breached=breached,
+        text=q.get("q") or None,
+    )
+    page = await hub.store.list_leads(query, limit, cursor)
+    return web.json_response(
+        {"items": [lead_json(lead) for lead in page.items], "next_cursor": page.next_cursor}
+    )
+
+
+async def get_lead(request: web.Request) -> web.Response:
+    """GET /api/v1/leads/{number}: the lead with its contact, messages and events."""
+    hub: Hub = request.app[HUB_KEY]
+    number = _lead_number(request)
+    lead = await hub.store.get_lead(number)
+    if lead is None:
+        return error(404, "not_found", f"lead L-{number} does not exist")
+    contact = await hub.store.get_contact(lead.contact_id)
+    messages = await hub.store.list_messages(number)
+    events = await hub.store.list_events(lead_number=number)
+    payload = lead_json(lead)
+    payload["contact"] = contact_json(contact) if contact else None
+    payload["messages"] = [message_json(m) for m in messages]
+    payload["events"] = [event_json(e) for e in events]
+    return web.json_response(payload)
+
+
+async def post_reply(request: web.Request) -> web.Response:
+    """POST /api/v1/leads/{number}/replies {"text", "author"}: a public reply."""
+    hub: Hub = request.app[HUB_KEY]
+    number = _lead_number(request)
+    body = await _json_body(request)
+    text = _str_field(body, "text", max_len=20_000)
+    author = _str_field(body, "author")
+    key = request.headers.get("Idempotency-Key")
+    message = await hub.replies.record_reply(number, text, author, source="api", external_id=key)
+    return web.json_response(message_json(message), status=201)
+
+
+async def post_note(request: web.Request) -> web.Response:
+    """POST /api/v1/leads/{number}/notes {"text", "author"}: an internal note."""
+    hub: Hub = request.app[HUB_KEY]
+    number = _lead_number(request)
+    body = await _json_body(request)
+    message = await hub.replies.add_note(
+        number, _str_field(body, "text", max_len=20_000), _str_field(body, "author")
+    )
+    return web.json_response(message_json(message), status=201)
+
+
+async def post_assign(request: web.Request) -> web.Response:
+    """POST /api/v1/leads/{number}/assign {"manager"}."""
+    hub: Hub = request.app[HUB_KEY]
+    number = _lead_number(request)
+    body = await _json_body(request)
+    manager = _str_field(body, "manager", max_len=64)
+    by = _str_field(body, "by", required=False) or "api"
+    lead = await hub.actions.assign(number, manager, by=by)
+    return web.json_response(lead_json(lead))
+
+
+async def post_resolve(request: web.Request) -> web.Response:
+    """POST /api/v1/leads/{number}/resolve."""
+    hub: Hub = request.app[HUB_KEY]
+    lead = await hub.actions.resolve(_lead_number(request), by="api")
+    return web.json_response(lead_json(lead))
+
+
+async def post_reopen(request: web.Request) -> web.Response:
+    """POST /api/v1/leads/{number}/reopen."""
+    hub: Hub = request.app[HUB_KEY]
+    lead = await hub.actions.reopen(_lead_number(request), by="api")
+    return web.json_response(lead_json(lead))
+
+
+async def list_inbox(request: web.Request) -> web.Response:
+    """GET /api/v1/inbox?status=quarantined: raw inputs by state (quarantine for staff)."""
+    hub: Hub = request.app[HUB_KEY]
+    status = request.query.get("status", "quarantined")
+    if status not in ("pending", "done", "quarantined"):
+        raise ValidationFailed("bad status: pending, done or quarantined")
+    items = await hub.store.inbox_list(status, limit=200)
+    return web.json_response({"items": [inbox_json(i) for i in items]})
+
+
+async def retry_inbox(request: web.Request) -> web.Response:
+    """POST /api/v1/inbox/{id}/retry: process a quarantined input again."""
+    hub: Hub = request.app[HUB_KEY]
+    raw_id = request.match_info["item_id"]
+    if not raw_id.isdigit():
+        return error(404, "not_found", "inbox ids are numbers")
+    if not await hub.store.inbox_requeue(int(raw_id)):
+        return error(409, "conflict", f"inbox item {raw_id} is not quarantined")
+    item = await hub.store.inbox_get(int(raw_id))
+    assert item is not None
+    result = await hub.inbox.process(item)
+    fresh = await hub.store.inbox_get(int(raw_id))
+    payload = inbox_json(fresh or item)
+    payload["lead"] = result.lead.ref if result else None
+    return web.json_response(payload)
+
+
+def setup_api(app: web.Application) -> None:
+    """Register the /api/v1 routes."""
+    app.router.add_post(f"{PREFIX}/leads", create_lead)
+    app.router.add_get(f"{PREFIX}/leads", list_leads)
+    app.router.add_get(f"{PREFIX}/leads/{{number}}", get_lead)
+    app.router.add_post(f"{PREFIX}/leads/{{number}}/replies", post_reply)
+    app.router.add_post(f"{PREFIX}/leads/{{number}}/notes", post_note)
+    app.router.add_post(f"{PREFIX}/leads/{{number}}/assign", post_assign)
+    app.router.add_post(f"{PREFIX}/leads/{{number}}/resolve", post_resolve)
+    app.router.add_post(f"{PREFIX}/leads/{{number}}/reopen", post_reopen)
+    app.router.add_get(f"{PREFIX}/inbox", list_inbox)
+    app.router.add_post(f"{PREFIX}/inbox/{{item_id}}/retry", retry_inbox)

@@ -1,0 +1,70 @@
+"""The hub's one aiohttp application: forms, API, health, and whatever channels add."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from hub.errors import ConflictError, NotFoundError, ValidationFailed
+from hub.web.api import require_token, setup_api
+from hub.web.keys import HUB_KEY
+from storage.base import StoreError
+
+if TYPE_CHECKING:
+    from hub.app import Hub
+
+log = logging.getLogger(__name__)
+
+
+def _json_error(status: int, code: str, detail: str, **extra: Any) -> web.Response:
+    return web.json_response({"error": code, "detail": detail, **extra}, status=status)
+
+
+@web.middleware
+async def translate_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Hub errors become JSON errors with the right status; nothing leaks a traceback."""
+    try:
+        response: web.StreamResponse = await handler(request)
+        return response
+    except ValidationFailed as exc:
+        return _json_error(422, "validation_failed", str(exc), fields=exc.fields)
+    except NotFoundError as exc:
+        return _json_error(404, "not_found", str(exc))
+    except ConflictError as exc:
+        return _json_error(409, "conflict", str(exc))
+    except StoreError as exc:
+        log.warning("%s %s: store unavailable: %s", request.method, request.path, exc)
+        return _json_error(503, "unavailable", "the database is unavailable; try again shortly")
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.app[HUB_KEY].settings.web.max_body_bytes
+        return _json_error(413, "too_large", f"the body is larger than the limit of {limit} bytes")
+    except web.HTTPException as exc:
+        if exc.status >= 400 and exc.content_type != "application/json":
+            code = exc.reason.lower().replace(" ", "_")
+            return _json_error(exc.status, code, exc.text or exc.reason)
+        raise
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """GET /healthz (no auth): ok when the store answers, degraded (503) when it does not."""
+    hub: Hub = request.app[HUB_KEY]
+    ok = await hub.store.ping()
+    body = {"status": "ok" if ok else "degraded", "storage": hub.store.backend}
+    return web.Response(text=json.dumps(body), status=200 if ok else 503, content_type="application/json")
+
+
+def create_web_app(hub: Hub) -> web.Application:
+    """The application with every route the enabled parts provide."""
+    app = web.Application(
+        client_max_size=hub.settings.web.max_body_bytes,
+        middlewares=[translate_errors, require_token],
+    )
+    app[HUB_KEY] = hub
+    app.router.add_get("/healthz", healthz)
+    setup_api(app)
+    for setup in hub.web_setups:
+        setup(app)
+    return app

@@ -1,0 +1,234 @@
+"""The Store protocol: every query the core needs, named for what it means.
+
+Adapters (`storage.sqlite`, `storage.mongo`) pass one contract suite (`tests/contract`).
+All datetimes in and out are aware UTC. Methods are safe to call from several hub
+processes on one database: anything that must happen once is claimed atomically here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol, runtime_checkable
+
+from hub.domain import (
+    Contact,
+    Event,
+    Identity,
+    InboxItem,
+    Lead,
+    LeadKind,
+    LeadStatus,
+    Message,
+    OutboxItem,
+    Page,
+)
+
+
+class StoreError(Exception):
+    """The store could not do what was asked (transient: retry later)."""
+
+
+class DuplicateError(StoreError):
+    """A unique key is already taken (the caller decides whether that is idempotency)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LeadQuery:
+    """Filters for queue and API listings; None means 'any'."""
+
+    statuses: tuple[LeadStatus, ...] | None = None
+    kind: LeadKind | None = None
+    assignee: str | None = None
+    unassigned: bool = False
+    team: str | None = None
+    channel: str | None = None
+    breached: bool | None = None
+    contact_id: str | None = None
+    text: str | None = None  # matches subject, contact name, identity values
+
+
+@dataclass(frozen=True, slots=True)
+class LeadChanges:
+    """Fields to set on a lead; only the ones not None are written."""
+
+    status: LeadStatus | None = None
+    kind: LeadKind | None = None
+    assignee: str | None = None
+    clear_assignee: bool = False
+    team: str | None = None
+    priority: int | None = None
+    tags: list[str] | None = None
+    first_response_at: datetime | None = None
+    resolved_at: datetime | None = None
+    clear_resolved_at: bool = False
+    first_response_due: datetime | None = None
+    warn_due: datetime | None = None
+    clear_due: bool = False  # the clock stopped: no warning or breach is pending
+    updated_at: datetime | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Store(Protocol):
+    backend: str
+
+    async def open(self) -> None:
+        """Connect, create or migrate the schema, ensure indexes."""
+
+    async def close(self) -> None:
+        """Flush and disconnect; safe to call twice."""
+
+    async def ping(self) -> bool:
+        """True when the database answers a trivial query now."""
+
+    # --- inbox: raw input, durable before anything is acknowledged upstream -------------
+    async def inbox_put(
+        self,
+        channel: str,
+        external_id: str,
+        payload: bytes,
+        received_at: datetime,
+        meta: dict[str, Any] | None = None,
+        holder: str | None = None,
+        lease_seconds: float = 0.0,
+    ) -> tuple[InboxItem, bool]:
+        """Store raw input durably; returns (item, created). A known key returns the old item.
+
+        With `holder`, the new item is claimed by it for `lease_seconds`, so the caller can
+        process it at once while other processes' replay loops leave it alone.
+        """
+
+    async def inbox_claim(
+        self, holder: str, now: datetime, lease_seconds: float, limit: int
+    ) -> list[InboxItem]:
+        """Claim pending items (oldest first) for processing; a lapsed claim can be taken again."""
+
+    async def inbox_get(self, item_id: int) -> InboxItem | None:
+        """One inbox item by id."""
+
+    async def inbox_done(self, item_id: int, lead_number: int | None) -> None:
+        """Mark an item processed (it produced, or joined, that lead)."""
+
+    async def inbox_quarantine(self, item_id: int, reason: str) -> None:
+        """Keep an item that cannot be processed, with the reason, for staff to see."""
+
+    async def inbox_requeue(self, item_id: int) -> bool:
+        """Put a quarantined item back to pending; False if it was not quarantined."""
+
+    async def inbox_list(self, status: str, limit: int = 100) -> list[InboxItem]:
+        """Items in one status, newest first."""
+
+    # --- contacts ----------------------------------------------------------------------------
+    async def find_contact(self, identity: Identity) -> Contact | None:
+        """The contact that owns this identity (kind + normalized value), if any."""
+
+    async def get_contact(self, contact_id: str) -> Contact | None:
+        """One contact with all identities."""
+
+    async def create_contact(self, contact: Contact) -> Contact:
+        """Insert a contact with its identities; DuplicateError if an identity is taken."""
+
+    async def add_identity(self, contact_id: str, identity: Identity) -> bool:
+        """Attach an identity; False if it already belongs to another contact."""
+
+    async def merge_contacts(self, keep_id: str, merge_id: str) -> None:
+        """Move identities and leads of `merge_id` onto `keep_id` and delete `merge_id`."""
+
+    # --- leads ------------------------------------------------------------------------------
+    async def next_lead_number(self) -> int:
+        """A new lead number, unique and increasing even under concurrent callers."""
+
+    async def create_lead(self, lead: Lead) -> tuple[Lead, bool]:
+        """Insert a lead; a lead with the same (channel, origin_external_id) is returned instead."""
+
+    async def get_lead(self, number: int) -> Lead | None:
+        """One lead by number."""
+
+    async def find_lead_by_origin(self, channel: str, external_id: str) -> Lead | None:
+        """The lead an inbound (channel, external_id) opened, if any."""
+
+    async def find_active_lead(self, contact_id: str, channel: str | None) -> Lead | None:
+        """The contact's most recent active lead (on that channel when given)."""
+
+    async def update_lead(self, number: int, changes: LeadChanges) -> Lead | None:
+        """Apply changes and return the updated lead (None if there is no such lead)."""
+
+    async def list_leads(self, query: LeadQuery, limit: int, cursor: str | None = None) -> Page[Lead]:
+        """Leads matching the query, newest first, cursor-paginated."""
+
+    async def count_active_by_assignee(self, manager_ids: list[str]) -> dict[str, int]:
+        """How many active leads each of these managers holds (0 included)."""
+
+    async def claim_due_warnings(self, now: datetime, limit: int) -> list[Lead]:
+        """Atomically mark leads whose warning time passed (and record sla.warning); once each."""
+
+    async def claim_due_breaches(self, now: datetime, limit: int) -> list[Lead]:
+        """Atomically mark leads whose due time passed (and record sla.breached); once each."""
+
+    # --- messages and threading -------------------------------------------------------------
+    async def add_message(self, message: Message) -> tuple[Message, bool]:
+        """Append a message; an inbound with a known (channel, external_id) returns the old one."""
+
+    async def find_message(self, channel: str, external_id: str) -> Message | None:
+        """A message by its channel's external id."""
+
+    async def get_message(self, message_id: str) -> Message | None:
+        """A message by id."""
+
+    async def list_messages(self, lead_number: int) -> list[Message]:
+        """The whole conversation of a lead in order."""
+
+    async def add_refs(self, lead_number: int, refs: list[str]) -> None:
+        """Remember ids (email Message-IDs, ...) that later replies may point at."""
+
+    async def find_lead_by_refs(self, refs: list[str]) -> int | None:
+        """The lead any of these ids belongs to (most recent lead wins)."""
+
+    # --- outbox -----------------------------------------------------------------------------
+    async def add_outbound(self, message: Message, item: OutboxItem | None) -> None:
+        """Record an outbound message and its delivery row in one atomic write."""
+
+    async def outbox_claim(
+        self, channels: list[str], holder: str, now: datetime, lease_seconds: float, limit: int
+    ) -> list[OutboxItem]:
+        """Claim due queued rows of these channels; a row is held by one sender at a time."""
+
+    async def outbox_sent(self, item_id: str, now: datetime, external_ref: str) -> None:
+        """The row was delivered; its message is marked sent."""
+
+    async def outbox_retry(self, item_id: str, next_attempt_at: datetime, error: str) -> None:
+        """A transient failure: try again at `next_attempt_at`."""
+
+    async def outbox_failed(self, item_id: str, error: str) -> None:
+        """A permanent failure: give up on this row and mark its message failed."""
+
+    async def outbox_get(self, item_id: str) -> OutboxItem | None:
+        """One outbox row."""
+
+    async def outbox_counts(self) -> dict[str, int]:
+        """Rows per state (queued, sent, failed), for health and metrics."""
+
+    # --- events, leases, small state ---------------------------------------------------------
+    async def append_event(self, event: Event) -> Event:
+        """Append to the audit log; returns the event with its id."""
+
+    async def list_events(
+        self, lead_number: int | None = None, types: list[str] | None = None, limit: int = 1000
+    ) -> list[Event]:
+        """Events oldest first, of one lead and/or some types."""
+
+    async def acquire_lease(self, name: str, holder: str, now: datetime, ttl_seconds: float) -> bool:
+        """Take or renew a named lease; True while `holder` has it."""
+
+    async def release_lease(self, name: str, holder: str) -> None:
+        """Give a lease up, if held by `holder`."""
+
+    async def get_state(self, key: str) -> Any:
+        """A small JSON value by key (round-robin cursors, availability, channel offsets)."""
+
+    async def set_state(self, key: str, value: Any) -> None:
+        """Store a small JSON value."""
+
+    async def incr_state(self, key: str) -> int:
+        """Atomically add one to an integer state value and return the new value."""
