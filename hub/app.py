@@ -52,6 +52,10 @@ def build_channels(settings: Settings) -> list[Channel]:
     channels: list[Channel] = []
     if settings.web.enabled:
         channels.append(WebformChannel())
+    if settings.email.enabled:
+        from channels.email import EmailChannel
+
+        channels.append(EmailChannel(settings.email))
     names = [c.name for c in channels]
     if len(names) != len(set(names)):
         raise ValueError(f"channels registered twice: {names}")
