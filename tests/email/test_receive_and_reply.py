@@ -33,7 +33,7 @@ async def test_plain_message_becomes_lead_and_is_acknowledged(
     assert lead.channel == "email"
     assert lead.subject == "Де моє замовлення?"
     assert lead.kind.value == "message"
-    (message,) = await inbound_messages(email_hub, lead.number)
+    (message,) = await wait_messages(email_hub, lead.number, 1)
     assert message.text == "Добрий день! Де моє замовлення 1234?"
     assert message.refs == [mid]
     contact = await email_hub.store.get_contact(lead.contact_id)
@@ -141,4 +141,5 @@ async def test_lead_token_only_counts_for_the_leads_own_contact(
     await imap.append(raw, mailbox)
     found = await wait_leads(email_hub, 2)
     assert found[1].number != lead.number
+    assert len(await wait_messages(email_hub, found[1].number, 1)) == 1
     assert len(await inbound_messages(email_hub, lead.number)) == 1
