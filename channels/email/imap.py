@@ -38,6 +38,37 @@ _FETCH_UID = re.compile(rb"UID (\d+)")
 _LITERAL = re.compile(rb"\{(\d+)\}$")
 
 
+class _Protocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]
+    """aioimaplib's protocol, but an unsolicited BYE (RFC 3501 7.1.5) ends the connection.
+
+    aioimaplib only logs it and lets the running command wait for its timeout; Dovecot sends
+    one when the selected mailbox is deleted or rebuilt under us.
+    """
+
+    def _untagged_response(self, line: bytes) -> Any:
+        pending = self.pending_sync_command
+        logging_out = pending is not None and pending.name == "LOGOUT"
+        if line.startswith(b"* BYE") and not logging_out and self.transport is not None:
+            self.transport.close()
+        return super()._untagged_response(line)
+
+
+class _Client(aioimaplib.IMAP4):  # type: ignore[misc]
+    def create_client(
+        self,
+        host: str,
+        port: int,
+        loop: asyncio.AbstractEventLoop | None,
+        conn_lost_cb: Callable[[Exception | None], None] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        local_loop = loop if loop is not None else asyncio.get_running_loop()
+        self.protocol = _Protocol(local_loop, conn_lost_cb)
+        self._client_task = local_loop.create_task(
+            local_loop.create_connection(lambda: self.protocol, host, port, ssl=ssl_context)
+        )
+
+
 class ImapError(Exception):
     """The IMAP server refused something; the session reconnects after a backoff."""
 
@@ -197,13 +228,13 @@ class ImapPoller:
         def lost(exc: Exception | None) -> None:
             self._dropped.set()
 
-        if imap.security == "ssl":
-            client: aioimaplib.IMAP4 = aioimaplib.IMAP4_SSL(
-                host=imap.host, port=imap.port, timeout=timeout, ssl_context=_ssl_context(imap.verify_tls)
-            )
-            client.protocol.conn_lost_cb = lost
-        else:
-            client = aioimaplib.IMAP4(host=imap.host, port=imap.port, timeout=timeout, conn_lost_cb=lost)
+        client = _Client(
+            host=imap.host,
+            port=imap.port,
+            timeout=timeout,
+            conn_lost_cb=lost,
+            ssl_context=_ssl_context(imap.verify_tls) if imap.security == "ssl" else None,
+        )
         self._client = client
         await client.wait_hello_from_server()
         if imap.security == "starttls":
@@ -264,7 +295,7 @@ class ImapPoller:
             if not await self._store.acquire_lease(self.lease_name, self._holder, self._now(), ttl):
                 raise LeaseLost()
             if loop.time() >= next_poll or use_idle:
-                await self.sync(client, uidvalidity)
+                await self._unless_dropped(self.sync(client, uidvalidity))
                 next_poll = loop.time() + poll
             wait = min(ttl / 3, max(next_poll - loop.time(), 0.05))
             if use_idle:
@@ -272,20 +303,48 @@ class ImapPoller:
             else:
                 await asyncio.sleep(wait)
 
+    async def _unless_dropped(self, work: Awaitable[int]) -> int:
+        """Run `work`, but give up at once when the connection drops (no waiting for timeouts)."""
+        task = asyncio.ensure_future(work)
+        dropped = asyncio.ensure_future(self._dropped.wait())
+        try:
+            done, _ = await asyncio.wait({task, dropped}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        finally:
+            dropped.cancel()
+        if task not in done:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+            raise ImapError("connection closed by the server")
+        return task.result()
+
     async def _idle(self, client: aioimaplib.IMAP4, seconds: float) -> None:
-        """Wait in IDLE until the server pushes something or `seconds` pass."""
+        """Wait in IDLE until the server pushes something, `seconds` pass or the connection drops."""
         idle = await client.idle_start(timeout=seconds)
+        dropped = asyncio.ensure_future(self._dropped.wait())
         try:
             while True:
-                push = await client.wait_server_push(timeout=seconds + 5)
-                if push == aioimaplib.STOP_WAIT_SERVER_PUSH:
+                push = asyncio.ensure_future(client.wait_server_push(timeout=seconds + 5))
+                done, _ = await asyncio.wait({push, dropped}, return_when=asyncio.FIRST_COMPLETED)
+                if dropped in done:
+                    push.cancel()
+                    raise ImapError("connection closed by the server during IDLE")
+                lines = push.result()
+                if lines == aioimaplib.STOP_WAIT_SERVER_PUSH:
                     break
-                if any(isinstance(x, bytes | bytearray) and b"EXISTS" in x for x in push):
+                if any(isinstance(x, bytes | bytearray) and (b"EXISTS" in x or b"BYE" in x) for x in lines):
                     break
         finally:
-            if client.has_pending_idle():
-                client.idle_done()
-            await asyncio.wait_for(idle, client.timeout)
+            dropped.cancel()
+            if not self._dropped.is_set():
+                if client.has_pending_idle():
+                    client.idle_done()
+                await asyncio.wait_for(idle, client.timeout)
+            else:
+                idle.cancel()
 
     # --- fetching -----------------------------------------------------------------------------
     async def _position(self, uidvalidity: int) -> tuple[int, str]:
