@@ -321,6 +321,11 @@ def _parse(msg: Message) -> ParsedEmail:
     plain, raw_html, raw_attachments = _bodies(msg)
     html = sanitize_html(raw_html) if raw_html else ""
     text = plain.strip() or (html_to_text(raw_html) if raw_html else "")
+    if not text and not raw_attachments and msg.get_content_maintype() == "multipart":
+        # A boundary that never matches leaves the body unsplit (or in the preamble): keep it as text.
+        payload = msg.get_payload()
+        leftover = payload if isinstance(payload, str) else (msg.preamble or "")
+        text = _fix_8bit(leftover).strip()
     bounce = _bounce(msg)
     return ParsedEmail(
         sender=sender,
