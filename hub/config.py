@@ -217,7 +217,9 @@ class ImapSettings(_Section):
     idle: bool = True  # use IDLE when the server offers it; poll every `poll_every` otherwise
     timeout: Duration = Field(default_factory=lambda: timedelta(seconds=30))
     reconnect_max: Duration = Field(default_factory=lambda: timedelta(minutes=5))
-    fetch_batch: int = Field(200, ge=1, le=5000)
+    # aioimaplib parses a received chunk recursively (a frame per line): many tiny messages in one
+    # FETCH can exceed Python's recursion limit, so batches stay small.
+    fetch_batch: int = Field(100, ge=1, le=200)
 
 
 class SmtpSettings(_Section):
