@@ -81,8 +81,7 @@ class EmailIngest:
         store = hub.store
         digest = hashlib.sha256(fetched.raw).hexdigest()
         seen_key = f"email:seen:{position.account}:{position.mailbox}:{digest}"
-        if position.resync and await store.get_state(seen_key):
-            return
+        known = await store.get_state(seen_key) if position.resync else None
         parsed: ParsedEmail | None
         try:
             parsed = parse_email(fetched.raw)
@@ -90,7 +89,9 @@ class EmailIngest:
             parsed = None  # stored anyway; decoding again quarantines it with the reason
         if parsed is not None:
             await self._store_attachments(parsed)
-        ext_id = external_id(position, fetched.uid, digest)
+        # After a UIDVALIDITY change (or a crash during one) the same bytes under a new UID are the
+        # message we already have: keep its original id, so the inbox and intake see one message.
+        ext_id = known if isinstance(known, str) else external_id(position, fetched.uid, digest)
         meta = {
             "account": position.account,
             "mailbox": position.mailbox,
@@ -107,7 +108,8 @@ class EmailIngest:
             holder=hub.instance_id,
             lease_seconds=CLAIM_SECONDS,
         )
-        await store.set_state(seen_key, ext_id)
+        if known is None:
+            await store.set_state(seen_key, ext_id)
         if item.status != "pending":
             return
         try:
