@@ -143,3 +143,72 @@ async def test_lead_token_only_counts_for_the_leads_own_contact(
     assert found[1].number != lead.number
     assert len(await wait_messages(email_hub, found[1].number, 1)) == 1
     assert len(await inbound_messages(email_hub, lead.number)) == 1
+
+
+@pytest.mark.parametrize("security", ["ssl", "starttls"])
+async def test_imap_over_tls_and_starttls(
+    security: str,
+    settings_factory,  # type: ignore[no-untyped-def]
+    dovecot,  # type: ignore[no-untyped-def]
+    mailbox: str,
+    imap: ImapClient,
+    smtp_server: SmtpServer,
+    tmp_path,  # type: ignore[no-untyped-def]
+) -> None:
+    from tests.email.conftest import email_config
+
+    account = dovecot.tls_account if security == "ssl" else dovecot.account
+    config = email_config(account, mailbox, smtp_server.port, tmp_path, ack=False)
+    config["imap"].update({"security": security, "verify_tls": False, "move_to": f"{mailbox}.done"})
+    hub = Hub(settings_factory(email=config))
+    await hub.start()
+    try:
+        raw, _ = make_mail(subject=f"Over {security}", text="Encrypted hello")
+        await imap.append(raw, mailbox)
+        (lead,) = await wait_leads(hub, 1)
+        assert lead.subject == f"Over {security}"
+        # move_to: processed mail leaves the mailbox for the configured folder.
+        await wait_for(lambda: _moved(imap, mailbox), what="the move")
+    finally:
+        await hub.stop()
+
+
+async def _moved(imap: ImapClient, mailbox: str) -> bool:
+    return await imap.count(mailbox) == 0 and await imap.count(f"{mailbox}.done") == 1
+
+
+@pytest.mark.parametrize("security", ["ssl", "starttls"])
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS:UserWarning")
+async def test_smtp_over_tls_with_auth(
+    security: str,
+    settings_factory,  # type: ignore[no-untyped-def]
+    imap_account,  # type: ignore[no-untyped-def]
+    mailbox: str,
+    imap: ImapClient,
+    tmp_path,  # type: ignore[no-untyped-def]
+) -> None:
+    from tests.email.conftest import email_config
+    from tests.support.tls import self_signed_certificate
+
+    certificate = self_signed_certificate(tmp_path, "smtp")
+    assert certificate is not None, "openssl is needed for the TLS tests (a dependency of dovecot-core)"
+    server = SmtpServer(certificate=certificate, mode=security, credentials=("support", "smtp-secret"))
+    server.start()
+    try:
+        config = email_config(imap_account, mailbox, server.port, tmp_path)
+        config["smtp"].update(
+            {"security": security, "verify_tls": False, "username": "support", "password": "smtp-secret"}
+        )
+        hub = Hub(settings_factory(email=config))
+        await hub.start()
+        try:
+            raw, _ = make_mail(subject="TLS out", text="Please confirm")
+            await imap.append(raw, mailbox)
+            await wait_leads(hub, 1)
+            (ack,) = await wait_for(lambda: _parsed(server), what="the acknowledgement over TLS")
+            assert ack["Auto-Submitted"] == "auto-replied"
+            assert server.logins == ["support"]
+        finally:
+            await hub.stop()
+    finally:
+        server.stop()

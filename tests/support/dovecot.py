@@ -23,6 +23,7 @@ from pathlib import Path
 from aioimaplib import aioimaplib
 
 from tests.support.process import free_port
+from tests.support.tls import self_signed_certificate
 
 DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
 
@@ -45,7 +46,8 @@ class DovecotServer:
 
     def __init__(self, username: str = "support", password: str = "imap-test-secret") -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="hub-dovecot-"))
-        self.port = free_port()
+        self.port = free_port()  # plain IMAP, STARTTLS offered
+        self.tls_port = free_port()  # IMAP over TLS (imaps)
         self.username = username
         self.password = password
         self.proc: subprocess.Popen[bytes] | None = None
@@ -65,8 +67,20 @@ class DovecotServer:
         mail = pwd.getpwnam("dovecot")
         return login, internal, mail.pw_uid, mail.pw_gid
 
+    @property
+    def tls_account(self) -> ImapAccount:
+        return ImapAccount("127.0.0.1", self.tls_port, self.username, self.password)
+
     def write_config(self) -> Path:
         login_user, internal_user, uid, gid = self._users()
+        certificate = self_signed_certificate(self.dir, "dovecot")
+        if certificate is not None:
+            cert, key = certificate
+            tls = f"ssl = yes\nssl_cert = <{cert}\nssl_key = <{key}\n"
+            imaps_port = self.tls_port
+        else:
+            tls = "ssl = no\n"
+            imaps_port = 0
         home = self.dir / "home" / self.username
         home.mkdir(parents=True)
         for path in (self.dir, self.dir / "home", home):
@@ -82,8 +96,7 @@ listen = 127.0.0.1
 base_dir = {self.dir}/run
 state_dir = {self.dir}/state
 log_path = {self.dir}/dovecot.log
-ssl = no
-disable_plaintext_auth = no
+{tls}disable_plaintext_auth = no
 auth_mechanisms = plain login
 default_login_user = {login_user}
 default_internal_user = {internal_user}
@@ -108,7 +121,8 @@ service imap-login {{
     port = {self.port}
   }}
   inet_listener imaps {{
-    port = 0
+    address = 127.0.0.1
+    port = {imaps_port}
   }}
 }}
 service anvil {{
