@@ -407,6 +407,10 @@ class ImapPoller:
                 await self._acknowledge(client, [f.uid for f in fetched])
             last_uid = max(last_uid, *chunk)
             handled += len(fetched)
+            # A long backlog must not outlive the lease: renew it between batches.
+            ttl = self._settings.lease_ttl.total_seconds()
+            if not await self._store.acquire_lease(self.lease_name, self._holder, self._now(), ttl):
+                raise LeaseLost()
             await self._store.set_state(
                 self.state_key,
                 {

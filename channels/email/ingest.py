@@ -24,7 +24,7 @@ from storage.base import StoreError
 from .attachments import AttachmentStore
 from .decode import CHANNEL, EmailDecoder
 from .imap import Fetched, MailboxPosition
-from .parse import ParsedEmail, parse_email
+from .parse import ParsedEmail, parse_email, redact
 from .smtp import outbox_id_of
 from .text import guess_language
 
@@ -175,7 +175,7 @@ class EmailIngest:
         await store.inbox_done(item.id, number)
         lead = await store.get_lead(number)
         await self._hub.bus.publish(event, lead)
-        log.warning("L-%s email: a reply bounced: %s", number, reason)
+        log.warning("L-%s email: a reply bounced: %s", number, redact(reason))
         return True
 
     # --- acknowledgements -------------------------------------------------------------------

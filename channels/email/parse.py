@@ -87,6 +87,14 @@ class ParsedEmail:
     content_language: str = ""
 
 
+_ADDRESS = re.compile(r"[^\s<>()\[\],;:\"']+@[^\s<>()\[\],;:\"']+")
+
+
+def redact(text: str) -> str:
+    """Text with email addresses replaced, for log lines at INFO and above."""
+    return _ADDRESS.sub("<address>", text)
+
+
 def message_ids(value: str) -> list[str]:
     """Every `<id>` in a Message-ID / In-Reply-To / References value, without the brackets."""
     found = _MSGID.findall(value or "")

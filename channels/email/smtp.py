@@ -23,7 +23,7 @@ from hub.domain import Contact, Direction, IdentityKind, Lead, OutboxItem, utcno
 from hub.errors import PermanentError, TransientError
 from storage.base import Store
 
-from .parse import clean_subject, new_message
+from .parse import clean_subject, new_message, redact
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,8 @@ class SmtpSender:
             )
         except aiosmtplib.SMTPRecipientsRefused as exc:
             codes = [r.code for r in exc.recipients]
-            detail = "; ".join(f"{r.code} {r.message}" for r in exc.recipients)
+            # The dispatcher logs this text: keep the customer's address out of it.
+            detail = "; ".join(f"{r.code} {redact(r.message)}" for r in exc.recipients)
             if codes and all(c >= 500 for c in codes):
                 raise PermanentError(f"{lead.ref}: the recipient was refused: {detail}") from exc
             raise TransientError(f"{lead.ref}: the recipient was deferred: {detail}") from exc
@@ -161,9 +162,10 @@ class SmtpSender:
                 f"SMTP login as {smtp.username!r} refused: {exc.code} {exc.message}"
             ) from exc
         except aiosmtplib.SMTPResponseException as exc:
+            text = f"{exc.code} {redact(exc.message)}"
             if 500 <= exc.code < 600:
-                raise PermanentError(f"{lead.ref}: the SMTP server rejected the message: {exc}") from exc
-            raise TransientError(f"{lead.ref}: the SMTP server deferred the message: {exc}") from exc
+                raise PermanentError(f"{lead.ref}: the SMTP server rejected the message: {text}") from exc
+            raise TransientError(f"{lead.ref}: the SMTP server deferred the message: {text}") from exc
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             raise TransientError(
                 f"SMTP {smtp.host}:{smtp.port} unavailable: {type(exc).__name__}: {exc}"

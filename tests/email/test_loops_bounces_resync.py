@@ -227,3 +227,25 @@ async def test_smtp_down_then_back_delivers_each_reply_exactly_once(
             down.stop()
     finally:
         await hub.stop()
+
+
+async def test_permanent_smtp_rejection_marks_the_reply_failed_once(
+    email_hub: Hub, imap: ImapClient, mailbox: str, smtp_server: SmtpServer
+) -> None:
+    smtp_server.reject("gone@example.com")
+    raw, _ = make_mail(sender="gone@example.com", subject="Last words", text="Goodbye")
+    await imap.append(raw, mailbox)
+    (lead,) = await wait_leads(email_hub, 1)
+    reply = await email_hub.replies.record_reply(lead.number, "Sorry to see you go", "olena")
+
+    async def failed() -> list:  # type: ignore[type-arg]
+        events = await email_hub.store.list_events(lead.number, ["delivery.failed"])
+        return [e for e in events if e.data.get("message_id") == reply.id]
+
+    (event,) = await wait_for(failed, what="the permanent failure")
+    assert "550" in event.data["error"] and "gone@example.com" not in event.data["error"]
+    message = await email_hub.store.get_message(reply.id)
+    assert message is not None and message.delivery is not None and message.delivery.value == "failed"
+    await asyncio.sleep(1.5)  # no retry follows a permanent failure
+    assert len(await failed()) == 1
+    assert smtp_server.raw == []

@@ -20,6 +20,15 @@ class _Capture:
     def __init__(self) -> None:
         self.messages: list[tuple[list[str], bytes]] = []
         self.lock = threading.Lock()
+        self.reject: set[str] = set()  # recipients refused with 550 (a permanent failure)
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
+    ) -> str:
+        if address.lower() in self.reject:
+            return "550 5.1.1 <" + address + ">: Recipient address rejected: User unknown"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         with self.lock:
@@ -82,6 +91,10 @@ class SmtpServer:
         if self._controller is not None:
             self._controller.stop()
             self._controller = None
+
+    def reject(self, address: str) -> None:
+        """Refuse mail to `address` with a permanent 550 from now on."""
+        self._capture.reject.add(address.lower())
 
     @property
     def raw(self) -> list[bytes]:
