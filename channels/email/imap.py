@@ -184,22 +184,25 @@ class ImapPoller:
                         await asyncio.sleep(ttl / 3)
                         continue
                     await self._session()
-                    delay = 1.0
                 except LeaseLost:
                     log.warning("email %s: lease lost to another process; standing by", self.mailbox)
-                    await asyncio.sleep(ttl / 3)
-                except (OSError, TimeoutError, ImapError, aioimaplib.AioImapException, StoreError) as exc:
-                    wait = random.uniform(delay / 2, delay)
-                    log.warning(
-                        "email %s: IMAP session ended (%s: %s); reconnecting in %.1fs",
-                        self.mailbox,
-                        type(exc).__name__,
-                        exc,
-                        wait,
-                    )
                     await self._close()
-                    await asyncio.sleep(wait)
-                    delay = min(delay * 2, self._imap.reconnect_max.total_seconds())
+                    await asyncio.sleep(ttl / 3)
+                    continue
+                except (OSError, TimeoutError, ImapError, aioimaplib.AioImapException, StoreError) as exc:
+                    log.warning(
+                        "email %s: IMAP session ended (%s: %s)", self.mailbox, type(exc).__name__, exc
+                    )
+                except Exception:
+                    # A bug or an unexpected server answer must not end polling for good.
+                    log.exception("email %s: IMAP session failed unexpectedly", self.mailbox)
+                if self.connected.is_set():
+                    delay = 1.0  # the session had worked: start the backoff afresh
+                await self._close()
+                wait = random.uniform(delay / 2, delay)
+                log.info("email %s: reconnecting in %.1fs", self.mailbox, wait)
+                await asyncio.sleep(wait)
+                delay = min(delay * 2, self._imap.reconnect_max.total_seconds())
         finally:
             await self._close()
             with contextlib.suppress(StoreError):

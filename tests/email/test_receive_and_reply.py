@@ -212,3 +212,27 @@ async def test_smtp_over_tls_with_auth(
             await hub.stop()
     finally:
         server.stop()
+
+
+async def test_poller_reconnects_after_the_server_drops_it(
+    email_hub: Hub,
+    imap: ImapClient,
+    mailbox: str,
+    dovecot,  # type: ignore[no-untyped-def]
+) -> None:
+    channel = next(c for c in email_hub.channels if c.name == "email")
+    poller = channel.poller  # type: ignore[attr-defined]
+    await wait_for(lambda: _is_set(poller.connected), what="the first connection")
+    raw, _ = make_mail(sender="before@example.com", subject="Before", text="one")
+    await imap.append(raw, mailbox)
+    await wait_leads(email_hub, 1)
+    dovecot.kick()  # also drops the test's own client
+    async with ImapClient(dovecot.account) as fresh:
+        raw, _ = make_mail(sender="after@example.com", subject="After", text="two")
+        await fresh.append(raw, mailbox)
+    found = await wait_leads(email_hub, 2, timeout=30)
+    assert [lead.subject for lead in found] == ["Before", "After"]
+
+
+async def _is_set(event) -> bool:  # type: ignore[no-untyped-def]
+    return bool(event.is_set())

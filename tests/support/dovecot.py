@@ -154,6 +154,16 @@ service imap-login {{
             time.sleep(0.05)
         raise TimeoutError(f"dovecot not ready within {timeout}s:\n{self.log()}")
 
+    def kick(self) -> None:
+        """Disconnect every IMAP session of the test user (as a server restart or a network cut would)."""
+        doveadm = shutil.which("doveadm") or "/usr/bin/doveadm"
+        subprocess.run(
+            [doveadm, "-c", str(self.dir / "dovecot.conf"), "kick", self.username],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+
     def log(self) -> str:
         parts = []
         for name in ("dovecot.log", "stdout.log"):
@@ -190,9 +200,15 @@ class ImapClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self.client is not None:
+        if self.client is None:
+            return
+        transport = self.client.protocol.transport
+        if transport is not None and not transport.is_closing():
+            # A dropped connection never answers LOGOUT: do not wait for it.
             with contextlib.suppress(Exception):
-                await self.client.logout()
+                await asyncio.wait_for(self.client.logout(), 3)
+        if transport is not None:
+            transport.close()
 
     @property
     def imap(self) -> aioimaplib.IMAP4:
