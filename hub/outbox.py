@@ -82,8 +82,11 @@ class OutboxDispatcher:
             if sent:
                 continue
             self._wake.clear()
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for loses a cancellation that
+            # arrives as the wake event fires, and stop() then waits forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=poll)
+                async with asyncio.timeout(poll):
+                    await self._wake.wait()
 
     async def dispatch_once(self, now: datetime | None = None, limit: int = 50) -> int:
         """Claim and deliver one batch of due rows; returns how many were handled."""

@@ -217,7 +217,8 @@ class ImapPoller:
             if client.has_pending_idle():
                 client.idle_done()
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(client.logout(), 2)
+            async with asyncio.timeout(2):
+                await client.logout()
         with contextlib.suppress(Exception):
             if client.protocol is not None and client.protocol.transport is not None:
                 client.protocol.transport.close()
@@ -253,10 +254,11 @@ class ImapPoller:
         protocol = client.protocol
         if "STARTTLS" not in protocol.capabilities:
             raise ImapError("the server does not offer STARTTLS (set email.imap.security)")
-        response = await asyncio.wait_for(
-            protocol.execute(aioimaplib.Command("STARTTLS", protocol.new_tag(), loop=protocol.loop)),
-            client.timeout,
-        )
+        # asyncio.timeout rather than wait_for: on Python 3.11 wait_for can lose a cancellation.
+        async with asyncio.timeout(client.timeout):
+            response = await protocol.execute(
+                aioimaplib.Command("STARTTLS", protocol.new_tag(), loop=protocol.loop)
+            )
         if response.result != "OK":
             raise ImapError(f"STARTTLS refused: {_text(response.lines)}")
         loop = asyncio.get_running_loop()
@@ -268,7 +270,8 @@ class ImapPoller:
         )
         protocol.transport = transport
         # Capabilities may change after TLS (RFC 3501 6.2.1): ask again.
-        await asyncio.wait_for(protocol.capability(), client.timeout)
+        async with asyncio.timeout(client.timeout):
+            await protocol.capability()
 
     async def _select(self, client: aioimaplib.IMAP4) -> int:
         response = await client.select(self.mailbox)
@@ -345,7 +348,8 @@ class ImapPoller:
             if not self._dropped.is_set():
                 if client.has_pending_idle():
                     client.idle_done()
-                await asyncio.wait_for(idle, client.timeout)
+                async with asyncio.timeout(client.timeout):
+                    await idle
             else:
                 idle.cancel()
 
