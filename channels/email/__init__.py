@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 __all__ = ["EmailChannel"]
 
+STOP_GRACE_SECONDS = 10.0
+
 
 class EmailChannel:
     """Registers the decoder and the SMTP sender; `start` runs the IMAP poller."""
@@ -58,6 +60,11 @@ class EmailChannel:
     async def stop(self) -> None:
         """Stop polling; messages not yet acknowledged upstream are fetched again next time."""
         if self._task is not None:
+            if self.poller is not None and not self.poller.sink_idle.is_set():
+                # A batch is being written: let it finish (bounded) rather than cut a write short.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(STOP_GRACE_SECONDS):
+                        await self.poller.sink_idle.wait()
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task

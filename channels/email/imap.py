@@ -45,6 +45,21 @@ class _Protocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]
     one when the selected mailbox is deleted or rebuilt under us.
     """
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        # aioimaplib leaves commands waiting for their timeout on a dead connection: fail them
+        # now, so the poller notices at the next IMAP call (never in the middle of a store write).
+        pending = [self.pending_sync_command, *self.pending_async_commands.values()]
+        for command in pending:
+            if command is not None:
+                command._exception = aioimaplib.Abort(f"connection closed during {command.name}")
+                command.close(b"connection closed", "NO")
+        super().connection_lost(exc)
+
+    async def execute(self, command: Any, scrub: str | None = None) -> Any:
+        if self.transport is None or self.transport.is_closing():
+            raise aioimaplib.Abort(f"connection closed before {command.name}")
+        return await super().execute(command, scrub)
+
     def _untagged_response(self, line: bytes) -> Any:
         pending = self.pending_sync_command
         logging_out = pending is not None and pending.name == "LOGOUT"
@@ -171,6 +186,10 @@ class ImapPoller:
         self._client: aioimaplib.IMAP4 | None = None
         self._dropped = asyncio.Event()
         self.connected = asyncio.Event()
+        # Set while no batch is being written to the store. Store writes are never cancelled
+        # half-way (that can leave a transaction open); we wait for this instead.
+        self.sink_idle = asyncio.Event()
+        self.sink_idle.set()
 
     # --- the outer loop: lease, reconnect with backoff ---------------------------------------
     async def run(self) -> None:
@@ -301,31 +320,13 @@ class ImapPoller:
             if not await self._store.acquire_lease(self.lease_name, self._holder, self._now(), ttl):
                 raise LeaseLost()
             if loop.time() >= next_poll or use_idle:
-                await self._unless_dropped(self.sync(client, uidvalidity))
+                await self.sync(client, uidvalidity)
                 next_poll = loop.time() + poll
             wait = min(ttl / 3, max(next_poll - loop.time(), 0.05))
             if use_idle:
                 await self._idle(client, min(ttl / 3, poll if poll > 0 else ttl / 3))
             else:
                 await asyncio.sleep(wait)
-
-    async def _unless_dropped(self, work: Awaitable[int]) -> int:
-        """Run `work`, but give up at once when the connection drops (no waiting for timeouts)."""
-        task = asyncio.ensure_future(work)
-        dropped = asyncio.ensure_future(self._dropped.wait())
-        try:
-            done, _ = await asyncio.wait({task, dropped}, return_when=asyncio.FIRST_COMPLETED)
-        except asyncio.CancelledError:
-            task.cancel()
-            raise
-        finally:
-            dropped.cancel()
-        if task not in done:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-            raise ImapError("connection closed by the server")
-        return task.result()
 
     async def _idle(self, client: aioimaplib.IMAP4, seconds: float) -> None:
         """Wait in IDLE until the server pushes something, `seconds` pass or the connection drops."""
@@ -410,7 +411,11 @@ class ImapPoller:
                 raise ImapError(f"UID FETCH failed: {_text(response.lines)}")
             fetched = [f for f in parse_fetch(response.lines) if f.uid in set(chunk)]
             if fetched:
-                await self._sink(fetched, position)
+                self.sink_idle.clear()
+                try:
+                    await self._sink(fetched, position)
+                finally:
+                    self.sink_idle.set()
                 await self._acknowledge(client, [f.uid for f in fetched])
             last_uid = max(last_uid, *chunk)
             handled += len(fetched)

@@ -128,3 +128,20 @@ def test_compose_reply_threads_and_marks_acknowledgements() -> None:
     html = msg.get_body(("html",))
     assert html is not None and "Hi &lt;there&gt;" in html.get_content()
     assert "Олена" in str(msg["To"])
+
+
+def test_fetch_response_parsing_and_uid_sets() -> None:
+    from channels.email.imap import _uid_set, parse_fetch
+
+    lines = [
+        b"1 FETCH (UID 7 BODY[] {5}",
+        bytearray(b"hello"),
+        b")",
+        b"2 FETCH (BODY[] {3}",  # some servers put the UID after the literal
+        bytearray(b"abc"),
+        b" UID 9)",
+        b"Fetch completed.",
+    ]
+    assert [(f.uid, f.raw) for f in parse_fetch(lines)] == [(7, b"hello"), (9, b"abc")]
+    assert _uid_set([1, 2, 3, 7, 9, 10]) == "1:3,7,9:10"
+    assert _uid_set([5]) == "5"
