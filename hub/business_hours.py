@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from itertools import pairwise
 from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
 from typing import Any
@@ -80,7 +81,7 @@ def parse_weekly_hours(hours: str | dict[str, list[str]], key: str) -> tuple[tup
         if not isinstance(windows, list):
             raise ConfigError(f"{day_key}: give a list of windows like ['09:00-13:00', '14:00-18:00']")
         parsed = sorted(_parse_window(w, day_key) for w in windows)
-        for (_, end), (start, _) in zip(parsed, parsed[1:], strict=False):
+        for (_, end), (start, _) in pairwise(parsed):
             if start < end:
                 raise ConfigError(f"{day_key}: windows overlap")
         for day in _parse_days(str(days_spec), day_key):
