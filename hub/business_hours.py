@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from itertools import pairwise
 from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
+from itertools import pairwise
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -224,7 +224,9 @@ def parse_holidays(raw: dict[str, Any], key: str) -> tuple[str | None, str | Non
         try:
             holidays_lib.country_holidays(country, subdiv=subdivision, years=2026)
         except NotImplementedError as exc:
-            raise ConfigError(f"{key}.country: {country!r} is not a country the holidays package knows") from exc
+            raise ConfigError(
+                f"{key}.country: {country!r} is not a country the holidays package knows"
+            ) from exc
         except ValueError as exc:
             raise ConfigError(f"{key}.subdivision: {exc}") from exc
     dates: set[date] = set()
