@@ -19,7 +19,7 @@ def calendar(hours: object = None, **holidays: object) -> BusinessHours:
     return BusinessHours.from_settings(
         CalendarSettings(
             timezone="Europe/Kyiv",
-            hours=hours or {"mon-fri": ["09:00-13:00", "14:00-18:00"]},  # type: ignore[arg-type]
+            hours=hours or {"mon-fri": ["09:00-13:00", "14:00-18:00"]},
             holidays=dict(holidays),
         )
     )
@@ -37,7 +37,7 @@ CALENDARS = [OFFICE, SPLIT, NIGHTS, WITH_HOLIDAYS]
 
 
 def kyiv(*args: int) -> datetime:
-    return datetime(*args, tzinfo=KYIV)  # type: ignore[misc]
+    return datetime(*args, tzinfo=KYIV)  # type: ignore[arg-type,misc]
 
 
 def test_friday_1730_plus_4h_in_office_hours_is_monday_1230() -> None:
