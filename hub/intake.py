@@ -26,7 +26,7 @@ from hub.domain import (
 )
 from hub.events import EventBus
 from hub.ports import Router, RoutingDecision, RoutingRequest
-from hub.sla import SlaClock
+from hub.sla import SlaClock, merge_changes
 from storage.base import DuplicateError, LeadChanges, Store
 
 log = logging.getLogger(__name__)
@@ -189,7 +189,6 @@ class Intake:
 
     async def _open_lead(self, inbound: Inbound, contact: Contact, now: datetime) -> tuple[Lead, bool]:
         kind = inbound.kind_hint or LeadKind.MESSAGE
-        due = self._clock.due_times(kind, inbound.received_at)
         lead = Lead(
             number=await self._store.next_lead_number(),
             kind=kind,
@@ -201,10 +200,8 @@ class Intake:
             subject=inbound.subject[:500],
             form_id=inbound.form_id,
             origin_external_id=inbound.external_id,
-            first_response_due=due.first_response_due,
-            warn_due=due.warn_due,
         )
-        return await self._store.create_lead(lead)
+        return await self._store.create_lead(self._clock.start(lead))
 
     async def _route(
         self, lead: Lead, inbound: Inbound, contact: Contact, now: datetime
@@ -234,6 +231,10 @@ class Intake:
                 tags=sorted({*lead.tags, *decision.tags}) if decision.tags else None,
                 updated_at=now,
             )
+            # A team's or priority's own SLA policy moves the due times set at creation.
+            changes = merge_changes(
+                changes, self._clock.retarget(lead, team=decision.team, priority=decision.priority)
+            )
             result = await self._store.update_lead(lead.number, changes)
             if result is not None:
                 updated = result
@@ -256,12 +257,14 @@ class Intake:
         return updated, events
 
     async def _customer_wrote_again(self, lead: Lead, now: datetime) -> tuple[Lead, list[Event]]:
-        """A customer message on an existing lead reopens it or resumes its clock."""
-        if lead.status in (LeadStatus.NEW, LeadStatus.OPEN):
+        """A customer message on an existing lead reopens it, resumes its clock, owes a reply."""
+        changes = self._clock.on_customer_message(lead, now)
+        if changes is None:
             return lead, []
         previous = lead.status
-        changes = LeadChanges(status=LeadStatus.OPEN, clear_resolved_at=True, updated_at=now)
         updated = await self._store.update_lead(lead.number, changes) or lead
+        if previous in (LeadStatus.NEW, LeadStatus.OPEN):
+            return updated, []
         event_type = (
             EventType.LEAD_REOPENED
             if previous in (LeadStatus.RESOLVED, LeadStatus.CLOSED)
