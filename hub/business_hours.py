@@ -185,6 +185,15 @@ class BusinessHours:
             total += min(stop, end) - begin
         return total
 
+    def is_on_shift(self, instant: datetime) -> bool:
+        """True when `instant` lies inside a window, start included and end excluded."""
+        day = instant.astimezone(self.tz).date()
+        for d in (day - timedelta(days=1), day):
+            for begin, end in self._local_intervals(d):
+                if begin <= instant < end:
+                    return True
+        return False
+
     def is_working(self, instant: datetime) -> bool:
         """True when `instant` lies inside a working window (window end included)."""
         day = instant.astimezone(self.tz).date()
