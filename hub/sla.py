@@ -276,7 +276,7 @@ class SlaSweeper:
         if breach and escalation.notify_team_lead:
             notify.extend(m for m in self._team_leads(lead.team) if m not in notify)
         log.warning(
-            "%s %s %s: %s due %s, assignee %s",
+            "%s %s %s: %s mark due %s, assignee %s",
             lead.ref,
             lead.channel,
             kind.value,
