@@ -101,3 +101,11 @@ async def test_reply_stops_first_response_clock_and_queues_delivery(core: Hub) -
     assert lead is not None and lead.first_response_at == T0 + timedelta(minutes=5)
     assert message.channel == "email" and message.delivery is not None and message.delivery.value == "queued"
     assert await core.store.claim_due_breaches(T0 + timedelta(days=1), 10) == []
+
+
+async def test_a_burst_from_a_new_customer_opens_one_lead(core: Hub) -> None:
+    results = await asyncio.gather(
+        *(core.intake.accept(inbound(f"burst{i}", text=str(i)), now=T0) for i in range(5))
+    )
+    assert {r.lead.number for r in results} == {1}
+    assert len(await core.store.list_messages(1)) == 5

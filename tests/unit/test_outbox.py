@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -95,4 +96,7 @@ def test_backoff_grows_and_is_capped() -> None:
     base, cap = timedelta(seconds=5), timedelta(minutes=30)
     delays = [backoff_delay(n, base, cap).total_seconds() for n in range(1, 15)]
     assert all(2.5 <= d <= 1800 for d in delays)
-    assert backoff_delay(12, base, cap).total_seconds() > 60
+    assert backoff_delay(1, base, cap).total_seconds() <= 5
+    rng = random.Random(7)
+    late = sorted(backoff_delay(12, base, cap, rng).total_seconds() for _ in range(101))
+    assert late[50] > 300  # the median grows with the attempt number: jitter spreads retries out
