@@ -69,7 +69,9 @@ async def _breach_one(settings: Settings) -> Hub:
     return hub
 
 
-async def test_breach_is_posted_with_signature_after_retries(settings_factory: Any, receiver: Receiver) -> None:
+async def test_breach_is_posted_with_signature_after_retries(
+    settings_factory: Any, receiver: Receiver
+) -> None:
     settings = settings_factory(
         notify={"webhook": {"url": receiver.url, "backoff_base": 0.05, "max_attempts": 5, "secret": "s3cret"}}
     )
@@ -96,7 +98,9 @@ async def test_breach_is_posted_with_signature_after_retries(settings_factory: A
 
 async def test_client_error_is_not_retried(settings_factory: Any, receiver: Receiver) -> None:
     receiver.fail, receiver.status = 100, 400
-    settings = settings_factory(notify={"webhook": {"url": receiver.url, "backoff_base": 0.05, "events": ["sla.breached"]}})
+    settings = settings_factory(
+        notify={"webhook": {"url": receiver.url, "backoff_base": 0.05, "events": ["sla.breached"]}}
+    )
     hub = await _breach_one(settings)
     try:
         assert len(receiver.requests) == 1
