@@ -23,7 +23,7 @@ from hub.intake import Intake
 from hub.notify_webhook import WebhookNotifier
 from hub.outbox import OutboxDispatcher
 from hub.replies import Replies
-from hub.sla import SlaClock, SlaSweeper, team_leads_from
+from hub.sla import SlaClock, SlaSweeper, retarget_after_config_change, team_leads_from
 from hub.web.ratelimit import SlidingWindowLimiter
 from hub.web.server import create_web_app
 from routing.availability import Availability
@@ -113,6 +113,7 @@ class Hub:
     async def start(self) -> None:
         """Open the store, replay unfinished input, start sweeps, delivery, web and channels."""
         await self.store.open()
+        await retarget_after_config_change(self.store, self.sla, self.instance_id, self.now())
         await self.inbox.start()
         await self.outbox.start()
         self._scheduler = AsyncIOScheduler(timezone="UTC")

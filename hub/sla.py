@@ -13,6 +13,7 @@ downtime reports every missed mark once.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
@@ -21,9 +22,9 @@ from typing import Any
 
 from hub.calendar import Calendar
 from hub.config import SlaEscalation, SlaPolicy, SlaSettings
-from hub.domain import Event, EventType, Lead, LeadKind, LeadStatus, Role
+from hub.domain import ACTIVE_STATUSES, Event, EventType, Lead, LeadKind, LeadStatus, Role
 from hub.events import EventBus
-from storage.base import LeadChanges, SlaClaim, Store
+from storage.base import LeadChanges, LeadQuery, SlaClaim, Store
 
 log = logging.getLogger(__name__)
 
@@ -133,29 +134,39 @@ class SlaClock:
             lead.resolution_due, lead.resolution_warn_due = self._due(policy, RESOLUTION, lead.created_at)
         return lead
 
+    def fingerprint(self) -> str:
+        """A digest of the policies and the calendar: when it changes, due times are recomputed."""
+        raw = self._settings.model_dump_json(include={"policies", "calendar"})
+        return hashlib.sha256(raw.encode("utf-8")).hexdigest()[:16]
+
     def retarget(
         self,
         lead: Lead,
         kind: LeadKind | None = None,
         team: str | None = None,
         priority: int | None = None,
+        force: bool = False,
     ) -> LeadChanges | None:
-        """New due times after the lead's kind, team or priority (so its policy) changed."""
+        """New due times after the lead's kind, team or priority (so its policy) changed.
+
+        `force` recomputes even when the policy looks the same (the config itself changed).
+        """
         kind = kind or lead.kind
         team = team if team is not None else lead.team
         priority = priority if priority is not None else lead.priority
         old = self.effective(lead.kind, lead.team, lead.priority)
         new = self.effective(kind, team, priority)
-        if old == new or not lead.is_active:
+        if (old == new and not force) or not lead.is_active:
             return None
         changes = LeadChanges()
         if lead.sla_target == FIRST_RESPONSE or (lead.sla_target is None and lead.first_response_at is None):
             if lead.breached_at is None and lead.first_response_at is None:
                 due, warn = self._due(new, FIRST_RESPONSE, lead.created_at)
+                # A warning already sent is not sent again for the same target.
                 changes = replace(
                     changes,
                     first_response_due=due,
-                    warn_due=warn,
+                    warn_due=warn if lead.warned_at is None else None,
                     sla_target=FIRST_RESPONSE,
                     sla_started_at=lead.created_at,
                     sla_due=due,
@@ -172,6 +183,8 @@ class SlaClock:
         if RESOLUTION in new.targets and lead.first_response_at is None and lead.sla_paused_at is None:
             due, warn = self._due(new, RESOLUTION, lead.created_at)
             changes = replace(changes, resolution_due=due, resolution_warn_due=warn)
+        elif RESOLUTION not in new.targets and lead.resolution_due is not None:
+            changes = replace(changes, clear_resolution=True)
         return changes
 
     def on_customer_message(self, lead: Lead, now: datetime) -> LeadChanges | None:
@@ -303,6 +316,59 @@ class SlaSweeper:
             new_owner = await self._reassign(lead, now, f"sla breach: {claim.target}")
             if new_owner:
                 log.info("%s %s: reassigned to %s after the breach", lead.ref, lead.channel, new_owner)
+
+
+def _same_due_times(lead: Lead, changes: LeadChanges) -> bool:
+    """True when applying `changes` would leave every due time as it is."""
+    if changes.clear_sla or changes.clear_resolution:
+        return False
+    same_response = changes.sla_due is None or (
+        changes.sla_due == lead.sla_due and changes.sla_warn_due in (None, lead.sla_warn_due)
+    )
+    same_resolution = changes.resolution_due is None or (
+        changes.resolution_due == lead.resolution_due
+        and changes.resolution_warn_due == lead.resolution_warn_due
+    )
+    return same_response and same_resolution
+
+
+async def retarget_after_config_change(
+    store: Store, clock: SlaClock, holder: str, now: datetime, batch: int = 500
+) -> int:
+    """Recompute due times of active leads once after the SLA policies or calendar changed.
+
+    One process does it (a lease); the new fingerprint is stored when every lead is done, so
+    an interrupted run starts over on the next start. Costs O(active leads), once per change.
+    """
+    key = "sla.policy_fingerprint"
+    fingerprint = clock.fingerprint()
+    stored = await store.get_state(key)
+    if stored == fingerprint:
+        return 0
+    if stored is None:
+        await store.set_state(key, fingerprint)  # a fresh database: nothing to recompute
+        return 0
+    if not await store.acquire_lease("sla.retarget", holder, now, ttl_seconds=600):
+        return 0
+    done = 0
+    try:
+        cursor: str | None = None
+        while True:
+            page = await store.list_leads(LeadQuery(statuses=tuple(ACTIVE_STATUSES)), batch, cursor)
+            for lead in page.items:
+                changes = clock.retarget(lead, force=True)
+                if changes is not None and not _same_due_times(lead, changes):
+                    await store.update_lead(lead.number, replace(changes, updated_at=lead.updated_at))
+                    done += 1
+            await store.acquire_lease("sla.retarget", holder, now, ttl_seconds=600)
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+        await store.set_state(key, fingerprint)
+    finally:
+        await store.release_lease("sla.retarget", holder)
+    log.info("sla: policies or calendar changed; recomputed due times of %d active lead(s)", done)
+    return done
 
 
 def team_leads_from(managers: list[Any]) -> Callable[[str | None], list[str]]:

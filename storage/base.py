@@ -80,6 +80,7 @@ class LeadChanges:
     resolution_due: datetime | None = None
     resolution_warn_due: datetime | None = None  # with resolution_due; None = no warning
     clear_sla_paused: bool = False  # the clock runs again (set with the new resolution due)
+    clear_resolution: bool = False  # the policy no longer has a resolution target
 
 
 @dataclass(frozen=True, slots=True)

@@ -736,6 +736,10 @@ class SqliteStore:
             put("res_warn_pending_at", _ts(changes.resolution_warn_due))
         if changes.clear_sla_paused:
             put("sla_paused_at", None)
+        if changes.clear_resolution:
+            put("resolution_due", None)
+            put("resolution_warn_due", None)
+            disarm("res_breach_pending_at", "res_warn_pending_at")
         if changes.kind is not None:
             put("kind", changes.kind.value)
         if changes.clear_assignee:

@@ -13,6 +13,7 @@ from hub.app import Hub
 from hub.config import ConfigError, Settings
 from hub.domain import Event, Identity, IdentityKind, Inbound, Lead, LeadKind, LeadStatus
 from hub.intake import IntakeResult
+from hub.sla import retarget_after_config_change
 
 T0 = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)  # a Monday, 10:00 in Kyiv
 _ids = count(1)
@@ -198,3 +199,28 @@ async def test_breach_escalates_to_team_lead_and_reassigns(make_hub: Callable[..
     reassigned = [e for e in published if e.type == "lead.assigned" and e.data.get("previous") == first_owner]
     assert reassigned and reassigned[0].data["reason"]["rule"] == "sla breach: first_response"
     await hub.store.close()
+
+
+async def test_policy_change_recomputes_due_times_once(make_hub: Callable[..., Any]) -> None:
+    before: Hub = await make_hub()
+    assert await retarget_after_config_change(before.store, before.sla, "a", T0) == 0  # fresh file
+    lead = (await before.intake.accept(inbound("i@example.com", T0), now=T0)).lead
+    answered = (await before.intake.accept(inbound("j@example.com", T0), now=T0)).lead
+    await before.replies.record_reply(answered.number, "Готово", "olena", now=T0)
+    await before.store.close()
+    policies = {
+        "message": {"first_response": "2h", "resolution": "1d"},
+        "service_request": {"first_response": "12h"},
+    }
+    after: Hub = await make_hub(sla={"policies": policies})
+    assert await retarget_after_config_change(after.store, after.sla, "b", T0 + timedelta(minutes=5)) == 1
+    changed = await _lead(after, lead.number)
+    assert changed.sla_due == changed.first_response_due == T0 + timedelta(hours=2)
+    assert changed.resolution_due == T0 + timedelta(days=1)
+    untouched = await _lead(after, answered.number)
+    assert (
+        untouched.sla_target is None and untouched.resolution_due is None
+    )  # answered: paused, no resolution on record
+    assert await retarget_after_config_change(after.store, after.sla, "b", T0 + timedelta(minutes=6)) == 0
+    assert await after.sweeper.sweep(T0 + timedelta(hours=2, seconds=1)) == (1, 1)
+    await after.store.close()
