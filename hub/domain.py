@@ -268,4 +268,3 @@ class EventType(StrEnum):
     SLA_BREACHED = "sla.breached"
     INPUT_QUARANTINED = "input.quarantined"
     ROUTING_NOBODY_ELIGIBLE = "routing.nobody_eligible"
-    SLA_RETARGETED = "sla.retargeted"

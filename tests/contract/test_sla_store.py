@@ -1,0 +1,97 @@
+"""Store contract for SLA marks and routing claims (SQLite; other adapters must pass it too)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from hub.domain import Lead, LeadKind, LeadStatus
+from storage.base import LeadChanges
+from storage.sqlite import SqliteStore
+
+T0 = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+async def stores(tmp_path: Path) -> AsyncIterator[tuple[SqliteStore, SqliteStore]]:
+    """Two connections on one file, as two hub processes would have."""
+    a, b = SqliteStore(tmp_path / "hub.db"), SqliteStore(tmp_path / "hub.db")
+    await a.open()
+    await b.open()
+    yield a, b
+    await a.close()
+    await b.close()
+
+
+def lead(number: int, due_in: timedelta, **fields: object) -> Lead:
+    due = T0 + due_in
+    return Lead(
+        number=number,
+        kind=LeadKind.MESSAGE,
+        channel="webform",
+        contact_id=f"c{number}",
+        status=LeadStatus.NEW,
+        created_at=T0,
+        updated_at=T0,
+        origin_external_id=f"e{number}",
+        first_response_due=due,
+        warn_due=due - timedelta(minutes=10),
+        sla_target="first_response",
+        sla_started_at=T0,
+        sla_due=due,
+        sla_warn_due=due - timedelta(minutes=10),
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+async def test_concurrent_claims_from_two_connections_report_each_mark_once(
+    stores: tuple[SqliteStore, SqliteStore],
+) -> None:
+    a, b = stores
+    for n in range(1, 301):
+        await a.create_lead(lead(n, timedelta(minutes=n % 50), resolution_due=T0 + timedelta(hours=1)))
+    now = T0 + timedelta(hours=2)
+    rounds = await asyncio.gather(*(store.claim_sla_marks(now, 37) for store in (a, b) for _ in range(30)))
+    claimed = [(c.lead.number, c.target, c.level) for batch in rounds for c in batch]
+    assert len(claimed) == len(set(claimed)) == 300 * 3  # response warning + breach, resolution breach
+    events = await a.list_events(types=["sla.warning", "sla.breached"], limit=10_000)
+    assert len(events) == 900
+    assert await b.claim_sla_marks(now + timedelta(days=1), 1000) == []
+
+
+async def test_stopping_a_clock_keeps_overdue_marks_and_drops_future_ones(
+    stores: tuple[SqliteStore, SqliteStore],
+) -> None:
+    a, _ = stores
+    await a.create_lead(lead(1, timedelta(hours=1)))
+    await a.create_lead(lead(2, timedelta(hours=1)))
+    reply_at = T0 + timedelta(minutes=55)  # after lead 1's warning, before its breach
+    for number in (1, 2):
+        changes = LeadChanges(
+            status=LeadStatus.WAITING_CUSTOMER, first_response_at=reply_at, updated_at=reply_at
+        )
+        await a.update_lead(number, changes)
+    claims = await a.claim_sla_marks(T0 + timedelta(days=1), 100)
+    assert sorted((c.lead.number, c.level) for c in claims) == [(1, "warning"), (2, "warning")]
+    paused = await a.get_lead(1)
+    assert paused is not None and paused.sla_paused_at == reply_at and paused.sla_target is None
+
+
+async def test_assign_if_load_is_a_compare_and_set(stores: tuple[SqliteStore, SqliteStore]) -> None:
+    a, b = stores
+    for n in (1, 2, 3):
+        await a.create_lead(lead(n, timedelta(hours=1), priority=1 if n == 1 else 0))
+    assert await a.assign_if_load(1, "m1", "support", (0, 0), T0)
+    assert await b.load_by_assignee(["m1", "m2"]) == {"m1": (1, 2), "m2": (0, 0)}
+    assert not await b.assign_if_load(2, "m1", "support", (0, 0), T0)  # stale: m1 already has one
+    assert await b.assign_if_load(2, "m1", "support", (1, 2), T0)
+    assert [x.number for x in await a.oldest_unassigned(10)] == [3]
+    assert [x.number for x in await a.active_leads_of("m1", 10)] == [1, 2]
+    await a.update_lead(1, LeadChanges(status=LeadStatus.RESOLVED, updated_at=T0))
+    assert await a.load_by_assignee(["m1"]) == {"m1": (1, 1)}
+    assert await a.last_assignee_of_contact("c1", exclude_number=99) == "m1"
+    assert await a.last_assignee_of_contact("c3", exclude_number=99) is None
