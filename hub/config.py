@@ -470,9 +470,26 @@ def settings_from_dict(data: dict[str, Any], env: dict[str, str] | None = None) 
         if env.get(var):
             _set_dotted(merged, dotted, env[var])
     try:
-        return Settings.model_validate(merged)
+        settings = Settings.model_validate(merged)
     except ValidationError as exc:
         raise ConfigError(_format_error(exc)) from exc
+    _check_calendars(settings)
+    return settings
+
+
+def _check_calendars(settings: Settings) -> None:
+    """Parse every calendar now, so `check-config` and start-up name a bad key the same way."""
+    from hub.business_hours import BusinessHours, parse_weekly_hours  # builds on these types
+
+    BusinessHours.from_settings(settings.sla.calendar)
+    for manager in settings.managers:
+        hours = manager.working_hours
+        if hours is not None:
+            key = f"managers[{manager.id}].working_hours"
+            try:
+                BusinessHours(hours.timezone, parse_weekly_hours(hours.hours, f"{key}.hours"))
+            except (ValueError, KeyError) as exc:  # ZoneInfoNotFoundError is a KeyError
+                raise ConfigError(f"{key}.timezone: unknown time zone {hours.timezone!r}") from exc
 
 
 def _deep_copy(data: Any) -> Any:
