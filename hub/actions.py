@@ -73,6 +73,7 @@ class LeadActions:
         if lead.is_active:
             raise ConflictError(f"{lead.ref} is already {lead.status.value}")
         changes = LeadChanges(status=LeadStatus.OPEN, clear_resolved_at=True, updated_at=now)
+        changes = merge_changes(changes, self._clock.on_reopen(lead, now))
         lead = await self._store.update_lead(number, changes) or lead
         await self._record(lead, EventType.LEAD_REOPENED, now, {"by": by})
         return lead

@@ -187,6 +187,14 @@ class SlaClock:
             changes = replace(changes, clear_resolution=True)
         return changes
 
+    def on_reopen(self, lead: Lead, now: datetime) -> LeadChanges | None:
+        """Staff reopened a resolved lead: its resolution target starts again from `now`."""
+        policy = self.effective(lead.kind, lead.team, lead.priority)
+        if RESOLUTION not in policy.targets:
+            return LeadChanges(clear_sla_paused=True) if lead.sla_paused_at else None
+        due, warn = self._due(policy, RESOLUTION, now)
+        return LeadChanges(resolution_due=due, resolution_warn_due=warn, clear_sla_paused=True)
+
     def on_customer_message(self, lead: Lead, now: datetime) -> LeadChanges | None:
         """A customer wrote on an existing lead: reopen, resume the clock, owe a next response."""
         policy = self.effective(lead.kind, lead.team, lead.priority)

@@ -224,3 +224,15 @@ async def test_policy_change_recomputes_due_times_once(make_hub: Callable[..., A
     assert await retarget_after_config_change(after.store, after.sla, "b", T0 + timedelta(minutes=6)) == 0
     assert await after.sweeper.sweep(T0 + timedelta(hours=2, seconds=1)) == (1, 1)
     await after.store.close()
+
+
+async def test_resolve_stops_every_clock_and_reopen_restarts_resolution(make_hub: Callable[..., Any]) -> None:
+    hub: Hub = await make_hub(sla={"policies": POLICIES})
+    lead = (await hub.intake.accept(inbound("k@example.com", T0), now=T0)).lead
+    await hub.actions.resolve(lead.number, "olena", now=T0 + timedelta(minutes=30))
+    assert await hub.sweeper.sweep(T0 + timedelta(days=2)) == (0, 0)
+    reopened_at = T0 + timedelta(days=2)
+    reopened = await hub.actions.reopen(lead.number, "olena", now=reopened_at)
+    assert reopened.resolution_due == reopened_at + timedelta(hours=8)
+    assert await hub.sweeper.sweep(reopened_at + timedelta(hours=8, seconds=1)) == (1, 1)
+    await hub.store.close()
