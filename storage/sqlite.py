@@ -591,24 +591,27 @@ class SqliteStore:
             _ts(lead.first_response_due) if pending else None,
             _ts(lead.warn_due) if pending and lead.warned_at is None else None,
         )
-        async with self._unit() as db:
-            cursor = await db.execute(
-                f"INSERT INTO leads ({_LEAD_COLUMNS}, breach_pending_at, warn_pending_at) "
-                f"VALUES ({','.join('?' * 22)}) ON CONFLICT (channel, origin_external_id) DO NOTHING",
-                values,
-            )
-            inserted = cursor.rowcount
-            await cursor.close()
-            if not inserted:
+        try:
+            async with self._unit() as db:
                 cursor = await db.execute(
-                    f"SELECT {_LEAD_COLUMNS} FROM leads WHERE channel = ? AND origin_external_id = ?",
-                    (lead.channel, lead.origin_external_id),
+                    f"INSERT INTO leads ({_LEAD_COLUMNS}, breach_pending_at, warn_pending_at) "
+                    f"VALUES ({','.join('?' * 22)}) ON CONFLICT (channel, origin_external_id) DO NOTHING",
+                    values,
                 )
-                row = await cursor.fetchone()
+                inserted = cursor.rowcount
                 await cursor.close()
-                if row is None:
-                    raise DuplicateError(f"lead number {lead.number} is already taken")
-                return _lead(row), False
+                if not inserted:
+                    cursor = await db.execute(
+                        f"SELECT {_LEAD_COLUMNS} FROM leads WHERE channel = ? AND origin_external_id = ?",
+                        (lead.channel, lead.origin_external_id),
+                    )
+                    row = await cursor.fetchone()
+                    await cursor.close()
+                    assert row is not None
+                    return _lead(row), False
+        except sqlite3.IntegrityError as exc:
+            # ON CONFLICT names only the origin key: a taken number still raises here.
+            raise DuplicateError(f"lead number {lead.number} is already taken: {exc}") from exc
         return lead, True
 
     async def get_lead(self, number: int) -> Lead | None:
