@@ -867,23 +867,27 @@ class SqliteStore:
 
     # --- outbox ---------------------------------------------------------------------------
     async def add_outbound(self, message: Message, item: OutboxItem | None) -> None:
-        async with self._unit() as db:
-            await self._insert_message(db, message)
-            if item is not None:
-                await db.execute(
-                    "INSERT INTO outbox (id, message_id, lead_number, channel, payload, state, attempts, "
-                    "next_attempt_at, created_at) VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?)",
-                    (
-                        item.id,
-                        item.message_id,
-                        item.lead_number,
-                        item.channel,
-                        json.dumps(item.payload, ensure_ascii=False),
-                        DeliveryState.QUEUED.value,
-                        (item.next_attempt_at or item.created_at).timestamp(),
-                        item.created_at.timestamp(),
-                    ),
-                )
+        try:
+            async with self._unit() as db:
+                await self._insert_message(db, message)
+                if item is not None:
+                    await db.execute(
+                        "INSERT INTO outbox (id, message_id, lead_number, channel, payload, state, attempts, "
+                        "next_attempt_at, created_at) VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?)",
+                        (
+                            item.id,
+                            item.message_id,
+                            item.lead_number,
+                            item.channel,
+                            json.dumps(item.payload, ensure_ascii=False),
+                            DeliveryState.QUEUED.value,
+                            (item.next_attempt_at or item.created_at).timestamp(),
+                            item.created_at.timestamp(),
+                        ),
+                    )
+        except sqlite3.IntegrityError as exc:
+            # The unit rolled back, so the message is not stored without its delivery row.
+            raise DuplicateError(f"outbox {item.id if item else '-'} / message {message.id}: {exc}") from exc
 
     async def outbox_claim(
         self, channels: list[str], holder: str, now: datetime, lease_seconds: float, limit: int
