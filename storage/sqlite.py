@@ -127,6 +127,11 @@ def _req_dt(value: float) -> datetime:
     return datetime.fromtimestamp(value, UTC)
 
 
+def _fold(value: str | None) -> str | None:
+    """Unicode case folding for text search (SQLite's own lower() knows ASCII only)."""
+    return None if value is None else value.casefold()
+
+
 def _attachments_json(items: Iterable[Attachment]) -> str:
     return json.dumps(
         [
@@ -279,6 +284,7 @@ class SqliteStore:
         # or power loss can lose the last commits.
         await self._db.execute("PRAGMA synchronous = NORMAL")
         await self._db.execute("PRAGMA foreign_keys = OFF")
+        await self._db.create_function("hub_fold", 1, _fold, deterministic=True)
         await self._db.execute("BEGIN IMMEDIATE")
         try:
             await self._create_schema()
@@ -717,12 +723,15 @@ class SqliteStore:
             where.append("contact_id = ?")
             params.append(query.contact_id)
         if query.text:
-            like = f"%{query.text}%"
+            # LIKE folds ASCII only and treats % and _ as patterns: staff search Cyrillic names
+            # in any case and type literal text, so compare Unicode-casefolded substrings.
+            needle = query.text.casefold()
             where.append(
-                "(subject LIKE ? OR contact_id IN (SELECT id FROM contacts WHERE name LIKE ?) "
-                "OR contact_id IN (SELECT contact_id FROM identities WHERE value LIKE ?))"
+                "(instr(hub_fold(subject), ?) > 0 "
+                "OR contact_id IN (SELECT id FROM contacts WHERE instr(hub_fold(name), ?) > 0) "
+                "OR contact_id IN (SELECT contact_id FROM identities WHERE instr(hub_fold(value), ?) > 0))"
             )
-            params.extend([like, like, like])
+            params.extend([needle, needle, needle])
         if cursor is not None:
             if not cursor.isdigit():
                 raise ValueError(f"invalid cursor {cursor!r}")
