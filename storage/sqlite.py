@@ -684,13 +684,16 @@ class SqliteStore:
             put("warn_due", _ts(changes.warn_due))
             put("warned_at", None)
             put("warn_pending_at", _ts(changes.warn_due))
-        if changes.extra:
-            row = await self._read_one("SELECT extra FROM leads WHERE number = ?", (number,))
-            merged = {**(json.loads(row["extra"]) if row else {}), **changes.extra}
-            put("extra", json.dumps(merged, ensure_ascii=False))
         put("updated_at", _ts(changes.updated_at or datetime.now(UTC)))
-        params.append(number)
         async with self._unit() as db:
+            if changes.extra:
+                # Read inside the unit: a read before it could lose another writer's keys.
+                cursor = await db.execute("SELECT extra FROM leads WHERE number = ?", (number,))
+                row = await cursor.fetchone()
+                await cursor.close()
+                merged = {**(json.loads(row["extra"]) if row else {}), **changes.extra}
+                put("extra", json.dumps(merged, ensure_ascii=False))
+            params.append(number)
             await db.execute(f"UPDATE leads SET {', '.join(sets)} WHERE number = ?", params)
             cursor = await db.execute(f"SELECT {_LEAD_COLUMNS} FROM leads WHERE number = ?", (number,))
             row = await cursor.fetchone()
