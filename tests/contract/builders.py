@@ -76,7 +76,5 @@ def outbound(lead_number: int, channel: str = "email", **kw: Any) -> tuple[Messa
     msg = message(lead_number, direction=Direction.OUT, channel=channel, author="olena", text="reply")
     item_fields: dict[str, Any] = {"created_at": T0, "payload": {"text": "reply", "to": "a@example.com"}}
     item_fields.update(kw)
-    item = OutboxItem(
-        id=new_id(), message_id=msg.id, lead_number=lead_number, channel=channel, **item_fields
-    )
+    item = OutboxItem(id=new_id(), message_id=msg.id, lead_number=lead_number, channel=channel, **item_fields)
     return replace(msg, delivery=item.state), item

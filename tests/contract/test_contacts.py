@@ -11,7 +11,9 @@ from tests.contract.builders import contact, email, new_lead
 
 async def test_create_find_and_get(store: Store) -> None:
     tg = Identity(IdentityKind.TELEGRAM, "777001", "Олена")
-    person = contact(email("olena@example.com", "Олена К."), tg, name="Олена Коваль", language="uk", tags=["vip"])
+    person = contact(
+        email("olena@example.com", "Олена К."), tg, name="Олена Коваль", language="uk", tags=["vip"]
+    )
     assert await store.create_contact(person) == person
 
     got = await store.get_contact(person.id)

@@ -13,7 +13,13 @@ from tests.contract.conftest import StoreFactory
 async def test_events_append_and_list(store: Store) -> None:
     appended = []
     for n, (lead, kind) in enumerate(
-        [(1, "lead.created"), (1, "lead.assigned"), (2, "lead.created"), (None, "input.quarantined"), (1, "sla.breached")]
+        [
+            (1, "lead.created"),
+            (1, "lead.assigned"),
+            (2, "lead.created"),
+            (None, "input.quarantined"),
+            (1, "sla.breached"),
+        ]
     ):
         data = {"n": n, "текст": "ї", "nested": {"ok": True, "list": [1, 2]}}
         event = await store.append_event(Event(kind, at(n), lead, data))
@@ -62,7 +68,11 @@ async def test_lease_has_one_holder_when_contended(store_factory: StoreFactory) 
 async def test_state_get_set(store: Store) -> None:
     assert await store.get_state("missing") is None
     await store.set_state("rr:support", {"last": "olena", "order": ["olena", "taras"], "ім'я": "Олена"})
-    assert await store.get_state("rr:support") == {"last": "olena", "order": ["olena", "taras"], "ім'я": "Олена"}
+    assert await store.get_state("rr:support") == {
+        "last": "olena",
+        "order": ["olena", "taras"],
+        "ім'я": "Олена",
+    }
     await store.set_state("rr:support", [1, 2, 3])
     assert await store.get_state("rr:support") == [1, 2, 3]
     for value in (0, 17, "text", True, None, 1.5):

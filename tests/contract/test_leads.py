@@ -174,7 +174,7 @@ async def test_count_active_by_assignee(store: Store) -> None:
         "maria": 0,
     }
     assert await store.count_active_by_assignee([]) == {}
-    taras_lead = (await store.find_active_lead("c-1", None))
+    taras_lead = await store.find_active_lead("c-1", None)
     assert taras_lead is not None and taras_lead.assignee is None  # the newest one: unassigned
     await store.update_lead(taras_lead.number, LeadChanges(assignee="taras"))
     assert await store.count_active_by_assignee(["taras"]) == {"taras": 2}

@@ -83,7 +83,11 @@ async def test_last_full_page_has_no_cursor_or_an_empty_next_page(store: Store) 
 
 async def test_text_search_subject_name_and_identities(store: Store) -> None:
     olena = await store.create_contact(
-        contact(email("olena.koval@example.com"), Identity(IdentityKind.PHONE, "+380501112233"), name="Олена Коваль")
+        contact(
+            email("olena.koval@example.com"),
+            Identity(IdentityKind.PHONE, "+380501112233"),
+            name="Олена Коваль",
+        )
     )
     ivan = await store.create_contact(contact(email("ivan@example.org"), name="Іван Франко"))
     by_subject = await new_lead(store, ivan.id, subject="Не працює БОЙЛЕР у квартирі")
@@ -105,7 +109,9 @@ async def test_text_search_subject_name_and_identities(store: Store) -> None:
     assert await numbers(store, LeadQuery(text=".*")) == []
     assert await numbers(store, LeadQuery(text="немає такого")) == []
     # Text combines with the other filters.
-    assert await numbers(store, LeadQuery(text="Іван", contact_id=ivan.id, kind=LeadKind.SERVICE_REQUEST)) == []
+    assert (
+        await numbers(store, LeadQuery(text="Іван", contact_id=ivan.id, kind=LeadKind.SERVICE_REQUEST)) == []
+    )
 
 
 async def test_filters_follow_updates(store: Store) -> None:

@@ -91,7 +91,10 @@ async def test_answered_resolved_and_stopped_leads_are_skipped(store: Store) -> 
         stored = await store.get_lead(lead.number)
         assert stored is not None
         assert stored.breached_at == lead.breached_at
-        assert await store.list_events(lead.number, [EventType.SLA_BREACHED.value, EventType.SLA_WARNING.value]) == []
+        assert (
+            await store.list_events(lead.number, [EventType.SLA_BREACHED.value, EventType.SLA_WARNING.value])
+            == []
+        )
 
 
 async def test_new_due_time_rearms_the_clock(store: Store) -> None:
