@@ -16,8 +16,8 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from hub.domain import new_id
+from storage import store_from_url
 from storage.base import Store
-from storage.sqlite import SqliteStore
 
 MONGO_URL = os.environ.get("HUB_TEST_MONGODB_URL", "")
 
@@ -41,20 +41,20 @@ ADAPTERS = [
 
 
 @pytest.fixture(params=ADAPTERS)
-async def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StoreFactory]:
-    """Opens store instances that all share one fresh database; closes (and drops) it afterwards."""
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The storage URL of a fresh database for this test (what HUB_STORAGE_URL would hold)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'contract.db'}"
+    return mongo_url_for(f"hub_contract_{new_id()[:16]}")
+
+
+@pytest.fixture
+async def store_factory(store_url: str) -> AsyncIterator[StoreFactory]:
+    """Opens store instances that all share the test's database; closes (and drops) it afterwards."""
     opened: list[Store] = []
-    adapter: str = request.param
-    database = f"hub_contract_{new_id()[:16]}"
 
     async def open_store() -> Store:
-        store: Store
-        if adapter == "sqlite":
-            store = SqliteStore(tmp_path / "contract.db")
-        else:
-            from storage.mongo import MongoStore
-
-            store = MongoStore.from_url(mongo_url_for(database))
+        store = store_from_url(store_url)
         await store.open()
         opened.append(store)
         return store
@@ -64,14 +64,18 @@ async def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Async
     finally:
         for store in opened:
             await store.close()
-        if adapter == "mongo":
-            from pymongo import AsyncMongoClient
+        if store_url.startswith("mongodb"):
+            await drop_mongo_database(store_url)
 
-            client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(MONGO_URL)
-            try:
-                await client.drop_database(database)
-            finally:
-                await client.close()
+
+async def drop_mongo_database(url: str) -> None:
+    from pymongo import AsyncMongoClient
+
+    client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(url)
+    try:
+        await client.drop_database(client.get_default_database())
+    finally:
+        await client.close()
 
 
 @pytest.fixture
