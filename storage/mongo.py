@@ -381,14 +381,23 @@ class MongoStore:
             name="lead_warn_pending",
             partialFilterExpression={"warn_pending_at": {"$exists": True}},
         )
+        # Queue views: equality (and $in on status) then newest first, so a page is read in
+        # index order (a SORT_MERGE over the statuses) instead of sorting every match.
         await leads.create_index(
-            [("contact_id", ASCENDING), ("status", ASCENDING)], name="lead_contact_status"
+            [("contact_id", ASCENDING), ("status", ASCENDING), ("_id", DESCENDING)],
+            name="lead_contact_status",
         )
         await leads.create_index(
-            [("assignee", ASCENDING), ("status", ASCENDING)], name="lead_assignee_status"
+            [("assignee", ASCENDING), ("status", ASCENDING), ("_id", DESCENDING)], name="lead_assignee_status"
         )
         await leads.create_index([("status", ASCENDING), ("_id", DESCENDING)], name="lead_status_number")
         await leads.create_index([("team", ASCENDING), ("_id", DESCENDING)], name="lead_team_number")
+        await leads.create_index(
+            # A compound key (not _id alone, which the default _id index owns) in number order.
+            [("_id", DESCENDING), ("breached_at", ASCENDING)],
+            name="lead_breached_number",
+            partialFilterExpression={"breached_at": {"$type": "date"}},
+        )
 
         await self._col("messages").create_index(
             [("channel", ASCENDING), ("external_id", ASCENDING)],
@@ -742,7 +751,8 @@ class MongoStore:
         if query.channel is not None:
             conditions.append({"channel": query.channel})
         if query.breached is not None:
-            conditions.append({"breached_at": {"$ne": None}} if query.breached else {"breached_at": None})
+            # `$type: date` is the breached index's own filter, so the planner can use it.
+            conditions.append({"breached_at": {"$type": "date"}} if query.breached else {"breached_at": None})
         if query.contact_id is not None:
             conditions.append({"contact_id": query.contact_id})
         if query.text:
