@@ -87,6 +87,7 @@ CREATE INDEX IF NOT EXISTS leads_contact_status ON leads (contact_id, status);
 CREATE INDEX IF NOT EXISTS leads_assignee_status ON leads (assignee, status);
 CREATE INDEX IF NOT EXISTS leads_status_number ON leads (status, number);
 CREATE INDEX IF NOT EXISTS leads_created ON leads (created_at);
+CREATE INDEX IF NOT EXISTS leads_breached ON leads (number) WHERE breached_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS messages (
     id TEXT PRIMARY KEY, lead_number INTEGER NOT NULL, direction TEXT NOT NULL,
     channel TEXT NOT NULL, author TEXT NOT NULL, text TEXT NOT NULL,
