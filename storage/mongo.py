@@ -119,6 +119,7 @@ def _lead_doc(lead: Lead) -> Doc:
         "contact_id": lead.contact_id,
         "status": lead.status.value,
         "subject": lead.subject,
+        "subject_folded": lead.subject.casefold(),
         "form_id": lead.form_id,
         "assignee": lead.assignee,
         "team": lead.team,
@@ -311,9 +312,13 @@ def lead_update(changes: LeadChanges) -> Doc:
     return update
 
 
-def _literal(text: str) -> Doc:
-    """A case-insensitive substring match for literal text (Unicode-aware in MongoDB's PCRE)."""
-    return {"$regex": re.escape(text), "$options": "i"}
+def _contains(text: str) -> Doc:
+    """A substring match for literal text against a `*_folded` field.
+
+    Both sides are folded by Python's str.casefold, so "бойлер" finds "БОЙЛЕР" the same way the
+    SQLite adapter does, without relying on the server's regex case rules.
+    """
+    return {"$regex": re.escape(text.casefold())}
 
 
 class MongoStore:
@@ -617,12 +622,19 @@ class MongoStore:
         contact_doc: Doc = {
             "_id": contact.id,
             "name": contact.name,
+            "name_folded": contact.name.casefold(),
             "language": contact.language,
             "tags": list(contact.tags),
             "created_at": contact.created_at,
         }
         identity_docs = [
-            {"kind": i.kind.value, "value": i.value, "contact_id": contact.id, "display_name": i.display_name}
+            {
+                "kind": i.kind.value,
+                "value": i.value,
+                "value_folded": i.value.casefold(),
+                "contact_id": contact.id,
+                "display_name": i.display_name,
+            }
             for i in contact.identities
         ]
 
@@ -658,6 +670,7 @@ class MongoStore:
                     "value": identity.value,
                     "contact_id": contact_id,
                     "display_name": identity.display_name,
+                    "value_folded": identity.value.casefold(),
                 }
             )
         except DuplicateKeyError:
@@ -756,17 +769,21 @@ class MongoStore:
         if query.contact_id is not None:
             conditions.append({"contact_id": query.contact_id})
         if query.text:
-            pattern = _literal(query.text)
+            pattern = _contains(query.text)
             ids: set[str] = set()
-            names = self._col("contacts").find({"name": pattern}, {"_id": 1}).limit(TEXT_MATCH_CONTACTS_CAP)
+            names = (
+                self._col("contacts")
+                .find({"name_folded": pattern}, {"_id": 1})
+                .limit(TEXT_MATCH_CONTACTS_CAP)
+            )
             ids.update([d["_id"] async for d in names])
             values = (
                 self._col("identities")
-                .find({"value": pattern}, {"contact_id": 1})
+                .find({"value_folded": pattern}, {"contact_id": 1})
                 .limit(TEXT_MATCH_CONTACTS_CAP)
             )
             ids.update([d["contact_id"] async for d in values])
-            conditions.append({"$or": [{"subject": pattern}, {"contact_id": {"$in": sorted(ids)}}]})
+            conditions.append({"$or": [{"subject_folded": pattern}, {"contact_id": {"$in": sorted(ids)}}]})
         if not conditions:
             return {}
         return conditions[0] if len(conditions) == 1 else {"$and": conditions}

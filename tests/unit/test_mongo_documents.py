@@ -6,6 +6,7 @@ tests keep the pure parts honest on machines without a MongoDB server.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -108,3 +109,20 @@ def test_lead_update_sets_and_unsets_without_overlap() -> None:
 def test_open_waiting_status_keeps_the_clock() -> None:
     update = lead_update(LeadChanges(status=LeadStatus.WAITING_CUSTOMER, updated_at=T0))
     assert update == {"$set": {"status": "waiting_customer", "updated_at": T0}}
+
+
+def test_text_search_pattern_is_literal_and_case_folded() -> None:
+    from storage.mongo import _contains
+
+    doc = _lead_doc(make_lead(subject="Не працює БОЙЛЕР, 50% .* off"))
+    for text, hit in [
+        ("бойлер", True),
+        ("Бойлер", True),
+        ("50%", True),
+        (".*", True),
+        ("a.b", False),
+        ("_", False),
+    ]:
+        pattern = _contains(text)
+        assert set(pattern) == {"$regex"}
+        assert (re.search(pattern["$regex"], doc["subject_folded"]) is not None) is hit, text
