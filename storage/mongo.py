@@ -34,6 +34,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, ParamSpec, TypeVar
 
+import pymongo
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument, UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
@@ -67,6 +68,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 DEFAULT_DATABASE = "hub"
+PING_TIMEOUT_SECONDS = 3.0
 #: Text search turns matching contacts into an `$in` list; beyond this many it stops growing.
 TEXT_MATCH_CONTACTS_CAP = 5000
 
@@ -452,7 +454,9 @@ class MongoStore:
         if self._client is None:
             return False
         try:
-            await self._client.admin.command("ping")
+            # Bounded: /healthz must answer "down" quickly, not after server selection's 30 s.
+            with pymongo.timeout(PING_TIMEOUT_SECONDS):
+                await self._client.admin.command("ping")
         except PyMongoError:
             return False
         return True
