@@ -882,7 +882,12 @@ class SqliteStore:
     async def add_outbound(self, message: Message, item: OutboxItem | None) -> None:
         try:
             async with self._unit() as db:
-                await self._insert_message(db, message)
+                if not await self._insert_message(db, message):
+                    # Same (channel, external_id) as a stored message: a retried request.
+                    # Refuse the whole unit so no second delivery row is queued for it.
+                    raise DuplicateError(
+                        f"message {message.channel}:{message.external_id} is already stored (lead L-{message.lead_number})"
+                    )
                 if item is not None:
                     await db.execute(
                         "INSERT INTO outbox (id, message_id, lead_number, channel, payload, state, attempts, "
