@@ -172,3 +172,16 @@ async def test_list_filters_and_cursor_pagination(hub: Hub, http, base_url, auth
     assert {i["kind"] for i in service["items"]} == {"service_request"} and len(service["items"]) == 3
     bad = await http.get(f"{base_url}/api/v1/leads?kind=bogus", headers=auth)
     assert bad.status == 422 and (await bad.json())["error"] == "validation_failed"
+
+
+async def test_reply_with_idempotency_key_is_recorded_once(hub: Hub, http, base_url, auth) -> None:
+    await http.post(f"{base_url}/forms/contact", json={"email": "idem@example.com", "message": "hi"})
+    headers = {**auth, "Idempotency-Key": "reply-777"}
+    body = {"text": "Одна відповідь", "author": "olena"}
+    first, second = [
+        await http.post(f"{base_url}/api/v1/leads/L-1/replies", json=body, headers=headers) for _ in range(2)
+    ]
+    assert (await first.json())["id"] == (await second.json())["id"]
+    outgoing = [m for m in await hub.store.list_messages(1) if m.direction.value == "out"]
+    assert len(outgoing) == 1
+    assert (await hub.store.outbox_counts())["queued"] == 1
