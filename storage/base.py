@@ -68,15 +68,14 @@ class LeadChanges:
     updated_at: datetime | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     # The generalised SLA clock (see hub.sla). Setting a due time arms its mark for the sweep;
-    # stopping a clock (status waiting_customer / resolved / closed, clear_sla) disarms marks
-    # that are not yet due and keeps overdue ones, so the sweep still reports those once.
-    # status=waiting_customer also stops the response target and pauses resolution
-    # (sla_paused_at = updated_at) in the same write.
+    # stopping a clock (resolved / closed status, first_response_at, clear_sla, pause_sla)
+    # disarms its marks, so a lead that is answered or resolved raises no alert after that.
     sla_target: str | None = None
     sla_started_at: datetime | None = None
     sla_due: datetime | None = None
     sla_warn_due: datetime | None = None  # with sla_due; None = no warning for this target
-    clear_sla: bool = False  # no response is owed now
+    clear_sla: bool = False  # no response is owed now (a public reply)
+    pause_sla: bool = False  # waiting for the customer: resolution pauses (sla_paused_at = updated_at)
     resolution_due: datetime | None = None
     resolution_warn_due: datetime | None = None  # with resolution_due; None = no warning
     clear_sla_paused: bool = False  # the clock runs again (set with the new resolution due)

@@ -712,24 +712,20 @@ class SqliteStore:
         now_ts = _ts(changes.updated_at or datetime.now(UTC))
 
         def disarm(*columns: str) -> None:
-            # A stopped clock keeps marks that are already overdue: the breach happened, and
-            # the sweep must still report it once.
             for col in columns:
-                sets.append(f"{col} = CASE WHEN {col} <= {now_ts!r} THEN {col} ELSE NULL END")
+                sets.append(f"{col} = NULL")
 
         if changes.status is not None:
             put("status", changes.status.value)
             if changes.status not in ACTIVE_STATUSES:
                 disarm("breach_pending_at", "warn_pending_at", "res_breach_pending_at", "res_warn_pending_at")
                 sets.append("sla_target = NULL")
-            elif changes.status == LeadStatus.WAITING_CUSTOMER:
-                # Waiting for the customer: no reply is owed and the resolution clock pauses.
-                disarm("breach_pending_at", "warn_pending_at", "res_breach_pending_at", "res_warn_pending_at")
-                sets.append("sla_target = NULL")
-                sets.append(f"sla_paused_at = COALESCE(sla_paused_at, {now_ts!r})")
         if changes.clear_sla:
             disarm("breach_pending_at", "warn_pending_at")
             sets.append("sla_target = NULL")
+        if changes.pause_sla:
+            disarm("res_breach_pending_at", "res_warn_pending_at")
+            sets.append(f"sla_paused_at = COALESCE(sla_paused_at, {now_ts!r})")
         if changes.sla_target is not None:
             put("sla_target", changes.sla_target)
         if changes.sla_started_at is not None:

@@ -1,30 +1,23 @@
-"""Store contract for SLA marks and routing claims (SQLite; other adapters must pass it too)."""
+"""Store contract for the generalised SLA marks and the routing claims (every adapter)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
 from hub.domain import Lead, LeadKind, LeadStatus
-from storage.base import LeadChanges
-from storage.sqlite import SqliteStore
+from storage.base import LeadChanges, Store
+from tests.contract.conftest import StoreFactory
 
 T0 = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
 
 
 @pytest.fixture
-async def stores(tmp_path: Path) -> AsyncIterator[tuple[SqliteStore, SqliteStore]]:
-    """Two connections on one file, as two hub processes would have."""
-    a, b = SqliteStore(tmp_path / "hub.db"), SqliteStore(tmp_path / "hub.db")
-    await a.open()
-    await b.open()
-    yield a, b
-    await a.close()
-    await b.close()
+async def stores(store_factory: StoreFactory) -> tuple[Store, Store]:
+    """Two stores on one database, as two hub processes would have."""
+    return await store_factory(), await store_factory()
 
 
 def lead(number: int, due_in: timedelta, **fields: object) -> Lead:
@@ -49,7 +42,7 @@ def lead(number: int, due_in: timedelta, **fields: object) -> Lead:
 
 
 async def test_concurrent_claims_from_two_connections_report_each_mark_once(
-    stores: tuple[SqliteStore, SqliteStore],
+    stores: tuple[Store, Store],
 ) -> None:
     a, b = stores
     for n in range(1, 301):
@@ -63,25 +56,40 @@ async def test_concurrent_claims_from_two_connections_report_each_mark_once(
     assert await b.claim_sla_marks(now + timedelta(days=1), 1000) == []
 
 
-async def test_stopping_a_clock_keeps_overdue_marks_and_drops_future_ones(
-    stores: tuple[SqliteStore, SqliteStore],
-) -> None:
+async def test_a_reply_stops_the_response_target_and_pauses_resolution(stores: tuple[Store, Store]) -> None:
     a, _ = stores
-    await a.create_lead(lead(1, timedelta(hours=1)))
-    await a.create_lead(lead(2, timedelta(hours=1)))
-    reply_at = T0 + timedelta(minutes=55)  # after lead 1's warning, before its breach
-    for number in (1, 2):
-        changes = LeadChanges(
-            status=LeadStatus.WAITING_CUSTOMER, first_response_at=reply_at, updated_at=reply_at
-        )
-        await a.update_lead(number, changes)
-    claims = await a.claim_sla_marks(T0 + timedelta(days=1), 100)
-    assert sorted((c.lead.number, c.level) for c in claims) == [(1, "warning"), (2, "warning")]
-    paused = await a.get_lead(1)
+    await a.create_lead(lead(1, timedelta(hours=1), resolution_due=T0 + timedelta(hours=3)))
+    await a.create_lead(lead(2, timedelta(hours=1), resolution_due=T0 + timedelta(hours=3)))
+    warned = await a.claim_sla_marks(T0 + timedelta(minutes=55), 100)
+    assert sorted((c.lead.number, c.target, c.level) for c in warned) == [
+        (1, "first_response", "warning"),
+        (2, "first_response", "warning"),
+    ]
+    reply_at = T0 + timedelta(minutes=56)
+    changes = LeadChanges(
+        status=LeadStatus.WAITING_CUSTOMER,
+        first_response_at=reply_at,
+        clear_sla=True,
+        pause_sla=True,
+        updated_at=reply_at,
+    )
+    paused = await a.update_lead(1, changes)
     assert paused is not None and paused.sla_paused_at == reply_at and paused.sla_target is None
+    # Lead 2 owes a next response, then is resolved: every mark of it is gone.
+    owed = LeadChanges(sla_target="next_response", sla_due=T0 + timedelta(hours=2), updated_at=reply_at)
+    assert (await a.update_lead(2, owed)).sla_target == "next_response"  # type: ignore[union-attr]
+    await a.update_lead(2, LeadChanges(status=LeadStatus.RESOLVED, resolved_at=reply_at, updated_at=reply_at))
+    assert await a.claim_sla_marks(T0 + timedelta(days=1), 100) == []
+    resumed = LeadChanges(
+        clear_sla_paused=True, resolution_due=T0 + timedelta(days=2), updated_at=T0 + timedelta(days=1)
+    )
+    assert (await a.update_lead(1, resumed)).sla_paused_at is None  # type: ignore[union-attr]
+    (claim,) = await a.claim_sla_marks(T0 + timedelta(days=3), 100)
+    assert (claim.lead.number, claim.target, claim.level) == (1, "resolution", "breach")
+    assert claim.due == T0 + timedelta(days=2)
 
 
-async def test_assign_if_load_is_a_compare_and_set(stores: tuple[SqliteStore, SqliteStore]) -> None:
+async def test_assign_if_load_is_a_compare_and_set(stores: tuple[Store, Store]) -> None:
     a, b = stores
     for n in (1, 2, 3):
         await a.create_lead(lead(n, timedelta(hours=1), priority=1 if n == 1 else 0))

@@ -148,12 +148,14 @@ async def test_pause_while_waiting_for_customer_and_resume(make_hub: Callable[..
     await hub.store.close()
 
 
-async def test_reply_after_the_due_time_still_reports_the_breach_once(make_hub: Callable[..., Any]) -> None:
+async def test_an_answered_lead_raises_no_late_alert(make_hub: Callable[..., Any]) -> None:
     hub: Hub = await make_hub()
     lead = (await hub.intake.accept(inbound("f@example.com", T0), now=T0)).lead
-    late = T0 + timedelta(hours=5)
+    assert await hub.sweeper.sweep(T0 + timedelta(hours=3, minutes=30)) == (1, 0)
+    # Answered after the due time but before the next sweep: nobody is paged for a done job.
+    late = T0 + timedelta(hours=4, seconds=10)
     await hub.replies.record_reply(lead.number, "Вибачте за затримку", "taras", now=late)
-    assert await hub.sweeper.sweep(late + timedelta(seconds=1)) == (1, 1)
+    assert await hub.sweeper.sweep(late + timedelta(seconds=1)) == (0, 0)
     assert await hub.sweeper.sweep(late + timedelta(days=1)) == (0, 0)
     await hub.store.close()
 
