@@ -43,10 +43,10 @@ class LeadActions:
             raise ValidationFailed(f"unknown manager {manager_id!r}", {"manager": f"not one of: {known}"})
         lead = await self._lead(number)
         team = lead.team if lead.team in manager.teams else (manager.teams[0] if manager.teams else lead.team)
-        lead = (
-            await self._store.update_lead(number, LeadChanges(assignee=manager.id, team=team, updated_at=now))
-            or lead
-        )
+        changes = LeadChanges(assignee=manager.id, team=team, updated_at=now)
+        # Another team may have its own SLA policy.
+        changes = merge_changes(changes, self._clock.retarget(lead, team=team))
+        lead = await self._store.update_lead(number, changes) or lead
         await self._record(
             lead,
             EventType.LEAD_ASSIGNED,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from hub.domain import (
@@ -124,7 +124,7 @@ class Intake:
                 )
             )
         if not created and stored:
-            lead, changed = await self._customer_wrote_again(lead, now)
+            lead, changed = await self._customer_wrote_again(lead, now, inbound.received_at)
             events.extend(changed)
 
         for event in events:
@@ -271,9 +271,14 @@ class Intake:
         await self._router.route(request, now, apply)
         return updated, events
 
-    async def _customer_wrote_again(self, lead: Lead, now: datetime) -> tuple[Lead, list[Event]]:
+    async def _customer_wrote_again(
+        self, lead: Lead, now: datetime, received_at: datetime | None = None
+    ) -> tuple[Lead, list[Event]]:
         """A customer message on an existing lead reopens it, resumes its clock, owes a reply."""
-        changes = self._clock.on_customer_message(lead, now)
+        # SLA time runs from when the customer wrote (a replay after downtime keeps it honest).
+        changes = self._clock.on_customer_message(lead, min(received_at or now, now))
+        if changes is not None:
+            changes = replace(changes, updated_at=now)
         if changes is None:
             return lead, []
         previous = lead.status

@@ -238,3 +238,13 @@ async def test_resolve_stops_every_clock_and_reopen_restarts_resolution(make_hub
     assert reopened.resolution_due == reopened_at + timedelta(hours=8)
     assert await hub.sweeper.sweep(reopened_at + timedelta(hours=8, seconds=1)) == (1, 1)
     await hub.store.close()
+
+
+async def test_manual_assignment_to_another_team_applies_its_policy(make_hub: Callable[..., Any]) -> None:
+    hub: Hub = await make_hub(sla={"policies": POLICIES})
+    lead = (await hub.intake.accept(inbound("l@example.com", T0), now=T0)).lead
+    assert lead.team == "support" and lead.sla_due == T0 + timedelta(hours=4)
+    moved = await hub.actions.assign(lead.number, "iryna", "olena", now=T0 + timedelta(minutes=5))
+    assert moved.team == "service"
+    assert moved.sla_due == moved.first_response_due == T0 + timedelta(hours=1)
+    await hub.store.close()
