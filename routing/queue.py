@@ -41,9 +41,10 @@ class QueueDrainer:
                 # Once nobody in a team could take its oldest lead, its younger ones wait too.
                 if lead.team in stuck_teams:
                     continue
-                if await self._router.reroute(lead, now, "unassigned queue"):
+                assignee, taken = await self._router.reroute_outcome(lead, now, "unassigned queue")
+                if assignee and not taken:
                     assigned += 1
-                else:
+                elif not taken:
                     stuck_teams.add(lead.team)
         if assigned:
             log.info("unassigned queue: %d lead(s) assigned", assigned)

@@ -111,7 +111,7 @@ class ConfigRouter:
         async with self._lock:
             first_team = team
             assignee, team = await self._assign(
-                request.lead_number, team, request.contact_id, now, reason, exclude=()
+                request.lead_number, team, request.contact_id, now, reason, exclude=(), previous=None
             )
             if assignee is None:
                 reason["result"] = "unassigned: nobody eligible"
@@ -133,12 +133,26 @@ class ConfigRouter:
         unassign_if_nobody: bool = False,
     ) -> str | None:
         """Route an existing lead again (queue drain, away, breach); returns the new assignee."""
+        assignee, taken = await self.reroute_outcome(lead, now, why, exclude, unassign_if_nobody)
+        return None if taken else assignee
+
+    async def reroute_outcome(
+        self,
+        lead: Lead,
+        now: datetime,
+        why: str,
+        exclude: Sequence[str] = (),
+        unassign_if_nobody: bool = False,
+    ) -> tuple[str | None, bool]:
+        """(new assignee, taken): `taken` when another process routed the lead meanwhile."""
         reason: dict[str, Any] = {"rule": why}
         team = lead.team or self._settings.routing.default_team or next(iter(self._settings.teams), None)
         async with self._lock:
             assignee, chosen_team = await self._assign(
-                lead.number, team, lead.contact_id, now, reason, exclude
+                lead.number, team, lead.contact_id, now, reason, exclude, previous=lead.assignee
             )
+            if reason.get("taken"):
+                return assignee, True  # another process routed it meanwhile; its event says why
             if assignee is None:
                 if unassign_if_nobody and lead.assignee is not None:
                     await self._store.update_lead(
@@ -150,7 +164,7 @@ class ConfigRouter:
                         now,
                         {"assignee": None, "team": lead.team, "by": "router", "reason": reason},
                     )
-                return None
+                return None, False
         updated = await self._store.get_lead(lead.number) or lead
         await self._record(
             updated,
@@ -164,7 +178,7 @@ class ConfigRouter:
                 "reason": reason,
             },
         )
-        return assignee
+        return assignee, False
 
     async def _record(self, lead: Lead, event_type: EventType, now: datetime, data: dict[str, Any]) -> None:
         event = Event(event_type.value, now, lead.number, data)
@@ -190,20 +204,31 @@ class ConfigRouter:
         now: datetime,
         reason: dict[str, Any],
         exclude: Sequence[str],
+        previous: str | None,
     ) -> tuple[str | None, str | None]:
         """Walk the team and its fallbacks; claim the first manager the strategy picks."""
         visited: list[str] = []
         while team is not None and team not in visited:
             visited.append(team)
-            assignee, detail = await self._claim_member(number, team, contact_id, now, exclude)
+            assignee, detail = await self._claim_member(number, team, contact_id, now, exclude, previous)
             reason.setdefault("teams", []).append({"team": team, **detail})
+            if detail.get("taken"):
+                reason["taken"] = True
+                current = await self._store.get_lead(number)
+                return (current.assignee, current.team) if current else (None, None)
             if assignee is not None:
                 return assignee, team
             team = self._settings.teams[team].fallback
         return None, None
 
     async def _claim_member(
-        self, number: int, team: str, contact_id: str, now: datetime, exclude: Sequence[str]
+        self,
+        number: int,
+        team: str,
+        contact_id: str,
+        now: datetime,
+        exclude: Sequence[str],
+        previous: str | None,
     ) -> tuple[str | None, dict[str, Any]]:
         members = self.team_members(team)
         strategy = self._settings.teams[team].strategy
@@ -238,9 +263,13 @@ class ConfigRouter:
             turn = await self._store.incr_state(f"routing.rr.{team}")
             chosen, why = choose(strategy, members, eligible, loads, turn, sticky_id)
             assert chosen is not None
-            if await self._store.assign_if_load(number, chosen.id, team, loads[chosen.id], now):
+            if await self._store.assign_if_load(number, chosen.id, team, loads[chosen.id], now, previous):
                 detail.update(chosen=chosen.id, why=why, attempts=attempt)
                 return chosen.id, detail
+            current = await self._store.get_lead(number)
+            if current is None or current.assignee != previous:
+                detail.update(taken=True, why="routed by another process meanwhile")
+                return None, detail
             log.debug("L-%s: load of %s changed under us, deciding again", number, chosen.id)
         detail["why"] = f"gave up after {_MAX_ATTEMPTS} contended attempts"
         return None, detail

@@ -201,10 +201,17 @@ class Store(Protocol):
         """(active leads, priority-weighted load = sum of 1 + priority) for each manager."""
 
     async def assign_if_load(
-        self, number: int, assignee: str, team: str | None, expected: tuple[int, int], now: datetime
+        self,
+        number: int,
+        assignee: str,
+        team: str | None,
+        expected: tuple[int, int],
+        now: datetime,
+        previous: str | None = None,
     ) -> bool:
-        """Give an unassigned or re-routed lead to `assignee` only if their load still equals
-        `expected` (compare-and-set in one write); False means someone else changed it first."""
+        """Give the lead to `assignee` only if their load still equals `expected` and the lead
+        is still held by `previous` (None: unassigned), as one compare-and-set write; False
+        means someone else changed either first."""
 
     async def oldest_unassigned(self, limit: int) -> list[Lead]:
         """Active leads without an assignee, oldest first (the queue the router drains)."""

@@ -1023,7 +1023,13 @@ class MongoStore:
 
     @_translated
     async def assign_if_load(
-        self, number: int, assignee: str, team: str | None, expected: tuple[int, int], now: datetime
+        self,
+        number: int,
+        assignee: str,
+        team: str | None,
+        expected: tuple[int, int],
+        now: datetime,
+        previous: str | None = None,
     ) -> bool:
         """Assign only if the manager's load still equals `expected` (compare-and-set)."""
 
@@ -1053,7 +1059,9 @@ class MongoStore:
             update: Doc = {"assignee": assignee, "updated_at": now}
             if team is not None:
                 update["team"] = team
-            result = await self._col("leads").update_one({"_id": number}, {"$set": update}, session=session)
+            result = await self._col("leads").update_one(
+                {"_id": number, "assignee": previous}, {"$set": update}, session=session
+            )
             return result.matched_count > 0
 
         return await self._atomic(write)

@@ -983,7 +983,13 @@ class SqliteStore:
         return loads
 
     async def assign_if_load(
-        self, number: int, assignee: str, team: str | None, expected: tuple[int, int], now: datetime
+        self,
+        number: int,
+        assignee: str,
+        team: str | None,
+        expected: tuple[int, int],
+        now: datetime,
+        previous: str | None = None,
     ) -> bool:
         async with self._unit() as db:
             # BEGIN IMMEDIATE holds SQLite's write lock: the load read here cannot change before
@@ -999,8 +1005,9 @@ class SqliteStore:
             if (int(row["n"]), int(row["w"])) != tuple(expected):
                 return False
             cursor = await db.execute(
-                "UPDATE leads SET assignee = ?, team = COALESCE(?, team), updated_at = ? WHERE number = ?",
-                (assignee, team, now.timestamp(), number),
+                "UPDATE leads SET assignee = ?, team = COALESCE(?, team), updated_at = ? "
+                "WHERE number = ? AND assignee IS ?",
+                (assignee, team, now.timestamp(), number, previous),
             )
             changed = cursor.rowcount
             await cursor.close()

@@ -97,6 +97,10 @@ async def test_assign_if_load_is_a_compare_and_set(stores: tuple[Store, Store]) 
     assert await b.load_by_assignee(["m1", "m2"]) == {"m1": (1, 2), "m2": (0, 0)}
     assert not await b.assign_if_load(2, "m1", "support", (0, 0), T0)  # stale: m1 already has one
     assert await b.assign_if_load(2, "m1", "support", (1, 2), T0)
+    # The lead moved on since the caller read it: no second assignment over it.
+    assert not await b.assign_if_load(2, "m2", "support", (0, 0), T0, previous=None)
+    assert await b.assign_if_load(2, "m2", "support", (0, 0), T0, previous="m1")
+    assert await b.assign_if_load(2, "m1", "support", (1, 2), T0, previous="m2")
     assert [x.number for x in await a.oldest_unassigned(10)] == [3]
     assert [x.number for x in await a.active_leads_of("m1", 10)] == [1, 2]
     await a.update_lead(1, LeadChanges(status=LeadStatus.RESOLVED, updated_at=T0))

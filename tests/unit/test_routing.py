@@ -288,3 +288,26 @@ async def test_shift_start_drains_the_queue(make_hub: Callable[..., Any]) -> Non
     assert await hub.queue.drain(night + timedelta(hours=3)) == 1  # 09:00: shift starts
     assert (await hub.store.get_lead(lead.number)).assignee == "day"  # type: ignore[union-attr]
     await hub.store.close()
+
+
+async def test_two_hubs_draining_the_queue_at_once_assign_each_lead_once(
+    make_hub: Callable[..., Any],
+) -> None:
+    config = team("least_loaded", "m1", "m2", "m3")
+    first: Hub = await make_hub(**config)
+    second: Hub = await make_hub(**config)
+    for manager in ("m1", "m2", "m3"):
+        await first.store.set_state(f"manager.{manager}.away", True)
+    queued = [(await first.intake.accept(inbound(f"d{i}@example.com"), now=T0)).lead for i in range(12)]
+    assert all(lead.assignee is None for lead in queued)
+    for manager in ("m1", "m2", "m3"):
+        await first.store.set_state(f"manager.{manager}.away", False)
+    later = T0 + timedelta(minutes=1)
+    drained = await asyncio.gather(first.queue.drain(later), second.queue.drain(later))
+    assert sum(drained) == 12
+    events = await first.store.list_events(types=["lead.assigned"], limit=1000)
+    assert sorted(Counter(e.lead_number for e in events).values()) == [1] * 12
+    loads = await first.store.load_by_assignee(["m1", "m2", "m3"])
+    assert {n for n, _ in loads.values()} == {4}
+    await first.store.close()
+    await second.store.close()
