@@ -38,7 +38,15 @@ from hub.domain import (
     OutboxItem,
     Page,
 )
-from storage.base import DuplicateError, LeadChanges, LeadQuery, StoreError
+from storage.base import (
+    KPI_GROUPS,
+    DuplicateError,
+    KpiQuery,
+    KpiRow,
+    LeadChanges,
+    LeadQuery,
+    StoreError,
+)
 
 SCHEMA_VERSION = 1
 
@@ -112,6 +120,8 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_lead ON events (lead_number, id);
 CREATE INDEX IF NOT EXISTS events_type ON events (type, id);
 CREATE TABLE IF NOT EXISTS leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS leads_report ON leads (created_at, team, assignee, channel, kind,
+    first_response_at, first_response_due, resolved_at, breached_at);
 """
 
 
@@ -1011,3 +1021,139 @@ class SqliteStore:
             await cursor.close()
         assert row is not None
         return int(row[0])
+
+    # --- dashboard: reports, erasure, small aggregates --------------------------------------
+    @staticmethod
+    def _kpi_base(query: KpiQuery) -> tuple[str, list[Any]]:
+        if query.group_by is None:
+            group = "NULL"
+        elif query.group_by == "day":
+            group = f"CAST((created_at + {int(query.day_offset_seconds)}) / 86400 AS INTEGER)"
+        elif query.group_by in KPI_GROUPS:
+            group = query.group_by
+        else:
+            raise ValueError(f"cannot group a KPI report by {query.group_by!r}: use one of {KPI_GROUPS}")
+        where = ["created_at >= ?", "created_at < ?"]
+        params: list[Any] = [query.start.timestamp(), query.end.timestamp()]
+        for column, value in (
+            ("team", query.team),
+            ("assignee", query.assignee),
+            ("channel", query.channel),
+            ("kind", query.kind.value if query.kind else None),
+        ):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        sql = (
+            f"SELECT {group} AS g, first_response_at - created_at AS frt, resolved_at - created_at AS rt, "
+            "first_response_at <= first_response_due AS ok, breached_at IS NOT NULL AS br "
+            f"FROM leads WHERE {' AND '.join(where)}"
+        )
+        return sql, params
+
+    async def _kpi_percentiles(
+        self, base: str, params: list[Any], column: str, fractions: tuple[float, ...]
+    ) -> dict[Any, dict[float, float]]:
+        # Only the two ranks around each percentile leave the database, so the cost is one
+        # sorted pass however many leads the period holds.
+        ranks = " OR ".join(
+            f"i = CAST((n - 1) * {f!r} AS INTEGER) OR i = CAST((n - 1) * {f!r} AS INTEGER) + 1"
+            for f in fractions
+        )
+        rows = await self._read(
+            f"WITH base AS ({base}), r AS (SELECT g, {column} AS v, "
+            f"ROW_NUMBER() OVER (PARTITION BY g ORDER BY {column}) - 1 AS i, "
+            f"COUNT(*) OVER (PARTITION BY g) AS n FROM base WHERE {column} IS NOT NULL) "
+            f"SELECT g, i, n, v FROM r WHERE {ranks}",
+            params,
+        )
+        ranked: dict[Any, dict[int, float]] = {}
+        sizes: dict[Any, int] = {}
+        for row in rows:
+            ranked.setdefault(row["g"], {})[row["i"]] = row["v"]
+            sizes[row["g"]] = row["n"]
+        result: dict[Any, dict[float, float]] = {}
+        for group, values in ranked.items():
+            n = sizes[group]
+            out: dict[float, float] = {}
+            for fraction in fractions:
+                h = (n - 1) * fraction
+                low = int(h)
+                value = values[low]
+                if low + 1 < n:
+                    value += (h - low) * (values[low + 1] - value)
+                out[fraction] = value
+            result[group] = out
+        return result
+
+    async def kpi_rows(self, query: KpiQuery) -> list[KpiRow]:
+        base, params = self._kpi_base(query)
+        rows = await self._read(
+            f"WITH base AS ({base}) SELECT g, COUNT(*) AS received, COUNT(frt) AS responded, "
+            "TOTAL(ok) AS within, TOTAL(br) AS breached, TOTAL(br AND frt IS NOT NULL) AS breached_answered, "
+            "COUNT(rt) AS resolved, AVG(frt) AS frt_mean, "
+            "AVG(rt) AS rt_mean FROM base GROUP BY g ORDER BY g",
+            params,
+        )
+        if not rows:
+            return []
+        frt = await self._kpi_percentiles(base, params, "frt", (0.5, 0.9))
+        resolution = await self._kpi_percentiles(base, params, "rt", (0.5,))
+        result = []
+        for row in rows:
+            group = row["g"]
+            if query.group_by == "day" and group is not None:
+                label: str | None = datetime.fromtimestamp(int(group) * 86400, UTC).date().isoformat()
+            else:
+                label = None if group is None else str(group)
+            result.append(
+                KpiRow(
+                    group=label,
+                    received=row["received"],
+                    responded=row["responded"],
+                    within_target=int(row["within"]),
+                    breached=int(row["breached"]),
+                    resolved=row["resolved"],
+                    frt_mean=row["frt_mean"],
+                    frt_median=frt.get(group, {}).get(0.5),
+                    frt_p90=frt.get(group, {}).get(0.9),
+                    resolution_mean=row["rt_mean"],
+                    resolution_median=resolution.get(group, {}).get(0.5),
+                    breached_answered=int(row["breached_answered"]),
+                )
+            )
+        return result
+
+    async def erase_contact(self, contact_id: str) -> list[int]:
+        async with self._unit() as db:
+            cursor = await db.execute("SELECT number FROM leads WHERE contact_id = ?", (contact_id,))
+            numbers = [int(r[0]) for r in await cursor.fetchall()]
+            await cursor.close()
+            if numbers:
+                marks = ",".join("?" * len(numbers))
+                for table in ("outbox", "messages", "refs", "inbox"):
+                    await db.execute(f"DELETE FROM {table} WHERE lead_number IN ({marks})", numbers)
+                await db.execute(
+                    "UPDATE leads SET subject = '', tags = '[]', extra = '{}', "
+                    "origin_external_id = 'erased:' || number WHERE contact_id = ?",
+                    (contact_id,),
+                )
+            await db.execute("DELETE FROM identities WHERE contact_id = ?", (contact_id,))
+            await db.execute("DELETE FROM contacts WHERE id = ?", (contact_id,))
+        return sorted(numbers)
+
+    async def handled_since(self, since: datetime) -> dict[str, int]:
+        ts = since.timestamp()
+        rows = await self._read(
+            "SELECT assignee, COUNT(*) AS n FROM leads WHERE assignee IS NOT NULL AND "
+            "(first_response_at >= ? OR resolved_at >= ?) GROUP BY assignee",
+            (ts, ts),
+        )
+        return {r["assignee"]: r["n"] for r in rows}
+
+    async def active_counts(self) -> list[tuple[str | None, bool, int]]:
+        rows = await self._read(
+            f"SELECT team, breached_at IS NOT NULL AS b, COUNT(*) AS n FROM leads "
+            f"WHERE status IN {_ACTIVE_SQL} GROUP BY team, b"
+        )
+        return [(r["team"], bool(r["b"]), r["n"]) for r in rows]
