@@ -95,7 +95,7 @@ async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
             response = error_page(request, 401, "dash.error.signin")
     else:
         response = await handler(request)
-    if fresh and not response.prepared:
+    if fresh and not response.prepared and auth.SESSION_COOKIE not in response.cookies:
         _set_session_cookie(request, response, session.cookie(state.key))
     if not response.prepared:
         for name, value in SECURITY_HEADERS.items():

@@ -37,8 +37,8 @@ class DashboardState:
 
 
 STATE_KEY: web.AppKey[DashboardState] = web.AppKey("dashboard")
-SESSION_KEY = "dashboard.session"
-VIEWER_KEY = "dashboard.viewer"
+SESSION_KEY: web.RequestKey[Session] = web.RequestKey("dashboard.session", Session)
+VIEWER_KEY: web.RequestKey[ManagerSettings] = web.RequestKey("dashboard.viewer", ManagerSettings)
 
 LOGIN_LIMIT = RateLimit(count=10, per_seconds=60)
 USER_LOGIN_LIMIT = RateLimit(count=5, per_seconds=60)
