@@ -2,13 +2,14 @@
 // No inline scripts anywhere: the CSP only allows files from /static.
 "use strict";
 (function () {
+  var units = (document.body.dataset.units || "d,h,m,s").split(",");
   function fmt(ms) {
     var s = Math.floor(Math.abs(ms) / 1000), d = Math.floor(s / 86400), h = Math.floor(s % 86400 / 3600),
         m = Math.floor(s % 3600 / 60), sec = s % 60, pad = function (n) { return (n < 10 ? "0" : "") + n; };
-    if (d) return d + "d " + h + "h";
-    if (h) return h + "h " + pad(m) + "m";
-    if (m) return m + "m " + pad(sec) + "s";
-    return sec + "s";
+    if (d) return d + units[0] + " " + h + units[1];
+    if (h) return h + units[1] + " " + pad(m) + units[2];
+    if (m) return m + units[2] + " " + pad(sec) + units[3];
+    return sec + units[3];
   }
   function tick() {
     var now = Date.now(), table = document.querySelector("table.queue");
