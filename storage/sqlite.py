@@ -122,6 +122,10 @@ CREATE INDEX IF NOT EXISTS events_type ON events (type, id);
 CREATE TABLE IF NOT EXISTS leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS leads_report ON leads (created_at, team, assignee, channel, kind,
     first_response_at, first_response_due, resolved_at, breached_at);
+CREATE INDEX IF NOT EXISTS leads_frt ON leads (first_response_at - created_at, created_at, team, assignee,
+    channel, kind) WHERE first_response_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS leads_rt ON leads (resolved_at - created_at, created_at, team, assignee,
+    channel, kind) WHERE resolved_at IS NOT NULL;
 """
 
 
@@ -246,6 +250,28 @@ def _event(row: sqlite3.Row) -> Event:
         lead_number=row["lead_number"],
         data=json.loads(row["data"]),
     )
+
+
+#: KPI measure -> (timestamp column, the partial index that keeps leads sorted by it - created_at).
+_KPI_MEASURES = {"frt": ("first_response_at", "leads_frt"), "rt": ("resolved_at", "leads_rt")}
+
+#: Up to this many leads in a report period, percentiles come from one sort instead of index walks.
+_KPI_SORT_LIMIT = 100_000
+
+
+def _percentiles(values: list[float], fractions: tuple[float, ...]) -> dict[float, float]:
+    """Linearly interpolated percentiles (like `statistics.quantiles(method="inclusive")`)."""
+    ordered = sorted(values)
+    n = len(ordered)
+    result = {}
+    for fraction in fractions:
+        h = (n - 1) * fraction
+        low = int(h)
+        value = ordered[low]
+        if low + 1 < n:
+            value += (h - low) * (ordered[low + 1] - value)
+        result[fraction] = value
+    return result
 
 
 _ACTIVE = tuple(s.value for s in ACTIVE_STATUSES)
@@ -1024,15 +1050,7 @@ class SqliteStore:
 
     # --- dashboard: reports, erasure, small aggregates --------------------------------------
     @staticmethod
-    def _kpi_base(query: KpiQuery) -> tuple[str, list[Any]]:
-        if query.group_by is None:
-            group = "NULL"
-        elif query.group_by == "day":
-            group = f"CAST((created_at + {int(query.day_offset_seconds)}) / 86400 AS INTEGER)"
-        elif query.group_by in KPI_GROUPS:
-            group = query.group_by
-        else:
-            raise ValueError(f"cannot group a KPI report by {query.group_by!r}: use one of {KPI_GROUPS}")
+    def _kpi_filters(query: KpiQuery) -> tuple[list[str], list[Any]]:
         where = ["created_at >= ?", "created_at < ?"]
         params: list[Any] = [query.start.timestamp(), query.end.timestamp()]
         for column, value in (
@@ -1044,68 +1062,109 @@ class SqliteStore:
             if value is not None:
                 where.append(f"{column} = ?")
                 params.append(value)
-        sql = (
-            f"SELECT {group} AS g, first_response_at - created_at AS frt, resolved_at - created_at AS rt, "
-            "first_response_at <= first_response_due AS ok, breached_at IS NOT NULL AS br "
-            f"FROM leads WHERE {' AND '.join(where)}"
-        )
-        return sql, params
+        return where, params
 
-    async def _kpi_percentiles(
-        self, base: str, params: list[Any], column: str, fractions: tuple[float, ...]
-    ) -> dict[Any, dict[float, float]]:
-        # Only the two ranks around each percentile leave the database, so the cost is one
-        # sorted pass however many leads the period holds.
-        ranks = " OR ".join(
-            f"i = CAST((n - 1) * {f!r} AS INTEGER) OR i = CAST((n - 1) * {f!r} AS INTEGER) + 1"
-            for f in fractions
+    async def _kpi_rank_values(
+        self,
+        query: KpiQuery,
+        group: tuple[str, Any] | None,
+        measure: str,
+        count: int,
+        fractions: tuple[float, ...],
+    ) -> dict[float, float]:
+        """Linearly interpolated percentiles of `measure` among `count` non-null values."""
+        # The partial expression indexes keep leads sorted by response/resolution time, so the
+        # k-th value is found by walking the index (no sort of the whole period).
+        column, index = _KPI_MEASURES[measure]
+        where, params = self._kpi_filters(query)
+        where.insert(0, f"{column} IS NOT NULL")
+        if group is not None:
+            where.append(f"{group[0]} IS ?")
+            params.append(group[1])
+        sql = (
+            f"SELECT {column} - created_at AS v FROM leads INDEXED BY {index} WHERE {' AND '.join(where)} "
+            f"ORDER BY {column} - created_at LIMIT 2 OFFSET ?"
         )
-        rows = await self._read(
-            f"WITH base AS ({base}), r AS (SELECT g, {column} AS v, "
-            f"ROW_NUMBER() OVER (PARTITION BY g ORDER BY {column}) - 1 AS i, "
-            f"COUNT(*) OVER (PARTITION BY g) AS n FROM base WHERE {column} IS NOT NULL) "
-            f"SELECT g, i, n, v FROM r WHERE {ranks}",
-            params,
-        )
-        ranked: dict[Any, dict[int, float]] = {}
-        sizes: dict[Any, int] = {}
-        for row in rows:
-            ranked.setdefault(row["g"], {})[row["i"]] = row["v"]
-            sizes[row["g"]] = row["n"]
-        result: dict[Any, dict[float, float]] = {}
-        for group, values in ranked.items():
-            n = sizes[group]
-            out: dict[float, float] = {}
-            for fraction in fractions:
-                h = (n - 1) * fraction
-                low = int(h)
-                value = values[low]
-                if low + 1 < n:
-                    value += (h - low) * (values[low + 1] - value)
-                out[fraction] = value
-            result[group] = out
+        result: dict[float, float] = {}
+        for fraction in fractions:
+            h = (count - 1) * fraction
+            low = int(h)
+            rows = await self._read(sql, [*params, low])
+            if not rows:
+                continue
+            value = float(rows[0]["v"])
+            if len(rows) > 1:
+                value += (h - low) * (float(rows[1]["v"]) - value)
+            result[fraction] = value
         return result
 
-    async def kpi_rows(self, query: KpiQuery) -> list[KpiRow]:
-        base, params = self._kpi_base(query)
+    async def _kpi_small_percentiles(
+        self, query: KpiQuery, group: str
+    ) -> tuple[dict[Any, dict[float, float]], dict[Any, dict[float, float]]]:
+        """Percentiles per group for a small period: its few times are sorted here, not in SQL."""
+        where, params = self._kpi_filters(query)
         rows = await self._read(
-            f"WITH base AS ({base}) SELECT g, COUNT(*) AS received, COUNT(frt) AS responded, "
-            "TOTAL(ok) AS within, TOTAL(br) AS breached, TOTAL(br AND frt IS NOT NULL) AS breached_answered, "
-            "COUNT(rt) AS resolved, AVG(frt) AS frt_mean, "
-            "AVG(rt) AS rt_mean FROM base GROUP BY g ORDER BY g",
+            f"SELECT {group} AS g, first_response_at - created_at AS f, resolved_at - created_at AS r "
+            f"FROM leads WHERE (first_response_at IS NOT NULL OR resolved_at IS NOT NULL) "
+            f"AND {' AND '.join(where)}",
             params,
         )
-        if not rows:
-            return []
-        frt = await self._kpi_percentiles(base, params, "frt", (0.5, 0.9))
-        resolution = await self._kpi_percentiles(base, params, "rt", (0.5,))
+        frt: dict[Any, list[float]] = {}
+        resolution: dict[Any, list[float]] = {}
+        for key, f, r in rows:
+            if f is not None:
+                frt.setdefault(key, []).append(f)
+            if r is not None:
+                resolution.setdefault(key, []).append(r)
+        return (
+            {k: _percentiles(v, (0.5, 0.9)) for k, v in frt.items()},
+            {k: _percentiles(v, (0.5,)) for k, v in resolution.items()},
+        )
+
+    async def kpi_rows(self, query: KpiQuery) -> list[KpiRow]:
+        if query.group_by is None:
+            group = "NULL"
+        elif query.group_by == "day":
+            group = f"CAST((created_at + {int(query.day_offset_seconds)}) / 86400 AS INTEGER)"
+        elif query.group_by in KPI_GROUPS:
+            group = query.group_by
+        else:
+            raise ValueError(f"cannot group a KPI report by {query.group_by!r}: use one of {KPI_GROUPS}")
+        where, params = self._kpi_filters(query)
+        rows = await self._read(
+            f"SELECT {group} AS g, COUNT(*) AS received, COUNT(first_response_at) AS responded, "
+            "TOTAL(first_response_at <= first_response_due) AS within, "
+            "TOTAL(breached_at IS NOT NULL) AS breached, "
+            "TOTAL(breached_at IS NOT NULL AND first_response_at IS NOT NULL) AS breached_answered, "
+            "COUNT(resolved_at) AS resolved, AVG(first_response_at - created_at) AS frt_mean, "
+            f"AVG(resolved_at - created_at) AS rt_mean FROM leads WHERE {' AND '.join(where)} "
+            "GROUP BY g ORDER BY g",
+            params,
+        )
+        # Small periods: their times are read once and sorted in Python. Large periods: walk
+        # the expression indexes per group, which never sorts but reads the index up to the rank.
+        windowed = query.group_by != "day" and sum(r["received"] for r in rows) <= _KPI_SORT_LIMIT
+        frt_by: dict[Any, dict[float, float]] = {}
+        rt_by: dict[Any, dict[float, float]] = {}
+        if windowed:
+            frt_by, rt_by = await self._kpi_small_percentiles(query, group)
         result = []
         for row in rows:
-            group = row["g"]
-            if query.group_by == "day" and group is not None:
-                label: str | None = datetime.fromtimestamp(int(group) * 86400, UTC).date().isoformat()
+            key = row["g"]
+            frt: dict[float, float] = frt_by.get(key, {})
+            resolution: dict[float, float] = rt_by.get(key, {})
+            # Per-day series carry counts and means only: a percentile walk per day would cost
+            # one index pass per day.
+            if query.group_by != "day" and not windowed:
+                selector = None if query.group_by is None else (query.group_by, key)
+                if row["responded"]:
+                    frt = await self._kpi_rank_values(query, selector, "frt", row["responded"], (0.5, 0.9))
+                if row["resolved"]:
+                    resolution = await self._kpi_rank_values(query, selector, "rt", row["resolved"], (0.5,))
+            if query.group_by == "day" and key is not None:
+                label: str | None = datetime.fromtimestamp(int(key) * 86400, UTC).date().isoformat()
             else:
-                label = None if group is None else str(group)
+                label = None if key is None else str(key)
             result.append(
                 KpiRow(
                     group=label,
@@ -1115,13 +1174,15 @@ class SqliteStore:
                     breached=int(row["breached"]),
                     resolved=row["resolved"],
                     frt_mean=row["frt_mean"],
-                    frt_median=frt.get(group, {}).get(0.5),
-                    frt_p90=frt.get(group, {}).get(0.9),
+                    frt_median=frt.get(0.5),
+                    frt_p90=frt.get(0.9),
                     resolution_mean=row["rt_mean"],
-                    resolution_median=resolution.get(group, {}).get(0.5),
+                    resolution_median=resolution.get(0.5),
                     breached_answered=int(row["breached_answered"]),
                 )
             )
+        if query.group_by is None and result and result[0].received == 0:
+            return []
         return result
 
     async def erase_contact(self, contact_id: str) -> list[int]:

@@ -11,7 +11,7 @@ document.addEventListener("DOMContentLoaded", function () {
         labels: c.days,
         datasets: [
           { type: "bar", label: l.received, data: c.received, backgroundColor: "#0b57d0", yAxisID: "y" },
-          { type: "line", label: l.median, data: c.median_minutes, borderColor: "#a50e0e", backgroundColor: "#a50e0e", yAxisID: "y1", spanGaps: true }
+          { type: "line", label: l.mean, data: c.mean_minutes, borderColor: "#a50e0e", backgroundColor: "#a50e0e", yAxisID: "y1", spanGaps: true }
         ]
       },
       options: { responsive: true, maintainAspectRatio: false, animation: false,

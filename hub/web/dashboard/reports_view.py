@@ -107,8 +107,8 @@ async def reports_page(request: web.Request) -> web.Response:
     chart = {
         "days": [day for day, _ in report.daily],
         "received": [k.row.received for _, k in report.daily],
-        "median_minutes": [
-            None if k.row.frt_median is None else round(k.row.frt_median / 60, 1) for _, k in report.daily
+        "mean_minutes": [
+            None if k.row.frt_mean is None else round(k.row.frt_mean / 60, 1) for _, k in report.daily
         ],
         "managers": [hub_name(hub, key) for key, _ in report.breakdowns.get("assignee", [])],
         "per_manager": [k.row.received for _, k in report.breakdowns.get("assignee", [])],
