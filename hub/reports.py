@@ -138,7 +138,7 @@ class Report:
         }
 
 
-def _query(period: Period, filters: Filters, group_by: str | None, offset: int = 0) -> KpiQuery:
+def _query(period: Period, filters: Filters, group_by: str | None, zone: str = "UTC") -> KpiQuery:
     return KpiQuery(
         start=period.start,
         end=period.end,
@@ -147,7 +147,7 @@ def _query(period: Period, filters: Filters, group_by: str | None, offset: int =
         channel=filters.channel,
         kind=filters.kind,
         group_by=group_by,
-        day_offset_seconds=offset,
+        day_zone=zone,
     )
 
 
@@ -162,8 +162,7 @@ async def build_report(
     for name in BREAKDOWNS:
         group_rows = await store.kpi_rows(_query(period, filters, name))
         report.breakdowns[name] = [(r.group, Kpi(r)) for r in group_rows]
-    offset = period.start.astimezone(zone).utcoffset() or timedelta(0)
-    day_rows = await store.kpi_rows(_query(period, filters, "day", int(offset.total_seconds())))
+    day_rows = await store.kpi_rows(_query(period, filters, "day", zone.key))
     report.daily = [(r.group or "", Kpi(r)) for r in day_rows]
     return report
 

@@ -84,7 +84,7 @@ class KpiQuery:
     channel: str | None = None
     kind: LeadKind | None = None
     group_by: str | None = None  # None: one row for everything; else one of KPI_GROUPS
-    day_offset_seconds: int = 0  # local time zone offset used to cut days for group_by="day"
+    day_zone: str = "UTC"  # IANA time zone whose midnights cut days for group_by="day"
 
 
 @dataclass(frozen=True, slots=True)

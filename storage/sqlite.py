@@ -14,9 +14,10 @@ import json
 import sqlite3
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import aiosqlite
 
@@ -257,6 +258,22 @@ _KPI_MEASURES = {"frt": ("first_response_at", "leads_frt"), "rt": ("resolved_at"
 
 #: Up to this many leads in a report period, percentiles come from one sort instead of index walks.
 _KPI_SORT_LIMIT = 100_000
+
+
+def _local_days(start: datetime, end: datetime, zone_name: str) -> list[Any]:
+    """(label, start ts, end ts) triples, flattened, for each local day touching [start, end)."""
+    zone = ZoneInfo(zone_name)
+    day = start.astimezone(zone).date()
+    flat: list[Any] = []
+    while True:
+        begins = datetime.combine(day, time(0), tzinfo=zone)
+        if begins >= end:
+            break
+        following = day + timedelta(days=1)
+        ends = datetime.combine(following, time(0), tzinfo=zone)
+        flat.extend([day.isoformat(), max(begins, start).timestamp(), min(ends, end).timestamp()])
+        day = following
+    return flat
 
 
 def _percentiles(values: list[float], fractions: tuple[float, ...]) -> dict[float, float]:
@@ -1122,10 +1139,19 @@ class SqliteStore:
         )
 
     async def kpi_rows(self, query: KpiQuery) -> list[KpiRow]:
+        source = "leads"
+        days: list[Any] = []
         if query.group_by is None:
             group = "NULL"
         elif query.group_by == "day":
-            group = f"CAST((created_at + {int(query.day_offset_seconds)}) / 86400 AS INTEGER)"
+            # Local days from the zone's own midnights, so DST days are 23 or 25 hours long.
+            days = _local_days(query.start, query.end, query.day_zone)
+            values = ",".join("(?, ?, ?)" for _ in range(len(days) // 3))
+            source = (
+                f"(WITH days(label, s, e) AS (VALUES {values}) SELECT days.label, leads.* FROM days "
+                "JOIN leads ON leads.created_at >= days.s AND leads.created_at < days.e)"
+            )
+            group = "label"
         elif query.group_by in KPI_GROUPS:
             group = query.group_by
         else:
@@ -1137,9 +1163,9 @@ class SqliteStore:
             "TOTAL(breached_at IS NOT NULL) AS breached, "
             "TOTAL(breached_at IS NOT NULL AND first_response_at IS NOT NULL) AS breached_answered, "
             "COUNT(resolved_at) AS resolved, AVG(first_response_at - created_at) AS frt_mean, "
-            f"AVG(resolved_at - created_at) AS rt_mean FROM leads WHERE {' AND '.join(where)} "
+            f"AVG(resolved_at - created_at) AS rt_mean FROM {source} WHERE {' AND '.join(where)} "
             "GROUP BY g ORDER BY g",
-            params,
+            [*days, *params],
         )
         # Small periods: their times are read once and sorted in Python. Large periods: walk
         # the expression indexes per group, which never sorts but reads the index up to the rank.
@@ -1161,10 +1187,7 @@ class SqliteStore:
                     frt = await self._kpi_rank_values(query, selector, "frt", row["responded"], (0.5, 0.9))
                 if row["resolved"]:
                     resolution = await self._kpi_rank_values(query, selector, "rt", row["resolved"], (0.5,))
-            if query.group_by == "day" and key is not None:
-                label: str | None = datetime.fromtimestamp(int(key) * 86400, UTC).date().isoformat()
-            else:
-                label = None if key is None else str(key)
+            label = None if key is None else str(key)
             result.append(
                 KpiRow(
                     group=label,

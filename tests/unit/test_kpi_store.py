@@ -70,3 +70,33 @@ async def test_percentiles_match_statistics(tmp_path: Path, monkeypatch, sort_li
         assert await store.kpi_rows(KpiQuery(T0 - timedelta(days=5), T0)) == []
     finally:
         await store.close()
+
+
+async def test_days_follow_local_midnights_across_dst(tmp_path: Path) -> None:
+    from zoneinfo import ZoneInfo
+
+    kyiv = ZoneInfo("Europe/Kyiv")
+    store = SqliteStore(tmp_path / "days.db")
+    await store.open()
+    try:
+        # Kyiv moves to summer time on 2026-03-29; a UTC offset taken once would misplace one of these.
+        moments = [datetime(2026, 3, 28, 23, 30, tzinfo=kyiv), datetime(2026, 3, 29, 23, 30, tzinfo=kyiv)]
+        for number, created in enumerate(moments, start=1):
+            lead = Lead(
+                number=number,
+                kind=LeadKind.MESSAGE,
+                channel="email",
+                contact_id="c",
+                status=LeadStatus.OPEN,
+                created_at=created,
+                updated_at=created,
+                origin_external_id=f"d{number}",
+            )
+            await store.create_lead(lead)
+        start = datetime(2026, 3, 27, tzinfo=kyiv)
+        rows = await store.kpi_rows(
+            KpiQuery(start, datetime(2026, 4, 1, tzinfo=kyiv), group_by="day", day_zone="Europe/Kyiv")
+        )
+        assert [(r.group, r.received) for r in rows] == [("2026-03-28", 1), ("2026-03-29", 1)]
+    finally:
+        await store.close()

@@ -47,11 +47,12 @@ class Listener:
     sees_all: bool
     queue: asyncio.Queue[dict[str, Any] | None] = field(default_factory=lambda: asyncio.Queue(QUEUE_SIZE))
 
-    def wants(self, lead: Lead | None) -> bool:
-        """Agents hear about their own leads and unassigned ones only."""
+    def wants(self, event: Event, lead: Lead | None) -> bool:
+        """Agents hear about their own leads, unassigned ones, and any reassignment (one may
+        have just left their queue)."""
         if self.sees_all or lead is None:
             return self.sees_all
-        return lead.assignee in (None, self.manager_id)
+        return lead.assignee in (None, self.manager_id) or event.type == EventType.LEAD_ASSIGNED
 
 
 class LiveBroker:
@@ -67,7 +68,7 @@ class LiveBroker:
             return
         message = {"type": event.type, "lead": lead.ref if lead else None}
         for listener in list(self._listeners):
-            if not listener.wants(lead):
+            if not listener.wants(event, lead):
                 continue
             if listener.queue.full():
                 with contextlib.suppress(asyncio.QueueEmpty):
