@@ -17,7 +17,7 @@ import pytest
 from hub.app import Hub
 from hub.config import Settings
 from hub.domain import Identity, IdentityKind, Inbound, LeadKind
-from hub.web.dashboard.auth import mint_login_token
+from hub.web.dashboard.auth import login_link, mint_login_token
 from tests.support.dashboard import PASSWORDS, csrf_from, managers_with_passwords, sign_in
 
 KYIV = ZoneInfo("Europe/Kyiv")
@@ -151,6 +151,10 @@ async def test_one_time_login_link_works_once(hub: Hub, base_url: str) -> None:
         assert again.status == 401
         forged = await session.get(f"{base_url}/dashboard/link/{token[:-3]}abc")
         assert forged.status == 401
+    url = login_link(hub.settings, "olena", datetime.now(KYIV))
+    path = url[url.index("/dashboard/link/") :]
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
+        assert "Олена Коваль" in await (await session.get(f"{base_url}{path}")).text()
 
 
 async def test_lead_page_shows_sanitized_html_and_actions_work(hub: Hub, http, base_url: str, olena) -> None:
@@ -363,3 +367,16 @@ async def test_hash_password_cli_prints_a_verifiable_hash(monkeypatch, capsys) -
     assert main(["hash-password", "--stdin"]) == 0
     printed = capsys.readouterr().out.strip()
     assert PasswordHasher().verify(printed, "long enough secret")
+
+
+@pytest.mark.parametrize("language", ["uk", "en"])
+async def test_every_page_is_fully_translated(hub: Hub, http, base_url: str, olena, language: str) -> None:
+    session, _ = olena
+    ref = await _form_lead(http, base_url)
+    await hub.replies.add_note(int(ref[2:]), "note", "test")
+    for path in ("", f"/leads/{ref}", "/breaches", "/team", "/reports?compare=previous", "/queue/rows"):
+        resp = await session.get(f"{base_url}/dashboard{path}", params={"lang": language})
+        text = await resp.text()
+        assert resp.status == 200, path
+        assert "dash." not in text, (path, text[text.find("dash.") - 80 : text.find("dash.") + 80])
+        assert f'<html lang="{language}">' in text or path == "/queue/rows"

@@ -159,3 +159,9 @@ def read_login_token(settings: Settings, token: str, now: datetime) -> tuple[str
     if expires < now.timestamp():
         return None
     return manager, nonce
+
+
+def login_link(settings: Settings, manager_id: str, now: datetime, ttl: timedelta = LINK_TTL) -> str:
+    """The full one-time sign-in URL for a manager (`web.public_url` + /dashboard/link/TOKEN)."""
+    base = settings.web.public_url.rstrip("/") or f"http://{settings.web.host}:{settings.web.port}"
+    return f"{base}/dashboard/link/{mint_login_token(settings, manager_id, now, ttl)}"
