@@ -96,6 +96,7 @@ CREATE INDEX IF NOT EXISTS leads_contact_status ON leads (contact_id, status);
 CREATE INDEX IF NOT EXISTS leads_assignee_status ON leads (assignee, status);
 CREATE INDEX IF NOT EXISTS leads_status_number ON leads (status, number);
 CREATE INDEX IF NOT EXISTS leads_created ON leads (created_at);
+CREATE INDEX IF NOT EXISTS leads_breached ON leads (number) WHERE breached_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS messages (
     id TEXT PRIMARY KEY, lead_number INTEGER NOT NULL, direction TEXT NOT NULL,
     channel TEXT NOT NULL, author TEXT NOT NULL, text TEXT NOT NULL,
@@ -140,6 +141,11 @@ def _dt(value: float | None) -> datetime | None:
 
 def _req_dt(value: float) -> datetime:
     return datetime.fromtimestamp(value, UTC)
+
+
+def _fold(value: str | None) -> str | None:
+    """Unicode case folding for text search (SQLite's own lower() knows ASCII only)."""
+    return None if value is None else value.casefold()
 
 
 def _attachments_json(items: Iterable[Attachment]) -> str:
@@ -332,6 +338,7 @@ class SqliteStore:
         # or power loss can lose the last commits.
         await self._db.execute("PRAGMA synchronous = NORMAL")
         await self._db.execute("PRAGMA foreign_keys = OFF")
+        await self._db.create_function("hub_fold", 1, _fold, deterministic=True)
         await self._db.execute("BEGIN IMMEDIATE")
         try:
             await self._create_schema()
@@ -644,24 +651,27 @@ class SqliteStore:
             _ts(lead.first_response_due) if pending else None,
             _ts(lead.warn_due) if pending and lead.warned_at is None else None,
         )
-        async with self._unit() as db:
-            cursor = await db.execute(
-                f"INSERT INTO leads ({_LEAD_COLUMNS}, breach_pending_at, warn_pending_at) "
-                f"VALUES ({','.join('?' * 22)}) ON CONFLICT (channel, origin_external_id) DO NOTHING",
-                values,
-            )
-            inserted = cursor.rowcount
-            await cursor.close()
-            if not inserted:
+        try:
+            async with self._unit() as db:
                 cursor = await db.execute(
-                    f"SELECT {_LEAD_COLUMNS} FROM leads WHERE channel = ? AND origin_external_id = ?",
-                    (lead.channel, lead.origin_external_id),
+                    f"INSERT INTO leads ({_LEAD_COLUMNS}, breach_pending_at, warn_pending_at) "
+                    f"VALUES ({','.join('?' * 22)}) ON CONFLICT (channel, origin_external_id) DO NOTHING",
+                    values,
                 )
-                row = await cursor.fetchone()
+                inserted = cursor.rowcount
                 await cursor.close()
-                if row is None:
-                    raise DuplicateError(f"lead number {lead.number} is already taken")
-                return _lead(row), False
+                if not inserted:
+                    cursor = await db.execute(
+                        f"SELECT {_LEAD_COLUMNS} FROM leads WHERE channel = ? AND origin_external_id = ?",
+                        (lead.channel, lead.origin_external_id),
+                    )
+                    row = await cursor.fetchone()
+                    await cursor.close()
+                    assert row is not None
+                    return _lead(row), False
+        except sqlite3.IntegrityError as exc:
+            # ON CONFLICT names only the origin key: a taken number still raises here.
+            raise DuplicateError(f"lead number {lead.number} is already taken: {exc}") from exc
         return lead, True
 
     async def get_lead(self, number: int) -> Lead | None:
@@ -728,13 +738,16 @@ class SqliteStore:
             put("warn_due", _ts(changes.warn_due))
             put("warned_at", None)
             put("warn_pending_at", _ts(changes.warn_due))
-        if changes.extra:
-            row = await self._read_one("SELECT extra FROM leads WHERE number = ?", (number,))
-            merged = {**(json.loads(row["extra"]) if row else {}), **changes.extra}
-            put("extra", json.dumps(merged, ensure_ascii=False))
         put("updated_at", _ts(changes.updated_at or datetime.now(UTC)))
-        params.append(number)
         async with self._unit() as db:
+            if changes.extra:
+                # Read inside the unit: a read before it could lose another writer's keys.
+                cursor = await db.execute("SELECT extra FROM leads WHERE number = ?", (number,))
+                row = await cursor.fetchone()
+                await cursor.close()
+                merged = {**(json.loads(row["extra"]) if row else {}), **changes.extra}
+                put("extra", json.dumps(merged, ensure_ascii=False))
+            params.append(number)
             await db.execute(f"UPDATE leads SET {', '.join(sets)} WHERE number = ?", params)
             cursor = await db.execute(f"SELECT {_LEAD_COLUMNS} FROM leads WHERE number = ?", (number,))
             row = await cursor.fetchone()
@@ -767,12 +780,15 @@ class SqliteStore:
             where.append("contact_id = ?")
             params.append(query.contact_id)
         if query.text:
-            like = f"%{query.text}%"
+            # LIKE folds ASCII only and treats % and _ as patterns: staff search Cyrillic names
+            # in any case and type literal text, so compare Unicode-casefolded substrings.
+            needle = query.text.casefold()
             where.append(
-                "(subject LIKE ? OR contact_id IN (SELECT id FROM contacts WHERE name LIKE ?) "
-                "OR contact_id IN (SELECT contact_id FROM identities WHERE value LIKE ?))"
+                "(instr(hub_fold(subject), ?) > 0 "
+                "OR contact_id IN (SELECT id FROM contacts WHERE instr(hub_fold(name), ?) > 0) "
+                "OR contact_id IN (SELECT contact_id FROM identities WHERE instr(hub_fold(value), ?) > 0))"
             )
-            params.extend([like, like, like])
+            params.extend([needle, needle, needle])
         if cursor is not None:
             if not cursor.isdigit():
                 raise ValueError(f"invalid cursor {cursor!r}")
@@ -917,23 +933,32 @@ class SqliteStore:
 
     # --- outbox ---------------------------------------------------------------------------
     async def add_outbound(self, message: Message, item: OutboxItem | None) -> None:
-        async with self._unit() as db:
-            await self._insert_message(db, message)
-            if item is not None:
-                await db.execute(
-                    "INSERT INTO outbox (id, message_id, lead_number, channel, payload, state, attempts, "
-                    "next_attempt_at, created_at) VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?)",
-                    (
-                        item.id,
-                        item.message_id,
-                        item.lead_number,
-                        item.channel,
-                        json.dumps(item.payload, ensure_ascii=False),
-                        DeliveryState.QUEUED.value,
-                        (item.next_attempt_at or item.created_at).timestamp(),
-                        item.created_at.timestamp(),
-                    ),
-                )
+        try:
+            async with self._unit() as db:
+                if not await self._insert_message(db, message):
+                    # Same (channel, external_id) as a stored message: a retried request.
+                    # Refuse the whole unit so no second delivery row is queued for it.
+                    raise DuplicateError(
+                        f"message {message.channel}:{message.external_id} is already stored (lead L-{message.lead_number})"
+                    )
+                if item is not None:
+                    await db.execute(
+                        "INSERT INTO outbox (id, message_id, lead_number, channel, payload, state, attempts, "
+                        "next_attempt_at, created_at) VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?)",
+                        (
+                            item.id,
+                            item.message_id,
+                            item.lead_number,
+                            item.channel,
+                            json.dumps(item.payload, ensure_ascii=False),
+                            DeliveryState.QUEUED.value,
+                            (item.next_attempt_at or item.created_at).timestamp(),
+                            item.created_at.timestamp(),
+                        ),
+                    )
+        except sqlite3.IntegrityError as exc:
+            # The unit rolled back, so the message is not stored without its delivery row.
+            raise DuplicateError(f"outbox {item.id if item else '-'} / message {message.id}: {exc}") from exc
 
     async def outbox_claim(
         self, channels: list[str], holder: str, now: datetime, lease_seconds: float, limit: int
