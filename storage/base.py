@@ -105,6 +105,23 @@ class KpiRow:
     breached_answered: int = 0  # breached, then answered late
 
 
+def interpolated_percentiles(values: list[float], fractions: tuple[float, ...]) -> dict[float, float]:
+    """Percentiles interpolated linearly between ranks (`statistics.quantiles(method="inclusive")`)."""
+    ordered = sorted(values)
+    n = len(ordered)
+    result: dict[float, float] = {}
+    for fraction in fractions:
+        if n == 0:
+            continue
+        h = (n - 1) * fraction
+        low = int(h)
+        value = ordered[low]
+        if low + 1 < n:
+            value += (h - low) * (ordered[low + 1] - value)
+        result[fraction] = value
+    return result
+
+
 @runtime_checkable
 class Store(Protocol):
     backend: str

@@ -47,6 +47,7 @@ from storage.base import (
     LeadChanges,
     LeadQuery,
     StoreError,
+    interpolated_percentiles,
 )
 
 SCHEMA_VERSION = 1
@@ -280,21 +281,6 @@ def _local_days(start: datetime, end: datetime, zone_name: str) -> list[Any]:
         flat.extend([day.isoformat(), max(begins, start).timestamp(), min(ends, end).timestamp()])
         day = following
     return flat
-
-
-def _percentiles(values: list[float], fractions: tuple[float, ...]) -> dict[float, float]:
-    """Linearly interpolated percentiles (like `statistics.quantiles(method="inclusive")`)."""
-    ordered = sorted(values)
-    n = len(ordered)
-    result = {}
-    for fraction in fractions:
-        h = (n - 1) * fraction
-        low = int(h)
-        value = ordered[low]
-        if low + 1 < n:
-            value += (h - low) * (ordered[low + 1] - value)
-        result[fraction] = value
-    return result
 
 
 _ACTIVE = tuple(s.value for s in ACTIVE_STATUSES)
@@ -1159,8 +1145,8 @@ class SqliteStore:
             if r is not None:
                 resolution.setdefault(key, []).append(r)
         return (
-            {k: _percentiles(v, (0.5, 0.9)) for k, v in frt.items()},
-            {k: _percentiles(v, (0.5,)) for k, v in resolution.items()},
+            {k: interpolated_percentiles(v, (0.5, 0.9)) for k, v in frt.items()},
+            {k: interpolated_percentiles(v, (0.5,)) for k, v in resolution.items()},
         )
 
     async def kpi_rows(self, query: KpiQuery) -> list[KpiRow]:

@@ -1,16 +1,13 @@
 """The dashboard in real headless Chromium against a hub on loopback.
 
-Screenshots of the main pages (desktop and phone) go to test-output/screenshots/ for review.
+Screenshots of the main pages (desktop and phone) go to test-output/screenshots/dashboard-*.png.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import shutil
 import statistics
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -18,22 +15,11 @@ import pytest
 
 from hub.app import Hub
 from hub.config import Settings
-from tests.conftest import require_server
+from tests.browser.conftest import screenshot_path
 from tests.support.dashboard import PASSWORDS, managers_with_passwords
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-output" / "screenshots"
 PHONE = {"width": 390, "height": 844}
 TIMEOUT_MS = 15_000
 
@@ -50,24 +36,6 @@ def settings(settings_factory: Callable[..., Settings]) -> Settings:
     )
 
 
-def _chromium_available() -> bool:
-    return Path(CHROMIUM).exists() and importlib.util.find_spec("playwright") is not None
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Any]:
-    available = _chromium_available()
-    require_server(available, "headless Chromium (Debian package chromium) with the playwright package")
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as playwright:
-        instance = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield instance
-        finally:
-            await instance.close()
-
-
 async def _sign_in(browser: Any, base_url: str, manager: str, viewport: dict[str, int] | None = None) -> Any:
     context = await browser.new_context(viewport=viewport or {"width": 1280, "height": 900}, locale="uk-UA")
     context.set_default_timeout(TIMEOUT_MS)
@@ -82,8 +50,7 @@ async def _sign_in(browser: Any, base_url: str, manager: str, viewport: dict[str
 
 
 async def _shot(page: Any, name: str) -> None:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    await page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+    await page.screenshot(path=str(screenshot_path(f"dashboard-{name}")), full_page=True)
 
 
 async def _submit_form(base_url: str, **fields: str) -> str:
