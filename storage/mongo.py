@@ -59,7 +59,16 @@ from hub.domain import (
     OutboxItem,
     Page,
 )
-from storage.base import DuplicateError, LeadChanges, LeadQuery, SlaClaim, StoreError
+from storage.base import (
+    KPI_GROUPS,
+    DuplicateError,
+    KpiQuery,
+    KpiRow,
+    LeadChanges,
+    LeadQuery,
+    SlaClaim,
+    StoreError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -510,6 +519,10 @@ class MongoStore:
             [("lead_number", ASCENDING), ("_id", ASCENDING)], name="event_lead"
         )
         await self._col("events").create_index([("type", ASCENDING), ("_id", ASCENDING)], name="event_type")
+        # KPI reports: a period of leads by creation time, grouped in the pipeline.
+        await leads.create_index(
+            [("created_at", ASCENDING), ("team", ASCENDING), ("assignee", ASCENDING)], name="lead_report"
+        )
 
     async def _ensure_counter(self, name: str) -> None:
         # A DuplicateKeyError means another process created it between our match and our
@@ -1360,3 +1373,219 @@ class MongoStore:
         )
         assert doc is not None
         return int(doc["value"])
+
+    # --- dashboard: reports, erasure, small aggregates --------------------------------------
+    @staticmethod
+    def _kpi_match(query: KpiQuery) -> Doc:
+        match: Doc = {"created_at": {"$gte": query.start, "$lt": query.end}}
+        for field, value in (
+            ("team", query.team),
+            ("assignee", query.assignee),
+            ("channel", query.channel),
+            ("kind", query.kind.value if query.kind else None),
+        ):
+            if value is not None:
+                match[field] = value
+        return match
+
+    @staticmethod
+    def _kpi_key(query: KpiQuery) -> Any:
+        if query.group_by is None:
+            return {"$literal": None}
+        if query.group_by == "day":
+            # Local days in the zone's own calendar, DST included.
+            return {
+                "$dateToString": {"format": "%Y-%m-%d", "date": "$created_at", "timezone": query.day_zone}
+            }
+        if query.group_by in KPI_GROUPS:
+            return f"${query.group_by}"
+        raise ValueError(f"cannot group a KPI report by {query.group_by!r}: use one of {KPI_GROUPS}")
+
+    @_translated
+    async def kpi_rows(self, query: KpiQuery) -> list[KpiRow]:
+        """KPI figures of leads created in the period, one row per group (an aggregation pipeline)."""
+
+        def seconds(field: str) -> Doc:
+            return {
+                "$cond": [
+                    {"$ne": [{"$ifNull": [f"${field}", None]}, None]},
+                    {"$divide": [{"$subtract": [f"${field}", "$created_at"]}, 1000]},
+                    None,
+                ]
+            }
+
+        def present(field: str) -> Doc:
+            return {"$ne": [{"$ifNull": [f"${field}", None]}, None]}
+
+        def flag(condition: Doc) -> Doc:
+            return {"$cond": [condition, 1, 0]}
+
+        pipeline: list[Doc] = [
+            {"$match": self._kpi_match(query)},
+            {
+                "$project": {
+                    "g": self._kpi_key(query),
+                    "f": seconds("first_response_at"),
+                    "r": seconds("resolved_at"),
+                    "ok": flag(
+                        {
+                            "$and": [
+                                present("first_response_at"),
+                                present("first_response_due"),
+                                {"$lte": ["$first_response_at", "$first_response_due"]},
+                            ]
+                        }
+                    ),
+                    "br": flag(present("breached_at")),
+                    "bra": flag({"$and": [present("breached_at"), present("first_response_at")]}),
+                }
+            },
+            {
+                "$group": {
+                    "_id": "$g",
+                    "received": {"$sum": 1},
+                    "responded": {"$sum": flag({"$ne": ["$f", None]})},
+                    "within": {"$sum": "$ok"},
+                    "breached": {"$sum": "$br"},
+                    "breached_answered": {"$sum": "$bra"},
+                    "resolved": {"$sum": flag({"$ne": ["$r", None]})},
+                    "frt_mean": {"$avg": "$f"},
+                    "rt_mean": {"$avg": "$r"},
+                }
+            },
+            {"$sort": {"_id": 1}},
+        ]
+        groups = [row async for row in await self._col("leads").aggregate(pipeline, allowDiskUse=True)]
+        result = []
+        for row in groups:
+            key = row["_id"]
+            frt: dict[float, float] = {}
+            resolution: dict[float, float] = {}
+            if query.group_by != "day":
+                if row["responded"]:
+                    frt = await self._kpi_percentiles(
+                        query, key, "first_response_at", row["responded"], (0.5, 0.9)
+                    )
+                if row["resolved"]:
+                    resolution = await self._kpi_percentiles(
+                        query, key, "resolved_at", row["resolved"], (0.5,)
+                    )
+            result.append(
+                KpiRow(
+                    group=None if key is None else str(key),
+                    received=int(row["received"]),
+                    responded=int(row["responded"]),
+                    within_target=int(row["within"]),
+                    breached=int(row["breached"]),
+                    resolved=int(row["resolved"]),
+                    frt_mean=row["frt_mean"],
+                    frt_median=frt.get(0.5),
+                    frt_p90=frt.get(0.9),
+                    resolution_mean=row["rt_mean"],
+                    resolution_median=resolution.get(0.5),
+                    breached_answered=int(row["breached_answered"]),
+                )
+            )
+        return result
+
+    async def _kpi_percentiles(
+        self, query: KpiQuery, key: Any, field: str, count: int, fractions: tuple[float, ...]
+    ) -> dict[float, float]:
+        """Exact percentiles of one group: sorted on the server, only the ranks around each come back."""
+        match = self._kpi_match(query)
+        if query.group_by is not None:
+            match[query.group_by] = key
+        match[field] = {"$type": "date"}
+        ranks: set[int] = set()
+        for fraction in fractions:
+            low = int((count - 1) * fraction)
+            ranks.update({low, min(low + 1, count - 1)})
+        values: dict[int, float] = {}
+        for rank in sorted(ranks):
+            pipeline: list[Doc] = [
+                {"$match": match},
+                {"$project": {"v": {"$divide": [{"$subtract": [f"${field}", "$created_at"]}, 1000]}}},
+                {"$sort": {"v": 1}},
+                {"$skip": rank},
+                {"$limit": 1},
+            ]
+            async for row in await self._col("leads").aggregate(pipeline, allowDiskUse=True):
+                values[rank] = float(row["v"])
+        result: dict[float, float] = {}
+        for fraction in fractions:
+            h = (count - 1) * fraction
+            low = int(h)
+            if low not in values:
+                continue
+            value = values[low]
+            if low + 1 < count and low + 1 in values:
+                value += (h - low) * (values[low + 1] - value)
+            result[fraction] = value
+        return result
+
+    @_translated
+    async def erase_contact(self, contact_id: str) -> list[int]:
+        """Delete a contact's personal data; its leads stay as anonymous numbers."""
+        numbers = sorted(
+            [int(d["_id"]) async for d in self._col("leads").find({"contact_id": contact_id}, {"_id": 1})]
+        )
+
+        async def write(session: AsyncClientSession | None) -> None:
+            # Idempotent steps: without a transaction, running the erasure again finishes it.
+            if numbers:
+                for name in ("outbox", "messages", "refs", "inbox"):
+                    await self._col(name).delete_many({"lead_number": {"$in": numbers}}, session=session)
+                await self._col("leads").update_many(
+                    {"contact_id": contact_id},
+                    [
+                        {
+                            "$set": {
+                                "subject": "",
+                                "subject_folded": "",
+                                "tags": [],
+                                "extra": {},
+                                "origin_external_id": {"$concat": ["erased:", {"$toString": "$_id"}]},
+                            }
+                        }
+                    ],
+                    session=session,
+                )
+            await self._col("identities").delete_many({"contact_id": contact_id}, session=session)
+            await self._col("contacts").delete_one({"_id": contact_id}, session=session)
+
+        await self._atomic(write)
+        return numbers
+
+    @_translated
+    async def handled_since(self, since: datetime) -> dict[str, int]:
+        """Per assignee, leads first answered or resolved since `since`."""
+        pipeline: list[Doc] = [
+            {
+                "$match": {
+                    "assignee": {"$type": "string"},
+                    "$or": [{"first_response_at": {"$gte": since}}, {"resolved_at": {"$gte": since}}],
+                }
+            },
+            {"$group": {"_id": "$assignee", "n": {"$sum": 1}}},
+        ]
+        return {row["_id"]: int(row["n"]) async for row in await self._col("leads").aggregate(pipeline)}
+
+    @_translated
+    async def active_counts(self) -> list[tuple[str | None, bool, int]]:
+        """Active leads as (team, breached, count) rows."""
+        pipeline: list[Doc] = [
+            {"$match": {"status": {"$in": _ACTIVE}}},
+            {
+                "$group": {
+                    "_id": {
+                        "team": {"$ifNull": ["$team", None]},
+                        "b": {"$ne": [{"$ifNull": ["$breached_at", None]}, None]},
+                    },
+                    "n": {"$sum": 1},
+                }
+            },
+        ]
+        return [
+            (row["_id"]["team"], bool(row["_id"]["b"]), int(row["n"]))
+            async for row in await self._col("leads").aggregate(pipeline)
+        ]

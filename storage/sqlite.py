@@ -14,9 +14,10 @@ import json
 import sqlite3
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import aiosqlite
 
@@ -38,7 +39,17 @@ from hub.domain import (
     OutboxItem,
     Page,
 )
-from storage.base import DuplicateError, LeadChanges, LeadQuery, SlaClaim, StoreError
+from storage.base import (
+    KPI_GROUPS,
+    DuplicateError,
+    KpiQuery,
+    KpiRow,
+    LeadChanges,
+    LeadQuery,
+    SlaClaim,
+    StoreError,
+    interpolated_percentiles,
+)
 
 SCHEMA_VERSION = 1
 
@@ -113,6 +124,12 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_lead ON events (lead_number, id);
 CREATE INDEX IF NOT EXISTS events_type ON events (type, id);
 CREATE TABLE IF NOT EXISTS leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS leads_report ON leads (created_at, team, assignee, channel, kind,
+    first_response_at, first_response_due, resolved_at, breached_at);
+CREATE INDEX IF NOT EXISTS leads_frt ON leads (first_response_at - created_at, created_at, team, assignee,
+    channel, kind) WHERE first_response_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS leads_rt ON leads (resolved_at - created_at, created_at, team, assignee,
+    channel, kind) WHERE resolved_at IS NOT NULL;
 """
 
 #: Columns of the generalised SLA clock, added to older files by `_create_schema`.
@@ -281,6 +298,29 @@ _MARKS = (
     ("breach_pending_at", "breached_at", "breach", EventType.SLA_BREACHED),
     ("res_breach_pending_at", "breached_at", "breach", EventType.SLA_BREACHED),
 )
+
+#: KPI measure -> (timestamp column, the partial index that keeps leads sorted by it - created_at).
+_KPI_MEASURES = {"frt": ("first_response_at", "leads_frt"), "rt": ("resolved_at", "leads_rt")}
+
+#: Up to this many leads in a report period, percentiles come from one sort instead of index walks.
+_KPI_SORT_LIMIT = 100_000
+
+
+def _local_days(start: datetime, end: datetime, zone_name: str) -> list[Any]:
+    """(label, start ts, end ts) triples, flattened, for each local day touching [start, end)."""
+    zone = ZoneInfo(zone_name)
+    day = start.astimezone(zone).date()
+    flat: list[Any] = []
+    while True:
+        begins = datetime.combine(day, time(0), tzinfo=zone)
+        if begins >= end:
+            break
+        following = day + timedelta(days=1)
+        ends = datetime.combine(following, time(0), tzinfo=zone)
+        flat.extend([day.isoformat(), max(begins, start).timestamp(), min(ends, end).timestamp()])
+        day = following
+    return flat
+
 
 _ACTIVE = tuple(s.value for s in ACTIVE_STATUSES)
 _ACTIVE_SQL = "(" + ",".join(f"'{s}'" for s in sorted(_ACTIVE)) + ")"
@@ -1269,3 +1309,180 @@ class SqliteStore:
             await cursor.close()
         assert row is not None
         return int(row[0])
+
+    # --- dashboard: reports, erasure, small aggregates --------------------------------------
+    @staticmethod
+    def _kpi_filters(query: KpiQuery) -> tuple[list[str], list[Any]]:
+        where = ["created_at >= ?", "created_at < ?"]
+        params: list[Any] = [query.start.timestamp(), query.end.timestamp()]
+        for column, value in (
+            ("team", query.team),
+            ("assignee", query.assignee),
+            ("channel", query.channel),
+            ("kind", query.kind.value if query.kind else None),
+        ):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        return where, params
+
+    async def _kpi_rank_values(
+        self,
+        query: KpiQuery,
+        group: tuple[str, Any] | None,
+        measure: str,
+        count: int,
+        fractions: tuple[float, ...],
+    ) -> dict[float, float]:
+        """Linearly interpolated percentiles of `measure` among `count` non-null values."""
+        # The partial expression indexes keep leads sorted by response/resolution time, so the
+        # k-th value is found by walking the index (no sort of the whole period).
+        column, index = _KPI_MEASURES[measure]
+        where, params = self._kpi_filters(query)
+        where.insert(0, f"{column} IS NOT NULL")
+        if group is not None:
+            where.append(f"{group[0]} IS ?")
+            params.append(group[1])
+        sql = (
+            f"SELECT {column} - created_at AS v FROM leads INDEXED BY {index} WHERE {' AND '.join(where)} "
+            f"ORDER BY {column} - created_at LIMIT 2 OFFSET ?"
+        )
+        result: dict[float, float] = {}
+        for fraction in fractions:
+            h = (count - 1) * fraction
+            low = int(h)
+            rows = await self._read(sql, [*params, low])
+            if not rows:
+                continue
+            value = float(rows[0]["v"])
+            if len(rows) > 1:
+                value += (h - low) * (float(rows[1]["v"]) - value)
+            result[fraction] = value
+        return result
+
+    async def _kpi_small_percentiles(
+        self, query: KpiQuery, group: str
+    ) -> tuple[dict[Any, dict[float, float]], dict[Any, dict[float, float]]]:
+        """Percentiles per group for a small period: its few times are sorted here, not in SQL."""
+        where, params = self._kpi_filters(query)
+        rows = await self._read(
+            f"SELECT {group} AS g, first_response_at - created_at AS f, resolved_at - created_at AS r "
+            f"FROM leads WHERE (first_response_at IS NOT NULL OR resolved_at IS NOT NULL) "
+            f"AND {' AND '.join(where)}",
+            params,
+        )
+        frt: dict[Any, list[float]] = {}
+        resolution: dict[Any, list[float]] = {}
+        for key, f, r in rows:
+            if f is not None:
+                frt.setdefault(key, []).append(f)
+            if r is not None:
+                resolution.setdefault(key, []).append(r)
+        return (
+            {k: interpolated_percentiles(v, (0.5, 0.9)) for k, v in frt.items()},
+            {k: interpolated_percentiles(v, (0.5,)) for k, v in resolution.items()},
+        )
+
+    async def kpi_rows(self, query: KpiQuery) -> list[KpiRow]:
+        source = "leads"
+        days: list[Any] = []
+        if query.group_by is None:
+            group = "NULL"
+        elif query.group_by == "day":
+            # Local days from the zone's own midnights, so DST days are 23 or 25 hours long.
+            days = _local_days(query.start, query.end, query.day_zone)
+            values = ",".join("(?, ?, ?)" for _ in range(len(days) // 3))
+            source = (
+                f"(WITH days(label, s, e) AS (VALUES {values}) SELECT days.label, leads.* FROM days "
+                "JOIN leads ON leads.created_at >= days.s AND leads.created_at < days.e)"
+            )
+            group = "label"
+        elif query.group_by in KPI_GROUPS:
+            group = query.group_by
+        else:
+            raise ValueError(f"cannot group a KPI report by {query.group_by!r}: use one of {KPI_GROUPS}")
+        where, params = self._kpi_filters(query)
+        rows = await self._read(
+            f"SELECT {group} AS g, COUNT(*) AS received, COUNT(first_response_at) AS responded, "
+            "TOTAL(first_response_at <= first_response_due) AS within, "
+            "TOTAL(breached_at IS NOT NULL) AS breached, "
+            "TOTAL(breached_at IS NOT NULL AND first_response_at IS NOT NULL) AS breached_answered, "
+            "COUNT(resolved_at) AS resolved, AVG(first_response_at - created_at) AS frt_mean, "
+            f"AVG(resolved_at - created_at) AS rt_mean FROM {source} WHERE {' AND '.join(where)} "
+            "GROUP BY g ORDER BY g",
+            [*days, *params],
+        )
+        # Small periods: their times are read once and sorted in Python. Large periods: walk
+        # the expression indexes per group, which never sorts but reads the index up to the rank.
+        windowed = query.group_by != "day" and sum(r["received"] for r in rows) <= _KPI_SORT_LIMIT
+        frt_by: dict[Any, dict[float, float]] = {}
+        rt_by: dict[Any, dict[float, float]] = {}
+        if windowed:
+            frt_by, rt_by = await self._kpi_small_percentiles(query, group)
+        result = []
+        for row in rows:
+            key = row["g"]
+            frt: dict[float, float] = frt_by.get(key, {})
+            resolution: dict[float, float] = rt_by.get(key, {})
+            # Per-day series carry counts and means only: a percentile walk per day would cost
+            # one index pass per day.
+            if query.group_by != "day" and not windowed:
+                selector = None if query.group_by is None else (query.group_by, key)
+                if row["responded"]:
+                    frt = await self._kpi_rank_values(query, selector, "frt", row["responded"], (0.5, 0.9))
+                if row["resolved"]:
+                    resolution = await self._kpi_rank_values(query, selector, "rt", row["resolved"], (0.5,))
+            label = None if key is None else str(key)
+            result.append(
+                KpiRow(
+                    group=label,
+                    received=row["received"],
+                    responded=row["responded"],
+                    within_target=int(row["within"]),
+                    breached=int(row["breached"]),
+                    resolved=row["resolved"],
+                    frt_mean=row["frt_mean"],
+                    frt_median=frt.get(0.5),
+                    frt_p90=frt.get(0.9),
+                    resolution_mean=row["rt_mean"],
+                    resolution_median=resolution.get(0.5),
+                    breached_answered=int(row["breached_answered"]),
+                )
+            )
+        if query.group_by is None and result and result[0].received == 0:
+            return []
+        return result
+
+    async def erase_contact(self, contact_id: str) -> list[int]:
+        async with self._unit() as db:
+            cursor = await db.execute("SELECT number FROM leads WHERE contact_id = ?", (contact_id,))
+            numbers = [int(r[0]) for r in await cursor.fetchall()]
+            await cursor.close()
+            if numbers:
+                marks = ",".join("?" * len(numbers))
+                for table in ("outbox", "messages", "refs", "inbox"):
+                    await db.execute(f"DELETE FROM {table} WHERE lead_number IN ({marks})", numbers)
+                await db.execute(
+                    "UPDATE leads SET subject = '', tags = '[]', extra = '{}', "
+                    "origin_external_id = 'erased:' || number WHERE contact_id = ?",
+                    (contact_id,),
+                )
+            await db.execute("DELETE FROM identities WHERE contact_id = ?", (contact_id,))
+            await db.execute("DELETE FROM contacts WHERE id = ?", (contact_id,))
+        return sorted(numbers)
+
+    async def handled_since(self, since: datetime) -> dict[str, int]:
+        ts = since.timestamp()
+        rows = await self._read(
+            "SELECT assignee, COUNT(*) AS n FROM leads WHERE assignee IS NOT NULL AND "
+            "(first_response_at >= ? OR resolved_at >= ?) GROUP BY assignee",
+            (ts, ts),
+        )
+        return {r["assignee"]: r["n"] for r in rows}
+
+    async def active_counts(self) -> list[tuple[str | None, bool, int]]:
+        rows = await self._read(
+            f"SELECT team, breached_at IS NOT NULL AS b, COUNT(*) AS n FROM leads "
+            f"WHERE status IN {_ACTIVE_SQL} GROUP BY team, b"
+        )
+        return [(r["team"], bool(r["b"]), r["n"]) for r in rows]
