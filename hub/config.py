@@ -190,11 +190,16 @@ SLA_TARGETS = ("first_response", "next_response", "resolution")
 
 
 class SlaEscalation(_Section):
-    """Who hears about a breach: the assignee, then the team's leads; optionally reassign."""
+    """Who hears about a breach: the assignee, then the team's leads; optionally reassign.
+
+    With `team_lead_after`, the team's leads (and the reassignment) come that long after the
+    breach, as an `sla.escalated` event, unless the lead was answered or resolved meanwhile.
+    """
 
     notify_assignee: bool = True
     notify_team_lead: bool = True
     reassign: bool = False
+    team_lead_after: Duration | None = None
 
 
 def _split_targets(data: Any) -> Any:
@@ -340,7 +345,7 @@ class WebhookSettings(_Section):
 
     url: str
     events: list[str] = Field(
-        default_factory=lambda: ["sla.warning", "sla.breached", "routing.nobody_eligible"]
+        default_factory=lambda: ["sla.warning", "sla.breached", "sla.escalated", "routing.nobody_eligible"]
     )
     timeout: Duration = Field(default_factory=lambda: timedelta(seconds=10))
     max_attempts: int = Field(5, ge=1, le=20)

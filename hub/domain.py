@@ -268,3 +268,4 @@ class EventType(StrEnum):
     SLA_BREACHED = "sla.breached"
     INPUT_QUARANTINED = "input.quarantined"
     ROUTING_NOBODY_ELIGIBLE = "routing.nobody_eligible"
+    SLA_ESCALATED = "sla.escalated"

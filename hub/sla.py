@@ -264,9 +264,13 @@ class SlaSweeper:
         self._clock = clock
         self._team_leads = team_leads or (lambda team: [])
         self._reassign = reassign
+        self.escalations = 0
 
     async def sweep(self, now: datetime) -> tuple[int, int]:
-        """Report every warning and breach due by `now`; returns (warnings, breaches) claimed."""
+        """Report every warning and breach due by `now`; returns (warnings, breaches) claimed.
+
+        Escalation steps due by `now` are reported too (counted in `self.escalations`).
+        """
         warnings = breaches = 0
         # Bounded: a backlog after downtime is caught up in batches, each claimed atomically.
         for _ in range(10_000):
@@ -275,8 +279,10 @@ class SlaSweeper:
                 await self._report(claim, now)
                 if claim.level == "warning":
                     warnings += 1
-                else:
+                elif claim.level == "breach":
                     breaches += 1
+                else:
+                    self.escalations += 1
             if len(claims) < self._batch:
                 break
         return warnings, breaches
@@ -288,13 +294,20 @@ class SlaSweeper:
 
     async def _report(self, claim: SlaClaim, now: datetime) -> None:
         lead = claim.lead
-        breach = claim.level == "breach"
-        kind = EventType.SLA_BREACHED if breach else EventType.SLA_WARNING
+        kind = {
+            "warning": EventType.SLA_WARNING,
+            "breach": EventType.SLA_BREACHED,
+            "escalation": EventType.SLA_ESCALATED,
+        }[claim.level]
         escalation = self._escalation(lead)
+        delayed = escalation.team_lead_after is not None
+        # The chain: the assignee hears of the warning and the breach; the team's leads hear of
+        # the breach (or, with team_lead_after, of the escalation that follows it); then reassign.
+        leads_step = claim.level == "escalation" or (claim.level == "breach" and not delayed)
         notify: list[str] = []
         if lead.assignee and escalation.notify_assignee:
             notify.append(lead.assignee)
-        if breach and escalation.notify_team_lead:
+        if leads_step and escalation.notify_team_lead:
             notify.extend(m for m in self._team_leads(lead.team) if m not in notify)
         log.warning(
             "%s %s %s: %s mark due %s, assignee %s",
@@ -320,7 +333,13 @@ class SlaSweeper:
             },
         )
         await self._bus.publish(event, lead)
-        if breach and escalation.reassign and self._reassign is not None:
+        if claim.level == "breach" and delayed and escalation.team_lead_after is not None:
+            # Window: a crash between the claim and this write skips the escalation step only.
+            at = claim.due + escalation.team_lead_after
+            await self._store.update_lead(
+                lead.number, LeadChanges(escalate_at=at, escalate_target=claim.target, updated_at=now)
+            )
+        if leads_step and escalation.reassign and self._reassign is not None:
             new_owner = await self._reassign(lead, now, f"sla breach: {claim.target}")
             if new_owner:
                 log.info("%s %s: reassigned to %s after the breach", lead.ref, lead.channel, new_owner)

@@ -80,6 +80,8 @@ class LeadChanges:
     resolution_warn_due: datetime | None = None  # with resolution_due; None = no warning
     clear_sla_paused: bool = False  # the clock runs again (set with the new resolution due)
     clear_resolution: bool = False  # the policy no longer has a resolution target
+    escalate_at: datetime | None = None  # arm the next escalation step of a breached target
+    escalate_target: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +90,7 @@ class SlaClaim:
 
     lead: Lead
     target: str  # first_response | next_response | resolution
-    level: str  # warning | breach
+    level: str  # warning | breach | escalation
     due: datetime
 
 

@@ -88,6 +88,7 @@ _MARKS = (
     ("res_warn_pending_at", "warned_at", "warning", EventType.SLA_WARNING),
     ("breach_pending_at", "breached_at", "breach", EventType.SLA_BREACHED),
     ("res_breach_pending_at", "breached_at", "breach", EventType.SLA_BREACHED),
+    ("escalate_pending_at", "escalated_at", "escalation", EventType.SLA_ESCALATED),
 )
 _DUPLICATE_KEY = 11000
 
@@ -321,7 +322,7 @@ def lead_update(changes: LeadChanges) -> Doc:
         if changes.status not in ACTIVE_STATUSES:
             values["breach_pending_at"] = values["warn_pending_at"] = None
             values["res_breach_pending_at"] = values["res_warn_pending_at"] = None
-            values["sla_target"] = None
+            values["sla_target"] = values["escalate_pending_at"] = None
     _sla_values(changes, values)
     if changes.kind is not None:
         values["kind"] = changes.kind.value
@@ -373,7 +374,10 @@ def _sla_values(changes: LeadChanges, values: Doc) -> None:
     """The generalised SLA fields of `changes` (same precedence as the SQLite adapter)."""
     if changes.clear_sla:
         values["breach_pending_at"] = values["warn_pending_at"] = None
-        values["sla_target"] = None
+        values["sla_target"] = values["escalate_pending_at"] = None
+    if changes.escalate_at is not None:
+        values["escalate_pending_at"] = changes.escalate_at
+        values["escalate_target"] = changes.escalate_target
     if changes.pause_sla:
         values["res_breach_pending_at"] = values["res_warn_pending_at"] = None
     if changes.sla_target is not None:
@@ -467,7 +471,7 @@ class MongoStore:
             name="lead_warn_pending",
             partialFilterExpression={"warn_pending_at": {"$exists": True}},
         )
-        for res in ("res_breach_pending_at", "res_warn_pending_at"):
+        for res in ("res_breach_pending_at", "res_warn_pending_at", "escalate_pending_at"):
             await leads.create_index(
                 [(res, ASCENDING)], name=f"lead_{res}", partialFilterExpression={res: {"$type": "date"}}
             )
@@ -980,7 +984,9 @@ class MongoStore:
                     break
                 lead = _lead(doc)
                 due = _req_utc(doc[pending])
-                if pending.startswith("res_"):
+                if pending == "escalate_pending_at":
+                    target = doc.get("escalate_target") or "first_response"
+                elif pending.startswith("res_"):
                     target = "resolution"
                 elif lead.sla_target:
                     target = lead.sla_target
@@ -992,7 +998,7 @@ class MongoStore:
                     )
                 if level == "warning":
                     lead.warned_at = now
-                else:
+                elif level == "breach":
                     lead.breached_at = now
                 claim = SlaClaim(lead=lead, target=target, level=level, due=due)
                 claims.append(claim)

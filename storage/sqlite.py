@@ -143,6 +143,9 @@ _SLA_COLUMNS = (
     "sla_paused_at REAL",
     "res_breach_pending_at REAL",
     "res_warn_pending_at REAL",
+    "escalate_pending_at REAL",
+    "escalate_target TEXT",
+    "escalated_at REAL",
 )
 # Partial indexes hold only armed marks, so the sweep reads O(due) rows however many are open.
 _SLA_INDEXES = """
@@ -150,6 +153,8 @@ CREATE INDEX IF NOT EXISTS leads_res_breach_pending ON leads (res_breach_pending
     WHERE res_breach_pending_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS leads_res_warn_pending ON leads (res_warn_pending_at)
     WHERE res_warn_pending_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS leads_escalate_pending ON leads (escalate_pending_at)
+    WHERE escalate_pending_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS leads_unassigned ON leads (number) WHERE assignee IS NULL AND status IN
     ('new', 'open', 'waiting_customer');
 """
@@ -297,6 +302,7 @@ _MARKS = (
     ("res_warn_pending_at", "warned_at", "warning", EventType.SLA_WARNING),
     ("breach_pending_at", "breached_at", "breach", EventType.SLA_BREACHED),
     ("res_breach_pending_at", "breached_at", "breach", EventType.SLA_BREACHED),
+    ("escalate_pending_at", "escalated_at", "escalation", EventType.SLA_ESCALATED),
 )
 
 #: KPI measure -> (timestamp column, the partial index that keeps leads sorted by it - created_at).
@@ -759,10 +765,14 @@ class SqliteStore:
             put("status", changes.status.value)
             if changes.status not in ACTIVE_STATUSES:
                 disarm("breach_pending_at", "warn_pending_at", "res_breach_pending_at", "res_warn_pending_at")
+                disarm("escalate_pending_at")
                 sets.append("sla_target = NULL")
         if changes.clear_sla:
-            disarm("breach_pending_at", "warn_pending_at")
+            disarm("breach_pending_at", "warn_pending_at", "escalate_pending_at")
             sets.append("sla_target = NULL")
+        if changes.escalate_at is not None:
+            put("escalate_pending_at", _ts(changes.escalate_at))
+            put("escalate_target", changes.escalate_target)
         if changes.pause_sla:
             disarm("res_breach_pending_at", "res_warn_pending_at")
             sets.append(f"sla_paused_at = COALESCE(sla_paused_at, {now_ts!r})")
@@ -952,7 +962,7 @@ class SqliteStore:
                 # Select then update inside one BEGIN IMMEDIATE unit: no other process can claim
                 # the same rows in between, and the old due time is still readable here.
                 cursor = await db.execute(
-                    f"SELECT {_LEAD_COLUMNS}, {column} AS due_mark FROM leads "
+                    f"SELECT {_LEAD_COLUMNS}, {column} AS due_mark, escalate_target FROM leads "
                     f"WHERE {column} IS NOT NULL AND {column} <= ? ORDER BY {column} LIMIT ?",
                     (now_ts, room),
                 )
@@ -970,7 +980,9 @@ class SqliteStore:
                 for row in rows:
                     lead = _lead(row)
                     due = _req_dt(row["due_mark"])
-                    if column.startswith("res_"):
+                    if column == "escalate_pending_at":
+                        target = row["escalate_target"] or "first_response"
+                    elif column.startswith("res_"):
                         target = "resolution"
                     elif lead.sla_target:
                         target = lead.sla_target
@@ -982,7 +994,7 @@ class SqliteStore:
                         )
                     if level == "warning":
                         lead.warned_at = now
-                    else:
+                    elif level == "breach":
                         lead.breached_at = now
                     batch.append(SlaClaim(lead=lead, target=target, level=level, due=due))
                 await db.executemany(

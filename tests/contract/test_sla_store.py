@@ -107,3 +107,21 @@ async def test_assign_if_load_is_a_compare_and_set(stores: tuple[Store, Store]) 
     assert await a.load_by_assignee(["m1"]) == {"m1": (1, 1)}
     assert await a.last_assignee_of_contact("c1", exclude_number=99) == "m1"
     assert await a.last_assignee_of_contact("c3", exclude_number=99) is None
+
+
+async def test_escalation_steps_are_claimed_once_and_disarmed_by_a_reply(stores: tuple[Store, Store]) -> None:
+    a, b = stores
+    for n in (1, 2):
+        await a.create_lead(lead(n, timedelta(hours=1)))
+        at = T0 + timedelta(hours=2)
+        await a.update_lead(n, LeadChanges(escalate_at=at, escalate_target="next_response", updated_at=T0))
+    await a.update_lead(2, LeadChanges(clear_sla=True, updated_at=T0 + timedelta(minutes=90)))
+    claims = await asyncio.gather(
+        a.claim_sla_marks(T0 + timedelta(hours=3), 100), b.claim_sla_marks(T0 + timedelta(hours=3), 100)
+    )
+    escalations = [c for batch in claims for c in batch if c.level == "escalation"]
+    assert [(c.lead.number, c.target, c.due) for c in escalations] == [
+        (1, "next_response", T0 + timedelta(hours=2))
+    ]
+    events = await a.list_events(types=["sla.escalated"])
+    assert [(e.lead_number, e.data["target"]) for e in events] == [(1, "next_response")]

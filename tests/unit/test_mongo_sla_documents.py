@@ -70,3 +70,11 @@ def test_resume_sets_new_due_times_and_unsets_the_pause() -> None:
     assert update["$set"]["res_breach_pending_at"] == due and update["$set"]["res_warn_pending_at"] is None
     assert update["$unset"] == {"sla_paused_at": ""}
     assert not set(update["$set"]) & set(update["$unset"])
+
+
+def test_escalation_step_is_armed_and_disarmed_by_a_reply() -> None:
+    at = T0 + timedelta(hours=2)
+    armed = lead_update(LeadChanges(escalate_at=at, escalate_target="resolution", updated_at=T0))
+    assert armed["$set"]["escalate_pending_at"] == at and armed["$set"]["escalate_target"] == "resolution"
+    replied = lead_update(LeadChanges(clear_sla=True, updated_at=T0))
+    assert replied["$set"]["escalate_pending_at"] is None

@@ -248,3 +248,34 @@ async def test_manual_assignment_to_another_team_applies_its_policy(make_hub: Ca
     assert moved.team == "service"
     assert moved.sla_due == moved.first_response_due == T0 + timedelta(hours=1)
     await hub.store.close()
+
+
+async def test_team_lead_hears_only_after_the_escalation_delay(make_hub: Callable[..., Any]) -> None:
+    escalation = {"team_lead_after": "30m", "reassign": True}
+    policies = {
+        "message": {"first_response": "1h", "escalation": escalation},
+        "service_request": {"first_response": "12h"},
+    }
+    hub: Hub = await make_hub(sla={"policies": policies})
+    published: list[Event] = []
+
+    async def listen(event: Event, lead: Lead | None) -> None:
+        published.append(event)
+
+    hub.bus.subscribe("test", listen)
+    answered = (await hub.intake.accept(inbound("m@example.com", T0), now=T0)).lead
+    ignored = (await hub.intake.accept(inbound("n@example.com", T0), now=T0)).lead
+    assert await hub.sweeper.sweep(T0 + timedelta(hours=1, seconds=1)) == (2, 2)
+    breaches = [e for e in published if e.type == "sla.breached"]
+    assert all(e.data["notify"] == [e.data["assignee"]] for e in breaches)  # not the team lead yet
+    # One lead is answered before the escalation step: only the other escalates, once.
+    await hub.replies.record_reply(answered.number, "Вже працюємо", "olena", now=T0 + timedelta(minutes=70))
+    await hub.sweeper.sweep(T0 + timedelta(minutes=89))
+    assert [e for e in published if e.type == "sla.escalated"] == []
+    await hub.sweeper.sweep(T0 + timedelta(minutes=91))
+    await hub.sweeper.sweep(T0 + timedelta(minutes=92))
+    (escalated,) = [e for e in published if e.type == "sla.escalated"]
+    assert escalated.lead_number == ignored.number
+    assert "olena" in escalated.data["notify"] and escalated.data["target"] == "first_response"
+    assert (await _lead(hub, ignored.number)).assignee != ignored.assignee  # reassigned at this step
+    await hub.store.close()
