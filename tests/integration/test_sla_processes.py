@@ -101,7 +101,7 @@ async def test_two_processes_on_one_file_alert_each_breach_once(tmp_path: Path) 
 
 
 async def test_restart_after_downtime_alerts_each_missed_breach_once(tmp_path: Path) -> None:
-    config = _config(tmp_path, "4s")
+    config = _config(tmp_path, "6s")
     db = tmp_path / "hub.db"
     hub = HubProcess(tmp_path, config, name="first")
     hub.start()
@@ -113,7 +113,7 @@ async def test_restart_after_downtime_alerts_each_missed_breach_once(tmp_path: P
         hub.kill()  # SIGKILL: no clean shutdown, before any deadline passed
     warned, breached = await _marks(db)
     assert not breached
-    await asyncio.sleep(6)  # downtime longer than every deadline (and every warning)
+    await asyncio.sleep(7)  # downtime longer than every deadline (and every warning)
     again = HubProcess(tmp_path, config, name="second")
     again.start()
     try:
