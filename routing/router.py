@@ -153,18 +153,21 @@ class ConfigRouter:
             )
             if reason.get("taken"):
                 return assignee, True  # another process routed it meanwhile; its event says why
-            if assignee is None:
-                if unassign_if_nobody and lead.assignee is not None:
-                    await self._store.update_lead(
-                        lead.number, LeadChanges(clear_assignee=True, updated_at=now)
-                    )
-                    await self._record(
-                        lead,
-                        EventType.LEAD_UNASSIGNED,
-                        now,
-                        {"assignee": None, "team": lead.team, "by": "router", "reason": reason},
-                    )
-                return None, False
+            unassigned = None
+            if assignee is None and unassign_if_nobody and lead.assignee is not None:
+                unassigned = await self._store.update_lead(
+                    lead.number, LeadChanges(clear_assignee=True, updated_at=now)
+                )
+        # Events go out after the lock: a subscriber may well route again.
+        if assignee is None:
+            if unassigned is not None:
+                await self._record(
+                    unassigned,
+                    EventType.LEAD_UNASSIGNED,
+                    now,
+                    {"assignee": None, "team": lead.team, "by": "router", "reason": reason},
+                )
+            return None, False
         updated = await self._store.get_lead(lead.number) or lead
         await self._record(
             updated,
