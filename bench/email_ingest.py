@@ -108,6 +108,13 @@ async def run(n: int, ack: bool, workers: int, batch: int) -> float:
             {
                 "storage": {"url": f"sqlite:///{work / 'hub.db'}"},
                 "web": {"enabled": False},
+                # A realistic small team, so routing does its real work for every lead.
+                "managers": [
+                    {"id": "olena", "name": "Olena", "role": "lead", "teams": ["support"], "capacity": n},
+                    {"id": "taras", "name": "Taras", "role": "agent", "teams": ["support"], "capacity": n},
+                ],
+                "teams": {"support": {"strategy": "least_loaded"}},
+                "routing": {"default_team": "support"},
                 "email": {
                     "enabled": True,
                     "ack": ack,
