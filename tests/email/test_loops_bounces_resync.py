@@ -249,3 +249,28 @@ async def test_permanent_smtp_rejection_marks_the_reply_failed_once(
     await asyncio.sleep(1.5)  # no retry follows a permanent failure
     assert len(await failed()) == 1
     assert smtp_server.raw == []
+
+
+async def test_only_the_lease_holder_polls_the_mailbox(
+    email_settings: Settings, imap: ImapClient, mailbox: str
+) -> None:
+    first, second = Hub(email_settings), Hub(email_settings)  # two hubs on one store file
+    await first.start()
+    await second.start()
+    try:
+        pollers = [next(c for c in h.channels if c.name == "email").poller for h in (first, second)]  # type: ignore[attr-defined]
+
+        async def one_connected() -> bool:
+            return sum(p.connected.is_set() for p in pollers) == 1
+
+        await wait_for(one_connected, what="one poller connected")
+        for i in range(10):
+            raw, _ = make_mail(sender=f"p{i}@example.com", subject=f"Parallel {i}", text="hi")
+            await imap.append(raw, mailbox)
+        found = await wait_leads(first, 10)
+        for lead in found:
+            assert len(await wait_messages(first, lead.number, 1)) == 1
+        assert sum(p.connected.is_set() for p in pollers) == 1
+    finally:
+        await second.stop()
+        await first.stop()
