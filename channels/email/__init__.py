@@ -50,6 +50,7 @@ class EmailChannel:
         hub.inbox.register(CHANNEL, self.decoder)
         hub.outbox.register(SmtpSender(self.settings, hub.store))
         self.ingest = EmailIngest(hub, self.decoder, self.attachments)
+        hub.bus.subscribe("email.replayed-bounces", self.ingest.on_quarantined)
         self.poller = ImapPoller(self.settings, hub.store, hub.instance_id, self.ingest, hub.now)
 
     async def start(self) -> None:

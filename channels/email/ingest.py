@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from hub import i18n
-from hub.domain import Event, EventType, InboxItem
+from hub.domain import Event, EventType, InboxItem, Lead
 from hub.errors import DecodeError
 from hub.inbox import CLAIM_SECONDS
 from storage.base import StoreError
@@ -137,6 +137,21 @@ class EmailIngest:
                 await self._attachments.put(attachment.data)
 
     # --- bounces (RFC 3464) ---------------------------------------------------------------
+    async def on_quarantined(self, event: Event, lead: Lead | None) -> None:
+        """A bounce replayed from the inbox (after a crash) reaches the decoder, which cannot
+        attach it and quarantines it; attach it here instead and mark the item done."""
+        if event.type != EventType.INPUT_QUARANTINED.value or event.data.get("channel") != CHANNEL:
+            return
+        item = await self._hub.store.inbox_get(int(event.data["inbox_id"]))
+        if item is None or item.status != "quarantined":
+            return
+        try:
+            parsed = parse_email(item.payload)
+        except DecodeError:
+            return
+        if parsed.bounce is not None:
+            await self.attach_bounce(item, parsed)
+
     async def attach_bounce(self, item: InboxItem, parsed: ParsedEmail) -> bool:
         """Record a DSN on the lead of the message it bounces; False when that is not ours."""
         assert parsed.bounce is not None

@@ -274,3 +274,28 @@ async def test_only_the_lease_holder_polls_the_mailbox(
     finally:
         await second.stop()
         await first.stop()
+
+
+async def test_a_bounce_replayed_from_the_inbox_still_attaches_to_its_lead(
+    email_hub: Hub, imap: ImapClient, mailbox: str, smtp_server: SmtpServer
+) -> None:
+    raw, _ = make_mail(subject="Help", text="Help me")
+    await imap.append(raw, mailbox)
+    (lead,) = await wait_leads(email_hub, 1)
+    reply = await email_hub.replies.record_reply(lead.number, "Answer", "olena")
+
+    async def staff() -> list:  # type: ignore[type-arg]
+        return [m for m in smtp_server.parsed() if m["Auto-Submitted"] is None]
+
+    (sent,) = await wait_for(staff, what="the staff reply")
+    (sent_id,) = header_ids(sent["Message-ID"])
+    # As if a crash left the bounce stored but unprocessed: the replay loop, not the poller, takes it.
+    item, _ = await email_hub.store.inbox_put(
+        "email", "acct/INBOX/1/99/replayed", _dsn(sent_id, "olena@example.com"), email_hub.now()
+    )
+    await email_hub.inbox.replay_once()
+    stored = await email_hub.store.inbox_get(item.id)
+    assert stored is not None and stored.status == "done" and stored.lead_number == lead.number
+    message = await email_hub.store.get_message(reply.id)
+    assert message is not None and message.delivery is not None and message.delivery.value == "failed"
+    assert len(await leads(email_hub)) == 1
