@@ -66,7 +66,11 @@ class OutboxDispatcher:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
+            # Cancel until it takes: a library's wait_for (aiosmtplib's, on Python 3.11) can
+            # swallow one cancellation when it races a completing send, and the loop runs on.
+            while not self._task.done():
+                self._task.cancel()
+                await asyncio.wait({self._task}, timeout=1.0)
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None

@@ -66,7 +66,10 @@ class EmailChannel:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(STOP_GRACE_SECONDS):
                         await self.poller.sink_idle.wait()
-            self._task.cancel()
+            # Cancel until it takes: aioimaplib's wait_for (Python 3.11) can swallow one cancellation.
+            while not self._task.done():
+                self._task.cancel()
+                await asyncio.wait({self._task}, timeout=1.0)
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
