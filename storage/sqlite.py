@@ -12,11 +12,11 @@ import asyncio
 import contextlib
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Iterable
-from dataclasses import replace
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 
@@ -242,6 +242,101 @@ _ACTIVE = tuple(s.value for s in ACTIVE_STATUSES)
 _ACTIVE_SQL = "(" + ",".join(f"'{s}'" for s in sorted(_ACTIVE)) + ")"
 
 
+_T = TypeVar("_T")
+
+
+async def _in_thread(db: aiosqlite.Connection, fn: Callable[..., _T], *args: Any) -> _T:
+    """Run `fn(*args)` in aiosqlite's database thread, as one hop (aiosqlite's own mechanism)."""
+    result: _T = await db._execute(fn, *args)  # type: ignore[no-untyped-call]
+    return result
+
+
+@dataclass(slots=True)
+class _Result:
+    """A statement's outcome, fetched in the database thread (cursor-like for the unit code)."""
+
+    rows: list[sqlite3.Row]
+    rowcount: int
+    lastrowid: int | None
+
+    async def fetchone(self) -> sqlite3.Row | None:
+        return self.rows[0] if self.rows else None
+
+    async def fetchall(self) -> list[sqlite3.Row]:
+        return self.rows
+
+    async def close(self) -> None:
+        """Nothing to close: the cursor was closed in the database thread."""
+
+
+class _UnitDb:
+    """The connection as a write unit sees it: each statement is ONE trip to the database thread.
+
+    aiosqlite runs every call (execute, fetchone, close) as its own hop through its worker
+    thread, and under load each hop waits a full event-loop turn; writes are serialized, so
+    hops per unit bound the write rate. Here a statement, its rows and its cursor's close go
+    in one hop, and the unit's bookkeeping rides along with its first statement: BEGIN
+    IMMEDIATE when no transaction is open, RELEASE of the previous unit's savepoint (done
+    lazily; COMMIT releases it too) and this unit's SAVEPOINT.
+    """
+
+    def __init__(self, store: SqliteStore, db: aiosqlite.Connection) -> None:
+        self._store = store
+        self._db = db
+        self._started = False
+
+    def _job(self, sql: str, params: Any, many: bool) -> _Result:
+        # Runs in aiosqlite's thread; the store's lock is held by this unit meanwhile.
+        conn: sqlite3.Connection = self._db._conn
+        store = self._store
+        if not self._started:
+            if not store._in_txn:
+                conn.execute("BEGIN IMMEDIATE")
+                store._in_txn = True
+            if store._savepoint_open:
+                conn.execute("RELEASE unit")
+                store._savepoint_open = False
+            conn.execute("SAVEPOINT unit")
+            store._savepoint_open = True
+            self._started = True
+        cursor = conn.executemany(sql, params) if many else conn.execute(sql, params)
+        try:
+            rows = cursor.fetchall()  # RETURNING rows; rowcount is final only after this
+            return _Result(rows, cursor.rowcount, cursor.lastrowid)
+        finally:
+            cursor.close()
+
+    async def execute(self, sql: str, params: Iterable[Any] = ()) -> _Result:
+        """Run one statement of the unit."""
+        return await _in_thread(self._db, self._job, sql, tuple(params), False)
+
+    async def executemany(self, sql: str, params: Iterable[Iterable[Any]]) -> _Result:
+        """Run one statement for each parameter tuple."""
+        return await _in_thread(self._db, self._job, sql, [tuple(p) for p in params], True)
+
+    async def rollback(self) -> None:
+        """Undo this unit's statements only (the transaction keeps the other units' work)."""
+        if not self._started:
+            return
+
+        def undo() -> None:
+            conn: sqlite3.Connection = self._db._conn
+            store = self._store
+            store._savepoint_open = False
+            try:
+                conn.execute("ROLLBACK TO unit")
+                conn.execute("RELEASE unit")
+            except sqlite3.Error:
+                if conn.in_transaction:
+                    raise
+                # SQLite rolled the whole transaction back (I/O error, disk full): the other
+                # units waiting for this commit lost their work too, and must hear so.
+                store._in_txn = False
+                store._txn_lost = True
+
+        await _in_thread(self._db, undo)
+
+
 class SqliteStore:
     """The Store protocol on one SQLite file."""
 
@@ -253,6 +348,9 @@ class SqliteStore:
         self._db: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
         self._in_txn = False
+        self._savepoint_open = False  # the previous unit's savepoint, released lazily
+        self._txn_lost = False  # SQLite rolled back units that still wait for their commit
+        self._queued = 0  # units waiting for the lock (the last of a burst commits)
         self._commit_waiters: list[asyncio.Future[None]] = []
         self._commit_scheduled = False
 
@@ -323,27 +421,36 @@ class SqliteStore:
 
     # --- write units and group commit ------------------------------------------------------
     @contextlib.asynccontextmanager
-    async def _unit(self) -> AsyncIterator[aiosqlite.Connection]:
+    async def _unit(self) -> AsyncIterator[_UnitDb]:
         """Run statements as one all-or-nothing unit, then wait until they are committed."""
-        db = self._conn
-        async with self._lock:
-            try:
-                if not self._in_txn:
-                    await db.execute("BEGIN IMMEDIATE")
-                    self._in_txn = True
-                await db.execute("SAVEPOINT unit")
-            except sqlite3.Error as exc:
-                raise StoreError(f"SQLite {self.path}: cannot start a write: {exc}") from exc
+        db = _UnitDb(self, self._conn)
+        self._queued += 1
+        try:
+            await self._lock.acquire()
+        finally:
+            self._queued -= 1
+        try:
             try:
                 yield db
+            except sqlite3.Error as exc:
+                await db.rollback()
+                if isinstance(exc, sqlite3.IntegrityError):
+                    raise  # a unique key: the caller decides whether that is idempotency
+                # Locked, read-only, disk full: transient for the caller (HTTP 503, retry later).
+                raise StoreError(f"SQLite {self.path}: write failed: {exc}") from exc
             except BaseException:
-                await db.execute("ROLLBACK TO unit")
-                await db.execute("RELEASE unit")
+                await db.rollback()
                 raise
-            await db.execute("RELEASE unit")
-        await self._commit()
+            waiter = self._join_commit()
+            if self._queued == 0:
+                # Group commit: nobody else is waiting to write, so commit now for every unit
+                # that joined; under load the flush task commits after the queued units.
+                await self._commit_locked()
+        finally:
+            self._lock.release()
+        await waiter
 
-    async def _commit(self) -> None:
+    def _join_commit(self) -> asyncio.Future[None]:
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[None] = loop.create_future()
         self._commit_waiters.append(waiter)
@@ -351,24 +458,33 @@ class SqliteStore:
             self._commit_scheduled = True
             # call_soon lets every unit that is ready in this loop turn join the same commit.
             loop.call_soon(lambda: asyncio.ensure_future(self._flush()))
-        await waiter
+        return waiter
 
     async def _flush(self) -> None:
         async with self._lock:
             self._commit_scheduled = False
-            waiters, self._commit_waiters = self._commit_waiters, []
-            if not waiters:
-                return
-            error: BaseException | None = None
-            try:
-                if self._in_txn:
-                    await self._conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                error = StoreError(f"SQLite {self.path}: commit failed: {exc}")
-                with contextlib.suppress(sqlite3.Error):
-                    await self._conn.execute("ROLLBACK")
-            finally:
-                self._in_txn = False
+            await self._commit_locked()
+
+    async def _commit_locked(self) -> None:
+        """COMMIT (the store's lock held) and tell every waiting unit how it went."""
+        waiters, self._commit_waiters = self._commit_waiters, []
+        if not waiters:
+            return
+        error: BaseException | None = None
+        if self._txn_lost:
+            self._txn_lost = False
+            error = StoreError(f"SQLite {self.path}: the transaction was rolled back after an error")
+        try:
+            if self._in_txn:
+                # COMMIT also releases the last unit's savepoint (see _UnitDb).
+                await self._conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            error = StoreError(f"SQLite {self.path}: commit failed: {exc}")
+            with contextlib.suppress(sqlite3.Error):
+                await self._conn.execute("ROLLBACK")
+        finally:
+            self._in_txn = False
+            self._savepoint_open = False
         for waiter in waiters:
             if waiter.done():
                 continue
@@ -379,8 +495,8 @@ class SqliteStore:
 
     async def _read(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
         try:
-            async with self._conn.execute(sql, tuple(params)) as cursor:
-                return list(await cursor.fetchall())
+            # One hop to the database thread (execute + fetch + close), not three.
+            return list(await self._conn.execute_fetchall(sql, tuple(params)))
         except sqlite3.Error as exc:
             raise StoreError(f"SQLite {self.path}: query failed: {exc}") from exc
 
@@ -803,7 +919,7 @@ class SqliteStore:
                 return _message(row), False
         return message, True
 
-    async def _insert_message(self, db: aiosqlite.Connection, message: Message) -> bool:
+    async def _insert_message(self, db: _UnitDb, message: Message) -> bool:
         cursor = await db.execute(
             "INSERT INTO messages (id, lead_number, direction, channel, author, text, html, attachments, "
             "external_id, refs, delivery, created_at, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
