@@ -46,6 +46,11 @@ async def translate_errors(request: web.Request, handler: Any) -> web.StreamResp
             code = exc.reason.lower().replace(" ", "_")
             return _json_error(exc.status, code, exc.text or exc.reason)
         raise
+    except Exception:
+        # A bug, not the client's fault: the traceback goes to the log (secrets redacted there),
+        # the client gets the API's error shape and nothing about the internals.
+        log.exception("%s %s: unhandled error", request.method, request.path)
+        return _json_error(500, "internal", "an internal error occurred; it has been logged")
 
 
 async def healthz(request: web.Request) -> web.Response:
