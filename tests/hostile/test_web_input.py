@@ -438,6 +438,9 @@ async def test_api_is_closed_when_no_token_is_configured(
         "/api/v1/leads/%00",
         "/api/v1/leads/L-1%0d%0a",
         "/api/v1/leads/L-424242",
+        "/api/v1/leads/%C2%B9%C2%B2",
+        "/api/v1/leads/999999999999999999999999",
+        "/api/v1/leads/%D9%A1%D9%A2",
     ],
 )
 async def test_bad_or_unknown_lead_numbers_are_404_json(
