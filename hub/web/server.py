@@ -11,6 +11,7 @@ from aiohttp import web
 from hub.errors import ConflictError, NotFoundError, ValidationFailed
 from hub.web.api import require_token, setup_api
 from hub.web.keys import HUB_KEY
+from hub.web.openapi import setup_openapi
 from storage.base import StoreError
 
 if TYPE_CHECKING:
@@ -70,6 +71,7 @@ def create_web_app(hub: Hub) -> web.Application:
     app[HUB_KEY] = hub
     app.router.add_get("/healthz", healthz)
     setup_api(app)
+    setup_openapi(app)
     for setup in hub.web_setups:
         setup(app)
     return app
