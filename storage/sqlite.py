@@ -12,6 +12,8 @@ import asyncio
 import contextlib
 import json
 import sqlite3
+import time
+import urllib.parse
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -351,15 +353,29 @@ class SqliteStore:
         self._savepoint_open = False  # the previous unit's savepoint, released lazily
         self._txn_lost = False  # SQLite rolled back units that still wait for their commit
         self._queued = 0  # units waiting for the lock (the last of a burst commits)
+        self._last_commit = 0.0  # time.monotonic() of the last successful commit
         self._commit_waiters: list[asyncio.Future[None]] = []
         self._commit_scheduled = False
 
     @classmethod
     def from_url(cls, url: str) -> SqliteStore:
-        """`sqlite:///data/hub.db` (relative) or `sqlite:////abs/path.db`."""
-        path = url.removeprefix("sqlite:///")
+        """`sqlite:///data/hub.db` (relative) or `sqlite:////abs/path.db`; `?busy_timeout=10s`
+        sets how long a write waits for another process's lock before failing (503)."""
+        path, _, query = url.removeprefix("sqlite:///").partition("?")
         if not path:
             raise StoreError(f"storage url {url!r} has no file path")
+        options = urllib.parse.parse_qs(query)
+        unknown = set(options) - {"busy_timeout"}
+        if unknown:
+            raise StoreError(f"storage url {url!r}: unknown option(s) {sorted(unknown)}; known: busy_timeout")
+        if "busy_timeout" in options:
+            from hub.config import parse_duration
+
+            try:
+                timeout = parse_duration(options["busy_timeout"][-1])
+            except ValueError as exc:
+                raise StoreError(f"storage url {url!r}: busy_timeout: {exc}") from exc
+            return cls(path, busy_timeout_ms=int(timeout.total_seconds() * 1000))
         return cls(path)
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -408,9 +424,28 @@ class SqliteStore:
 
     async def ping(self) -> bool:
         try:
-            await self._conn.execute("SELECT 1")
+            await self._conn.execute_fetchall("SELECT 1")
         except (sqlite3.Error, ValueError, StoreError):
             return False
+        if time.monotonic() - self._last_commit < 2.0:
+            return True  # we wrote a moment ago
+        # Reads work even while another connection holds the write lock (WAL), so ask for the
+        # write lock itself, briefly, on a connection of its own: "degraded" must mean that a
+        # submission would fail now.
+        return await asyncio.to_thread(self._can_write)
+
+    def _can_write(self) -> bool:
+        try:
+            conn = sqlite3.connect(self.path, timeout=0.5, isolation_level=None)
+        except sqlite3.Error:
+            return False
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            return False
+        finally:
+            conn.close()
         return True
 
     @property
@@ -478,6 +513,7 @@ class SqliteStore:
             if self._in_txn:
                 # COMMIT also releases the last unit's savepoint (see _UnitDb).
                 await self._conn.execute("COMMIT")
+                self._last_commit = time.monotonic()
         except sqlite3.Error as exc:
             error = StoreError(f"SQLite {self.path}: commit failed: {exc}")
             with contextlib.suppress(sqlite3.Error):
