@@ -165,7 +165,9 @@ def run_generator(url: str, total: int, concurrency: int, run_id: str) -> dict[s
     return result
 
 
-def bench(backend: str, total: int, concurrency: int, warmup: int, keep: bool, profile: str) -> int:
+def bench(
+    backend: str, total: int, concurrency: int, warmup: int, keep: bool, profile: str, hub_root: Path = ROOT
+) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="hub-bench-"))
     if backend == "sqlite":
         storage_url = f"sqlite:///{tmp / 'hub.db'}"
@@ -180,9 +182,9 @@ def bench(backend: str, total: int, concurrency: int, warmup: int, keep: bool, p
     config_path.write_text(yaml.safe_dump(hub_config(storage_url, port), allow_unicode=True))
     log_path = tmp / "hub.log"
     command = [sys.executable, "-m", "hub", "run", "--config", str(config_path)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HUB_API_TOKEN": TOKEN}
+    env = {**os.environ, "PYTHONPATH": str(hub_root), "HUB_API_TOKEN": TOKEN}
     with log_path.open("wb") as log:
-        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(command, cwd=hub_root, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         asyncio.run(wait_ready(url, proc))
@@ -215,7 +217,7 @@ def bench(backend: str, total: int, concurrency: int, warmup: int, keep: bool, p
     latencies = sorted(result["latencies"])
     ok = result["statuses"].get("201", 0)
     throughput = total / result["elapsed"]
-    print(f"backend        {backend}")
+    print(f"backend        {backend} (hub from {hub_root})")
     print(
         f"machine        {platform.node()} {platform.machine()} {os.cpu_count()} cpus, Python {platform.python_version()}"
     )
@@ -260,6 +262,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", choices=["sqlite", "mongo"], default="sqlite")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (database, log)")
     parser.add_argument("--profile", default="", help="record the hub with py-spy into this file")
+    parser.add_argument(
+        "--hub-root", type=Path, default=ROOT, help="run the hub from another checkout (before/after)"
+    )
     parser.add_argument("--worker", metavar="URL", help=argparse.SUPPRESS)
     parser.add_argument("--run-id", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -274,10 +279,19 @@ def main(argv: list[str] | None = None) -> int:
         args.warmup,
         args.keep,
         args.profile,
+        args.hub_root.resolve(),
     )
     if args.backend == "sqlite" and os.environ.get("HUB_TEST_MONGODB_URL") and code == 0:
         print()
-        code = bench("mongo", args.total, args.concurrency, args.warmup, args.keep, args.profile)
+        code = bench(
+            "mongo",
+            args.total,
+            args.concurrency,
+            args.warmup,
+            args.keep,
+            args.profile,
+            args.hub_root.resolve(),
+        )
     return code
 
 

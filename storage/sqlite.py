@@ -271,6 +271,42 @@ class _Result:
         """Nothing to close: the cursor was closed in the database thread."""
 
 
+class _PendingCommit:
+    """A COMMIT owed to waiting units, run by the next unit's first hop (see _UnitDb._run)."""
+
+    def __init__(self, waiters: list[asyncio.Future[None]]) -> None:
+        self.waiters = waiters
+        self.attempted = False
+        self.error: StoreError | None = None
+
+    def run(self, conn: sqlite3.Connection, store: SqliteStore) -> None:
+        # In the database thread, before the next unit's BEGIN/SAVEPOINT.
+        self.attempted = True
+        try:
+            conn.execute("COMMIT")
+            store._last_commit = time.monotonic()
+        except sqlite3.Error as exc:
+            self.error = StoreError(f"SQLite {store.path}: commit failed: {exc}")
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        finally:
+            store._in_txn = False
+            store._savepoint_open = False
+
+    def report(self, store: SqliteStore) -> None:
+        # Back in the event loop: tell the waiters, or hand them back if no COMMIT ran.
+        if not self.attempted:
+            store._commit_waiters[:0] = self.waiters
+            return
+        for waiter in self.waiters:
+            if waiter.done():
+                continue
+            if self.error is None:
+                waiter.set_result(None)
+            else:
+                waiter.set_exception(self.error)
+
+
 class _UnitDb:
     """The connection as a write unit sees it: each statement is ONE trip to the database thread.
 
@@ -287,11 +323,13 @@ class _UnitDb:
         self._db = db
         self._started = False
 
-    def _job(self, sql: str, params: Any, many: bool) -> _Result:
+    def _job(self, sql: str, params: Any, many: bool, commit: _PendingCommit | None) -> _Result:
         # Runs in aiosqlite's thread; the store's lock is held by this unit meanwhile.
         conn: sqlite3.Connection = self._db._conn
         store = self._store
         if not self._started:
+            if commit is not None:
+                commit.run(conn, store)
             if not store._in_txn:
                 conn.execute("BEGIN IMMEDIATE")
                 store._in_txn = True
@@ -308,13 +346,28 @@ class _UnitDb:
         finally:
             cursor.close()
 
+    async def _run(self, sql: str, params: Any, many: bool) -> _Result:
+        commit = None
+        store = self._store
+        if not self._started and store._commit_waiters and store._in_txn and not store._txn_lost:
+            # Units that finished before this one still wait for their COMMIT: it rides along
+            # with this unit's first statement (no extra hop, and no wait for the flush task
+            # at the back of the queue). Waiters are told once the hop is back.
+            commit = _PendingCommit(store._commit_waiters)
+            store._commit_waiters = []
+        try:
+            return await _in_thread(self._db, self._job, sql, params, many, commit)
+        finally:
+            if commit is not None:
+                commit.report(store)
+
     async def execute(self, sql: str, params: Iterable[Any] = ()) -> _Result:
         """Run one statement of the unit."""
-        return await _in_thread(self._db, self._job, sql, tuple(params), False)
+        return await self._run(sql, tuple(params), False)
 
     async def executemany(self, sql: str, params: Iterable[Iterable[Any]]) -> _Result:
         """Run one statement for each parameter tuple."""
-        return await _in_thread(self._db, self._job, sql, [tuple(p) for p in params], True)
+        return await self._run(sql, [tuple(p) for p in params], True)
 
     async def rollback(self) -> None:
         """Undo this unit's statements only (the transaction keeps the other units' work)."""
