@@ -12,13 +12,14 @@ import asyncio
 import contextlib
 import json
 import sqlite3
-import time
 import urllib.parse
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
+from time import monotonic
 from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
 
 import aiosqlite
 
@@ -40,7 +41,17 @@ from hub.domain import (
     OutboxItem,
     Page,
 )
-from storage.base import DuplicateError, LeadChanges, LeadQuery, StoreError
+from storage.base import (
+    KPI_GROUPS,
+    DuplicateError,
+    KpiQuery,
+    KpiRow,
+    LeadChanges,
+    LeadQuery,
+    SlaClaim,
+    StoreError,
+    interpolated_percentiles,
+)
 
 SCHEMA_VERSION = 1
 
@@ -89,6 +100,7 @@ CREATE INDEX IF NOT EXISTS leads_contact_status ON leads (contact_id, status);
 CREATE INDEX IF NOT EXISTS leads_assignee_status ON leads (assignee, status);
 CREATE INDEX IF NOT EXISTS leads_status_number ON leads (status, number);
 CREATE INDEX IF NOT EXISTS leads_created ON leads (created_at);
+CREATE INDEX IF NOT EXISTS leads_breached ON leads (number) WHERE breached_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS messages (
     id TEXT PRIMARY KEY, lead_number INTEGER NOT NULL, direction TEXT NOT NULL,
     channel TEXT NOT NULL, author TEXT NOT NULL, text TEXT NOT NULL,
@@ -114,6 +126,39 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_lead ON events (lead_number, id);
 CREATE INDEX IF NOT EXISTS events_type ON events (type, id);
 CREATE TABLE IF NOT EXISTS leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS leads_report ON leads (created_at, team, assignee, channel, kind,
+    first_response_at, first_response_due, resolved_at, breached_at);
+CREATE INDEX IF NOT EXISTS leads_frt ON leads (first_response_at - created_at, created_at, team, assignee,
+    channel, kind) WHERE first_response_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS leads_rt ON leads (resolved_at - created_at, created_at, team, assignee,
+    channel, kind) WHERE resolved_at IS NOT NULL;
+"""
+
+#: Columns of the generalised SLA clock, added to older files by `_create_schema`.
+_SLA_COLUMNS = (
+    "sla_target TEXT",
+    "sla_started_at REAL",
+    "sla_due REAL",
+    "sla_warn_due REAL",
+    "resolution_due REAL",
+    "resolution_warn_due REAL",
+    "sla_paused_at REAL",
+    "res_breach_pending_at REAL",
+    "res_warn_pending_at REAL",
+    "escalate_pending_at REAL",
+    "escalate_target TEXT",
+    "escalated_at REAL",
+)
+# Partial indexes hold only armed marks, so the sweep reads O(due) rows however many are open.
+_SLA_INDEXES = """
+CREATE INDEX IF NOT EXISTS leads_res_breach_pending ON leads (res_breach_pending_at)
+    WHERE res_breach_pending_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS leads_res_warn_pending ON leads (res_warn_pending_at)
+    WHERE res_warn_pending_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS leads_escalate_pending ON leads (escalate_pending_at)
+    WHERE escalate_pending_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS leads_unassigned ON leads (number) WHERE assignee IS NULL AND status IN
+    ('new', 'open', 'waiting_customer');
 """
 
 
@@ -127,6 +172,11 @@ def _dt(value: float | None) -> datetime | None:
 
 def _req_dt(value: float) -> datetime:
     return datetime.fromtimestamp(value, UTC)
+
+
+def _fold(value: str | None) -> str | None:
+    """Unicode case folding for text search (SQLite's own lower() knows ASCII only)."""
+    return None if value is None else value.casefold()
 
 
 def _attachments_json(items: Iterable[Attachment]) -> str:
@@ -152,7 +202,8 @@ def _attachments(raw: str) -> list[Attachment]:
 _LEAD_COLUMNS = (
     "number, kind, channel, contact_id, status, subject, form_id, assignee, team, priority, tags, "
     "origin_external_id, created_at, updated_at, first_response_at, resolved_at, "
-    "first_response_due, warn_due, warned_at, breached_at"
+    "first_response_due, warn_due, warned_at, breached_at, "
+    "sla_target, sla_started_at, sla_due, sla_warn_due, resolution_due, resolution_warn_due, sla_paused_at"
 )
 
 
@@ -178,6 +229,13 @@ def _lead(row: sqlite3.Row) -> Lead:
         warn_due=_dt(row["warn_due"]),
         warned_at=_dt(row["warned_at"]),
         breached_at=_dt(row["breached_at"]),
+        sla_target=row["sla_target"],
+        sla_started_at=_dt(row["sla_started_at"]),
+        sla_due=_dt(row["sla_due"]),
+        sla_warn_due=_dt(row["sla_warn_due"]),
+        resolution_due=_dt(row["resolution_due"]),
+        resolution_warn_due=_dt(row["resolution_warn_due"]),
+        sla_paused_at=_dt(row["sla_paused_at"]),
     )
 
 
@@ -240,6 +298,38 @@ def _event(row: sqlite3.Row) -> Event:
     )
 
 
+#: Armed SLA marks: (pending column, mark column, level, event), warnings before breaches.
+_MARKS = (
+    ("warn_pending_at", "warned_at", "warning", EventType.SLA_WARNING),
+    ("res_warn_pending_at", "warned_at", "warning", EventType.SLA_WARNING),
+    ("breach_pending_at", "breached_at", "breach", EventType.SLA_BREACHED),
+    ("res_breach_pending_at", "breached_at", "breach", EventType.SLA_BREACHED),
+    ("escalate_pending_at", "escalated_at", "escalation", EventType.SLA_ESCALATED),
+)
+
+#: KPI measure -> (timestamp column, the partial index that keeps leads sorted by it - created_at).
+_KPI_MEASURES = {"frt": ("first_response_at", "leads_frt"), "rt": ("resolved_at", "leads_rt")}
+
+#: Up to this many leads in a report period, percentiles come from one sort instead of index walks.
+_KPI_SORT_LIMIT = 100_000
+
+
+def _local_days(start: datetime, end: datetime, zone_name: str) -> list[Any]:
+    """(label, start ts, end ts) triples, flattened, for each local day touching [start, end)."""
+    zone = ZoneInfo(zone_name)
+    day = start.astimezone(zone).date()
+    flat: list[Any] = []
+    while True:
+        begins = datetime.combine(day, time(0), tzinfo=zone)
+        if begins >= end:
+            break
+        following = day + timedelta(days=1)
+        ends = datetime.combine(following, time(0), tzinfo=zone)
+        flat.extend([day.isoformat(), max(begins, start).timestamp(), min(ends, end).timestamp()])
+        day = following
+    return flat
+
+
 _ACTIVE = tuple(s.value for s in ACTIVE_STATUSES)
 _ACTIVE_SQL = "(" + ",".join(f"'{s}'" for s in sorted(_ACTIVE)) + ")"
 
@@ -284,7 +374,7 @@ class _PendingCommit:
         self.attempted = True
         try:
             conn.execute("COMMIT")
-            store._last_commit = time.monotonic()
+            store._last_commit = monotonic()
         except sqlite3.Error as exc:
             self.error = StoreError(f"SQLite {store.path}: commit failed: {exc}")
             with contextlib.suppress(sqlite3.Error):
@@ -406,7 +496,7 @@ class SqliteStore:
         self._savepoint_open = False  # the previous unit's savepoint, released lazily
         self._txn_lost = False  # SQLite rolled back units that still wait for their commit
         self._queued = 0  # units waiting for the lock (the last of a burst commits)
-        self._last_commit = 0.0  # time.monotonic() of the last successful commit
+        self._last_commit = 0.0  # monotonic() of the last successful commit
         self._commit_waiters: list[asyncio.Future[None]] = []
         self._commit_scheduled = False
 
@@ -446,6 +536,7 @@ class SqliteStore:
         # or power loss can lose the last commits.
         await self._db.execute("PRAGMA synchronous = NORMAL")
         await self._db.execute("PRAGMA foreign_keys = OFF")
+        await self._db.create_function("hub_fold", 1, _fold, deterministic=True)
         await self._db.execute("BEGIN IMMEDIATE")
         try:
             await self._create_schema()
@@ -464,6 +555,14 @@ class SqliteStore:
         for statement in _SCHEMA.split(";"):
             if statement.strip():
                 await self._db.execute(statement)
+        async with self._db.execute("PRAGMA table_info(leads)") as cursor:
+            have = {row[1] for row in await cursor.fetchall()}
+        for column in _SLA_COLUMNS:
+            if column.split()[0] not in have:
+                await self._db.execute(f"ALTER TABLE leads ADD COLUMN {column}")
+        for statement in _SLA_INDEXES.split(";"):
+            if statement.strip():
+                await self._db.execute(statement)
 
     async def close(self) -> None:
         if self._db is None:
@@ -480,7 +579,7 @@ class SqliteStore:
             await self._conn.execute_fetchall("SELECT 1")
         except (sqlite3.Error, ValueError, StoreError):
             return False
-        if time.monotonic() - self._last_commit < 2.0:
+        if monotonic() - self._last_commit < 2.0:
             return True  # we wrote a moment ago
         # Reads work even while another connection holds the write lock (WAL), so ask for the
         # write lock itself, briefly, on a connection of its own: "degraded" must mean that a
@@ -566,7 +665,7 @@ class SqliteStore:
             if self._in_txn:
                 # COMMIT also releases the last unit's savepoint (see _UnitDb).
                 await self._conn.execute("COMMIT")
-                self._last_commit = time.monotonic()
+                self._last_commit = monotonic()
         except sqlite3.Error as exc:
             error = StoreError(f"SQLite {self.path}: commit failed: {exc}")
             with contextlib.suppress(sqlite3.Error):
@@ -772,6 +871,10 @@ class SqliteStore:
 
     async def create_lead(self, lead: Lead) -> tuple[Lead, bool]:
         pending = lead.first_response_at is None and lead.breached_at is None
+        # The generalised response clock (sla_due) arms the same marks as first_response_due.
+        response_due = lead.sla_due if lead.sla_target else lead.first_response_due
+        response_warn = lead.sla_warn_due if lead.sla_target else lead.warn_due
+        running = lead.sla_paused_at is None and lead.is_active
         values = (
             lead.number,
             lead.kind.value,
@@ -793,27 +896,40 @@ class SqliteStore:
             _ts(lead.warn_due),
             _ts(lead.warned_at),
             _ts(lead.breached_at),
-            _ts(lead.first_response_due) if pending else None,
-            _ts(lead.warn_due) if pending and lead.warned_at is None else None,
+            lead.sla_target,
+            _ts(lead.sla_started_at),
+            _ts(lead.sla_due),
+            _ts(lead.sla_warn_due),
+            _ts(lead.resolution_due),
+            _ts(lead.resolution_warn_due),
+            _ts(lead.sla_paused_at),
+            _ts(response_due) if pending and running else None,
+            _ts(response_warn) if pending and running and lead.warned_at is None else None,
+            _ts(lead.resolution_due) if running else None,
+            _ts(lead.resolution_warn_due) if running else None,
         )
-        async with self._unit() as db:
-            cursor = await db.execute(
-                f"INSERT INTO leads ({_LEAD_COLUMNS}, breach_pending_at, warn_pending_at) "
-                f"VALUES ({','.join('?' * 22)}) ON CONFLICT (channel, origin_external_id) DO NOTHING",
-                values,
-            )
-            inserted = cursor.rowcount
-            await cursor.close()
-            if not inserted:
+        try:
+            async with self._unit() as db:
                 cursor = await db.execute(
-                    f"SELECT {_LEAD_COLUMNS} FROM leads WHERE channel = ? AND origin_external_id = ?",
-                    (lead.channel, lead.origin_external_id),
+                    f"INSERT INTO leads ({_LEAD_COLUMNS}, breach_pending_at, warn_pending_at, "
+                    f"res_breach_pending_at, res_warn_pending_at) "
+                    f"VALUES ({','.join('?' * len(values))}) ON CONFLICT (channel, origin_external_id) DO NOTHING",
+                    values,
                 )
-                row = await cursor.fetchone()
+                inserted = cursor.rowcount
                 await cursor.close()
-                if row is None:
-                    raise DuplicateError(f"lead number {lead.number} is already taken")
-                return _lead(row), False
+                if not inserted:
+                    cursor = await db.execute(
+                        f"SELECT {_LEAD_COLUMNS} FROM leads WHERE channel = ? AND origin_external_id = ?",
+                        (lead.channel, lead.origin_external_id),
+                    )
+                    row = await cursor.fetchone()
+                    await cursor.close()
+                    assert row is not None
+                    return _lead(row), False
+        except sqlite3.IntegrityError as exc:
+            # ON CONFLICT names only the origin key: a taken number still raises here.
+            raise DuplicateError(f"lead number {lead.number} is already taken: {exc}") from exc
         return lead, True
 
     async def get_lead(self, number: int) -> Lead | None:
@@ -844,11 +960,47 @@ class SqliteStore:
             sets.append(f"{column} = ?")
             params.append(value)
 
+        now_ts = _ts(changes.updated_at or datetime.now(UTC))
+
+        def disarm(*columns: str) -> None:
+            for col in columns:
+                sets.append(f"{col} = NULL")
+
         if changes.status is not None:
             put("status", changes.status.value)
             if changes.status not in ACTIVE_STATUSES:
-                sets.append("breach_pending_at = NULL")
-                sets.append("warn_pending_at = NULL")
+                disarm("breach_pending_at", "warn_pending_at", "res_breach_pending_at", "res_warn_pending_at")
+                disarm("escalate_pending_at")
+                sets.append("sla_target = NULL")
+        if changes.clear_sla:
+            disarm("breach_pending_at", "warn_pending_at", "escalate_pending_at")
+            sets.append("sla_target = NULL")
+        if changes.escalate_at is not None:
+            put("escalate_pending_at", _ts(changes.escalate_at))
+            put("escalate_target", changes.escalate_target)
+        if changes.pause_sla:
+            disarm("res_breach_pending_at", "res_warn_pending_at")
+            sets.append(f"sla_paused_at = COALESCE(sla_paused_at, {now_ts!r})")
+        if changes.sla_target is not None:
+            put("sla_target", changes.sla_target)
+        if changes.sla_started_at is not None:
+            put("sla_started_at", _ts(changes.sla_started_at))
+        if changes.sla_due is not None:
+            put("sla_due", _ts(changes.sla_due))
+            put("breach_pending_at", _ts(changes.sla_due))
+            put("sla_warn_due", _ts(changes.sla_warn_due))
+            put("warn_pending_at", _ts(changes.sla_warn_due))
+        if changes.resolution_due is not None:
+            put("resolution_due", _ts(changes.resolution_due))
+            put("res_breach_pending_at", _ts(changes.resolution_due))
+            put("resolution_warn_due", _ts(changes.resolution_warn_due))
+            put("res_warn_pending_at", _ts(changes.resolution_warn_due))
+        if changes.clear_sla_paused:
+            put("sla_paused_at", None)
+        if changes.clear_resolution:
+            put("resolution_due", None)
+            put("resolution_warn_due", None)
+            disarm("res_breach_pending_at", "res_warn_pending_at")
         if changes.kind is not None:
             put("kind", changes.kind.value)
         if changes.clear_assignee:
@@ -863,8 +1015,7 @@ class SqliteStore:
             put("tags", json.dumps(changes.tags, ensure_ascii=False))
         if changes.first_response_at is not None:
             put("first_response_at", _ts(changes.first_response_at))
-            sets.append("breach_pending_at = NULL")
-            sets.append("warn_pending_at = NULL")
+            disarm("breach_pending_at", "warn_pending_at")
         if changes.clear_resolved_at:
             put("resolved_at", None)
         elif changes.resolved_at is not None:
@@ -880,13 +1031,16 @@ class SqliteStore:
             put("warn_due", _ts(changes.warn_due))
             put("warned_at", None)
             put("warn_pending_at", _ts(changes.warn_due))
-        if changes.extra:
-            row = await self._read_one("SELECT extra FROM leads WHERE number = ?", (number,))
-            merged = {**(json.loads(row["extra"]) if row else {}), **changes.extra}
-            put("extra", json.dumps(merged, ensure_ascii=False))
-        put("updated_at", _ts(changes.updated_at or datetime.now(UTC)))
-        params.append(number)
+        put("updated_at", now_ts)
         async with self._unit() as db:
+            if changes.extra:
+                # Read inside the unit: a read before it could lose another writer's keys.
+                cursor = await db.execute("SELECT extra FROM leads WHERE number = ?", (number,))
+                row = await cursor.fetchone()
+                await cursor.close()
+                merged = {**(json.loads(row["extra"]) if row else {}), **changes.extra}
+                put("extra", json.dumps(merged, ensure_ascii=False))
+            params.append(number)
             await db.execute(f"UPDATE leads SET {', '.join(sets)} WHERE number = ?", params)
             cursor = await db.execute(f"SELECT {_LEAD_COLUMNS} FROM leads WHERE number = ?", (number,))
             row = await cursor.fetchone()
@@ -919,12 +1073,15 @@ class SqliteStore:
             where.append("contact_id = ?")
             params.append(query.contact_id)
         if query.text:
-            like = f"%{query.text}%"
+            # LIKE folds ASCII only and treats % and _ as patterns: staff search Cyrillic names
+            # in any case and type literal text, so compare Unicode-casefolded substrings.
+            needle = query.text.casefold()
             where.append(
-                "(subject LIKE ? OR contact_id IN (SELECT id FROM contacts WHERE name LIKE ?) "
-                "OR contact_id IN (SELECT contact_id FROM identities WHERE value LIKE ?))"
+                "(instr(hub_fold(subject), ?) > 0 "
+                "OR contact_id IN (SELECT id FROM contacts WHERE instr(hub_fold(name), ?) > 0) "
+                "OR contact_id IN (SELECT contact_id FROM identities WHERE instr(hub_fold(value), ?) > 0))"
             )
-            params.extend([like, like, like])
+            params.extend([needle, needle, needle])
         if cursor is not None:
             if not cursor.isdigit():
                 raise ValueError(f"invalid cursor {cursor!r}")
@@ -992,6 +1149,150 @@ class SqliteStore:
 
     async def claim_due_breaches(self, now: datetime, limit: int) -> list[Lead]:
         return await self._claim_marks("breach_pending_at", "breached_at", EventType.SLA_BREACHED, now, limit)
+
+    async def claim_sla_marks(self, now: datetime, limit: int) -> list[SlaClaim]:
+        now_ts = now.timestamp()
+        # A read first: a sweep with nothing due costs four index probes and takes no write lock.
+        probe = " UNION ALL ".join(
+            f"SELECT 1 FROM (SELECT 1 FROM leads WHERE {col} <= ? LIMIT 1)" for col, *_ in _MARKS
+        )
+        if not await self._read(probe, [now_ts] * len(_MARKS)):
+            return []
+        claims: list[SlaClaim] = []
+        async with self._unit() as db:
+            for column, mark, level, event in _MARKS:
+                room = limit - len(claims)
+                if room <= 0:
+                    break
+                # Select then update inside one BEGIN IMMEDIATE unit: no other process can claim
+                # the same rows in between, and the old due time is still readable here.
+                cursor = await db.execute(
+                    f"SELECT {_LEAD_COLUMNS}, {column} AS due_mark, escalate_target FROM leads "
+                    f"WHERE {column} IS NOT NULL AND {column} <= ? ORDER BY {column} LIMIT ?",
+                    (now_ts, room),
+                )
+                rows = list(await cursor.fetchall())
+                await cursor.close()
+                if not rows:
+                    continue
+                numbers = [r["number"] for r in rows]
+                await db.execute(
+                    f"UPDATE leads SET {column} = NULL, {mark} = ? "
+                    f"WHERE number IN ({','.join('?' * len(numbers))})",
+                    (now_ts, *numbers),
+                )
+                batch = []
+                for row in rows:
+                    lead = _lead(row)
+                    due = _req_dt(row["due_mark"])
+                    if column == "escalate_pending_at":
+                        target = row["escalate_target"] or "first_response"
+                    elif column.startswith("res_"):
+                        target = "resolution"
+                    elif lead.sla_target:
+                        target = lead.sla_target
+                    else:
+                        target = (
+                            "first_response"
+                            if due in (lead.first_response_due, lead.warn_due)
+                            else "next_response"
+                        )
+                    if level == "warning":
+                        lead.warned_at = now
+                    elif level == "breach":
+                        lead.breached_at = now
+                    batch.append(SlaClaim(lead=lead, target=target, level=level, due=due))
+                await db.executemany(
+                    "INSERT INTO events (lead_number, type, at, data) VALUES (?, ?, ?, ?)",
+                    [
+                        (
+                            c.lead.number,
+                            event.value,
+                            now_ts,
+                            json.dumps(
+                                {
+                                    "target": c.target,
+                                    "level": c.level,
+                                    "due": c.due.isoformat(),
+                                    "assignee": c.lead.assignee,
+                                    "team": c.lead.team,
+                                }
+                            ),
+                        )
+                        for c in batch
+                    ],
+                )
+                claims.extend(batch)
+        return claims
+
+    async def load_by_assignee(self, manager_ids: list[str]) -> dict[str, tuple[int, int]]:
+        loads = dict.fromkeys(manager_ids, (0, 0))
+        if not manager_ids:
+            return loads
+        rows = await self._read(
+            f"SELECT assignee, COUNT(*) AS n, SUM(1 + MAX(priority, 0)) AS w FROM leads "
+            f"WHERE status IN {_ACTIVE_SQL} AND assignee IN ({','.join('?' * len(manager_ids))}) "
+            "GROUP BY assignee",
+            manager_ids,
+        )
+        for row in rows:
+            loads[row["assignee"]] = (int(row["n"]), int(row["w"]))
+        return loads
+
+    async def assign_if_load(
+        self,
+        number: int,
+        assignee: str,
+        team: str | None,
+        expected: tuple[int, int],
+        now: datetime,
+        previous: str | None = None,
+    ) -> bool:
+        async with self._unit() as db:
+            # BEGIN IMMEDIATE holds SQLite's write lock: the load read here cannot change before
+            # the update below, in this process or any other on the same file.
+            cursor = await db.execute(
+                f"SELECT COUNT(*) AS n, COALESCE(SUM(1 + MAX(priority, 0)), 0) AS w FROM leads "
+                f"WHERE status IN {_ACTIVE_SQL} AND assignee = ?",
+                (assignee,),
+            )
+            row = await cursor.fetchone()
+            await cursor.close()
+            assert row is not None
+            if (int(row["n"]), int(row["w"])) != tuple(expected):
+                return False
+            cursor = await db.execute(
+                "UPDATE leads SET assignee = ?, team = COALESCE(?, team), updated_at = ? "
+                "WHERE number = ? AND assignee IS ?",
+                (assignee, team, now.timestamp(), number, previous),
+            )
+            changed = cursor.rowcount
+            await cursor.close()
+        return changed > 0
+
+    async def oldest_unassigned(self, limit: int) -> list[Lead]:
+        rows = await self._read(
+            f"SELECT {_LEAD_COLUMNS} FROM leads WHERE assignee IS NULL AND status IN "
+            "('new', 'open', 'waiting_customer') ORDER BY number LIMIT ?",
+            (limit,),
+        )
+        return [_lead(r) for r in rows]
+
+    async def last_assignee_of_contact(self, contact_id: str, exclude_number: int) -> str | None:
+        row = await self._read_one(
+            "SELECT assignee FROM leads WHERE contact_id = ? AND number != ? AND assignee IS NOT NULL "
+            "ORDER BY number DESC LIMIT 1",
+            (contact_id, exclude_number),
+        )
+        return str(row["assignee"]) if row else None
+
+    async def active_leads_of(self, assignee: str, limit: int) -> list[Lead]:
+        rows = await self._read(
+            f"SELECT {_LEAD_COLUMNS} FROM leads WHERE assignee = ? AND status IN {_ACTIVE_SQL} "
+            "ORDER BY number LIMIT ?",
+            (assignee, limit),
+        )
+        return [_lead(r) for r in rows]
 
     # --- messages -------------------------------------------------------------------------
     async def add_message(self, message: Message) -> tuple[Message, bool]:
@@ -1069,23 +1370,32 @@ class SqliteStore:
 
     # --- outbox ---------------------------------------------------------------------------
     async def add_outbound(self, message: Message, item: OutboxItem | None) -> None:
-        async with self._unit() as db:
-            await self._insert_message(db, message)
-            if item is not None:
-                await db.execute(
-                    "INSERT INTO outbox (id, message_id, lead_number, channel, payload, state, attempts, "
-                    "next_attempt_at, created_at) VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?)",
-                    (
-                        item.id,
-                        item.message_id,
-                        item.lead_number,
-                        item.channel,
-                        json.dumps(item.payload, ensure_ascii=False),
-                        DeliveryState.QUEUED.value,
-                        (item.next_attempt_at or item.created_at).timestamp(),
-                        item.created_at.timestamp(),
-                    ),
-                )
+        try:
+            async with self._unit() as db:
+                if not await self._insert_message(db, message):
+                    # Same (channel, external_id) as a stored message: a retried request.
+                    # Refuse the whole unit so no second delivery row is queued for it.
+                    raise DuplicateError(
+                        f"message {message.channel}:{message.external_id} is already stored (lead L-{message.lead_number})"
+                    )
+                if item is not None:
+                    await db.execute(
+                        "INSERT INTO outbox (id, message_id, lead_number, channel, payload, state, attempts, "
+                        "next_attempt_at, created_at) VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?)",
+                        (
+                            item.id,
+                            item.message_id,
+                            item.lead_number,
+                            item.channel,
+                            json.dumps(item.payload, ensure_ascii=False),
+                            DeliveryState.QUEUED.value,
+                            (item.next_attempt_at or item.created_at).timestamp(),
+                            item.created_at.timestamp(),
+                        ),
+                    )
+        except sqlite3.IntegrityError as exc:
+            # The unit rolled back, so the message is not stored without its delivery row.
+            raise DuplicateError(f"outbox {item.id if item else '-'} / message {message.id}: {exc}") from exc
 
     async def outbox_claim(
         self, channels: list[str], holder: str, now: datetime, lease_seconds: float, limit: int
@@ -1216,3 +1526,180 @@ class SqliteStore:
             await cursor.close()
         assert row is not None
         return int(row[0])
+
+    # --- dashboard: reports, erasure, small aggregates --------------------------------------
+    @staticmethod
+    def _kpi_filters(query: KpiQuery) -> tuple[list[str], list[Any]]:
+        where = ["created_at >= ?", "created_at < ?"]
+        params: list[Any] = [query.start.timestamp(), query.end.timestamp()]
+        for column, value in (
+            ("team", query.team),
+            ("assignee", query.assignee),
+            ("channel", query.channel),
+            ("kind", query.kind.value if query.kind else None),
+        ):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        return where, params
+
+    async def _kpi_rank_values(
+        self,
+        query: KpiQuery,
+        group: tuple[str, Any] | None,
+        measure: str,
+        count: int,
+        fractions: tuple[float, ...],
+    ) -> dict[float, float]:
+        """Linearly interpolated percentiles of `measure` among `count` non-null values."""
+        # The partial expression indexes keep leads sorted by response/resolution time, so the
+        # k-th value is found by walking the index (no sort of the whole period).
+        column, index = _KPI_MEASURES[measure]
+        where, params = self._kpi_filters(query)
+        where.insert(0, f"{column} IS NOT NULL")
+        if group is not None:
+            where.append(f"{group[0]} IS ?")
+            params.append(group[1])
+        sql = (
+            f"SELECT {column} - created_at AS v FROM leads INDEXED BY {index} WHERE {' AND '.join(where)} "
+            f"ORDER BY {column} - created_at LIMIT 2 OFFSET ?"
+        )
+        result: dict[float, float] = {}
+        for fraction in fractions:
+            h = (count - 1) * fraction
+            low = int(h)
+            rows = await self._read(sql, [*params, low])
+            if not rows:
+                continue
+            value = float(rows[0]["v"])
+            if len(rows) > 1:
+                value += (h - low) * (float(rows[1]["v"]) - value)
+            result[fraction] = value
+        return result
+
+    async def _kpi_small_percentiles(
+        self, query: KpiQuery, group: str
+    ) -> tuple[dict[Any, dict[float, float]], dict[Any, dict[float, float]]]:
+        """Percentiles per group for a small period: its few times are sorted here, not in SQL."""
+        where, params = self._kpi_filters(query)
+        rows = await self._read(
+            f"SELECT {group} AS g, first_response_at - created_at AS f, resolved_at - created_at AS r "
+            f"FROM leads WHERE (first_response_at IS NOT NULL OR resolved_at IS NOT NULL) "
+            f"AND {' AND '.join(where)}",
+            params,
+        )
+        frt: dict[Any, list[float]] = {}
+        resolution: dict[Any, list[float]] = {}
+        for key, f, r in rows:
+            if f is not None:
+                frt.setdefault(key, []).append(f)
+            if r is not None:
+                resolution.setdefault(key, []).append(r)
+        return (
+            {k: interpolated_percentiles(v, (0.5, 0.9)) for k, v in frt.items()},
+            {k: interpolated_percentiles(v, (0.5,)) for k, v in resolution.items()},
+        )
+
+    async def kpi_rows(self, query: KpiQuery) -> list[KpiRow]:
+        source = "leads"
+        days: list[Any] = []
+        if query.group_by is None:
+            group = "NULL"
+        elif query.group_by == "day":
+            # Local days from the zone's own midnights, so DST days are 23 or 25 hours long.
+            days = _local_days(query.start, query.end, query.day_zone)
+            values = ",".join("(?, ?, ?)" for _ in range(len(days) // 3))
+            source = (
+                f"(WITH days(label, s, e) AS (VALUES {values}) SELECT days.label, leads.* FROM days "
+                "JOIN leads ON leads.created_at >= days.s AND leads.created_at < days.e)"
+            )
+            group = "label"
+        elif query.group_by in KPI_GROUPS:
+            group = query.group_by
+        else:
+            raise ValueError(f"cannot group a KPI report by {query.group_by!r}: use one of {KPI_GROUPS}")
+        where, params = self._kpi_filters(query)
+        rows = await self._read(
+            f"SELECT {group} AS g, COUNT(*) AS received, COUNT(first_response_at) AS responded, "
+            "TOTAL(first_response_at <= first_response_due) AS within, "
+            "TOTAL(breached_at IS NOT NULL) AS breached, "
+            "TOTAL(breached_at IS NOT NULL AND first_response_at IS NOT NULL) AS breached_answered, "
+            "COUNT(resolved_at) AS resolved, AVG(first_response_at - created_at) AS frt_mean, "
+            f"AVG(resolved_at - created_at) AS rt_mean FROM {source} WHERE {' AND '.join(where)} "
+            "GROUP BY g ORDER BY g",
+            [*days, *params],
+        )
+        # Small periods: their times are read once and sorted in Python. Large periods: walk
+        # the expression indexes per group, which never sorts but reads the index up to the rank.
+        windowed = query.group_by != "day" and sum(r["received"] for r in rows) <= _KPI_SORT_LIMIT
+        frt_by: dict[Any, dict[float, float]] = {}
+        rt_by: dict[Any, dict[float, float]] = {}
+        if windowed:
+            frt_by, rt_by = await self._kpi_small_percentiles(query, group)
+        result = []
+        for row in rows:
+            key = row["g"]
+            frt: dict[float, float] = frt_by.get(key, {})
+            resolution: dict[float, float] = rt_by.get(key, {})
+            # Per-day series carry counts and means only: a percentile walk per day would cost
+            # one index pass per day.
+            if query.group_by != "day" and not windowed:
+                selector = None if query.group_by is None else (query.group_by, key)
+                if row["responded"]:
+                    frt = await self._kpi_rank_values(query, selector, "frt", row["responded"], (0.5, 0.9))
+                if row["resolved"]:
+                    resolution = await self._kpi_rank_values(query, selector, "rt", row["resolved"], (0.5,))
+            label = None if key is None else str(key)
+            result.append(
+                KpiRow(
+                    group=label,
+                    received=row["received"],
+                    responded=row["responded"],
+                    within_target=int(row["within"]),
+                    breached=int(row["breached"]),
+                    resolved=row["resolved"],
+                    frt_mean=row["frt_mean"],
+                    frt_median=frt.get(0.5),
+                    frt_p90=frt.get(0.9),
+                    resolution_mean=row["rt_mean"],
+                    resolution_median=resolution.get(0.5),
+                    breached_answered=int(row["breached_answered"]),
+                )
+            )
+        if query.group_by is None and result and result[0].received == 0:
+            return []
+        return result
+
+    async def erase_contact(self, contact_id: str) -> list[int]:
+        async with self._unit() as db:
+            cursor = await db.execute("SELECT number FROM leads WHERE contact_id = ?", (contact_id,))
+            numbers = [int(r[0]) for r in await cursor.fetchall()]
+            await cursor.close()
+            if numbers:
+                marks = ",".join("?" * len(numbers))
+                for table in ("outbox", "messages", "refs", "inbox"):
+                    await db.execute(f"DELETE FROM {table} WHERE lead_number IN ({marks})", numbers)
+                await db.execute(
+                    "UPDATE leads SET subject = '', tags = '[]', extra = '{}', "
+                    "origin_external_id = 'erased:' || number WHERE contact_id = ?",
+                    (contact_id,),
+                )
+            await db.execute("DELETE FROM identities WHERE contact_id = ?", (contact_id,))
+            await db.execute("DELETE FROM contacts WHERE id = ?", (contact_id,))
+        return sorted(numbers)
+
+    async def handled_since(self, since: datetime) -> dict[str, int]:
+        ts = since.timestamp()
+        rows = await self._read(
+            "SELECT assignee, COUNT(*) AS n FROM leads WHERE assignee IS NOT NULL AND "
+            "(first_response_at >= ? OR resolved_at >= ?) GROUP BY assignee",
+            (ts, ts),
+        )
+        return {r["assignee"]: r["n"] for r in rows}
+
+    async def active_counts(self) -> list[tuple[str | None, bool, int]]:
+        rows = await self._read(
+            f"SELECT team, breached_at IS NOT NULL AS b, COUNT(*) AS n FROM leads "
+            f"WHERE status IN {_ACTIVE_SQL} GROUP BY team, b"
+        )
+        return [(r["team"], bool(r["b"]), r["n"]) for r in rows]
