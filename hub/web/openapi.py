@@ -278,6 +278,64 @@ def _schemas() -> dict[str, Any]:
                 "first_response_due": _NULLABLE_TIME,
             },
         },
+        "Kpi": {
+            "type": "object",
+            "properties": {
+                **{
+                    name: {"type": "integer"}
+                    for name in ("received", "responded", "within_target", "breached", "resolved")
+                },
+                **{
+                    name: {"type": ["number", "null"]}
+                    for name in (
+                        "first_response_mean_s",
+                        "first_response_median_s",
+                        "first_response_p90_s",
+                        "resolution_mean_s",
+                        "resolution_median_s",
+                        "sla_compliance_pct",
+                        "within_target_pct",
+                    )
+                },
+            },
+        },
+        "KpiReport": {
+            "type": "object",
+            "required": ["from", "to", "filters", "summary", "by", "daily"],
+            "properties": {
+                "from": {"type": "string", "format": "date-time"},
+                "to": {"type": "string", "format": "date-time"},
+                "filters": {"type": "object", "additionalProperties": {"type": "string"}},
+                "summary": _ref("Kpi"),
+                "by": {
+                    "type": "object",
+                    "additionalProperties": {
+                        "type": "array",
+                        "items": {
+                            "allOf": [
+                                _ref("Kpi"),
+                                {"type": "object", "properties": {"key": _NULLABLE_STRING}},
+                            ]
+                        },
+                    },
+                },
+                "daily": {
+                    "type": "array",
+                    "items": {
+                        "allOf": [_ref("Kpi"), {"type": "object", "properties": {"day": {"type": "string"}}}]
+                    },
+                },
+                "compare": {
+                    "type": "object",
+                    "properties": {
+                        "from": {"type": "string", "format": "date-time"},
+                        "to": {"type": "string", "format": "date-time"},
+                        "summary": _ref("Kpi"),
+                        "change": {"type": "array", "items": {"type": "object"}},
+                    },
+                },
+            },
+        },
         "TextBody": {
             "type": "object",
             "required": ["text", "author"],
@@ -476,6 +534,38 @@ def _paths() -> dict[str, Any]:
                     "200": _json(_ref("InboxRetry"), "The item after the retry"),
                     **_errors(401, 404, 409, 503),
                 },
+            }
+        },
+        f"{PREFIX}/reports/kpi": {
+            "get": {
+                "operationId": "kpiReport",
+                "summary": "KPIs for a period: summary, breakdowns, daily figures, optional comparison",
+                "security": secured,
+                "parameters": [
+                    *(
+                        {
+                            "name": name,
+                            "in": "query",
+                            "schema": {"type": "string"},
+                            "description": "A local date (2026-11-01; an end date is inclusive) or an ISO timestamp",
+                        }
+                        for name in ("from", "to", "compare_from", "compare_to")
+                    ),
+                    {
+                        "name": "compare",
+                        "in": "query",
+                        "schema": {"type": "string", "enum": ["previous", "1", "on"]},
+                    },
+                    {"name": "team", "in": "query", "schema": {"type": "string"}},
+                    {"name": "assignee", "in": "query", "schema": {"type": "string"}},
+                    {"name": "channel", "in": "query", "schema": {"type": "string"}},
+                    {
+                        "name": "kind",
+                        "in": "query",
+                        "schema": {"type": "string", "enum": [k.value for k in LeadKind]},
+                    },
+                ],
+                "responses": {"200": _json(_ref("KpiReport"), "The report"), **_errors(401, 422, 503)},
             }
         },
         OPENAPI_PATH: {
