@@ -98,6 +98,7 @@ CREATE INDEX IF NOT EXISTS leads_warn_pending ON leads (warn_pending_at)
     WHERE warn_pending_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS leads_contact_status ON leads (contact_id, status);
 CREATE INDEX IF NOT EXISTS leads_assignee_status ON leads (assignee, status);
+CREATE INDEX IF NOT EXISTS leads_assignee_load ON leads (assignee, status, priority);
 CREATE INDEX IF NOT EXISTS leads_status_number ON leads (status, number);
 CREATE INDEX IF NOT EXISTS leads_created ON leads (created_at);
 CREATE INDEX IF NOT EXISTS leads_breached ON leads (number) WHERE breached_at IS NOT NULL;
