@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import uuid
 from pathlib import Path
 from typing import Any
@@ -176,7 +177,9 @@ def bench(
         if not base:
             print("bench.ingest: set HUB_TEST_MONGODB_URL to run the MongoDB leg", file=sys.stderr)
             return 2
-        storage_url = base.rstrip("/") + f"/hub_bench_{uuid.uuid4().hex[:8]}"
+        # A fresh database per run; the URL's host list and options (replicaSet=...) stay.
+        parts = urllib.parse.urlsplit(base)
+        storage_url = urllib.parse.urlunsplit(parts._replace(path=f"/hub_bench_{uuid.uuid4().hex[:8]}"))
     port = free_port()
     config_path = tmp / "config.yaml"
     config_path.write_text(yaml.safe_dump(hub_config(storage_url, port), allow_unicode=True))
