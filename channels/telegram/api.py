@@ -66,8 +66,7 @@ class TelegramApi:
         """Run one Bot API method for `chat_id` within the limits; see the module docstring."""
         network_failures = 0
         while True:
-            if paced:
-                await self.limiter.acquire(chat_id)
+            slot = await self.limiter.acquire(chat_id) if paced else None
             self.calls += 1
             try:
                 return await self.bot(method)
@@ -100,6 +99,9 @@ class TelegramApi:
                 await asyncio.sleep(delay)
             except (TelegramForbiddenError, TelegramUnauthorizedError) as exc:
                 raise PermanentError(f"Telegram refused {method.__api_method__}: {exc}") from exc
+            finally:
+                if slot is not None:
+                    slot.done()
 
     async def close(self) -> None:
         await self.bot.session.close()

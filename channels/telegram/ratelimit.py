@@ -14,9 +14,21 @@ from collections.abc import Callable
 
 from hub.config import TelegramLimits
 
-# Windows are stretched a little: the server sees our requests later than we time them,
-# and jitter in between must not push two sends into one of its windows.
-SAFETY = 1.03
+#: Extra spacing between two messages to one chat, for requests overtaking each other.
+JITTER = 0.02
+
+
+class _Mark:
+    """When one call counted against a window: from taking the slot until it completed.
+
+    Telegram counts a call when it arrives, somewhere in between; counting it until its
+    answer is back keeps us conservative however long the request was on its way.
+    """
+
+    __slots__ = ("at",)
+
+    def __init__(self, at: float) -> None:
+        self.at = at
 
 
 class _Window:
@@ -24,18 +36,18 @@ class _Window:
 
     def __init__(self, count: int, seconds: float) -> None:
         self.count = max(count, 1)
-        self.seconds = seconds * SAFETY
-        self.times: deque[float] = deque()
+        self.seconds = seconds
+        self.marks: deque[_Mark] = deque()
 
     def wait(self, now: float) -> float:
-        while self.times and self.times[0] <= now - self.seconds:
-            self.times.popleft()
-        if len(self.times) < self.count:
+        while self.marks and self.marks[0].at <= now - self.seconds:
+            self.marks.popleft()
+        if len(self.marks) < self.count:
             return 0.0
-        return self.times[0] + self.seconds - now
+        return max(self.marks[0].at + self.seconds - now, 0.001)
 
-    def take(self, now: float) -> None:
-        self.times.append(now)
+    def take(self, mark: _Mark) -> None:
+        self.marks.append(mark)
 
 
 def _window(rate: float, per: float) -> _Window:
@@ -43,6 +55,17 @@ def _window(rate: float, per: float) -> _Window:
     if rate >= 1:
         return _Window(int(rate), per)
     return _Window(1, per / rate)
+
+
+class Slot:
+    """A taken slot; `done()` when the call's answer is back."""
+
+    def __init__(self, mark: _Mark, clock: Callable[[], float]) -> None:
+        self._mark = mark
+        self._clock = clock
+
+    def done(self) -> None:
+        self._mark.at = max(self._mark.at, self._clock())
 
 
 class TelegramRateLimiter:
@@ -62,7 +85,8 @@ class TelegramRateLimiter:
         if chat_id is None:
             return windows
         if chat_id not in self._chats:
-            self._chats[chat_id] = _window(self._limits.chat_per_second, 1.0)
+            # "About one message per second" in a chat is a spacing, not a burst allowance.
+            self._chats[chat_id] = _Window(1, 1.0 / self._limits.chat_per_second + JITTER)
         windows.append(self._chats[chat_id])
         if chat_id < 0:  # groups and channels have negative ids
             if chat_id not in self._groups:
@@ -76,15 +100,15 @@ class TelegramRateLimiter:
         blocked = max(self._blocked_until.get(chat_id, 0.0), self._blocked_until.get(None, 0.0))
         return max([blocked - now, *(w.wait(now) for w in self._windows(chat_id))])
 
-    async def acquire(self, chat_id: int | None) -> None:
+    async def acquire(self, chat_id: int | None) -> Slot:
         """Wait for a free slot for this chat and take it."""
         while True:
             wait = self.delay(chat_id)
             if wait <= 0:
-                now = self._clock()
+                mark = _Mark(self._clock())
                 for window in self._windows(chat_id):
-                    window.take(now)
-                return
+                    window.take(mark)
+                return Slot(mark, self._clock)
             self.waited += wait
             await asyncio.sleep(wait)
 
