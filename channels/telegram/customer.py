@@ -97,6 +97,7 @@ class CustomerSide:
         if text in buttons:
             kind = buttons[text]
             await self._hub.store.set_state(f"tg.kind.{user.id}", kind.value)
+            await self._apply_kind_to_open_lead(user.id, kind)
             key = "tg.kind.chosen.service" if kind == LeadKind.SERVICE_REQUEST else "tg.kind.chosen.message"
             await self._say(message.chat.id, t(key, language))
             return None
@@ -113,6 +114,14 @@ class CustomerSide:
         if message.contact is not None and not result.duplicate:
             await self._say(message.chat.id, t("tg.contact.thanks", language))
         return result.lead.number
+
+    async def _apply_kind_to_open_lead(self, user_id: int, kind: LeadKind) -> None:
+        """A customer who already has an open lead says what it is: the lead takes that kind."""
+        contact = await self._hub.store.find_contact(Identity(IdentityKind.TELEGRAM, str(user_id)))
+        lead = await self._hub.store.find_active_lead(contact.id, "telegram") if contact else None
+        if lead is not None and lead.first_response_at is None and lead.kind != kind:
+            await self._hub.actions.set_kind(lead.number, kind, "customer")
+            await self._hub.store.set_state(f"tg.kind.{user_id}", None)
 
     async def _merge(self, contact: Contact, identities: tuple[Identity, ...]) -> None:
         """Fold the other contact that owns a proven phone/email into this person."""

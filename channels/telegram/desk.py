@@ -68,8 +68,9 @@ class _Unit:
 
     html: str
     ids: list[str]
-    last_index: int
+    last_index: int  # the message index shown completely once this unit is posted
     copy_from: tuple[int, int] | None = None
+    partial: bool = False  # a non-final part of a message longer than one post
 
 
 class _ChatQueue:
@@ -356,7 +357,9 @@ class StaffDesk:
                 chat = self.group_for_team(lead.team)
                 if chat is None:
                     return
-                topic = await self._open(lead, contact, chat, messages)
+                topic = await self._create_topic(lead, contact, chat)
+            if topic.card is None:
+                await self._post_card(lead, contact, topic, messages)
                 pending.refresh_card = False
             if pending.reopen and topic.closed:
                 await self._topic_call(topic, reopen=True)
@@ -408,7 +411,7 @@ class StaffDesk:
         name = (contact.name if contact else "") or "?"
         return f"{lead.ref} · {name} · {lead.channel}"[:128]
 
-    async def _open(self, lead: Lead, contact: Contact | None, chat: int, messages: list[Message]) -> Topic:
+    async def _create_topic(self, lead: Lead, contact: Contact | None, chat: int) -> Topic:
         thread: int | None = None
         if chat not in self._plain_chats:
             try:
@@ -417,34 +420,41 @@ class StaffDesk:
                 )
                 thread = created.message_thread_id
             except TelegramBadRequest as exc:
-                if "forum" not in exc.message.lower():
-                    raise
-                log.info("telegram: chat %s has no topics; leads are posted as messages", chat)
-                self._plain_chats.add(chat)
+                if "forum" in exc.message.lower():
+                    log.info("telegram: chat %s has no topics; leads are posted as messages", chat)
+                    self._plain_chats.add(chat)
+                else:
+                    # No right to manage topics, say: the lead is still shown, as a message.
+                    log.error("%s telegram: cannot create a topic in %s: %s", lead.ref, chat, exc.message)
         topic = Topic(chat=chat, thread=thread, seen=0, closed=False)
         if thread is not None:
             await self._hub.store.set_state(thread_key(chat, thread), lead.number)
         await self._save(lead.number, topic)
-        units = await self._units(lead, messages, 0)
+        log.info("%s telegram: topic %s created in %s", lead.ref, thread, chat)
+        return topic
+
+    async def _post_card(
+        self, lead: Lead, contact: Contact | None, topic: Topic, messages: list[Message]
+    ) -> None:
+        """The lead card, carrying as many of the not yet shown messages as fit."""
+        units = await self._units(lead, messages, topic.seen)
         header = self._card_header(lead, contact)
         card_units: list[_Unit] = []
         size = len(header)
         for unit in units:
-            if unit.copy_from is not None or size + 2 + len(unit.html) > MAX_TEXT:
+            if unit.copy_from is not None or unit.partial or size + 2 + len(unit.html) > MAX_TEXT:
                 break
             card_units.append(unit)
             size += 2 + len(unit.html)
         html = "\n\n".join([header, *(u.html for u in card_units)])
         ids = [i for u in card_units for i in u.ids]
-        seen = card_units[-1].last_index + 1 if card_units else 0
-        sent = await self._send(chat, thread, html, self._card_keyboard(lead))
+        sent = await self._send(topic.chat, topic.thread, html, self._card_keyboard(lead))
         topic.card = sent
-        topic.seen = seen
-        await self._remember_post(lead.number, chat, sent, ids, card=True)
+        if card_units:
+            topic.seen = max(topic.seen, card_units[-1].last_index + 1)
+        await self._remember_post(lead.number, topic.chat, sent, ids, card=True)
         await self._save(lead.number, topic)
         self.coalesced_messages += len(ids)
-        log.info("%s telegram: topic %s created in %s", lead.ref, thread, chat)
-        return topic
 
     def _card_header(self, lead: Lead, contact: Contact | None) -> str:
         tz = self._hub.settings.sla.calendar.timezone
@@ -534,8 +544,10 @@ class StaffDesk:
             if len(block) <= MAX_TEXT:
                 units.append(_Unit(block, [message.id], index))
             else:
-                for part in split_html_escaped(message.text, MAX_TEXT - 200):
-                    units.append(_Unit(part, [message.id], index))
+                parts = split_html_escaped(message.text, MAX_TEXT - 200)
+                for number, part in enumerate(parts, 1):
+                    final = number == len(parts)
+                    units.append(_Unit(part, [message.id], index if final else index - 1, partial=not final))
         return units
 
     @staticmethod

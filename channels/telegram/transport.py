@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import random
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -216,18 +217,29 @@ class Poller:
                 return 0
             raise RuntimeError(f"getUpdates: {answer.get('description', 'error')}")
         updates = answer.get("result") or []
+        stored: list[InboxItem] = []
+        last_id: int | None = None
         for data in updates:
             try:
                 item, created = await self._ingest.store(data)
             except DecodeError as exc:
                 log.warning("telegram: skipping an unusable update: %s", exc)
                 continue
-            # Durable now: the next getUpdates may confirm it to Telegram.
-            await self._hub.store.set_state(self.offset_key, int(data["update_id"]) + 1)
+            finally:
+                if isinstance(data, dict) and isinstance(data.get("update_id"), int):
+                    last_id = data["update_id"]
             if created:
-                await self._ingest.process(item)
-            # A renewal between updates keeps a long batch from outliving the lease.
-            await self._lease()
+                stored.append(item)
+        if last_id is not None:
+            # The whole batch is durable now: the next getUpdates may confirm it to Telegram.
+            await self._hub.store.set_state(self.offset_key, last_id + 1)
+        renewed = time.monotonic()
+        for item in stored:
+            await self._ingest.process(item)
+            if time.monotonic() - renewed > self._lease_seconds / 3:
+                # A long batch must not outlive the lease.
+                await self._lease()
+                renewed = time.monotonic()
         return len(updates)
 
 

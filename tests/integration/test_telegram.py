@@ -414,3 +414,49 @@ async def test_webhook_requires_secret(
         await emu.wait_for(lambda: emu.topics_in(STAFF), what="topic from webhook lead")
     finally:
         await hub.stop()
+
+
+async def test_media_is_copied_both_ways_and_long_replies_split(env: Env) -> None:
+    user = customer()
+    photo = [{"file_id": "ph1", "file_unique_id": "u1", "width": 800, "height": 600, "file_size": 5000}]
+    update = env.emu.enqueue(
+        "message", env.emu.message(user["id"], user, None, photo=photo, caption="Ось фото")
+    )
+    topic = (await env.emu.wait_for(lambda: env.emu.topics_in(STAFF), what="topic"))[0]
+    copy = await env.emu.wait_for(
+        lambda: [s for s in env.emu.sent_to(STAFF, topic.thread) if s.method == "copyMessage"],
+        what="media copy",
+    )
+    assert copy[0].copied_from == (user["id"], update["message"]["message_id"])
+    staff_photo = env.emu.message(STAFF, OLENA, None, thread=topic.thread, photo=photo, caption="Схема")
+    env.emu.enqueue("message", staff_photo)
+    relayed = await env.emu.wait_for(
+        lambda: [s for s in env.emu.sent_to(user["id"]) if s.method == "copyMessage"], what="staff media"
+    )
+    assert relayed[0].copied_from == (STAFF, staff_photo["message_id"])
+    long_text = "Детальна інструкція. " * 400  # about 8,400 characters
+    env.emu.send_text(STAFF, OLENA, long_text, thread=topic.thread)
+    # ack, the media copy, then three parts
+    await env.emu.wait_for(lambda: len(env.emu.texts_to(user["id"])) >= 5, what="all parts")
+    parts = [t for t in env.emu.texts_to(user["id"])[1:] if t]
+    assert all(len(p) <= 4096 for p in parts) and len(parts) == 3
+    assert "".join(parts).replace(" ", "") == long_text.strip().replace(" ", "")
+
+
+async def test_email_in_a_message_merges_with_the_web_contact(env: Env, http: Any) -> None:
+    url = f"http://127.0.0.1:{env.hub.web_port}/forms/contact"
+    async with http.post(
+        url, json={"name": "Lesia", "email": "lesia@example.com", "message": "Web first"}
+    ) as resp:
+        assert resp.status == 201
+    user = customer(9001, "Lesia")
+    env.emu.send_text(9001, user, "Це я, моя пошта Lesia@Example.com")
+    await env.emu.wait_for(lambda: env.emu.topics_in(STAFF), what="topic")
+
+    async def merged() -> bool:
+        web_lead = await env.hub.store.get_lead(1)
+        assert web_lead is not None
+        contact = await env.hub.store.get_contact(web_lead.contact_id)
+        return contact is not None and any(i.kind.value == "telegram" for i in contact.identities)
+
+    await env.emu.wait_for(merged, what="contacts merged")
