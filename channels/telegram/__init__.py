@@ -9,6 +9,7 @@ the staff group), `sender` (the outbox sender for customer chats), `api` + `rate
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from aiogram.client.telegram import TelegramAPIServer
@@ -25,7 +26,7 @@ from channels.telegram.staff import SELF_COMMANDS, StaffSide
 from channels.telegram.transport import Ingest, Poller, webhook_handler
 from channels.telegram.updates import CONTROL, CUSTOMER, CustomerDecoder, command_of, parse_update
 from hub.config import ConfigError
-from hub.domain import Event, EventType, InboxItem, Lead
+from hub.domain import Event, EventType, InboxItem, Lead, LeadStatus, utcnow
 from hub.errors import HubError
 
 if TYPE_CHECKING:
@@ -106,7 +107,15 @@ class TelegramChannel:
     async def _resync(self) -> None:
         """After a restart: show what a crash left unshown, acknowledge unacknowledged leads."""
         assert self.desk is not None and self._hub is not None and self.customer is not None
-        await self.desk.resync()
+        customer = self.customer
+        recent = utcnow() - timedelta(hours=1)
+
+        async def acknowledge_missed(lead: Lead) -> None:
+            # A crash between opening a lead and publishing its events skipped the ack.
+            if lead.channel == "telegram" and lead.status == LeadStatus.NEW and lead.created_at > recent:
+                await customer.acknowledge(lead)
+
+        await self.desk.resync(each=acknowledge_missed)
 
     async def start(self) -> None:
         """Learn who the bot is, then poll (or set the webhook) and start the staff desk."""
@@ -134,7 +143,7 @@ class TelegramChannel:
                 )
             else:
                 log.warning("telegram: webhook mode without web.public_url; set the webhook yourself")
-            await self.desk.resync()
+            await self._resync()
         else:
             try:
                 await self.api.call(DeleteWebhook(drop_pending_updates=False), None, paced=False)

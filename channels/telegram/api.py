@@ -18,6 +18,7 @@ from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.exceptions import (
     TelegramBadRequest,
+    TelegramEntityTooLarge,
     TelegramForbiddenError,
     TelegramNetworkError,
     TelegramRetryAfter,
@@ -44,6 +45,13 @@ def thread_not_found(exc: Exception) -> bool:
     return isinstance(exc, TelegramBadRequest) and (
         "thread not found" in text or "topic_deleted" in text or "topic not found" in text
     )
+
+
+def chat_label(chat_id: int | None) -> str:
+    """A chat for the logs: group ids as they are, a customer's private chat redacted."""
+    if chat_id is None:
+        return "the bot"
+    return f"chat {chat_id}" if chat_id < 0 else "a private chat"
 
 
 def make_bot(token: str, api_base: str) -> Bot:
@@ -75,13 +83,15 @@ class TelegramApi:
                 wait = float(exc.retry_after)
                 self.limiter.hold(chat_id, wait)
                 log.warning(
-                    "telegram %s: 429 for chat %s, retry after %ss",
+                    "telegram %s: 429 for %s, retry after %ss",
                     method.__api_method__,
-                    chat_id,
+                    chat_label(chat_id),
                     wait,
                 )
                 if wait > MAX_INLINE_RETRY_AFTER:
                     raise TransientError(f"Telegram flood control: retry after {wait}s", wait) from exc
+            except TelegramEntityTooLarge as exc:
+                raise PermanentError(f"Telegram {method.__api_method__}: too large: {exc}") from exc
             except (TelegramServerError, TelegramNetworkError) as exc:
                 network_failures += 1
                 if network_failures >= NETWORK_ATTEMPTS:

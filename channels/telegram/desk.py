@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -148,7 +149,7 @@ class StaffDesk:
                     await queue.task
                 queue.task = None
 
-    async def resync(self, page: int = 200) -> int:
+    async def resync(self, page: int = 200, each: Callable[[Lead], Awaitable[None]] | None = None) -> int:
         """Mark every active lead, so what a crash left unshown is shown (O(active leads))."""
         cursor: str | None = None
         count = 0
@@ -158,6 +159,8 @@ class StaffDesk:
             )
             for lead in result.items:
                 await self._mark(lead)
+                if each is not None:
+                    await each(lead)
                 count += 1
             cursor = result.next_cursor
             if not cursor:

@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import logging
 
-from aiogram.exceptions import TelegramBadRequest
+from aiogram.exceptions import (
+    ClientDecodeError,
+    TelegramAPIError,
+    TelegramBadRequest,
+    TelegramNotFound,
+)
 from aiogram.methods import CopyMessage, SendMessage
 
 from channels.telegram.api import TelegramApi
 from channels.telegram.texts import split_html_escaped
 from hub.domain import Contact, IdentityKind, Lead, OutboxItem
-from hub.errors import PermanentError
+from hub.errors import PermanentError, TransientError
 from storage.base import Store
 
 log = logging.getLogger(__name__)
@@ -69,8 +74,11 @@ class TelegramSender:
                         chat_id,
                     )
                     sent.append(copied.message_id)
-            except TelegramBadRequest as exc:
+            except (TelegramBadRequest, TelegramNotFound) as exc:
                 raise PermanentError(f"{lead.ref}: Telegram rejected the reply: {exc.message}") from exc
+            except (TelegramAPIError, ClientDecodeError) as exc:
+                # Anything else from the Bot API (a conflict, an unreadable answer): try later.
+                raise TransientError(f"{lead.ref}: Telegram did not take the reply: {exc}") from exc
             if len(steps) > 1:
                 await self._store.set_state(progress_key, sent)
         if not sent:

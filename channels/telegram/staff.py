@@ -118,7 +118,8 @@ class StaffSide:
             return None
         lead_number = await self._lead_of(message)
         if lead_number is None:
-            if command in LEAD_COMMANDS or not command:
+            # Staff talk among themselves outside lead topics; only a lead command needs a hint.
+            if command in LEAD_COMMANDS or text.startswith("//"):
                 await self._say(chat, thread, staff("tg.staff.unknown_lead"), message.message_id)
             return None
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -269,9 +270,12 @@ async def test_group_without_topics(emu: TelegramEmulator, settings_factory: Cal
         assert "No topics here" in card.text and card.thread is None
         emu.send_text(plain, OLENA, "Answer by reply", reply_to=card.message_id)
         await emu.wait_for(lambda: "Answer by reply" in emu.texts_to(user["id"]), what="relayed reply")
-        emu.send_text(plain, OLENA, "not a reply: ignored")
+        emu.send_text(plain, OLENA, "not a reply: staff talk, ignored")
+        emu.send_text(plain, OLENA, "/resolve")
         await emu.wait_for(lambda: any("не пов'язана" in t for t in emu.texts_to(plain)), what="hint")
-        assert "not a reply: ignored" not in emu.texts_to(user["id"])
+        assert "not a reply: staff talk, ignored" not in emu.texts_to(user["id"])
+        lead = await hub.store.get_lead(1)
+        assert lead is not None and lead.is_active
     finally:
         await hub.stop()
 
@@ -460,3 +464,65 @@ async def test_email_in_a_message_merges_with_the_web_contact(env: Env, http: An
         return contact is not None and any(i.kind.value == "telegram" for i in contact.identities)
 
     await env.emu.wait_for(merged, what="contacts merged")
+
+
+async def test_take_reopen_reassign_and_spam(env: Env) -> None:
+    user = customer()
+    thread = await open_lead(env, user)
+    env.emu.send_text(STAFF, TARAS, "/take", thread=thread)
+    await env.emu.wait_for(lambda: _lead_matches(env, lambda lead: lead.assignee == "taras"), what="/take")
+    env.emu.send_text(STAFF, TARAS, "/resolve", thread=thread)
+    await env.emu.wait_for(lambda: env.emu.topics[(STAFF, thread)].closed, what="closed")
+    env.emu.send_text(STAFF, TARAS, "/reopen", thread=thread)
+    await env.emu.wait_for(lambda: not env.emu.topics[(STAFF, thread)].closed, what="reopened by command")
+    card = env.emu.sent_to(STAFF, thread)[0]
+    env.emu.press(STAFF, OLENA, card.message_id, "reassign:1")
+    picker = await env.emu.wait_for(
+        lambda: [
+            s
+            for s in env.emu.sent_to(STAFF, thread)
+            if s.reply_markup and "assign:1:" in json.dumps(s.reply_markup)
+        ],
+        what="manager picker",
+    )
+    choices = [b["callback_data"] for row in picker[0].reply_markup["inline_keyboard"] for b in row]
+    assert "assign:1:iryna" in choices
+    env.emu.press(STAFF, OLENA, picker[0].message_id, "assign:1:iryna")
+    await env.emu.wait_for(
+        lambda: _lead_matches(env, lambda lead: lead.assignee == "iryna"), what="reassigned"
+    )
+    env.emu.press(STAFF, OLENA, card.message_id, "spam:1")
+    await env.emu.wait_for(
+        lambda: _lead_matches(env, lambda lead: "spam" in lead.tags and not lead.is_active), what="spam"
+    )
+    # A stranger's button press changes nothing.
+    env.emu.press(STAFF, STRANGER, card.message_id, "take:1")
+    await env.emu.wait_for(
+        lambda: any("999" in (a.get("text") or "") for a in env.emu.callback_answers), what="hint"
+    )
+    assert await _lead_matches(env, lambda lead: lead.assignee == "iryna")
+
+
+async def test_only_one_process_polls(
+    emu: TelegramEmulator, settings_factory: Callable[..., Settings]
+) -> None:
+    settings = settings_factory(telegram=telegram_config(emu))
+    first, second = Hub(settings), Hub(settings)
+    await first.start()
+    await second.start()
+    try:
+        pollers = [_channel(first).poller, _channel(second).poller]
+        await emu.wait_for(lambda: any(p is not None and p._holding for p in pollers), what="a poller")
+        await emu.wait_for(lambda: len(emu.calls_of("getUpdates")) >= 2, what="polling")
+        assert sum(1 for p in pollers if p is not None and p._holding) == 1
+        user = customer()
+        emu.send_text(user["id"], user, "one lead, one topic")
+        await emu.wait_for(lambda: emu.topics_in(STAFF), what="topic")
+        assert len(emu.topics_in(STAFF)) == 1
+    finally:
+        await second.stop()
+        await first.stop()
+
+
+def _channel(hub: Hub) -> Any:
+    return next(c for c in hub.channels if c.name == "telegram")
