@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 NO_PREVIEW = LinkPreviewOptions(is_disabled=True)
 FAR_FUTURE = 1e12
+ANSWERED = 1e11
 
 
 @dataclass(slots=True)
@@ -202,7 +203,11 @@ class StaffDesk:
         chat = topic.chat if topic else self.group_for_team(lead.team)
         if chat is None:
             return
-        due = lead.first_response_due.timestamp() if lead.first_response_due else FAR_FUTURE
+        if lead.first_response_at is None and lead.first_response_due is not None:
+            due = lead.first_response_due.timestamp()
+        else:
+            # Answered (or clock-less) leads wait behind every lead still racing its breach time.
+            due = ANSWERED + lead.created_at.timestamp()
         queue = self._queue(chat)
         queue.leads[lead.number] = min(due, queue.leads.get(lead.number, FAR_FUTURE))
         queue.wake.set()

@@ -1,4 +1,8 @@
-"""Telegram end to end: the hub against the Bot API emulator on loopback."""
+"""Telegram end to end: the hub against the Bot API emulator on loopback.
+
+Still to add once the email channel is merged: an email lead's reply written in its topic
+goes out by SMTP (the relay path is the same outbox row; only the sender differs).
+"""
 
 from __future__ import annotations
 
@@ -526,3 +530,21 @@ async def test_only_one_process_polls(
 
 def _channel(hub: Hub) -> Any:
     return next(c for c in hub.channels if c.name == "telegram")
+
+
+async def test_dashboard_reply_is_shown_in_the_topic_and_sent(env: Env, http: Any) -> None:
+    from tests.support.settings import API_TOKEN
+
+    user = customer()
+    thread = await open_lead(env, user)
+    url = f"http://127.0.0.1:{env.hub.web_port}/api/v1/leads/1/replies"
+    headers = {"Authorization": f"Bearer {API_TOKEN}"}
+    async with http.post(
+        url, json={"text": "Answer from the dashboard", "author": "olena"}, headers=headers
+    ) as resp:
+        assert resp.status in (200, 201), await resp.text()
+    await env.emu.wait_for(lambda: "Answer from the dashboard" in env.emu.texts_to(user["id"]), what="DM")
+    await env.emu.wait_for(
+        lambda: any("Answer from the dashboard" in t for t in env.emu.texts_to(STAFF, thread)),
+        what="topic copy",
+    )
