@@ -1,7 +1,8 @@
 """The staff desk: one forum topic per lead in the staff group, kept in step with the lead.
 
 Events on the hub's bus mark a lead "dirty"; one worker per staff chat brings dirty leads up
-to date, most urgent (nearest breach) first: it creates the topic and the lead card when
+to date, most urgent first (leads nobody can see yet, then nearest breach, answered leads
+last): it creates the topic and the lead card when
 missing (also when staff deleted the topic by hand), posts every customer message not yet
 shown, coalesced into as few posts as fit in 4096 characters, then notices and card edits.
 What was shown is tracked in the store, so a restart resumes where it stopped.
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 NO_PREVIEW = LinkPreviewOptions(is_disabled=True)
 FAR_FUTURE = 1e12
 ANSWERED = 1e11
+NOT_VISIBLE = 1e11
 
 
 @dataclass(slots=True)
@@ -208,6 +210,9 @@ class StaffDesk:
         else:
             # Answered (or clock-less) leads wait behind every lead still racing its breach time.
             due = ANSWERED + lead.created_at.timestamp()
+        if topic is None:
+            # A lead nobody in the group can see yet goes before follow-ups of visible ones.
+            due -= NOT_VISIBLE
         queue = self._queue(chat)
         queue.leads[lead.number] = min(due, queue.leads.get(lead.number, FAR_FUTURE))
         queue.wake.set()

@@ -548,3 +548,42 @@ async def test_dashboard_reply_is_shown_in_the_topic_and_sent(env: Env, http: An
         lambda: any("Answer from the dashboard" in t for t in env.emu.texts_to(STAFF, thread)),
         what="topic copy",
     )
+
+
+async def test_backlog_coalesces_customer_messages_into_one_post(env: Env) -> None:
+    user = customer()
+    thread = await open_lead(env, user, "first")
+    before = len(env.emu.sent_to(STAFF, thread))
+    # The group is flooded for two seconds: what the customer writes meanwhile waits, then
+    # goes out together.
+    env.emu.fail_next("sendMessage", status=429, retry_after=2, chat_id=STAFF)
+    for i in range(2, 8):
+        env.emu.send_text(user["id"], user, f"follow-up {i}")
+    await env.emu.wait_for(
+        lambda: all(any(f"follow-up {i}" in t for t in env.emu.texts_to(STAFF, thread)) for i in range(2, 8)),
+        timeout=15,
+        what="all follow-ups",
+    )
+    posts = env.emu.sent_to(STAFF, thread)[before:]
+    assert len(posts) <= 3, [p.text for p in posts]
+    assert max(len(p.text) for p in posts) <= 4096
+    for i in range(2, 8):
+        assert sum(f"follow-up {i}" in p.text for p in posts) == 1  # nothing twice
+    assert env.emu.too_many == 1
+
+
+async def test_webhook_is_registered_with_the_secret(
+    emu: TelegramEmulator, settings_factory: Callable[..., Settings]
+) -> None:
+    settings = settings_factory(
+        telegram=telegram_config(emu, mode="webhook", webhook_secret="s3cret-token"),
+        web={"public_url": "https://hub.example.com"},
+    )
+    hub = Hub(settings)
+    await hub.start()
+    try:
+        assert emu.webhook_url == "https://hub.example.com/telegram/webhook"
+        assert emu.webhook_secret == "s3cret-token"
+        assert emu.calls_of("getUpdates") == []
+    finally:
+        await hub.stop()
