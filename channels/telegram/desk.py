@@ -31,7 +31,17 @@ from aiogram.types import InlineKeyboardButton, InlineKeyboardMarkup, LinkPrevie
 
 from channels.telegram.api import TelegramApi, thread_not_found
 from channels.telegram.texts import MAX_TEXT, esc, local_time, mention, raw_staff, split_html_escaped, staff
-from hub.domain import ACTIVE_STATUSES, Contact, Direction, Event, EventType, IdentityKind, Lead, Message
+from hub.domain import (
+    ACTIVE_STATUSES,
+    Contact,
+    Direction,
+    Event,
+    EventType,
+    IdentityKind,
+    Lead,
+    Message,
+    utcnow,
+)
 from hub.errors import PermanentError, TransientError
 from storage.base import LeadQuery
 
@@ -43,6 +53,7 @@ log = logging.getLogger(__name__)
 NO_PREVIEW = LinkPreviewOptions(is_disabled=True)
 FAR_FUTURE = 1e12
 ANSWERED = 1e11
+LEAD_LEASE_SECONDS = 120.0
 NOT_VISIBLE = 1e11
 
 
@@ -341,7 +352,23 @@ class StaffDesk:
         queue.wake.set()
 
     async def sync(self, number: int) -> None:
-        """Bring one lead's topic up to date (create, mirror, notices, edits)."""
+        """Bring one lead's topic up to date (create, mirror, notices, edits).
+
+        Several hub processes may have work for one lead (webhooks behind a load balancer,
+        dashboard replies): a per-lead lease in the store lets one of them at a time do it,
+        and the topic state is read fresh under it.
+        """
+        lease = f"telegram:lead:{number}"
+        holder = self._hub.instance_id
+        if not await self._hub.store.acquire_lease(lease, holder, utcnow(), LEAD_LEASE_SECONDS):
+            raise TransientError(f"L-{number}: another hub process is updating its topic", 1.0)
+        try:
+            self._topics.pop(number, None)
+            await self._sync_topic(number)
+        finally:
+            await self._hub.store.release_lease(lease, holder)
+
+    async def _sync_topic(self, number: int) -> None:
         for _attempt in range(3):
             try:
                 await self._sync(number)
