@@ -36,6 +36,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: Telegram unreachable must not hold up the hub's start: polling retries on its own.
+STARTUP_TIMEOUT = 10
+
 
 class TelegramChannel:
     """The `telegram` channel: attach registers its parts, start connects, stop disconnects."""
@@ -122,7 +125,7 @@ class TelegramChannel:
         assert self._hub is not None and self.api is not None and self.desk is not None
         settings = self._hub.settings.telegram
         try:
-            me = await self.api.call(GetMe(), None, paced=False)
+            me = await self.api.bot(GetMe(), request_timeout=STARTUP_TIMEOUT)
             self.bot_username = self.bot_username or (me.username or "")
         except (TelegramAPIError, HubError, OSError) as exc:
             # Telegram unreachable at start: polling retries on its own; links use the config.
@@ -146,7 +149,7 @@ class TelegramChannel:
             await self._resync()
         else:
             try:
-                await self.api.call(DeleteWebhook(drop_pending_updates=False), None, paced=False)
+                await self.api.bot(DeleteWebhook(drop_pending_updates=False), request_timeout=STARTUP_TIMEOUT)
             except (TelegramAPIError, HubError, OSError) as exc:
                 log.warning("telegram: deleteWebhook failed, polling may be refused: %s", exc)
             assert self.poller is not None

@@ -37,6 +37,8 @@ T = TypeVar("T")
 #: A 429 longer than this is not waited out inline: the caller reschedules the work.
 MAX_INLINE_RETRY_AFTER = 60.0
 NETWORK_ATTEMPTS = 4
+#: Seconds one Bot API request may take (aiogram's default is a minute).
+REQUEST_TIMEOUT = 20
 
 
 def thread_not_found(exc: Exception) -> bool:
@@ -70,14 +72,20 @@ class TelegramApi:
         self.calls = 0
         self.retry_afters = 0
 
-    async def call(self, method: TelegramMethod[T], chat_id: int | None = None, paced: bool = True) -> T:
+    async def call(
+        self,
+        method: TelegramMethod[T],
+        chat_id: int | None = None,
+        paced: bool = True,
+        timeout: int = REQUEST_TIMEOUT,
+    ) -> T:
         """Run one Bot API method for `chat_id` within the limits; see the module docstring."""
         network_failures = 0
         while True:
             slot = await self.limiter.acquire(chat_id) if paced else None
             self.calls += 1
             try:
-                return await self.bot(method)
+                return await self.bot(method, request_timeout=timeout)
             except TelegramRetryAfter as exc:
                 self.retry_afters += 1
                 wait = float(exc.retry_after)
