@@ -15,6 +15,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from channels.base import Channel
 from hub.actions import LeadActions
 from hub.calendar import AlwaysOpen, Calendar
+from hub.channel_state import ChannelStates
 from hub.config import Settings
 from hub.domain import Lead, new_id, utcnow
 from hub.events import EventBus
@@ -88,6 +89,7 @@ class Hub:
         self.sweeper = SlaSweeper(self.store, self.bus)
         self.form_limiter = SlidingWindowLimiter(settings.web.form_rate_limit)
         self.web_setups: list[WebSetup] = []
+        self.channel_states = ChannelStates()  # channels report connection state here (/metrics)
         self.channels = channels if channels is not None else build_channels(settings)
         for channel in self.channels:
             channel.attach(self)

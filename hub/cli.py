@@ -1,4 +1,4 @@
-"""`hub run` and `hub check-config`."""
+"""`hub run`, `hub check-config` and `hub hash-password`."""
 
 from __future__ import annotations
 
@@ -42,6 +42,26 @@ async def _run(settings: Settings) -> int:
     return 0
 
 
+def _hash_password(from_stdin: bool) -> int:
+    """Print an argon2 hash for `managers[].password_hash` (the password never touches argv or logs)."""
+    import getpass
+
+    from hub.web.dashboard.auth import hash_password
+
+    if from_stdin or not sys.stdin.isatty():
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            print("hub: the passwords do not match", file=sys.stderr)
+            return 2
+    if len(password) < 8:
+        print("hub: use a password of at least 8 characters", file=sys.stderr)
+        return 2
+    print(hash_password(password))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `hub` console script and `python -m hub`."""
     parser = argparse.ArgumentParser(prog="hub", description="Omnichannel inbound-request hub")
@@ -50,7 +70,13 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--config", help="path to config.yaml (default: $HUB_CONFIG or ./config.yaml)")
     check = sub.add_parser("check-config", help="validate the config and print it with secrets masked")
     check.add_argument("--config", help="path to config.yaml (default: $HUB_CONFIG or ./config.yaml)")
+    hashing = sub.add_parser(
+        "hash-password", help="read a password (prompt, or stdin when piped) and print its argon2 hash"
+    )
+    hashing.add_argument("--stdin", action="store_true", help="read the password from stdin")
     args = parser.parse_args(argv)
+    if args.command == "hash-password":
+        return _hash_password(args.stdin)
     try:
         settings = load_settings(args.config)
     except ConfigError as exc:

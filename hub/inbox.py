@@ -136,8 +136,10 @@ class InboxProcessor:
     async def _run(self, every: float) -> None:
         while True:
             try:
-                while await self.replay_once() > 0:
-                    pass
+                # Drain the backlog in bounded batches before sleeping.
+                for _ in range(1000):
+                    if await self.replay_once() == 0:
+                        break
             except StoreError as exc:
                 log.warning("inbox replay: store unavailable: %s", exc)
             await asyncio.sleep(every)

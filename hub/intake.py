@@ -7,7 +7,9 @@ between steps is repaired by replaying the same inbound from the inbox.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import weakref
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -50,10 +52,23 @@ class Intake:
         self._clock = clock
         self._router = router
         self._bus = bus
+        # Messages from one sender are taken one at a time, so a burst from a new customer
+        # (an album, three quick messages) opens one lead, not three.
+        self._sender_locks: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
 
     async def accept(self, inbound: Inbound, now: datetime | None = None) -> IntakeResult:
         """Store one customer message in its lead (new or existing); safe to call twice."""
-        now = now or utcnow()
+        key = (inbound.sender.kind.value, inbound.sender.value)
+        lock = self._sender_locks.get(key)
+        if lock is None:
+            lock = asyncio.Lock()
+            self._sender_locks[key] = lock
+        async with lock:
+            return await self._accept(inbound, now or utcnow())
+
+    async def _accept(self, inbound: Inbound, now: datetime) -> IntakeResult:
         known = await self._store.find_message(inbound.channel, inbound.external_id)
         if known is not None:
             lead = await self._store.get_lead(known.lead_number)

@@ -27,7 +27,7 @@ from hub.domain import (
 )
 from hub.errors import ConflictError, NotFoundError, ValidationFailed
 from hub.events import EventBus
-from storage.base import LeadChanges, Store
+from storage.base import DuplicateError, LeadChanges, Store
 
 log = logging.getLogger(__name__)
 
@@ -83,14 +83,14 @@ class Replies:
         lead = await self._store.get_lead(lead_number)
         if lead is None:
             raise NotFoundError(f"lead L-{lead_number} does not exist")
-        if external_id is not None:
-            known = await self._store.find_message(source, external_id)
-            if known is not None:
-                return known
         contact = await self._store.get_contact(lead.contact_id)
         candidates = delivery_channels(lead, contact)
         available = set(self._available())
         channel = next((c for c in candidates if c in available), candidates[0] if candidates else None)
+        # A retried request (same Idempotency-Key from the same source) returns the first reply.
+        key = f"{source}:{external_id}" if external_id is not None else None
+        if key is not None and (known := await self._store.find_message(channel or lead.channel, key)):
+            return known
         message = Message(
             id=new_id(),
             lead_number=lead.number,
@@ -100,7 +100,7 @@ class Replies:
             text=text,
             html=html,
             attachments=list(attachments or []),
-            external_id=external_id,
+            external_id=key,
             created_at=now,
             delivery=DeliveryState.QUEUED if channel else DeliveryState.FAILED,
         )
@@ -117,7 +117,13 @@ class Replies:
             if channel
             else None
         )
-        await self._store.add_outbound(message, item)
+        try:
+            await self._store.add_outbound(message, item)
+        except DuplicateError:
+            # A concurrent retry of the same request won; its reply is the one that counts.
+            if key is not None and (known := await self._store.find_message(message.channel, key)):
+                return known
+            raise
         changes = LeadChanges(
             first_response_at=now if lead.first_response_at is None else None,
             status=LeadStatus.WAITING_CUSTOMER if lead.is_active else None,

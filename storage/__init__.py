@@ -16,5 +16,5 @@ def store_from_url(url: str) -> Store:
     if url.startswith(("mongodb://", "mongodb+srv://")):
         from storage.mongo import MongoStore
 
-        return MongoStore.from_url(url)  # type: ignore[return-value]
+        return MongoStore.from_url(url)
     raise StoreError(f"storage.url {url!r}: use sqlite:///PATH or mongodb://HOST/DB")

@@ -69,6 +69,59 @@ class LeadChanges:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+#: Dimensions a KPI report can be broken down by (`KpiQuery.group_by`).
+KPI_GROUPS = ("team", "assignee", "channel", "kind", "day")
+
+
+@dataclass(frozen=True, slots=True)
+class KpiQuery:
+    """Leads created in [start, end) with optional filters, optionally broken down by one dimension."""
+
+    start: datetime
+    end: datetime
+    team: str | None = None
+    assignee: str | None = None
+    channel: str | None = None
+    kind: LeadKind | None = None
+    group_by: str | None = None  # None: one row for everything; else one of KPI_GROUPS
+    day_zone: str = "UTC"  # IANA time zone whose midnights cut days for group_by="day"
+
+
+@dataclass(frozen=True, slots=True)
+class KpiRow:
+    """Figures of one group of leads (times in seconds; percentiles interpolated linearly)."""
+
+    group: str | None
+    received: int
+    responded: int
+    within_target: int  # answered no later than the first-response due time
+    breached: int
+    resolved: int
+    frt_mean: float | None
+    frt_median: float | None
+    frt_p90: float | None
+    resolution_mean: float | None
+    resolution_median: float | None
+    breached_answered: int = 0  # breached, then answered late
+
+
+def interpolated_percentiles(values: list[float], fractions: tuple[float, ...]) -> dict[float, float]:
+    """Percentiles interpolated linearly between ranks (`statistics.quantiles(method="inclusive")`)."""
+    ordered = sorted(values)
+    n = len(ordered)
+    result: dict[float, float] = {}
+    for fraction in fractions:
+        if n == 0:
+            continue
+        h = (n - 1) * fraction
+        low = int(h)
+        value = ordered[low]
+        if low + 1 < n:
+            value += (h - low) * (ordered[low + 1] - value)
+        result[fraction] = value
+    return result
+
+
 @runtime_checkable
 class Store(Protocol):
     backend: str
@@ -232,3 +285,17 @@ class Store(Protocol):
 
     async def incr_state(self, key: str) -> int:
         """Atomically add one to an integer state value and return the new value."""
+
+    # --- dashboard: reports, erasure, small aggregates ---------------------------------------
+    async def kpi_rows(self, query: KpiQuery) -> list[KpiRow]:
+        """KPI figures of leads created in the period, one row per group (computed in the database)."""
+
+    async def erase_contact(self, contact_id: str) -> list[int]:
+        """Delete a contact's personal data: identities, messages (with attachments), their outbox
+        and raw inbox rows, lead subjects; leads stay as anonymous numbers. Returns their numbers."""
+
+    async def handled_since(self, since: datetime) -> dict[str, int]:
+        """Per assignee, how many leads got their first response or were resolved since `since`."""
+
+    async def active_counts(self) -> list[tuple[str | None, bool, int]]:
+        """Active leads as (team, breached, count) rows, for gauges."""

@@ -1,15 +1,1369 @@
-"""MongoDB adapter (PyMongo's AsyncMongoClient). Written in full by the storage work."""
+"""MongoDB adapter on PyMongo's async API (`AsyncMongoClient`): production and scale-out.
+
+Same semantics as `storage.sqlite`, checked by the same contract suite (`tests/contract`,
+run when HUB_TEST_MONGODB_URL is set). How the guarantees are kept without one big lock:
+
+- Uniqueness lives in unique indexes (leads by (channel, origin_external_id), messages by
+  (channel, external_id), identities by (kind, value), inbox by (channel, external_id)); a
+  duplicate key error is how the adapter learns that the first write won.
+- Lead numbers, inbox and event ids come from `$inc` on a `counters` document: atomic on one
+  document, so unique and increasing across any number of processes.
+- Every claim (inbox items, outbox rows, SLA marks) is a `find_one_and_update` whose filter
+  contains the thing being claimed (the pending mark, a lapsed or empty claim), so two
+  processes can never both match the same document.
+- Writes that must land together (a contact and its identities, a reply and its outbox row,
+  a delivery state on both the row and its message, a contact merge) run in a transaction
+  when the server supports them (replica set or sharded cluster, which production is). On a
+  standalone server they run one after another; the windows this leaves are named where they
+  occur.
+- Write and read concerns come from the URL (`?w=majority&readConcernLevel=majority`), so the
+  operator decides durability where the deployment is described.
+- Datetimes are BSON dates (UTC, millisecond precision); the client is tz-aware, so every
+  datetime read back is aware UTC like the Store protocol promises.
+"""
 
 from __future__ import annotations
 
-from storage.base import StoreError
+import contextlib
+import functools
+import json
+import logging
+import re
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any, ParamSpec, TypeVar
+
+import pymongo
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument, UpdateOne
+from pymongo.asynchronous.client_session import AsyncClientSession
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
+
+from hub.domain import (
+    ACTIVE_STATUSES,
+    Attachment,
+    Contact,
+    DeliveryState,
+    Direction,
+    Event,
+    EventType,
+    Identity,
+    IdentityKind,
+    InboxItem,
+    Lead,
+    LeadKind,
+    LeadStatus,
+    Message,
+    OutboxItem,
+    Page,
+)
+from storage.base import (
+    KPI_GROUPS,
+    DuplicateError,
+    KpiQuery,
+    KpiRow,
+    LeadChanges,
+    LeadQuery,
+    StoreError,
+)
+
+log = logging.getLogger(__name__)
+
+Doc = dict[str, Any]
+P = ParamSpec("P")
+R = TypeVar("R")
+
+DEFAULT_DATABASE = "hub"
+PING_TIMEOUT_SECONDS = 3.0
+#: Text search turns matching contacts into an `$in` list; beyond this many it stops growing.
+TEXT_MATCH_CONTACTS_CAP = 5000
+
+_ACTIVE = sorted(s.value for s in ACTIVE_STATUSES)
+_DUPLICATE_KEY = 11000
+
+
+def _translated(method: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+    """Driver errors leave the adapter as StoreError (transient: the caller retries later)."""
+
+    @functools.wraps(method)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await method(*args, **kwargs)
+        except PyMongoError as exc:
+            raise StoreError(f"MongoDB: {method.__name__} failed: {exc}") from exc
+
+    return wrapper
+
+
+def _json(value: Any) -> Any:
+    """The value as JSON would keep it (tuples to lists, non-string keys to strings), like SQLite."""
+    return json.loads(json.dumps(value, ensure_ascii=False))
+
+
+def _is_duplicate(exc: BulkWriteError) -> bool:
+    errors = exc.details.get("writeErrors", [])
+    return bool(errors) and all(e.get("code") == _DUPLICATE_KEY for e in errors)
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    return None if value is None else value.astimezone(UTC)
+
+
+def _req_utc(value: datetime) -> datetime:
+    return value.astimezone(UTC)
+
+
+def _no_nones(doc: Doc) -> Doc:
+    return {k: v for k, v in doc.items() if v is not None}
+
+
+# --- documents <-> core types -----------------------------------------------------------------
+def _lead_doc(lead: Lead) -> Doc:
+    pending = lead.first_response_at is None and lead.breached_at is None
+    doc: Doc = {
+        "_id": lead.number,
+        "kind": lead.kind.value,
+        "channel": lead.channel,
+        "contact_id": lead.contact_id,
+        "status": lead.status.value,
+        "subject": lead.subject,
+        "subject_folded": lead.subject.casefold(),
+        "form_id": lead.form_id,
+        "assignee": lead.assignee,
+        "team": lead.team,
+        "priority": lead.priority,
+        "tags": list(lead.tags),
+        "origin_external_id": lead.origin_external_id,
+        "created_at": lead.created_at,
+        "updated_at": lead.updated_at,
+        "first_response_at": lead.first_response_at,
+        "resolved_at": lead.resolved_at,
+        "first_response_due": lead.first_response_due,
+        "warn_due": lead.warn_due,
+        "warned_at": lead.warned_at,
+        "breached_at": lead.breached_at,
+        "extra": {},
+    }
+    # The pending marks exist only while a mark is still to be claimed: the sweep's partial
+    # indexes hold just those leads, so a sweep costs O(due leads), not O(all leads).
+    if pending and lead.first_response_due is not None:
+        doc["breach_pending_at"] = lead.first_response_due
+    if pending and lead.warned_at is None and lead.warn_due is not None:
+        doc["warn_pending_at"] = lead.warn_due
+    return doc
+
+
+def _lead(doc: Mapping[str, Any]) -> Lead:
+    return Lead(
+        number=int(doc["_id"]),
+        kind=LeadKind(doc["kind"]),
+        channel=doc["channel"],
+        contact_id=doc["contact_id"],
+        status=LeadStatus(doc["status"]),
+        subject=doc.get("subject", ""),
+        form_id=doc.get("form_id", ""),
+        assignee=doc.get("assignee"),
+        team=doc.get("team"),
+        priority=int(doc.get("priority", 0)),
+        tags=list(doc.get("tags", [])),
+        origin_external_id=doc.get("origin_external_id", ""),
+        created_at=_req_utc(doc["created_at"]),
+        updated_at=_req_utc(doc["updated_at"]),
+        first_response_at=_utc(doc.get("first_response_at")),
+        resolved_at=_utc(doc.get("resolved_at")),
+        first_response_due=_utc(doc.get("first_response_due")),
+        warn_due=_utc(doc.get("warn_due")),
+        warned_at=_utc(doc.get("warned_at")),
+        breached_at=_utc(doc.get("breached_at")),
+    )
+
+
+def _attachment_doc(a: Attachment) -> Doc:
+    return {
+        "name": a.name,
+        "content_type": a.content_type,
+        "size": a.size,
+        "ref": a.ref,
+        "dropped_reason": a.dropped_reason,
+    }
+
+
+def _message_doc(message: Message, seq: int) -> Doc:
+    doc: Doc = {
+        "_id": message.id,
+        "lead_number": message.lead_number,
+        "direction": message.direction.value,
+        "channel": message.channel,
+        "author": message.author,
+        "text": message.text,
+        "html": message.html,
+        "attachments": [_attachment_doc(a) for a in message.attachments],
+        "refs": list(message.refs),
+        "delivery": message.delivery.value if message.delivery else None,
+        "created_at": message.created_at,
+        "seq": seq,
+    }
+    # Absent, not null: the unique (channel, external_id) index is partial on its existence,
+    # so notes and replies without an external id never collide.
+    if message.external_id is not None:
+        doc["external_id"] = message.external_id
+    return doc
+
+
+def _message(doc: Mapping[str, Any]) -> Message:
+    return Message(
+        id=doc["_id"],
+        lead_number=int(doc["lead_number"]),
+        direction=Direction(doc["direction"]),
+        channel=doc["channel"],
+        author=doc["author"],
+        text=doc["text"],
+        html=doc.get("html", ""),
+        attachments=[Attachment(**a) for a in doc.get("attachments", [])],
+        external_id=doc.get("external_id"),
+        refs=list(doc.get("refs", [])),
+        delivery=DeliveryState(doc["delivery"]) if doc.get("delivery") else None,
+        created_at=_req_utc(doc["created_at"]),
+    )
+
+
+def _outbox(doc: Mapping[str, Any]) -> OutboxItem:
+    return OutboxItem(
+        id=doc["_id"],
+        message_id=doc["message_id"],
+        lead_number=int(doc["lead_number"]),
+        channel=doc["channel"],
+        payload=dict(doc.get("payload", {})),
+        state=DeliveryState(doc["state"]),
+        attempts=int(doc.get("attempts", 0)),
+        next_attempt_at=_utc(doc.get("next_attempt_at")),
+        last_error=doc.get("last_error", ""),
+        sent_at=_utc(doc.get("sent_at")),
+        external_ref=doc.get("external_ref", ""),
+        created_at=_req_utc(doc["created_at"]),
+    )
+
+
+def _inbox(doc: Mapping[str, Any]) -> InboxItem:
+    return InboxItem(
+        id=int(doc["_id"]),
+        channel=doc["channel"],
+        external_id=doc["external_id"],
+        payload=bytes(doc["payload"]),
+        received_at=_req_utc(doc["received_at"]),
+        status=doc.get("status", "pending"),
+        reason=doc.get("reason", ""),
+        lead_number=doc.get("lead_number"),
+        attempts=int(doc.get("attempts", 0)),
+        meta=dict(doc.get("meta", {})),
+    )
+
+
+def _event(doc: Mapping[str, Any]) -> Event:
+    return Event(
+        id=int(doc["_id"]),
+        type=doc["type"],
+        at=_req_utc(doc["at"]),
+        lead_number=doc.get("lead_number"),
+        data=dict(doc.get("data", {})),
+    )
+
+
+def lead_update(changes: LeadChanges) -> Doc:
+    """The `$set` / `$unset` update that applies `changes` to a lead document."""
+    # Later entries override earlier ones, the same precedence as the SQLite adapter.
+    values: Doc = {}
+    if changes.status is not None:
+        values["status"] = changes.status.value
+        if changes.status not in ACTIVE_STATUSES:
+            values["breach_pending_at"] = values["warn_pending_at"] = None
+    if changes.kind is not None:
+        values["kind"] = changes.kind.value
+    if changes.clear_assignee:
+        values["assignee"] = None
+    elif changes.assignee is not None:
+        values["assignee"] = changes.assignee
+    if changes.team is not None:
+        values["team"] = changes.team
+    if changes.priority is not None:
+        values["priority"] = changes.priority
+    if changes.tags is not None:
+        values["tags"] = list(changes.tags)
+    if changes.first_response_at is not None:
+        values["first_response_at"] = changes.first_response_at
+        values["breach_pending_at"] = values["warn_pending_at"] = None
+    if changes.clear_resolved_at:
+        values["resolved_at"] = None
+    elif changes.resolved_at is not None:
+        values["resolved_at"] = changes.resolved_at
+    if changes.clear_due:
+        values["breach_pending_at"] = values["warn_pending_at"] = None
+    if changes.first_response_due is not None:
+        values["first_response_due"] = changes.first_response_due
+        values["breached_at"] = None
+        values["breach_pending_at"] = changes.first_response_due
+    if changes.warn_due is not None:
+        values["warn_due"] = changes.warn_due
+        values["warned_at"] = None
+        values["warn_pending_at"] = changes.warn_due
+    values["updated_at"] = changes.updated_at or datetime.now(UTC)
+    for key, value in _json(changes.extra).items():
+        # Per-key $set merges atomically with what other writers put there.
+        values[f"extra.{key}"] = value
+
+    pending = ("breach_pending_at", "warn_pending_at")
+    to_set = {k: v for k, v in values.items() if v is not None or k not in pending}
+    to_unset = {k: "" for k in pending if k in values and values[k] is None}
+    update: Doc = {"$set": to_set}
+    if to_unset:
+        update["$unset"] = to_unset
+    return update
+
+
+def _contains(text: str) -> Doc:
+    """A substring match for literal text against a `*_folded` field.
+
+    Both sides are folded by Python's str.casefold, so "бойлер" finds "БОЙЛЕР" the same way the
+    SQLite adapter does, without relying on the server's regex case rules.
+    """
+    return {"$regex": re.escape(text.casefold())}
 
 
 class MongoStore:
-    """Placeholder until the MongoDB adapter lands: refuses to start with a clear message."""
+    """The Store protocol on one MongoDB database."""
 
     backend = "mongo"
 
+    def __init__(self, url: str, database: str | None = None) -> None:
+        self.url = url
+        self._database_name = database
+        self._client: AsyncMongoClient[Doc] | None = None
+        self._db: AsyncDatabase[Doc] | None = None
+        self._transactions = False
+
     @classmethod
     def from_url(cls, url: str) -> MongoStore:
-        raise StoreError("the MongoDB adapter is not available in this build; use sqlite:///PATH")
+        """`mongodb://host:27017/hub?replicaSet=rs0`: the database is the URL path (default "hub")."""
+        return cls(url)
+
+    # --- lifecycle ------------------------------------------------------------------------
+    @_translated
+    async def open(self) -> None:
+        """Connect, learn whether transactions are available, ensure indexes and counters."""
+        if self._client is not None:
+            return
+        # The client is made here, not in from_url: it belongs to the running event loop.
+        client: AsyncMongoClient[Doc] = AsyncMongoClient(self.url, tz_aware=True, tzinfo=UTC)
+        try:
+            db = (
+                client[self._database_name]
+                if self._database_name
+                else client.get_default_database(DEFAULT_DATABASE)
+            )
+            hello = await client.admin.command("hello")
+            # Transactions need a replica set member or a mongos, never a standalone server.
+            self._transactions = "setName" in hello or hello.get("msg") == "isdbgrid"
+            self._client, self._db = client, db
+            await self._ensure_indexes()
+            for name in ("lead", "inbox", "event", "message"):
+                await self._ensure_counter(name)
+        except BaseException:
+            self._client = self._db = None
+            await client.close()
+            raise
+        if not self._transactions:
+            log.warning(
+                "MongoDB %s is a standalone server: multi-document writes are not transactional; "
+                "run a replica set in production",
+                db.name,
+            )
+
+    async def _ensure_indexes(self) -> None:
+        leads = self._col("leads")
+        await leads.create_index(
+            [("channel", ASCENDING), ("origin_external_id", ASCENDING)], unique=True, name="lead_origin"
+        )
+        # The sweep reads only leads with a pending mark, earliest first.
+        await leads.create_index(
+            [("breach_pending_at", ASCENDING)],
+            name="lead_breach_pending",
+            partialFilterExpression={"breach_pending_at": {"$exists": True}},
+        )
+        await leads.create_index(
+            [("warn_pending_at", ASCENDING)],
+            name="lead_warn_pending",
+            partialFilterExpression={"warn_pending_at": {"$exists": True}},
+        )
+        # Queue views: equality (and $in on status) then newest first, so a page is read in
+        # index order (a SORT_MERGE over the statuses) instead of sorting every match.
+        await leads.create_index(
+            [("contact_id", ASCENDING), ("status", ASCENDING), ("_id", DESCENDING)],
+            name="lead_contact_status",
+        )
+        await leads.create_index(
+            [("assignee", ASCENDING), ("status", ASCENDING), ("_id", DESCENDING)], name="lead_assignee_status"
+        )
+        await leads.create_index([("status", ASCENDING), ("_id", DESCENDING)], name="lead_status_number")
+        await leads.create_index([("team", ASCENDING), ("_id", DESCENDING)], name="lead_team_number")
+        await leads.create_index(
+            # A compound key (not _id alone, which the default _id index owns) in number order.
+            [("_id", DESCENDING), ("breached_at", ASCENDING)],
+            name="lead_breached_number",
+            partialFilterExpression={"breached_at": {"$type": "date"}},
+        )
+
+        await self._col("messages").create_index(
+            [("channel", ASCENDING), ("external_id", ASCENDING)],
+            unique=True,
+            name="message_external",
+            partialFilterExpression={"external_id": {"$exists": True}},
+        )
+        await self._col("messages").create_index(
+            [("lead_number", ASCENDING), ("seq", ASCENDING)], name="message_lead_seq"
+        )
+        await self._col("identities").create_index(
+            [("kind", ASCENDING), ("value", ASCENDING)], unique=True, name="identity_key"
+        )
+        await self._col("identities").create_index([("contact_id", ASCENDING)], name="identity_contact")
+        await self._col("refs").create_index([("lead_number", ASCENDING)], name="ref_lead")
+        await self._col("inbox").create_index(
+            [("channel", ASCENDING), ("external_id", ASCENDING)], unique=True, name="inbox_key"
+        )
+        await self._col("inbox").create_index(
+            [("status", ASCENDING), ("_id", ASCENDING)], name="inbox_status"
+        )
+        await self._col("outbox").create_index(
+            [("channel", ASCENDING), ("next_attempt_at", ASCENDING)],
+            name="outbox_due",
+            partialFilterExpression={"state": DeliveryState.QUEUED.value},
+        )
+        await self._col("outbox").create_index([("state", ASCENDING)], name="outbox_state")
+        await self._col("events").create_index(
+            [("lead_number", ASCENDING), ("_id", ASCENDING)], name="event_lead"
+        )
+        await self._col("events").create_index([("type", ASCENDING), ("_id", ASCENDING)], name="event_type")
+        # KPI reports: a period of leads by creation time, grouped in the pipeline.
+        await leads.create_index(
+            [("created_at", ASCENDING), ("team", ASCENDING), ("assignee", ASCENDING)], name="lead_report"
+        )
+
+    async def _ensure_counter(self, name: str) -> None:
+        # A DuplicateKeyError means another process created it between our match and our
+        # insert: the counter exists, which is all this wants.
+        with contextlib.suppress(DuplicateKeyError):
+            await self._col("counters").update_one({"_id": name}, {"$setOnInsert": {"value": 0}}, upsert=True)
+
+    async def close(self) -> None:
+        """Disconnect; safe to call twice."""
+        client, self._client, self._db = self._client, None, None
+        if client is not None:
+            await client.close()
+
+    async def ping(self) -> bool:
+        """True when the server answers a ping now."""
+        if self._client is None:
+            return False
+        try:
+            # Bounded: /healthz must answer "down" quickly, not after server selection's 30 s.
+            with pymongo.timeout(PING_TIMEOUT_SECONDS):
+                await self._client.admin.command("ping")
+        except PyMongoError:
+            return False
+        return True
+
+    # --- helpers --------------------------------------------------------------------------
+    def _col(self, name: str) -> AsyncCollection[Doc]:
+        if self._db is None:
+            raise StoreError("the MongoDB store is not open (call open() first)")
+        return self._db[name]
+
+    async def _next(self, counter: str, count: int = 1) -> int:
+        """The last of `count` new values of a counter (atomic `$inc` on one document)."""
+        doc = await self._col("counters").find_one_and_update(
+            {"_id": counter},
+            {"$inc": {"value": count}},
+            upsert=True,
+            return_document=ReturnDocument.AFTER,
+        )
+        assert doc is not None
+        return int(doc["value"])
+
+    async def _atomic(self, work: Callable[[AsyncClientSession | None], Awaitable[R]]) -> R:
+        """Run `work` in a transaction when the server has them, else as plain writes."""
+        if not self._transactions or self._client is None:
+            return await work(None)
+        async with self._client.start_session() as session:
+            # with_transaction retries the whole callback on transient transaction errors.
+            return await session.with_transaction(work)
+
+    # --- inbox ----------------------------------------------------------------------------
+    @_translated
+    async def inbox_put(
+        self,
+        channel: str,
+        external_id: str,
+        payload: bytes,
+        received_at: datetime,
+        meta: dict[str, Any] | None = None,
+        holder: str | None = None,
+        lease_seconds: float = 0.0,
+    ) -> tuple[InboxItem, bool]:
+        """Store raw input durably; returns (item, created). A known key returns the old item."""
+        inbox = self._col("inbox")
+        existing = await inbox.find_one({"channel": channel, "external_id": external_id})
+        if existing is not None:
+            return _inbox(existing), False
+        doc: Doc = {
+            "_id": await self._next("inbox"),
+            "channel": channel,
+            "external_id": external_id,
+            "payload": payload,
+            "meta": _json(meta or {}),
+            "received_at": received_at,
+            "status": "pending",
+            "reason": "",
+            "lead_number": None,
+            "attempts": 0,
+            "claimed_by": holder,
+            "claimed_until": received_at + timedelta(seconds=lease_seconds) if holder else None,
+        }
+        try:
+            await inbox.insert_one(doc)
+        except DuplicateKeyError:
+            # A concurrent delivery of the same input won; its id is the item (ours is skipped).
+            existing = await inbox.find_one({"channel": channel, "external_id": external_id})
+            if existing is None:
+                raise
+            return _inbox(existing), False
+        return _inbox(doc), True
+
+    @_translated
+    async def inbox_claim(
+        self, holder: str, now: datetime, lease_seconds: float, limit: int
+    ) -> list[InboxItem]:
+        """Claim pending items (oldest first) for processing; a lapsed claim can be taken again."""
+        claimed: list[InboxItem] = []
+        until = now + timedelta(seconds=lease_seconds)
+        for _ in range(max(limit, 0)):
+            doc = await self._col("inbox").find_one_and_update(
+                {"status": "pending", "$or": [{"claimed_until": None}, {"claimed_until": {"$lt": now}}]},
+                {"$set": {"claimed_by": holder, "claimed_until": until}, "$inc": {"attempts": 1}},
+                sort=[("_id", ASCENDING)],
+                return_document=ReturnDocument.AFTER,
+            )
+            if doc is None:
+                break
+            claimed.append(_inbox(doc))
+        return claimed
+
+    @_translated
+    async def inbox_get(self, item_id: int) -> InboxItem | None:
+        """One inbox item by id."""
+        doc = await self._col("inbox").find_one({"_id": item_id})
+        return _inbox(doc) if doc else None
+
+    @_translated
+    async def inbox_done(self, item_id: int, lead_number: int | None) -> None:
+        """Mark an item processed (it produced, or joined, that lead)."""
+        await self._col("inbox").update_one(
+            {"_id": item_id},
+            {
+                "$set": {
+                    "status": "done",
+                    "lead_number": lead_number,
+                    "claimed_by": None,
+                    "claimed_until": None,
+                }
+            },
+        )
+
+    @_translated
+    async def inbox_quarantine(self, item_id: int, reason: str) -> None:
+        """Keep an item that cannot be processed, with the reason, for staff to see."""
+        await self._col("inbox").update_one(
+            {"_id": item_id},
+            {"$set": {"status": "quarantined", "reason": reason, "claimed_by": None, "claimed_until": None}},
+        )
+
+    @_translated
+    async def inbox_requeue(self, item_id: int) -> bool:
+        """Put a quarantined item back to pending; False if it was not quarantined."""
+        result = await self._col("inbox").update_one(
+            {"_id": item_id, "status": "quarantined"},
+            {"$set": {"status": "pending", "reason": "", "claimed_until": None}},
+        )
+        return result.modified_count > 0
+
+    @_translated
+    async def inbox_list(self, status: str, limit: int = 100) -> list[InboxItem]:
+        """Items in one status, newest first."""
+        cursor = self._col("inbox").find({"status": status}).sort("_id", DESCENDING).limit(limit)
+        return [_inbox(doc) async for doc in cursor]
+
+    # --- contacts -------------------------------------------------------------------------
+    async def _load_contact(self, contact_id: str) -> Contact | None:
+        doc = await self._col("contacts").find_one({"_id": contact_id})
+        if doc is None:
+            return None
+        # ObjectIds grow with insertion, so identities come back in the order they were added.
+        cursor = self._col("identities").find({"contact_id": contact_id}).sort("_id", ASCENDING)
+        identities = [
+            Identity(IdentityKind(i["kind"]), i["value"], i.get("display_name", "")) async for i in cursor
+        ]
+        return Contact(
+            id=doc["_id"],
+            name=doc["name"],
+            language=doc.get("language", ""),
+            tags=list(doc.get("tags", [])),
+            created_at=_req_utc(doc["created_at"]),
+            identities=identities,
+        )
+
+    @_translated
+    async def find_contact(self, identity: Identity) -> Contact | None:
+        """The contact that owns this identity (kind + normalized value), if any."""
+        doc = await self._col("identities").find_one({"kind": identity.kind.value, "value": identity.value})
+        return await self._load_contact(doc["contact_id"]) if doc else None
+
+    @_translated
+    async def get_contact(self, contact_id: str) -> Contact | None:
+        """One contact with all identities."""
+        return await self._load_contact(contact_id)
+
+    @_translated
+    async def create_contact(self, contact: Contact) -> Contact:
+        """Insert a contact with its identities; DuplicateError if an identity is taken."""
+        contact_doc: Doc = {
+            "_id": contact.id,
+            "name": contact.name,
+            "name_folded": contact.name.casefold(),
+            "language": contact.language,
+            "tags": list(contact.tags),
+            "created_at": contact.created_at,
+        }
+        identity_docs = [
+            {
+                "kind": i.kind.value,
+                "value": i.value,
+                "value_folded": i.value.casefold(),
+                "contact_id": contact.id,
+                "display_name": i.display_name,
+            }
+            for i in contact.identities
+        ]
+
+        progress = {"contact": False}
+
+        async def write(session: AsyncClientSession | None) -> None:
+            # Contact first: until its identities exist nobody finds it by identity, so a
+            # failure half-way leaves nothing visible.
+            await self._col("contacts").insert_one(dict(contact_doc), session=session)
+            progress["contact"] = session is None
+            if identity_docs:
+                await self._col("identities").insert_many([dict(d) for d in identity_docs], session=session)
+
+        try:
+            await self._atomic(write)
+        except (DuplicateKeyError, BulkWriteError) as exc:
+            if isinstance(exc, BulkWriteError) and not _is_duplicate(exc):
+                raise
+            if progress["contact"]:
+                # No transaction: undo what this call wrote (the contact id is ours, fresh).
+                await self._col("identities").delete_many({"contact_id": contact.id})
+                await self._col("contacts").delete_one({"_id": contact.id})
+            raise DuplicateError(f"contact {contact.id}: an identity (or the id) is already taken") from exc
+        return contact
+
+    @_translated
+    async def add_identity(self, contact_id: str, identity: Identity) -> bool:
+        """Attach an identity; False if it already belongs to another contact."""
+        try:
+            await self._col("identities").insert_one(
+                {
+                    "kind": identity.kind.value,
+                    "value": identity.value,
+                    "contact_id": contact_id,
+                    "display_name": identity.display_name,
+                    "value_folded": identity.value.casefold(),
+                }
+            )
+        except DuplicateKeyError:
+            owner = await self._col("identities").find_one(
+                {"kind": identity.kind.value, "value": identity.value}
+            )
+            return owner is not None and owner["contact_id"] == contact_id
+        return True
+
+    @_translated
+    async def merge_contacts(self, keep_id: str, merge_id: str) -> None:
+        """Move identities and leads of `merge_id` onto `keep_id` and delete `merge_id`."""
+        if keep_id == merge_id:
+            return
+
+        async def write(session: AsyncClientSession | None) -> None:
+            # Each step is idempotent: without a transaction a crash part-way is finished by
+            # running the merge again.
+            await self._col("identities").update_many(
+                {"contact_id": merge_id}, {"$set": {"contact_id": keep_id}}, session=session
+            )
+            await self._col("leads").update_many(
+                {"contact_id": merge_id}, {"$set": {"contact_id": keep_id}}, session=session
+            )
+            await self._col("contacts").delete_one({"_id": merge_id}, session=session)
+
+        await self._atomic(write)
+
+    # --- leads ----------------------------------------------------------------------------
+    @_translated
+    async def next_lead_number(self) -> int:
+        """A new lead number, unique and increasing even under concurrent callers."""
+        return await self._next("lead")
+
+    @_translated
+    async def create_lead(self, lead: Lead) -> tuple[Lead, bool]:
+        """Insert a lead; a lead with the same (channel, origin_external_id) is returned instead."""
+        try:
+            await self._col("leads").insert_one(_lead_doc(lead))
+        except DuplicateKeyError as exc:
+            existing = await self._col("leads").find_one(
+                {"channel": lead.channel, "origin_external_id": lead.origin_external_id}
+            )
+            if existing is None:
+                raise DuplicateError(f"lead number {lead.number} is already taken") from exc
+            return _lead(existing), False
+        return lead, True
+
+    @_translated
+    async def get_lead(self, number: int) -> Lead | None:
+        """One lead by number."""
+        doc = await self._col("leads").find_one({"_id": number})
+        return _lead(doc) if doc else None
+
+    @_translated
+    async def find_lead_by_origin(self, channel: str, external_id: str) -> Lead | None:
+        """The lead an inbound (channel, external_id) opened, if any."""
+        doc = await self._col("leads").find_one({"channel": channel, "origin_external_id": external_id})
+        return _lead(doc) if doc else None
+
+    @_translated
+    async def find_active_lead(self, contact_id: str, channel: str | None) -> Lead | None:
+        """The contact's most recent active lead (on that channel when given)."""
+        query: Doc = {"contact_id": contact_id, "status": {"$in": _ACTIVE}}
+        if channel is not None:
+            query["channel"] = channel
+        doc = await self._col("leads").find_one(query, sort=[("_id", DESCENDING)])
+        return _lead(doc) if doc else None
+
+    @_translated
+    async def update_lead(self, number: int, changes: LeadChanges) -> Lead | None:
+        """Apply changes and return the updated lead (None if there is no such lead)."""
+        update = lead_update(changes)
+        doc = await self._col("leads").find_one_and_update(
+            {"_id": number}, update, return_document=ReturnDocument.AFTER
+        )
+        return _lead(doc) if doc else None
+
+    async def _lead_query(self, query: LeadQuery) -> Doc:
+        conditions: list[Doc] = []
+        if query.statuses:
+            conditions.append({"status": {"$in": [s.value for s in query.statuses]}})
+        if query.kind is not None:
+            conditions.append({"kind": query.kind.value})
+        if query.unassigned:
+            conditions.append({"assignee": None})
+        elif query.assignee is not None:
+            conditions.append({"assignee": query.assignee})
+        if query.team is not None:
+            conditions.append({"team": query.team})
+        if query.channel is not None:
+            conditions.append({"channel": query.channel})
+        if query.breached is not None:
+            # `$type: date` is the breached index's own filter, so the planner can use it.
+            conditions.append({"breached_at": {"$type": "date"}} if query.breached else {"breached_at": None})
+        if query.contact_id is not None:
+            conditions.append({"contact_id": query.contact_id})
+        if query.text:
+            pattern = _contains(query.text)
+            ids: set[str] = set()
+            names = (
+                self._col("contacts")
+                .find({"name_folded": pattern}, {"_id": 1})
+                .limit(TEXT_MATCH_CONTACTS_CAP)
+            )
+            ids.update([d["_id"] async for d in names])
+            values = (
+                self._col("identities")
+                .find({"value_folded": pattern}, {"contact_id": 1})
+                .limit(TEXT_MATCH_CONTACTS_CAP)
+            )
+            ids.update([d["contact_id"] async for d in values])
+            conditions.append({"$or": [{"subject_folded": pattern}, {"contact_id": {"$in": sorted(ids)}}]})
+        if not conditions:
+            return {}
+        return conditions[0] if len(conditions) == 1 else {"$and": conditions}
+
+    @_translated
+    async def list_leads(self, query: LeadQuery, limit: int, cursor: str | None = None) -> Page[Lead]:
+        """Leads matching the query, newest first, cursor-paginated."""
+        mongo_query = await self._lead_query(query)
+        if cursor is not None:
+            if not cursor.isdigit():
+                raise ValueError(f"invalid cursor {cursor!r}")
+            mongo_query = (
+                {"$and": [mongo_query, {"_id": {"$lt": int(cursor)}}]}
+                if mongo_query
+                else {"_id": {"$lt": int(cursor)}}
+            )
+        found = self._col("leads").find(mongo_query).sort("_id", DESCENDING).limit(limit + 1)
+        docs = [doc async for doc in found]
+        leads = [_lead(d) for d in docs[:limit]]
+        next_cursor = str(leads[-1].number) if len(docs) > limit and leads else None
+        return Page(items=leads, next_cursor=next_cursor)
+
+    @_translated
+    async def count_active_by_assignee(self, manager_ids: list[str]) -> dict[str, int]:
+        """How many active leads each of these managers holds (0 included)."""
+        counts = dict.fromkeys(manager_ids, 0)
+        if not manager_ids:
+            return counts
+        pipeline: list[Doc] = [
+            {"$match": {"assignee": {"$in": manager_ids}, "status": {"$in": _ACTIVE}}},
+            {"$group": {"_id": "$assignee", "n": {"$sum": 1}}},
+        ]
+        async for row in await self._col("leads").aggregate(pipeline):
+            counts[row["_id"]] = int(row["n"])
+        return counts
+
+    async def _claim_marks(
+        self, pending: str, mark: str, event: EventType, now: datetime, limit: int
+    ) -> list[Lead]:
+        claimed: list[Lead] = []
+        for _ in range(max(limit, 0)):
+            # The pending mark is in the filter and removed by the same update: of any number of
+            # processes racing, exactly one matches each lead. `$exists` repeats the partial
+            # index's filter so the planner may use it (the sweep stays O(due leads)).
+            doc = await self._col("leads").find_one_and_update(
+                {pending: {"$exists": True, "$lte": now}},
+                {"$set": {mark: now}, "$unset": {pending: ""}},
+                sort=[(pending, ASCENDING)],
+                return_document=ReturnDocument.AFTER,
+            )
+            if doc is None:
+                break
+            lead = _lead(doc)
+            claimed.append(lead)
+            # Window: a crash between the claim above and this insert leaves the lead marked
+            # without its sla.* event (the mark, which decides "once", is never doubled).
+            await self._insert_event(
+                Event(
+                    event.value,
+                    now,
+                    lead.number,
+                    {
+                        "due": (lead.first_response_due or now).isoformat(),
+                        "assignee": lead.assignee,
+                        "team": lead.team,
+                    },
+                )
+            )
+        return sorted(claimed, key=lambda lead: lead.number)
+
+    @_translated
+    async def claim_due_warnings(self, now: datetime, limit: int) -> list[Lead]:
+        """Atomically mark leads whose warning time passed (and record sla.warning); once each."""
+        return await self._claim_marks("warn_pending_at", "warned_at", EventType.SLA_WARNING, now, limit)
+
+    @_translated
+    async def claim_due_breaches(self, now: datetime, limit: int) -> list[Lead]:
+        """Atomically mark leads whose due time passed (and record sla.breached); once each."""
+        return await self._claim_marks("breach_pending_at", "breached_at", EventType.SLA_BREACHED, now, limit)
+
+    # --- messages -------------------------------------------------------------------------
+    @_translated
+    async def add_message(self, message: Message) -> tuple[Message, bool]:
+        """Append a message; an inbound with a known (channel, external_id) returns the old one."""
+        if message.external_id is not None:
+            known = await self._find_message(message.channel, message.external_id)
+            if known is not None:
+                return known, False
+        doc = _message_doc(message, await self._next("message"))
+        try:
+            await self._col("messages").insert_one(doc)
+        except DuplicateKeyError as exc:
+            known = (
+                await self._find_message(message.channel, message.external_id)
+                if message.external_id is not None
+                else None
+            )
+            if known is None:
+                raise DuplicateError(f"message {message.id} is already stored") from exc
+            return known, False
+        return message, True
+
+    async def _find_message(self, channel: str, external_id: str) -> Message | None:
+        doc = await self._col("messages").find_one(
+            {"channel": channel, "external_id": {"$exists": True, "$eq": external_id}}
+        )
+        return _message(doc) if doc else None
+
+    @_translated
+    async def find_message(self, channel: str, external_id: str) -> Message | None:
+        """A message by its channel's external id."""
+        return await self._find_message(channel, external_id)
+
+    @_translated
+    async def get_message(self, message_id: str) -> Message | None:
+        """A message by id."""
+        doc = await self._col("messages").find_one({"_id": message_id})
+        return _message(doc) if doc else None
+
+    @_translated
+    async def list_messages(self, lead_number: int) -> list[Message]:
+        """The whole conversation of a lead in order."""
+        cursor = self._col("messages").find({"lead_number": lead_number}).sort("seq", ASCENDING)
+        return [_message(doc) async for doc in cursor]
+
+    @_translated
+    async def add_refs(self, lead_number: int, refs: list[str]) -> None:
+        """Remember ids (email Message-IDs, ...) that later replies may point at."""
+        if not refs:
+            return
+        # $max with upsert: a new ref takes this lead, a known one keeps the most recent lead.
+        await self._col("refs").bulk_write(
+            [
+                UpdateOne({"_id": ref}, {"$max": {"lead_number": lead_number}}, upsert=True)
+                for ref in set(refs)
+            ],
+            ordered=False,
+        )
+
+    @_translated
+    async def find_lead_by_refs(self, refs: list[str]) -> int | None:
+        """The lead any of these ids belongs to (most recent lead wins)."""
+        if not refs:
+            return None
+        doc = await self._col("refs").find_one(
+            {"_id": {"$in": list(refs)}}, sort=[("lead_number", DESCENDING)]
+        )
+        return int(doc["lead_number"]) if doc else None
+
+    # --- outbox ---------------------------------------------------------------------------
+    @_translated
+    async def add_outbound(self, message: Message, item: OutboxItem | None) -> None:
+        """Record an outbound message and its delivery row in one atomic write."""
+        message_doc = _message_doc(message, await self._next("message"))
+        row: Doc | None = None
+        if item is not None:
+            row = {
+                "_id": item.id,
+                "message_id": item.message_id,
+                "lead_number": item.lead_number,
+                "channel": item.channel,
+                "payload": _json(item.payload),
+                "state": DeliveryState.QUEUED.value,
+                "attempts": 0,
+                "next_attempt_at": item.next_attempt_at or item.created_at,
+                "last_error": "",
+                "claimed_by": None,
+                "claimed_until": None,
+                "sent_at": None,
+                "external_ref": "",
+                "created_at": item.created_at,
+            }
+
+        progress = {"row": False}
+
+        async def write(session: AsyncClientSession | None) -> None:
+            # Without a transaction: row first, then message. A crash between them leaves a
+            # row that is still delivered (the customer gets the reply, the conversation
+            # lacks it); the reverse order could leave a "queued" reply nobody ever sends.
+            if row is not None:
+                await self._col("outbox").insert_one(dict(row), session=session)
+                progress["row"] = session is None
+            await self._col("messages").insert_one(dict(message_doc), session=session)
+
+        try:
+            await self._atomic(write)
+        except DuplicateKeyError as exc:
+            if row is not None and progress["row"]:
+                # The message was refused after our fresh row went in: take the row back.
+                await self._col("outbox").delete_one({"_id": row["_id"], "message_id": row["message_id"]})
+            raise DuplicateError(f"outbox {item.id if item else '-'} / message {message.id}: {exc}") from exc
+
+    @_translated
+    async def outbox_claim(
+        self, channels: list[str], holder: str, now: datetime, lease_seconds: float, limit: int
+    ) -> list[OutboxItem]:
+        """Claim due queued rows of these channels; a row is held by one sender at a time."""
+        if not channels:
+            return []
+        until = now + timedelta(seconds=lease_seconds)
+        claimed: list[OutboxItem] = []
+        for _ in range(max(limit, 0)):
+            doc = await self._col("outbox").find_one_and_update(
+                {
+                    "state": DeliveryState.QUEUED.value,
+                    "channel": {"$in": list(channels)},
+                    "next_attempt_at": {"$lte": now},
+                    "$or": [{"claimed_until": None}, {"claimed_until": {"$lt": now}}],
+                },
+                {"$set": {"claimed_by": holder, "claimed_until": until}, "$inc": {"attempts": 1}},
+                sort=[("next_attempt_at", ASCENDING)],
+                return_document=ReturnDocument.AFTER,
+            )
+            if doc is None:
+                break
+            claimed.append(_outbox(doc))
+        return claimed
+
+    async def _finish_row(self, item_id: str, row_set: Doc, delivery: DeliveryState) -> None:
+        async def write(session: AsyncClientSession | None) -> None:
+            # Without a transaction the row is the truth: it is written first, and a message
+            # left behind shows the older state until the row is finished again.
+            row = await self._col("outbox").find_one_and_update(
+                {"_id": item_id}, {"$set": row_set}, session=session
+            )
+            if row is not None:
+                await self._col("messages").update_one(
+                    {"_id": row["message_id"]}, {"$set": {"delivery": delivery.value}}, session=session
+                )
+
+        await self._atomic(write)
+
+    @_translated
+    async def outbox_sent(self, item_id: str, now: datetime, external_ref: str) -> None:
+        """The row was delivered; its message is marked sent."""
+        await self._finish_row(
+            item_id,
+            {
+                "state": DeliveryState.SENT.value,
+                "sent_at": now,
+                "external_ref": external_ref,
+                "claimed_until": None,
+                "last_error": "",
+            },
+            DeliveryState.SENT,
+        )
+
+    @_translated
+    async def outbox_retry(self, item_id: str, next_attempt_at: datetime, error: str) -> None:
+        """A transient failure: try again at `next_attempt_at`."""
+        await self._col("outbox").update_one(
+            {"_id": item_id},
+            {"$set": {"next_attempt_at": next_attempt_at, "last_error": error[:2000], "claimed_until": None}},
+        )
+
+    @_translated
+    async def outbox_failed(self, item_id: str, error: str) -> None:
+        """A permanent failure: give up on this row and mark its message failed."""
+        await self._finish_row(
+            item_id,
+            {"state": DeliveryState.FAILED.value, "last_error": error[:2000], "claimed_until": None},
+            DeliveryState.FAILED,
+        )
+
+    @_translated
+    async def outbox_get(self, item_id: str) -> OutboxItem | None:
+        """One outbox row."""
+        doc = await self._col("outbox").find_one({"_id": item_id})
+        return _outbox(doc) if doc else None
+
+    @_translated
+    async def outbox_counts(self) -> dict[str, int]:
+        """Rows per state (queued, sent, failed), for health and metrics."""
+        counts = {state.value: 0 for state in DeliveryState}
+        async for row in await self._col("outbox").aggregate(
+            [{"$group": {"_id": "$state", "n": {"$sum": 1}}}]
+        ):
+            counts[row["_id"]] = int(row["n"])
+        return counts
+
+    # --- events, leases, state ------------------------------------------------------------
+    async def _insert_event(self, event: Event) -> Event:
+        stored = replace(event, id=await self._next("event"))
+        await self._col("events").insert_one(
+            {
+                "_id": stored.id,
+                "lead_number": stored.lead_number,
+                "type": stored.type,
+                "at": stored.at,
+                "data": _json(stored.data),
+            }
+        )
+        return stored
+
+    @_translated
+    async def append_event(self, event: Event) -> Event:
+        """Append to the audit log; returns the event with its id."""
+        return await self._insert_event(event)
+
+    @_translated
+    async def list_events(
+        self, lead_number: int | None = None, types: list[str] | None = None, limit: int = 1000
+    ) -> list[Event]:
+        """Events oldest first, of one lead and/or some types."""
+        query: Doc = {}
+        if lead_number is not None:
+            query["lead_number"] = lead_number
+        if types:
+            query["type"] = {"$in": list(types)}
+        cursor = self._col("events").find(query).sort("_id", ASCENDING).limit(limit)
+        return [_event(doc) async for doc in cursor]
+
+    @_translated
+    async def acquire_lease(self, name: str, holder: str, now: datetime, ttl_seconds: float) -> bool:
+        """Take or renew a named lease; True while `holder` has it."""
+        try:
+            # Matches only when the lease is ours or has expired; when someone else holds it,
+            # the upsert tries to insert a second document with the same name and fails.
+            await self._col("leases").update_one(
+                {"_id": name, "$or": [{"holder": holder}, {"expires_at": {"$lt": now}}]},
+                {"$set": {"holder": holder, "expires_at": now + timedelta(seconds=ttl_seconds)}},
+                upsert=True,
+            )
+        except DuplicateKeyError:
+            return False
+        return True
+
+    @_translated
+    async def release_lease(self, name: str, holder: str) -> None:
+        """Give a lease up, if held by `holder`."""
+        await self._col("leases").delete_one({"_id": name, "holder": holder})
+
+    @_translated
+    async def get_state(self, key: str) -> Any:
+        """A small JSON value by key (round-robin cursors, availability, channel offsets)."""
+        doc = await self._col("kv").find_one({"_id": key})
+        return doc["value"] if doc else None
+
+    @_translated
+    async def set_state(self, key: str, value: Any) -> None:
+        """Store a small JSON value."""
+        await self._col("kv").update_one({"_id": key}, {"$set": {"value": _json(value)}}, upsert=True)
+
+    @_translated
+    async def incr_state(self, key: str) -> int:
+        """Atomically add one to an integer state value and return the new value."""
+        doc = await self._col("kv").find_one_and_update(
+            {"_id": key}, {"$inc": {"value": 1}}, upsert=True, return_document=ReturnDocument.AFTER
+        )
+        assert doc is not None
+        return int(doc["value"])
+
+    # --- dashboard: reports, erasure, small aggregates --------------------------------------
+    @staticmethod
+    def _kpi_match(query: KpiQuery) -> Doc:
+        match: Doc = {"created_at": {"$gte": query.start, "$lt": query.end}}
+        for field, value in (
+            ("team", query.team),
+            ("assignee", query.assignee),
+            ("channel", query.channel),
+            ("kind", query.kind.value if query.kind else None),
+        ):
+            if value is not None:
+                match[field] = value
+        return match
+
+    @staticmethod
+    def _kpi_key(query: KpiQuery) -> Any:
+        if query.group_by is None:
+            return {"$literal": None}
+        if query.group_by == "day":
+            # Local days in the zone's own calendar, DST included.
+            return {
+                "$dateToString": {"format": "%Y-%m-%d", "date": "$created_at", "timezone": query.day_zone}
+            }
+        if query.group_by in KPI_GROUPS:
+            return f"${query.group_by}"
+        raise ValueError(f"cannot group a KPI report by {query.group_by!r}: use one of {KPI_GROUPS}")
+
+    @_translated
+    async def kpi_rows(self, query: KpiQuery) -> list[KpiRow]:
+        """KPI figures of leads created in the period, one row per group (an aggregation pipeline)."""
+
+        def seconds(field: str) -> Doc:
+            return {
+                "$cond": [
+                    {"$ne": [{"$ifNull": [f"${field}", None]}, None]},
+                    {"$divide": [{"$subtract": [f"${field}", "$created_at"]}, 1000]},
+                    None,
+                ]
+            }
+
+        def present(field: str) -> Doc:
+            return {"$ne": [{"$ifNull": [f"${field}", None]}, None]}
+
+        def flag(condition: Doc) -> Doc:
+            return {"$cond": [condition, 1, 0]}
+
+        pipeline: list[Doc] = [
+            {"$match": self._kpi_match(query)},
+            {
+                "$project": {
+                    "g": self._kpi_key(query),
+                    "f": seconds("first_response_at"),
+                    "r": seconds("resolved_at"),
+                    "ok": flag(
+                        {
+                            "$and": [
+                                present("first_response_at"),
+                                present("first_response_due"),
+                                {"$lte": ["$first_response_at", "$first_response_due"]},
+                            ]
+                        }
+                    ),
+                    "br": flag(present("breached_at")),
+                    "bra": flag({"$and": [present("breached_at"), present("first_response_at")]}),
+                }
+            },
+            {
+                "$group": {
+                    "_id": "$g",
+                    "received": {"$sum": 1},
+                    "responded": {"$sum": flag({"$ne": ["$f", None]})},
+                    "within": {"$sum": "$ok"},
+                    "breached": {"$sum": "$br"},
+                    "breached_answered": {"$sum": "$bra"},
+                    "resolved": {"$sum": flag({"$ne": ["$r", None]})},
+                    "frt_mean": {"$avg": "$f"},
+                    "rt_mean": {"$avg": "$r"},
+                }
+            },
+            {"$sort": {"_id": 1}},
+        ]
+        groups = [row async for row in await self._col("leads").aggregate(pipeline, allowDiskUse=True)]
+        result = []
+        for row in groups:
+            key = row["_id"]
+            frt: dict[float, float] = {}
+            resolution: dict[float, float] = {}
+            if query.group_by != "day":
+                if row["responded"]:
+                    frt = await self._kpi_percentiles(
+                        query, key, "first_response_at", row["responded"], (0.5, 0.9)
+                    )
+                if row["resolved"]:
+                    resolution = await self._kpi_percentiles(
+                        query, key, "resolved_at", row["resolved"], (0.5,)
+                    )
+            result.append(
+                KpiRow(
+                    group=None if key is None else str(key),
+                    received=int(row["received"]),
+                    responded=int(row["responded"]),
+                    within_target=int(row["within"]),
+                    breached=int(row["breached"]),
+                    resolved=int(row["resolved"]),
+                    frt_mean=row["frt_mean"],
+                    frt_median=frt.get(0.5),
+                    frt_p90=frt.get(0.9),
+                    resolution_mean=row["rt_mean"],
+                    resolution_median=resolution.get(0.5),
+                    breached_answered=int(row["breached_answered"]),
+                )
+            )
+        return result
+
+    async def _kpi_percentiles(
+        self, query: KpiQuery, key: Any, field: str, count: int, fractions: tuple[float, ...]
+    ) -> dict[float, float]:
+        """Exact percentiles of one group: sorted on the server, only the ranks around each come back."""
+        match = self._kpi_match(query)
+        if query.group_by is not None:
+            match[query.group_by] = key
+        match[field] = {"$type": "date"}
+        ranks: set[int] = set()
+        for fraction in fractions:
+            low = int((count - 1) * fraction)
+            ranks.update({low, min(low + 1, count - 1)})
+        values: dict[int, float] = {}
+        for rank in sorted(ranks):
+            pipeline: list[Doc] = [
+                {"$match": match},
+                {"$project": {"v": {"$divide": [{"$subtract": [f"${field}", "$created_at"]}, 1000]}}},
+                {"$sort": {"v": 1}},
+                {"$skip": rank},
+                {"$limit": 1},
+            ]
+            async for row in await self._col("leads").aggregate(pipeline, allowDiskUse=True):
+                values[rank] = float(row["v"])
+        result: dict[float, float] = {}
+        for fraction in fractions:
+            h = (count - 1) * fraction
+            low = int(h)
+            if low not in values:
+                continue
+            value = values[low]
+            if low + 1 < count and low + 1 in values:
+                value += (h - low) * (values[low + 1] - value)
+            result[fraction] = value
+        return result
+
+    @_translated
+    async def erase_contact(self, contact_id: str) -> list[int]:
+        """Delete a contact's personal data; its leads stay as anonymous numbers."""
+        numbers = sorted(
+            [int(d["_id"]) async for d in self._col("leads").find({"contact_id": contact_id}, {"_id": 1})]
+        )
+
+        async def write(session: AsyncClientSession | None) -> None:
+            # Idempotent steps: without a transaction, running the erasure again finishes it.
+            if numbers:
+                for name in ("outbox", "messages", "refs", "inbox"):
+                    await self._col(name).delete_many({"lead_number": {"$in": numbers}}, session=session)
+                await self._col("leads").update_many(
+                    {"contact_id": contact_id},
+                    [
+                        {
+                            "$set": {
+                                "subject": "",
+                                "subject_folded": "",
+                                "tags": [],
+                                "extra": {},
+                                "origin_external_id": {"$concat": ["erased:", {"$toString": "$_id"}]},
+                            }
+                        }
+                    ],
+                    session=session,
+                )
+            await self._col("identities").delete_many({"contact_id": contact_id}, session=session)
+            await self._col("contacts").delete_one({"_id": contact_id}, session=session)
+
+        await self._atomic(write)
+        return numbers
+
+    @_translated
+    async def handled_since(self, since: datetime) -> dict[str, int]:
+        """Per assignee, leads first answered or resolved since `since`."""
+        pipeline: list[Doc] = [
+            {
+                "$match": {
+                    "assignee": {"$type": "string"},
+                    "$or": [{"first_response_at": {"$gte": since}}, {"resolved_at": {"$gte": since}}],
+                }
+            },
+            {"$group": {"_id": "$assignee", "n": {"$sum": 1}}},
+        ]
+        return {row["_id"]: int(row["n"]) async for row in await self._col("leads").aggregate(pipeline)}
+
+    @_translated
+    async def active_counts(self) -> list[tuple[str | None, bool, int]]:
+        """Active leads as (team, breached, count) rows."""
+        pipeline: list[Doc] = [
+            {"$match": {"status": {"$in": _ACTIVE}}},
+            {
+                "$group": {
+                    "_id": {
+                        "team": {"$ifNull": ["$team", None]},
+                        "b": {"$ne": [{"$ifNull": ["$breached_at", None]}, None]},
+                    },
+                    "n": {"$sum": 1},
+                }
+            },
+        ]
+        return [
+            (row["_id"]["team"], bool(row["_id"]["b"]), int(row["n"]))
+            async for row in await self._col("leads").aggregate(pipeline)
+        ]

@@ -14,9 +14,10 @@ import json
 import sqlite3
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import aiosqlite
 
@@ -38,7 +39,16 @@ from hub.domain import (
     OutboxItem,
     Page,
 )
-from storage.base import DuplicateError, LeadChanges, LeadQuery, StoreError
+from storage.base import (
+    KPI_GROUPS,
+    DuplicateError,
+    KpiQuery,
+    KpiRow,
+    LeadChanges,
+    LeadQuery,
+    StoreError,
+    interpolated_percentiles,
+)
 
 SCHEMA_VERSION = 1
 
@@ -87,6 +97,7 @@ CREATE INDEX IF NOT EXISTS leads_contact_status ON leads (contact_id, status);
 CREATE INDEX IF NOT EXISTS leads_assignee_status ON leads (assignee, status);
 CREATE INDEX IF NOT EXISTS leads_status_number ON leads (status, number);
 CREATE INDEX IF NOT EXISTS leads_created ON leads (created_at);
+CREATE INDEX IF NOT EXISTS leads_breached ON leads (number) WHERE breached_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS messages (
     id TEXT PRIMARY KEY, lead_number INTEGER NOT NULL, direction TEXT NOT NULL,
     channel TEXT NOT NULL, author TEXT NOT NULL, text TEXT NOT NULL,
@@ -112,6 +123,12 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_lead ON events (lead_number, id);
 CREATE INDEX IF NOT EXISTS events_type ON events (type, id);
 CREATE TABLE IF NOT EXISTS leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS leads_report ON leads (created_at, team, assignee, channel, kind,
+    first_response_at, first_response_due, resolved_at, breached_at);
+CREATE INDEX IF NOT EXISTS leads_frt ON leads (first_response_at - created_at, created_at, team, assignee,
+    channel, kind) WHERE first_response_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS leads_rt ON leads (resolved_at - created_at, created_at, team, assignee,
+    channel, kind) WHERE resolved_at IS NOT NULL;
 """
 
 
@@ -125,6 +142,11 @@ def _dt(value: float | None) -> datetime | None:
 
 def _req_dt(value: float) -> datetime:
     return datetime.fromtimestamp(value, UTC)
+
+
+def _fold(value: str | None) -> str | None:
+    """Unicode case folding for text search (SQLite's own lower() knows ASCII only)."""
+    return None if value is None else value.casefold()
 
 
 def _attachments_json(items: Iterable[Attachment]) -> str:
@@ -238,6 +260,29 @@ def _event(row: sqlite3.Row) -> Event:
     )
 
 
+#: KPI measure -> (timestamp column, the partial index that keeps leads sorted by it - created_at).
+_KPI_MEASURES = {"frt": ("first_response_at", "leads_frt"), "rt": ("resolved_at", "leads_rt")}
+
+#: Up to this many leads in a report period, percentiles come from one sort instead of index walks.
+_KPI_SORT_LIMIT = 100_000
+
+
+def _local_days(start: datetime, end: datetime, zone_name: str) -> list[Any]:
+    """(label, start ts, end ts) triples, flattened, for each local day touching [start, end)."""
+    zone = ZoneInfo(zone_name)
+    day = start.astimezone(zone).date()
+    flat: list[Any] = []
+    while True:
+        begins = datetime.combine(day, time(0), tzinfo=zone)
+        if begins >= end:
+            break
+        following = day + timedelta(days=1)
+        ends = datetime.combine(following, time(0), tzinfo=zone)
+        flat.extend([day.isoformat(), max(begins, start).timestamp(), min(ends, end).timestamp()])
+        day = following
+    return flat
+
+
 _ACTIVE = tuple(s.value for s in ACTIVE_STATUSES)
 _ACTIVE_SQL = "(" + ",".join(f"'{s}'" for s in sorted(_ACTIVE)) + ")"
 
@@ -279,6 +324,7 @@ class SqliteStore:
         # or power loss can lose the last commits.
         await self._db.execute("PRAGMA synchronous = NORMAL")
         await self._db.execute("PRAGMA foreign_keys = OFF")
+        await self._db.create_function("hub_fold", 1, _fold, deterministic=True)
         await self._db.execute("BEGIN IMMEDIATE")
         try:
             await self._create_schema()
@@ -591,24 +637,27 @@ class SqliteStore:
             _ts(lead.first_response_due) if pending else None,
             _ts(lead.warn_due) if pending and lead.warned_at is None else None,
         )
-        async with self._unit() as db:
-            cursor = await db.execute(
-                f"INSERT INTO leads ({_LEAD_COLUMNS}, breach_pending_at, warn_pending_at) "
-                f"VALUES ({','.join('?' * 22)}) ON CONFLICT (channel, origin_external_id) DO NOTHING",
-                values,
-            )
-            inserted = cursor.rowcount
-            await cursor.close()
-            if not inserted:
+        try:
+            async with self._unit() as db:
                 cursor = await db.execute(
-                    f"SELECT {_LEAD_COLUMNS} FROM leads WHERE channel = ? AND origin_external_id = ?",
-                    (lead.channel, lead.origin_external_id),
+                    f"INSERT INTO leads ({_LEAD_COLUMNS}, breach_pending_at, warn_pending_at) "
+                    f"VALUES ({','.join('?' * 22)}) ON CONFLICT (channel, origin_external_id) DO NOTHING",
+                    values,
                 )
-                row = await cursor.fetchone()
+                inserted = cursor.rowcount
                 await cursor.close()
-                if row is None:
-                    raise DuplicateError(f"lead number {lead.number} is already taken")
-                return _lead(row), False
+                if not inserted:
+                    cursor = await db.execute(
+                        f"SELECT {_LEAD_COLUMNS} FROM leads WHERE channel = ? AND origin_external_id = ?",
+                        (lead.channel, lead.origin_external_id),
+                    )
+                    row = await cursor.fetchone()
+                    await cursor.close()
+                    assert row is not None
+                    return _lead(row), False
+        except sqlite3.IntegrityError as exc:
+            # ON CONFLICT names only the origin key: a taken number still raises here.
+            raise DuplicateError(f"lead number {lead.number} is already taken: {exc}") from exc
         return lead, True
 
     async def get_lead(self, number: int) -> Lead | None:
@@ -675,13 +724,16 @@ class SqliteStore:
             put("warn_due", _ts(changes.warn_due))
             put("warned_at", None)
             put("warn_pending_at", _ts(changes.warn_due))
-        if changes.extra:
-            row = await self._read_one("SELECT extra FROM leads WHERE number = ?", (number,))
-            merged = {**(json.loads(row["extra"]) if row else {}), **changes.extra}
-            put("extra", json.dumps(merged, ensure_ascii=False))
         put("updated_at", _ts(changes.updated_at or datetime.now(UTC)))
-        params.append(number)
         async with self._unit() as db:
+            if changes.extra:
+                # Read inside the unit: a read before it could lose another writer's keys.
+                cursor = await db.execute("SELECT extra FROM leads WHERE number = ?", (number,))
+                row = await cursor.fetchone()
+                await cursor.close()
+                merged = {**(json.loads(row["extra"]) if row else {}), **changes.extra}
+                put("extra", json.dumps(merged, ensure_ascii=False))
+            params.append(number)
             await db.execute(f"UPDATE leads SET {', '.join(sets)} WHERE number = ?", params)
             cursor = await db.execute(f"SELECT {_LEAD_COLUMNS} FROM leads WHERE number = ?", (number,))
             row = await cursor.fetchone()
@@ -714,12 +766,15 @@ class SqliteStore:
             where.append("contact_id = ?")
             params.append(query.contact_id)
         if query.text:
-            like = f"%{query.text}%"
+            # LIKE folds ASCII only and treats % and _ as patterns: staff search Cyrillic names
+            # in any case and type literal text, so compare Unicode-casefolded substrings.
+            needle = query.text.casefold()
             where.append(
-                "(subject LIKE ? OR contact_id IN (SELECT id FROM contacts WHERE name LIKE ?) "
-                "OR contact_id IN (SELECT contact_id FROM identities WHERE value LIKE ?))"
+                "(instr(hub_fold(subject), ?) > 0 "
+                "OR contact_id IN (SELECT id FROM contacts WHERE instr(hub_fold(name), ?) > 0) "
+                "OR contact_id IN (SELECT contact_id FROM identities WHERE instr(hub_fold(value), ?) > 0))"
             )
-            params.extend([like, like, like])
+            params.extend([needle, needle, needle])
         if cursor is not None:
             if not cursor.isdigit():
                 raise ValueError(f"invalid cursor {cursor!r}")
@@ -864,23 +919,32 @@ class SqliteStore:
 
     # --- outbox ---------------------------------------------------------------------------
     async def add_outbound(self, message: Message, item: OutboxItem | None) -> None:
-        async with self._unit() as db:
-            await self._insert_message(db, message)
-            if item is not None:
-                await db.execute(
-                    "INSERT INTO outbox (id, message_id, lead_number, channel, payload, state, attempts, "
-                    "next_attempt_at, created_at) VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?)",
-                    (
-                        item.id,
-                        item.message_id,
-                        item.lead_number,
-                        item.channel,
-                        json.dumps(item.payload, ensure_ascii=False),
-                        DeliveryState.QUEUED.value,
-                        (item.next_attempt_at or item.created_at).timestamp(),
-                        item.created_at.timestamp(),
-                    ),
-                )
+        try:
+            async with self._unit() as db:
+                if not await self._insert_message(db, message):
+                    # Same (channel, external_id) as a stored message: a retried request.
+                    # Refuse the whole unit so no second delivery row is queued for it.
+                    raise DuplicateError(
+                        f"message {message.channel}:{message.external_id} is already stored (lead L-{message.lead_number})"
+                    )
+                if item is not None:
+                    await db.execute(
+                        "INSERT INTO outbox (id, message_id, lead_number, channel, payload, state, attempts, "
+                        "next_attempt_at, created_at) VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?)",
+                        (
+                            item.id,
+                            item.message_id,
+                            item.lead_number,
+                            item.channel,
+                            json.dumps(item.payload, ensure_ascii=False),
+                            DeliveryState.QUEUED.value,
+                            (item.next_attempt_at or item.created_at).timestamp(),
+                            item.created_at.timestamp(),
+                        ),
+                    )
+        except sqlite3.IntegrityError as exc:
+            # The unit rolled back, so the message is not stored without its delivery row.
+            raise DuplicateError(f"outbox {item.id if item else '-'} / message {message.id}: {exc}") from exc
 
     async def outbox_claim(
         self, channels: list[str], holder: str, now: datetime, lease_seconds: float, limit: int
@@ -1011,3 +1075,180 @@ class SqliteStore:
             await cursor.close()
         assert row is not None
         return int(row[0])
+
+    # --- dashboard: reports, erasure, small aggregates --------------------------------------
+    @staticmethod
+    def _kpi_filters(query: KpiQuery) -> tuple[list[str], list[Any]]:
+        where = ["created_at >= ?", "created_at < ?"]
+        params: list[Any] = [query.start.timestamp(), query.end.timestamp()]
+        for column, value in (
+            ("team", query.team),
+            ("assignee", query.assignee),
+            ("channel", query.channel),
+            ("kind", query.kind.value if query.kind else None),
+        ):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        return where, params
+
+    async def _kpi_rank_values(
+        self,
+        query: KpiQuery,
+        group: tuple[str, Any] | None,
+        measure: str,
+        count: int,
+        fractions: tuple[float, ...],
+    ) -> dict[float, float]:
+        """Linearly interpolated percentiles of `measure` among `count` non-null values."""
+        # The partial expression indexes keep leads sorted by response/resolution time, so the
+        # k-th value is found by walking the index (no sort of the whole period).
+        column, index = _KPI_MEASURES[measure]
+        where, params = self._kpi_filters(query)
+        where.insert(0, f"{column} IS NOT NULL")
+        if group is not None:
+            where.append(f"{group[0]} IS ?")
+            params.append(group[1])
+        sql = (
+            f"SELECT {column} - created_at AS v FROM leads INDEXED BY {index} WHERE {' AND '.join(where)} "
+            f"ORDER BY {column} - created_at LIMIT 2 OFFSET ?"
+        )
+        result: dict[float, float] = {}
+        for fraction in fractions:
+            h = (count - 1) * fraction
+            low = int(h)
+            rows = await self._read(sql, [*params, low])
+            if not rows:
+                continue
+            value = float(rows[0]["v"])
+            if len(rows) > 1:
+                value += (h - low) * (float(rows[1]["v"]) - value)
+            result[fraction] = value
+        return result
+
+    async def _kpi_small_percentiles(
+        self, query: KpiQuery, group: str
+    ) -> tuple[dict[Any, dict[float, float]], dict[Any, dict[float, float]]]:
+        """Percentiles per group for a small period: its few times are sorted here, not in SQL."""
+        where, params = self._kpi_filters(query)
+        rows = await self._read(
+            f"SELECT {group} AS g, first_response_at - created_at AS f, resolved_at - created_at AS r "
+            f"FROM leads WHERE (first_response_at IS NOT NULL OR resolved_at IS NOT NULL) "
+            f"AND {' AND '.join(where)}",
+            params,
+        )
+        frt: dict[Any, list[float]] = {}
+        resolution: dict[Any, list[float]] = {}
+        for key, f, r in rows:
+            if f is not None:
+                frt.setdefault(key, []).append(f)
+            if r is not None:
+                resolution.setdefault(key, []).append(r)
+        return (
+            {k: interpolated_percentiles(v, (0.5, 0.9)) for k, v in frt.items()},
+            {k: interpolated_percentiles(v, (0.5,)) for k, v in resolution.items()},
+        )
+
+    async def kpi_rows(self, query: KpiQuery) -> list[KpiRow]:
+        source = "leads"
+        days: list[Any] = []
+        if query.group_by is None:
+            group = "NULL"
+        elif query.group_by == "day":
+            # Local days from the zone's own midnights, so DST days are 23 or 25 hours long.
+            days = _local_days(query.start, query.end, query.day_zone)
+            values = ",".join("(?, ?, ?)" for _ in range(len(days) // 3))
+            source = (
+                f"(WITH days(label, s, e) AS (VALUES {values}) SELECT days.label, leads.* FROM days "
+                "JOIN leads ON leads.created_at >= days.s AND leads.created_at < days.e)"
+            )
+            group = "label"
+        elif query.group_by in KPI_GROUPS:
+            group = query.group_by
+        else:
+            raise ValueError(f"cannot group a KPI report by {query.group_by!r}: use one of {KPI_GROUPS}")
+        where, params = self._kpi_filters(query)
+        rows = await self._read(
+            f"SELECT {group} AS g, COUNT(*) AS received, COUNT(first_response_at) AS responded, "
+            "TOTAL(first_response_at <= first_response_due) AS within, "
+            "TOTAL(breached_at IS NOT NULL) AS breached, "
+            "TOTAL(breached_at IS NOT NULL AND first_response_at IS NOT NULL) AS breached_answered, "
+            "COUNT(resolved_at) AS resolved, AVG(first_response_at - created_at) AS frt_mean, "
+            f"AVG(resolved_at - created_at) AS rt_mean FROM {source} WHERE {' AND '.join(where)} "
+            "GROUP BY g ORDER BY g",
+            [*days, *params],
+        )
+        # Small periods: their times are read once and sorted in Python. Large periods: walk
+        # the expression indexes per group, which never sorts but reads the index up to the rank.
+        windowed = query.group_by != "day" and sum(r["received"] for r in rows) <= _KPI_SORT_LIMIT
+        frt_by: dict[Any, dict[float, float]] = {}
+        rt_by: dict[Any, dict[float, float]] = {}
+        if windowed:
+            frt_by, rt_by = await self._kpi_small_percentiles(query, group)
+        result = []
+        for row in rows:
+            key = row["g"]
+            frt: dict[float, float] = frt_by.get(key, {})
+            resolution: dict[float, float] = rt_by.get(key, {})
+            # Per-day series carry counts and means only: a percentile walk per day would cost
+            # one index pass per day.
+            if query.group_by != "day" and not windowed:
+                selector = None if query.group_by is None else (query.group_by, key)
+                if row["responded"]:
+                    frt = await self._kpi_rank_values(query, selector, "frt", row["responded"], (0.5, 0.9))
+                if row["resolved"]:
+                    resolution = await self._kpi_rank_values(query, selector, "rt", row["resolved"], (0.5,))
+            label = None if key is None else str(key)
+            result.append(
+                KpiRow(
+                    group=label,
+                    received=row["received"],
+                    responded=row["responded"],
+                    within_target=int(row["within"]),
+                    breached=int(row["breached"]),
+                    resolved=row["resolved"],
+                    frt_mean=row["frt_mean"],
+                    frt_median=frt.get(0.5),
+                    frt_p90=frt.get(0.9),
+                    resolution_mean=row["rt_mean"],
+                    resolution_median=resolution.get(0.5),
+                    breached_answered=int(row["breached_answered"]),
+                )
+            )
+        if query.group_by is None and result and result[0].received == 0:
+            return []
+        return result
+
+    async def erase_contact(self, contact_id: str) -> list[int]:
+        async with self._unit() as db:
+            cursor = await db.execute("SELECT number FROM leads WHERE contact_id = ?", (contact_id,))
+            numbers = [int(r[0]) for r in await cursor.fetchall()]
+            await cursor.close()
+            if numbers:
+                marks = ",".join("?" * len(numbers))
+                for table in ("outbox", "messages", "refs", "inbox"):
+                    await db.execute(f"DELETE FROM {table} WHERE lead_number IN ({marks})", numbers)
+                await db.execute(
+                    "UPDATE leads SET subject = '', tags = '[]', extra = '{}', "
+                    "origin_external_id = 'erased:' || number WHERE contact_id = ?",
+                    (contact_id,),
+                )
+            await db.execute("DELETE FROM identities WHERE contact_id = ?", (contact_id,))
+            await db.execute("DELETE FROM contacts WHERE id = ?", (contact_id,))
+        return sorted(numbers)
+
+    async def handled_since(self, since: datetime) -> dict[str, int]:
+        ts = since.timestamp()
+        rows = await self._read(
+            "SELECT assignee, COUNT(*) AS n FROM leads WHERE assignee IS NOT NULL AND "
+            "(first_response_at >= ? OR resolved_at >= ?) GROUP BY assignee",
+            (ts, ts),
+        )
+        return {r["assignee"]: r["n"] for r in rows}
+
+    async def active_counts(self) -> list[tuple[str | None, bool, int]]:
+        rows = await self._read(
+            f"SELECT team, breached_at IS NOT NULL AS b, COUNT(*) AS n FROM leads "
+            f"WHERE status IN {_ACTIVE_SQL} GROUP BY team, b"
+        )
+        return [(r["team"], bool(r["b"]), r["n"]) for r in rows]

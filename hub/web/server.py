@@ -10,7 +10,9 @@ from aiohttp import web
 
 from hub.errors import ConflictError, NotFoundError, ValidationFailed
 from hub.web.api import require_token, setup_api
+from hub.web.dashboard import setup_dashboard
 from hub.web.keys import HUB_KEY
+from hub.web.metrics import setup_metrics
 from storage.base import StoreError
 
 if TYPE_CHECKING:
@@ -65,6 +67,8 @@ def create_web_app(hub: Hub) -> web.Application:
     app[HUB_KEY] = hub
     app.router.add_get("/healthz", healthz)
     setup_api(app)
+    setup_metrics(app)
+    setup_dashboard(app)
     for setup in hub.web_setups:
         setup(app)
     return app

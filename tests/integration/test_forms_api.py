@@ -46,3 +46,142 @@ async def test_service_form_is_due_in_12h_and_goes_to_service_team(hub: Hub, htt
     assert lead["contact"]["identities"] == [{"kind": "phone", "value": "+380671234567"}]
     assert [m["text"] for m in lead["messages"]] == ["Зламався котел"]
     assert {"lead.created", "lead.assigned", "message.added"} <= {e["type"] for e in lead["events"]}
+
+
+async def test_idempotency_key_makes_double_submit_one_lead(hub: Hub, http, base_url) -> None:
+    headers = {"Idempotency-Key": "submit-0001-abc"}
+    fields = {"email": "twice@example.com", "message": "double click"}
+    first = await http.post(f"{base_url}/forms/contact", json=fields, headers=headers)
+    second = await http.post(f"{base_url}/forms/contact", json=fields, headers=headers)
+    assert (first.status, second.status) == (201, 200)
+    assert (await first.json())["lead"] == (await second.json())["lead"] == "L-1"
+    assert len(await hub.store.list_messages(1)) == 1
+
+
+async def test_validation_errors_are_field_level_and_store_nothing(hub: Hub, http, base_url) -> None:
+    resp = await http.post(f"{base_url}/forms/contact", json={"email": "nope", "phone": "12", "message": ""})
+    assert resp.status == 422
+    body = await resp.json()
+    assert body["error"] == "validation_failed"
+    assert set(body["fields"]) == {"email", "phone", "message"}
+    assert await hub.store.get_lead(1) is None
+    assert await hub.store.inbox_list("pending") == [] and await hub.store.inbox_list("done") == []
+
+
+async def test_unknown_form_oversized_body_and_honeypot(hub: Hub, http, base_url) -> None:
+    assert (await http.post(f"{base_url}/forms/nope", json={"message": "x"})).status == 404
+    assert (await http.get(f"{base_url}/forms/nope")).status == 404
+    big = await http.post(f"{base_url}/forms/contact", json={"email": "a@b.cd", "message": "x" * 400_000})
+    assert big.status == 413
+    assert (await big.json())["error"] == "too_large"
+    bot = await http.post(
+        f"{base_url}/forms/contact", json={"email": "a@b.cd", "message": "buy", "website": "http://spam"}
+    )
+    assert bot.status == 400
+    assert await hub.store.get_lead(1) is None
+
+
+async def test_rate_limit_answers_429_with_retry_after(settings_factory, http) -> None:
+    hub = Hub(settings_factory(web={"form_rate_limit": "2/m"}))
+    await hub.start()
+    try:
+        url = f"http://127.0.0.1:{hub.web_port}/forms/contact"
+        statuses = [
+            (await http.post(url, json={"email": f"r{i}@example.com", "message": "hi"})).status
+            for i in range(3)
+        ]
+        assert statuses == [201, 201, 429]
+        limited = await http.post(url, json={"email": "r9@example.com", "message": "hi"})
+        assert int(limited.headers["Retry-After"]) > 0
+    finally:
+        await hub.stop()
+
+
+async def test_api_requires_the_bearer_token(hub: Hub, http, base_url) -> None:
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic abc"}):
+        resp = await http.get(f"{base_url}/api/v1/leads", headers=headers)
+        assert resp.status == 401
+        assert (await resp.json())["error"] == "unauthorized"
+    health = await (await http.get(f"{base_url}/healthz")).json()
+    assert health == {"status": "ok", "storage": "sqlite"}
+
+
+async def test_api_lead_lifecycle(hub: Hub, http, base_url, auth) -> None:
+    created = await http.post(
+        f"{base_url}/api/v1/leads",
+        json={
+            "name": "CRM",
+            "email": "crm@example.com",
+            "text": "From the website backend",
+            "kind": "service_request",
+            "external_id": "crm-42",
+        },
+        headers=auth,
+    )
+    assert created.status == 201
+    lead = await created.json()
+    assert (lead["lead"], lead["channel"], lead["kind"]) == ("L-1", "api", "service_request")
+    again = await http.post(
+        f"{base_url}/api/v1/leads",
+        json={"email": "crm@example.com", "text": "From the website backend", "external_id": "crm-42"},
+        headers=auth,
+    )
+    assert again.status == 200 and (await again.json())["lead"] == "L-1"
+
+    assigned = await http.post(f"{base_url}/api/v1/leads/L-1/assign", json={"manager": "iryna"}, headers=auth)
+    assert assigned.status == 200 and (await assigned.json())["assignee"] == "iryna"
+    bad_manager = await http.post(
+        f"{base_url}/api/v1/leads/L-1/assign", json={"manager": "ghost"}, headers=auth
+    )
+    assert bad_manager.status == 422
+    empty = await http.post(
+        f"{base_url}/api/v1/leads/L-1/replies", json={"text": " ", "author": "iryna"}, headers=auth
+    )
+    assert empty.status == 422
+    reply = await http.post(
+        f"{base_url}/api/v1/leads/L-1/replies", json={"text": "Готово", "author": "iryna"}, headers=auth
+    )
+    assert reply.status == 201 and (await reply.json())["direction"] == "out"
+    resolved = await http.post(f"{base_url}/api/v1/leads/L-1/resolve", headers=auth)
+    assert (await resolved.json())["status"] == "resolved"
+    assert (await http.post(f"{base_url}/api/v1/leads/L-1/resolve", headers=auth)).status == 409
+    assert (await http.get(f"{base_url}/api/v1/leads/L-99", headers=auth)).status == 404
+    detail = await (await http.get(f"{base_url}/api/v1/leads/L-1", headers=auth)).json()
+    types = [e["type"] for e in detail["events"]]
+    assert types.count("lead.assigned") == 2 and "reply.recorded" in types and "lead.resolved" in types
+
+
+async def test_list_filters_and_cursor_pagination(hub: Hub, http, base_url, auth) -> None:
+    for i in range(7):
+        form = "service" if i % 2 else "contact"
+        resp = await http.post(
+            f"{base_url}/forms/{form}", json={"email": f"p{i}@example.com", "message": f"m{i}"}
+        )
+        assert resp.status == 201
+    seen: list[str] = []
+    cursor = None
+    for _ in range(10):
+        url = f"{base_url}/api/v1/leads?limit=3" + (f"&cursor={cursor}" if cursor else "")
+        page = await (await http.get(url, headers=auth)).json()
+        seen += [i["lead"] for i in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == [f"L-{n}" for n in range(7, 0, -1)]
+    service = await (await http.get(f"{base_url}/api/v1/leads?kind=service_request", headers=auth)).json()
+    assert {i["kind"] for i in service["items"]} == {"service_request"} and len(service["items"]) == 3
+    bad = await http.get(f"{base_url}/api/v1/leads?kind=bogus", headers=auth)
+    assert bad.status == 422 and (await bad.json())["error"] == "validation_failed"
+
+
+async def test_reply_with_idempotency_key_is_recorded_once(hub: Hub, http, base_url, auth) -> None:
+    await http.post(f"{base_url}/forms/contact", json={"email": "idem@example.com", "message": "hi"})
+    headers = {**auth, "Idempotency-Key": "reply-777"}
+    body = {"text": "Одна відповідь", "author": "olena"}
+    first, second = [
+        await http.post(f"{base_url}/api/v1/leads/L-1/replies", json=body, headers=headers) for _ in range(2)
+    ]
+    assert (await first.json())["id"] == (await second.json())["id"]
+    outgoing = [m for m in await hub.store.list_messages(1) if m.direction.value == "out"]
+    assert len(outgoing) == 1
+    assert (await hub.store.outbox_counts())["queued"] == 1

@@ -1,0 +1,1 @@
+"""KPI report benchmark: `python -m bench.reports [--leads N]`."""

@@ -1,0 +1,106 @@
+"""KPI report over many leads on SQLite: prints how long the database aggregation takes.
+
+    python -m bench.reports --leads 1000000
+
+Builds (once, then reuses) bench/out/reports-N.db with N leads spread over a year, four
+managers in two teams, three channels and both kinds, then times the report the dashboard
+and `GET /api/v1/reports/kpi` compute: the summary alone, and summary + the four breakdowns +
+the per-day series, for the whole year and for one month.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import sqlite3
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from hub.reports import Filters, Period, build_report
+from storage.sqlite import SqliteStore
+
+OUT = Path(__file__).resolve().parents[1] / "out"
+START = datetime(2025, 1, 1, tzinfo=UTC)
+MANAGERS = [("olena", "support"), ("taras", "support"), ("iryna", "service"), ("andrii", "service")]
+CHANNELS = ["email", "webform", "telegram"]
+
+
+def _rows(count: int, seed: int = 7):  # type: ignore[no-untyped-def]
+    rng = random.Random(seed)
+    year = 365 * 86400
+    base = START.timestamp()
+    for number in range(1, count + 1):
+        created = base + rng.random() * year
+        kind = "service_request" if rng.random() < 0.3 else "message"
+        assignee, team = MANAGERS[rng.randrange(4) if kind == "message" else 2 + rng.randrange(2)]
+        target = 12 * 3600 if kind == "service_request" else 4 * 3600
+        due = created + target
+        answered = rng.random() < 0.9
+        first = created + rng.expovariate(1 / (target * 0.5)) if answered else None
+        breached = due if (first is None or first > due) else None
+        resolved = (first + rng.expovariate(1 / 86400)) if first is not None and rng.random() < 0.8 else None
+        status = "resolved" if resolved else ("waiting_customer" if first else "open")
+        yield (
+            number, kind, CHANNELS[rng.randrange(3)], f"c{number % 200000}", status, "", "", assignee, team,
+            0, "[]", f"bench-{number}", created, created, first, resolved, due, created + target * 0.8,
+            None, breached,
+        )  # fmt: skip
+
+
+async def build(path: Path, count: int) -> None:
+    store = SqliteStore(path)
+    await store.open()
+    await store.close()
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA synchronous = OFF")
+        db.executemany(
+            "INSERT INTO leads (number, kind, channel, contact_id, status, subject, form_id, assignee, team, "
+            "priority, tags, origin_external_id, created_at, updated_at, first_response_at, resolved_at, "
+            "first_response_due, warn_due, warned_at, breached_at) VALUES "
+            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            _rows(count),
+        )
+        db.execute("ANALYZE")
+
+
+async def timed(label: str, store: SqliteStore, period: Period, breakdowns: bool, repeat: int = 3) -> None:
+    zone = ZoneInfo("Europe/Kyiv")
+    best = float("inf")
+    received = 0
+    for _ in range(repeat):
+        began = time.perf_counter()
+        report = await build_report(store, period, Filters(), zone, breakdowns=breakdowns)
+        best = min(best, time.perf_counter() - began)
+        received = report.summary.row.received
+    print(f"{label:<44} {received:>9} leads  {best:7.3f} s (best of {repeat})")
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--leads", type=int, default=1_000_000)
+    args = parser.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / f"reports-{args.leads}.db"
+    if not path.exists():
+        began = time.perf_counter()
+        await build(path, args.leads)
+        print(f"built {path} with {args.leads} leads in {time.perf_counter() - began:.1f} s")
+    store = SqliteStore(path)
+    await store.open()
+    try:
+        year = Period(START, START + timedelta(days=365))
+        month = Period(START + timedelta(days=31), START + timedelta(days=59))
+        await timed("summary, whole year", store, year, breakdowns=False)
+        await timed("summary + 4 breakdowns + per day, whole year", store, year, breakdowns=True)
+        await timed("summary, one month", store, month, breakdowns=False)
+        await timed("summary + 4 breakdowns + per day, one month", store, month, breakdowns=True)
+    finally:
+        await store.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

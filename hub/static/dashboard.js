@@ -1,0 +1,69 @@
+// Dashboard behaviour: live SLA countdowns and live queue updates over server-sent events.
+// No inline scripts anywhere: the CSP only allows files from /static.
+"use strict";
+(function () {
+  var units = (document.body.dataset.units || "d,h,m,s").split(",");
+  function fmt(ms) {
+    var s = Math.floor(Math.abs(ms) / 1000), d = Math.floor(s / 86400), h = Math.floor(s % 86400 / 3600),
+        m = Math.floor(s % 3600 / 60), sec = s % 60, pad = function (n) { return (n < 10 ? "0" : "") + n; };
+    if (d) return d + units[0] + " " + h + units[1];
+    if (h) return h + units[1] + " " + pad(m) + units[2];
+    if (m) return m + units[2] + " " + pad(sec) + units[3];
+    return sec + units[3];
+  }
+  function tick() {
+    var now = Date.now(), table = document.querySelector("table.queue");
+    var overdue = table ? table.dataset.overdue : "overdue", left = table ? table.dataset.left : "left";
+    document.querySelectorAll("[data-due]").forEach(function (cell) {
+      var due = Date.parse(cell.dataset.due), warn = cell.dataset.warn ? Date.parse(cell.dataset.warn) : null;
+      var out = cell.querySelector(".countdown");
+      if (!out || isNaN(due)) return;
+      var ms = due - now;
+      out.textContent = ms < 0 ? overdue + " " + fmt(ms) : fmt(ms) + " " + left;
+      var row = cell.closest("tr") || cell;
+      var state = ms < 0 ? "breached" : (warn !== null && now >= warn ? "warned" : "ok");
+      row.classList.remove("state-ok", "state-warned", "state-breached");
+      row.classList.add("state-" + state);
+    });
+  }
+  function refreshRows(table, leadRef) {
+    fetch(table.dataset.rowsUrl, { credentials: "same-origin", headers: { "Accept": "text/html" } })
+      .then(function (r) { if (!r.ok) throw new Error(r.status); return r.text(); })
+      .then(function (html) {
+        var body = document.getElementById("queue-rows");
+        body.innerHTML = html;
+        if (leadRef) {
+          var row = body.querySelector('tr[data-lead="' + leadRef + '"]');
+          if (row) row.classList.add("fresh");
+        }
+        tick();
+      })
+      .catch(function () { /* the next event or a reload will catch up */ });
+  }
+  function connect() {
+    var status = document.getElementById("live-status");
+    var table = document.querySelector("table.queue");
+    if (!status || !window.EventSource) return;
+    var url = (table && table.dataset.eventsUrl) || status.dataset.eventsUrl;
+    if (!url) return;
+    var source = new EventSource(url);
+    var timer = null;
+    source.onopen = function () { status.textContent = status.dataset.ok; status.dataset.connected = "1"; };
+    source.onerror = function () { status.textContent = status.dataset.off; status.dataset.connected = "0"; };
+    source.addEventListener("lead", function (ev) {
+      var data = {};
+      try { data = JSON.parse(ev.data); } catch (e) { return; }
+      if (table) {
+        clearTimeout(timer);
+        timer = setTimeout(function () { refreshRows(table, data.lead); }, 150);
+      } else if (status.dataset.reload && /^sla\./.test(data.type || "")) {
+        window.location.reload();
+      }
+    });
+  }
+  document.addEventListener("DOMContentLoaded", function () {
+    tick();
+    setInterval(tick, 1000);
+    connect();
+  });
+})();

@@ -1,0 +1,177 @@
+"""What every dashboard view shares: the signed-in viewer, rendering, language, permissions."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
+from zoneinfo import ZoneInfo
+
+from aiohttp import web
+from markupsafe import Markup
+
+from hub import i18n
+from hub.config import ManagerSettings, RateLimit
+from hub.domain import Lead, Role, format_lead_number
+from hub.web.dashboard.auth import Session, csrf_token
+from hub.web.dashboard.live import LiveBroker
+from hub.web.keys import HUB_KEY
+from hub.web.ratelimit import SlidingWindowLimiter
+from hub.web.templates import environment
+
+if TYPE_CHECKING:
+    from hub.app import Hub
+
+PREFIX = "/dashboard"
+LANG_COOKIE = "hub_lang"
+
+
+@dataclass
+class DashboardState:
+    key: bytes
+    broker: LiveBroker
+    login_limiter: SlidingWindowLimiter
+    user_limiter: SlidingWindowLimiter
+
+
+STATE_KEY: web.AppKey[DashboardState] = web.AppKey("dashboard")
+SESSION_KEY: web.RequestKey[Session] = web.RequestKey("dashboard.session", Session)
+VIEWER_KEY: web.RequestKey[ManagerSettings] = web.RequestKey("dashboard.viewer", ManagerSettings)
+
+LOGIN_LIMIT = RateLimit(count=10, per_seconds=60)
+USER_LOGIN_LIMIT = RateLimit(count=5, per_seconds=60)
+
+
+def hub_of(request: web.Request) -> Hub:
+    return request.app[HUB_KEY]
+
+
+def state_of(request: web.Request) -> DashboardState:
+    return request.app[STATE_KEY]
+
+
+def session_of(request: web.Request) -> Session | None:
+    session: Session | None = request.get(SESSION_KEY)
+    return session
+
+
+def viewer_of(request: web.Request) -> ManagerSettings:
+    """The signed-in manager (the guard middleware guarantees one on protected pages)."""
+    viewer: ManagerSettings = request[VIEWER_KEY]
+    return viewer
+
+
+def sees_all(manager: ManagerSettings) -> bool:
+    """Leads and admins see every lead, the breaches, the team and the reports."""
+    return manager.role in (Role.LEAD, Role.ADMIN)
+
+
+def may_open(manager: ManagerSettings, lead: Lead) -> bool:
+    """An agent opens their own leads and unassigned ones; leads and admins open all."""
+    return sees_all(manager) or lead.assignee in (None, manager.id)
+
+
+def language_of(request: web.Request) -> str:
+    """The UI language: ?lang=, then the cookie, then Accept-Language."""
+    chosen = request.query.get("lang") or request.cookies.get(LANG_COOKIE)
+    if chosen in i18n.SUPPORTED:
+        return chosen
+    return i18n.from_accept_language(request.headers.get("Accept-Language"))
+
+
+def zone_of(hub: Hub) -> ZoneInfo:
+    return ZoneInfo(hub.settings.sla.calendar.timezone)
+
+
+def fmt_duration(seconds: float | None, language: str) -> str:
+    """`2d 4h`, `1h 05m`, `3m 20s` (negative: the same with a minus sign)."""
+    if seconds is None:
+        return "—"
+    sign = "−" if seconds < 0 else ""
+    total = int(abs(seconds))
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    units = ("д", "год", "хв", "с") if language == "uk" else ("d", "h", "m", "s")
+    if days:
+        return f"{sign}{days}{units[0]} {hours}{units[1]}"
+    if hours:
+        return f"{sign}{hours}{units[1]} {minutes:02d}{units[2]}"
+    if minutes:
+        return f"{sign}{minutes}{units[2]} {secs:02d}{units[3]}"
+    return f"{sign}{secs}{units[3]}"
+
+
+def render_page(request: web.Request, template: str, status: int = 200, **context: Any) -> web.Response:
+    """Render a dashboard template with the shared context (language, CSRF token, viewer, helpers)."""
+    hub = hub_of(request)
+    language = language_of(request)
+    zone = zone_of(hub)
+    session = session_of(request)
+    state = state_of(request)
+    viewer: ManagerSettings | None = request.get(VIEWER_KEY)
+
+    def t(key: str, **values: Any) -> str:
+        return i18n.text(key, language, **values)
+
+    def when(value: datetime | None) -> str:
+        if value is None:
+            return "—"
+        return value.astimezone(zone).strftime("%d.%m.%Y %H:%M" if language == "uk" else "%Y-%m-%d %H:%M")
+
+    def url(path: str, **params: Any) -> str:
+        clean = {k: v for k, v in params.items() if v not in (None, "")}
+        return f"{path}?{urlencode(clean)}" if clean else path
+
+    html = (
+        environment()
+        .get_template(template)
+        .render(
+            lang=language,
+            t=t,
+            when=when,
+            duration=lambda seconds: fmt_duration(seconds, language),
+            url=url,
+            ref=format_lead_number,
+            csrf=csrf_token(state.key, session) if session else "",
+            viewer=viewer,
+            sees_all=sees_all(viewer) if viewer else False,
+            prefix=PREFIX,
+            path=request.path_qs,
+            manager_name=lambda mid: _manager_name(hub, mid),
+            tojson=lambda data: Markup(json.dumps(data, ensure_ascii=False).replace("<", "\\u003c")),
+            **context,
+        )
+    )
+    return web.Response(text=html, status=status, content_type="text/html", charset="utf-8")
+
+
+def _manager_name(hub: Hub, manager_id: str | None) -> str:
+    if manager_id is None:
+        return "—"
+    manager = hub.settings.manager(manager_id)
+    return manager.name if manager else manager_id
+
+
+def redirect(location: str) -> web.Response:
+    """A 303 See Other (after a form POST the browser GETs the target)."""
+    return web.Response(status=303, headers={"Location": location})
+
+
+def error_page(request: web.Request, status: int, message_key: str) -> web.Response:
+    """An HTML error page in the viewer's language."""
+    return render_page(request, "dashboard/error.html", status=status, status_code=status, key=message_key)
+
+
+def local_midnight(now: datetime, zone: ZoneInfo) -> datetime:
+    """Start of today in the SLA calendar's time zone."""
+    local = now.astimezone(zone)
+    return local.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def seconds_between(start: datetime | None, end: datetime | None) -> float | None:
+    if start is None or end is None:
+        return None
+    return (end - start) / timedelta(seconds=1)

@@ -1,0 +1,213 @@
+"""Reports: the KPI page with charts, CSV export of every table, and `GET /api/v1/reports/kpi`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from aiohttp import web
+
+from hub.domain import LeadKind, utcnow
+from hub.errors import ValidationFailed
+from hub.reports import (
+    BREAKDOWNS,
+    FIGURES,
+    Filters,
+    Period,
+    Report,
+    build_report,
+    comparison,
+    default_period,
+    parse_bound,
+    previous_period,
+    table_csv,
+    to_csv,
+)
+from hub.web.dashboard.common import PREFIX, error_page, hub_of, render_page, sees_all, viewer_of, zone_of
+
+API_PATH = "/api/v1/reports/kpi"
+MAX_DAYS = 3660
+
+
+@dataclass(frozen=True, slots=True)
+class ReportRequest:
+    period: Period
+    filters: Filters
+    compare: Period | None
+
+
+def parse_report_request(query: Any, zone: ZoneInfo) -> ReportRequest:
+    """Period, filters and the optional comparison period from query parameters."""
+
+    def bound(name: str, end: bool) -> Any:
+        raw = str(query.get(name, "")).strip()
+        if not raw:
+            return None
+        try:
+            return parse_bound(raw, zone, end)
+        except ValueError as exc:
+            raise ValidationFailed(f"bad {name}", {name: "a date (2026-11-01) or an ISO timestamp"}) from exc
+
+    start, end = bound("from", False), bound("to", True)
+    fallback = default_period(utcnow(), zone)
+    period = Period(start or fallback.start, end or fallback.end)
+    _check(period, "to")
+    kind_raw = str(query.get("kind", "")).strip()
+    if kind_raw and kind_raw not in {k.value for k in LeadKind}:
+        raise ValidationFailed("bad kind", {"kind": f"one of: {', '.join(k.value for k in LeadKind)}"})
+    filters = Filters(
+        team=str(query.get("team", "")).strip() or None,
+        assignee=str(query.get("assignee", "")).strip() or None,
+        channel=str(query.get("channel", "")).strip() or None,
+        kind=LeadKind(kind_raw) if kind_raw else None,
+    )
+    compare: Period | None = None
+    cmp_start, cmp_end = bound("compare_from", False), bound("compare_to", True)
+    if cmp_start and cmp_end:
+        compare = Period(cmp_start, cmp_end)
+        _check(compare, "compare_to")
+    elif str(query.get("compare", "")) in ("previous", "1", "on"):
+        compare = previous_period(period)
+    return ReportRequest(period, filters, compare)
+
+
+def _check(period: Period, field: str) -> None:
+    if period.end <= period.start:
+        raise ValidationFailed("the period ends before it starts", {field: "must be after the start"})
+    if (period.end - period.start).days > MAX_DAYS:
+        raise ValidationFailed("the period is too long", {field: f"at most {MAX_DAYS} days"})
+
+
+async def _reports(request: web.Request) -> tuple[ReportRequest, Report, Report | None]:
+    hub = hub_of(request)
+    zone = zone_of(hub)
+    wanted = parse_report_request(request.query, zone)
+    report = await build_report(hub.store, wanted.period, wanted.filters, zone)
+    before = None
+    if wanted.compare is not None:
+        before = await build_report(hub.store, wanted.compare, wanted.filters, zone, breakdowns=False)
+    return wanted, report, before
+
+
+async def reports_page(request: web.Request) -> web.Response:
+    """GET /dashboard/reports: KPIs for a period, breakdowns, charts, comparison with another period."""
+    if not sees_all(viewer_of(request)):
+        return error_page(request, 403, "dash.error.forbidden")
+    hub = hub_of(request)
+    zone = zone_of(hub)
+    try:
+        _, report, before = await _reports(request)
+    except ValidationFailed as exc:
+        return render_page(
+            request, "dashboard/error.html", status=422, status_code=422, key="dash.error.bad_report",
+            detail=f"{exc}: {exc.fields}",
+        )  # fmt: skip
+    params = {k: v for k, v in request.query.items() if k in _PARAMS and v}
+    chart = {
+        "days": [day for day, _ in report.daily],
+        "received": [k.row.received for _, k in report.daily],
+        "mean_minutes": [
+            None if k.row.frt_mean is None else round(k.row.frt_mean / 60, 1) for _, k in report.daily
+        ],
+        "managers": [hub_name(hub, key) for key, _ in report.breakdowns.get("assignee", [])],
+        "per_manager": [k.row.received for _, k in report.breakdowns.get("assignee", [])],
+    }
+    return render_page(
+        request,
+        "dashboard/reports.html",
+        report=report,
+        summary=report.summary.as_dict(),
+        compare=comparison(before.summary, report.summary) if before else None,
+        before_label=before.period.label(zone) if before else "",
+        period_label=report.period.label(zone),
+        breakdowns=[(name, report.breakdowns[name]) for name in BREAKDOWNS],
+        figures=FIGURES,
+        params=params,
+        form={
+            "from": request.query.get("from") or report.period.start.astimezone(zone).date().isoformat(),
+            "to": request.query.get("to") or _last_day(report.period, zone),
+            **{k: request.query.get(k, "") for k in ("team", "assignee", "channel", "kind", "compare")},
+        },
+        teams=sorted(hub.settings.teams),
+        managers=hub.settings.managers,
+        kinds=[k.value for k in LeadKind],
+        channels=sorted({"webform", "email", "telegram", "api"}),
+        chart=chart,
+        csv_url=lambda table: _csv_url(params, table),
+        name_of=lambda key: hub_name(hub, key),
+    )
+
+
+_PARAMS = ("from", "to", "team", "assignee", "channel", "kind", "compare", "compare_from", "compare_to")
+
+
+def _last_day(period: Period, zone: ZoneInfo) -> str:
+    from datetime import timedelta
+
+    return (period.end - timedelta(microseconds=1)).astimezone(zone).date().isoformat()
+
+
+def _csv_url(params: dict[str, str], table: str) -> str:
+    from urllib.parse import urlencode
+
+    return f"{PREFIX}/reports/csv?{urlencode({**params, 'table': table})}"
+
+
+def hub_name(hub: Any, key: str | None) -> str:
+    if key is None:
+        return "—"
+    manager = hub.settings.manager(key)
+    return manager.name if manager else key
+
+
+async def reports_csv(request: web.Request) -> web.Response:
+    """GET /dashboard/reports/csv?table=summary|daily|team|assignee|channel|kind|compare."""
+    if not sees_all(viewer_of(request)):
+        return error_page(request, 403, "dash.error.forbidden")
+    table = request.query.get("table", "summary")
+    wanted, report, before = await _reports(request)
+    if table == "compare":
+        if before is None:
+            before_period = previous_period(report.period)
+            zone = zone_of(hub_of(request))
+            before = await build_report(hub_of(request).store, before_period, wanted.filters, zone, False)
+        rows = comparison(before.summary, report.summary)
+        text = to_csv(
+            ["figure", "before", "after", "change_pct"],
+            [[r["figure"], r["before"], r["after"], r["change_pct"]] for r in rows],
+        )
+    else:
+        try:
+            text = table_csv(report, table)
+        except KeyError:
+            return error_page(request, 404, "dash.error.no_table")
+    start = report.period.start.date().isoformat()
+    return web.Response(
+        body=text.encode("utf-8-sig"),  # the BOM makes spreadsheet programs read UTF-8 names right
+        headers={
+            "Content-Type": "text/csv; charset=utf-8",
+            "Content-Disposition": f'attachment; filename="kpi-{table}-{start}.csv"',
+        },
+    )
+
+
+async def kpi_api(request: web.Request) -> web.Response:
+    """GET /api/v1/reports/kpi?from=&to=&team=&assignee=&channel=&kind=[&compare_from=&compare_to=]."""
+    _, report, before = await _reports(request)
+    body = report.as_dict()
+    if before is not None:
+        body["compare"] = {
+            "from": before.period.start.isoformat(),
+            "to": before.period.end.isoformat(),
+            "summary": before.summary.as_dict(),
+            "change": comparison(before.summary, report.summary),
+        }
+    return web.json_response(body)
+
+
+def setup_routes(app: web.Application) -> None:
+    """Register the report page, its CSV export and the KPI API."""
+    app.router.add_get(f"{PREFIX}/reports", reports_page)
+    app.router.add_get(f"{PREFIX}/reports/csv", reports_csv)
+    app.router.add_get(API_PATH, kpi_api)

@@ -1,0 +1,481 @@
+"""Dashboard pages: the queue, a lead with its actions, breaches, the team."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlencode
+
+import nh3
+from aiohttp import web
+from markupsafe import Markup
+
+from hub.config import ManagerSettings
+from hub.domain import (
+    ACTIVE_STATUSES,
+    Event,
+    EventType,
+    Lead,
+    LeadKind,
+    LeadStatus,
+    parse_lead_number,
+    utcnow,
+)
+from hub.errors import HubError
+from hub.web.dashboard.common import (
+    PREFIX,
+    error_page,
+    hub_of,
+    local_midnight,
+    may_open,
+    redirect,
+    render_page,
+    sees_all,
+    state_of,
+    viewer_of,
+    zone_of,
+)
+from storage.base import LeadQuery
+
+log = logging.getLogger(__name__)
+
+QUEUE_LIMIT = 300
+STATUS_ORDER = [s.value for s in LeadStatus]
+
+
+@dataclass(frozen=True, slots=True)
+class QueueFilters:
+    team: str = ""
+    assignee: str = ""  # a manager id, "me" or "none"
+    kind: str = ""
+    channel: str = ""
+    status: str = ""  # "" = every active status, "all", or one status
+    q: str = ""
+
+    @classmethod
+    def from_query(cls, query: Any) -> QueueFilters:
+        """Filters from query parameters, unknown values dropped."""
+
+        def get(name: str, limit: int = 64) -> str:
+            return str(query.get(name, "")).strip()[:limit]
+
+        kind = get("kind")
+        status = get("status")
+        return cls(
+            team=get("team"),
+            assignee=get("assignee"),
+            kind=kind if kind in {k.value for k in LeadKind} else "",
+            channel=get("channel"),
+            status=status if status in (*STATUS_ORDER, "all") else "",
+            q=get("q", 200),
+        )
+
+    def as_params(self) -> dict[str, str]:
+        return {k: v for k, v in vars_of(self).items() if v}
+
+
+def vars_of(filters: QueueFilters) -> dict[str, str]:
+    return {
+        "team": filters.team,
+        "assignee": filters.assignee,
+        "kind": filters.kind,
+        "channel": filters.channel,
+        "status": filters.status,
+        "q": filters.q,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class QueueRow:
+    lead: Lead
+    contact_name: str
+    state: str  # ok | warned | breached | done
+
+
+def _row_state(lead: Lead, now: datetime) -> str:
+    if not lead.is_active or lead.first_response_at is not None:
+        return "done"
+    if lead.breached_at is not None or (lead.first_response_due and lead.first_response_due <= now):
+        return "breached"
+    if lead.warned_at is not None or (lead.warn_due and lead.warn_due <= now):
+        return "warned"
+    return "ok"
+
+
+def _sort_key(lead: Lead) -> tuple[int, float, int]:
+    # Unanswered leads by due time (soonest and overdue first), then answered ones, newest first.
+    if lead.first_response_at is None and lead.first_response_due is not None:
+        return (0, lead.first_response_due.timestamp(), lead.number)
+    return (1, -lead.updated_at.timestamp(), lead.number)
+
+
+async def _queue_leads(request: web.Request, filters: QueueFilters) -> list[Lead]:
+    hub = hub_of(request)
+    viewer = viewer_of(request)
+    number = parse_lead_number(filters.q) if filters.q else None
+    if number is not None:
+        lead = await hub.store.get_lead(number)
+        return [lead] if lead is not None and may_open(viewer, lead) else []
+    if filters.status == "all":
+        statuses: tuple[LeadStatus, ...] | None = None
+    elif filters.status:
+        statuses = (LeadStatus(filters.status),)
+    else:
+        statuses = tuple(sorted(ACTIVE_STATUSES))
+    base = LeadQuery(
+        statuses=statuses,
+        kind=LeadKind(filters.kind) if filters.kind else None,
+        team=filters.team or None,
+        channel=filters.channel or None,
+        text=filters.q or None,
+    )
+    assignee = viewer.id if filters.assignee == "me" else filters.assignee
+    queries: list[LeadQuery]
+    if assignee == "none":
+        queries = [_with(base, unassigned=True)]
+    elif assignee:
+        queries = [_with(base, assignee=assignee)]
+    else:
+        queries = [base]
+    if not sees_all(viewer):
+        # An agent's queue: own leads plus the unassigned ones, whatever the filters say.
+        allowed = {viewer.id, "none"}
+        if assignee and assignee not in allowed:
+            return []
+        if not assignee:
+            queries = [_with(base, assignee=viewer.id), _with(base, unassigned=True)]
+    leads: dict[int, Lead] = {}
+    for query in queries:
+        page = await hub.store.list_leads(query, QUEUE_LIMIT)
+        leads.update((lead.number, lead) for lead in page.items)
+    return sorted(leads.values(), key=_sort_key)
+
+
+def _with(query: LeadQuery, **changes: Any) -> LeadQuery:
+    fields = {name: getattr(query, name) for name in query.__dataclass_fields__}
+    fields.update(changes)
+    return LeadQuery(**fields)
+
+
+async def _rows(request: web.Request, filters: QueueFilters) -> list[QueueRow]:
+    hub = hub_of(request)
+    now = utcnow()
+    leads = await _queue_leads(request, filters)
+    names: dict[str, str] = {}
+    rows = []
+    for lead in leads:
+        if lead.contact_id not in names:
+            contact = await hub.store.get_contact(lead.contact_id)
+            names[lead.contact_id] = contact.name if contact else ""
+        rows.append(QueueRow(lead, names[lead.contact_id], _row_state(lead, now)))
+    return rows
+
+
+def _queue_context(request: web.Request, filters: QueueFilters) -> dict[str, Any]:
+    hub = hub_of(request)
+    channels = sorted({"webform", "email", "telegram", "api", *(c.name for c in hub.channels)})
+    return {
+        "filters": filters,
+        "teams": sorted(hub.settings.teams),
+        "managers": hub.settings.managers,
+        "kinds": [k.value for k in LeadKind],
+        "channels": channels,
+        "statuses": STATUS_ORDER,
+        "now_iso": utcnow().isoformat(),
+    }
+
+
+async def queue(request: web.Request) -> web.Response:
+    """GET /dashboard: open leads, soonest breach first, updated live."""
+    filters = QueueFilters.from_query(request.query)
+    rows = await _rows(request, filters)
+    rows_url = f"{PREFIX}/queue/rows?{urlencode(filters.as_params())}"
+    return render_page(
+        request, "dashboard/queue.html", rows=rows, rows_url=rows_url, **_queue_context(request, filters)
+    )
+
+
+async def queue_rows(request: web.Request) -> web.Response:
+    """GET /dashboard/queue/rows: the queue's table body (the page re-fetches it on live events)."""
+    filters = QueueFilters.from_query(request.query)
+    rows = await _rows(request, filters)
+    return render_page(request, "dashboard/queue_rows.html", rows=rows)
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    """GET /dashboard/events: server-sent events about leads this viewer may see."""
+    viewer = viewer_of(request)
+    return await state_of(request).broker.stream(request, viewer.id, sees_all(viewer))
+
+
+# --- the lead page -----------------------------------------------------------------------------
+
+
+def sanitize_html(html: str) -> Markup:
+    """Customer HTML reduced to safe formatting (no scripts, styles, forms or remote images)."""
+    cleaned = nh3.clean(
+        html,
+        tags={
+            "a", "b", "blockquote", "br", "code", "div", "em", "i", "li", "ol", "p", "pre",
+            "span", "strong", "table", "tbody", "td", "th", "thead", "tr", "u", "ul",
+        },
+        attributes={"a": {"href", "title"}},
+        url_schemes={"http", "https", "mailto"},
+        link_rel="noopener noreferrer nofollow",
+    )  # fmt: skip
+    return Markup(cleaned)  # nh3's output is safe by construction
+
+
+async def _lead_for(request: web.Request) -> Lead | web.Response:
+    hub = hub_of(request)
+    number = parse_lead_number(request.match_info["number"])
+    lead = await hub.store.get_lead(number) if number is not None else None
+    if lead is None:
+        return error_page(request, 404, "dash.error.no_lead")
+    if not may_open(viewer_of(request), lead):
+        log.warning("dashboard: %s may not open %s", viewer_of(request).id, lead.ref)
+        return error_page(request, 403, "dash.error.forbidden")
+    return lead
+
+
+def _assignment_history(events: list[Event]) -> list[Event]:
+    kinds = {EventType.LEAD_ASSIGNED.value, EventType.LEAD_UNASSIGNED.value}
+    return [e for e in events if e.type in kinds]
+
+
+def reason_text(reason: Any) -> str:
+    """A router decision log (nested dicts) as one readable line."""
+    if isinstance(reason, dict):
+        return "; ".join(f"{k}: {reason_text(v)}" for k, v in reason.items())
+    if isinstance(reason, list):
+        return ", ".join(reason_text(v) for v in reason)
+    return "" if reason is None else str(reason)
+
+
+async def lead_page(request: web.Request) -> web.Response:
+    """GET /dashboard/leads/{number}: conversation, contact, SLA timers, history, actions."""
+    found = await _lead_for(request)
+    if isinstance(found, web.Response):
+        return found
+    lead = found
+    hub = hub_of(request)
+    contact = await hub.store.get_contact(lead.contact_id)
+    messages = await hub.store.list_messages(lead.number)
+    lead_events = await hub.store.list_events(lead_number=lead.number)
+    now = utcnow()
+    return render_page(
+        request,
+        "dashboard/lead.html",
+        lead=lead,
+        contact=contact,
+        messages=messages,
+        sanitize=sanitize_html,
+        history=_assignment_history(lead_events),
+        events=lead_events,
+        reason_text=reason_text,
+        state=_row_state(lead, now),
+        managers=hub.settings.managers,
+        notice=request.query.get("done", ""),
+        error=request.query.get("error", "")[:300],
+        now_iso=now.isoformat(),
+    )
+
+
+async def lead_action(request: web.Request) -> web.Response:
+    """POST /dashboard/leads/{number}/{action}: reply, note, assign, resolve, reopen, merge, erase."""
+    found = await _lead_for(request)
+    if isinstance(found, web.Response):
+        return found
+    lead = found
+    hub = hub_of(request)
+    viewer = viewer_of(request)
+    action = request.match_info["action"]
+    form = await request.post()
+    back = f"{PREFIX}/leads/{lead.ref}"
+    try:
+        if action == "reply":
+            await hub.replies.record_reply(
+                lead.number, str(form.get("text", "")), viewer.name, source="dashboard"
+            )
+        elif action == "note":
+            await hub.replies.add_note(lead.number, str(form.get("text", "")), viewer.name)
+        elif action == "assign":
+            target = str(form.get("manager", ""))
+            if not sees_all(viewer) and target != viewer.id:
+                return error_page(request, 403, "dash.error.forbidden")
+            await hub.actions.assign(lead.number, target, by=viewer.id)
+        elif action == "resolve":
+            await hub.actions.resolve(lead.number, by=viewer.id)
+        elif action == "reopen":
+            await hub.actions.reopen(lead.number, by=viewer.id)
+        elif action == "merge":
+            if not sees_all(viewer):
+                return error_page(request, 403, "dash.error.forbidden")
+            await _merge(request, lead, str(form.get("other", "")), viewer)
+        elif action == "erase":
+            if not sees_all(viewer):
+                return error_page(request, 403, "dash.error.forbidden")
+            if form.get("confirm") != "yes":
+                return redirect(f"{back}?{urlencode({'error': 'confirm'})}")
+            await _erase(request, lead, viewer)
+            return redirect(f"{PREFIX}?{urlencode({'done': 'erased'})}")
+        else:
+            return error_page(request, 404, "dash.error.no_action")
+    except HubError as exc:
+        return redirect(f"{back}?{urlencode({'error': str(exc)[:300]})}")
+    return redirect(f"{back}?{urlencode({'done': action})}")
+
+
+async def _merge(request: web.Request, lead: Lead, other_ref: str, viewer: ManagerSettings) -> None:
+    hub = hub_of(request)
+    number = parse_lead_number(other_ref)
+    other = await hub.store.get_lead(number) if number is not None else None
+    if other is None:
+        raise HubError(f"lead {other_ref!r} does not exist")
+    if other.contact_id == lead.contact_id:
+        raise HubError(f"{other.ref} already belongs to this contact")
+    await hub.store.merge_contacts(lead.contact_id, other.contact_id)
+    now = utcnow()
+    event = Event(
+        "contact.merged",
+        now,
+        lead.number,
+        {"kept": lead.contact_id, "merged": other.contact_id, "via": other.ref, "by": viewer.id},
+    )
+    await hub.store.append_event(event)
+    await hub.bus.publish(event, lead)
+    log.info("%s: contact of %s merged into it by %s", lead.ref, other.ref, viewer.id)
+
+
+async def _erase(request: web.Request, lead: Lead, viewer: ManagerSettings) -> None:
+    hub = hub_of(request)
+    contact_id = lead.contact_id
+    numbers = await hub.store.erase_contact(contact_id)
+    # The audit entry names who erased what, by ids only: no name, address or text survives.
+    event = Event(
+        "contact.erased", utcnow(), None, {"contact_id": contact_id, "leads": numbers, "by": viewer.id}
+    )
+    await hub.store.append_event(event)
+    await hub.bus.publish(event, None)
+    log.info("contact %s erased on request by %s (%d leads anonymised)", contact_id, viewer.id, len(numbers))
+
+
+# --- breaches and team -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BreachRow:
+    lead: Lead
+    holder: str | None
+    late_seconds: float
+    steps: list[Event]
+
+
+async def _breach_rows(request: web.Request, statuses: tuple[LeadStatus, ...], limit: int) -> list[BreachRow]:
+    hub = hub_of(request)
+    now = utcnow()
+    page = await hub.store.list_leads(LeadQuery(statuses=statuses, breached=True), limit)
+    steps_types = [
+        EventType.SLA_WARNING.value,
+        EventType.SLA_BREACHED.value,
+        EventType.LEAD_ASSIGNED.value,
+        EventType.LEAD_UNASSIGNED.value,
+        EventType.REPLY_RECORDED.value,
+        EventType.LEAD_RESOLVED.value,
+    ]
+    rows = []
+    for lead in page.items:
+        lead_events = await hub.store.list_events(lead_number=lead.number, types=steps_types, limit=200)
+        breach = next((e for e in lead_events if e.type == EventType.SLA_BREACHED.value), None)
+        holder = breach.data.get("assignee") if breach else lead.assignee
+        due = lead.first_response_due or lead.breached_at or now
+        late = ((lead.first_response_at or now) - due).total_seconds()
+        steps = [e for e in lead_events if breach is None or e.at >= breach.at or e.type.startswith("sla.")]
+        rows.append(BreachRow(lead, holder if isinstance(holder, str) else None, late, steps))
+    return rows
+
+
+async def breaches(request: web.Request) -> web.Response:
+    """GET /dashboard/breaches: leads past their first-response due time, current and past."""
+    if not sees_all(viewer_of(request)):
+        return error_page(request, 403, "dash.error.forbidden")
+    current = await _breach_rows(request, tuple(sorted(ACTIVE_STATUSES)), 200)
+    past = await _breach_rows(request, (LeadStatus.RESOLVED, LeadStatus.CLOSED), 100)
+    return render_page(request, "dashboard/breaches.html", current=current, past=past)
+
+
+@dataclass(frozen=True, slots=True)
+class TeamRow:
+    manager: ManagerSettings
+    load: int
+    away: bool
+    available: bool
+    handled_today: int
+    hours: str
+
+
+async def team(request: web.Request) -> web.Response:
+    """GET /dashboard/team: each manager's load, availability, hours and today's handled count."""
+    viewer = viewer_of(request)
+    if not sees_all(viewer):
+        return error_page(request, 403, "dash.error.forbidden")
+    hub = hub_of(request)
+    now = utcnow()
+    managers = hub.settings.managers
+    loads = await hub.store.count_active_by_assignee([m.id for m in managers])
+    handled = await hub.store.handled_since(local_midnight(now, zone_of(hub)))
+    rows = []
+    for manager in managers:
+        load = loads.get(manager.id, 0)
+        reason = await hub.availability.why_not_eligible(manager, load, now)
+        hours = manager.working_hours
+        rows.append(
+            TeamRow(
+                manager=manager,
+                load=load,
+                away=await hub.availability.is_away(manager.id),
+                available=reason is None,
+                handled_today=handled.get(manager.id, 0),
+                hours=_hours_text(hours.hours, hours.timezone) if hours else "",
+            )
+        )
+    return render_page(request, "dashboard/team.html", rows=rows)
+
+
+def _hours_text(hours: str | dict[str, list[str]], zone: str) -> str:
+    if isinstance(hours, str):
+        return f"{hours} ({zone})"
+    return "; ".join(f"{days} {', '.join(spans)}" for days, spans in hours.items()) + f" ({zone})"
+
+
+async def set_away(request: web.Request) -> web.Response:
+    """POST /dashboard/team/{manager}/away (away=1|0): a lead/admin, or the manager themselves."""
+    viewer = viewer_of(request)
+    manager_id = request.match_info["manager"]
+    hub = hub_of(request)
+    if hub.settings.manager(manager_id) is None:
+        return error_page(request, 404, "dash.error.no_manager")
+    if not sees_all(viewer) and viewer.id != manager_id:
+        return error_page(request, 403, "dash.error.forbidden")
+    form = await request.post()
+    await hub.availability.set_away(manager_id, form.get("away") == "1")
+    log.info(
+        "dashboard: %s marked %s %s", viewer.id, manager_id, "away" if form.get("away") == "1" else "back"
+    )
+    return redirect(f"{PREFIX}/team" if sees_all(viewer) else PREFIX)
+
+
+def setup_routes(app: web.Application) -> None:
+    """Register the queue, lead, breaches and team routes."""
+    router = app.router
+    router.add_get(PREFIX, queue)
+    router.add_get(f"{PREFIX}/", queue)
+    router.add_get(f"{PREFIX}/queue/rows", queue_rows)
+    router.add_get(f"{PREFIX}/events", events)
+    router.add_get(f"{PREFIX}/leads/{{number}}", lead_page)
+    router.add_post(f"{PREFIX}/leads/{{number}}/{{action}}", lead_action)
+    router.add_get(f"{PREFIX}/breaches", breaches)
+    router.add_get(f"{PREFIX}/team", team)
+    router.add_post(f"{PREFIX}/team/{{manager}}/away", set_away)

@@ -1,0 +1,160 @@
+"""The dashboard in real headless Chromium against a hub on loopback.
+
+Screenshots of the main pages (desktop and phone) go to test-output/screenshots/dashboard-*.png.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import aiohttp
+import pytest
+
+from hub.app import Hub
+from hub.config import Settings
+from tests.browser.conftest import screenshot_path
+from tests.support.dashboard import PASSWORDS, managers_with_passwords
+
+pytestmark = pytest.mark.browser
+
+PHONE = {"width": 390, "height": 844}
+TIMEOUT_MS = 15_000
+
+
+@pytest.fixture
+def settings(settings_factory: Callable[..., Settings]) -> Settings:
+    # A short test policy: messages breach 2 s after arrival, the sweep runs every second.
+    return settings_factory(
+        managers=managers_with_passwords(),
+        sla={
+            "check_every": "1s",
+            "policies": {"message": {"first_response": "2s"}, "service_request": {"first_response": "12h"}},
+        },
+    )
+
+
+async def _sign_in(browser: Any, base_url: str, manager: str, viewport: dict[str, int] | None = None) -> Any:
+    context = await browser.new_context(viewport=viewport or {"width": 1280, "height": 900}, locale="uk-UA")
+    context.set_default_timeout(TIMEOUT_MS)
+    page = await context.new_page()
+    await page.goto(f"{base_url}/dashboard")
+    assert "/dashboard/login" in page.url
+    await page.get_by_label("Ідентифікатор менеджера").fill(manager)
+    await page.get_by_label("Пароль").fill(PASSWORDS[manager])
+    await page.get_by_role("button", name="Увійти").click()
+    await page.wait_for_url(f"{base_url}/dashboard")
+    return page
+
+
+async def _shot(page: Any, name: str) -> None:
+    await page.screenshot(path=str(screenshot_path(f"dashboard-{name}")), full_page=True)
+
+
+async def _submit_form(base_url: str, **fields: str) -> str:
+    async with aiohttp.ClientSession() as http:
+        body = {
+            "name": "Марія Гнатюк",
+            "email": "maria@example.com",
+            "message": "Де моє замовлення?",
+            **fields,
+        }
+        resp = await http.post(f"{base_url}/forms/contact", json=body)
+        assert resp.status == 201
+        ref: str = (await resp.json())["lead"]
+        return ref
+
+
+async def test_lead_arrives_live_gets_a_reply_and_breaches_live(
+    hub: Hub, browser: Any, base_url: str, auth: dict[str, str]
+) -> None:
+    page = await _sign_in(browser, base_url, "olena")
+    await page.wait_for_selector('#live-status[data-connected="1"]')
+
+    first = await _submit_form(base_url)
+    await page.wait_for_selector(f'tr[data-lead="{first}"]')  # appeared without a reload
+    await page.wait_for_selector(f'tr[data-lead="{first}"] .badge.breached')  # the sweep's breach, live
+    second = await _submit_form(base_url, name="Іван Петренко", email="ivan@example.com", message="Терміново")
+    await page.wait_for_selector(f'tr[data-lead="{second}"]')
+    await _shot(page, "queue-desktop")
+
+    # Search by email finds exactly that lead.
+    await page.get_by_label("Пошук").fill("ivan@example.com")
+    await page.get_by_role("button", name="Застосувати").click()
+    await page.wait_for_selector(f'tr[data-lead="{second}"]')
+    assert await page.locator(f'tr[data-lead="{first}"]').count() == 0
+    await page.wait_for_selector(f'tr[data-lead="{second}"] .badge.breached')  # live on a filtered view too
+
+    await page.goto(f"{base_url}/dashboard/leads/{first}")
+    await page.get_by_label("Відповідь клієнтові").fill("Вже перевіряємо, дякуємо!")
+    await page.get_by_role("button", name="Надіслати відповідь").click()
+    await page.wait_for_selector(".notice")
+    assert await page.locator(".msg-out", has_text="Вже перевіряємо").count() == 1
+    await _shot(page, "lead-desktop")
+
+    # A POST without the CSRF token, from the signed-in page itself, is refused.
+    status = await page.evaluate(
+        """(ref) => fetch('/dashboard/leads/' + ref + '/note', {method: 'POST',
+            headers: {'Content-Type': 'application/x-www-form-urlencoded'}, body: 'text=x'}).then(r => r.status)""",
+        first,
+    )
+    assert status == 403
+
+    # The report's figures equal what the leads themselves say.
+    async with aiohttp.ClientSession() as http:
+        leads = []
+        for ref in (first, second):
+            resp = await http.get(f"{base_url}/api/v1/leads/{ref}", headers=auth)
+            leads.append(await resp.json())
+    frts = [
+        (
+            datetime.fromisoformat(x["first_response_at"]) - datetime.fromisoformat(x["created_at"])
+        ).total_seconds()
+        for x in leads
+        if x["first_response_at"]
+    ]
+    await page.goto(f"{base_url}/dashboard/reports")
+    summary = page.locator("#kpi-summary")
+    assert await summary.locator('[data-figure="received"]').get_attribute("data-value") == "2"
+    breached = sum(1 for x in leads if x["breached"])
+    assert breached == 2
+    assert await summary.locator('[data-figure="breached"]').get_attribute("data-value") == str(breached)
+    assert await summary.locator('[data-figure="first_response_mean_s"]').get_attribute("data-value") == str(
+        round(statistics.mean(frts), 3)
+    )
+    median = await summary.locator('[data-figure="first_response_median_s"]').get_attribute("data-value")
+    assert float(median or "nan") == pytest.approx(statistics.median(frts), abs=0.001)
+    await page.wait_for_function("() => window.Chart && Chart.getChart('chart-daily') !== undefined")
+    await _shot(page, "reports-desktop")
+
+    await page.goto(f"{base_url}/dashboard/breaches")
+    assert await page.locator(f'a:text-is("{first}")').count() == 1
+    await _shot(page, "breaches-desktop")
+    await page.goto(f"{base_url}/dashboard/team")
+    await _shot(page, "team-desktop")
+
+    phone = await _sign_in(browser, base_url, "olena", viewport=PHONE)
+    await _shot(phone, "queue-phone")
+    await phone.goto(f"{base_url}/dashboard/leads/{first}")
+    await _shot(phone, "lead-phone")
+    await phone.goto(f"{base_url}/dashboard/reports")
+    await phone.wait_for_function("() => window.Chart && Chart.getChart('chart-daily') !== undefined")
+    await _shot(phone, "reports-phone")
+
+
+async def test_agent_cannot_open_another_agents_lead(hub: Hub, browser: Any, base_url: str) -> None:
+    ref = await _submit_form(base_url)
+    await hub.actions.assign(int(ref[2:]), "olena", by="test")
+    own = await _submit_form(base_url, email="other@example.com", name="Інший Клієнт")
+    await hub.actions.assign(int(own[2:]), "taras", by="test")
+    page = await _sign_in(browser, base_url, "taras")
+    await page.wait_for_selector(f'tr[data-lead="{own}"]')
+    assert await page.locator(f'tr[data-lead="{ref}"]').count() == 0
+    response = await page.goto(f"{base_url}/dashboard/leads/{ref}")
+    assert response is not None and response.status == 403
+    response = await page.goto(f"{base_url}/dashboard/reports")
+    assert response is not None and response.status == 403
+    response = await page.goto(f"{base_url}/dashboard/leads/{own}")
+    assert response is not None and response.status == 200

@@ -1,0 +1,93 @@
+"""Store contract: contacts and their identities."""
+
+from __future__ import annotations
+
+import pytest
+
+from hub.domain import Identity, IdentityKind, LeadStatus
+from storage.base import DuplicateError, Store
+from tests.contract.builders import contact, email, new_lead
+
+
+async def test_create_find_and_get(store: Store) -> None:
+    tg = Identity(IdentityKind.TELEGRAM, "777001", "Олена")
+    person = contact(
+        email("olena@example.com", "Олена К."), tg, name="Олена Коваль", language="uk", tags=["vip"]
+    )
+    assert await store.create_contact(person) == person
+
+    got = await store.get_contact(person.id)
+    assert got is not None
+    assert (got.id, got.name, got.language, got.tags, got.created_at) == (
+        person.id,
+        "Олена Коваль",
+        "uk",
+        ["vip"],
+        person.created_at,
+    )
+    assert got.identities == person.identities  # order and display names kept
+
+    found = await store.find_contact(Identity(IdentityKind.TELEGRAM, "777001"))
+    assert found is not None and found.id == person.id
+    # The key is (kind, value): the same value under another kind is someone else.
+    assert await store.find_contact(Identity(IdentityKind.PHONE, "777001")) is None
+    assert await store.find_contact(email("nobody@example.com")) is None
+    assert await store.get_contact("no-such-contact") is None
+
+
+async def test_duplicate_identity_raises_and_stores_nothing(store: Store) -> None:
+    first = contact(email("a@example.com"))
+    await store.create_contact(first)
+    second = contact(email("b@example.com"), email("a@example.com"))
+    with pytest.raises(DuplicateError):
+        await store.create_contact(second)
+    # All or nothing: neither the contact nor its free identity was kept.
+    assert await store.get_contact(second.id) is None
+    assert await store.find_contact(email("b@example.com")) is None
+    found = await store.find_contact(email("a@example.com"))
+    assert found is not None and found.id == first.id
+
+
+async def test_add_identity(store: Store) -> None:
+    a = await store.create_contact(contact(email("a@example.com")))
+    b = await store.create_contact(contact(email("b@example.com")))
+    phone = Identity(IdentityKind.PHONE, "+380501234567", "mobile")
+    assert await store.add_identity(a.id, phone) is True
+    assert await store.add_identity(a.id, phone) is True  # already a's: still true
+    assert await store.add_identity(b.id, phone) is False  # a's, not b's
+    found = await store.find_contact(Identity(IdentityKind.PHONE, "+380501234567"))
+    assert found is not None and found.id == a.id
+    got_a = await store.get_contact(a.id)
+    assert got_a is not None and got_a.identities == [email("a@example.com"), phone]
+    got_b = await store.get_contact(b.id)
+    assert got_b is not None and got_b.identities == [email("b@example.com")]
+
+
+async def test_merge_moves_identities_and_leads(store: Store) -> None:
+    keep = await store.create_contact(contact(email("keep@example.com"), name="Keep"))
+    gone = await store.create_contact(
+        contact(email("gone@example.com"), Identity(IdentityKind.TELEGRAM, "42"), name="Gone")
+    )
+    kept_lead = await new_lead(store, keep.id)
+    moved_lead = await new_lead(store, gone.id, channel="telegram")
+    await store.merge_contacts(keep.id, gone.id)
+
+    assert await store.get_contact(gone.id) is None
+    merged = await store.get_contact(keep.id)
+    assert merged is not None
+    assert {(i.kind, i.value) for i in merged.identities} == {
+        (IdentityKind.EMAIL, "keep@example.com"),
+        (IdentityKind.EMAIL, "gone@example.com"),
+        (IdentityKind.TELEGRAM, "42"),
+    }
+    found = await store.find_contact(Identity(IdentityKind.TELEGRAM, "42"))
+    assert found is not None and found.id == keep.id
+    moved = await store.get_lead(moved_lead.number)
+    assert moved is not None and moved.contact_id == keep.id
+    active = await store.find_active_lead(keep.id, "telegram")
+    assert active is not None and active.number == moved_lead.number
+    assert (await store.get_lead(kept_lead.number)).contact_id == keep.id  # type: ignore[union-attr]
+    assert moved.status == LeadStatus.NEW
+
+    await store.merge_contacts(keep.id, keep.id)  # merging into itself changes nothing
+    assert await store.get_contact(keep.id) is not None

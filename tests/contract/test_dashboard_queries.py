@@ -1,0 +1,105 @@
+"""Contract: the dashboard's store queries (KPI aggregation, erasure, team and gauge counts)."""
+
+from __future__ import annotations
+
+import statistics
+from datetime import timedelta
+
+import pytest
+
+from hub.domain import LeadKind, LeadStatus
+from storage.base import KpiQuery, LeadChanges, Store
+from tests.contract.builders import T0, at, contact, email, message, new_lead, outbound
+
+
+async def _lead_answered_after(store: Store, seconds: float | None, **kw) -> int:
+    created = kw.pop("created_at", T0)
+    lead = await new_lead(
+        store,
+        created_at=created,
+        first_response_due=created + timedelta(hours=4),
+        warn_due=created + timedelta(hours=3),
+        **kw,
+    )
+    if seconds is not None:
+        await store.update_lead(
+            lead.number, LeadChanges(first_response_at=created + timedelta(seconds=seconds))
+        )
+    return lead.number
+
+
+async def test_kpi_rows_count_time_and_percentiles(store: Store) -> None:
+    delays = [60, 600, 1800, 3600, 7200, 18000]  # the last one is past the 4 h target
+    for i, delay in enumerate(delays):
+        await _lead_answered_after(
+            store, delay, created_at=at(minutes=i), assignee="olena" if i % 2 else "taras"
+        )
+    never = await _lead_answered_after(store, None, created_at=at(minutes=30), kind=LeadKind.SERVICE_REQUEST)
+    await store.claim_due_breaches(at(hours=5), 10)  # `never` breaches
+    await store.update_lead(never, LeadChanges(status=LeadStatus.RESOLVED, resolved_at=at(hours=6)))
+    await _lead_answered_after(store, 60, created_at=at(hours=-48))  # outside the period
+
+    period = KpiQuery(at(), at(hours=24))
+    (row,) = await store.kpi_rows(period)
+    assert (row.received, row.responded, row.within_target, row.breached, row.resolved) == (7, 6, 5, 1, 1)
+    assert row.frt_mean == pytest.approx(statistics.mean(delays))
+    assert row.frt_median == pytest.approx(statistics.median(delays))
+    assert row.frt_p90 == pytest.approx(statistics.quantiles(delays, n=10, method="inclusive")[8])
+    assert row.resolution_mean == pytest.approx(6 * 3600 - 30 * 60)
+    assert row.resolution_median == pytest.approx(6 * 3600 - 30 * 60)
+
+    by_assignee = {
+        r.group: r for r in await store.kpi_rows(KpiQuery(at(), at(hours=24), group_by="assignee"))
+    }
+    assert set(by_assignee) == {None, "olena", "taras"}
+    assert by_assignee["olena"].frt_median == pytest.approx(statistics.median(delays[1::2]))
+    assert by_assignee["taras"].received == 3
+    by_kind = {
+        r.group: r.received for r in await store.kpi_rows(KpiQuery(at(), at(hours=24), group_by="kind"))
+    }
+    assert by_kind == {"message": 6, "service_request": 1}
+    days = await store.kpi_rows(KpiQuery(at(), at(hours=24), group_by="day", day_zone="Europe/Kyiv"))
+    assert [(d.group, d.received) for d in days] == [("2026-03-02", 7)]
+    only = await store.kpi_rows(KpiQuery(at(), at(hours=24), kind=LeadKind.SERVICE_REQUEST))
+    assert [(r.received, r.breached, r.responded) for r in only] == [(1, 1, 0)]
+    assert await store.kpi_rows(KpiQuery(at(hours=-10), at(hours=-9))) == []
+
+
+async def test_erase_contact_removes_personal_data_and_keeps_anonymous_leads(store: Store) -> None:
+    person = await store.create_contact(contact(email("erase.me@example.com"), name="Erase Me"))
+    other = await store.create_contact(contact(email("keep@example.com"), name="Keep"))
+    lead = await new_lead(store, person.id, subject="about Erase Me")
+    kept = await new_lead(store, other.id)
+    await store.add_message(message(lead.number, text="my address is erase.me@example.com"))
+    await store.add_message(message(kept.number, external_id="keep-1"))
+    reply, item = outbound(lead.number)
+    await store.add_outbound(reply, item)
+    await store.add_refs(lead.number, ["<mail-1@example.com>"])
+
+    assert await store.erase_contact(person.id) == [lead.number]
+
+    assert await store.get_contact(person.id) is None
+    assert await store.find_contact(email("erase.me@example.com")) is None
+    assert await store.list_messages(lead.number) == []
+    assert await store.outbox_get(item.id) is None
+    assert await store.find_lead_by_refs(["<mail-1@example.com>"]) is None
+    anonymous = await store.get_lead(lead.number)
+    assert anonymous is not None and anonymous.subject == "" and "@" not in anonymous.origin_external_id
+    assert len(await store.list_messages(kept.number)) == 1
+    assert await store.get_contact(other.id) is not None
+    assert await store.erase_contact(person.id) == [lead.number]  # a second run changes nothing
+
+
+async def test_handled_since_and_active_counts(store: Store) -> None:
+    a = await new_lead(store, assignee="olena", team="support", status=LeadStatus.OPEN)
+    b = await new_lead(
+        store, assignee="olena", team="support", status=LeadStatus.OPEN, breached_at=at(hours=4)
+    )
+    c = await new_lead(store, assignee="taras", team="service", status=LeadStatus.OPEN)
+    await new_lead(store, assignee="taras", team="service", status=LeadStatus.RESOLVED)
+    await store.update_lead(a.number, LeadChanges(first_response_at=at(hours=2)))
+    await store.update_lead(b.number, LeadChanges(status=LeadStatus.RESOLVED, resolved_at=at(hours=5)))
+    await store.update_lead(c.number, LeadChanges(first_response_at=at(hours=-30)))
+    assert await store.handled_since(at(hours=1)) == {"olena": 2}
+    counts = sorted(await store.active_counts(), key=lambda r: (r[0] or "", r[1]))
+    assert counts == [("service", False, 1), ("support", False, 1)]

@@ -1,0 +1,382 @@
+"""The dashboard over loopback HTTP: sign-in, CSRF, roles, reports, CSV, API, erasure, metrics."""
+
+from __future__ import annotations
+
+import csv
+import io
+import sqlite3
+import statistics
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import aiohttp
+import pytest
+
+from hub.app import Hub
+from hub.config import Settings
+from hub.domain import Identity, IdentityKind, Inbound, LeadKind
+from hub.web.dashboard.auth import login_link, mint_login_token
+from tests.support.dashboard import PASSWORDS, csrf_from, managers_with_passwords, sign_in
+
+KYIV = ZoneInfo("Europe/Kyiv")
+
+
+@pytest.fixture
+def settings(settings_factory: Callable[..., Settings]) -> Settings:
+    return settings_factory(managers=managers_with_passwords())
+
+
+@pytest.fixture
+async def olena(base_url: str) -> AsyncIterator[tuple[aiohttp.ClientSession, str]]:
+    session, csrf = await sign_in(base_url, "olena")
+    try:
+        yield session, csrf
+    finally:
+        await session.close()
+
+
+async def _form_lead(http: aiohttp.ClientSession, base_url: str, form: str = "contact", **fields: str) -> str:
+    body = {"name": "Петро Іванченко", "email": "petro@example.com", "message": "Добрий день!", **fields}
+    resp = await http.post(f"{base_url}/forms/{form}", json=body)
+    assert resp.status == 201, await resp.text()
+    ref: str = (await resp.json())["lead"]
+    return ref
+
+
+async def test_sign_in_sets_a_signed_httponly_lax_cookie_and_wrong_password_fails(base_url: str) -> None:
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
+        page = await session.get(f"{base_url}/dashboard", allow_redirects=True)
+        assert "/dashboard/login" in str(page.url)
+        csrf = csrf_from(await page.text())
+        bad = await session.post(
+            f"{base_url}/dashboard/login", data={"csrf": csrf, "username": "olena", "password": "nope"}
+        )
+        assert bad.status == 401
+        good = await session.post(
+            f"{base_url}/dashboard/login",
+            data={"csrf": csrf, "username": "olena", "password": PASSWORDS["olena"], "next": "/dashboard"},
+            allow_redirects=False,
+        )
+        assert good.status == 303
+        cookie = good.headers["Set-Cookie"]
+        assert "HttpOnly" in cookie and "SameSite=Lax" in cookie
+        queue = await session.get(f"{base_url}/dashboard")
+        assert queue.status == 200 and "Олена Коваль" in await queue.text()
+        assert "script-src 'self'" in queue.headers["Content-Security-Policy"]
+
+
+async def test_tampered_session_cookie_is_not_accepted(base_url: str, olena) -> None:
+    session, _ = olena
+    cookie = next(c for c in session.cookie_jar if c.key == "hub_session")
+    payload, _, mac = cookie.value.partition(".")
+    forged = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+    try:
+        forged.cookie_jar.update_cookies(
+            {"hub_session": payload + "." + mac[::-1]}, response_url=session_url(base_url)
+        )
+        resp = await forged.get(f"{base_url}/dashboard", allow_redirects=False)
+        assert resp.status == 303 and "/dashboard/login" in resp.headers["Location"]
+    finally:
+        await forged.close()
+
+
+def session_url(base_url: str) -> Any:
+    from yarl import URL
+
+    return URL(base_url)
+
+
+async def test_post_without_or_with_a_wrong_csrf_token_is_refused(
+    hub: Hub, http, base_url: str, olena
+) -> None:
+    session, csrf = olena
+    ref = await _form_lead(http, base_url)
+    missing = await session.post(f"{base_url}/dashboard/leads/{ref}/note", data={"text": "x"})
+    assert missing.status == 403
+    wrong = await session.post(
+        f"{base_url}/dashboard/leads/{ref}/note", data={"text": "x", "csrf": csrf + "x"}
+    )
+    assert wrong.status == 403
+    header = await session.post(
+        f"{base_url}/dashboard/leads/{ref}/note", data={"text": "ok"}, headers={"X-CSRF-Token": csrf}
+    )
+    assert header.status == 200
+    notes = [m for m in await hub.store.list_messages(1) if m.direction.value == "note"]
+    assert [n.text for n in notes] == ["ok"]
+
+
+async def test_agent_sees_own_and_unassigned_leads_only(hub: Hub, http, base_url: str) -> None:
+    ref = await _form_lead(http, base_url, form="service")  # routed to the service team
+    lead = await hub.store.get_lead(int(ref[2:]))
+    assert lead is not None and lead.assignee in {"iryna", "andrii"}
+    await hub.actions.assign(lead.number, "andrii", by="test")
+    taras, _ = await sign_in(base_url, "taras")
+    iryna, _ = await sign_in(base_url, "iryna")
+    try:
+        assert (await taras.get(f"{base_url}/dashboard/leads/{ref}")).status == 403
+        assert (await iryna.get(f"{base_url}/dashboard/leads/{ref}")).status == 403
+        await hub.actions.assign(lead.number, "iryna", by="test")
+        assert (await iryna.get(f"{base_url}/dashboard/leads/{ref}")).status == 200
+        assert ref not in await (await taras.get(f"{base_url}/dashboard/queue/rows")).text()
+        assert ref in await (await iryna.get(f"{base_url}/dashboard/queue/rows")).text()
+        for page in ("reports", "breaches", "team"):
+            assert (await taras.get(f"{base_url}/dashboard/{page}")).status == 403
+    finally:
+        await taras.close()
+        await iryna.close()
+
+
+async def test_login_is_rate_limited(base_url: str) -> None:
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
+        csrf = csrf_from(await (await session.get(f"{base_url}/dashboard/login")).text())
+        statuses = []
+        for _ in range(7):
+            resp = await session.post(
+                f"{base_url}/dashboard/login", data={"csrf": csrf, "username": "taras", "password": "guess"}
+            )
+            statuses.append(resp.status)
+        assert statuses[:5] == [401] * 5
+        assert statuses[5:] == [429, 429]
+
+
+async def test_one_time_login_link_works_once(hub: Hub, base_url: str) -> None:
+    token = mint_login_token(hub.settings, "taras", datetime.now(KYIV))
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
+        first = await session.get(f"{base_url}/dashboard/link/{token}")
+        assert first.status == 200 and "Тарас Бондар" in await first.text()
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
+        again = await session.get(f"{base_url}/dashboard/link/{token}")
+        assert again.status == 401
+        forged = await session.get(f"{base_url}/dashboard/link/{token[:-3]}abc")
+        assert forged.status == 401
+    url = login_link(hub.settings, "olena", datetime.now(KYIV))
+    path = url[url.index("/dashboard/link/") :]
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
+        assert "Олена Коваль" in await (await session.get(f"{base_url}{path}")).text()
+
+
+async def test_lead_page_shows_sanitized_html_and_actions_work(hub: Hub, http, base_url: str, olena) -> None:
+    session, csrf = olena
+    ref = await _form_lead(http, base_url)
+    number = int(ref[2:])
+    # A channel that carries HTML (email) hands the core sanitized-or-not HTML; the page must clean it.
+    inbound = Inbound(
+        channel="email",
+        external_id="mail-1",
+        sender=Identity(IdentityKind.EMAIL, "petro@example.com", "Петро"),
+        text="see html",
+        html='<p onclick="x()">Hi <script>alert(1)</script><b>there</b><img src="http://evil/x.png"></p>',
+        received_at=datetime.now(KYIV),
+        thread=__import__("hub.domain", fromlist=["ThreadHints"]).ThreadHints(lead_number=number),
+    )
+    await hub.intake.accept(inbound)
+    page = await (await session.get(f"{base_url}/dashboard/leads/{ref}")).text()
+    assert "<b>there</b>" in page
+    assert "<script>alert" not in page and "onclick" not in page and "evil" not in page
+    for action, data in (
+        ("reply", {"text": "Відповідаємо"}),
+        ("note", {"text": "внутрішнє"}),
+        ("assign", {"manager": "taras"}),
+        ("resolve", {}),
+        ("reopen", {}),
+    ):
+        resp = await session.post(f"{base_url}/dashboard/leads/{ref}/{action}", data={"csrf": csrf, **data})
+        assert resp.status == 200 and f"done={action}" in str(resp.url), (action, resp.url)
+    lead = await hub.store.get_lead(number)
+    assert lead is not None and lead.assignee == "taras" and lead.first_response_at is not None
+    messages = await hub.store.list_messages(number)
+    assert [m.direction.value for m in messages][-2:] == ["out", "note"]
+    page = await (await session.get(f"{base_url}/dashboard/leads/{ref}")).text()
+    assert "Відповідаємо" in page and "manual" in page  # the assignment history shows the reason
+
+
+async def test_erase_contact_leaves_no_personal_data(hub: Hub, http, base_url: str, olena, settings) -> None:
+    session, csrf = olena
+    ref = await _form_lead(http, base_url, name="Секретна Особа", email="secret.person@example.com")
+    await hub.replies.record_reply(int(ref[2:]), "Відповідь для секретної особи", "Олена")
+    refused = await session.post(f"{base_url}/dashboard/leads/{ref}/erase", data={"csrf": csrf})
+    assert "error=confirm" in str(refused.url)
+    resp = await session.post(
+        f"{base_url}/dashboard/leads/{ref}/erase", data={"csrf": csrf, "confirm": "yes"}
+    )
+    assert resp.status == 200 and "done=erased" in str(resp.url)
+    db_path = settings.storage.url.removeprefix("sqlite:///")
+    with sqlite3.connect(db_path) as db:
+        dump = "\n".join(db.iterdump())
+        outbox_rows = db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+        erased = db.execute("SELECT data FROM events WHERE type = 'contact.erased'").fetchall()
+    for secret in ("secret.person", "Секретна", "секретної"):
+        assert secret not in dump
+    assert outbox_rows == 0
+    assert len(erased) == 1 and "olena" in erased[0][0]
+    assert (await session.get(f"{base_url}/dashboard/leads/{ref}")).status == 200
+
+
+# --- reports --------------------------------------------------------------------------------
+
+
+T0 = datetime(2026, 3, 2, 9, 0, tzinfo=KYIV)
+H = timedelta(hours=1)
+M = timedelta(minutes=1)
+
+
+async def _lead_at(hub: Hub, key: str, at: datetime, kind: LeadKind = LeadKind.MESSAGE) -> int:
+    inbound = Inbound(
+        channel="webform",
+        external_id=f"report-{key}",
+        sender=Identity(IdentityKind.EMAIL, f"{key}@example.com", key),
+        text=f"lead {key}",
+        received_at=at,
+        kind_hint=kind,
+        form_id="contact",
+    )
+    result = await hub.intake.accept(inbound, now=at)
+    return result.lead.number
+
+
+async def _build_history(hub: Hub) -> dict[str, Any]:
+    """Leads with known response times; returns what a report must say about them."""
+    replies = {  # key: (created, kind, reply delay or None)
+        "a": (T0, LeadKind.MESSAGE, 10 * M),
+        "b": (T0 + H, LeadKind.MESSAGE, 30 * M),
+        "c": (T0 + 2 * H, LeadKind.MESSAGE, H),
+        "d": (T0 + 3 * H, LeadKind.MESSAGE, 2 * H),
+        "e": (T0 + 4 * H, LeadKind.MESSAGE, 3 * H + 30 * M),
+        "g": (T0 + 6 * H, LeadKind.MESSAGE, None),  # breached, never answered
+        "h": (T0 + 7 * H, LeadKind.SERVICE_REQUEST, 11 * H),  # 12 h target: in time
+        "i": (T0 + timedelta(days=1), LeadKind.MESSAGE, 20 * M),
+        "k": (T0 + timedelta(days=2, hours=23), LeadKind.MESSAGE, None),  # not due yet at the end
+    }
+    numbers = {key: await _lead_at(hub, key, at, kind) for key, (at, kind, _) in replies.items()}
+    numbers["f"] = await _lead_at(hub, "f", T0 + 5 * H)  # answered late, after its breach was marked
+    numbers["old"] = await _lead_at(hub, "old", datetime(2026, 2, 25, 10, 0, tzinfo=KYIV))
+    for key, (at, _, delay) in replies.items():
+        if delay is not None:
+            await hub.replies.record_reply(numbers[key], "ok", "test", now=at + delay)
+    await hub.sweeper.sweep(T0 + 9 * H + M)  # f is due at T0+9h and still unanswered
+    await hub.replies.record_reply(numbers["f"], "sorry", "test", now=T0 + 10 * H)
+    await hub.actions.resolve(numbers["i"], by="test", now=T0 + timedelta(days=1, hours=2))
+    await hub.sweeper.sweep(T0 + timedelta(days=3))  # g breaches; k (due later) does not
+    frts = [
+        (delay or timedelta(0)).total_seconds() for (_, _, delay) in replies.values() if delay is not None
+    ] + [5 * 3600.0]
+    return {"numbers": numbers, "frts": frts}
+
+
+async def test_kpi_report_figures_equal_what_the_leads_say(
+    hub: Hub, http, base_url: str, auth, olena
+) -> None:
+    history = await _build_history(hub)
+    frts = history["frts"]
+    resp = await http.get(
+        f"{base_url}/api/v1/reports/kpi",
+        params={
+            "from": "2026-03-02",
+            "to": "2026-03-05",
+            "compare_from": "2026-02-23",
+            "compare_to": "2026-03-01",
+        },
+        headers=auth,
+    )
+    assert resp.status == 200, await resp.text()
+    body = await resp.json()
+    summary = body["summary"]
+    assert summary["received"] == 10
+    assert summary["responded"] == 8 == len(frts)
+    assert summary["within_target"] == 7
+    assert summary["breached"] == 2
+    assert summary["resolved"] == 1
+    assert summary["first_response_mean_s"] == pytest.approx(statistics.mean(frts))
+    assert summary["first_response_median_s"] == pytest.approx(statistics.median(frts))
+    p90 = statistics.quantiles(frts, n=10, method="inclusive")[8]
+    assert summary["first_response_p90_s"] == pytest.approx(p90)
+    assert summary["resolution_mean_s"] == pytest.approx(2 * 3600)
+    assert summary["within_target_pct"] == pytest.approx(70.0)
+    assert summary["sla_compliance_pct"] == pytest.approx(round(100 * 7 / 9, 3))
+    by_kind = {row["key"]: row["received"] for row in body["by"]["kind"]}
+    assert by_kind == {"message": 9, "service_request": 1}
+    assert sum(row["received"] for row in body["by"]["assignee"]) == 10
+    assert {row["key"] for row in body["by"]["team"]} == {"support", "service"}
+    assert sum(row["received"] for row in body["daily"]) == 10
+    compare = body["compare"]
+    assert compare["summary"]["received"] == 1 and compare["summary"]["breached"] == 1
+    change = {row["figure"]: row["change_pct"] for row in compare["change"]}
+    assert change["received"] == pytest.approx(900.0)
+
+    filtered = await (
+        await http.get(
+            f"{base_url}/api/v1/reports/kpi",
+            params={"from": "2026-03-02", "to": "2026-03-05", "kind": "service_request"},
+            headers=auth,
+        )
+    ).json()
+    assert filtered["summary"]["received"] == 1
+    assert filtered["summary"]["first_response_median_s"] == pytest.approx(11 * 3600)
+
+    session, _ = olena
+    csv_resp = await session.get(
+        f"{base_url}/dashboard/reports/csv",
+        params={"from": "2026-03-02", "to": "2026-03-05", "table": "kind"},
+    )
+    assert csv_resp.status == 200 and csv_resp.headers["Content-Type"].startswith("text/csv")
+    rows = list(csv.DictReader(io.StringIO((await csv_resp.read()).decode("utf-8-sig"))))
+    assert {r["kind"]: int(r["received"]) for r in rows} == by_kind
+    for table in ("summary", "daily", "team", "assignee", "channel", "compare"):
+        resp = await session.get(f"{base_url}/dashboard/reports/csv", params={"table": table})
+        assert resp.status == 200, table
+    page = await session.get(
+        f"{base_url}/dashboard/reports", params={"from": "2026-03-02", "to": "2026-03-05"}
+    )
+    assert page.status == 200
+    assert 'data-figure="received" data-value="10"' in await page.text()
+
+
+async def test_kpi_api_needs_the_token_and_validates_dates(http, base_url: str, auth) -> None:
+    assert (await http.get(f"{base_url}/api/v1/reports/kpi")).status == 401
+    bad = await http.get(f"{base_url}/api/v1/reports/kpi", params={"from": "yesterday"}, headers=auth)
+    assert bad.status == 422
+    backwards = await http.get(
+        f"{base_url}/api/v1/reports/kpi", params={"from": "2026-03-05", "to": "2026-03-01"}, headers=auth
+    )
+    assert backwards.status == 422
+
+
+async def test_metrics_in_prometheus_format(hub: Hub, http, base_url: str) -> None:
+    ref = await _form_lead(http, base_url)
+    await hub.replies.record_reply(int(ref[2:]), "hi", "test")
+    hub.channel_states.report("email", False, "IMAP login failed")
+    resp = await http.get(f"{base_url}/metrics")
+    assert resp.status == 200 and resp.headers["Content-Type"].startswith("text/plain")
+    text = await resp.text()
+    assert 'hub_leads_created_total{channel="webform",kind="message"} 1.0' in text
+    assert 'hub_first_response_seconds_count{kind="message"} 1.0' in text
+    assert 'hub_leads_open{team="support"} 1.0' in text
+    assert 'hub_outbox_rows{state="queued"}' in text or 'hub_outbox_rows{state="failed"}' in text
+    assert 'hub_channel_connected{channel="email"} 0.0' in text
+    assert "hub_store_up 1.0" in text
+
+
+async def test_hash_password_cli_prints_a_verifiable_hash(monkeypatch, capsys) -> None:
+    from argon2 import PasswordHasher
+
+    from hub.cli import main
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("long enough secret\n"))
+    assert main(["hash-password", "--stdin"]) == 0
+    printed = capsys.readouterr().out.strip()
+    assert PasswordHasher().verify(printed, "long enough secret")
+
+
+@pytest.mark.parametrize("language", ["uk", "en"])
+async def test_every_page_is_fully_translated(hub: Hub, http, base_url: str, olena, language: str) -> None:
+    session, _ = olena
+    ref = await _form_lead(http, base_url)
+    await hub.replies.add_note(int(ref[2:]), "note", "test")
+    for path in ("", f"/leads/{ref}", "/breaches", "/team", "/reports?compare=previous", "/queue/rows"):
+        resp = await session.get(f"{base_url}/dashboard{path}", params={"lang": language})
+        text = await resp.text()
+        assert resp.status == 200, path
+        assert "dash." not in text, (path, text[text.find("dash.") - 80 : text.find("dash.") + 80])
+        assert f'<html lang="{language}">' in text or path == "/queue/rows"

@@ -1,0 +1,111 @@
+"""Intake on a real SQLite file: idempotency, threading by contact, reopening, routing fairness."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from hub.app import Hub
+from hub.domain import Identity, IdentityKind, Inbound, LeadStatus, ThreadHints
+from tests.support.settings import make_settings
+
+T0 = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+async def core(tmp_path: Path) -> AsyncIterator[Hub]:
+    hub = Hub(make_settings(tmp_path, web={"enabled": False}))
+    await hub.store.open()
+    try:
+        yield hub
+    finally:
+        await hub.store.close()
+
+
+def inbound(external_id: str, email: str = "c@example.com", text: str = "hello", **kw: object) -> Inbound:
+    return Inbound(
+        channel=str(kw.pop("channel", "webform")),
+        external_id=external_id,
+        sender=Identity(IdentityKind.EMAIL, email, "Customer"),
+        text=text,
+        received_at=T0,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+async def test_redelivery_changes_nothing(core: Hub) -> None:
+    first = await core.intake.accept(inbound("x1"), now=T0)
+    again = await core.intake.accept(inbound("x1"), now=T0 + timedelta(minutes=1))
+    assert again.duplicate and not again.created_lead
+    assert again.lead.number == first.lead.number
+    assert len(await core.store.list_messages(first.lead.number)) == 1
+    assert len(await core.store.list_events(lead_number=first.lead.number)) == len(first.events)
+
+
+async def test_same_contact_same_channel_joins_active_lead(core: Hub) -> None:
+    first = await core.intake.accept(inbound("a1", text="one"), now=T0)
+    second = await core.intake.accept(inbound("a2", text="two"), now=T0)
+    other = await core.intake.accept(inbound("b1", email="other@example.com"), now=T0)
+    assert second.lead.number == first.lead.number and not second.created_lead
+    assert other.lead.number != first.lead.number
+    assert [m.text for m in await core.store.list_messages(first.lead.number)] == ["one", "two"]
+
+
+async def test_customer_message_reopens_resolved_lead(core: Hub) -> None:
+    first = await core.intake.accept(inbound("r1", channel="email", own_refs=("<m1@x>",)), now=T0)
+    await core.actions.resolve(first.lead.number, by="olena", now=T0)
+    reply = await core.intake.accept(
+        inbound("r2", channel="email", thread=ThreadHints(message_ids=("<m1@x>",))),
+        now=T0 + timedelta(hours=1),
+    )
+    assert reply.lead.number == first.lead.number
+    assert reply.lead.status == LeadStatus.OPEN
+    assert "lead.reopened" in [e.type for e in reply.events]
+
+
+async def test_lead_token_only_honoured_for_the_leads_own_contact(core: Hub) -> None:
+    mine = await core.intake.accept(inbound("t1", channel="email"), now=T0)
+    stranger = await core.intake.accept(
+        inbound(
+            "t2",
+            channel="email",
+            email="stranger@example.com",
+            thread=ThreadHints(lead_number=mine.lead.number),
+        ),
+        now=T0,
+    )
+    assert stranger.lead.number != mine.lead.number
+
+
+async def test_least_loaded_spreads_concurrent_leads_evenly(core: Hub) -> None:
+    results = await asyncio.gather(
+        *(core.intake.accept(inbound(f"c{i}", email=f"u{i}@example.com"), now=T0) for i in range(40))
+    )
+    numbers = [r.lead.number for r in results]
+    assert sorted(numbers) == list(range(1, 41))
+    counts = Counter(r.lead.assignee for r in results)
+    assert counts == {"olena": 20, "taras": 20}
+
+
+async def test_reply_stops_first_response_clock_and_queues_delivery(core: Hub) -> None:
+    result = await core.intake.accept(inbound("q1", channel="email"), now=T0)
+    message = await core.replies.record_reply(
+        result.lead.number, "Дякуємо", "olena", now=T0 + timedelta(minutes=5)
+    )
+    lead = await core.store.get_lead(result.lead.number)
+    assert lead is not None and lead.first_response_at == T0 + timedelta(minutes=5)
+    assert message.channel == "email" and message.delivery is not None and message.delivery.value == "queued"
+    assert await core.store.claim_due_breaches(T0 + timedelta(days=1), 10) == []
+
+
+async def test_a_burst_from_a_new_customer_opens_one_lead(core: Hub) -> None:
+    results = await asyncio.gather(
+        *(core.intake.accept(inbound(f"burst{i}", text=str(i)), now=T0) for i in range(5))
+    )
+    assert {r.lead.number for r in results} == {1}
+    assert len(await core.store.list_messages(1)) == 5

@@ -1,0 +1,102 @@
+"""The outbox dispatcher: retries transient failures, gives up once on permanent ones, never sends twice."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from hub.app import Hub
+from hub.domain import Contact, Identity, IdentityKind, Inbound, Lead, OutboxItem
+from hub.errors import PermanentError, TransientError
+from hub.outbox import backoff_delay
+from tests.support.settings import make_settings
+
+T0 = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
+
+
+class ScriptedSender:
+    """Fails as scripted, then succeeds; records every successful delivery."""
+
+    channel = "email"
+
+    def __init__(self, failures: list[Exception]) -> None:
+        self.failures = failures
+        self.delivered: list[str] = []
+
+    async def send(self, item: OutboxItem, lead: Lead, contact: Contact | None) -> str:
+        if self.failures:
+            raise self.failures.pop(0)
+        self.delivered.append(item.id)
+        return f"<{item.id}@test>"
+
+
+@pytest.fixture
+async def core(tmp_path: Path) -> AsyncIterator[Hub]:
+    hub = Hub(make_settings(tmp_path, web={"enabled": False}, outbox={"max_attempts": 3}))
+    await hub.store.open()
+    try:
+        yield hub
+    finally:
+        await hub.store.close()
+
+
+async def _lead_with_reply(hub: Hub) -> str:
+    result = await hub.intake.accept(
+        Inbound("email", "m1", Identity(IdentityKind.EMAIL, "c@example.com"), "help", T0), now=T0
+    )
+    message = await hub.replies.record_reply(result.lead.number, "answer", "olena", now=T0)
+    return message.id
+
+
+async def test_transient_failures_retry_then_deliver_once(core: Hub) -> None:
+    sender = ScriptedSender([TransientError("421 try later"), OSError("connection refused")])
+    core.outbox.register(sender)
+    message_id = await _lead_with_reply(core)
+    when = datetime.now(UTC)
+    for _ in range(5):
+        await core.outbox.dispatch_once(now=when)
+        when += timedelta(minutes=10)
+    assert len(sender.delivered) == 1
+    message = await core.store.get_message(message_id)
+    assert message is not None and message.delivery is not None and message.delivery.value == "sent"
+    assert (await core.store.outbox_counts())["sent"] == 1
+
+
+async def test_permanent_failure_is_reported_once(core: Hub) -> None:
+    sender = ScriptedSender([PermanentError("550 no such user")])
+    core.outbox.register(sender)
+    message_id = await _lead_with_reply(core)
+    for _ in range(3):
+        await core.outbox.dispatch_once(now=datetime.now(UTC) + timedelta(hours=1))
+    assert sender.delivered == []
+    message = await core.store.get_message(message_id)
+    assert message is not None and message.delivery is not None and message.delivery.value == "failed"
+    failures = await core.store.list_events(types=["delivery.failed"])
+    assert len(failures) == 1 and "550" in failures[0].data["error"]
+
+
+async def test_gives_up_after_max_attempts(core: Hub) -> None:
+    sender = ScriptedSender([TransientError("down")] * 10)
+    core.outbox.register(sender)
+    await _lead_with_reply(core)
+    when = datetime.now(UTC)
+    for _ in range(6):
+        await core.outbox.dispatch_once(now=when)
+        when += timedelta(hours=1)
+    assert sender.delivered == []
+    assert (await core.store.outbox_counts())["failed"] == 1
+    assert len(await core.store.list_events(types=["delivery.failed"])) == 1
+
+
+def test_backoff_grows_and_is_capped() -> None:
+    base, cap = timedelta(seconds=5), timedelta(minutes=30)
+    delays = [backoff_delay(n, base, cap).total_seconds() for n in range(1, 15)]
+    assert all(2.5 <= d <= 1800 for d in delays)
+    assert backoff_delay(1, base, cap).total_seconds() <= 5
+    rng = random.Random(7)
+    late = sorted(backoff_delay(12, base, cap, rng).total_seconds() for _ in range(101))
+    assert late[50] > 300  # the median grows with the attempt number: jitter spreads retries out
