@@ -375,8 +375,14 @@ class SqliteStore:
         async with self._lock:
             try:
                 if not self._in_txn:
-                    await db.execute("BEGIN IMMEDIATE")
+                    # Set first: if this task is cancelled while waiting, aiosqlite's thread still
+                    # runs the BEGIN, and the next unit must not try to begin again.
                     self._in_txn = True
+                    try:
+                        await db.execute("BEGIN IMMEDIATE")
+                    except sqlite3.Error:
+                        self._in_txn = False
+                        raise
                 await db.execute("SAVEPOINT unit")
             except sqlite3.Error as exc:
                 raise StoreError(f"SQLite {self.path}: cannot start a write: {exc}") from exc

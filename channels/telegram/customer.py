@@ -40,6 +40,7 @@ from hub.domain import (
 )
 from hub.domain import Message as HubMessage
 from hub.errors import PermanentError, TransientError
+from storage.base import DuplicateError
 
 if TYPE_CHECKING:
     from hub.app import Hub
@@ -235,5 +236,8 @@ class CustomerSide:
             created_at=now,
             next_attempt_at=now,
         )
-        await self._hub.store.add_outbound(message, item)
+        try:
+            await self._hub.store.add_outbound(message, item)
+        except DuplicateError:
+            return  # queued already (a replay raced this one)
         self._hub.outbox.wake("telegram")

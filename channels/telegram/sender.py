@@ -27,6 +27,14 @@ log = logging.getLogger(__name__)
 COPY_PREFIX = "tg-copy:"
 
 
+def staff_message_ref(external_id: str | None) -> str | None:
+    """`tg:<chat>:<message_id>` of a reply written in the staff group (replies prefix the source)."""
+    if not external_id:
+        return None
+    _, found, rest = external_id.partition("tg:")
+    return f"tg:{rest}" if found else None
+
+
 def relay_key(external_id: str) -> str:
     """State key: where a staff message (`tg:<chat>:<message_id>`) was relayed to."""
     return f"tg.relay.{external_id}"
@@ -83,9 +91,10 @@ class TelegramSender:
                 await self._store.set_state(progress_key, sent)
         if not sent:
             raise PermanentError(f"{lead.ref}: nothing to send in reply {item.message_id}")
-        if message is not None and message.external_id and message.external_id.startswith("tg:"):
+        staff_ref = staff_message_ref(message.external_id if message else None)
+        if staff_ref is not None:
             await self._store.set_state(
-                relay_key(message.external_id), {"chat": chat_id, "message_id": sent[0], "lead": lead.number}
+                relay_key(staff_ref), {"chat": chat_id, "message_id": sent[0], "lead": lead.number}
             )
         log.info("%s telegram: delivered %s part(s) of %s", lead.ref, len(sent), item.message_id)
         return f"{chat_id}:{sent[0]}"

@@ -148,10 +148,8 @@ class StaffSide:
         return None
 
     async def _reply(self, manager: ManagerSettings, lead_number: int, message: Message, text: str) -> None:
+        # Replies are idempotent on (source, external_id): a replayed update records nothing new.
         external_id = f"tg:{message.chat.id}:{message.message_id}"
-        for channel in ("telegram", "email"):
-            if await self._hub.store.find_message(channel, external_id) is not None:
-                return  # replayed: this reply was recorded before
         attachments: list[Attachment] = []
         content = content_of(message)
         if content.attachments:
