@@ -146,6 +146,7 @@ class TelegramChannel:
                 )
             else:
                 log.warning("telegram: webhook mode without web.public_url; set the webhook yourself")
+            self._hub.channel_states.report("telegram", True, "webhook")
             await self._resync()
         else:
             try:

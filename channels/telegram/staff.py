@@ -37,6 +37,7 @@ from hub.errors import (
     TransientError,
     ValidationFailed,
 )
+from hub.web.dashboard.auth import login_link
 from storage.base import LeadChanges, LeadQuery
 
 if TYPE_CHECKING:
@@ -46,7 +47,7 @@ log = logging.getLogger(__name__)
 
 HINT_EVERY = 600.0  # seconds between hints to the same stranger
 LEAD_COMMANDS = frozenset({"/take", "/assign", "/resolve", "/reopen", "/kind", "/note"})
-SELF_COMMANDS = frozenset({"/away", "/back", "/my"})
+SELF_COMMANDS = frozenset({"/away", "/back", "/my", "/dashboard"})
 
 
 class StaffSide:
@@ -247,6 +248,13 @@ class StaffSide:
             await self._say(chat, thread, staff("tg.staff.back"))
         elif command == "/my":
             await self._say(chat, thread, await self.my_leads(manager, utcnow()))
+        elif command == "/dashboard":
+            if chat < 0:
+                # A sign-in link in a group would sign in whoever taps it first.
+                await self._say(chat, thread, staff("tg.staff.dashboard_private"))
+                return
+            url = login_link(self._hub.settings, manager.id, utcnow())
+            await self._say(chat, thread, staff("tg.staff.dashboard", url=url))
 
     async def my_leads(self, manager: ManagerSettings, now: datetime) -> str:
         """The manager's open leads, nearest breach first, with the time left."""

@@ -189,6 +189,7 @@ class Poller:
                 await self.poll_once()
                 failures = 0
             except (aiohttp.ClientError, OSError, TimeoutError, StoreError, RuntimeError, ValueError) as exc:
+                self._hub.channel_states.report("telegram", False, f"polling failed: {type(exc).__name__}")
                 failures += 1
                 delay = min(30.0, 0.5 * 2 ** min(failures, 6)) * random.uniform(0.5, 1.0)
                 log.warning("telegram polling failed (%s), retry in %.1fs: %s", failures, delay, exc)
@@ -210,6 +211,7 @@ class Poller:
             timeout=aiohttp.ClientTimeout(total=timeout + 15),
         ) as resp:
             answer = await resp.json(content_type=None)
+        self._hub.channel_states.report("telegram", bool(answer.get("ok")), "polling")
         if not answer.get("ok"):
             retry_after = (answer.get("parameters") or {}).get("retry_after")
             if retry_after:

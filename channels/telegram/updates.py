@@ -23,7 +23,7 @@ CUSTOMER = "telegram"
 CONTROL = "telegram.control"
 
 #: Private-chat commands handled by the bot itself rather than becoming part of a lead.
-PRIVATE_COMMANDS = frozenset({"/start", "/help", "/away", "/back", "/my"})
+PRIVATE_COMMANDS = frozenset({"/start", "/help", "/away", "/back", "/my", "/dashboard"})
 _EMAIL_IN_TEXT = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
 
 

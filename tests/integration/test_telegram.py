@@ -384,6 +384,19 @@ async def test_my_and_away(env: Env) -> None:
     env.emu.send_text(STAFF, me, "/away")
     await env.emu.wait_for(lambda: any("/back" in t for t in env.emu.texts_to(STAFF)), what="away ack")
     assert await env.hub.availability.is_away(manager.id)
+    env.emu.send_text(manager.telegram_id, me, "/dashboard")
+    link = await env.emu.wait_for(
+        lambda: [t for t in env.emu.texts_to(manager.telegram_id) if "/dashboard/link/" in t],
+        what="sign-in link",
+    )
+    assert len(link) == 1
+    env.emu.send_text(STAFF, me, "/dashboard")
+    await env.emu.wait_for(
+        lambda: any("/dashboard" in t for t in env.emu.texts_to(STAFF)), what="private hint"
+    )
+    assert not any("/dashboard/link/" in t for t in env.emu.texts_to(STAFF))
+    states = {s.name: s.connected for s in env.hub.channel_states.snapshot()}
+    assert states.get("telegram") is True
 
 
 async def test_webhook_requires_secret(
