@@ -600,3 +600,14 @@ async def test_webhook_is_registered_with_the_secret(
         assert emu.calls_of("getUpdates") == []
     finally:
         await hub.stop()
+
+
+async def test_kind_button_after_writing_sets_the_open_leads_kind(env: Env) -> None:
+    user = customer(6100, "Olha", "uk")
+    await open_lead(env, user, "Не працює пральна машина")
+    env.emu.send_text(user["id"], user, "Заявка на сервіс")
+    await env.emu.wait_for(
+        lambda: _lead_matches(env, lambda lead: lead.kind.value == "service_request"), what="kind from button"
+    )
+    messages = await env.hub.store.list_messages(1)
+    assert [m.text for m in messages if m.direction == Direction.IN] == ["Не працює пральна машина"]
