@@ -71,6 +71,7 @@ class TelegramApi:
         self._rng = rng or random.Random()
         self.calls = 0
         self.retry_afters = 0
+        self.closed = False
 
     async def call(
         self,
@@ -82,6 +83,9 @@ class TelegramApi:
         """Run one Bot API method for `chat_id` within the limits; see the module docstring."""
         network_failures = 0
         while True:
+            if self.closed:
+                # Stopping: what was not sent stays queued (outbox rows) for the next start.
+                raise TransientError(f"Telegram {method.__api_method__}: the hub is stopping")
             slot = await self.limiter.acquire(chat_id) if paced else None
             self.calls += 1
             try:
@@ -122,6 +126,8 @@ class TelegramApi:
                     slot.done()
 
     async def close(self) -> None:
+        """Refuse further calls and close the HTTP session."""
+        self.closed = True
         await self.bot.session.close()
 
 

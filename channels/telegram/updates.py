@@ -127,6 +127,9 @@ def content_of(message: Message) -> Content:
         text = (text + "\n" if text else "") + f"☎ {name} {contact.phone_number}".strip()
     if not text and attachments:
         text = ", ".join(f"[{a.name}]" for a in attachments)
+    if not text:
+        # Polls, dice, games...: staff still see that the customer wrote something.
+        text = "[a message of a type the hub does not show]"
     return Content(text=text, attachments=tuple(attachments))
 
 
