@@ -131,6 +131,7 @@ class TelegramChannel:
             # Telegram unreachable at start: polling retries on its own; links use the config.
             log.warning("telegram: getMe failed, continuing: %s", exc)
         self.desk.start()
+        await self.desk.load_pending()
         if settings.mode == "webhook":
             public = self._hub.settings.web.public_url.rstrip("/")
             if public:

@@ -70,7 +70,6 @@ class Topic:
 
 @dataclass(slots=True)
 class _Pending:
-    notices: list[str] = field(default_factory=list)
     refresh_card: bool = False
     close: bool = False
     reopen: bool = False
@@ -116,6 +115,16 @@ def edit_key(message_id: str) -> str:
     return f"tg.edit.{message_id}"
 
 
+def notices_key(lead_number: int) -> str:
+    """State key: notices (assignments, SLA alerts...) still to post in a lead's topic."""
+    return f"tg.notices.{lead_number}"
+
+
+def posts_key(chat: int) -> str:
+    """State key: plain posts (alerts) still to send to a chat."""
+    return f"tg.posts.{chat}"
+
+
 class StaffDesk:
     """Mirrors leads into the staff group(s) and posts alerts; see the module docstring."""
 
@@ -127,6 +136,7 @@ class StaffDesk:
         self._pending: dict[int, _Pending] = {}
         self._queues: dict[int, _ChatQueue] = {}
         self._plain_chats: set[int] = set()
+        self._state_lock = asyncio.Lock()  # read-modify-write of the notice lists
         self._running = False
         self.posts = 0
         self.coalesced_messages = 0
@@ -242,11 +252,33 @@ class StaffDesk:
             chat = next(c for c, q in self._queues.items() if q is queue)
         queue.task = asyncio.create_task(self._work(chat, queue), name=f"telegram-desk-{chat}")
 
-    def post_to(self, chat: int, html: str) -> None:
-        """Queue a plain post (alerts) to a chat."""
+    async def post_to(self, chat: int, html: str) -> None:
+        """Queue a plain post (alerts) to a chat; kept in the store until it is sent."""
+        async with self._state_lock:
+            queued = list(await self._hub.store.get_state(posts_key(chat)) or [])
+            await self._hub.store.set_state(posts_key(chat), [*queued, html])
+        self._wake_posts(chat)
+
+    def _wake_posts(self, chat: int) -> None:
         queue = self._queue(chat)
-        queue.posts.append(html)
+        queue.posts.append("")  # a token: the texts themselves live in the store
         queue.wake.set()
+
+    async def load_pending(self) -> None:
+        """After a restart: alerts that were queued but not sent yet go out."""
+        for chat in self.staff_chats():
+            if await self._hub.store.get_state(posts_key(chat)):
+                self._wake_posts(chat)
+
+    async def _add_notices(self, lead_number: int, notices: list[str]) -> None:
+        async with self._state_lock:
+            queued = list(await self._hub.store.get_state(notices_key(lead_number)) or [])
+            await self._hub.store.set_state(notices_key(lead_number), [*queued, *notices])
+
+    async def _drop_first(self, key: str, count: int) -> None:
+        async with self._state_lock:
+            queued = list(await self._hub.store.get_state(key) or [])
+            await self._hub.store.set_state(key, queued[count:] or None)
 
     async def customer_edited(self, lead: Lead, message_id: str) -> None:
         """A customer edited a message: update its copy in the topic."""
@@ -266,6 +298,7 @@ class StaffDesk:
             # Events carry the lead as it was; the desk renders what it is now.
             lead = await self._hub.store.get_lead(lead.number) or lead
         pending = self._pending_for(lead.number)
+        notices: list[str] = []
         data = event.data
         by = str(data.get("by") or "")
         match event.type:
@@ -277,25 +310,25 @@ class StaffDesk:
                     return
                 manager = self._hub.settings.manager(str(data.get("assignee") or ""))
                 who = mention(manager.telegram_id, manager.name) if manager else esc(data.get("assignee"))
-                pending.notices.append("👤 " + raw_staff("tg.event.assigned", who=who, by=esc(by)))
+                notices.append("👤 " + raw_staff("tg.event.assigned", who=who, by=esc(by)))
                 pending.refresh_card = True
             case EventType.LEAD_RESOLVED:
-                pending.notices.append("✅ " + staff("tg.event.resolved", by=by))
+                notices.append("✅ " + staff("tg.event.resolved", by=by))
                 pending.refresh_card = True
                 pending.close, pending.reopen = True, False
             case EventType.LEAD_REOPENED:
-                pending.notices.append("↩️ " + staff("tg.event.reopened", by=by))
+                notices.append("↩️ " + staff("tg.event.reopened", by=by))
                 pending.refresh_card = True
                 pending.reopen, pending.close = True, False
             case EventType.LEAD_STATUS:
                 if "kind" in data:
                     kind = staff(f"tg.kind.name.{data['kind']}")
-                    pending.notices.append("🏷 " + staff("tg.event.kind", kind=kind, by=by))
+                    notices.append("🏷 " + staff("tg.event.kind", kind=kind, by=by))
                 pending.refresh_card = True
             case EventType.SLA_WARNING | EventType.SLA_BREACHED:
-                self._alert(lead, event.type == EventType.SLA_BREACHED, pending)
+                await self._alert(lead, event.type == EventType.SLA_BREACHED, notices)
             case EventType.DELIVERY_FAILED:
-                pending.notices.append("❗ " + staff("tg.event.delivery_failed", error=data.get("error", "")))
+                notices.append("❗ " + staff("tg.event.delivery_failed", error=data.get("error", "")))
             case EventType.REPLY_RECORDED:
                 if data.get("source") == "telegram":
                     return
@@ -303,21 +336,23 @@ class StaffDesk:
                 if message is None:
                     return
                 head = staff("tg.event.reply", who=message.author, channel=message.channel)
-                pending.notices.append(f"💬 <i>{head}</i>\n{esc(message.text[:3500])}")
+                notices.append(f"💬 <i>{head}</i>\n{esc(message.text[:3500])}")
             case _:
                 return
+        if notices:
+            await self._add_notices(lead.number, notices)
         await self._mark(lead)
 
-    def _alert(self, lead: Lead, breached: bool, pending: _Pending) -> None:
+    async def _alert(self, lead: Lead, breached: bool, notices: list[str]) -> None:
         manager = self._hub.settings.manager(lead.assignee or "")
         who = mention(manager.telegram_id, manager.name) if manager else ""
         key = "tg.event.breached" if breached else "tg.event.warning"
         due = esc(local_time(lead.first_response_due, self._hub.settings.sla.calendar.timezone))
         text = ("🔥 " if breached else "⚠️ ") + raw_staff(key, lead=esc(lead.ref), due=due, who=who)
-        pending.notices.append(text)
+        notices.append(text)
         alerts = self._settings.alerts_chat_id
         if alerts is not None:
-            self.post_to(alerts, text)
+            await self.post_to(alerts, text)
 
     # --- the worker ---------------------------------------------------------------------
     async def _work(self, chat: int, queue: _ChatQueue) -> None:
@@ -327,11 +362,8 @@ class StaffDesk:
                 await queue.wake.wait()
                 continue
             if queue.posts:
-                html = queue.posts.popleft()
-                try:
-                    await self._send(chat, None, html)
-                except (TransientError, PermanentError, TelegramBadRequest) as exc:
-                    log.error("telegram: could not post to chat %s: %s", chat, exc)
+                queue.posts.clear()
+                await self._send_posts(chat)
                 continue
             number = min(queue.leads, key=lambda n: (queue.leads[n], n))
             del queue.leads[number]
@@ -345,6 +377,22 @@ class StaffDesk:
                 raise
             except Exception:
                 log.exception("L-%s telegram: staff group update failed", number)
+
+    async def _send_posts(self, chat: int) -> None:
+        """Send the chat's queued plain posts, oldest first, each removed once it is out."""
+        for _ in range(1000):
+            queued = await self._hub.store.get_state(posts_key(chat))
+            if not queued:
+                return
+            try:
+                await self._send(chat, None, str(queued[0]))
+            except TransientError as exc:
+                log.warning("telegram: posting to chat %s postponed: %s", chat, exc)
+                asyncio.get_running_loop().call_later(exc.retry_after or 5.0, self._wake_posts, chat)
+                return
+            except (PermanentError, TelegramBadRequest) as exc:
+                log.error("telegram: could not post to chat %s, dropping one post: %s", chat, exc)
+            await self._drop_first(posts_key(chat), 1)
 
     def _requeue(self, chat: int, number: int) -> None:
         queue = self._queue(chat)
@@ -409,9 +457,10 @@ class StaffDesk:
             if pending.edited:
                 await self._apply_edits(lead, contact, topic, pending.edited)
                 pending.edited = set()
-            if pending.notices:
-                await self._post_html(lead, topic, "\n\n".join(pending.notices), [], topic.seen)
-                pending.notices = []
+            notices = list(await self._hub.store.get_state(notices_key(number)) or [])
+            if notices:
+                await self._post_notices(topic, notices)
+                await self._drop_first(notices_key(number), len(notices))
             if pending.refresh_card and topic.card is not None:
                 await self._refresh_card(lead, contact, topic)
                 pending.refresh_card = False
@@ -421,10 +470,9 @@ class StaffDesk:
                 await self._save(number, topic)
             pending.close = pending.reopen = False
         finally:
-            if pending.notices or pending.refresh_card or pending.edited or pending.close or pending.reopen:
+            if pending.refresh_card or pending.edited or pending.close or pending.reopen:
                 # Not done (an error): keep the work for the next attempt.
                 mine = self._pending_for(number)
-                mine.notices[0:0] = pending.notices
                 mine.refresh_card |= pending.refresh_card
                 mine.edited |= pending.edited
                 mine.close |= pending.close
@@ -642,10 +690,21 @@ class StaffDesk:
             topic.seen = len(messages)
             await self._save(lead.number, topic)
 
+    async def _post_notices(self, topic: Topic, notices: list[str]) -> None:
+        """Notices in as few posts as fit (each notice is far below the limit by construction)."""
+        chunk: list[str] = []
+        for notice in [n[:MAX_TEXT] for n in notices]:
+            if chunk and sum(len(c) + 2 for c in chunk) + len(notice) > MAX_TEXT:
+                await self._send(topic.chat, topic.thread, "\n\n".join(chunk))
+                chunk = []
+            chunk.append(notice)
+        if chunk:
+            await self._send(topic.chat, topic.thread, "\n\n".join(chunk))
+
     async def _post_html(self, lead: Lead, topic: Topic, html: str, ids: list[str], seen: int) -> None:
-        for part in [html] if len(html) <= MAX_TEXT else split_html_escaped(html):
-            sent = await self._send(topic.chat, topic.thread, part)
-            await self._remember_post(lead.number, topic.chat, sent, ids)
+        # Units are at most MAX_TEXT and batches are cut before they would exceed it.
+        sent = await self._send(topic.chat, topic.thread, html)
+        await self._remember_post(lead.number, topic.chat, sent, ids)
         if seen > topic.seen:
             topic.seen = seen
             await self._save(lead.number, topic)
