@@ -8,7 +8,7 @@ from hub.config import Settings
 from hub.domain import Event, EventType, Lead, LeadKind, LeadStatus, utcnow
 from hub.errors import ConflictError, NotFoundError, ValidationFailed
 from hub.events import EventBus
-from hub.sla import SlaClock
+from hub.sla import SlaClock, merge_changes
 from storage.base import LeadChanges, Store
 
 
@@ -43,10 +43,10 @@ class LeadActions:
             raise ValidationFailed(f"unknown manager {manager_id!r}", {"manager": f"not one of: {known}"})
         lead = await self._lead(number)
         team = lead.team if lead.team in manager.teams else (manager.teams[0] if manager.teams else lead.team)
-        lead = (
-            await self._store.update_lead(number, LeadChanges(assignee=manager.id, team=team, updated_at=now))
-            or lead
-        )
+        changes = LeadChanges(assignee=manager.id, team=team, updated_at=now)
+        # Another team may have its own SLA policy.
+        changes = merge_changes(changes, self._clock.retarget(lead, team=team))
+        lead = await self._store.update_lead(number, changes) or lead
         await self._record(
             lead,
             EventType.LEAD_ASSIGNED,
@@ -73,6 +73,7 @@ class LeadActions:
         if lead.is_active:
             raise ConflictError(f"{lead.ref} is already {lead.status.value}")
         changes = LeadChanges(status=LeadStatus.OPEN, clear_resolved_at=True, updated_at=now)
+        changes = merge_changes(changes, self._clock.on_reopen(lead, now))
         lead = await self._store.update_lead(number, changes) or lead
         await self._record(lead, EventType.LEAD_REOPENED, now, {"by": by})
         return lead
@@ -83,15 +84,8 @@ class LeadActions:
         lead = await self._lead(number)
         if lead.kind == kind:
             return lead
-        changes = LeadChanges(kind=kind, updated_at=now)
-        if lead.first_response_at is None and lead.breached_at is None:
-            due = self._clock.due_times(kind, lead.created_at)
-            changes = LeadChanges(
-                kind=kind,
-                first_response_due=due.first_response_due,
-                warn_due=due.warn_due,
-                updated_at=now,
-            )
+        # The new kind's policy moves the due times of the targets still running.
+        changes = merge_changes(LeadChanges(kind=kind, updated_at=now), self._clock.retarget(lead, kind=kind))
         lead = await self._store.update_lead(number, changes) or lead
         await self._record(lead, EventType.LEAD_STATUS, now, {"kind": kind.value, "by": by})
         return lead

@@ -21,12 +21,14 @@ from hub.domain import Lead, new_id, utcnow
 from hub.events import EventBus
 from hub.inbox import InboxProcessor
 from hub.intake import Intake
+from hub.notify_webhook import WebhookNotifier
 from hub.outbox import OutboxDispatcher
 from hub.replies import Replies
-from hub.sla import SlaClock, SlaSweeper
+from hub.sla import SlaClock, SlaSweeper, retarget_after_config_change, team_leads_from
 from hub.web.ratelimit import SlidingWindowLimiter
 from hub.web.server import create_web_app
 from routing.availability import Availability
+from routing.queue import QueueDrainer
 from routing.router import ConfigRouter
 from storage import Store, store_from_url
 from storage.base import StoreError
@@ -79,14 +81,27 @@ class Hub:
         self.store: Store = store or store_from_url(settings.storage.url)
         self.bus = EventBus()
         self.sla = SlaClock(settings.sla, build_calendar(settings))
-        self.availability = Availability(self.store)
-        self.router = ConfigRouter(settings, self.store, self.availability)
+        self.availability = Availability(self.store, on_change=self._availability_changed)
+        self.router = ConfigRouter(settings, self.store, self.availability, self.bus)
+        self.queue = QueueDrainer(self.store, self.router)
+        self.queue.subscribe(self.bus, lambda: self.now())
         self.intake = Intake(self.store, self.sla, self.router, self.bus)
         self.inbox = InboxProcessor(self.store, self.intake, self.bus, self.instance_id)
         self.outbox = OutboxDispatcher(self.store, self.bus, settings.outbox, self.instance_id)
         self.replies = Replies(self.store, self.bus, lambda: self.outbox.channels, self.outbox.wake)
         self.actions = LeadActions(self.store, self.bus, settings, self.sla)
-        self.sweeper = SlaSweeper(self.store, self.bus)
+        self.sweeper = SlaSweeper(
+            self.store,
+            self.bus,
+            clock=self.sla,
+            team_leads=team_leads_from(settings.managers),
+            reassign=self.queue.reassign_one,
+        )
+        if settings.notify.webhook is not None:
+            self.webhook: WebhookNotifier | None = WebhookNotifier(settings.notify.webhook)
+            self.bus.subscribe("notify.webhook", self.webhook.on_event)
+        else:
+            self.webhook = None
         self.form_limiter = SlidingWindowLimiter(settings.web.form_rate_limit)
         self.web_setups: list[WebSetup] = []
         self.channel_states = ChannelStates()  # channels report connection state here (/metrics)
@@ -108,6 +123,7 @@ class Hub:
     async def start(self) -> None:
         """Open the store, replay unfinished input, start sweeps, delivery, web and channels."""
         await self.store.open()
+        await retarget_after_config_change(self.store, self.sla, self.instance_id, self.now())
         await self.inbox.start()
         await self.outbox.start()
         self._scheduler = AsyncIOScheduler(timezone="UTC")
@@ -119,6 +135,15 @@ class Hub:
             coalesce=True,
             next_run_time=utcnow(),
             id="sla-sweep",
+        )
+        self._scheduler.add_job(
+            self.drain_queue,
+            "interval",
+            seconds=self.settings.routing.drain_every.total_seconds(),
+            max_instances=1,
+            coalesce=True,
+            next_run_time=utcnow(),
+            id="routing-drain",
         )
         self._scheduler.start()
         if self.settings.web.enabled:
@@ -143,6 +168,19 @@ class Hub:
         except StoreError as exc:
             log.warning("sla sweep: store unavailable, next sweep will catch up: %s", exc)
 
+    async def drain_queue(self) -> None:
+        """Hand the unassigned queue to whoever is eligible now (shift starts; the timer job)."""
+        try:
+            await self.queue.drain(self.now())
+        except StoreError as exc:
+            log.warning("routing drain: store unavailable, will retry: %s", exc)
+
+    async def _availability_changed(self, manager_id: str, away: bool) -> None:
+        if away and self.settings.routing.reassign_when_away:
+            await self.queue.reassign_from(manager_id, self.now(), "assignee went away")
+        if not away:
+            await self.queue.drain(self.now())
+
     async def stop(self) -> None:
         """Stop taking input, finish in-flight requests, then close the store."""
         for channel in reversed(self.channels):
@@ -156,6 +194,8 @@ class Hub:
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=False)
             self._scheduler = None
+        if self.webhook is not None:
+            await self.webhook.close()
         await self.outbox.stop()
         await self.inbox.stop()
         await self.store.close()

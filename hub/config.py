@@ -149,6 +149,9 @@ class RuleMatch(_Section):
     kind: LeadKind | None = None
     form: str | list[str] | None = None
     keywords: list[str] = Field(default_factory=list)
+    recipient: str | list[str] | None = None  # the address the customer wrote to (email)
+    language: str | list[str] | None = None  # the customer's language, e.g. uk, ru, en
+    contact_tags: list[str] = Field(default_factory=list)  # any of these tags on the contact
 
 
 class RoutingRule(_Section):
@@ -162,6 +165,8 @@ class RoutingRule(_Section):
 class RoutingSettings(_Section):
     default_team: str | None = None
     rules: list[RoutingRule] = Field(default_factory=list)
+    reassign_when_away: bool = False  # /away hands the manager's open leads to others
+    drain_every: Duration = Field(default_factory=lambda: timedelta(seconds=60))  # shift starts
 
 
 class CalendarSettings(_Section):
@@ -181,9 +186,88 @@ class CalendarSettings(_Section):
         return value
 
 
+SLA_TARGETS = ("first_response", "next_response", "resolution")
+
+
+class SlaEscalation(_Section):
+    """Who hears about a breach: the assignee, then the team's leads; optionally reassign.
+
+    With `team_lead_after`, the team's leads (and the reassignment) come that long after the
+    breach, as an `sla.escalated` event, unless the lead was answered or resolved meanwhile.
+    """
+
+    notify_assignee: bool = True
+    notify_team_lead: bool = True
+    reassign: bool = False
+    team_lead_after: Duration | None = None
+
+
+def _split_targets(data: Any) -> Any:
+    """`first_response: {after: 4h, warn_at: 0.9}` -> the duration plus a per-target warn_at."""
+    if not isinstance(data, dict):
+        return data
+    data = dict(data)
+    warn = dict(data.get("target_warn_at") or {})
+    for target in SLA_TARGETS:
+        value = data.get(target)
+        if isinstance(value, dict):
+            unknown = set(value) - {"after", "warn_at"}
+            if unknown:
+                raise ValueError(
+                    f"{target}: unknown key(s) {', '.join(sorted(unknown))} (use after, warn_at)"
+                )
+            if "after" not in value:
+                raise ValueError(f"{target}: needs 'after', e.g. {{after: 4h, warn_at: 0.8}}")
+            data[target] = value["after"]
+            if "warn_at" in value:
+                warn[target] = value["warn_at"]
+    if warn:
+        data["target_warn_at"] = warn
+    return data
+
+
+class SlaOverride(_Section):
+    """A team's or a priority's changes to a kind's policy (unset keys keep the kind's value)."""
+
+    first_response: Duration | None = None
+    next_response: Duration | None = None
+    resolution: Duration | None = None
+    warn_at: float | None = Field(None, gt=0, lt=1)
+    target_warn_at: dict[Literal["first_response", "next_response", "resolution"], float] = Field(
+        default_factory=dict
+    )
+    escalation: SlaEscalation | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _targets(cls, data: Any) -> Any:
+        return _split_targets(data)
+
+
 class SlaPolicy(_Section):
     first_response: Duration
     warn_at: float = Field(0.8, gt=0, lt=1)
+    next_response: Duration | None = None  # after the customer writes again on an open lead
+    resolution: Duration | None = None  # paused while waiting for the customer
+    target_warn_at: dict[Literal["first_response", "next_response", "resolution"], float] = Field(
+        default_factory=dict
+    )
+    escalation: SlaEscalation = Field(default_factory=SlaEscalation)
+    teams: dict[str, SlaOverride] = Field(default_factory=dict)
+    priorities: dict[int, SlaOverride] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _targets(cls, data: Any) -> Any:
+        return _split_targets(data)
+
+    @field_validator("target_warn_at")
+    @classmethod
+    def _fractions(cls, value: dict[str, float]) -> dict[str, float]:
+        for target, fraction in value.items():
+            if not 0 < fraction < 1:
+                raise ValueError(f"{target}.warn_at must be between 0 and 1 (exclusive), got {fraction}")
+        return value
 
 
 class SlaSettings(_Section):
@@ -270,6 +354,31 @@ class OutboxSettings(_Section):
     backoff_max: Duration = Field(default_factory=lambda: timedelta(minutes=30))
 
 
+class WebhookSettings(_Section):
+    """An outgoing JSON POST for alerts (SLA warnings and breaches, unassigned leads)."""
+
+    url: str
+    events: list[str] = Field(
+        default_factory=lambda: ["sla.warning", "sla.breached", "sla.escalated", "routing.nobody_eligible"]
+    )
+    timeout: Duration = Field(default_factory=lambda: timedelta(seconds=10))
+    max_attempts: int = Field(5, ge=1, le=20)
+    backoff_base: Duration = Field(default_factory=lambda: timedelta(seconds=1))
+    headers: dict[str, str] = Field(default_factory=dict)
+    secret: SecretStr | None = None  # HUB_NOTIFY_WEBHOOK_SECRET: HMAC-SHA256 of the body
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+
+class NotifySettings(_Section):
+    webhook: WebhookSettings | None = None
+
+
 class Settings(_Section):
     storage: StorageSettings = Field(default_factory=StorageSettings)
     web: WebSettings = Field(default_factory=WebSettings)
@@ -287,6 +396,7 @@ class Settings(_Section):
     email: EmailSettings = Field(default_factory=EmailSettings)
     telegram: TelegramSettings = Field(default_factory=TelegramSettings)
     outbox: OutboxSettings = Field(default_factory=OutboxSettings)
+    notify: NotifySettings = Field(default_factory=NotifySettings)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("forms")
@@ -318,6 +428,10 @@ class Settings(_Section):
         for form_id, form in self.forms.items():
             if form.team and form.team not in self.teams:
                 raise ValueError(f"forms.{form_id}.team: unknown team {form.team!r}")
+        for kind, policy in self.sla.policies.items():
+            for team_name in policy.teams:
+                if team_name not in self.teams:
+                    raise ValueError(f"sla.policies.{kind.value}.teams: unknown team {team_name!r}")
         return self
 
     def manager(self, manager_id: str) -> ManagerSettings | None:
@@ -342,6 +456,7 @@ ENV_OVERRIDES: dict[str, str] = {
     "HUB_TELEGRAM_WEBHOOK_SECRET": "telegram.webhook_secret",
     "HUB_TELEGRAM_API_BASE": "telegram.api_base",
     "HUB_LOG_LEVEL": "log_level",
+    "HUB_NOTIFY_WEBHOOK_SECRET": "notify.webhook.secret",
 }
 
 
@@ -374,9 +489,26 @@ def settings_from_dict(data: dict[str, Any], env: dict[str, str] | None = None) 
         if env.get(var):
             _set_dotted(merged, dotted, env[var])
     try:
-        return Settings.model_validate(merged)
+        settings = Settings.model_validate(merged)
     except ValidationError as exc:
         raise ConfigError(_format_error(exc)) from exc
+    _check_calendars(settings)
+    return settings
+
+
+def _check_calendars(settings: Settings) -> None:
+    """Parse every calendar now, so `check-config` and start-up name a bad key the same way."""
+    from hub.business_hours import BusinessHours, parse_weekly_hours  # builds on these types
+
+    BusinessHours.from_settings(settings.sla.calendar)
+    for manager in settings.managers:
+        hours = manager.working_hours
+        if hours is not None:
+            key = f"managers[{manager.id}].working_hours"
+            try:
+                BusinessHours(hours.timezone, parse_weekly_hours(hours.hours, f"{key}.hours"))
+            except (ValueError, KeyError) as exc:  # ZoneInfoNotFoundError is a KeyError
+                raise ConfigError(f"{key}.timezone: unknown time zone {hours.timezone!r}") from exc
 
 
 def _deep_copy(data: Any) -> Any:
@@ -416,7 +548,7 @@ def masked_dump(settings: Settings) -> dict[str, Any]:
 def _mask(node: Any) -> None:
     if isinstance(node, dict):
         for key, value in node.items():
-            if key in {"token", "password", "webhook_secret", "secret_key", "password_hash"}:
+            if key in {"token", "password", "webhook_secret", "secret_key", "password_hash", "secret"}:
                 node[key] = "***" if value else None
             else:
                 _mask(value)

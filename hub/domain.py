@@ -169,6 +169,15 @@ class Lead:
     warn_due: datetime | None = None
     warned_at: datetime | None = None
     breached_at: datetime | None = None
+    # The response target on the clock (first_response, next_response; None: no reply owed),
+    # when it started and its due/warning times; the resolution target; the pause start.
+    sla_target: str | None = None
+    sla_started_at: datetime | None = None
+    sla_due: datetime | None = None
+    sla_warn_due: datetime | None = None
+    resolution_due: datetime | None = None
+    resolution_warn_due: datetime | None = None
+    sla_paused_at: datetime | None = None
 
     @property
     def ref(self) -> str:
@@ -258,3 +267,5 @@ class EventType(StrEnum):
     SLA_WARNING = "sla.warning"
     SLA_BREACHED = "sla.breached"
     INPUT_QUARANTINED = "input.quarantined"
+    ROUTING_NOBODY_ELIGIBLE = "routing.nobody_eligible"
+    SLA_ESCALATED = "sla.escalated"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from hub.domain import (
@@ -28,7 +28,7 @@ from hub.domain import (
 )
 from hub.events import EventBus
 from hub.ports import Router, RoutingDecision, RoutingRequest
-from hub.sla import SlaClock
+from hub.sla import SlaClock, merge_changes
 from storage.base import DuplicateError, LeadChanges, Store
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ class Intake:
                 )
             )
         if not created and stored:
-            lead, changed = await self._customer_wrote_again(lead, now)
+            lead, changed = await self._customer_wrote_again(lead, now, inbound.received_at)
             events.extend(changed)
 
         for event in events:
@@ -204,7 +204,6 @@ class Intake:
 
     async def _open_lead(self, inbound: Inbound, contact: Contact, now: datetime) -> tuple[Lead, bool]:
         kind = inbound.kind_hint or LeadKind.MESSAGE
-        due = self._clock.due_times(kind, inbound.received_at)
         lead = Lead(
             number=await self._store.next_lead_number(),
             kind=kind,
@@ -216,10 +215,8 @@ class Intake:
             subject=inbound.subject[:500],
             form_id=inbound.form_id,
             origin_external_id=inbound.external_id,
-            first_response_due=due.first_response_due,
-            warn_due=due.warn_due,
         )
-        return await self._store.create_lead(lead)
+        return await self._store.create_lead(self._clock.start(lead))
 
     async def _route(
         self, lead: Lead, inbound: Inbound, contact: Contact, now: datetime
@@ -249,6 +246,10 @@ class Intake:
                 tags=sorted({*lead.tags, *decision.tags}) if decision.tags else None,
                 updated_at=now,
             )
+            # A team's or priority's own SLA policy moves the due times set at creation.
+            changes = merge_changes(
+                changes, self._clock.retarget(lead, team=decision.team, priority=decision.priority)
+            )
             result = await self._store.update_lead(lead.number, changes)
             if result is not None:
                 updated = result
@@ -270,13 +271,20 @@ class Intake:
         await self._router.route(request, now, apply)
         return updated, events
 
-    async def _customer_wrote_again(self, lead: Lead, now: datetime) -> tuple[Lead, list[Event]]:
-        """A customer message on an existing lead reopens it or resumes its clock."""
-        if lead.status in (LeadStatus.NEW, LeadStatus.OPEN):
+    async def _customer_wrote_again(
+        self, lead: Lead, now: datetime, received_at: datetime | None = None
+    ) -> tuple[Lead, list[Event]]:
+        """A customer message on an existing lead reopens it, resumes its clock, owes a reply."""
+        # SLA time runs from when the customer wrote (a replay after downtime keeps it honest).
+        changes = self._clock.on_customer_message(lead, min(received_at or now, now))
+        if changes is not None:
+            changes = replace(changes, updated_at=now)
+        if changes is None:
             return lead, []
         previous = lead.status
-        changes = LeadChanges(status=LeadStatus.OPEN, clear_resolved_at=True, updated_at=now)
         updated = await self._store.update_lead(lead.number, changes) or lead
+        if previous in (LeadStatus.NEW, LeadStatus.OPEN):
+            return updated, []
         event_type = (
             EventType.LEAD_REOPENED
             if previous in (LeadStatus.RESOLVED, LeadStatus.CLOSED)

@@ -127,6 +127,9 @@ class Replies:
         changes = LeadChanges(
             first_response_at=now if lead.first_response_at is None else None,
             status=LeadStatus.WAITING_CUSTOMER if lead.is_active else None,
+            # A public reply answers the response owed; waiting for the customer pauses resolution.
+            clear_sla=lead.is_active,
+            pause_sla=lead.is_active,
             updated_at=now,
         )
         lead = await self._store.update_lead(lead.number, changes) or lead

@@ -1,23 +1,36 @@
-"""The SLA clock: due times for new leads and the sweep that marks warnings and breaches.
+"""The SLA clock: due times for leads and the sweep that marks warnings and breaches.
 
-Due times are computed once, on the business calendar, and stored on the lead; the sweep
-asks the store for marks whose time has passed and the store claims each exactly once,
-so several hub processes on one database never alert twice.
+Targets per policy (`sla.policies.<kind>`, optionally overridden per team and per priority):
+`first_response` (from the lead's first message to the first public reply), `next_response`
+(from a customer message on an answered, still active lead to the next public reply) and
+`resolution` (from creation to resolved, paused while the lead waits for the customer).
+
+Due times are computed on the business calendar and stored on the lead; the store arms a mark
+for each. The sweep asks the store for marks whose time has passed and the store claims each
+exactly once, so several hub processes on one database never alert twice, and a sweep after
+downtime reports every missed mark once.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from typing import Any
 
 from hub.calendar import Calendar
-from hub.config import SlaPolicy, SlaSettings
-from hub.domain import Event, EventType, LeadKind
+from hub.config import SlaEscalation, SlaPolicy, SlaSettings
+from hub.domain import ACTIVE_STATUSES, Event, EventType, Lead, LeadKind, LeadStatus, Role
 from hub.events import EventBus
-from storage.base import Store
+from storage.base import LeadChanges, LeadQuery, SlaClaim, Store
 
 log = logging.getLogger(__name__)
+
+FIRST_RESPONSE = "first_response"
+NEXT_RESPONSE = "next_response"
+RESOLUTION = "resolution"
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,8 +39,38 @@ class DueTimes:
     warn_due: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class EffectivePolicy:
+    """A kind's policy with the team's and the priority's overrides applied."""
+
+    targets: dict[str, timedelta]
+    warn_at: dict[str, float]
+    escalation: SlaEscalation
+
+    def warn_after(self, target: str) -> timedelta:
+        """How much working time after the target starts its warning fires."""
+        return self.targets[target] * self.warn_at[target]
+
+
+def merge_changes(base: LeadChanges, extra: LeadChanges | None) -> LeadChanges:
+    """`base` with every field `extra` sets laid over it (None / False in `extra` keep `base`)."""
+    if extra is None:
+        return base
+    fields: dict[str, Any] = {}
+    for name in LeadChanges.__dataclass_fields__:
+        value = getattr(extra, name)
+        if value is not None and value is not False and value != {}:
+            fields[name] = value
+    # Warning times travel with their due times even when they are None (no warning).
+    if extra.sla_due is not None:
+        fields["sla_warn_due"] = extra.sla_warn_due
+    if extra.resolution_due is not None:
+        fields["resolution_warn_due"] = extra.resolution_warn_due
+    return replace(base, **fields)
+
+
 class SlaClock:
-    """Computes due times from the policies and the calendar."""
+    """Computes due times from the policies and the calendar, and how they move."""
 
     def __init__(self, settings: SlaSettings, calendar: Calendar) -> None:
         self._settings = settings
@@ -37,56 +80,328 @@ class SlaClock:
         """The policy for a lead kind (config validation guarantees one exists)."""
         return self._settings.policies[kind]
 
+    def effective(self, kind: LeadKind, team: str | None = None, priority: int = 0) -> EffectivePolicy:
+        """The kind's policy, overridden by its `teams.<team>` then `priorities.<priority>` entry."""
+        base = self.policy(kind)
+        targets: dict[str, timedelta | None] = {
+            FIRST_RESPONSE: base.first_response,
+            NEXT_RESPONSE: base.next_response,
+            RESOLUTION: base.resolution,
+        }
+        default_warn = base.warn_at
+        warn: dict[str, float] = {str(k): v for k, v in base.target_warn_at.items()}
+        escalation = base.escalation
+        for override in (base.teams.get(team or ""), base.priorities.get(priority)):
+            if override is None:
+                continue
+            for name in targets:
+                value = getattr(override, name)
+                if value is not None:
+                    targets[name] = value
+            if override.warn_at is not None:
+                default_warn = override.warn_at
+                warn = {}
+            warn.update({str(k): v for k, v in override.target_warn_at.items()})
+            escalation = override.escalation or escalation
+        active = {name: value for name, value in targets.items() if value is not None}
+        return EffectivePolicy(
+            targets=active,
+            warn_at={name: warn.get(name, default_warn) for name in active},
+            escalation=escalation,
+        )
+
+    def _due(self, policy: EffectivePolicy, target: str, start: datetime) -> tuple[datetime, datetime]:
+        due = self.calendar.add(start, policy.targets[target])
+        return due, self.calendar.add(start, policy.warn_after(target))
+
     def due_times(self, kind: LeadKind, start: datetime) -> DueTimes:
         """First-response due time and its warning time for a lead opened at `start`."""
-        policy = self.policy(kind)
-        due = self.calendar.add(start, policy.first_response)
-        warn = self.calendar.add(
-            start, timedelta(seconds=policy.first_response.total_seconds() * policy.warn_at)
-        )
+        due, warn = self._due(self.effective(kind), FIRST_RESPONSE, start)
         return DueTimes(first_response_due=due, warn_due=warn)
+
+    def start(self, lead: Lead) -> Lead:
+        """A new lead with every target of its policy started at its creation."""
+        policy = self.effective(lead.kind, lead.team, lead.priority)
+        due, warn = self._due(policy, FIRST_RESPONSE, lead.created_at)
+        lead.first_response_due, lead.warn_due = due, warn
+        lead.sla_target, lead.sla_started_at, lead.sla_due, lead.sla_warn_due = (
+            FIRST_RESPONSE,
+            lead.created_at,
+            due,
+            warn,
+        )
+        if RESOLUTION in policy.targets:
+            lead.resolution_due, lead.resolution_warn_due = self._due(policy, RESOLUTION, lead.created_at)
+        return lead
+
+    def fingerprint(self) -> str:
+        """A digest of the policies and the calendar: when it changes, due times are recomputed."""
+        raw = self._settings.model_dump_json(include={"policies", "calendar"})
+        return hashlib.sha256(raw.encode("utf-8")).hexdigest()[:16]
+
+    def retarget(
+        self,
+        lead: Lead,
+        kind: LeadKind | None = None,
+        team: str | None = None,
+        priority: int | None = None,
+        force: bool = False,
+    ) -> LeadChanges | None:
+        """New due times after the lead's kind, team or priority (so its policy) changed.
+
+        `force` recomputes even when the policy looks the same (the config itself changed).
+        """
+        kind = kind or lead.kind
+        team = team if team is not None else lead.team
+        priority = priority if priority is not None else lead.priority
+        old = self.effective(lead.kind, lead.team, lead.priority)
+        new = self.effective(kind, team, priority)
+        if (old == new and not force) or not lead.is_active:
+            return None
+        changes = LeadChanges()
+        if lead.sla_target == FIRST_RESPONSE or (lead.sla_target is None and lead.first_response_at is None):
+            if lead.breached_at is None and lead.first_response_at is None:
+                due, warn = self._due(new, FIRST_RESPONSE, lead.created_at)
+                # A warning already sent is not sent again for the same target.
+                changes = replace(
+                    changes,
+                    first_response_due=due,
+                    warn_due=warn if lead.warned_at is None else None,
+                    sla_target=FIRST_RESPONSE,
+                    sla_started_at=lead.created_at,
+                    sla_due=due,
+                    sla_warn_due=warn if lead.warned_at is None else None,
+                )
+        elif lead.sla_target == NEXT_RESPONSE and lead.sla_started_at is not None:
+            if NEXT_RESPONSE in new.targets:
+                due, warn = self._due(new, NEXT_RESPONSE, lead.sla_started_at)
+                changes = replace(changes, sla_target=NEXT_RESPONSE, sla_due=due, sla_warn_due=warn)
+            else:
+                changes = replace(changes, clear_sla=True)
+        # Resolution is recomputed from creation only while it has never paused (before the
+        # first reply); afterwards the paused spans are not on record and the old due stands.
+        if RESOLUTION in new.targets and lead.first_response_at is None and lead.sla_paused_at is None:
+            due, warn = self._due(new, RESOLUTION, lead.created_at)
+            changes = replace(changes, resolution_due=due, resolution_warn_due=warn)
+        elif RESOLUTION not in new.targets and lead.resolution_due is not None:
+            changes = replace(changes, clear_resolution=True)
+        return changes
+
+    def on_reopen(self, lead: Lead, now: datetime) -> LeadChanges | None:
+        """Staff reopened a resolved lead: its resolution target starts again from `now`."""
+        policy = self.effective(lead.kind, lead.team, lead.priority)
+        if RESOLUTION not in policy.targets:
+            return LeadChanges(clear_sla_paused=True) if lead.sla_paused_at else None
+        due, warn = self._due(policy, RESOLUTION, now)
+        return LeadChanges(resolution_due=due, resolution_warn_due=warn, clear_sla_paused=True)
+
+    def on_customer_message(self, lead: Lead, now: datetime) -> LeadChanges | None:
+        """A customer wrote on an existing lead: reopen, resume the clock, owe a next response."""
+        policy = self.effective(lead.kind, lead.team, lead.priority)
+        changes = LeadChanges(updated_at=now)
+        changed = False
+        reopening = lead.status in (LeadStatus.RESOLVED, LeadStatus.CLOSED)
+        if lead.status not in (LeadStatus.NEW, LeadStatus.OPEN):
+            changes = replace(changes, status=LeadStatus.OPEN, clear_resolved_at=reopening)
+            changed = True
+        owes_reply = lead.first_response_at is not None and (lead.sla_target is None or reopening)
+        if owes_reply and NEXT_RESPONSE in policy.targets:
+            due, warn = self._due(policy, NEXT_RESPONSE, now)
+            changes = replace(
+                changes, sla_target=NEXT_RESPONSE, sla_started_at=now, sla_due=due, sla_warn_due=warn
+            )
+            changed = True
+        if RESOLUTION in policy.targets:
+            if reopening:
+                due, warn = self._due(policy, RESOLUTION, now)
+                changes = replace(
+                    changes, resolution_due=due, resolution_warn_due=warn, clear_sla_paused=True
+                )
+                changed = True
+            elif lead.sla_paused_at is not None and lead.resolution_due is not None:
+                changes = replace(changes, clear_sla_paused=True)
+                changed = True
+                left = self.calendar.working_time_between(lead.sla_paused_at, lead.resolution_due)
+                if left > timedelta(0):
+                    warn_at: datetime | None = None
+                    if lead.resolution_warn_due is not None and lead.resolution_warn_due > lead.sla_paused_at:
+                        warn_left = self.calendar.working_time_between(
+                            lead.sla_paused_at, lead.resolution_warn_due
+                        )
+                        warn_at = self.calendar.add(now, warn_left)
+                    changes = replace(
+                        changes, resolution_due=self.calendar.add(now, left), resolution_warn_due=warn_at
+                    )
+        elif lead.sla_paused_at is not None:
+            changes = replace(changes, clear_sla_paused=True)
+            changed = True
+        return changes if changed else None
+
+
+Reassign = Callable[[Lead, datetime, str], Awaitable[str | None]]
 
 
 class SlaSweeper:
-    """Claims passed warning and breach marks and publishes them, a bounded batch at a time."""
+    """Claims passed warning and breach marks and publishes them, a bounded batch at a time.
 
-    def __init__(self, store: Store, bus: EventBus, batch: int = 500) -> None:
+    Escalation per policy: a warning goes to the assignee; a breach goes to the assignee and
+    the team's leads (role lead) and, when the policy says `reassign`, the lead is routed again
+    to someone else. Who to notify travels in the event's `notify` list for the notifiers.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        bus: EventBus,
+        batch: int = 500,
+        clock: SlaClock | None = None,
+        team_leads: Callable[[str | None], list[str]] | None = None,
+        reassign: Reassign | None = None,
+    ) -> None:
         self._store = store
         self._bus = bus
         self._batch = batch
+        self._clock = clock
+        self._team_leads = team_leads or (lambda team: [])
+        self._reassign = reassign
+        self.escalations = 0
 
     async def sweep(self, now: datetime) -> tuple[int, int]:
-        """Mark every warning and breach due by `now`; returns (warnings, breaches) claimed."""
-        warnings = await self._drain(now, warning=True)
-        breaches = await self._drain(now, warning=False)
-        return warnings, breaches
+        """Report every warning and breach due by `now`; returns (warnings, breaches) claimed.
 
-    async def _drain(self, now: datetime, warning: bool) -> int:
-        total = 0
+        Escalation steps due by `now` are reported too (counted in `self.escalations`).
+        """
+        warnings = breaches = 0
         # Bounded: a backlog after downtime is caught up in batches, each claimed atomically.
         for _ in range(10_000):
-            if warning:
-                leads = await self._store.claim_due_warnings(now, self._batch)
-            else:
-                leads = await self._store.claim_due_breaches(now, self._batch)
-            for lead in leads:
-                kind = EventType.SLA_WARNING if warning else EventType.SLA_BREACHED
-                log.warning(
-                    "%s %s: first response due %s, assignee %s",
-                    kind.value,
-                    lead.ref,
-                    lead.first_response_due.isoformat() if lead.first_response_due else "-",
-                    lead.assignee or "unassigned",
-                )
-                # The store recorded the durable event in the claim; this tells live listeners.
-                event = Event(
-                    type=kind.value,
-                    at=now,
-                    lead_number=lead.number,
-                    data={"assignee": lead.assignee, "team": lead.team},
-                )
-                await self._bus.publish(event, lead)
-            total += len(leads)
-            if len(leads) < self._batch:
+            claims = await self._store.claim_sla_marks(now, self._batch)
+            for claim in claims:
+                await self._report(claim, now)
+                if claim.level == "warning":
+                    warnings += 1
+                elif claim.level == "breach":
+                    breaches += 1
+                else:
+                    self.escalations += 1
+            if len(claims) < self._batch:
                 break
-        return total
+        return warnings, breaches
+
+    def _escalation(self, lead: Lead) -> SlaEscalation:
+        if self._clock is None:
+            return SlaEscalation()
+        return self._clock.effective(lead.kind, lead.team, lead.priority).escalation
+
+    async def _report(self, claim: SlaClaim, now: datetime) -> None:
+        lead = claim.lead
+        kind = {
+            "warning": EventType.SLA_WARNING,
+            "breach": EventType.SLA_BREACHED,
+            "escalation": EventType.SLA_ESCALATED,
+        }[claim.level]
+        escalation = self._escalation(lead)
+        delayed = escalation.team_lead_after is not None
+        # The chain: the assignee hears of the warning and the breach; the team's leads hear of
+        # the breach (or, with team_lead_after, of the escalation that follows it); then reassign.
+        leads_step = claim.level == "escalation" or (claim.level == "breach" and not delayed)
+        notify: list[str] = []
+        if lead.assignee and escalation.notify_assignee:
+            notify.append(lead.assignee)
+        if leads_step and escalation.notify_team_lead:
+            notify.extend(m for m in self._team_leads(lead.team) if m not in notify)
+        log.warning(
+            "%s %s %s: %s mark due %s, assignee %s",
+            lead.ref,
+            lead.channel,
+            kind.value,
+            claim.target,
+            claim.due.isoformat(),
+            lead.assignee or "unassigned",
+        )
+        # The store recorded the durable event in the claim; this tells live listeners.
+        event = Event(
+            type=kind.value,
+            at=now,
+            lead_number=lead.number,
+            data={
+                "target": claim.target,
+                "level": claim.level,
+                "due": claim.due.isoformat(),
+                "assignee": lead.assignee,
+                "team": lead.team,
+                "notify": notify,
+            },
+        )
+        await self._bus.publish(event, lead)
+        if claim.level == "breach" and delayed and escalation.team_lead_after is not None:
+            # Window: a crash between the claim and this write skips the escalation step only.
+            at = claim.due + escalation.team_lead_after
+            await self._store.update_lead(
+                lead.number, LeadChanges(escalate_at=at, escalate_target=claim.target, updated_at=now)
+            )
+        if leads_step and escalation.reassign and self._reassign is not None:
+            new_owner = await self._reassign(lead, now, f"sla breach: {claim.target}")
+            if new_owner:
+                log.info("%s %s: reassigned to %s after the breach", lead.ref, lead.channel, new_owner)
+
+
+def _same_due_times(lead: Lead, changes: LeadChanges) -> bool:
+    """True when applying `changes` would leave every due time as it is."""
+    if changes.clear_sla or changes.clear_resolution:
+        return False
+    same_response = changes.sla_due is None or (
+        changes.sla_due == lead.sla_due and changes.sla_warn_due in (None, lead.sla_warn_due)
+    )
+    same_resolution = changes.resolution_due is None or (
+        changes.resolution_due == lead.resolution_due
+        and changes.resolution_warn_due == lead.resolution_warn_due
+    )
+    return same_response and same_resolution
+
+
+async def retarget_after_config_change(
+    store: Store, clock: SlaClock, holder: str, now: datetime, batch: int = 500
+) -> int:
+    """Recompute due times of active leads once after the SLA policies or calendar changed.
+
+    One process does it (a lease); the new fingerprint is stored when every lead is done, so
+    an interrupted run starts over on the next start. Costs O(active leads), once per change.
+    """
+    key = "sla.policy_fingerprint"
+    fingerprint = clock.fingerprint()
+    stored = await store.get_state(key)
+    if stored == fingerprint:
+        return 0
+    if stored is None:
+        await store.set_state(key, fingerprint)  # a fresh database: nothing to recompute
+        return 0
+    if not await store.acquire_lease("sla.retarget", holder, now, ttl_seconds=600):
+        return 0
+    done = 0
+    try:
+        cursor: str | None = None
+        while True:
+            page = await store.list_leads(LeadQuery(statuses=tuple(ACTIVE_STATUSES)), batch, cursor)
+            for lead in page.items:
+                changes = clock.retarget(lead, force=True)
+                if changes is not None and not _same_due_times(lead, changes):
+                    await store.update_lead(lead.number, replace(changes, updated_at=lead.updated_at))
+                    done += 1
+            await store.acquire_lease("sla.retarget", holder, now, ttl_seconds=600)
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+        await store.set_state(key, fingerprint)
+    finally:
+        await store.release_lease("sla.retarget", holder)
+    log.info("sla: policies or calendar changed; recomputed due times of %d active lead(s)", done)
+    return done
+
+
+def team_leads_from(managers: list[Any]) -> Callable[[str | None], list[str]]:
+    """A lookup of the active managers with role lead in a team (for breach escalation)."""
+
+    def leads(team: str | None) -> list[str]:
+        return [m.id for m in managers if m.active and m.role == Role.LEAD and team in m.teams]
+
+    return leads

@@ -1,26 +1,91 @@
-"""The config-driven router: rules pick a team, the team's strategy picks a manager."""
+"""The config-driven router: rules pick a team, the team's strategy picks a manager.
+
+Strategies (`teams.<name>.strategy`):
+- `round_robin`: a cursor per team, kept in the store, walks the team roster in config order
+  and skips whoever is not eligible; fair across restarts and across processes (the cursor
+  is incremented atomically, so every decision gets its own turn).
+- `least_loaded`: the eligible manager with the smallest priority-weighted load (each active
+  lead counts 1 + its priority); ties are broken by the round-robin cursor.
+- `sticky`: a returning customer goes back to the manager who served their last lead, if that
+  manager is eligible; otherwise least_loaded.
+
+What we guarantee under concurrency: the final write is a compare-and-set in the store
+(`assign_if_load`): a lead goes to the chosen manager only if that manager's load is still
+the load the decision was based on. SQLite takes its write lock for that check-and-write,
+so two hub processes on one file never both hand out the same "slot"; the loser re-reads the
+loads and decides again (bounded retries). In one process an asyncio lock also serializes
+decisions, so retries only happen between processes.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 from hub.config import ManagerSettings, Settings
+from hub.domain import Event, EventType, Lead
+from hub.events import EventBus
 from hub.ports import ApplyDecision, RoutingDecision, RoutingRequest
 from routing.availability import Availability
 from routing.rules import first_match
-from storage.base import Store
+from storage.base import LeadChanges, Store
+
+log = logging.getLogger(__name__)
+
+_MAX_ATTEMPTS = 25
+
+
+def rotate(members: Sequence[ManagerSettings], turn: int) -> list[ManagerSettings]:
+    """The roster starting at position `turn` (1-based cursor), wrapping around."""
+    if not members:
+        return []
+    start = (turn - 1) % len(members)
+    return [*members[start:], *members[:start]]
+
+
+def choose(
+    strategy: str,
+    roster: Sequence[ManagerSettings],
+    eligible_ids: set[str],
+    loads: dict[str, tuple[int, int]],
+    turn: int,
+    sticky_id: str | None = None,
+) -> tuple[ManagerSettings | None, str]:
+    """Pick a manager from the roster by strategy; returns (manager, why) (pure function)."""
+    order = [m for m in rotate(roster, turn) if m.id in eligible_ids]
+    if not order:
+        return None, "nobody eligible"
+    if strategy == "sticky" and sticky_id is not None and sticky_id in eligible_ids:
+        chosen = next(m for m in order if m.id == sticky_id)
+        return chosen, "sticky: served this customer last"
+    if strategy == "round_robin":
+        return order[0], f"round robin turn {turn}"
+    lowest = min(loads[m.id][1] for m in order)
+    chosen = next(m for m in order if loads[m.id][1] == lowest)
+    prefix = "sticky manager not eligible; " if strategy == "sticky" and sticky_id else ""
+    return chosen, f"{prefix}least loaded (weighted load {lowest})"
 
 
 class ConfigRouter:
-    """Routes by `routing.rules` and `teams.<name>.strategy` (least_loaded, round_robin)."""
+    """Routes by `routing.rules` and `teams.<name>.strategy` (least_loaded, round_robin, sticky)."""
 
-    def __init__(self, settings: Settings, store: Store, availability: Availability) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        availability: Availability,
+        bus: EventBus | None = None,
+    ) -> None:
         self._settings = settings
         self._store = store
         self._availability = availability
+        self._bus = bus
         self._lock = asyncio.Lock()
+        for manager in settings.managers:
+            availability.shift(manager)  # bad working hours stop start-up, naming the key
 
     def team_members(self, team: str) -> list[ManagerSettings]:
         """Managers of a team in config order."""
@@ -41,49 +106,173 @@ class ConfigRouter:
         return default, {"rule": "default_team"}, 0, ()
 
     async def route(self, request: RoutingRequest, now: datetime, apply: ApplyDecision) -> RoutingDecision:
+        """Pick team and manager for a new lead, claim the slot in the store, then `apply`."""
         team, reason, priority, tags = self._pick_team(request)
         async with self._lock:
-            assignee = None
-            visited: list[str] = []
-            while team is not None and team not in visited:
-                visited.append(team)
-                assignee, detail = await self._pick_member(team, now)
-                reason.setdefault("teams", []).append({"team": team, **detail})
-                if assignee is not None:
-                    break
-                fallback = self._settings.teams[team].fallback
-                if fallback is None:
-                    break
-                team = fallback
+            first_team = team
+            assignee, team = await self._assign(
+                request.lead_number, team, request.contact_id, now, reason, exclude=(), previous=None
+            )
             if assignee is None:
                 reason["result"] = "unassigned: nobody eligible"
+                team = first_team
             decision = RoutingDecision(
                 team=team, assignee=assignee, priority=priority, tags=tags, reason=reason
             )
             await apply(decision)
+        if assignee is None:
+            await self._alert_unassigned(request.lead_number, team, now, reason)
         return decision
 
-    async def _pick_member(self, team: str, now: datetime) -> tuple[str | None, dict[str, Any]]:
+    async def reroute(
+        self,
+        lead: Lead,
+        now: datetime,
+        why: str,
+        exclude: Sequence[str] = (),
+        unassign_if_nobody: bool = False,
+    ) -> str | None:
+        """Route an existing lead again (queue drain, away, breach); returns the new assignee."""
+        assignee, taken = await self.reroute_outcome(lead, now, why, exclude, unassign_if_nobody)
+        return None if taken else assignee
+
+    async def reroute_outcome(
+        self,
+        lead: Lead,
+        now: datetime,
+        why: str,
+        exclude: Sequence[str] = (),
+        unassign_if_nobody: bool = False,
+    ) -> tuple[str | None, bool]:
+        """(new assignee, taken): `taken` when another process routed the lead meanwhile."""
+        reason: dict[str, Any] = {"rule": why}
+        team = lead.team or self._settings.routing.default_team or next(iter(self._settings.teams), None)
+        async with self._lock:
+            assignee, chosen_team = await self._assign(
+                lead.number, team, lead.contact_id, now, reason, exclude, previous=lead.assignee
+            )
+            if reason.get("taken"):
+                return assignee, True  # another process routed it meanwhile; its event says why
+            unassigned = None
+            if assignee is None and unassign_if_nobody and lead.assignee is not None:
+                unassigned = await self._store.update_lead(
+                    lead.number, LeadChanges(clear_assignee=True, updated_at=now)
+                )
+        # Events go out after the lock: a subscriber may well route again.
+        if assignee is None:
+            if unassigned is not None:
+                await self._record(
+                    unassigned,
+                    EventType.LEAD_UNASSIGNED,
+                    now,
+                    {"assignee": None, "team": lead.team, "by": "router", "reason": reason},
+                )
+            return None, False
+        updated = await self._store.get_lead(lead.number) or lead
+        await self._record(
+            updated,
+            EventType.LEAD_ASSIGNED,
+            now,
+            {
+                "assignee": assignee,
+                "team": chosen_team,
+                "by": "router",
+                "previous": lead.assignee,
+                "reason": reason,
+            },
+        )
+        return assignee, False
+
+    async def _record(self, lead: Lead, event_type: EventType, now: datetime, data: dict[str, Any]) -> None:
+        event = Event(event_type.value, now, lead.number, data)
+        await self._store.append_event(event)
+        if self._bus is not None:
+            await self._bus.publish(event, lead)
+
+    async def _alert_unassigned(
+        self, number: int, team: str | None, now: datetime, reason: dict[str, Any]
+    ) -> None:
+        log.warning("L-%s: nobody eligible in team %s; the lead waits in the unassigned queue", number, team)
+        event = Event(EventType.ROUTING_NOBODY_ELIGIBLE.value, now, number, {"team": team, "reason": reason})
+        await self._store.append_event(event)
+        if self._bus is not None:
+            lead = await self._store.get_lead(number)
+            await self._bus.publish(event, lead)
+
+    async def _assign(
+        self,
+        number: int,
+        team: str | None,
+        contact_id: str,
+        now: datetime,
+        reason: dict[str, Any],
+        exclude: Sequence[str],
+        previous: str | None,
+    ) -> tuple[str | None, str | None]:
+        """Walk the team and its fallbacks; claim the first manager the strategy picks."""
+        visited: list[str] = []
+        while team is not None and team not in visited:
+            visited.append(team)
+            assignee, detail = await self._claim_member(number, team, contact_id, now, exclude, previous)
+            reason.setdefault("teams", []).append({"team": team, **detail})
+            if detail.get("taken"):
+                reason["taken"] = True
+                current = await self._store.get_lead(number)
+                return (current.assignee, current.team) if current else (None, None)
+            if assignee is not None:
+                return assignee, team
+            team = self._settings.teams[team].fallback
+        return None, None
+
+    async def _claim_member(
+        self,
+        number: int,
+        team: str,
+        contact_id: str,
+        now: datetime,
+        exclude: Sequence[str],
+        previous: str | None,
+    ) -> tuple[str | None, dict[str, Any]]:
         members = self.team_members(team)
         strategy = self._settings.teams[team].strategy
-        loads = await self._store.count_active_by_assignee([m.id for m in members])
-        skipped: dict[str, str] = {}
-        eligible: list[ManagerSettings] = []
-        for member in members:
-            why_not = await self._availability.why_not_eligible(member, loads[member.id], now)
-            if why_not:
-                skipped[member.id] = why_not
-            else:
-                eligible.append(member)
-        detail: dict[str, Any] = {"strategy": strategy, "loads": loads, "skipped": skipped}
-        if not eligible:
-            return None, detail
-        if strategy == "least_loaded":
-            lowest = min(loads[m.id] for m in eligible)
-            eligible = [m for m in eligible if loads[m.id] == lowest]
-        # Ties (and round_robin itself) rotate through a cursor kept in the store, so the
-        # order stays fair across restarts.
-        turn = await self._store.incr_state(f"routing.rr.{team}")
-        chosen = eligible[(turn - 1) % len(eligible)]
-        detail["candidates"] = [m.id for m in eligible]
-        return chosen.id, detail
+        sticky_id = None
+        if strategy == "sticky" and contact_id:
+            sticky_id = await self._store.last_assignee_of_contact(contact_id, number)
+        detail: dict[str, Any] = {"strategy": strategy}
+        for attempt in range(1, _MAX_ATTEMPTS + 1):
+            loads = await self._store.load_by_assignee([m.id for m in members])
+            skipped: dict[str, str] = {}
+            eligible: set[str] = set()
+            for member in members:
+                if member.id in exclude:
+                    skipped[member.id] = "excluded (reassigning away from them)"
+                    continue
+                why_not = await self._availability.why_not_eligible(member, loads[member.id][0], now)
+                if why_not:
+                    skipped[member.id] = why_not
+                else:
+                    eligible.add(member.id)
+            detail.update(
+                loads={m: {"leads": n, "weighted": w} for m, (n, w) in loads.items()},
+                skipped=skipped,
+                candidates=[m.id for m in members if m.id in eligible],
+            )
+            if sticky_id:
+                detail["sticky"] = sticky_id
+            if not eligible:
+                return None, detail
+            # Ties (and round_robin itself) rotate through a cursor kept in the store, so the
+            # order stays fair across restarts and processes.
+            turn = await self._store.incr_state(f"routing.rr.{team}")
+            chosen, why = choose(strategy, members, eligible, loads, turn, sticky_id)
+            assert chosen is not None
+            if await self._store.assign_if_load(number, chosen.id, team, loads[chosen.id], now, previous):
+                detail.update(chosen=chosen.id, why=why, attempts=attempt)
+                return chosen.id, detail
+            current = await self._store.get_lead(number)
+            if current is None or current.assignee != previous:
+                detail.update(taken=True, why="routed by another process meanwhile")
+                return None, detail
+            log.debug("L-%s: load of %s changed under us, deciding again", number, chosen.id)
+        detail["why"] = f"gave up after {_MAX_ATTEMPTS} contended attempts"
+        return None, detail

@@ -15,6 +15,13 @@ def _one_of(expected: str | list[str] | None, actual: str) -> bool:
     return actual.casefold() in {o.casefold() for o in options}
 
 
+def _same_language(expected: str | list[str], actual: str) -> bool:
+    """`uk` matches `uk`, `uk-UA` and `uk_UA`: only the primary language subtag counts."""
+    primary = actual.replace("_", "-").split("-")[0].casefold()
+    options = [expected] if isinstance(expected, str) else expected
+    return bool(primary) and primary in {o.replace("_", "-").split("-")[0].casefold() for o in options}
+
+
 @dataclass(frozen=True, slots=True)
 class RuleMatch:
     index: int
@@ -34,6 +41,14 @@ def rule_matches(rule: RoutingRule, request: RoutingRequest) -> bool:
         return False
     if not _one_of(cond.form, request.form_id):
         return False
+    if not _one_of(cond.recipient, request.recipient):
+        return False
+    if cond.language is not None and not _same_language(cond.language, request.language):
+        return False
+    if cond.contact_tags:
+        tags = {t.casefold() for t in request.contact_tags}
+        if not any(t.casefold() in tags for t in cond.contact_tags):
+            return False
     if cond.keywords:
         # casefold handles Cyrillic as well as Latin (e.g. "ремонт" matches "РЕМОНТ").
         haystack = f"{request.subject}\n{request.text}".casefold()

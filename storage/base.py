@@ -67,6 +67,31 @@ class LeadChanges:
     clear_due: bool = False  # the clock stopped: no warning or breach is pending
     updated_at: datetime | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # The generalised SLA clock (see hub.sla). Setting a due time arms its mark for the sweep;
+    # stopping a clock (resolved / closed status, first_response_at, clear_sla, pause_sla)
+    # disarms its marks, so a lead that is answered or resolved raises no alert after that.
+    sla_target: str | None = None
+    sla_started_at: datetime | None = None
+    sla_due: datetime | None = None
+    sla_warn_due: datetime | None = None  # with sla_due; None = no warning for this target
+    clear_sla: bool = False  # no response is owed now (a public reply)
+    pause_sla: bool = False  # waiting for the customer: resolution pauses (sla_paused_at = updated_at)
+    resolution_due: datetime | None = None
+    resolution_warn_due: datetime | None = None  # with resolution_due; None = no warning
+    clear_sla_paused: bool = False  # the clock runs again (set with the new resolution due)
+    clear_resolution: bool = False  # the policy no longer has a resolution target
+    escalate_at: datetime | None = None  # arm the next escalation step of a breached target
+    escalate_target: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SlaClaim:
+    """One warning or breach mark the sweep claimed: which lead, target and level, due when."""
+
+    lead: Lead
+    target: str  # first_response | next_response | resolution
+    level: str  # warning | breach | escalation
+    due: datetime
 
 
 #: Dimensions a KPI report can be broken down by (`KpiQuery.group_by`).
@@ -218,6 +243,39 @@ class Store(Protocol):
 
     async def claim_due_breaches(self, now: datetime, limit: int) -> list[Lead]:
         """Atomically mark leads whose due time passed (and record sla.breached); once each."""
+
+    async def claim_sla_marks(self, now: datetime, limit: int) -> list[SlaClaim]:
+        """Atomically claim up to `limit` warning and breach marks due by `now` on any target.
+
+        Each claimed mark is disarmed and its sla.warning / sla.breached event recorded in the
+        same write, so concurrent sweeps (several processes) report every mark exactly once.
+        Cost is O(marks due), via indexes on the armed marks.
+        """
+
+    async def load_by_assignee(self, manager_ids: list[str]) -> dict[str, tuple[int, int]]:
+        """(active leads, priority-weighted load = sum of 1 + priority) for each manager."""
+
+    async def assign_if_load(
+        self,
+        number: int,
+        assignee: str,
+        team: str | None,
+        expected: tuple[int, int],
+        now: datetime,
+        previous: str | None = None,
+    ) -> bool:
+        """Give the lead to `assignee` only if their load still equals `expected` and the lead
+        is still held by `previous` (None: unassigned), as one compare-and-set write; False
+        means someone else changed either first."""
+
+    async def oldest_unassigned(self, limit: int) -> list[Lead]:
+        """Active leads without an assignee, oldest first (the queue the router drains)."""
+
+    async def last_assignee_of_contact(self, contact_id: str, exclude_number: int) -> str | None:
+        """Who was assigned the contact's most recent other lead (for sticky routing)."""
+
+    async def active_leads_of(self, assignee: str, limit: int) -> list[Lead]:
+        """A manager's active leads, oldest first."""
 
     # --- messages and threading -------------------------------------------------------------
     async def add_message(self, message: Message) -> tuple[Message, bool]:

@@ -66,6 +66,7 @@ from storage.base import (
     KpiRow,
     LeadChanges,
     LeadQuery,
+    SlaClaim,
     StoreError,
 )
 
@@ -81,6 +82,14 @@ PING_TIMEOUT_SECONDS = 3.0
 TEXT_MATCH_CONTACTS_CAP = 5000
 
 _ACTIVE = sorted(s.value for s in ACTIVE_STATUSES)
+#: Armed SLA marks: (pending field, mark field, level, event), warnings before breaches.
+_MARKS = (
+    ("warn_pending_at", "warned_at", "warning", EventType.SLA_WARNING),
+    ("res_warn_pending_at", "warned_at", "warning", EventType.SLA_WARNING),
+    ("breach_pending_at", "breached_at", "breach", EventType.SLA_BREACHED),
+    ("res_breach_pending_at", "breached_at", "breach", EventType.SLA_BREACHED),
+    ("escalate_pending_at", "escalated_at", "escalation", EventType.SLA_ESCALATED),
+)
 _DUPLICATE_KEY = 11000
 
 
@@ -152,7 +161,33 @@ def _lead_doc(lead: Lead) -> Doc:
         doc["breach_pending_at"] = lead.first_response_due
     if pending and lead.warned_at is None and lead.warn_due is not None:
         doc["warn_pending_at"] = lead.warn_due
+    _add_sla_fields(doc, lead, pending)
     return doc
+
+
+def _add_sla_fields(doc: Doc, lead: Lead, pending: bool) -> None:
+    """The generalised SLA clock (hub.sla): target, due times, pause, and its armed marks."""
+    doc.update(
+        sla_target=lead.sla_target,
+        sla_started_at=lead.sla_started_at,
+        sla_due=lead.sla_due,
+        sla_warn_due=lead.sla_warn_due,
+        resolution_due=lead.resolution_due,
+        resolution_warn_due=lead.resolution_warn_due,
+    )
+    running = lead.sla_paused_at is None and lead.is_active
+    if lead.sla_paused_at is not None:
+        doc["sla_paused_at"] = lead.sla_paused_at  # absent while running: `$min` sets it on pause
+    if lead.sla_target:
+        doc.pop("breach_pending_at", None)
+        doc.pop("warn_pending_at", None)
+        if pending and running and lead.sla_due is not None:
+            doc["breach_pending_at"] = lead.sla_due
+        if pending and running and lead.warned_at is None and lead.sla_warn_due is not None:
+            doc["warn_pending_at"] = lead.sla_warn_due
+    # Resolution marks are dates while armed and null otherwise; their indexes hold dates only.
+    doc["res_breach_pending_at"] = lead.resolution_due if running else None
+    doc["res_warn_pending_at"] = lead.resolution_warn_due if running else None
 
 
 def _lead(doc: Mapping[str, Any]) -> Lead:
@@ -177,6 +212,13 @@ def _lead(doc: Mapping[str, Any]) -> Lead:
         warn_due=_utc(doc.get("warn_due")),
         warned_at=_utc(doc.get("warned_at")),
         breached_at=_utc(doc.get("breached_at")),
+        sla_target=doc.get("sla_target"),
+        sla_started_at=_utc(doc.get("sla_started_at")),
+        sla_due=_utc(doc.get("sla_due")),
+        sla_warn_due=_utc(doc.get("sla_warn_due")),
+        resolution_due=_utc(doc.get("resolution_due")),
+        resolution_warn_due=_utc(doc.get("resolution_warn_due")),
+        sla_paused_at=_utc(doc.get("sla_paused_at")),
     )
 
 
@@ -279,6 +321,9 @@ def lead_update(changes: LeadChanges) -> Doc:
         values["status"] = changes.status.value
         if changes.status not in ACTIVE_STATUSES:
             values["breach_pending_at"] = values["warn_pending_at"] = None
+            values["res_breach_pending_at"] = values["res_warn_pending_at"] = None
+            values["sla_target"] = values["escalate_pending_at"] = None
+    _sla_values(changes, values)
     if changes.kind is not None:
         values["kind"] = changes.kind.value
     if changes.clear_assignee:
@@ -313,13 +358,43 @@ def lead_update(changes: LeadChanges) -> Doc:
         # Per-key $set merges atomically with what other writers put there.
         values[f"extra.{key}"] = value
 
-    pending = ("breach_pending_at", "warn_pending_at")
+    pending = ("breach_pending_at", "warn_pending_at", "sla_paused_at")
     to_set = {k: v for k, v in values.items() if v is not None or k not in pending}
     to_unset = {k: "" for k in pending if k in values and values[k] is None}
     update: Doc = {"$set": to_set}
     if to_unset:
         update["$unset"] = to_unset
+    if changes.pause_sla and "sla_paused_at" not in values:
+        # `$min` keeps an earlier pause (a second reply while waiting) and sets an absent one.
+        update["$min"] = {"sla_paused_at": changes.updated_at or values["updated_at"]}
     return update
+
+
+def _sla_values(changes: LeadChanges, values: Doc) -> None:
+    """The generalised SLA fields of `changes` (same precedence as the SQLite adapter)."""
+    if changes.clear_sla:
+        values["breach_pending_at"] = values["warn_pending_at"] = None
+        values["sla_target"] = values["escalate_pending_at"] = None
+    if changes.escalate_at is not None:
+        values["escalate_pending_at"] = changes.escalate_at
+        values["escalate_target"] = changes.escalate_target
+    if changes.pause_sla:
+        values["res_breach_pending_at"] = values["res_warn_pending_at"] = None
+    if changes.sla_target is not None:
+        values["sla_target"] = changes.sla_target
+    if changes.sla_started_at is not None:
+        values["sla_started_at"] = changes.sla_started_at
+    if changes.sla_due is not None:
+        values["sla_due"] = values["breach_pending_at"] = changes.sla_due
+        values["sla_warn_due"] = values["warn_pending_at"] = changes.sla_warn_due
+    if changes.resolution_due is not None:
+        values["resolution_due"] = values["res_breach_pending_at"] = changes.resolution_due
+        values["resolution_warn_due"] = values["res_warn_pending_at"] = changes.resolution_warn_due
+    if changes.clear_sla_paused:
+        values["sla_paused_at"] = None
+    if changes.clear_resolution:
+        values["resolution_due"] = values["resolution_warn_due"] = None
+        values["res_breach_pending_at"] = values["res_warn_pending_at"] = None
 
 
 def _contains(text: str) -> Doc:
@@ -396,6 +471,10 @@ class MongoStore:
             name="lead_warn_pending",
             partialFilterExpression={"warn_pending_at": {"$exists": True}},
         )
+        for res in ("res_breach_pending_at", "res_warn_pending_at", "escalate_pending_at"):
+            await leads.create_index(
+                [(res, ASCENDING)], name=f"lead_{res}", partialFilterExpression={res: {"$type": "date"}}
+            )
         # Queue views: equality (and $in on status) then newest first, so a page is read in
         # index order (a SORT_MERGE over the statuses) instead of sorting every match.
         await leads.create_index(
@@ -879,6 +958,155 @@ class MongoStore:
     async def claim_due_breaches(self, now: datetime, limit: int) -> list[Lead]:
         """Atomically mark leads whose due time passed (and record sla.breached); once each."""
         return await self._claim_marks("breach_pending_at", "breached_at", EventType.SLA_BREACHED, now, limit)
+
+    @_translated
+    async def claim_sla_marks(self, now: datetime, limit: int) -> list[SlaClaim]:
+        """Atomically claim warning and breach marks due by `now` on every target; once each."""
+        claims: list[SlaClaim] = []
+        for pending, mark, level, event in _MARKS:
+            # Old-style marks are absent when disarmed, resolution marks null: each filter
+            # repeats its partial index's condition so the planner may use it.
+            armed: Doc = (
+                {"$exists": True}
+                if pending in ("breach_pending_at", "warn_pending_at")
+                else {"$type": "date"}
+            )
+            while len(claims) < limit:
+                # The mark is in the filter and removed by the same update: of any number of
+                # racing processes exactly one matches. BEFORE returns the due time it had.
+                doc = await self._col("leads").find_one_and_update(
+                    {pending: {**armed, "$lte": now}},
+                    {"$set": {mark: now}, "$unset": {pending: ""}},
+                    sort=[(pending, ASCENDING)],
+                    return_document=ReturnDocument.BEFORE,
+                )
+                if doc is None:
+                    break
+                lead = _lead(doc)
+                due = _req_utc(doc[pending])
+                if pending == "escalate_pending_at":
+                    target = doc.get("escalate_target") or "first_response"
+                elif pending.startswith("res_"):
+                    target = "resolution"
+                elif lead.sla_target:
+                    target = lead.sla_target
+                else:
+                    target = (
+                        "first_response"
+                        if due in (lead.first_response_due, lead.warn_due)
+                        else "next_response"
+                    )
+                if level == "warning":
+                    lead.warned_at = now
+                elif level == "breach":
+                    lead.breached_at = now
+                claim = SlaClaim(lead=lead, target=target, level=level, due=due)
+                claims.append(claim)
+                # Window: a crash between the claim and this insert loses the event, never
+                # doubles the alert (the same trade-off as claim_due_breaches).
+                await self._insert_event(
+                    Event(
+                        event.value,
+                        now,
+                        lead.number,
+                        {
+                            "target": target,
+                            "level": level,
+                            "due": due.isoformat(),
+                            "assignee": lead.assignee,
+                            "team": lead.team,
+                        },
+                    )
+                )
+        return claims
+
+    @_translated
+    async def load_by_assignee(self, manager_ids: list[str]) -> dict[str, tuple[int, int]]:
+        """(active leads, priority-weighted load = sum of 1 + priority) for each manager."""
+        loads = dict.fromkeys(manager_ids, (0, 0))
+        if not manager_ids:
+            return loads
+        pipeline: list[Doc] = [
+            {"$match": {"assignee": {"$in": manager_ids}, "status": {"$in": _ACTIVE}}},
+            {
+                "$group": {
+                    "_id": "$assignee",
+                    "n": {"$sum": 1},
+                    "w": {"$sum": {"$add": [1, {"$max": [{"$ifNull": ["$priority", 0]}, 0]}]}},
+                }
+            },
+        ]
+        async for row in await self._col("leads").aggregate(pipeline):
+            loads[row["_id"]] = (int(row["n"]), int(row["w"]))
+        return loads
+
+    @_translated
+    async def assign_if_load(
+        self,
+        number: int,
+        assignee: str,
+        team: str | None,
+        expected: tuple[int, int],
+        now: datetime,
+        previous: str | None = None,
+    ) -> bool:
+        """Assign only if the manager's load still equals `expected` (compare-and-set)."""
+
+        async def write(session: AsyncClientSession | None) -> bool:
+            # Every assignment to this manager first writes one guard document, so two racing
+            # transactions conflict there (one retries and re-reads) instead of both reading
+            # the same load under snapshot isolation. A standalone server has no transactions:
+            # there the check and the write are not atomic across processes.
+            await self._col("kv").update_one(
+                {"_id": f"routing.guard.{assignee}"}, {"$inc": {"value": 1}}, upsert=True, session=session
+            )
+            pipeline: list[Doc] = [
+                {"$match": {"assignee": assignee, "status": {"$in": _ACTIVE}}},
+                {
+                    "$group": {
+                        "_id": None,
+                        "n": {"$sum": 1},
+                        "w": {"$sum": {"$add": [1, {"$max": [{"$ifNull": ["$priority", 0]}, 0]}]}},
+                    }
+                },
+            ]
+            current = (0, 0)
+            async for row in await self._col("leads").aggregate(pipeline, session=session):
+                current = (int(row["n"]), int(row["w"]))
+            if current != tuple(expected):
+                return False
+            update: Doc = {"assignee": assignee, "updated_at": now}
+            if team is not None:
+                update["team"] = team
+            result = await self._col("leads").update_one(
+                {"_id": number, "assignee": previous}, {"$set": update}, session=session
+            )
+            return result.matched_count > 0
+
+        return await self._atomic(write)
+
+    @_translated
+    async def oldest_unassigned(self, limit: int) -> list[Lead]:
+        """Active leads without an assignee, oldest first."""
+        found = self._col("leads").find({"assignee": None, "status": {"$in": _ACTIVE}}).sort("_id", ASCENDING)
+        return [_lead(doc) async for doc in found.limit(limit)]
+
+    @_translated
+    async def last_assignee_of_contact(self, contact_id: str, exclude_number: int) -> str | None:
+        """Who was assigned the contact's most recent other lead."""
+        doc = await self._col("leads").find_one(
+            {"contact_id": contact_id, "_id": {"$ne": exclude_number}, "assignee": {"$type": "string"}},
+            sort=[("_id", DESCENDING)],
+        )
+        return str(doc["assignee"]) if doc else None
+
+    @_translated
+    async def active_leads_of(self, assignee: str, limit: int) -> list[Lead]:
+        """A manager's active leads, oldest first."""
+        found = (
+            self._col("leads").find({"assignee": assignee, "status": {"$in": _ACTIVE}}).sort("_id", ASCENDING)
+        )
+        return [_lead(doc) async for doc in found.limit(limit)]
 
     # --- messages -------------------------------------------------------------------------
     @_translated

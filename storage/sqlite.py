@@ -46,6 +46,7 @@ from storage.base import (
     KpiRow,
     LeadChanges,
     LeadQuery,
+    SlaClaim,
     StoreError,
     interpolated_percentiles,
 )
@@ -131,6 +132,33 @@ CREATE INDEX IF NOT EXISTS leads_rt ON leads (resolved_at - created_at, created_
     channel, kind) WHERE resolved_at IS NOT NULL;
 """
 
+#: Columns of the generalised SLA clock, added to older files by `_create_schema`.
+_SLA_COLUMNS = (
+    "sla_target TEXT",
+    "sla_started_at REAL",
+    "sla_due REAL",
+    "sla_warn_due REAL",
+    "resolution_due REAL",
+    "resolution_warn_due REAL",
+    "sla_paused_at REAL",
+    "res_breach_pending_at REAL",
+    "res_warn_pending_at REAL",
+    "escalate_pending_at REAL",
+    "escalate_target TEXT",
+    "escalated_at REAL",
+)
+# Partial indexes hold only armed marks, so the sweep reads O(due) rows however many are open.
+_SLA_INDEXES = """
+CREATE INDEX IF NOT EXISTS leads_res_breach_pending ON leads (res_breach_pending_at)
+    WHERE res_breach_pending_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS leads_res_warn_pending ON leads (res_warn_pending_at)
+    WHERE res_warn_pending_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS leads_escalate_pending ON leads (escalate_pending_at)
+    WHERE escalate_pending_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS leads_unassigned ON leads (number) WHERE assignee IS NULL AND status IN
+    ('new', 'open', 'waiting_customer');
+"""
+
 
 def _ts(value: datetime | None) -> float | None:
     return None if value is None else value.timestamp()
@@ -172,7 +200,8 @@ def _attachments(raw: str) -> list[Attachment]:
 _LEAD_COLUMNS = (
     "number, kind, channel, contact_id, status, subject, form_id, assignee, team, priority, tags, "
     "origin_external_id, created_at, updated_at, first_response_at, resolved_at, "
-    "first_response_due, warn_due, warned_at, breached_at"
+    "first_response_due, warn_due, warned_at, breached_at, "
+    "sla_target, sla_started_at, sla_due, sla_warn_due, resolution_due, resolution_warn_due, sla_paused_at"
 )
 
 
@@ -198,6 +227,13 @@ def _lead(row: sqlite3.Row) -> Lead:
         warn_due=_dt(row["warn_due"]),
         warned_at=_dt(row["warned_at"]),
         breached_at=_dt(row["breached_at"]),
+        sla_target=row["sla_target"],
+        sla_started_at=_dt(row["sla_started_at"]),
+        sla_due=_dt(row["sla_due"]),
+        sla_warn_due=_dt(row["sla_warn_due"]),
+        resolution_due=_dt(row["resolution_due"]),
+        resolution_warn_due=_dt(row["resolution_warn_due"]),
+        sla_paused_at=_dt(row["sla_paused_at"]),
     )
 
 
@@ -259,6 +295,15 @@ def _event(row: sqlite3.Row) -> Event:
         data=json.loads(row["data"]),
     )
 
+
+#: Armed SLA marks: (pending column, mark column, level, event), warnings before breaches.
+_MARKS = (
+    ("warn_pending_at", "warned_at", "warning", EventType.SLA_WARNING),
+    ("res_warn_pending_at", "warned_at", "warning", EventType.SLA_WARNING),
+    ("breach_pending_at", "breached_at", "breach", EventType.SLA_BREACHED),
+    ("res_breach_pending_at", "breached_at", "breach", EventType.SLA_BREACHED),
+    ("escalate_pending_at", "escalated_at", "escalation", EventType.SLA_ESCALATED),
+)
 
 #: KPI measure -> (timestamp column, the partial index that keeps leads sorted by it - created_at).
 _KPI_MEASURES = {"frt": ("first_response_at", "leads_frt"), "rt": ("resolved_at", "leads_rt")}
@@ -341,6 +386,14 @@ class SqliteStore:
     async def _create_schema(self) -> None:
         assert self._db is not None
         for statement in _SCHEMA.split(";"):
+            if statement.strip():
+                await self._db.execute(statement)
+        async with self._db.execute("PRAGMA table_info(leads)") as cursor:
+            have = {row[1] for row in await cursor.fetchall()}
+        for column in _SLA_COLUMNS:
+            if column.split()[0] not in have:
+                await self._db.execute(f"ALTER TABLE leads ADD COLUMN {column}")
+        for statement in _SLA_INDEXES.split(";"):
             if statement.strip():
                 await self._db.execute(statement)
 
@@ -619,6 +672,10 @@ class SqliteStore:
 
     async def create_lead(self, lead: Lead) -> tuple[Lead, bool]:
         pending = lead.first_response_at is None and lead.breached_at is None
+        # The generalised response clock (sla_due) arms the same marks as first_response_due.
+        response_due = lead.sla_due if lead.sla_target else lead.first_response_due
+        response_warn = lead.sla_warn_due if lead.sla_target else lead.warn_due
+        running = lead.sla_paused_at is None and lead.is_active
         values = (
             lead.number,
             lead.kind.value,
@@ -640,14 +697,24 @@ class SqliteStore:
             _ts(lead.warn_due),
             _ts(lead.warned_at),
             _ts(lead.breached_at),
-            _ts(lead.first_response_due) if pending else None,
-            _ts(lead.warn_due) if pending and lead.warned_at is None else None,
+            lead.sla_target,
+            _ts(lead.sla_started_at),
+            _ts(lead.sla_due),
+            _ts(lead.sla_warn_due),
+            _ts(lead.resolution_due),
+            _ts(lead.resolution_warn_due),
+            _ts(lead.sla_paused_at),
+            _ts(response_due) if pending and running else None,
+            _ts(response_warn) if pending and running and lead.warned_at is None else None,
+            _ts(lead.resolution_due) if running else None,
+            _ts(lead.resolution_warn_due) if running else None,
         )
         try:
             async with self._unit() as db:
                 cursor = await db.execute(
-                    f"INSERT INTO leads ({_LEAD_COLUMNS}, breach_pending_at, warn_pending_at) "
-                    f"VALUES ({','.join('?' * 22)}) ON CONFLICT (channel, origin_external_id) DO NOTHING",
+                    f"INSERT INTO leads ({_LEAD_COLUMNS}, breach_pending_at, warn_pending_at, "
+                    f"res_breach_pending_at, res_warn_pending_at) "
+                    f"VALUES ({','.join('?' * len(values))}) ON CONFLICT (channel, origin_external_id) DO NOTHING",
                     values,
                 )
                 inserted = cursor.rowcount
@@ -694,11 +761,47 @@ class SqliteStore:
             sets.append(f"{column} = ?")
             params.append(value)
 
+        now_ts = _ts(changes.updated_at or datetime.now(UTC))
+
+        def disarm(*columns: str) -> None:
+            for col in columns:
+                sets.append(f"{col} = NULL")
+
         if changes.status is not None:
             put("status", changes.status.value)
             if changes.status not in ACTIVE_STATUSES:
-                sets.append("breach_pending_at = NULL")
-                sets.append("warn_pending_at = NULL")
+                disarm("breach_pending_at", "warn_pending_at", "res_breach_pending_at", "res_warn_pending_at")
+                disarm("escalate_pending_at")
+                sets.append("sla_target = NULL")
+        if changes.clear_sla:
+            disarm("breach_pending_at", "warn_pending_at", "escalate_pending_at")
+            sets.append("sla_target = NULL")
+        if changes.escalate_at is not None:
+            put("escalate_pending_at", _ts(changes.escalate_at))
+            put("escalate_target", changes.escalate_target)
+        if changes.pause_sla:
+            disarm("res_breach_pending_at", "res_warn_pending_at")
+            sets.append(f"sla_paused_at = COALESCE(sla_paused_at, {now_ts!r})")
+        if changes.sla_target is not None:
+            put("sla_target", changes.sla_target)
+        if changes.sla_started_at is not None:
+            put("sla_started_at", _ts(changes.sla_started_at))
+        if changes.sla_due is not None:
+            put("sla_due", _ts(changes.sla_due))
+            put("breach_pending_at", _ts(changes.sla_due))
+            put("sla_warn_due", _ts(changes.sla_warn_due))
+            put("warn_pending_at", _ts(changes.sla_warn_due))
+        if changes.resolution_due is not None:
+            put("resolution_due", _ts(changes.resolution_due))
+            put("res_breach_pending_at", _ts(changes.resolution_due))
+            put("resolution_warn_due", _ts(changes.resolution_warn_due))
+            put("res_warn_pending_at", _ts(changes.resolution_warn_due))
+        if changes.clear_sla_paused:
+            put("sla_paused_at", None)
+        if changes.clear_resolution:
+            put("resolution_due", None)
+            put("resolution_warn_due", None)
+            disarm("res_breach_pending_at", "res_warn_pending_at")
         if changes.kind is not None:
             put("kind", changes.kind.value)
         if changes.clear_assignee:
@@ -713,8 +816,7 @@ class SqliteStore:
             put("tags", json.dumps(changes.tags, ensure_ascii=False))
         if changes.first_response_at is not None:
             put("first_response_at", _ts(changes.first_response_at))
-            sets.append("breach_pending_at = NULL")
-            sets.append("warn_pending_at = NULL")
+            disarm("breach_pending_at", "warn_pending_at")
         if changes.clear_resolved_at:
             put("resolved_at", None)
         elif changes.resolved_at is not None:
@@ -730,7 +832,7 @@ class SqliteStore:
             put("warn_due", _ts(changes.warn_due))
             put("warned_at", None)
             put("warn_pending_at", _ts(changes.warn_due))
-        put("updated_at", _ts(changes.updated_at or datetime.now(UTC)))
+        put("updated_at", now_ts)
         async with self._unit() as db:
             if changes.extra:
                 # Read inside the unit: a read before it could lose another writer's keys.
@@ -848,6 +950,150 @@ class SqliteStore:
 
     async def claim_due_breaches(self, now: datetime, limit: int) -> list[Lead]:
         return await self._claim_marks("breach_pending_at", "breached_at", EventType.SLA_BREACHED, now, limit)
+
+    async def claim_sla_marks(self, now: datetime, limit: int) -> list[SlaClaim]:
+        now_ts = now.timestamp()
+        # A read first: a sweep with nothing due costs four index probes and takes no write lock.
+        probe = " UNION ALL ".join(
+            f"SELECT 1 FROM (SELECT 1 FROM leads WHERE {col} <= ? LIMIT 1)" for col, *_ in _MARKS
+        )
+        if not await self._read(probe, [now_ts] * len(_MARKS)):
+            return []
+        claims: list[SlaClaim] = []
+        async with self._unit() as db:
+            for column, mark, level, event in _MARKS:
+                room = limit - len(claims)
+                if room <= 0:
+                    break
+                # Select then update inside one BEGIN IMMEDIATE unit: no other process can claim
+                # the same rows in between, and the old due time is still readable here.
+                cursor = await db.execute(
+                    f"SELECT {_LEAD_COLUMNS}, {column} AS due_mark, escalate_target FROM leads "
+                    f"WHERE {column} IS NOT NULL AND {column} <= ? ORDER BY {column} LIMIT ?",
+                    (now_ts, room),
+                )
+                rows = list(await cursor.fetchall())
+                await cursor.close()
+                if not rows:
+                    continue
+                numbers = [r["number"] for r in rows]
+                await db.execute(
+                    f"UPDATE leads SET {column} = NULL, {mark} = ? "
+                    f"WHERE number IN ({','.join('?' * len(numbers))})",
+                    (now_ts, *numbers),
+                )
+                batch = []
+                for row in rows:
+                    lead = _lead(row)
+                    due = _req_dt(row["due_mark"])
+                    if column == "escalate_pending_at":
+                        target = row["escalate_target"] or "first_response"
+                    elif column.startswith("res_"):
+                        target = "resolution"
+                    elif lead.sla_target:
+                        target = lead.sla_target
+                    else:
+                        target = (
+                            "first_response"
+                            if due in (lead.first_response_due, lead.warn_due)
+                            else "next_response"
+                        )
+                    if level == "warning":
+                        lead.warned_at = now
+                    elif level == "breach":
+                        lead.breached_at = now
+                    batch.append(SlaClaim(lead=lead, target=target, level=level, due=due))
+                await db.executemany(
+                    "INSERT INTO events (lead_number, type, at, data) VALUES (?, ?, ?, ?)",
+                    [
+                        (
+                            c.lead.number,
+                            event.value,
+                            now_ts,
+                            json.dumps(
+                                {
+                                    "target": c.target,
+                                    "level": c.level,
+                                    "due": c.due.isoformat(),
+                                    "assignee": c.lead.assignee,
+                                    "team": c.lead.team,
+                                }
+                            ),
+                        )
+                        for c in batch
+                    ],
+                )
+                claims.extend(batch)
+        return claims
+
+    async def load_by_assignee(self, manager_ids: list[str]) -> dict[str, tuple[int, int]]:
+        loads = dict.fromkeys(manager_ids, (0, 0))
+        if not manager_ids:
+            return loads
+        rows = await self._read(
+            f"SELECT assignee, COUNT(*) AS n, SUM(1 + MAX(priority, 0)) AS w FROM leads "
+            f"WHERE status IN {_ACTIVE_SQL} AND assignee IN ({','.join('?' * len(manager_ids))}) "
+            "GROUP BY assignee",
+            manager_ids,
+        )
+        for row in rows:
+            loads[row["assignee"]] = (int(row["n"]), int(row["w"]))
+        return loads
+
+    async def assign_if_load(
+        self,
+        number: int,
+        assignee: str,
+        team: str | None,
+        expected: tuple[int, int],
+        now: datetime,
+        previous: str | None = None,
+    ) -> bool:
+        async with self._unit() as db:
+            # BEGIN IMMEDIATE holds SQLite's write lock: the load read here cannot change before
+            # the update below, in this process or any other on the same file.
+            cursor = await db.execute(
+                f"SELECT COUNT(*) AS n, COALESCE(SUM(1 + MAX(priority, 0)), 0) AS w FROM leads "
+                f"WHERE status IN {_ACTIVE_SQL} AND assignee = ?",
+                (assignee,),
+            )
+            row = await cursor.fetchone()
+            await cursor.close()
+            assert row is not None
+            if (int(row["n"]), int(row["w"])) != tuple(expected):
+                return False
+            cursor = await db.execute(
+                "UPDATE leads SET assignee = ?, team = COALESCE(?, team), updated_at = ? "
+                "WHERE number = ? AND assignee IS ?",
+                (assignee, team, now.timestamp(), number, previous),
+            )
+            changed = cursor.rowcount
+            await cursor.close()
+        return changed > 0
+
+    async def oldest_unassigned(self, limit: int) -> list[Lead]:
+        rows = await self._read(
+            f"SELECT {_LEAD_COLUMNS} FROM leads WHERE assignee IS NULL AND status IN "
+            "('new', 'open', 'waiting_customer') ORDER BY number LIMIT ?",
+            (limit,),
+        )
+        return [_lead(r) for r in rows]
+
+    async def last_assignee_of_contact(self, contact_id: str, exclude_number: int) -> str | None:
+        row = await self._read_one(
+            "SELECT assignee FROM leads WHERE contact_id = ? AND number != ? AND assignee IS NOT NULL "
+            "ORDER BY number DESC LIMIT 1",
+            (contact_id, exclude_number),
+        )
+        return str(row["assignee"]) if row else None
+
+    async def active_leads_of(self, assignee: str, limit: int) -> list[Lead]:
+        rows = await self._read(
+            f"SELECT {_LEAD_COLUMNS} FROM leads WHERE assignee = ? AND status IN {_ACTIVE_SQL} "
+            "ORDER BY number LIMIT ?",
+            (assignee, limit),
+        )
+        return [_lead(r) for r in rows]
 
     # --- messages -------------------------------------------------------------------------
     async def add_message(self, message: Message) -> tuple[Message, bool]:

@@ -35,6 +35,13 @@ def lead_json(lead: Lead) -> dict[str, Any]:
         "warned_at": iso(lead.warned_at),
         "breached_at": iso(lead.breached_at),
         "breached": lead.breached_at is not None,
+        "sla": {
+            "target": lead.sla_target,
+            "due": iso(lead.sla_due),
+            "warn_due": iso(lead.sla_warn_due),
+            "resolution_due": iso(lead.resolution_due),
+            "paused_since": iso(lead.sla_paused_at),
+        },
     }
 
 

@@ -1,0 +1,127 @@
+"""Store contract for the generalised SLA marks and the routing claims (every adapter)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from hub.domain import Lead, LeadKind, LeadStatus
+from storage.base import LeadChanges, Store
+from tests.contract.conftest import StoreFactory
+
+T0 = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+async def stores(store_factory: StoreFactory) -> tuple[Store, Store]:
+    """Two stores on one database, as two hub processes would have."""
+    return await store_factory(), await store_factory()
+
+
+def lead(number: int, due_in: timedelta, **fields: object) -> Lead:
+    due = T0 + due_in
+    return Lead(
+        number=number,
+        kind=LeadKind.MESSAGE,
+        channel="webform",
+        contact_id=f"c{number}",
+        status=LeadStatus.NEW,
+        created_at=T0,
+        updated_at=T0,
+        origin_external_id=f"e{number}",
+        first_response_due=due,
+        warn_due=due - timedelta(minutes=10),
+        sla_target="first_response",
+        sla_started_at=T0,
+        sla_due=due,
+        sla_warn_due=due - timedelta(minutes=10),
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+async def test_concurrent_claims_from_two_connections_report_each_mark_once(
+    stores: tuple[Store, Store],
+) -> None:
+    a, b = stores
+    for n in range(1, 301):
+        await a.create_lead(lead(n, timedelta(minutes=n % 50), resolution_due=T0 + timedelta(hours=1)))
+    now = T0 + timedelta(hours=2)
+    rounds = await asyncio.gather(*(store.claim_sla_marks(now, 37) for store in (a, b) for _ in range(30)))
+    claimed = [(c.lead.number, c.target, c.level) for batch in rounds for c in batch]
+    assert len(claimed) == len(set(claimed)) == 300 * 3  # response warning + breach, resolution breach
+    events = await a.list_events(types=["sla.warning", "sla.breached"], limit=10_000)
+    assert len(events) == 900
+    assert await b.claim_sla_marks(now + timedelta(days=1), 1000) == []
+
+
+async def test_a_reply_stops_the_response_target_and_pauses_resolution(stores: tuple[Store, Store]) -> None:
+    a, _ = stores
+    await a.create_lead(lead(1, timedelta(hours=1), resolution_due=T0 + timedelta(hours=3)))
+    await a.create_lead(lead(2, timedelta(hours=1), resolution_due=T0 + timedelta(hours=3)))
+    warned = await a.claim_sla_marks(T0 + timedelta(minutes=55), 100)
+    assert sorted((c.lead.number, c.target, c.level) for c in warned) == [
+        (1, "first_response", "warning"),
+        (2, "first_response", "warning"),
+    ]
+    reply_at = T0 + timedelta(minutes=56)
+    changes = LeadChanges(
+        status=LeadStatus.WAITING_CUSTOMER,
+        first_response_at=reply_at,
+        clear_sla=True,
+        pause_sla=True,
+        updated_at=reply_at,
+    )
+    paused = await a.update_lead(1, changes)
+    assert paused is not None and paused.sla_paused_at == reply_at and paused.sla_target is None
+    # Lead 2 owes a next response, then is resolved: every mark of it is gone.
+    owed = LeadChanges(sla_target="next_response", sla_due=T0 + timedelta(hours=2), updated_at=reply_at)
+    assert (await a.update_lead(2, owed)).sla_target == "next_response"  # type: ignore[union-attr]
+    await a.update_lead(2, LeadChanges(status=LeadStatus.RESOLVED, resolved_at=reply_at, updated_at=reply_at))
+    assert await a.claim_sla_marks(T0 + timedelta(days=1), 100) == []
+    resumed = LeadChanges(
+        clear_sla_paused=True, resolution_due=T0 + timedelta(days=2), updated_at=T0 + timedelta(days=1)
+    )
+    assert (await a.update_lead(1, resumed)).sla_paused_at is None  # type: ignore[union-attr]
+    (claim,) = await a.claim_sla_marks(T0 + timedelta(days=3), 100)
+    assert (claim.lead.number, claim.target, claim.level) == (1, "resolution", "breach")
+    assert claim.due == T0 + timedelta(days=2)
+
+
+async def test_assign_if_load_is_a_compare_and_set(stores: tuple[Store, Store]) -> None:
+    a, b = stores
+    for n in (1, 2, 3):
+        await a.create_lead(lead(n, timedelta(hours=1), priority=1 if n == 1 else 0))
+    assert await a.assign_if_load(1, "m1", "support", (0, 0), T0)
+    assert await b.load_by_assignee(["m1", "m2"]) == {"m1": (1, 2), "m2": (0, 0)}
+    assert not await b.assign_if_load(2, "m1", "support", (0, 0), T0)  # stale: m1 already has one
+    assert await b.assign_if_load(2, "m1", "support", (1, 2), T0)
+    # The lead moved on since the caller read it: no second assignment over it.
+    assert not await b.assign_if_load(2, "m2", "support", (0, 0), T0, previous=None)
+    assert await b.assign_if_load(2, "m2", "support", (0, 0), T0, previous="m1")
+    assert await b.assign_if_load(2, "m1", "support", (1, 2), T0, previous="m2")
+    assert [x.number for x in await a.oldest_unassigned(10)] == [3]
+    assert [x.number for x in await a.active_leads_of("m1", 10)] == [1, 2]
+    await a.update_lead(1, LeadChanges(status=LeadStatus.RESOLVED, updated_at=T0))
+    assert await a.load_by_assignee(["m1"]) == {"m1": (1, 1)}
+    assert await a.last_assignee_of_contact("c1", exclude_number=99) == "m1"
+    assert await a.last_assignee_of_contact("c3", exclude_number=99) is None
+
+
+async def test_escalation_steps_are_claimed_once_and_disarmed_by_a_reply(stores: tuple[Store, Store]) -> None:
+    a, b = stores
+    for n in (1, 2):
+        await a.create_lead(lead(n, timedelta(hours=1)))
+        at = T0 + timedelta(hours=2)
+        await a.update_lead(n, LeadChanges(escalate_at=at, escalate_target="next_response", updated_at=T0))
+    await a.update_lead(2, LeadChanges(clear_sla=True, updated_at=T0 + timedelta(minutes=90)))
+    claims = await asyncio.gather(
+        a.claim_sla_marks(T0 + timedelta(hours=3), 100), b.claim_sla_marks(T0 + timedelta(hours=3), 100)
+    )
+    escalations = [c for batch in claims for c in batch if c.level == "escalation"]
+    assert [(c.lead.number, c.target, c.due) for c in escalations] == [
+        (1, "next_response", T0 + timedelta(hours=2))
+    ]
+    events = await a.list_events(types=["sla.escalated"])
+    assert [(e.lead_number, e.data["target"]) for e in events] == [(1, "next_response")]

@@ -1,0 +1,80 @@
+"""MongoDB documents for the generalised SLA clock, checked offline (no server needed)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import bson
+from bson.codec_options import CodecOptions
+
+from hub.domain import Lead, LeadKind, LeadStatus
+from storage.base import LeadChanges
+from storage.mongo import _lead, _lead_doc, lead_update
+
+T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+CODEC: CodecOptions[dict[str, Any]] = CodecOptions(tz_aware=True, tzinfo=UTC)
+
+
+def sla_lead(**kw: Any) -> Lead:
+    fields: dict[str, Any] = {
+        "number": 7,
+        "kind": LeadKind.MESSAGE,
+        "channel": "webform",
+        "contact_id": "c1",
+        "status": LeadStatus.NEW,
+        "created_at": T0,
+        "updated_at": T0,
+        "origin_external_id": "f:1",
+        "first_response_due": T0 + timedelta(hours=4),
+        "warn_due": T0 + timedelta(hours=3),
+        "sla_target": "first_response",
+        "sla_started_at": T0,
+        "sla_due": T0 + timedelta(hours=4),
+        "sla_warn_due": T0 + timedelta(hours=3),
+        "resolution_due": T0 + timedelta(days=1),
+        "resolution_warn_due": T0 + timedelta(hours=19),
+    }
+    fields.update(kw)
+    return Lead(**fields)
+
+
+def test_new_lead_arms_response_and_resolution_marks_and_round_trips() -> None:
+    lead = sla_lead()
+    doc = bson.decode(bson.encode(_lead_doc(lead)), codec_options=CODEC)
+    assert doc["breach_pending_at"] == lead.sla_due and doc["warn_pending_at"] == lead.sla_warn_due
+    assert doc["res_breach_pending_at"] == lead.resolution_due
+    assert "sla_paused_at" not in doc
+    assert _lead(doc) == lead
+
+
+def test_paused_lead_has_no_armed_resolution_marks() -> None:
+    doc = _lead_doc(sla_lead(sla_paused_at=T0, status=LeadStatus.WAITING_CUSTOMER, sla_target=None))
+    assert doc["res_breach_pending_at"] is None and doc["sla_paused_at"] == T0
+
+
+def test_reply_clears_the_response_target_and_pauses_with_min() -> None:
+    update = lead_update(
+        LeadChanges(status=LeadStatus.WAITING_CUSTOMER, clear_sla=True, pause_sla=True, updated_at=T0)
+    )
+    assert update["$set"]["sla_target"] is None
+    assert update["$set"]["res_breach_pending_at"] is None
+    assert set(update["$unset"]) == {"breach_pending_at", "warn_pending_at"}
+    assert update["$min"] == {"sla_paused_at": T0}
+    bson.encode(update)
+
+
+def test_resume_sets_new_due_times_and_unsets_the_pause() -> None:
+    due = T0 + timedelta(days=2)
+    update = lead_update(LeadChanges(clear_sla_paused=True, resolution_due=due, updated_at=T0))
+    assert update["$set"]["res_breach_pending_at"] == due and update["$set"]["res_warn_pending_at"] is None
+    assert update["$unset"] == {"sla_paused_at": ""}
+    assert not set(update["$set"]) & set(update["$unset"])
+
+
+def test_escalation_step_is_armed_and_disarmed_by_a_reply() -> None:
+    at = T0 + timedelta(hours=2)
+    armed = lead_update(LeadChanges(escalate_at=at, escalate_target="resolution", updated_at=T0))
+    assert armed["$set"]["escalate_pending_at"] == at and armed["$set"]["escalate_target"] == "resolution"
+    replied = lead_update(LeadChanges(clear_sla=True, updated_at=T0))
+    assert replied["$set"]["escalate_pending_at"] is None

@@ -1,0 +1,281 @@
+"""SLA targets, pause/resume and the sweep, driven with time as a parameter on a real SQLite file."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from itertools import count
+from typing import Any
+
+import pytest
+
+from hub.app import Hub
+from hub.config import ConfigError, Settings
+from hub.domain import Event, Identity, IdentityKind, Inbound, Lead, LeadKind, LeadStatus
+from hub.intake import IntakeResult
+from hub.sla import retarget_after_config_change
+
+T0 = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)  # a Monday, 10:00 in Kyiv
+_ids = count(1)
+
+
+def inbound(email: str, at: datetime, kind: LeadKind = LeadKind.MESSAGE, text: str = "Привіт") -> Inbound:
+    return Inbound(
+        channel="webform",
+        external_id=f"ext-{next(_ids)}",
+        sender=Identity(IdentityKind.EMAIL, email),
+        text=text,
+        received_at=at,
+        kind_hint=kind,
+    )
+
+
+@pytest.fixture
+def make_hub(settings_factory: Callable[..., Settings]) -> Iterator[Callable[..., Any]]:
+    hubs: list[Hub] = []
+
+    async def build(**overrides: Any) -> Hub:
+        hub = Hub(settings_factory(**overrides))
+        await hub.store.open()
+        hubs.append(hub)
+        return hub
+
+    yield build
+
+
+async def _events(hub: Hub, number: int, *types: str) -> list[Event]:
+    return await hub.store.list_events(lead_number=number, types=list(types))
+
+
+async def _lead(hub: Hub, number: int) -> Lead:
+    lead = await hub.store.get_lead(number)
+    assert lead is not None
+    return lead
+
+
+POLICIES = {
+    "message": {
+        "first_response": "4h",
+        "next_response": {"after": "2h", "warn_at": 0.5},
+        "resolution": "8h",
+        "teams": {"service": {"first_response": "1h"}},
+        "priorities": {2: {"first_response": "30m"}},
+    },
+    "service_request": {"first_response": "12h"},
+}
+
+
+async def test_existing_config_keys_still_work(make_hub: Callable[..., Any]) -> None:
+    policies = {"message": {"first_response": "4h"}, "service_request": {"first_response": "12h"}}
+    hub: Hub = await make_hub(sla={"check_every": "5s", "policies": policies})
+    result: IntakeResult = await hub.intake.accept(inbound("a@example.com", T0), now=T0)
+    assert result.lead.first_response_due == T0 + timedelta(hours=4)
+    assert result.lead.sla_target == "first_response"
+    assert result.lead.resolution_due is None
+    await hub.store.close()
+
+
+async def test_business_hours_calendar_from_config(make_hub: Callable[..., Any]) -> None:
+    hub: Hub = await make_hub(
+        sla={"calendar": {"timezone": "Europe/Kyiv", "hours": {"mon-fri": ["09:00-18:00"]}}}
+    )
+    friday_1730 = datetime(2026, 11, 20, 15, 30, tzinfo=UTC)
+    result = await hub.intake.accept(inbound("b@example.com", friday_1730), now=friday_1730)
+    assert result.lead.first_response_due == datetime(2026, 11, 23, 10, 30, tzinfo=UTC)  # Mon 12:30 Kyiv
+    await hub.store.close()
+
+
+def test_bad_calendar_stops_the_hub_naming_the_key(settings_factory: Callable[..., Settings]) -> None:
+    with pytest.raises(ConfigError, match=r"^sla\.calendar\.hours\.mon-fri"):
+        Hub(settings_factory(sla={"calendar": {"hours": {"mon-fri": ["25:00-26:00"]}}}))
+
+
+async def test_team_and_priority_overrides_move_the_due_time(make_hub: Callable[..., Any]) -> None:
+    hub: Hub = await make_hub(
+        sla={"policies": POLICIES},
+        routing={
+            "default_team": "support",
+            "rules": [
+                {"match": {"keywords": ["котел"]}, "team": "service"},
+                {"match": {"keywords": ["терміново"]}, "team": "support", "priority": 2},
+            ],
+        },
+    )
+    service = await hub.intake.accept(inbound("c@example.com", T0, text="Зламався КОТЕЛ"), now=T0)
+    assert service.lead.team == "service"
+    assert service.lead.first_response_due == T0 + timedelta(hours=1)
+    urgent = await hub.intake.accept(inbound("d@example.com", T0, text="Терміново!"), now=T0)
+    assert urgent.lead.priority == 2
+    assert urgent.lead.sla_due == T0 + timedelta(minutes=30)
+    await hub.store.close()
+
+
+async def test_pause_while_waiting_for_customer_and_resume(make_hub: Callable[..., Any]) -> None:
+    hub: Hub = await make_hub(sla={"policies": POLICIES})
+    lead = (await hub.intake.accept(inbound("e@example.com", T0), now=T0)).lead
+    assert lead.resolution_due == T0 + timedelta(hours=8)
+    # Reply after 1h: first response met, lead waits for the customer, resolution paused.
+    await hub.replies.record_reply(lead.number, "Уточніть, будь ласка", "olena", now=T0 + timedelta(hours=1))
+    lead = await _lead(hub, lead.number)
+    assert lead.status == LeadStatus.WAITING_CUSTOMER
+    assert lead.sla_paused_at == T0 + timedelta(hours=1)
+    assert lead.sla_target is None
+    # Nothing fires while paused, however long the customer takes.
+    assert await hub.sweeper.sweep(T0 + timedelta(days=3)) == (0, 0)
+    # The customer answers 3 days later: 7h of resolution time remain, next response owed in 2h.
+    back = T0 + timedelta(days=3)
+    await hub.intake.accept(inbound("e@example.com", back, text="Ось деталі"), now=back)
+    lead = await _lead(hub, lead.number)
+    assert lead.status == LeadStatus.OPEN
+    assert lead.sla_paused_at is None
+    assert lead.resolution_due == back + timedelta(hours=7)
+    assert lead.sla_target == "next_response"
+    assert lead.sla_due == back + timedelta(hours=2)
+    assert lead.sla_warn_due == back + timedelta(hours=1)
+    # Warning then breach of the next response, each once.
+    assert await hub.sweeper.sweep(back + timedelta(hours=1, seconds=1)) == (1, 0)
+    assert await hub.sweeper.sweep(back + timedelta(hours=2, seconds=1)) == (0, 1)
+    assert await hub.sweeper.sweep(back + timedelta(hours=2, seconds=2)) == (0, 0)
+    breaches = await _events(hub, lead.number, "sla.breached")
+    assert [e.data["target"] for e in breaches] == ["next_response"]
+    # Resolution: warned at 80% of 8h (6.4h in; 5.4h after the resume), breached at 8h.
+    assert await hub.sweeper.sweep(back + timedelta(hours=7, seconds=1)) == (1, 1)
+    targets = [
+        (e.type, e.data["target"]) for e in await _events(hub, lead.number, "sla.warning", "sla.breached")
+    ]
+    assert targets.count(("sla.breached", "resolution")) == 1
+    assert targets.count(("sla.warning", "resolution")) == 1
+    await hub.store.close()
+
+
+async def test_an_answered_lead_raises_no_late_alert(make_hub: Callable[..., Any]) -> None:
+    hub: Hub = await make_hub()
+    lead = (await hub.intake.accept(inbound("f@example.com", T0), now=T0)).lead
+    assert await hub.sweeper.sweep(T0 + timedelta(hours=3, minutes=30)) == (1, 0)
+    # Answered after the due time but before the next sweep: nobody is paged for a done job.
+    late = T0 + timedelta(hours=4, seconds=10)
+    await hub.replies.record_reply(lead.number, "Вибачте за затримку", "taras", now=late)
+    assert await hub.sweeper.sweep(late + timedelta(seconds=1)) == (0, 0)
+    assert await hub.sweeper.sweep(late + timedelta(days=1)) == (0, 0)
+    await hub.store.close()
+
+
+async def test_kind_change_recomputes_the_running_target(make_hub: Callable[..., Any]) -> None:
+    hub: Hub = await make_hub()
+    lead = (await hub.intake.accept(inbound("g@example.com", T0), now=T0)).lead
+    changed = await hub.actions.set_kind(
+        lead.number, LeadKind.SERVICE_REQUEST, "olena", now=T0 + timedelta(hours=1)
+    )
+    assert changed.first_response_due == T0 + timedelta(hours=12)
+    assert changed.sla_due == T0 + timedelta(hours=12)
+    assert await hub.sweeper.sweep(T0 + timedelta(hours=5)) == (0, 0)
+    assert await hub.sweeper.sweep(T0 + timedelta(hours=12, seconds=1)) == (1, 1)
+    await hub.store.close()
+
+
+async def test_breach_escalates_to_team_lead_and_reassigns(make_hub: Callable[..., Any]) -> None:
+    hub: Hub = await make_hub(
+        sla={
+            "policies": {
+                "message": {"first_response": "1h", "escalation": {"reassign": True}},
+                "service_request": {"first_response": "12h"},
+            }
+        }
+    )
+    published: list[Event] = []
+
+    async def listen(event: Event, lead: Lead | None) -> None:
+        published.append(event)
+
+    hub.bus.subscribe("test", listen)
+    lead = (await hub.intake.accept(inbound("h@example.com", T0), now=T0)).lead
+    first_owner = lead.assignee
+    assert first_owner in {"olena", "taras"}
+    await hub.sweeper.sweep(T0 + timedelta(hours=2))
+    warning = next(e for e in published if e.type == "sla.warning")
+    breach = next(e for e in published if e.type == "sla.breached")
+    assert warning.data["notify"] == [first_owner]
+    assert breach.data["notify"][0] == first_owner and "olena" in breach.data["notify"]
+    lead = await _lead(hub, lead.number)
+    assert lead.assignee not in (None, first_owner)
+    reassigned = [e for e in published if e.type == "lead.assigned" and e.data.get("previous") == first_owner]
+    assert reassigned and reassigned[0].data["reason"]["rule"] == "sla breach: first_response"
+    await hub.store.close()
+
+
+async def test_policy_change_recomputes_due_times_once(make_hub: Callable[..., Any]) -> None:
+    before: Hub = await make_hub()
+    assert await retarget_after_config_change(before.store, before.sla, "a", T0) == 0  # fresh file
+    lead = (await before.intake.accept(inbound("i@example.com", T0), now=T0)).lead
+    answered = (await before.intake.accept(inbound("j@example.com", T0), now=T0)).lead
+    await before.replies.record_reply(answered.number, "Готово", "olena", now=T0)
+    await before.store.close()
+    policies = {
+        "message": {"first_response": "2h", "resolution": "1d"},
+        "service_request": {"first_response": "12h"},
+    }
+    after: Hub = await make_hub(sla={"policies": policies})
+    assert await retarget_after_config_change(after.store, after.sla, "b", T0 + timedelta(minutes=5)) == 1
+    changed = await _lead(after, lead.number)
+    assert changed.sla_due == changed.first_response_due == T0 + timedelta(hours=2)
+    assert changed.resolution_due == T0 + timedelta(days=1)
+    untouched = await _lead(after, answered.number)
+    assert (
+        untouched.sla_target is None and untouched.resolution_due is None
+    )  # answered: paused, no resolution on record
+    assert await retarget_after_config_change(after.store, after.sla, "b", T0 + timedelta(minutes=6)) == 0
+    assert await after.sweeper.sweep(T0 + timedelta(hours=2, seconds=1)) == (1, 1)
+    await after.store.close()
+
+
+async def test_resolve_stops_every_clock_and_reopen_restarts_resolution(make_hub: Callable[..., Any]) -> None:
+    hub: Hub = await make_hub(sla={"policies": POLICIES})
+    lead = (await hub.intake.accept(inbound("k@example.com", T0), now=T0)).lead
+    await hub.actions.resolve(lead.number, "olena", now=T0 + timedelta(minutes=30))
+    assert await hub.sweeper.sweep(T0 + timedelta(days=2)) == (0, 0)
+    reopened_at = T0 + timedelta(days=2)
+    reopened = await hub.actions.reopen(lead.number, "olena", now=reopened_at)
+    assert reopened.resolution_due == reopened_at + timedelta(hours=8)
+    assert await hub.sweeper.sweep(reopened_at + timedelta(hours=8, seconds=1)) == (1, 1)
+    await hub.store.close()
+
+
+async def test_manual_assignment_to_another_team_applies_its_policy(make_hub: Callable[..., Any]) -> None:
+    hub: Hub = await make_hub(sla={"policies": POLICIES})
+    lead = (await hub.intake.accept(inbound("l@example.com", T0), now=T0)).lead
+    assert lead.team == "support" and lead.sla_due == T0 + timedelta(hours=4)
+    moved = await hub.actions.assign(lead.number, "iryna", "olena", now=T0 + timedelta(minutes=5))
+    assert moved.team == "service"
+    assert moved.sla_due == moved.first_response_due == T0 + timedelta(hours=1)
+    await hub.store.close()
+
+
+async def test_team_lead_hears_only_after_the_escalation_delay(make_hub: Callable[..., Any]) -> None:
+    escalation = {"team_lead_after": "30m", "reassign": True}
+    policies = {
+        "message": {"first_response": "1h", "escalation": escalation},
+        "service_request": {"first_response": "12h"},
+    }
+    hub: Hub = await make_hub(sla={"policies": policies})
+    published: list[Event] = []
+
+    async def listen(event: Event, lead: Lead | None) -> None:
+        published.append(event)
+
+    hub.bus.subscribe("test", listen)
+    answered = (await hub.intake.accept(inbound("m@example.com", T0), now=T0)).lead
+    ignored = (await hub.intake.accept(inbound("n@example.com", T0), now=T0)).lead
+    assert await hub.sweeper.sweep(T0 + timedelta(hours=1, seconds=1)) == (2, 2)
+    breaches = [e for e in published if e.type == "sla.breached"]
+    assert all(e.data["notify"] == [e.data["assignee"]] for e in breaches)  # not the team lead yet
+    # One lead is answered before the escalation step: only the other escalates, once.
+    await hub.replies.record_reply(answered.number, "Вже працюємо", "olena", now=T0 + timedelta(minutes=70))
+    await hub.sweeper.sweep(T0 + timedelta(minutes=89))
+    assert [e for e in published if e.type == "sla.escalated"] == []
+    await hub.sweeper.sweep(T0 + timedelta(minutes=91))
+    await hub.sweeper.sweep(T0 + timedelta(minutes=92))
+    (escalated,) = [e for e in published if e.type == "sla.escalated"]
+    assert escalated.lead_number == ignored.number
+    assert "olena" in escalated.data["notify"] and escalated.data["target"] == "first_response"
+    assert (await _lead(hub, ignored.number)).assignee != ignored.assignee  # reassigned at this step
+    await hub.store.close()
