@@ -16,6 +16,7 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from aiogram.exceptions import TelegramBadRequest
@@ -325,8 +326,8 @@ class StaffDesk:
                     kind = staff(f"tg.kind.name.{data['kind']}")
                     notices.append("🏷 " + staff("tg.event.kind", kind=kind, by=by))
                 pending.refresh_card = True
-            case EventType.SLA_WARNING | EventType.SLA_BREACHED:
-                await self._alert(lead, event.type == EventType.SLA_BREACHED, notices)
+            case EventType.SLA_WARNING | EventType.SLA_BREACHED | EventType.SLA_ESCALATED:
+                await self._alert(lead, event.type != EventType.SLA_WARNING, data, notices)
             case EventType.DELIVERY_FAILED:
                 notices.append("❗ " + staff("tg.event.delivery_failed", error=data.get("error", "")))
             case EventType.REPLY_RECORDED:
@@ -343,12 +344,20 @@ class StaffDesk:
             await self._add_notices(lead.number, notices)
         await self._mark(lead)
 
-    async def _alert(self, lead: Lead, breached: bool, notices: list[str]) -> None:
-        manager = self._hub.settings.manager(lead.assignee or "")
-        who = mention(manager.telegram_id, manager.name) if manager else ""
+    async def _alert(self, lead: Lead, breached: bool, data: dict[str, Any], notices: list[str]) -> None:
+        """An SLA warning/breach/escalation: in the topic and the alerts chat, tagging who must act."""
+        ids = [str(i) for i in data.get("notify") or []] or ([lead.assignee] if lead.assignee else [])
+        managers = [m for m in (self._hub.settings.manager(i) for i in ids) if m is not None]
+        who = ", ".join(mention(m.telegram_id, m.name) for m in managers)
         key = "tg.event.breached" if breached else "tg.event.warning"
-        due = esc(local_time(lead.first_response_due, self._hub.settings.sla.calendar.timezone))
+        due_at = lead.first_response_due
+        if isinstance(data.get("due"), str):
+            with contextlib.suppress(ValueError):
+                due_at = datetime.fromisoformat(data["due"])
+        due = esc(local_time(due_at, self._hub.settings.sla.calendar.timezone))
         text = ("🔥 " if breached else "⚠️ ") + raw_staff(key, lead=esc(lead.ref), due=due, who=who)
+        if data.get("level") == "escalation":
+            text = "⏫ " + text
         notices.append(text)
         alerts = self._settings.alerts_chat_id
         if alerts is not None:
