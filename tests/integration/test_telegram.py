@@ -611,3 +611,25 @@ async def test_kind_button_after_writing_sets_the_open_leads_kind(env: Env) -> N
     )
     messages = await env.hub.store.list_messages(1)
     assert [m.text for m in messages if m.direction == Direction.IN] == ["Не працює пральна машина"]
+
+
+async def test_queued_alert_survives_a_restart(
+    emu: TelegramEmulator, settings_factory: Callable[..., Settings]
+) -> None:
+    settings = settings_factory(telegram=telegram_config(emu))
+    first = Hub(settings)
+    await first.start()
+    desk = _channel(first).desk
+    await desk.stop()  # the worker is gone, as in a crash right after the alert was queued
+    await desk.post_to(ALERTS, "🔥 queued before the crash")
+    await first.stop()
+    assert "🔥 queued before the crash" not in emu.texts_to(ALERTS)
+    second = Hub(settings)
+    await second.start()
+    try:
+        await emu.wait_for(
+            lambda: "🔥 queued before the crash" in emu.texts_to(ALERTS), what="alert after restart"
+        )
+        assert emu.texts_to(ALERTS).count("🔥 queued before the crash") == 1
+    finally:
+        await second.stop()
