@@ -241,8 +241,14 @@ async def test_429_retry_after_is_respected_nothing_lost_or_duplicated(env: Env)
         if c.at > failed[0].at and c.params.get("chat_id") == user["id"]
     ]
     assert after and after[0].at - failed[0].at >= 0.95, "retried before retry_after passed"
-    await env.emu.wait_for(lambda: env.hub.outbox is not None, what="-")
     assert env.emu.texts_to(user["id"]).count("First answer") == 1
+
+    async def all_sent() -> bool:
+        counts = await env.hub.store.outbox_counts()
+        assert counts.get("failed", 0) == 0
+        return counts.get("queued", 0) == 0
+
+    await env.emu.wait_for(all_sent, what="every outbox row marked sent")
 
 
 async def test_deleted_topic_is_recreated(env: Env) -> None:
