@@ -159,6 +159,7 @@ class TelegramChannel:
         log.info("telegram: started in %s mode as @%s", settings.mode, self.bot_username or "?")
 
     async def stop(self) -> None:
+        """Stop polling and the staff desk, then close the Bot API session."""
         if self.poller is not None:
             await self.poller.stop()
         if self.desk is not None:

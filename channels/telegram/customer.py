@@ -61,9 +61,11 @@ class CustomerSide:
         self.bot_username = hub.settings.telegram.bot_username
 
     def language(self, code: str | None) -> str:
+        """The language to answer a Telegram user in (see `i18n.pick_language`)."""
         return i18n.pick_language(code, self._hub.settings.telegram.russian_fallback)
 
     def keyboard(self, language: str) -> ReplyKeyboardMarkup:
+        """The customer keyboard: the two kinds, and sharing the phone number."""
         return ReplyKeyboardMarkup(
             keyboard=[
                 [

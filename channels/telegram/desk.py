@@ -97,22 +97,27 @@ class _ChatQueue:
 
 
 def topic_key(lead_number: int) -> str:
+    """State key: where a lead's topic is (`Topic` as JSON)."""
     return f"tg.topic.{lead_number}"
 
 
 def thread_key(chat: int, thread: int) -> str:
+    """State key: the lead of a forum topic."""
     return f"tg.thread.{chat}:{thread}"
 
 
 def post_key(chat: int, message_id: int) -> str:
+    """State key: the lead and messages shown in one staff-group post."""
     return f"tg.post.{chat}:{message_id}"
 
 
 def copy_key(message_id: str) -> str:
+    """State key: the staff-group post that shows a customer message."""
     return f"tg.copy.{message_id}"
 
 
 def edit_key(message_id: str) -> str:
+    """State key: the latest text of a customer message edited in Telegram."""
     return f"tg.edit.{message_id}"
 
 
@@ -161,11 +166,13 @@ class StaffDesk:
 
     # --- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
+        """Start a worker for every chat that already has work."""
         self._running = True
         for queue in self._queues.values():
             self._ensure_worker(queue)
 
     async def stop(self) -> None:
+        """Stop the workers; unfinished work is picked up by the next start's resync."""
         self._running = False
         for queue in self._queues.values():
             if queue.task is not None:

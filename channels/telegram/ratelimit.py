@@ -65,6 +65,7 @@ class Slot:
         self._clock = clock
 
     def done(self) -> None:
+        """The call's answer is back: count the call until now."""
         self._mark.at = max(self._mark.at, self._clock())
 
 

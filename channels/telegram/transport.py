@@ -47,6 +47,7 @@ class Ingest:
         self._hold = float(os.environ.get(HOLD_ENV, "0") or 0)
 
     def external_id(self, update_id: int) -> str:
+        """The inbox key of an update: (bot, update_id)."""
         return f"{self._bot_id()}:{update_id}"
 
     async def store(self, data: dict[str, Any]) -> tuple[InboxItem, bool]:
@@ -144,13 +145,16 @@ class Poller:
 
     @property
     def offset_key(self) -> str:
+        """State key of this bot's getUpdates offset."""
         return f"tg.offset.{self._ingest.external_id(0).split(':')[0]}"
 
     def start(self) -> None:
+        """Start the polling loop (it waits for the lease)."""
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="telegram-poller")
 
     async def stop(self) -> None:
+        """Stop polling and give the lease up, so another process can take over at once."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
