@@ -334,6 +334,11 @@ async def test_deep_link_links_telegram_to_web_contact(env: Env, http: Any) -> N
     assert "L-1" in greeting[0]
     contact = await env.hub.store.get_contact(lead.contact_id)
     assert contact is not None and any(i.value == "7001" for i in contact.identities)
+    # The thank-you page a browser gets carries the same kind of link.
+    form = {"name": "Petro", "email": "petro2@example.com", "message": "Second request"}
+    async with http.post(url, data=form, headers={"Accept": "text/html"}) as resp:
+        assert resp.status == 201
+        assert "https://t.me/hub_test_bot?start=L2_" in await resp.text()
     # A forged token links nothing.
     env.emu.send_text(7002, customer(7002, "Eve", "en"), "/start L1_AAAAAAAAAAAAAAAA")
     bad = await env.emu.wait_for(lambda: env.emu.texts_to(7002), what="bad link answer")
