@@ -443,7 +443,13 @@ async def test_webhook_requires_secret(
         assert lead is not None
         messages = await hub.store.list_messages(1)
         assert [m.text for m in messages if m.direction == Direction.IN] == ["via webhook"]
-        await emu.wait_for(lambda: emu.topics_in(STAFF), what="topic from webhook lead")
+        topic = (await emu.wait_for(lambda: emu.topics_in(STAFF), what="topic from webhook lead"))[0]
+        staff_update = {
+            "update_id": 3,
+            "message": emu.message(STAFF, OLENA, "Reply via webhook", thread=topic.thread),
+        }
+        assert await emu.post_to_webhook(staff_update) == 200
+        await emu.wait_for(lambda: "Reply via webhook" in emu.texts_to(user["id"]), what="DM in webhook mode")
     finally:
         await hub.stop()
 
