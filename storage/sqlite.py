@@ -388,6 +388,7 @@ class _PendingCommit:
         # Back in the event loop: tell the waiters, or hand them back if no COMMIT ran.
         if not self.attempted:
             store._commit_waiters[:0] = self.waiters
+            store._schedule_flush()
             return
         for waiter in self.waiters:
             if waiter.done():
@@ -412,7 +413,8 @@ class _UnitDb:
     def __init__(self, store: SqliteStore, db: aiosqlite.Connection) -> None:
         self._store = store
         self._db = db
-        self._started = False
+        self._submitted = False  # a statement was handed to the database thread
+        self._started = False  # (set in that thread) BEGIN/SAVEPOINT done for this unit
 
     def _job(self, sql: str, params: Any, many: bool, commit: _PendingCommit | None) -> _Result:
         # Runs in aiosqlite's thread; the store's lock is held by this unit meanwhile.
@@ -446,11 +448,20 @@ class _UnitDb:
             # at the back of the queue). Waiters are told once the hop is back.
             commit = _PendingCommit(store._commit_waiters)
             store._commit_waiters = []
-        try:
-            return await _in_thread(self._db, self._job, sql, params, many, commit)
-        finally:
-            if commit is not None:
-                commit.report(store)
+        self._submitted = True
+        if commit is None:
+            return await _in_thread(self._db, self._job, sql, params, many, None)
+        hop = asyncio.ensure_future(_in_thread(self._db, self._job, sql, params, many, commit))
+
+        # The waiters hear about the COMMIT when the hop is really back, even if this unit's
+        # caller is cancelled meanwhile (the hop runs regardless).
+        def reported(done: asyncio.Future[_Result]) -> None:
+            if not done.cancelled():
+                done.exception()  # retrieved here when the unit's caller is gone
+            commit.report(store)
+
+        hop.add_done_callback(reported)
+        return await asyncio.shield(hop)
 
     async def execute(self, sql: str, params: Iterable[Any] = ()) -> _Result:
         """Run one statement of the unit."""
@@ -462,10 +473,14 @@ class _UnitDb:
 
     async def rollback(self) -> None:
         """Undo this unit's statements only (the transaction keeps the other units' work)."""
-        if not self._started:
+        if not self._submitted:
             return
 
         def undo() -> None:
+            # Decided here, in the database thread: a statement whose caller was cancelled
+            # still runs (aiosqlite's queue is FIFO), and this undo runs after it.
+            if not self._started:
+                return
             conn: sqlite3.Connection = self._db._conn
             store = self._store
             store._savepoint_open = False
@@ -642,11 +657,14 @@ class SqliteStore:
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[None] = loop.create_future()
         self._commit_waiters.append(waiter)
+        self._schedule_flush()
+        return waiter
+
+    def _schedule_flush(self) -> None:
         if not self._commit_scheduled:
             self._commit_scheduled = True
             # call_soon lets every unit that is ready in this loop turn join the same commit.
-            loop.call_soon(lambda: asyncio.ensure_future(self._flush()))
-        return waiter
+            asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self._flush()))
 
     async def _flush(self) -> None:
         async with self._lock:
