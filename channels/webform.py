@@ -11,6 +11,7 @@ import json
 import logging
 import re
 import secrets
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -36,7 +37,11 @@ log = logging.getLogger(__name__)
 CHANNELS = ("webform", "api")
 MAX_MESSAGE = 10_000
 FIELDS = ("name", "email", "phone", "telegram", "subject", "message")
-_ONE_LINE = re.compile(r"^[^\x00-\x1f\x7f]*$")
+# One-line fields may end up in mail headers: no C0/C1 controls and none of the separators
+# that str.splitlines() (and so Python's email package) treats as line breaks.
+_ONE_LINE = re.compile(r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]*$")
+# Lone surrogates are valid in JSON ("\ud800") but are not text: they cannot be stored as UTF-8.
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 _TOKEN = re.compile(r"^[A-Za-z0-9_.:-]{8,128}$")
 HONEYPOT = "website"
 
@@ -64,7 +69,7 @@ def validate_submission(raw: Mapping[str, Any], language: str) -> tuple[Submissi
         value = raw.get(name, "")
         if value is None:
             value = ""
-        if not isinstance(value, str):
+        if not isinstance(value, str) or _SURROGATE.search(value):
             # Objects such as {"$gt": ""} never reach the store: only plain text is accepted.
             errors[name] = i18n.text("error.field_type", language)
             continue
@@ -222,6 +227,24 @@ def _render_form(
     return web.Response(text=html, content_type="text/html", status=status, charset="utf-8")
 
 
+def _parse_urlencoded(body: bytes) -> dict[str, str]:
+    """A browser's form body; invalid UTF-8 (raw or %-escaped) is a 400, not replacement characters."""
+    try:
+        pairs = urllib.parse.parse_qsl(
+            body.decode("utf-8"),
+            keep_blank_values=True,
+            encoding="utf-8",
+            errors="strict",
+            max_num_fields=50,
+        )
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise web.HTTPBadRequest(
+            text=json.dumps({"error": "invalid_form", "detail": f"the form data is not valid UTF-8: {exc}"}),
+            content_type="application/json",
+        ) from exc
+    return dict(pairs)
+
+
 async def post_form(request: web.Request) -> web.Response:
     """POST /forms/{form_id}: urlencoded (a browser) or JSON (a site's script)."""
     hub: Hub = request.app[HUB_KEY]
@@ -234,7 +257,7 @@ async def post_form(request: web.Request) -> web.Response:
     if request.content_type == "application/json":
         try:
             body = await request.json()
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise web.HTTPBadRequest(
                 text=json.dumps({"error": "invalid_json", "detail": f"the body is not valid JSON: {exc}"}),
                 content_type="application/json",
@@ -245,7 +268,9 @@ async def post_form(request: web.Request) -> web.Response:
                 content_type="application/json",
             )
         raw: dict[str, Any] = body
-    elif request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
+    elif request.content_type == "application/x-www-form-urlencoded":
+        raw = _parse_urlencoded(await request.read())
+    elif request.content_type == "multipart/form-data":
         try:
             posted = await request.post()
         except UnicodeDecodeError as exc:

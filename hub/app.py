@@ -59,6 +59,10 @@ def build_channels(settings: Settings) -> list[Channel]:
         from channels.email import EmailChannel
 
         channels.append(EmailChannel(settings.email))
+    if settings.telegram.enabled:
+        from channels.telegram import TelegramChannel
+
+        channels.append(TelegramChannel())
     names = [c.name for c in channels]
     if len(names) != len(set(names)):
         raise ValueError(f"channels registered twice: {names}")
@@ -114,6 +118,10 @@ class Hub:
 
     def telegram_link(self, lead: Lead) -> str:
         """A deep link that continues this lead in Telegram ('' while Telegram is off)."""
+        for channel in self.channels:
+            make_link = getattr(channel, "deep_link", None)
+            if make_link is not None:
+                return str(make_link(lead))
         return ""
 
     async def start(self) -> None:

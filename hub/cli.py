@@ -91,3 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"hub: bad configuration: {exc}", file=sys.stderr)
         return 2
+    except Exception:
+        # Through logging, not Python's default hook: the traceback may quote a storage URL or
+        # a token, and only the log handler redacts them.
+        log.critical("hub stopped by an unexpected error", exc_info=True)
+        return 1

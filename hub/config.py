@@ -335,6 +335,14 @@ class EmailSettings(_Section):
     lease_ttl: Duration = Field(default_factory=lambda: timedelta(seconds=60))
 
 
+class TelegramLimits(_Section):
+    """Bot API flood limits the hub paces itself to (lower them for a local test server)."""
+
+    chat_per_second: float = Field(1.0, gt=0)
+    group_per_minute: float = Field(20.0, gt=0)
+    global_per_second: float = Field(30.0, gt=0)
+
+
 class TelegramSettings(_Section):
     enabled: bool = False
     token: SecretStr | None = None  # HUB_TELEGRAM_TOKEN
@@ -345,6 +353,12 @@ class TelegramSettings(_Section):
     staff_group_id: int | None = None
     alerts_chat_id: int | None = None
     bot_username: str = ""
+    russian_fallback: Literal["uk", "en"] = "uk"  # language for `ru` users
+    poll_timeout: Duration = Field(default_factory=lambda: timedelta(seconds=25))
+    poller_lease: Duration = Field(default_factory=lambda: timedelta(seconds=60))
+    ack: bool = True  # acknowledge a new lead in the customer's chat
+    reopen_within: Duration = Field(default_factory=lambda: timedelta(days=7))  # else a new lead
+    limits: TelegramLimits = Field(default_factory=lambda: TelegramLimits())
 
 
 class OutboxSettings(_Section):

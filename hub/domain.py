@@ -69,7 +69,7 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
-_LEAD_REF = re.compile(r"^\s*(?:#)?L-?(\d{1,12})\s*$", re.IGNORECASE)
+_LEAD_REF = re.compile(r"^\s*(?:#)?L-?([0-9]{1,12})\s*$", re.IGNORECASE)
 
 
 def format_lead_number(number: int) -> str:
@@ -80,7 +80,9 @@ def format_lead_number(number: int) -> str:
 def parse_lead_number(text: str) -> int | None:
     """`L-1042`, `l1042`, `#L-1042` or `1042` -> 1042; anything else -> None."""
     text = text.strip()
-    if text.isdigit():
+    # ASCII only: str.isdigit() is also true for "¹²", which int() refuses, and an unbounded
+    # number would overflow the database's integer.
+    if text.isascii() and text.isdigit() and len(text) <= 12:
         return int(text)
     match = _LEAD_REF.match(text)
     return int(match.group(1)) if match else None

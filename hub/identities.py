@@ -6,7 +6,8 @@ import re
 
 from hub.domain import Identity, IdentityKind
 
-_EMAIL = re.compile(r"^[^@\s<>()\[\],;:\"\\]+@[A-Za-z0-9.-]+\.[A-Za-z0-9-]{2,}$")
+# No whitespace or control characters anywhere: addresses go into mail headers.
+_EMAIL = re.compile(r"^[^@\s\x00-\x1f\x7f-\x9f<>()\[\],;:\"\\]+@[A-Za-z0-9.-]+\.[A-Za-z0-9-]{2,}\Z")
 _USERNAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{3,31}$")
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
@@ -23,6 +23,9 @@ from storage.base import Store, StoreError
 log = logging.getLogger(__name__)
 
 Decoder = Callable[[InboxItem], Inbound]
+#: Handles stored raw input that is not a customer message (staff commands, button presses);
+#: returns the lead it concerned, if any. Raises DecodeError when the input is unusable.
+Handler = Callable[[InboxItem], Awaitable[int | None]]
 
 CLAIM_SECONDS = 60.0
 
@@ -36,6 +39,7 @@ class InboxProcessor:
         self._bus = bus
         self._holder = holder
         self._decoders: dict[str, Decoder] = {}
+        self._handlers: dict[str, Handler] = {}
         self._task: asyncio.Task[None] | None = None
 
     def register(self, channel: str, decoder: Decoder) -> None:
@@ -43,6 +47,12 @@ class InboxProcessor:
         if channel in self._decoders:
             raise ValueError(f"inbox: a decoder for channel {channel!r} is registered twice")
         self._decoders[channel] = decoder
+
+    def register_handler(self, channel: str, handler: Handler) -> None:
+        """Set the handler for one channel's raw input that does not go through intake."""
+        if channel in self._handlers or channel in self._decoders:
+            raise ValueError(f"inbox: a handler for channel {channel!r} is registered twice")
+        self._handlers[channel] = handler
 
     async def submit(
         self,
@@ -69,6 +79,15 @@ class InboxProcessor:
 
     async def process(self, item: InboxItem) -> IntakeResult | None:
         """Decode and accept one item; quarantine it if it cannot be decoded."""
+        handler = self._handlers.get(item.channel)
+        if handler is not None:
+            try:
+                lead_number = await handler(item)
+            except DecodeError as exc:
+                await self._quarantine(item, str(exc))
+                return None
+            await self._store.inbox_done(item.id, lead_number)
+            return None
         decoder = self._decoders.get(item.channel)
         if decoder is None:
             await self._quarantine(item, f"no decoder for channel {item.channel!r} (is the channel enabled?)")

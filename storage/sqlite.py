@@ -12,11 +12,13 @@ import asyncio
 import contextlib
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Iterable
-from dataclasses import replace
+import urllib.parse
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
-from typing import Any
+from time import monotonic
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 import aiosqlite
@@ -96,6 +98,7 @@ CREATE INDEX IF NOT EXISTS leads_warn_pending ON leads (warn_pending_at)
     WHERE warn_pending_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS leads_contact_status ON leads (contact_id, status);
 CREATE INDEX IF NOT EXISTS leads_assignee_status ON leads (assignee, status);
+CREATE INDEX IF NOT EXISTS leads_assignee_load ON leads (assignee, status, priority);
 CREATE INDEX IF NOT EXISTS leads_status_number ON leads (status, number);
 CREATE INDEX IF NOT EXISTS leads_created ON leads (created_at);
 CREATE INDEX IF NOT EXISTS leads_breached ON leads (number) WHERE breached_at IS NOT NULL;
@@ -332,6 +335,169 @@ _ACTIVE = tuple(s.value for s in ACTIVE_STATUSES)
 _ACTIVE_SQL = "(" + ",".join(f"'{s}'" for s in sorted(_ACTIVE)) + ")"
 
 
+_T = TypeVar("_T")
+
+
+async def _in_thread(db: aiosqlite.Connection, fn: Callable[..., _T], *args: Any) -> _T:
+    """Run `fn(*args)` in aiosqlite's database thread, as one hop (aiosqlite's own mechanism)."""
+    result: _T = await db._execute(fn, *args)  # type: ignore[no-untyped-call]
+    return result
+
+
+@dataclass(slots=True)
+class _Result:
+    """A statement's outcome, fetched in the database thread (cursor-like for the unit code)."""
+
+    rows: list[sqlite3.Row]
+    rowcount: int
+    lastrowid: int | None
+
+    async def fetchone(self) -> sqlite3.Row | None:
+        return self.rows[0] if self.rows else None
+
+    async def fetchall(self) -> list[sqlite3.Row]:
+        return self.rows
+
+    async def close(self) -> None:
+        """Nothing to close: the cursor was closed in the database thread."""
+
+
+class _PendingCommit:
+    """A COMMIT owed to waiting units, run by the next unit's first hop (see _UnitDb._run)."""
+
+    def __init__(self, waiters: list[asyncio.Future[None]]) -> None:
+        self.waiters = waiters
+        self.attempted = False
+        self.error: StoreError | None = None
+
+    def run(self, conn: sqlite3.Connection, store: SqliteStore) -> None:
+        # In the database thread, before the next unit's BEGIN/SAVEPOINT.
+        self.attempted = True
+        try:
+            conn.execute("COMMIT")
+            store._last_commit = monotonic()
+        except sqlite3.Error as exc:
+            self.error = StoreError(f"SQLite {store.path}: commit failed: {exc}")
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        finally:
+            store._in_txn = False
+            store._savepoint_open = False
+
+    def report(self, store: SqliteStore) -> None:
+        # Back in the event loop: tell the waiters, or hand them back if no COMMIT ran.
+        if not self.attempted:
+            store._commit_waiters[:0] = self.waiters
+            store._schedule_flush()
+            return
+        for waiter in self.waiters:
+            if waiter.done():
+                continue
+            if self.error is None:
+                waiter.set_result(None)
+            else:
+                waiter.set_exception(self.error)
+
+
+class _UnitDb:
+    """The connection as a write unit sees it: each statement is ONE trip to the database thread.
+
+    aiosqlite runs every call (execute, fetchone, close) as its own hop through its worker
+    thread, and under load each hop waits a full event-loop turn; writes are serialized, so
+    hops per unit bound the write rate. Here a statement, its rows and its cursor's close go
+    in one hop, and the unit's bookkeeping rides along with its first statement: BEGIN
+    IMMEDIATE when no transaction is open, RELEASE of the previous unit's savepoint (done
+    lazily; COMMIT releases it too) and this unit's SAVEPOINT.
+    """
+
+    def __init__(self, store: SqliteStore, db: aiosqlite.Connection) -> None:
+        self._store = store
+        self._db = db
+        self._submitted = False  # a statement was handed to the database thread
+        self._started = False  # (set in that thread) BEGIN/SAVEPOINT done for this unit
+
+    def _job(self, sql: str, params: Any, many: bool, commit: _PendingCommit | None) -> _Result:
+        # Runs in aiosqlite's thread; the store's lock is held by this unit meanwhile.
+        conn: sqlite3.Connection = self._db._conn
+        store = self._store
+        if not self._started:
+            if commit is not None:
+                commit.run(conn, store)
+            if not store._in_txn:
+                conn.execute("BEGIN IMMEDIATE")
+                store._in_txn = True
+            if store._savepoint_open:
+                conn.execute("RELEASE unit")
+                store._savepoint_open = False
+            conn.execute("SAVEPOINT unit")
+            store._savepoint_open = True
+            self._started = True
+        cursor = conn.executemany(sql, params) if many else conn.execute(sql, params)
+        try:
+            rows = cursor.fetchall()  # RETURNING rows; rowcount is final only after this
+            return _Result(rows, cursor.rowcount, cursor.lastrowid)
+        finally:
+            cursor.close()
+
+    async def _run(self, sql: str, params: Any, many: bool) -> _Result:
+        commit = None
+        store = self._store
+        if not self._started and store._commit_waiters and store._in_txn and not store._txn_lost:
+            # Units that finished before this one still wait for their COMMIT: it rides along
+            # with this unit's first statement (no extra hop, and no wait for the flush task
+            # at the back of the queue). Waiters are told once the hop is back.
+            commit = _PendingCommit(store._commit_waiters)
+            store._commit_waiters = []
+        self._submitted = True
+        if commit is None:
+            return await _in_thread(self._db, self._job, sql, params, many, None)
+        hop = asyncio.ensure_future(_in_thread(self._db, self._job, sql, params, many, commit))
+
+        # The waiters hear about the COMMIT when the hop is really back, even if this unit's
+        # caller is cancelled meanwhile (the hop runs regardless).
+        def reported(done: asyncio.Future[_Result]) -> None:
+            if not done.cancelled():
+                done.exception()  # retrieved here when the unit's caller is gone
+            commit.report(store)
+
+        hop.add_done_callback(reported)
+        return await asyncio.shield(hop)
+
+    async def execute(self, sql: str, params: Iterable[Any] = ()) -> _Result:
+        """Run one statement of the unit."""
+        return await self._run(sql, tuple(params), False)
+
+    async def executemany(self, sql: str, params: Iterable[Iterable[Any]]) -> _Result:
+        """Run one statement for each parameter tuple."""
+        return await self._run(sql, [tuple(p) for p in params], True)
+
+    async def rollback(self) -> None:
+        """Undo this unit's statements only (the transaction keeps the other units' work)."""
+        if not self._submitted:
+            return
+
+        def undo() -> None:
+            # Decided here, in the database thread: a statement whose caller was cancelled
+            # still runs (aiosqlite's queue is FIFO), and this undo runs after it.
+            if not self._started:
+                return
+            conn: sqlite3.Connection = self._db._conn
+            store = self._store
+            store._savepoint_open = False
+            try:
+                conn.execute("ROLLBACK TO unit")
+                conn.execute("RELEASE unit")
+            except sqlite3.Error:
+                if conn.in_transaction:
+                    raise
+                # SQLite rolled the whole transaction back (I/O error, disk full): the other
+                # units waiting for this commit lost their work too, and must hear so.
+                store._in_txn = False
+                store._txn_lost = True
+
+        await _in_thread(self._db, undo)
+
+
 class SqliteStore:
     """The Store protocol on one SQLite file."""
 
@@ -343,15 +509,32 @@ class SqliteStore:
         self._db: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
         self._in_txn = False
+        self._savepoint_open = False  # the previous unit's savepoint, released lazily
+        self._txn_lost = False  # SQLite rolled back units that still wait for their commit
+        self._queued = 0  # units waiting for the lock (the last of a burst commits)
+        self._last_commit = 0.0  # monotonic() of the last successful commit
         self._commit_waiters: list[asyncio.Future[None]] = []
         self._commit_scheduled = False
 
     @classmethod
     def from_url(cls, url: str) -> SqliteStore:
-        """`sqlite:///data/hub.db` (relative) or `sqlite:////abs/path.db`."""
-        path = url.removeprefix("sqlite:///")
+        """`sqlite:///data/hub.db` (relative) or `sqlite:////abs/path.db`; `?busy_timeout=10s`
+        sets how long a write waits for another process's lock before failing (503)."""
+        path, _, query = url.removeprefix("sqlite:///").partition("?")
         if not path:
             raise StoreError(f"storage url {url!r} has no file path")
+        options = urllib.parse.parse_qs(query)
+        unknown = set(options) - {"busy_timeout"}
+        if unknown:
+            raise StoreError(f"storage url {url!r}: unknown option(s) {sorted(unknown)}; known: busy_timeout")
+        if "busy_timeout" in options:
+            from hub.config import parse_duration
+
+            try:
+                timeout = parse_duration(options["busy_timeout"][-1])
+            except ValueError as exc:
+                raise StoreError(f"storage url {url!r}: busy_timeout: {exc}") from exc
+            return cls(path, busy_timeout_ms=int(timeout.total_seconds() * 1000))
         return cls(path)
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -409,9 +592,28 @@ class SqliteStore:
 
     async def ping(self) -> bool:
         try:
-            await self._conn.execute("SELECT 1")
+            await self._conn.execute_fetchall("SELECT 1")
         except (sqlite3.Error, ValueError, StoreError):
             return False
+        if monotonic() - self._last_commit < 2.0:
+            return True  # we wrote a moment ago
+        # Reads work even while another connection holds the write lock (WAL), so ask for the
+        # write lock itself, briefly, on a connection of its own: "degraded" must mean that a
+        # submission would fail now.
+        return await asyncio.to_thread(self._can_write)
+
+    def _can_write(self) -> bool:
+        try:
+            conn = sqlite3.connect(self.path, timeout=0.5, isolation_level=None)
+        except sqlite3.Error:
+            return False
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            return False
+        finally:
+            conn.close()
         return True
 
     @property
@@ -422,52 +624,74 @@ class SqliteStore:
 
     # --- write units and group commit ------------------------------------------------------
     @contextlib.asynccontextmanager
-    async def _unit(self) -> AsyncIterator[aiosqlite.Connection]:
+    async def _unit(self) -> AsyncIterator[_UnitDb]:
         """Run statements as one all-or-nothing unit, then wait until they are committed."""
-        db = self._conn
-        async with self._lock:
-            try:
-                if not self._in_txn:
-                    await db.execute("BEGIN IMMEDIATE")
-                    self._in_txn = True
-                await db.execute("SAVEPOINT unit")
-            except sqlite3.Error as exc:
-                raise StoreError(f"SQLite {self.path}: cannot start a write: {exc}") from exc
+        db = _UnitDb(self, self._conn)
+        self._queued += 1
+        try:
+            await self._lock.acquire()
+        finally:
+            self._queued -= 1
+        try:
             try:
                 yield db
+            except sqlite3.Error as exc:
+                await db.rollback()
+                if isinstance(exc, sqlite3.IntegrityError):
+                    raise  # a unique key: the caller decides whether that is idempotency
+                # Locked, read-only, disk full: transient for the caller (HTTP 503, retry later).
+                raise StoreError(f"SQLite {self.path}: write failed: {exc}") from exc
             except BaseException:
-                await db.execute("ROLLBACK TO unit")
-                await db.execute("RELEASE unit")
+                await db.rollback()
                 raise
-            await db.execute("RELEASE unit")
-        await self._commit()
+            waiter = self._join_commit()
+            if self._queued == 0:
+                # Group commit: nobody else is waiting to write, so commit now for every unit
+                # that joined; under load the flush task commits after the queued units.
+                await self._commit_locked()
+        finally:
+            self._lock.release()
+        await waiter
 
-    async def _commit(self) -> None:
+    def _join_commit(self) -> asyncio.Future[None]:
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[None] = loop.create_future()
         self._commit_waiters.append(waiter)
+        self._schedule_flush()
+        return waiter
+
+    def _schedule_flush(self) -> None:
         if not self._commit_scheduled:
             self._commit_scheduled = True
             # call_soon lets every unit that is ready in this loop turn join the same commit.
-            loop.call_soon(lambda: asyncio.ensure_future(self._flush()))
-        await waiter
+            asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self._flush()))
 
     async def _flush(self) -> None:
         async with self._lock:
             self._commit_scheduled = False
-            waiters, self._commit_waiters = self._commit_waiters, []
-            if not waiters:
-                return
-            error: BaseException | None = None
-            try:
-                if self._in_txn:
-                    await self._conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                error = StoreError(f"SQLite {self.path}: commit failed: {exc}")
-                with contextlib.suppress(sqlite3.Error):
-                    await self._conn.execute("ROLLBACK")
-            finally:
-                self._in_txn = False
+            await self._commit_locked()
+
+    async def _commit_locked(self) -> None:
+        """COMMIT (the store's lock held) and tell every waiting unit how it went."""
+        waiters, self._commit_waiters = self._commit_waiters, []
+        if not waiters:
+            return
+        error: BaseException | None = None
+        if self._txn_lost:
+            self._txn_lost = False
+            error = StoreError(f"SQLite {self.path}: the transaction was rolled back after an error")
+        try:
+            if self._in_txn:
+                # COMMIT also releases the last unit's savepoint (see _UnitDb).
+                await self._conn.execute("COMMIT")
+                self._last_commit = monotonic()
+        except sqlite3.Error as exc:
+            error = StoreError(f"SQLite {self.path}: commit failed: {exc}")
+            with contextlib.suppress(sqlite3.Error):
+                await self._conn.execute("ROLLBACK")
+        finally:
+            self._in_txn = False
+            self._savepoint_open = False
         for waiter in waiters:
             if waiter.done():
                 continue
@@ -478,8 +702,8 @@ class SqliteStore:
 
     async def _read(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
         try:
-            async with self._conn.execute(sql, tuple(params)) as cursor:
-                return list(await cursor.fetchall())
+            # One hop to the database thread (execute + fetch + close), not three.
+            return list(await self._conn.execute_fetchall(sql, tuple(params)))
         except sqlite3.Error as exc:
             raise StoreError(f"SQLite {self.path}: query failed: {exc}") from exc
 
@@ -1104,7 +1328,7 @@ class SqliteStore:
                 return _message(row), False
         return message, True
 
-    async def _insert_message(self, db: aiosqlite.Connection, message: Message) -> bool:
+    async def _insert_message(self, db: _UnitDb, message: Message) -> bool:
         cursor = await db.execute(
             "INSERT INTO messages (id, lead_number, direction, channel, author, text, html, attachments, "
             "external_id, refs, delivery, created_at, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "

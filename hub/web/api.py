@@ -56,7 +56,7 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
         raise ValidationFailed("send a JSON object with Content-Type: application/json")
     try:
         body = await request.json()
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise ValidationFailed(f"the body is not valid JSON: {exc}") from exc
     if not isinstance(body, dict):
         raise ValidationFailed("the body must be a JSON object")
@@ -72,6 +72,22 @@ def _str_field(body: dict[str, Any], name: str, required: bool = True, max_len: 
     if len(value) > max_len:
         raise ValidationFailed(f"{name} is too long", {name: f"at most {max_len} characters"})
     return value.strip()
+
+
+def _small_int(text: str) -> int | None:
+    """ASCII digits that fit a 63-bit database integer, else None (int() would take "١٢" too)."""
+    if not (text.isascii() and text.isdigit() and len(text) <= 18):
+        return None
+    return int(text)
+
+
+def _is_text(value: str) -> bool:
+    """False for strings with lone surrogates (valid JSON escapes, but not storable text)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _lead_number(request: web.Request) -> int:
@@ -95,14 +111,14 @@ async def create_lead(request: web.Request) -> web.Response:
     if kind is None:
         raise ValidationFailed("bad kind", {"kind": f"one of: {', '.join(k.value for k in LeadKind)}"})
     form_id = body.get("form") or "api"
-    if not isinstance(form_id, str) or len(form_id) > 40:
+    if not isinstance(form_id, str) or len(form_id) > 40 or not _is_text(form_id):
         raise ValidationFailed("bad form", {"form": "a string of at most 40 characters"})
     language = i18n.pick_language(body.get("language") if isinstance(body.get("language"), str) else "en")
     submission, errors = webform.validate_submission(body, language)
     if submission is None:
         raise ValidationFailed("the lead has invalid fields", errors)
     key = request.headers.get("Idempotency-Key") or body.get("external_id")
-    if key is not None and (not isinstance(key, str) or not 1 <= len(key) <= 200):
+    if key is not None and (not isinstance(key, str) or not 1 <= len(key) <= 200 or not _is_text(key)):
         raise ValidationFailed("bad idempotency key", {"external_id": "a string of 1-200 characters"})
     ip = client_ip(request, hub.settings.web.trusted_proxies)
     result = await webform.submit(hub, "api", form_id, kind, submission, key, language, ip)
@@ -123,7 +139,10 @@ async def list_leads(request: web.Request) -> web.Response:
     try:
         statuses = tuple(LeadStatus(s) for s in q.getall("status", [])) or None
         kind = LeadKind(q["kind"]) if "kind" in q else None
-        limit = min(int(q.get("limit", "50")), MAX_PAGE)
+        raw_limit = q.get("limit", "50")
+        if not (raw_limit.isascii() and raw_limit.lstrip("-").isdigit()):
+            raise ValueError(f"limit must be a whole number, not {raw_limit[:20]!r}")
+        limit = min(int(raw_limit), MAX_PAGE)
     except ValueError as exc:
         raise ValidationFailed(f"bad filter: {exc}") from exc
     if limit < 1:
@@ -135,7 +154,7 @@ async def list_leads(request: web.Request) -> web.Response:
         breached = q["breached"] in ("true", "1")
     assignee = q.get("assignee")
     cursor = q.get("cursor")
-    if cursor is not None and not cursor.isdigit():
+    if cursor is not None and _small_int(cursor) is None:
         raise ValidationFailed("bad cursor: use the next_cursor of the previous page")
     query = LeadQuery(
         statuses=statuses,
@@ -231,15 +250,15 @@ async def list_inbox(request: web.Request) -> web.Response:
 async def retry_inbox(request: web.Request) -> web.Response:
     """POST /api/v1/inbox/{id}/retry: process a quarantined input again."""
     hub: Hub = request.app[HUB_KEY]
-    raw_id = request.match_info["item_id"]
-    if not raw_id.isdigit():
+    item_id = _small_int(request.match_info["item_id"])
+    if item_id is None:
         return error(404, "not_found", "inbox ids are numbers")
-    if not await hub.store.inbox_requeue(int(raw_id)):
-        return error(409, "conflict", f"inbox item {raw_id} is not quarantined")
-    item = await hub.store.inbox_get(int(raw_id))
+    if not await hub.store.inbox_requeue(item_id):
+        return error(409, "conflict", f"inbox item {item_id} is not quarantined")
+    item = await hub.store.inbox_get(item_id)
     assert item is not None
     result = await hub.inbox.process(item)
-    fresh = await hub.store.inbox_get(int(raw_id))
+    fresh = await hub.store.inbox_get(item_id)
     payload = inbox_json(fresh or item)
     payload["lead"] = result.lead.ref if result else None
     return web.json_response(payload)

@@ -13,6 +13,7 @@ from hub.web.api import require_token, setup_api
 from hub.web.dashboard import setup_dashboard
 from hub.web.keys import HUB_KEY
 from hub.web.metrics import setup_metrics
+from hub.web.openapi import setup_openapi
 from storage.base import StoreError
 
 if TYPE_CHECKING:
@@ -48,6 +49,11 @@ async def translate_errors(request: web.Request, handler: Any) -> web.StreamResp
             code = exc.reason.lower().replace(" ", "_")
             return _json_error(exc.status, code, exc.text or exc.reason)
         raise
+    except Exception:
+        # A bug, not the client's fault: the traceback goes to the log (secrets redacted there),
+        # the client gets the API's error shape and nothing about the internals.
+        log.exception("%s %s: unhandled error", request.method, request.path)
+        return _json_error(500, "internal", "an internal error occurred; it has been logged")
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -67,6 +73,7 @@ def create_web_app(hub: Hub) -> web.Application:
     app[HUB_KEY] = hub
     app.router.add_get("/healthz", healthz)
     setup_api(app)
+    setup_openapi(app)
     setup_metrics(app)
     setup_dashboard(app)
     for setup in hub.web_setups:

@@ -1,0 +1,100 @@
+"""Outbox sender for channel `telegram`: replies and acknowledgements in the customer's chat.
+
+Staff media is sent by copyMessage from the staff group, so it arrives "from the company".
+Multi-part deliveries remember which parts went out, so a retry never repeats a part.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from aiogram.exceptions import (
+    ClientDecodeError,
+    TelegramAPIError,
+    TelegramBadRequest,
+    TelegramNotFound,
+)
+from aiogram.methods import CopyMessage, SendMessage
+
+from channels.telegram.api import TelegramApi
+from channels.telegram.texts import split_html_escaped
+from hub.domain import Contact, IdentityKind, Lead, OutboxItem
+from hub.errors import PermanentError, TransientError
+from storage.base import Store
+
+log = logging.getLogger(__name__)
+
+COPY_PREFIX = "tg-copy:"
+
+
+def staff_message_ref(external_id: str | None) -> str | None:
+    """`tg:<chat>:<message_id>` of a reply written in the staff group (replies prefix the source)."""
+    if not external_id:
+        return None
+    _, found, rest = external_id.partition("tg:")
+    return f"tg:{rest}" if found else None
+
+
+def relay_key(external_id: str) -> str:
+    """State key: where a staff message (`tg:<chat>:<message_id>`) was relayed to."""
+    return f"tg.relay.{external_id}"
+
+
+class TelegramSender:
+    """Delivers outbox rows of channel `telegram` (the lead's customer chat)."""
+
+    channel = "telegram"
+
+    def __init__(self, api: TelegramApi, store: Store) -> None:
+        self._api = api
+        self._store = store
+
+    async def send(self, item: OutboxItem, lead: Lead, contact: Contact | None) -> str:
+        """Send the row's text (split when long) and copies of staff media; returns `chat:msg`."""
+        identity = contact.identity(IdentityKind.TELEGRAM) if contact else None
+        if identity is None:
+            raise PermanentError(f"{lead.ref}: the contact has no Telegram account to write to")
+        chat_id = int(identity.value)
+        message = await self._store.get_message(item.message_id)
+        steps: list[tuple[str, str]] = []
+        text = str(item.payload.get("text") or "")
+        copies = [a.ref for a in (message.attachments if message else []) if a.ref.startswith(COPY_PREFIX)]
+        if text and not copies:
+            steps.extend(("text", part) for part in split_html_escaped(text))
+        steps.extend(("copy", ref) for ref in copies)
+        progress_key = f"tg.out.{item.id}"
+        sent: list[int] = list(await self._store.get_state(progress_key) or [])
+        for index, (kind, value) in enumerate(steps):
+            if index < len(sent):
+                continue  # delivered by an earlier attempt
+            try:
+                if kind == "text":
+                    result = await self._api.call(SendMessage(chat_id=chat_id, text=value), chat_id)
+                    sent.append(result.message_id)
+                else:
+                    _, from_chat, from_message = value.split(":", 2)
+                    copied = await self._api.call(
+                        CopyMessage(
+                            chat_id=chat_id,
+                            from_chat_id=int(from_chat),
+                            message_id=int(from_message),
+                        ),
+                        chat_id,
+                    )
+                    sent.append(copied.message_id)
+            except (TelegramBadRequest, TelegramNotFound) as exc:
+                raise PermanentError(f"{lead.ref}: Telegram rejected the reply: {exc.message}") from exc
+            except (TelegramAPIError, ClientDecodeError) as exc:
+                # Anything else from the Bot API (a conflict, an unreadable answer): try later.
+                raise TransientError(f"{lead.ref}: Telegram did not take the reply: {exc}") from exc
+            if len(steps) > 1:
+                await self._store.set_state(progress_key, sent)
+        if not sent:
+            raise PermanentError(f"{lead.ref}: nothing to send in reply {item.message_id}")
+        staff_ref = staff_message_ref(message.external_id if message else None)
+        if staff_ref is not None:
+            await self._store.set_state(
+                relay_key(staff_ref), {"chat": chat_id, "message_id": sent[0], "lead": lead.number}
+            )
+        log.info("%s telegram: delivered %s part(s) of %s", lead.ref, len(sent), item.message_id)
+        return f"{chat_id}:{sent[0]}"

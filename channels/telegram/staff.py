@@ -1,0 +1,349 @@
+"""The staff side: replies, notes and commands in lead topics, card buttons, availability.
+
+A manager's message in a lead's topic (or, in a group without topics, a reply to one of the
+lead's posts) is a public reply, relayed through the lead's channel by the outbox. `//` or
+`/note` makes it an internal note. Only configured managers act; others get a short hint.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from aiogram.exceptions import TelegramBadRequest
+from aiogram.methods import AnswerCallbackQuery, EditMessageText, LeaveChat, SendMessage
+from aiogram.types import (
+    CallbackQuery,
+    ChatMemberUpdated,
+    InlineKeyboardButton,
+    InlineKeyboardMarkup,
+    Message,
+)
+
+from channels.telegram.api import TelegramApi
+from channels.telegram.desk import StaffDesk
+from channels.telegram.sender import COPY_PREFIX, relay_key
+from channels.telegram.texts import esc, staff
+from channels.telegram.updates import command_of, content_of
+from hub.config import ManagerSettings
+from hub.domain import ACTIVE_STATUSES, Attachment, Event, LeadKind, utcnow
+from hub.errors import (
+    ConflictError,
+    HubError,
+    NotFoundError,
+    PermanentError,
+    TransientError,
+    ValidationFailed,
+)
+from hub.web.dashboard.auth import login_link
+from storage.base import LeadChanges, LeadQuery
+
+if TYPE_CHECKING:
+    from hub.app import Hub
+
+log = logging.getLogger(__name__)
+
+HINT_EVERY = 600.0  # seconds between hints to the same stranger
+LEAD_COMMANDS = frozenset({"/take", "/assign", "/resolve", "/reopen", "/kind", "/note"})
+SELF_COMMANDS = frozenset({"/away", "/back", "/my", "/dashboard"})
+
+
+class StaffSide:
+    """Handles everything that happens in the staff group(s) and managers' own commands."""
+
+    def __init__(self, hub: Hub, api: TelegramApi, desk: StaffDesk) -> None:
+        self._hub = hub
+        self._api = api
+        self._desk = desk
+        self._hinted: dict[int, float] = {}
+        self._managers = {m.telegram_id: m for m in hub.settings.managers if m.telegram_id is not None}
+
+    def manager(self, user_id: int | None) -> ManagerSettings | None:
+        """The configured, active manager with this Telegram id."""
+        manager = self._managers.get(user_id) if user_id is not None else None
+        return manager if manager is not None and manager.active else None
+
+    async def _say(self, chat: int, thread: int | None, html: str, reply_to: int | None = None) -> None:
+        try:
+            await self._api.call(
+                SendMessage(chat_id=chat, message_thread_id=thread, text=html, reply_to_message_id=reply_to),
+                chat,
+            )
+        except (TransientError, PermanentError, TelegramBadRequest) as exc:
+            log.warning("telegram: could not answer in chat %s: %s", chat, exc)
+
+    # --- membership -------------------------------------------------------------------------
+    async def leave_if_stranger(self, chat_id: int, chat_type: str) -> bool:
+        """Leave a group that is not one of ours; True if it was a stranger's group."""
+        if chat_type not in ("group", "supergroup", "channel") or chat_id in self._desk.staff_chats():
+            return False
+        log.warning("telegram: added to unknown chat %s; leaving", chat_id)
+        try:
+            await self._api.call(LeaveChat(chat_id=chat_id), None)
+        except (TransientError, PermanentError, TelegramBadRequest) as exc:
+            log.warning("telegram: could not leave chat %s: %s", chat_id, exc)
+        return True
+
+    async def on_membership(self, update: ChatMemberUpdated) -> None:
+        """The bot was added to (or removed from) a chat."""
+        if update.new_chat_member.status in ("member", "administrator"):
+            await self.leave_if_stranger(update.chat.id, update.chat.type)
+
+    # --- messages in the group ------------------------------------------------------------------
+    async def on_group_message(self, message: Message) -> int | None:
+        """A message in a staff group: reply, note or command, if a manager wrote it."""
+        user = message.from_user
+        if user is None or user.is_bot:
+            return None
+        if await self.leave_if_stranger(message.chat.id, message.chat.type):
+            return None
+        if message.new_chat_members or message.left_chat_member or message.forum_topic_created:
+            return None
+        if message.forum_topic_closed or message.forum_topic_reopened or message.forum_topic_edited:
+            return None
+        chat, thread = message.chat.id, message.message_thread_id if message.is_topic_message else None
+        manager = self.manager(user.id)
+        if manager is None:
+            now = time.monotonic()
+            if now - self._hinted.get(user.id, -HINT_EVERY) >= HINT_EVERY:
+                self._hinted[user.id] = now
+                await self._say(chat, thread, staff("tg.staff.hint", user_id=user.id), message.message_id)
+            log.info("telegram: ignored a message from a non-manager in chat %s", chat)
+            return None
+        text = message.text or message.caption or ""
+        command, argument = command_of(text)
+        if command in SELF_COMMANDS:
+            await self.self_command(manager, command, chat, thread)
+            return None
+        lead_number = await self._lead_of(message)
+        if lead_number is None:
+            # Staff talk among themselves outside lead topics; only a lead command needs a hint.
+            if command in LEAD_COMMANDS or text.startswith("//"):
+                await self._say(chat, thread, staff("tg.staff.unknown_lead"), message.message_id)
+            return None
+        try:
+            if text.startswith("//") or command == "/note":
+                note = text[2:] if text.startswith("//") else argument
+                await self._hub.replies.add_note(lead_number, note, manager.id)
+                return lead_number
+            if command in LEAD_COMMANDS:
+                await self._lead_command(manager, lead_number, command, argument, chat, thread)
+                return lead_number
+            if command:
+                return lead_number  # some other bot command: not a message for the customer
+            await self._reply(manager, lead_number, message, text)
+        except (ValidationFailed, NotFoundError, ConflictError) as exc:
+            await self._say(chat, thread, staff("tg.staff.error", error=str(exc)), message.message_id)
+        return lead_number
+
+    async def _lead_of(self, message: Message) -> int | None:
+        chat = message.chat.id
+        if message.is_topic_message and message.message_thread_id is not None:
+            number = await self._desk.lead_for_thread(chat, message.message_thread_id)
+            if number is not None:
+                return number
+        if message.reply_to_message is not None:
+            return await self._desk.lead_for_post(chat, message.reply_to_message.message_id)
+        return None
+
+    async def _reply(self, manager: ManagerSettings, lead_number: int, message: Message, text: str) -> None:
+        # Replies are idempotent on (source, external_id): a replayed update records nothing new.
+        external_id = f"tg:{message.chat.id}:{message.message_id}"
+        attachments: list[Attachment] = []
+        content = content_of(message)
+        if content.attachments:
+            # Staff media goes to the customer as a copy of this very message.
+            first = content.attachments[0]
+            ref = f"{COPY_PREFIX}{message.chat.id}:{message.message_id}"
+            attachments.append(Attachment(first.name, first.content_type, first.size, ref))
+        await self._hub.replies.record_reply(
+            lead_number,
+            text or content.text,
+            manager.id,
+            attachments=attachments,
+            source="telegram",
+            external_id=external_id,
+        )
+
+    async def on_group_edit(self, message: Message) -> int | None:
+        """A manager edited a message they relayed: relay the edit where the channel allows."""
+        user = message.from_user
+        if self.manager(user.id if user else None) is None:
+            return None
+        external_id = f"tg:{message.chat.id}:{message.message_id}"
+        relayed = await self._hub.store.get_state(relay_key(external_id))
+        text = message.text or ""
+        await self._hub.store.append_event(
+            Event(
+                "reply.edited",
+                utcnow(),
+                relayed.get("lead") if isinstance(relayed, dict) else None,
+                {"external_id": external_id, "after": text, "relayed": isinstance(relayed, dict)},
+            )
+        )
+        if not isinstance(relayed, dict) or not text:
+            return None  # not relayed yet, sent by email (no edits there), or a caption
+        chat = int(relayed["chat"])
+        try:
+            await self._api.call(
+                EditMessageText(chat_id=chat, message_id=int(relayed["message_id"]), text=esc(text)), chat
+            )
+        except (TelegramBadRequest, TransientError, PermanentError) as exc:
+            log.warning("L-%s telegram: could not relay a staff edit: %s", relayed.get("lead"), exc)
+        return int(relayed["lead"])
+
+    # --- commands ---------------------------------------------------------------------------------
+    async def _lead_command(
+        self,
+        manager: ManagerSettings,
+        number: int,
+        command: str,
+        argument: str,
+        chat: int,
+        thread: int | None,
+    ) -> None:
+        actions = self._hub.actions
+        by = manager.id
+        if command == "/take":
+            await actions.assign(number, manager.id, by)
+        elif command == "/assign":
+            target = argument.strip().lstrip("@")
+            if not target:
+                names = ", ".join(m.id for m in self._hub.settings.managers)
+                await self._say(chat, thread, staff("tg.staff.usage_assign", managers=names))
+                return
+            await actions.assign(number, self._manager_id(target), by)
+        elif command == "/resolve":
+            await actions.resolve(number, by)
+        elif command == "/reopen":
+            await actions.reopen(number, by)
+        elif command == "/kind":
+            value = argument.strip().lower()
+            kinds = {"service": LeadKind.SERVICE_REQUEST, "service_request": LeadKind.SERVICE_REQUEST}
+            kinds |= {"message": LeadKind.MESSAGE, "question": LeadKind.MESSAGE}
+            if value not in kinds:
+                await self._say(chat, thread, staff("tg.staff.usage_kind"))
+                return
+            await actions.set_kind(number, kinds[value], by)
+
+    def _manager_id(self, target: str) -> str:
+        """A manager by id, or by Telegram id, or by (a unique prefix of) name."""
+        for manager in self._hub.settings.managers:
+            if target in (manager.id, str(manager.telegram_id)):
+                return manager.id
+        matches = [m for m in self._hub.settings.managers if m.name.lower().startswith(target.lower())]
+        return matches[0].id if len(matches) == 1 else target
+
+    async def self_command(
+        self, manager: ManagerSettings, command: str, chat: int, thread: int | None
+    ) -> None:
+        """/away, /back, /my: in a staff group or in a private chat with the bot."""
+        if command == "/away":
+            await self._hub.availability.set_away(manager.id, True)
+            await self._say(chat, thread, staff("tg.staff.away"))
+        elif command == "/back":
+            await self._hub.availability.set_away(manager.id, False)
+            await self._say(chat, thread, staff("tg.staff.back"))
+        elif command == "/my":
+            await self._say(chat, thread, await self.my_leads(manager, utcnow()))
+        elif command == "/dashboard":
+            if chat < 0:
+                # A sign-in link in a group would sign in whoever taps it first.
+                await self._say(chat, thread, staff("tg.staff.dashboard_private"))
+                return
+            url = login_link(self._hub.settings, manager.id, utcnow())
+            await self._say(chat, thread, staff("tg.staff.dashboard", url=url))
+
+    async def my_leads(self, manager: ManagerSettings, now: datetime) -> str:
+        """The manager's open leads, nearest breach first, with the time left."""
+        page = await self._hub.store.list_leads(
+            LeadQuery(statuses=tuple(ACTIVE_STATUSES), assignee=manager.id), limit=50
+        )
+        if not page.items:
+            return staff("tg.staff.my_empty")
+        far = now.replace(year=now.year + 100)
+        lines = [f"<b>{staff('tg.staff.my_title')}</b>"]
+        for lead in sorted(page.items, key=lambda lead: lead.first_response_due or far):
+            if lead.first_response_at is not None or lead.first_response_due is None:
+                left = "✓"
+            else:
+                seconds = int((lead.first_response_due - now).total_seconds())
+                sign = "-" if seconds < 0 else ""
+                seconds = abs(seconds)
+                left = f"{sign}{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+            lines.append(f"{esc(lead.ref)} · {esc(lead.status.value)} · {esc(left)}")
+        return "\n".join(lines)
+
+    # --- card buttons -----------------------------------------------------------------------------
+    async def on_callback(self, query: CallbackQuery) -> int | None:
+        """Take / Resolve / Reassign / Spam on a lead card."""
+        manager = self.manager(query.from_user.id)
+        answer = ""
+        number: int | None = None
+        try:
+            if manager is None:
+                answer = staff("tg.staff.hint", user_id=query.from_user.id)
+                return None
+            action, _, rest = (query.data or "").partition(":")
+            target = ""
+            if action == "assign":
+                rest, _, target = rest.partition(":")
+            number = int(rest)
+            actions = self._hub.actions
+            if action == "take":
+                await actions.assign(number, manager.id, manager.id)
+            elif action == "resolve":
+                await actions.resolve(number, manager.id)
+            elif action == "assign":
+                await actions.assign(number, target, manager.id)
+            elif action == "spam":
+                await self._spam(number, manager.id)
+            elif action == "reassign":
+                await self._pick_manager(number, query)
+            answer = staff("tg.staff.done", action=action, lead=f"L-{number}")
+        except ValueError:
+            answer = "?"
+        except HubError as exc:
+            answer = staff("tg.staff.error", error=str(exc))
+        finally:
+            try:
+                await self._api.call(
+                    AnswerCallbackQuery(callback_query_id=query.id, text=answer[:200] or None), None
+                )
+            except (TelegramBadRequest, TransientError, PermanentError) as exc:
+                # Old queries cannot be answered any more; the action itself was done.
+                log.info("telegram: callback answer failed: %s", exc)
+        return number
+
+    async def _spam(self, number: int, by: str) -> None:
+        lead = await self._hub.store.get_lead(number)
+        if lead is None:
+            raise NotFoundError(f"lead L-{number} does not exist")
+        tags = sorted({*lead.tags, "spam"})
+        await self._hub.store.update_lead(number, LeadChanges(tags=tags, updated_at=utcnow()))
+        await self._hub.store.append_event(Event("lead.tagged", utcnow(), number, {"tags": tags, "by": by}))
+        if lead.is_active:
+            await self._hub.actions.resolve(number, by)
+
+    async def _pick_manager(self, number: int, query: CallbackQuery) -> None:
+        message = query.message
+        if message is None:
+            return
+        buttons = [
+            [InlineKeyboardButton(text=m.name, callback_data=f"assign:{number}:{m.id}")]
+            for m in self._hub.settings.managers
+            if m.active
+        ]
+        chat = message.chat.id
+        thread = getattr(message, "message_thread_id", None)
+        await self._api.call(
+            SendMessage(
+                chat_id=chat,
+                message_thread_id=thread,
+                text=staff("tg.staff.pick_manager", lead=f"L-{number}"),
+                reply_markup=InlineKeyboardMarkup(inline_keyboard=buttons),
+            ),
+            chat,
+        )

@@ -1,0 +1,85 @@
+"""Texts the bot sends: HTML with every user-supplied string escaped, split to Telegram's size."""
+
+from __future__ import annotations
+
+import html
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from hub import i18n
+
+#: Telegram's limit for one text message (after entity parsing; we count the source text).
+MAX_TEXT = 4096
+#: Language of the staff group and the alerts chat.
+STAFF_LANGUAGE = i18n.DEFAULT
+
+
+def esc(value: object) -> str:
+    """Escape anything for Telegram's HTML parse mode (<, >, & and quotes)."""
+    return html.escape(str(value), quote=True)
+
+
+def t(key: str, language: str, **values: Any) -> str:
+    """A localized template filled with values that are escaped first."""
+    return i18n.text(key, language, **{k: esc(v) for k, v in values.items()})
+
+
+def staff(key: str, **values: Any) -> str:
+    """A staff-facing text (escaped values)."""
+    return t(key, STAFF_LANGUAGE, **values)
+
+
+def raw_staff(key: str, **values: Any) -> str:
+    """A staff-facing text whose values are already HTML (mentions, links)."""
+    return i18n.text(key, STAFF_LANGUAGE, **values)
+
+
+def local_time(value: datetime | None, timezone: str) -> str:
+    """`2026-11-23 18:40` in the SLA calendar's zone ('-' when unknown)."""
+    if value is None:
+        return "-"
+    return value.astimezone(ZoneInfo(timezone)).strftime("%Y-%m-%d %H:%M")
+
+
+def mention(user_id: int | None, name: str) -> str:
+    """A tag that notifies a Telegram user (plain escaped name without an id)."""
+    if user_id is None:
+        return esc(name)
+    return f'<a href="tg://user?id={int(user_id)}">{esc(name)}</a>'
+
+
+def split_text(text: str, limit: int = MAX_TEXT) -> list[str]:
+    """Split plain text into parts of at most `limit` characters, at line breaks when possible."""
+    if len(text) <= limit:
+        return [text]
+    parts: list[str] = []
+    rest = text
+    while len(rest) > limit:
+        cut = rest.rfind("\n", limit // 2, limit)
+        if cut <= 0:
+            cut = rest.rfind(" ", limit // 2, limit)
+        if cut <= 0:
+            cut = limit
+        parts.append(rest[:cut])
+        rest = rest[cut:].lstrip("\n") if rest[cut : cut + 1] == "\n" else rest[cut:]
+    if rest:
+        parts.append(rest)
+    return parts
+
+
+def split_html_escaped(text: str, limit: int = MAX_TEXT) -> list[str]:
+    """Escape plain text and split it so that no part exceeds `limit` after escaping."""
+    # Escaping can grow text up to 6x (&quot;); split the source so each escaped part fits.
+    parts: list[str] = []
+    for chunk in split_text(text, limit):
+        pending = [chunk]
+        while pending:
+            piece = pending.pop(0)
+            escaped = esc(piece)
+            if len(escaped) <= limit or len(piece) <= 1:
+                parts.append(escaped)
+            else:
+                half = len(piece) // 2
+                pending[0:0] = [piece[:half], piece[half:]]
+    return parts

@@ -1,0 +1,195 @@
+"""Raw Bot API updates: which inbox queue they go to, and customer messages -> `Inbound`.
+
+Customer messages in a private chat are queued as channel `telegram` and decoded into an
+`Inbound` here (parse at the edge); everything else (commands, buttons, staff group
+traffic, edits) is queued as `telegram.control` for the channel's own handlers.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from aiogram.types import Message, Update
+
+from hub import i18n
+from hub.domain import Attachment, Identity, IdentityKind, Inbound, InboxItem, LeadKind, ThreadHints
+from hub.errors import DecodeError
+from hub.identities import normalize_email, normalize_phone, normalize_telegram_username
+
+CUSTOMER = "telegram"
+CONTROL = "telegram.control"
+
+#: Private-chat commands handled by the bot itself rather than becoming part of a lead.
+PRIVATE_COMMANDS = frozenset({"/start", "/help", "/away", "/back", "/my", "/dashboard"})
+_EMAIL_IN_TEXT = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
+
+
+def kind_buttons() -> dict[str, LeadKind]:
+    """Every label of the kind keyboard, in every language, and the kind it stands for."""
+    labels: dict[str, LeadKind] = {}
+    for language in i18n.SUPPORTED:
+        labels[i18n.text("tg.kind.service", language)] = LeadKind.SERVICE_REQUEST
+        labels[i18n.text("tg.kind.message", language)] = LeadKind.MESSAGE
+    return labels
+
+
+def command_of(text: str | None) -> tuple[str, str]:
+    """`/assign@bot olena` -> (`/assign`, `olena`); ('', '') for text that is not a command."""
+    if not text or not text.startswith("/") or text.startswith("//"):
+        return "", ""
+    head, _, rest = text.partition(" ")
+    return head.split("@", 1)[0].lower(), rest.strip()
+
+
+def parse_update(payload: bytes) -> Update:
+    """The stored JSON of one update as aiogram's typed object."""
+    try:
+        data = json.loads(payload.decode("utf-8"))
+        return Update.model_validate(data)
+    except (ValueError, TypeError) as exc:
+        raise DecodeError(f"not a Bot API update: {exc}") from exc
+
+
+def update_id_of(data: dict[str, Any]) -> int:
+    """The update_id of a raw update, or DecodeError."""
+    value = data.get("update_id")
+    if not isinstance(value, int):
+        raise DecodeError("update without an integer update_id")
+    return value
+
+
+def emails_in(text: str) -> list[str]:
+    """Plausible email addresses written in a message (normalized)."""
+    found = (normalize_email(m) for m in _EMAIL_IN_TEXT.findall(text or ""))
+    return [e for e in dict.fromkeys(found) if e]
+
+
+def classify(data: dict[str, Any]) -> str:
+    """The inbox queue for one raw update: a customer message, or control traffic."""
+    message = data.get("message")
+    if not isinstance(message, dict):
+        return CONTROL
+    chat = message.get("chat") or {}
+    sender = message.get("from") or {}
+    if chat.get("type") != "private" or sender.get("is_bot"):
+        return CONTROL
+    text = message.get("text") or ""
+    command, _ = command_of(text)
+    if command in PRIVATE_COMMANDS or text.strip() in kind_buttons():
+        return CONTROL
+    if message.get("contact") or emails_in(text or message.get("caption") or ""):
+        # Shared phone numbers and email addresses may merge contacts: handled with care.
+        return CONTROL
+    return CUSTOMER
+
+
+@dataclass(frozen=True, slots=True)
+class Content:
+    """What a Telegram message carries, flattened for the hub."""
+
+    text: str
+    attachments: tuple[Attachment, ...]
+
+
+def content_of(message: Message) -> Content:
+    """Text (or caption, or a description of a location/contact) and attachment facts."""
+    text = message.text or message.caption or ""
+    attachments: list[Attachment] = []
+    if message.photo:
+        largest = message.photo[-1]
+        attachments.append(
+            Attachment("photo.jpg", "image/jpeg", largest.file_size or 0, f"tg-file:{largest.file_id}")
+        )
+    for media, default_type in (
+        (message.document, "application/octet-stream"),
+        (message.video, "video/mp4"),
+        (message.voice, "audio/ogg"),
+        (message.audio, "audio/mpeg"),
+        (message.video_note, "video/mp4"),
+        (message.animation, "video/mp4"),
+    ):
+        if media is None:
+            continue
+        name = getattr(media, "file_name", None) or type(media).__name__.lower()
+        mime = getattr(media, "mime_type", None) or default_type
+        attachments.append(Attachment(name, mime, media.file_size or 0, f"tg-file:{media.file_id}"))
+    if message.sticker:
+        text = text or f"[sticker {message.sticker.emoji or ''}]".strip()
+    if message.location:
+        loc = message.location
+        text = (text + "\n" if text else "") + f"📍 {loc.latitude:.6f}, {loc.longitude:.6f}"
+    if message.contact:
+        contact = message.contact
+        name = " ".join(p for p in (contact.first_name, contact.last_name) if p)
+        text = (text + "\n" if text else "") + f"☎ {name} {contact.phone_number}".strip()
+    if not text and attachments:
+        text = ", ".join(f"[{a.name}]" for a in attachments)
+    if not text:
+        # Polls, dice, games...: staff still see that the customer wrote something.
+        text = "[a message of a type the hub does not show]"
+    return Content(text=text, attachments=tuple(attachments))
+
+
+def sender_identities(message: Message) -> tuple[Identity, tuple[Identity, ...]]:
+    """The sender's Telegram identity and what else this message proves about them."""
+    user = message.from_user
+    if user is None:
+        raise DecodeError(f"message {message.chat.id}:{message.message_id} has no sender")
+    name = user.full_name
+    sender = Identity(IdentityKind.TELEGRAM, str(user.id), name)
+    others: list[Identity] = []
+    if user.username and (username := normalize_telegram_username(user.username)):
+        others.append(Identity(IdentityKind.TELEGRAM_USERNAME, username, name))
+    contact = message.contact
+    # Only the user's own number proves anything: a forwarded card of someone else does not.
+    if contact is not None and contact.user_id == user.id:
+        phone = normalize_phone(contact.phone_number)
+        if phone:
+            others.append(Identity(IdentityKind.PHONE, phone, name))
+    for email in emails_in(message.text or message.caption or ""):
+        others.append(Identity(IdentityKind.EMAIL, email, name))
+    return sender, tuple(others)
+
+
+def message_external_id(chat_id: int, message_id: int) -> str:
+    """The idempotency key of a customer message: (chat, message_id)."""
+    return f"{chat_id}:{message_id}"
+
+
+class CustomerDecoder:
+    """Decodes a stored private-chat message into an `Inbound` (the `telegram` queue)."""
+
+    def __init__(self, russian_fallback: str) -> None:
+        self._fallback = russian_fallback
+
+    def __call__(self, item: InboxItem) -> Inbound:
+        update = parse_update(item.payload)
+        message = update.message
+        if message is None:
+            raise DecodeError(f"update {item.external_id} carries no message")
+        return self.inbound(message, item)
+
+    def inbound(self, message: Message, item: InboxItem) -> Inbound:
+        """The `Inbound` for one customer message stored as `item`."""
+        sender, others = sender_identities(message)
+        content = content_of(message)
+        kind = item.meta.get("kind")
+        lead = item.meta.get("lead")
+        user = message.from_user
+        language = i18n.pick_language(user.language_code if user else None, self._fallback)
+        return Inbound(
+            channel=CUSTOMER,
+            external_id=message_external_id(message.chat.id, message.message_id),
+            sender=sender,
+            other_identities=others,
+            text=content.text,
+            attachments=content.attachments,
+            received_at=item.received_at,
+            kind_hint=LeadKind(kind) if kind else None,
+            thread=ThreadHints(lead_number=int(lead)) if isinstance(lead, int) else ThreadHints(),
+            language=language,
+            meta={"chat_id": message.chat.id, "message_id": message.message_id, "inbox": item.external_id},
+        )

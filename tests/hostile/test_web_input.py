@@ -1,0 +1,543 @@
+"""Hostile input against the public forms and the REST API: a clear 4xx and nothing stored,
+or stored inert. Runs against a real in-process hub over loopback HTTP and a real SQLite file."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import aiohttp
+import markupsafe
+import pytest
+
+from hub.app import Hub
+from tests.hostile.conftest import assert_json_error, stored
+
+VALID: dict[str, Any] = {"name": "Олена", "email": "olena@example.com", "message": "Привіт!"}
+FIELDS = ("name", "email", "phone", "telegram", "subject", "message")
+
+OPERATORS: list[Any] = [
+    {"$gt": ""},
+    {"$ne": None},
+    {"$where": "function() { return true; }"},
+    {"$regex": ".*"},
+    {"nested": {"$gt": ""}},
+    ["$gt", ""],
+    [{"$where": "sleep(1000)"}],
+    [],
+    {},
+    12,
+    1.5,
+    True,
+]
+
+
+# --- NoSQL operator injection ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("field", FIELDS)
+@pytest.mark.parametrize("value", OPERATORS, ids=lambda v: json.dumps(v)[:30])
+async def test_form_rejects_operator_objects_in_any_field(
+    hub: Hub, http: aiohttp.ClientSession, base_url: str, field: str, value: Any
+) -> None:
+    before = await stored(hub)
+    resp = await http.post(f"{base_url}/forms/contact", json={**VALID, field: value})
+    body = await assert_json_error(resp, 422)
+    assert field in body["fields"]  # type: ignore[operator]
+    assert await stored(hub) == before
+
+
+@pytest.mark.parametrize("field", [*FIELDS, "kind", "form", "external_id"])
+@pytest.mark.parametrize("value", OPERATORS[:7], ids=lambda v: json.dumps(v)[:30])
+async def test_api_rejects_operator_objects_in_any_field(
+    hub: Hub, http: aiohttp.ClientSession, base_url: str, auth: dict[str, str], field: str, value: Any
+) -> None:
+    before = await stored(hub)
+    resp = await http.post(f"{base_url}/api/v1/leads", json={**VALID, field: value}, headers=auth)
+    await assert_json_error(resp, 422)
+    assert await stored(hub) == before
+
+
+async def test_operator_looking_strings_are_stored_as_plain_text(
+    hub: Hub, http: aiohttp.ClientSession, base_url: str, auth: dict[str, str]
+) -> None:
+    text = '{"$where": "sleep(1000)"} $gt $ne {"$regex": ".*"}'
+    resp = await http.post(f"{base_url}/forms/contact", json={**VALID, "subject": "$gt", "message": text})
+    assert resp.status == 201, await resp.text()
+    lead = (await resp.json())["lead"]
+    detail = await (await http.get(f"{base_url}/api/v1/leads/{lead}", headers=auth)).json()
+    assert detail["subject"] == "$gt"
+    assert [m["text"] for m in detail["messages"]] == [text]
+
+
+async def test_api_filters_with_operators_are_plain_strings(
+    hub: Hub, http: aiohttp.ClientSession, base_url: str, auth: dict[str, str]
+) -> None:
+    await http.post(f"{base_url}/forms/contact", json=VALID)
+    for params in (
+        {"assignee[$ne]": "x"},
+        {"assignee": '{"$ne": null}'},
+        {"q": '{"$where": "1"}'},
+        {"team": "$gt"},
+        {"channel": '{"$gt": ""}'},
+    ):
+        resp = await http.get(f"{base_url}/api/v1/leads", params=params, headers=auth)
+        assert resp.status == 200, params
+        body = await resp.json()
+        # Either ignored (an unknown parameter) or matched literally: never "everything but x".
+        if "assignee[$ne]" not in params:
+            assert body["items"] == [], params
+
+
+# --- sizes ----------------------------------------------------------------------------------
+
+
+async def test_oversized_json_body_is_413_and_stores_nothing(
+    hub: Hub, http: aiohttp.ClientSession, base_url: str, auth: dict[str, str]
+) -> None:
+    before = await stored(hub)
+    huge = {**VALID, "message": "x" * (hub.settings.web.max_body_bytes + 10)}
+    for url, headers in ((f"{base_url}/forms/contact", {}), (f"{base_url}/api/v1/leads", auth)):
+        resp = await http.post(url, json=huge, headers=headers)
+        await assert_json_error(resp, 413)
+    assert await stored(hub) == before
+
+
+async def test_oversized_urlencoded_body_is_413(hub: Hub, http: aiohttp.ClientSession, base_url: str) -> None:
+    before = await stored(hub)
+    data = {**VALID, "message": "я" * hub.settings.web.max_body_bytes}
+    resp = await http.post(f"{base_url}/forms/contact", data=data)
+    await assert_json_error(resp, 413)
+    assert await stored(hub) == before
+
+
+@pytest.mark.parametrize(
+    ("field", "size"), [("name", 201), ("subject", 301), ("message", 10_001), ("email", 300), ("phone", 40)]
+)
+async def test_oversized_fields_are_422(
+    hub: Hub, http: aiohttp.ClientSession, base_url: str, auth: dict[str, str], field: str, size: int
+) -> None:
+    before = await stored(hub)
+    value = (
+        "a" * (size - 12) + "@example.com"
+        if field == "email"
+        else "1" * size
+        if field == "phone"
+        else "a" * size
+    )
+    for url, headers in ((f"{base_url}/forms/contact", {}), (f"{base_url}/api/v1/leads", auth)):
+        resp = await http.post(url, json={**VALID, field: value}, headers=headers)
+        await assert_json_error(resp, 422)
+    assert await stored(hub) == before
+
+
+async def test_deeply_nested_json_is_a_client_error(
+    hub: Hub, http: aiohttp.ClientSession, base_url: str, auth: dict[str, str]
+) -> None:
+    before = await stored(hub)
+    body = '{"message": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    for url, headers in ((f"{base_url}/forms/contact", {}), (f"{base_url}/api/v1/leads", auth)):
+        resp = await http.post(url, data=body, headers={**headers, "Content-Type": "application/json"})
+        await assert_json_error(resp, (400, 422))
+    assert await stored(hub) == before
+
+
+# --- encodings --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"name": "\xff\xfe", "email": "a@example.com", "message": "hi"}',
+        b'{"name": "ok", "email": "a@example.com", "message": "\xc3\x28"}',
+        b'{"message": "\xed\xa0\x80", "email": "a@example.com"}',
+        b"\xef\xbb\xbf\xff",
+        b"not json at all",
+        b"",
+        b'["a", "list"]',
+        b'"a string"',
+        b"null",
+    ],
+)
+async def test_invalid_json_or_utf8_is_400_or_422(
+    hub: Hub, http: aiohttp.ClientSession, base_url: str, auth: dict[str, str], raw: bytes
+) -> None:
+    before = await stored(hub)
+    for url, headers in ((f"{base_url}/forms/contact", {}), (f"{base_url}/api/v1/leads", auth)):
+        resp = await http.post(url, data=raw, headers={**headers, "Content-Type": "application/json"})
+        await assert_json_error(resp, (400, 422))
+    assert await stored(hub) == before
+
+
+@pytest.mark.parametrize("escape", ["\\ud800", "\\udfff", "\\ud83d"])
+async def test_lone_surrogates_in_json_strings_are_422(
+    hub: Hub, http: aiohttp.ClientSession, base_url: str, auth: dict[str, str], escape: str
+) -> None:
+    # Valid JSON, but not text that can be stored as UTF-8.
+    before = await stored(hub)
+    for field in ("name", "message", "subject"):
+        raw = json.dumps({**VALID, field: "x"}).replace('"x"', f'"a{escape}b"')
+        for url, headers in ((f"{base_url}/forms/contact", {}), (f"{base_url}/api/v1/leads", auth)):
+            resp = await http.post(url, data=raw, headers={**headers, "Content-Type": "application/json"})
+            await assert_json_error(resp, (400, 422))
+    raw = json.dumps({**VALID, "external_id": "x", "form": "y"})
+    for replaced in (raw.replace('"x"', '"k\\ud800"'), raw.replace('"y"', '"f\\ud800"')):
+        resp = await http.post(
+            f"{base_url}/api/v1/leads", data=replaced, headers={**auth, "Content-Type": "application/json"}
+        )
+        await assert_json_error(resp, (400, 422))
+    assert await stored(hub) == before
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"name=%FF%FE&email=a%40example.com&message=hi",
+        b"name=ok&email=a%40example.com&message=%C3%28",
+        b"name=\xff&email=a%40example.com&message=hi",
+    ],
+)
+async def test_invalid_utf8_in_urlencoded_form_is_a_client_error(
+    hub: Hub, http: aiohttp.ClientSession, base_url: str, raw: bytes
+) -> None:
+    before = await stored(hub)
+    resp = await http.post(
+        f"{base_url}/forms/contact",
+        data=raw,
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert 400 <= resp.status < 500, await resp.text()
+    assert await stored(hub) == before
+
+
+# --- header injection ---------------------------------------------------------------------------
+
+INJECTIONS = [
+    "Olena\r\nBcc: everyone@example.com",
+    "Olena\nSubject: hacked",
+    "Olena\rX-Header: 1",
+    "Olena\u2028Bcc: x@example.com",
+    "Olena\u2029x",
+    "Olena\x85Bcc: x@example.com",
+    "Olena\x0bx",
+    "Olena\x1bx",
+]
+
+
+@pytest.mark.parametrize("value", INJECTIONS, ids=repr)
+@pytest.mark.parametrize("field", ["name", "subject"])
+async def test_line_breaks_in_one_line_fields_are_rejected(
+    hub: Hub, http: aiohttp.ClientSession, base_url: str, auth: dict[str, str], field: str, value: str
+) -> None:
+    before = await stored(hub)
+    for url, headers in ((f"{base_url}/forms/contact", {}), (f"{base_url}/api/v1/leads", auth)):
+        resp = await http.post(url, json={**VALID, field: value}, headers=headers)
+        body = await assert_json_error(resp, 422)
+        assert field in body["fields"]  # type: ignore[operator]
+    assert await stored(hub) == before
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "olena@example.com\r\nBcc: all@example.com",
+        "olena@example.com\nBcc: all@example.com",
+        "olena@example.com, all@example.com",
+        "Olena <olena@example.com>",
+        "olena@example.com\u2028x",
+        "olena\x01@example.com",
+        "olena@exa\rmple.com",
+    ],
+    ids=repr,
+)
+async def test_email_with_header_tricks_is_rejected(
+    hub: Hub, http: aiohttp.ClientSession, base_url: str, value: str
+) -> None:
+    before = await stored(hub)
+    resp = await http.post(f"{base_url}/forms/contact", json={**VALID, "email": value})
+    body = await assert_json_error(resp, 422)
+    assert "email" in body["fields"]  # type: ignore[operator]
+    assert await stored(hub) == before
+
+
+async def test_multiline_message_is_kept_as_text(
+    hub: Hub, http: aiohttp.ClientSession, base_url: str, auth: dict[str, str]
+) -> None:
+    text = "line one\r\nBcc: x@example.com\r\n\r\nline three"
+    resp = await http.post(f"{base_url}/forms/contact", json={**VALID, "message": text})
+    assert resp.status == 201
+    lead = (await resp.json())["lead"]
+    detail = await (await http.get(f"{base_url}/api/v1/leads/{lead}", headers=auth)).json()
+    assert detail["messages"][0]["text"] == text.replace("\r\n", "\n")
+
+
+# --- script injection -----------------------------------------------------------------------------
+
+SCRIPTS = [
+    "<script>alert(1)</script>",
+    '"><img src=x onerror=alert(1)>',
+    "'><svg onload=alert(1)>",
+    "</textarea><script>alert(1)</script>",
+    "javascript:alert(1)",
+]
+
+
+@pytest.mark.parametrize("payload", SCRIPTS)
+async def test_form_rerender_after_422_escapes_everything(
+    hub: Hub, http: aiohttp.ClientSession, base_url: str, payload: str
+) -> None:
+    data = {"name": payload, "email": payload, "phone": payload, "telegram": payload, "message": payload}
+    resp = await http.post(f"{base_url}/forms/contact", data={**data, "message": ""})
+    assert resp.status == 422
+    assert resp.content_type == "text/html"
+    page = await resp.text()
+    assert "<script>alert" not in page
+    assert "onerror=alert(1)>" not in page and "<img" not in page and "<svg" not in page
+    assert str(markupsafe.escape(payload)) in page
+    resp = await http.post(
+        f"{base_url}/forms/contact", data={**data, "email": "", "phone": "", "telegram": ""}
+    )
+    page = await resp.text()
+    assert resp.status == 422
+    assert "<script>alert" not in page and "<img" not in page and "<svg" not in page
+
+
+@pytest.mark.parametrize("payload", SCRIPTS)
+async def test_thank_you_page_and_api_keep_scripts_inert(
+    hub: Hub, http: aiohttp.ClientSession, base_url: str, auth: dict[str, str], payload: str
+) -> None:
+    resp = await http.post(
+        f"{base_url}/forms/contact",
+        data={"name": payload, "email": "x@example.com", "message": payload, "lang": payload},
+    )
+    assert resp.status == 201
+    page = await resp.text()
+    assert "<script>alert" not in page and "<img" not in page and "<svg" not in page
+    leads = await (await http.get(f"{base_url}/api/v1/leads", headers=auth)).json()
+    detail = await (
+        await http.get(f"{base_url}/api/v1/leads/{leads['items'][0]['lead']}", headers=auth)
+    ).json()
+    # Stored verbatim as text (the API is JSON; HTML views escape it when they render).
+    assert detail["messages"][0]["text"] == payload
+    assert detail["messages"][0]["html"] is None
+
+
+async def test_form_page_escapes_the_lang_parameter(
+    hub: Hub, http: aiohttp.ClientSession, base_url: str
+) -> None:
+    resp = await http.get(f"{base_url}/forms/contact", params={"lang": '"><script>alert(1)</script>'})
+    assert resp.status == 200
+    assert "<script>alert" not in await resp.text()
+
+
+# --- honeypot, unknown forms, media types -------------------------------------------------------------
+
+
+async def test_honeypot_filled_is_rejected_and_stores_nothing(
+    hub: Hub, http: aiohttp.ClientSession, base_url: str
+) -> None:
+    before = await stored(hub)
+    for kwargs in ({"json": {**VALID, "website": "http://spam"}}, {"data": {**VALID, "website": "x"}}):
+        resp = await http.post(f"{base_url}/forms/contact", **kwargs)  # type: ignore[arg-type]
+        await assert_json_error(resp, 400)
+    assert await stored(hub) == before
+
+
+async def test_unknown_form_is_404(hub: Hub, http: aiohttp.ClientSession, base_url: str) -> None:
+    before = await stored(hub)
+    for name in ("nope", "..%2f..%2fetc%2fpasswd", "CONTACT", "contact%00"):
+        resp = await http.post(f"{base_url}/forms/{name}", json=VALID)
+        assert resp.status == 404, name
+        resp = await http.get(f"{base_url}/forms/{name}")
+        assert resp.status == 404, name
+    assert await stored(hub) == before
+
+
+async def test_unsupported_media_type_is_415(hub: Hub, http: aiohttp.ClientSession, base_url: str) -> None:
+    before = await stored(hub)
+    resp = await http.post(
+        f"{base_url}/forms/contact", data=b"<xml/>", headers={"Content-Type": "application/xml"}
+    )
+    await assert_json_error(resp, 415)
+    assert await stored(hub) == before
+
+
+async def test_bad_idempotency_key_is_422(hub: Hub, http: aiohttp.ClientSession, base_url: str) -> None:
+    before = await stored(hub)
+    for key in ("short", "a" * 200, "bad key with spaces", "ключ-ключ-ключ"):
+        resp = await http.post(
+            f"{base_url}/forms/contact",
+            json=VALID,
+            headers={"Idempotency-Key": key.encode().decode("latin-1")},
+        )
+        await assert_json_error(resp, 422)
+    resp = await http.post(f"{base_url}/forms/contact", json={**VALID, "_token": {"$gt": ""}})
+    await assert_json_error(resp, 422)
+    assert await stored(hub) == before
+
+
+# --- authentication ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Bearer wrong-token"},
+        {"Authorization": "Basic dGVzdDp0ZXN0"},
+        {"Authorization": "Bearer"},
+        {"Authorization": "bearer "},
+        {"Authorization": "Bearer test-api-token-5f2c-and-more"},
+        {"Authorization": "Bearer test-api-token-5f2"},
+    ],
+)
+async def test_api_without_the_right_token_is_401(
+    hub: Hub, http: aiohttp.ClientSession, base_url: str, headers: dict[str, str]
+) -> None:
+    before = await stored(hub)
+    for method, path in (
+        ("GET", "/api/v1/leads"),
+        ("POST", "/api/v1/leads"),
+        ("GET", "/api/v1/leads/L-1"),
+        ("POST", "/api/v1/leads/L-1/resolve"),
+        ("GET", "/api/v1/inbox"),
+        ("GET", "/api/v1/nonexistent"),
+    ):
+        resp = await http.request(method, f"{base_url}{path}", json=VALID, headers=headers)
+        await assert_json_error(resp, 401)
+        assert resp.headers.get("WWW-Authenticate", "").startswith("Bearer") or not headers
+    assert await stored(hub) == before
+
+
+async def test_api_is_closed_when_no_token_is_configured(
+    settings_factory: Any, http: aiohttp.ClientSession
+) -> None:
+    hub = Hub(settings_factory(api={}))
+    await hub.start()
+    try:
+        resp = await http.get(
+            f"http://127.0.0.1:{hub.web_port}/api/v1/leads", headers={"Authorization": "Bearer "}
+        )
+        await assert_json_error(resp, 401)
+    finally:
+        await hub.stop()
+
+
+# --- bad lead numbers, cursors and filters --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v1/leads/abc",
+        "/api/v1/leads/L-",
+        "/api/v1/leads/L-0",
+        "/api/v1/leads/L--1",
+        "/api/v1/leads/L-99999999999999999999",
+        "/api/v1/leads/1e9",
+        "/api/v1/leads/%00",
+        "/api/v1/leads/L-1%0d%0a",
+        "/api/v1/leads/L-424242",
+        "/api/v1/leads/%C2%B9%C2%B2",
+        "/api/v1/leads/999999999999999999999999",
+        "/api/v1/leads/%D9%A1%D9%A2",
+    ],
+)
+async def test_bad_or_unknown_lead_numbers_are_404_json(
+    hub: Hub, http: aiohttp.ClientSession, base_url: str, auth: dict[str, str], path: str
+) -> None:
+    resp = await http.get(f"{base_url}{path}", headers=auth)
+    await assert_json_error(resp, 404)
+    for action in ("resolve", "reopen"):
+        resp = await http.post(f"{base_url}{path}/{action}", headers=auth)
+        await assert_json_error(resp, (404, 422))
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"cursor": "abc"},
+        {"cursor": "-1"},
+        {"cursor": "1.5"},
+        {"cursor": "99999999999999999999999999"},
+        {"cursor": "١٢"},
+        {"limit": "0"},
+        {"limit": "-5"},
+        {"limit": "abc"},
+        {"limit": "١٢"},
+        {"status": "bogus"},
+        {"kind": "bogus"},
+        {"breached": "maybe"},
+    ],
+)
+async def test_bad_filters_and_cursors_are_422_json(
+    hub: Hub, http: aiohttp.ClientSession, base_url: str, auth: dict[str, str], params: dict[str, str]
+) -> None:
+    resp = await http.get(f"{base_url}/api/v1/leads", params=params, headers=auth)
+    await assert_json_error(resp, (400, 422))
+
+
+async def test_huge_limit_is_capped(
+    hub: Hub, http: aiohttp.ClientSession, base_url: str, auth: dict[str, str]
+) -> None:
+    resp = await http.get(f"{base_url}/api/v1/leads", params={"limit": "9" * 30}, headers=auth)
+    assert resp.status == 200
+
+
+@pytest.mark.parametrize("params", [{"status": "bogus"}, {"status": "done%00"}])
+async def test_bad_inbox_filters_are_422(
+    hub: Hub, http: aiohttp.ClientSession, base_url: str, auth: dict[str, str], params: dict[str, str]
+) -> None:
+    resp = await http.get(f"{base_url}/api/v1/inbox", params=params, headers=auth)
+    await assert_json_error(resp, 422)
+
+
+@pytest.mark.parametrize("item", ["abc", "-1", "99999999999999999999999", "١٢", "0"])
+async def test_bad_inbox_ids_are_4xx(
+    hub: Hub, http: aiohttp.ClientSession, base_url: str, auth: dict[str, str], item: str
+) -> None:
+    resp = await http.post(f"{base_url}/api/v1/inbox/{item}/retry", headers=auth)
+    await assert_json_error(resp, (404, 409))
+
+
+@pytest.mark.parametrize(
+    ("action", "body"),
+    [
+        ("replies", {"text": {"$gt": ""}, "author": "olena"}),
+        ("replies", {"text": "hi", "author": ["olena"]}),
+        ("replies", {"text": "", "author": "olena"}),
+        ("replies", {"text": "x" * 20_001, "author": "olena"}),
+        ("notes", {"text": None, "author": "olena"}),
+        ("assign", {"manager": {"$ne": ""}}),
+        ("assign", {"manager": "nobody-by-that-name"}),
+        ("assign", {"manager": "olena", "by": {"$gt": ""}}),
+    ],
+)
+async def test_bad_action_bodies_are_4xx_json(
+    hub: Hub,
+    http: aiohttp.ClientSession,
+    base_url: str,
+    auth: dict[str, str],
+    action: str,
+    body: dict[str, Any],
+) -> None:
+    resp = await http.post(f"{base_url}/forms/contact", json=VALID)
+    lead = (await resp.json())["lead"]
+    before = await (await http.get(f"{base_url}/api/v1/leads/{lead}", headers=auth)).json()
+    resp = await http.post(f"{base_url}/api/v1/leads/{lead}/{action}", json=body, headers=auth)
+    await assert_json_error(resp, (404, 409, 422))
+    after = await (await http.get(f"{base_url}/api/v1/leads/{lead}", headers=auth)).json()
+    assert after["messages"] == before["messages"]
+    assert after["assignee"] == before["assignee"]
+
+
+async def test_api_actions_need_a_json_object(
+    hub: Hub, http: aiohttp.ClientSession, base_url: str, auth: dict[str, str]
+) -> None:
+    resp = await http.post(f"{base_url}/forms/contact", json=VALID)
+    lead = (await resp.json())["lead"]
+    for data, ctype in ((b"text=hi", "application/x-www-form-urlencoded"), (b"[1]", "application/json")):
+        resp = await http.post(
+            f"{base_url}/api/v1/leads/{lead}/replies", data=data, headers={**auth, "Content-Type": ctype}
+        )
+        await assert_json_error(resp, 422)

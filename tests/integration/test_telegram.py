@@ -1,0 +1,652 @@
+"""Telegram end to end: the hub against the Bot API emulator on loopback.
+
+Still to add once the email channel is merged: an email lead's reply written in its topic
+goes out by SMTP (the relay path is the same outbox row; only the sender differs).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from hub.app import Hub
+from hub.config import Settings
+from hub.domain import Direction, LeadStatus
+from tests.support.telegram_emulator import TelegramEmulator
+
+STAFF = -100100
+ALERTS = -100200
+OLENA = {"id": 111, "is_bot": False, "first_name": "Olena", "language_code": "uk"}
+TARAS = {"id": 222, "is_bot": False, "first_name": "Taras", "language_code": "uk"}
+STRANGER = {"id": 999, "is_bot": False, "first_name": "Random", "language_code": "en"}
+SECRET_KEY = "test-secret-key-for-links"
+
+
+def telegram_config(emu: TelegramEmulator, **extra: Any) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "enabled": True,
+        "token": emu.token,
+        "api_base": emu.base_url,
+        "staff_group_id": STAFF,
+        "alerts_chat_id": ALERTS,
+        "poll_timeout": "1s",
+        "poller_lease": "3s",
+        "limits": {"chat_per_second": 100, "group_per_minute": 100000, "global_per_second": 1000},
+    }
+    config.update(extra)
+    return config
+
+
+@dataclass
+class Env:
+    emu: TelegramEmulator
+    hub: Hub
+
+
+@pytest.fixture
+async def emu() -> AsyncIterator[TelegramEmulator]:
+    emulator = TelegramEmulator()
+    await emulator.start()
+    emulator.add_group(STAFF, forum=True)
+    emulator.add_group(ALERTS, forum=False)
+    try:
+        yield emulator
+    finally:
+        await emulator.stop()
+
+
+@pytest.fixture
+async def env(emu: TelegramEmulator, settings_factory: Callable[..., Settings]) -> AsyncIterator[Env]:
+    settings = settings_factory(telegram=telegram_config(emu), web={"secret_key": SECRET_KEY})
+    hub = Hub(settings)
+    await hub.start()
+    try:
+        yield Env(emu, hub)
+    finally:
+        await hub.stop()
+
+
+def customer(user_id: int = 5001, name: str = "Марія", language: str = "uk") -> dict[str, Any]:
+    return {"id": user_id, "is_bot": False, "first_name": name, "language_code": language}
+
+
+async def open_lead(env: Env, user: dict[str, Any], text: str = "Hello, my boiler is broken") -> int:
+    """A customer writes; wait until the lead's topic and card exist; returns the thread id."""
+    env.emu.send_text(user["id"], user, text)
+    topic = await env.emu.wait_for(
+        lambda: next((t for t in env.emu.topics_in(STAFF) if f"· {user['first_name']} ·" in t.name), None),
+        what="topic",
+    )
+    await env.emu.wait_for(lambda: env.emu.texts_to(STAFF, topic.thread), what="card")
+    return int(topic.thread)
+
+
+async def test_customer_dm_becomes_lead_with_topic_card_and_ack(env: Env) -> None:
+    user = customer()
+    env.emu.send_text(user["id"], user, "Котел не працює <b>терміново</b>")
+    topic = (await env.emu.wait_for(lambda: env.emu.topics_in(STAFF), what="topic"))[0]
+    assert topic.name.startswith("L-1 · Марія · telegram")
+    card = (await env.emu.wait_for(lambda: env.emu.sent_to(STAFF, topic.thread), what="card"))[0]
+    assert "L-1" in card.text and "Котел не працює &lt;b&gt;терміново&lt;/b&gt;" in card.text
+    buttons = [b["callback_data"] for row in card.reply_markup["inline_keyboard"] for b in row]
+    assert buttons == ["take:1", "resolve:1", "reassign:1", "spam:1"]
+    ack = await env.emu.wait_for(lambda: env.emu.texts_to(user["id"]), what="ack")
+    assert "L-1" in ack[0] and "Дякуємо" in ack[0]
+    lead = await env.hub.store.get_lead(1)
+    assert lead is not None and lead.channel == "telegram"
+    # A second message joins the same lead and the same topic; no second ack.
+    env.emu.send_text(user["id"], user, "Ще одне питання")
+    await env.emu.wait_for(
+        lambda: any("Ще одне питання" in t for t in env.emu.texts_to(STAFF, topic.thread)), what="second"
+    )
+    assert len(env.emu.topics_in(STAFF)) == 1
+    assert len(env.emu.texts_to(user["id"])) == 1
+    messages = await env.hub.store.list_messages(1)
+    assert [m.text for m in messages if m.direction == Direction.IN][-1] == "Ще одне питання"
+
+
+async def test_start_greets_in_language_and_offers_kinds(env: Env) -> None:
+    env.emu.send_text(6001, customer(6001, "Ivan", "ru"), "/start")
+    env.emu.send_text(6002, customer(6002, "John", "en"), "/start")
+    uk = (await env.emu.wait_for(lambda: env.emu.sent_to(6001), what="uk greeting"))[0]
+    en = (await env.emu.wait_for(lambda: env.emu.sent_to(6002), what="en greeting"))[0]
+    assert "Вітаємо, Ivan" in uk.text and "Hello, John" in en.text
+    labels = [b["text"] for row in en.reply_markup["keyboard"] for b in row]
+    assert labels[:2] == ["Service request", "Question"]
+    # Choosing "Service request" makes the next message a service request lead.
+    john = customer(6002, "John", "en")
+    env.emu.send_text(6002, john, "Service request")
+    await env.emu.wait_for(lambda: len(env.emu.sent_to(6002)) >= 2, what="prompt")
+    env.emu.send_text(6002, john, "Washing machine leaks")
+    await env.emu.wait_for(lambda: env.emu.topics_in(STAFF), what="topic")
+    lead = await env.hub.store.get_lead(1)
+    assert lead is not None and lead.kind.value == "service_request"
+
+    async def kind_cleared() -> bool:
+        return await env.hub.store.get_state("tg.kind.6002") is None
+
+    await env.emu.wait_for(kind_cleared, what="the chosen kind applies to one lead only")
+
+
+async def test_staff_reply_reaches_customer_and_note_does_not(env: Env) -> None:
+    user = customer()
+    thread = await open_lead(env, user)
+    await env.emu.wait_for(lambda: env.emu.texts_to(user["id"]), what="ack")
+    env.emu.send_text(STAFF, OLENA, "// check warranty first", thread=thread)
+    env.emu.send_text(STAFF, OLENA, "/note called the customer", thread=thread)
+    env.emu.send_text(STAFF, OLENA, "We will send a technician <tomorrow> & call", thread=thread)
+    replies = await env.emu.wait_for(lambda: env.emu.texts_to(user["id"])[1:], what="reply")
+    assert replies == ["We will send a technician &lt;tomorrow&gt; &amp; call"]
+    messages = await env.hub.store.list_messages(1)
+    notes = [m.text for m in messages if m.direction == Direction.NOTE]
+    assert notes == ["check warranty first", "called the customer"]
+    lead = await env.hub.store.get_lead(1)
+    assert lead is not None and lead.first_response_at is not None
+    assert all("warranty" not in t for t in env.emu.texts_to(user["id"]))
+
+
+async def test_commands_and_buttons(env: Env) -> None:
+    user = customer()
+    thread = await open_lead(env, user)
+    env.emu.send_text(STAFF, OLENA, "/assign taras", thread=thread)
+    await env.emu.wait_for(
+        lambda: any("Тарас" in t for t in env.emu.texts_to(STAFF, thread)), what="assigned notice"
+    )
+    lead = await env.hub.store.get_lead(1)
+    assert lead is not None and lead.assignee == "taras"
+    env.emu.send_text(STAFF, OLENA, "/kind service", thread=thread)
+    await env.emu.wait_for(
+        lambda: _lead_matches(env, lambda lead: lead.kind.value == "service_request"), what="kind"
+    )
+    card = env.emu.sent_to(STAFF, thread)[0]
+    env.emu.press(STAFF, TARAS, card.message_id, "take:1")
+    await env.emu.wait_for(lambda: env.emu.callback_answers, what="callback answer")
+    lead = await env.hub.store.get_lead(1)
+    assert lead is not None and lead.assignee == "taras"
+    env.emu.press(STAFF, OLENA, card.message_id, "resolve:1")
+    topic = env.emu.topics[(STAFF, thread)]
+    await env.emu.wait_for(lambda: topic.closed, what="topic closed")
+    lead = await env.hub.store.get_lead(1)
+    assert lead is not None and lead.status == LeadStatus.RESOLVED
+    # The card shows the new state.
+    assert "resolved" in env.emu.sent_to(STAFF, thread)[0].text
+    # A new customer message reopens the lead and its topic.
+    env.emu.send_text(user["id"], user, "It broke again")
+    await env.emu.wait_for(lambda: not topic.closed, what="topic reopened")
+    lead = await env.hub.store.get_lead(1)
+    assert lead is not None and lead.status == LeadStatus.OPEN
+    env.emu.send_text(STAFF, OLENA, "/resolve", thread=thread)
+    await env.emu.wait_for(lambda: topic.closed, what="closed by command")
+
+
+async def _lead_matches(env: Env, check: Callable[[Any], bool]) -> bool:
+    lead = await env.hub.store.get_lead(1)
+    return lead is not None and check(lead)
+
+
+async def test_stranger_is_ignored_and_unknown_group_left(env: Env) -> None:
+    user = customer()
+    thread = await open_lead(env, user)
+    env.emu.send_text(STAFF, STRANGER, "I am answering the customer", thread=thread)
+    hint = await env.emu.wait_for(
+        lambda: [t for t in env.emu.texts_to(STAFF, thread) if "999" in t], what="hint"
+    )
+    assert len(hint) == 1
+    assert env.emu.texts_to(user["id"])[1:] == []
+    messages = await env.hub.store.list_messages(1)
+    assert all(m.direction == Direction.IN or m.author == "bot" for m in messages)
+    env.emu.add_group(-100777, forum=False, title="Spam group")
+    env.emu.send_text(-100777, STRANGER, "hello bot")
+    await env.emu.wait_for(lambda: -100777 in env.emu.left_chats, what="left the unknown group")
+
+
+async def test_redelivered_update_is_a_no_op(env: Env) -> None:
+    user = customer()
+    update = env.emu.send_text(user["id"], user, "Only once please")
+    await env.emu.wait_for(lambda: env.emu.topics_in(STAFF), what="topic")
+    await env.emu.wait_for(lambda: env.emu.confirmed_offset > update["update_id"], what="offset")
+    # Telegram sends the same update again (e.g. the ack was lost): nothing changes.
+    env.emu.updates.append(update)
+    env.emu.enqueue("message", env.emu.message(user["id"], user, "marker"))
+    await env.emu.wait_for(lambda: any("marker" in t for t in env.emu.texts_to(STAFF)), what="marker relayed")
+    messages = await env.hub.store.list_messages(1)
+    assert [m.text for m in messages if m.direction == Direction.IN] == ["Only once please", "marker"]
+    assert len(env.emu.topics_in(STAFF)) == 1
+    assert sum("Only once please" in t for t in env.emu.texts_to(STAFF)) == 1
+
+
+async def test_429_retry_after_is_respected_nothing_lost_or_duplicated(env: Env) -> None:
+    user = customer()
+    thread = await open_lead(env, user)
+    await env.emu.wait_for(lambda: env.emu.texts_to(user["id"]), what="ack")
+    env.emu.fail_next("sendMessage", status=429, retry_after=1, chat_id=user["id"])
+    env.emu.fail_next("sendMessage", status=502, retry_after=None, chat_id=user["id"])
+    env.emu.send_text(STAFF, OLENA, "First answer", thread=thread)
+    env.emu.send_text(STAFF, OLENA, "Second answer", thread=thread)
+    texts = await env.emu.wait_for(
+        lambda: env.emu.texts_to(user["id"])[1:3] if len(env.emu.texts_to(user["id"])) >= 3 else None,
+        timeout=15,
+        what="both replies",
+    )
+    assert texts == ["First answer", "Second answer"]
+    failed = [c for c in env.emu.calls_of("sendMessage") if c.status == 429]
+    assert failed, "the emulator answered 429"
+    after = [
+        c
+        for c in env.emu.calls_of("sendMessage")
+        if c.at > failed[0].at and c.params.get("chat_id") == user["id"]
+    ]
+    assert after and after[0].at - failed[0].at >= 0.95, "retried before retry_after passed"
+    assert env.emu.texts_to(user["id"]).count("First answer") == 1
+
+    async def all_sent() -> bool:
+        counts = await env.hub.store.outbox_counts()
+        assert counts.get("failed", 0) == 0
+        return counts.get("queued", 0) == 0
+
+    await env.emu.wait_for(all_sent, what="every outbox row marked sent")
+
+
+async def test_deleted_topic_is_recreated(env: Env) -> None:
+    user = customer()
+    thread = await open_lead(env, user)
+    env.emu.delete_topic(STAFF, thread)
+    env.emu.send_text(user["id"], user, "Are you there?")
+    topics = await env.emu.wait_for(
+        lambda: [t for t in env.emu.topics_in(STAFF) if not t.deleted], what="new topic"
+    )
+    assert topics[0].thread != thread
+    texts = await env.emu.wait_for(lambda: env.emu.texts_to(STAFF, topics[0].thread), what="new card")
+    joined = "\n".join(texts)
+    assert "Hello, my boiler is broken" in joined and "Are you there?" in joined
+    env.emu.send_text(STAFF, OLENA, "Yes we are", thread=topics[0].thread)
+    await env.emu.wait_for(lambda: "Yes we are" in env.emu.texts_to(user["id"]), what="reply from new topic")
+
+
+async def test_group_without_topics(emu: TelegramEmulator, settings_factory: Callable[..., Settings]) -> None:
+    plain = -100300
+    emu.add_group(plain, forum=False)
+    settings = settings_factory(telegram=telegram_config(emu, staff_group_id=plain))
+    hub = Hub(settings)
+    await hub.start()
+    try:
+        user = customer()
+        emu.send_text(user["id"], user, "No topics here")
+        card = (await emu.wait_for(lambda: emu.sent_to(plain), what="card"))[0]
+        assert "No topics here" in card.text and card.thread is None
+        emu.send_text(plain, OLENA, "Answer by reply", reply_to=card.message_id)
+        await emu.wait_for(lambda: "Answer by reply" in emu.texts_to(user["id"]), what="relayed reply")
+        emu.send_text(plain, OLENA, "not a reply: staff talk, ignored")
+        emu.send_text(plain, OLENA, "/resolve")
+        await emu.wait_for(lambda: any("не пов'язана" in t for t in emu.texts_to(plain)), what="hint")
+        assert "not a reply: staff talk, ignored" not in emu.texts_to(user["id"])
+        lead = await hub.store.get_lead(1)
+        assert lead is not None and lead.is_active
+    finally:
+        await hub.stop()
+
+
+async def test_customer_edit_updates_topic_copy(env: Env) -> None:
+    user = customer()
+    env.emu.send_text(user["id"], user, "Original text")
+    topic = (await env.emu.wait_for(lambda: env.emu.topics_in(STAFF), what="topic"))[0]
+    card = (await env.emu.wait_for(lambda: env.emu.sent_to(STAFF, topic.thread), what="card"))[0]
+    original_id = 1  # the customer's first message in their chat
+    edited = env.emu.message(user["id"], user, "Edited text")
+    edited["message_id"] = original_id
+    edited["edit_date"] = edited["date"]
+    env.emu.enqueue("edited_message", edited)
+    await env.emu.wait_for(lambda: "Edited text" in card.text, what="card edited")
+    events = await env.hub.store.list_events(1, ["message.edited"])
+    assert events and events[0].data["before"] == "Original text"
+
+
+async def test_staff_edit_is_relayed(env: Env) -> None:
+    user = customer()
+    thread = await open_lead(env, user)
+    update = env.emu.send_text(STAFF, OLENA, "Price is 100", thread=thread)
+    reply = await env.emu.wait_for(
+        lambda: next((s for s in env.emu.sent_to(user["id"]) if s.text == "Price is 100"), None), what="reply"
+    )
+    edited = dict(update["message"], text="Price is 120", edit_date=update["message"]["date"])
+    env.emu.enqueue("edited_message", edited)
+    await env.emu.wait_for(lambda: reply.text == "Price is 120", what="edit relayed")
+
+
+async def test_deep_link_links_telegram_to_web_contact(env: Env, http: Any) -> None:
+    url = f"http://127.0.0.1:{env.hub.web_port}/forms/contact"
+    async with http.post(
+        url, json={"name": "Petro", "email": "petro@example.com", "message": "Via the web"}
+    ) as resp:
+        assert resp.status == 201
+    lead = await env.hub.store.get_lead(1)
+    assert lead is not None
+    link = env.hub.telegram_link(lead)
+    assert link.startswith("https://t.me/hub_test_bot?start=L1_")
+    token = link.split("start=")[1]
+    petro = customer(7001, "Petro", "en")
+    env.emu.send_text(7001, petro, f"/start {token}")
+    greeting = await env.emu.wait_for(lambda: env.emu.texts_to(7001), what="linked greeting")
+    assert "L-1" in greeting[0]
+    contact = await env.hub.store.get_contact(lead.contact_id)
+    assert contact is not None and any(i.value == "7001" for i in contact.identities)
+    # The thank-you page a browser gets carries the same kind of link.
+    form = {"name": "Petro", "email": "petro2@example.com", "message": "Second request"}
+    async with http.post(url, data=form, headers={"Accept": "text/html"}) as resp:
+        assert resp.status == 201
+        assert "https://t.me/hub_test_bot?start=L2_" in await resp.text()
+    # A forged token links nothing.
+    env.emu.send_text(7002, customer(7002, "Eve", "en"), "/start L1_AAAAAAAAAAAAAAAA")
+    bad = await env.emu.wait_for(lambda: env.emu.texts_to(7002), what="bad link answer")
+    assert "not valid" in bad[0]
+
+
+async def test_shared_phone_merges_with_web_contact(env: Env, http: Any) -> None:
+    url = f"http://127.0.0.1:{env.hub.web_port}/forms/contact"
+    async with http.post(
+        url, json={"name": "Oksana", "phone": "+380671234567", "message": "Call me"}
+    ) as resp:
+        assert resp.status == 201
+    web_lead = await env.hub.store.get_lead(1)
+    assert web_lead is not None
+    user = customer(8001, "Oksana")
+    contact_card = {"phone_number": "+380671234567", "first_name": "Oksana", "user_id": 8001}
+    env.emu.enqueue("message", env.emu.message(8001, user, None, contact=contact_card))
+    await env.emu.wait_for(lambda: any("номер" in t for t in env.emu.texts_to(8001)), what="thanks")
+    contact = await env.hub.store.get_contact(web_lead.contact_id)
+    assert contact is not None
+    kinds = {i.kind.value for i in contact.identities}
+    assert {"phone", "telegram"} <= kinds
+
+
+async def test_sla_breach_is_posted_to_topic_and_alerts(env: Env) -> None:
+    user = customer()
+    thread = await open_lead(env, user)
+    lead = await env.hub.store.get_lead(1)
+    assert lead is not None and lead.first_response_due is not None
+    from datetime import timedelta
+
+    await env.hub.sweeper.sweep(lead.first_response_due + timedelta(seconds=1))
+    alerts = await env.emu.wait_for(
+        lambda: [t for t in env.emu.texts_to(ALERTS) if "L-1" in t and "ПОРУШЕНО" in t], what="alert"
+    )
+    await env.emu.wait_for(
+        lambda: any("SLA" in t for t in env.emu.texts_to(STAFF, thread)), what="topic alert"
+    )
+    if lead.assignee:
+        assert any("tg://user?id=" in t for t in alerts)
+
+
+async def test_my_and_away(env: Env) -> None:
+    user = customer()
+    await open_lead(env, user)
+    lead = await env.hub.store.get_lead(1)
+    assert lead is not None and lead.assignee is not None
+    manager = env.hub.settings.manager(lead.assignee)
+    assert manager is not None and manager.telegram_id is not None
+    me = {"id": manager.telegram_id, "is_bot": False, "first_name": manager.name, "language_code": "uk"}
+    env.emu.send_text(manager.telegram_id, me, "/my")
+    listing = await env.emu.wait_for(lambda: env.emu.texts_to(manager.telegram_id), what="/my")
+    assert "L-1" in listing[0]
+    env.emu.send_text(STAFF, me, "/away")
+    await env.emu.wait_for(lambda: any("/back" in t for t in env.emu.texts_to(STAFF)), what="away ack")
+    assert await env.hub.availability.is_away(manager.id)
+    env.emu.send_text(manager.telegram_id, me, "/dashboard")
+    link = await env.emu.wait_for(
+        lambda: [t for t in env.emu.texts_to(manager.telegram_id) if "/dashboard/link/" in t],
+        what="sign-in link",
+    )
+    assert len(link) == 1
+    env.emu.send_text(STAFF, me, "/dashboard")
+    await env.emu.wait_for(
+        lambda: any("/dashboard" in t for t in env.emu.texts_to(STAFF)), what="private hint"
+    )
+    assert not any("/dashboard/link/" in t for t in env.emu.texts_to(STAFF))
+    states = {s.name: s.connected for s in env.hub.channel_states.snapshot()}
+    assert states.get("telegram") is True
+
+
+async def test_webhook_requires_secret(
+    emu: TelegramEmulator, settings_factory: Callable[..., Settings]
+) -> None:
+    from hub.config import ConfigError
+
+    no_secret = settings_factory(telegram=telegram_config(emu, mode="webhook"))
+    with pytest.raises(ConfigError, match="webhook_secret"):
+        Hub(no_secret)
+    settings = settings_factory(
+        telegram=telegram_config(emu, mode="webhook", webhook_secret="s3cret-token"),
+    )
+    hub = Hub(settings)
+    await hub.start()
+    try:
+        emu.webhook_url = f"http://127.0.0.1:{hub.web_port}/telegram/webhook"
+        emu.webhook_secret = "s3cret-token"
+        user = customer()
+        update = {"update_id": 1, "message": emu.message(user["id"], user, "via webhook")}
+        assert await emu.post_to_webhook(update, secret="wrong") == 401
+        assert (
+            await emu.post_to_webhook(
+                {"update_id": 2, "message": emu.message(user["id"], user, "x")}, secret=""
+            )
+            == 401
+        )
+        assert await hub.store.get_lead(1) is None
+        assert await hub.store.inbox_list("pending") == [] and await hub.store.inbox_list("done") == []
+        assert await emu.post_to_webhook(update) == 200
+        assert await emu.post_to_webhook(update) == 200  # redelivery: no-op
+        lead = await hub.store.get_lead(1)
+        assert lead is not None
+        messages = await hub.store.list_messages(1)
+        assert [m.text for m in messages if m.direction == Direction.IN] == ["via webhook"]
+        topic = (await emu.wait_for(lambda: emu.topics_in(STAFF), what="topic from webhook lead"))[0]
+        staff_update = {
+            "update_id": 3,
+            "message": emu.message(STAFF, OLENA, "Reply via webhook", thread=topic.thread),
+        }
+        assert await emu.post_to_webhook(staff_update) == 200
+        await emu.wait_for(lambda: "Reply via webhook" in emu.texts_to(user["id"]), what="DM in webhook mode")
+    finally:
+        await hub.stop()
+
+
+async def test_media_is_copied_both_ways_and_long_replies_split(env: Env) -> None:
+    user = customer()
+    photo = [{"file_id": "ph1", "file_unique_id": "u1", "width": 800, "height": 600, "file_size": 5000}]
+    update = env.emu.enqueue(
+        "message", env.emu.message(user["id"], user, None, photo=photo, caption="Ось фото")
+    )
+    topic = (await env.emu.wait_for(lambda: env.emu.topics_in(STAFF), what="topic"))[0]
+    copy = await env.emu.wait_for(
+        lambda: [s for s in env.emu.sent_to(STAFF, topic.thread) if s.method == "copyMessage"],
+        what="media copy",
+    )
+    assert copy[0].copied_from == (user["id"], update["message"]["message_id"])
+    staff_photo = env.emu.message(STAFF, OLENA, None, thread=topic.thread, photo=photo, caption="Схема")
+    env.emu.enqueue("message", staff_photo)
+    relayed = await env.emu.wait_for(
+        lambda: [s for s in env.emu.sent_to(user["id"]) if s.method == "copyMessage"], what="staff media"
+    )
+    assert relayed[0].copied_from == (STAFF, staff_photo["message_id"])
+    long_text = "Детальна інструкція. " * 400  # about 8,400 characters
+    env.emu.send_text(STAFF, OLENA, long_text, thread=topic.thread)
+    # ack, the media copy, then three parts
+    await env.emu.wait_for(lambda: len(env.emu.texts_to(user["id"])) >= 5, what="all parts")
+    parts = [t for t in env.emu.texts_to(user["id"])[1:] if t]
+    assert all(len(p) <= 4096 for p in parts) and len(parts) == 3
+    assert "".join(parts).replace(" ", "") == long_text.strip().replace(" ", "")
+
+
+async def test_email_in_a_message_merges_with_the_web_contact(env: Env, http: Any) -> None:
+    url = f"http://127.0.0.1:{env.hub.web_port}/forms/contact"
+    async with http.post(
+        url, json={"name": "Lesia", "email": "lesia@example.com", "message": "Web first"}
+    ) as resp:
+        assert resp.status == 201
+    user = customer(9001, "Lesia")
+    env.emu.send_text(9001, user, "Це я, моя пошта Lesia@Example.com")
+    await env.emu.wait_for(lambda: env.emu.topics_in(STAFF), what="topic")
+
+    async def merged() -> bool:
+        web_lead = await env.hub.store.get_lead(1)
+        assert web_lead is not None
+        contact = await env.hub.store.get_contact(web_lead.contact_id)
+        return contact is not None and any(i.kind.value == "telegram" for i in contact.identities)
+
+    await env.emu.wait_for(merged, what="contacts merged")
+
+
+async def test_take_reopen_reassign_and_spam(env: Env) -> None:
+    user = customer()
+    thread = await open_lead(env, user)
+    env.emu.send_text(STAFF, TARAS, "/take", thread=thread)
+    await env.emu.wait_for(lambda: _lead_matches(env, lambda lead: lead.assignee == "taras"), what="/take")
+    env.emu.send_text(STAFF, TARAS, "/resolve", thread=thread)
+    await env.emu.wait_for(lambda: env.emu.topics[(STAFF, thread)].closed, what="closed")
+    env.emu.send_text(STAFF, TARAS, "/reopen", thread=thread)
+    await env.emu.wait_for(lambda: not env.emu.topics[(STAFF, thread)].closed, what="reopened by command")
+    card = env.emu.sent_to(STAFF, thread)[0]
+    env.emu.press(STAFF, OLENA, card.message_id, "reassign:1")
+    picker = await env.emu.wait_for(
+        lambda: [
+            s
+            for s in env.emu.sent_to(STAFF, thread)
+            if s.reply_markup and "assign:1:" in json.dumps(s.reply_markup)
+        ],
+        what="manager picker",
+    )
+    choices = [b["callback_data"] for row in picker[0].reply_markup["inline_keyboard"] for b in row]
+    assert "assign:1:iryna" in choices
+    env.emu.press(STAFF, OLENA, picker[0].message_id, "assign:1:iryna")
+    await env.emu.wait_for(
+        lambda: _lead_matches(env, lambda lead: lead.assignee == "iryna"), what="reassigned"
+    )
+    env.emu.press(STAFF, OLENA, card.message_id, "spam:1")
+    await env.emu.wait_for(
+        lambda: _lead_matches(env, lambda lead: "spam" in lead.tags and not lead.is_active), what="spam"
+    )
+    # A stranger's button press changes nothing.
+    env.emu.press(STAFF, STRANGER, card.message_id, "take:1")
+    await env.emu.wait_for(
+        lambda: any("999" in (a.get("text") or "") for a in env.emu.callback_answers), what="hint"
+    )
+    assert await _lead_matches(env, lambda lead: lead.assignee == "iryna")
+
+
+async def test_only_one_process_polls(
+    emu: TelegramEmulator, settings_factory: Callable[..., Settings]
+) -> None:
+    settings = settings_factory(telegram=telegram_config(emu))
+    first, second = Hub(settings), Hub(settings)
+    await first.start()
+    await second.start()
+    try:
+        pollers = [_channel(first).poller, _channel(second).poller]
+        await emu.wait_for(lambda: any(p is not None and p._holding for p in pollers), what="a poller")
+        await emu.wait_for(lambda: len(emu.calls_of("getUpdates")) >= 2, what="polling")
+        assert sum(1 for p in pollers if p is not None and p._holding) == 1
+        user = customer()
+        emu.send_text(user["id"], user, "one lead, one topic")
+        await emu.wait_for(lambda: emu.topics_in(STAFF), what="topic")
+        assert len(emu.topics_in(STAFF)) == 1
+    finally:
+        await second.stop()
+        await first.stop()
+
+
+def _channel(hub: Hub) -> Any:
+    return next(c for c in hub.channels if c.name == "telegram")
+
+
+async def test_dashboard_reply_is_shown_in_the_topic_and_sent(env: Env, http: Any) -> None:
+    from tests.support.settings import API_TOKEN
+
+    user = customer()
+    thread = await open_lead(env, user)
+    url = f"http://127.0.0.1:{env.hub.web_port}/api/v1/leads/1/replies"
+    headers = {"Authorization": f"Bearer {API_TOKEN}"}
+    async with http.post(
+        url, json={"text": "Answer from the dashboard", "author": "olena"}, headers=headers
+    ) as resp:
+        assert resp.status in (200, 201), await resp.text()
+    await env.emu.wait_for(lambda: "Answer from the dashboard" in env.emu.texts_to(user["id"]), what="DM")
+    await env.emu.wait_for(
+        lambda: any("Answer from the dashboard" in t for t in env.emu.texts_to(STAFF, thread)),
+        what="topic copy",
+    )
+
+
+async def test_backlog_coalesces_customer_messages_into_one_post(env: Env) -> None:
+    user = customer()
+    thread = await open_lead(env, user, "first")
+    before = len(env.emu.sent_to(STAFF, thread))
+    # The group is flooded for two seconds: what the customer writes meanwhile waits, then
+    # goes out together.
+    env.emu.fail_next("sendMessage", status=429, retry_after=2, chat_id=STAFF)
+    for i in range(2, 8):
+        env.emu.send_text(user["id"], user, f"follow-up {i}")
+    await env.emu.wait_for(
+        lambda: all(any(f"follow-up {i}" in t for t in env.emu.texts_to(STAFF, thread)) for i in range(2, 8)),
+        timeout=15,
+        what="all follow-ups",
+    )
+    posts = env.emu.sent_to(STAFF, thread)[before:]
+    assert len(posts) <= 3, [p.text for p in posts]
+    assert max(len(p.text) for p in posts) <= 4096
+    for i in range(2, 8):
+        assert sum(f"follow-up {i}" in p.text for p in posts) == 1  # nothing twice
+    assert env.emu.too_many == 1
+
+
+async def test_webhook_is_registered_with_the_secret(
+    emu: TelegramEmulator, settings_factory: Callable[..., Settings]
+) -> None:
+    settings = settings_factory(
+        telegram=telegram_config(emu, mode="webhook", webhook_secret="s3cret-token"),
+        web={"public_url": "https://hub.example.com"},
+    )
+    hub = Hub(settings)
+    await hub.start()
+    try:
+        assert emu.webhook_url == "https://hub.example.com/telegram/webhook"
+        assert emu.webhook_secret == "s3cret-token"
+        assert emu.calls_of("getUpdates") == []
+    finally:
+        await hub.stop()
+
+
+async def test_kind_button_after_writing_sets_the_open_leads_kind(env: Env) -> None:
+    user = customer(6100, "Olha", "uk")
+    await open_lead(env, user, "Не працює пральна машина")
+    env.emu.send_text(user["id"], user, "Заявка на сервіс")
+    await env.emu.wait_for(
+        lambda: _lead_matches(env, lambda lead: lead.kind.value == "service_request"), what="kind from button"
+    )
+    messages = await env.hub.store.list_messages(1)
+    assert [m.text for m in messages if m.direction == Direction.IN] == ["Не працює пральна машина"]
+
+
+async def test_queued_alert_survives_a_restart(
+    emu: TelegramEmulator, settings_factory: Callable[..., Settings]
+) -> None:
+    settings = settings_factory(telegram=telegram_config(emu))
+    first = Hub(settings)
+    await first.start()
+    desk = _channel(first).desk
+    await desk.stop()  # the worker is gone, as in a crash right after the alert was queued
+    await desk.post_to(ALERTS, "🔥 queued before the crash")
+    await first.stop()
+    assert "🔥 queued before the crash" not in emu.texts_to(ALERTS)
+    second = Hub(settings)
+    await second.start()
+    try:
+        await emu.wait_for(
+            lambda: "🔥 queued before the crash" in emu.texts_to(ALERTS), what="alert after restart"
+        )
+        assert emu.texts_to(ALERTS).count("🔥 queued before the crash") == 1
+    finally:
+        await second.stop()

@@ -1,0 +1,166 @@
+"""Telegram channel parts that need no server: pacing, splitting, signed links, classification."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime
+
+from channels.telegram import links
+from channels.telegram.ratelimit import JITTER, TelegramRateLimiter
+from channels.telegram.texts import MAX_TEXT, esc, split_html_escaped, split_text
+from channels.telegram.updates import CONTROL, CUSTOMER, CustomerDecoder, classify
+from hub.config import TelegramLimits
+from hub.domain import IdentityKind, InboxItem, LeadKind
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_limiter_spaces_one_chat_and_caps_a_group_per_minute(monkeypatch: object) -> None:
+    clock = FakeClock()
+    limiter = TelegramRateLimiter(
+        TelegramLimits(chat_per_second=1, group_per_minute=20, global_per_second=30), clock
+    )
+    assert limiter.delay(-100) == 0
+    for _ in range(20):
+        (await limiter.acquire(-100)).done()
+        clock.now += 1.0 + JITTER
+    # The 21st message to the group must wait until the first one leaves the minute window.
+    assert limiter.delay(-100) > 30
+    # A private chat is not affected by the group's minute.
+    assert limiter.delay(42) == 0
+    (await limiter.acquire(42)).done()
+    assert 0.9 < limiter.delay(42) <= 1.0 + JITTER
+
+
+async def test_limiter_holds_a_chat_after_429() -> None:
+    clock = FakeClock()
+    limiter = TelegramRateLimiter(TelegramLimits(), clock)
+    limiter.hold(7, 5.0)
+    assert limiter.delay(7) == 5.0
+    assert limiter.delay(8) == 0
+    clock.now = 5.0
+    assert limiter.delay(7) == 0
+
+
+async def test_limiter_acquire_waits_for_real() -> None:
+    limiter = TelegramRateLimiter(TelegramLimits(chat_per_second=20))
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    for _ in range(3):
+        (await limiter.acquire(5)).done()
+    assert loop.time() - start >= 2 * (1 / 20)
+
+
+def test_split_text_respects_the_limit_and_keeps_everything() -> None:
+    text = "\n".join(f"line {i} " + "x" * 50 for i in range(300))
+    parts = split_text(text)
+    assert all(len(p) <= MAX_TEXT for p in parts) and len(parts) > 1
+    assert "".join(parts).replace("\n", "") == text.replace("\n", "")
+    assert split_text("short") == ["short"]
+    unbroken = "y" * 10_000
+    assert [len(p) for p in split_text(unbroken)] == [4096, 4096, 1808]
+
+
+def test_split_html_escaped_fits_after_escaping() -> None:
+    text = "<&>" * 3000
+    parts = split_html_escaped(text)
+    assert all(len(p) <= MAX_TEXT for p in parts)
+    assert "".join(parts) == esc(text)
+
+
+def test_deep_link_tokens_are_signed_per_lead_and_contact() -> None:
+    token = links.make_token("secret", 1042, "contact-a")
+    assert len(token) <= 64 and token.startswith("L1042_")
+    parsed = links.token_lead(token)
+    assert parsed is not None
+    number, signature = parsed
+    assert number == 1042
+    assert links.verify("secret", 1042, "contact-a", signature)
+    assert not links.verify("secret", 1042, "contact-b", signature)
+    assert not links.verify("other-secret", 1042, "contact-a", signature)
+    assert links.token_lead("hello") is None
+    assert links.deep_link("@hub_bot", token) == f"https://t.me/hub_bot?start={token}"
+
+
+def _private(text: str | None = None, **extra: object) -> dict[str, object]:
+    message: dict[str, object] = {
+        "message_id": 5,
+        "date": 1_700_000_000,
+        "chat": {"id": 42, "type": "private"},
+        "from": {
+            "id": 42,
+            "is_bot": False,
+            "first_name": "Іван",
+            "language_code": "ru",
+            "username": "ivan_k",
+        },
+    }
+    if text is not None:
+        message["text"] = text
+    message.update(extra)
+    return {"update_id": 77, "message": message}
+
+
+def test_classify_separates_customer_messages_from_control() -> None:
+    assert classify(_private("Котел не гріє")) == CUSTOMER
+    assert classify(_private("/start")) == CONTROL
+    assert classify(_private("Question")) == CONTROL  # the kind keyboard
+    assert classify(_private("write to me at a@b.com")) == CONTROL  # may merge contacts
+    assert classify(_private(None, contact={"phone_number": "+380671234567", "first_name": "I"})) == CONTROL
+    group = _private("hi")
+    group["message"]["chat"] = {"id": -100, "type": "supergroup"}  # type: ignore[index]
+    assert classify(group) == CONTROL
+    assert classify({"update_id": 1, "callback_query": {}}) == CONTROL
+
+
+def _item(update: dict[str, object], meta: dict[str, object] | None = None) -> InboxItem:
+    return InboxItem(
+        1, CUSTOMER, "1:77", json.dumps(update).encode(), datetime(2026, 1, 1, tzinfo=UTC), meta=meta or {}
+    )
+
+
+def test_decoder_turns_media_and_locations_into_inbounds() -> None:
+    decode = CustomerDecoder("uk")
+    photo = _private(
+        None,
+        caption="Ось фото",
+        photo=[
+            {"file_id": "small", "file_unique_id": "s", "width": 90, "height": 90, "file_size": 100},
+            {"file_id": "big", "file_unique_id": "b", "width": 900, "height": 900, "file_size": 9000},
+        ],
+    )
+    inbound = decode(_item(photo, {"kind": "service_request"}))
+    assert inbound.channel == "telegram" and inbound.external_id == "42:5"
+    assert inbound.sender.kind == IdentityKind.TELEGRAM and inbound.sender.value == "42"
+    assert inbound.text == "Ось фото"
+    assert [a.ref for a in inbound.attachments] == ["tg-file:big"]
+    assert inbound.kind_hint == LeadKind.SERVICE_REQUEST
+    assert inbound.language == "uk"  # `ru` gets the configured fallback
+    assert any(
+        i.kind == IdentityKind.TELEGRAM_USERNAME and i.value == "ivan_k" for i in inbound.other_identities
+    )
+    location = decode(_item(_private(None, location={"latitude": 50.45, "longitude": 30.52})))
+    assert "50.450000, 30.520000" in location.text
+    voice = decode(
+        _item(
+            _private(
+                None, voice={"file_id": "v", "file_unique_id": "v", "duration": 3, "mime_type": "audio/ogg"}
+            )
+        )
+    )
+    assert voice.attachments[0].content_type == "audio/ogg" and voice.text
+    someone_else = decode(
+        _item(_private(None, contact={"phone_number": "+380671234567", "first_name": "X", "user_id": 999}))
+    )
+    assert not any(i.kind == IdentityKind.PHONE for i in someone_else.other_identities)
+    own = decode(
+        _item(_private(None, contact={"phone_number": "+380 67 123 45 67", "first_name": "I", "user_id": 42}))
+    )
+    assert any(i.kind == IdentityKind.PHONE and i.value == "+380671234567" for i in own.other_identities)
