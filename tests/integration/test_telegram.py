@@ -1,6 +1,4 @@
-"""Telegram end to end: the hub against the Bot API emulator on loopback.
-
-"""
+"""Telegram end to end: the hub against the Bot API emulator on loopback."""
 
 from __future__ import annotations
 
