@@ -155,15 +155,16 @@ async def build_report(
     store: Store, period: Period, filters: Filters, zone: ZoneInfo, breakdowns: bool = True
 ) -> Report:
     """Summary, breakdowns by team/manager/channel/kind and a per-day series for the period."""
-    rows = await store.kpi_rows(_query(period, filters, None))
+    # One store call: the store scans the period once for every grouping (see kpi_breakdowns).
+    groupings: tuple[str | None, ...] = (None, *BREAKDOWNS, "day") if breakdowns else (None,)
+    tables = await store.kpi_breakdowns(_query(period, filters, None, zone.key), groupings)
+    rows = tables[None]
     report = Report(period, filters, Kpi(rows[0] if rows else _EMPTY))
     if not breakdowns:
         return report
     for name in BREAKDOWNS:
-        group_rows = await store.kpi_rows(_query(period, filters, name))
-        report.breakdowns[name] = [(r.group, Kpi(r)) for r in group_rows]
-    day_rows = await store.kpi_rows(_query(period, filters, "day", zone.key))
-    report.daily = [(r.group or "", Kpi(r)) for r in day_rows]
+        report.breakdowns[name] = [(r.group, Kpi(r)) for r in tables[name]]
+    report.daily = [(r.group or "", Kpi(r)) for r in tables["day"]]
     return report
 
 

@@ -348,6 +348,12 @@ class Store(Protocol):
     async def kpi_rows(self, query: KpiQuery) -> list[KpiRow]:
         """KPI figures of leads created in the period, one row per group (computed in the database)."""
 
+    async def kpi_breakdowns(
+        self, query: KpiQuery, groupings: tuple[str | None, ...]
+    ) -> dict[str | None, list[KpiRow]]:
+        """`kpi_rows` for several groupings of one period at once (`query.group_by` is ignored);
+        the result for each grouping equals what `kpi_rows` returns for it."""
+
     async def erase_contact(self, contact_id: str) -> list[int]:
         """Delete a contact's personal data: identities, messages (with attachments), their outbox
         and raw inbox rows, lead subjects; leads stay as anonymous numbers. Returns their numbers."""

@@ -1494,6 +1494,12 @@ class MongoStore:
             )
         return result
 
+    async def kpi_breakdowns(
+        self, query: KpiQuery, groupings: tuple[str | None, ...]
+    ) -> dict[str | None, list[KpiRow]]:
+        """`kpi_rows` for each grouping (one pipeline per grouping; see bench/README.md for the plan)."""
+        return {g: await self.kpi_rows(replace(query, group_by=g)) for g in groupings}
+
     async def _kpi_percentiles(
         self, query: KpiQuery, key: Any, field: str, count: int, fractions: tuple[float, ...]
     ) -> dict[float, float]:

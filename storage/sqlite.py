@@ -41,6 +41,7 @@ from hub.domain import (
     OutboxItem,
     Page,
 )
+from storage import sqlite_kpi
 from storage.base import (
     KPI_GROUPS,
     DuplicateError,
@@ -1688,6 +1689,14 @@ class SqliteStore:
         if query.group_by is None and result and result[0].received == 0:
             return []
         return result
+
+    async def kpi_breakdowns(
+        self, query: KpiQuery, groupings: tuple[str | None, ...]
+    ) -> dict[str | None, list[KpiRow]]:
+        """`kpi_rows` for several groupings from one grouped scan of the period (storage/sqlite_kpi.py)."""
+        return await sqlite_kpi.kpi_breakdowns(
+            self._read, self._kpi_rank_values, self._kpi_filters(query), query, groupings, _KPI_SORT_LIMIT
+        )
 
     async def erase_contact(self, contact_id: str) -> list[int]:
         async with self._unit() as db:
