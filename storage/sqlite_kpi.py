@@ -123,19 +123,26 @@ async def kpi_breakdowns(
             raise ValueError(f"cannot group a KPI report by {grouping!r}: use one of {KPI_GROUPS}")
     where, params = filters
     day_sql, day_params = ("NULL", []) if "day" not in groupings else _day_expression(query)
+    # Only the dimensions asked for: a summary alone stays a plain aggregate without a sort.
+    dims = ", ".join(d if d in groupings else f"NULL AS {d}" for d in _DIMENSIONS)
+    grouped_by = ", ".join(
+        [*(d for d in _DIMENSIONS if d in groupings), *(["day"] if "day" in groupings else [])]
+    )
+    group_sql = f" GROUP BY {grouped_by}" if grouped_by else ""
     rows = await read(
-        f"SELECT team, assignee, channel, kind, {day_sql} AS day, COUNT(*) AS received, "
+        f"SELECT {dims}, {day_sql} AS day, COUNT(*) AS received, "
         "COUNT(first_response_at) AS responded, TOTAL(first_response_at <= first_response_due) AS within, "
         "TOTAL(breached_at IS NOT NULL) AS breached, "
         "TOTAL(breached_at IS NOT NULL AND first_response_at IS NOT NULL) AS breached_answered, "
         "COUNT(resolved_at) AS resolved, TOTAL(first_response_at - created_at) AS frt_sum, "
-        f"TOTAL(resolved_at - created_at) AS rt_sum FROM leads WHERE {' AND '.join(where)} "
-        "GROUP BY team, assignee, channel, kind, day",
+        f"TOTAL(resolved_at - created_at) AS rt_sum FROM leads WHERE {' AND '.join(where)}{group_sql}",
         [*day_params, *params],
     )
     sums: dict[str | None, dict[Any, _Sums]] = {g: {} for g in groupings}
     total = 0
     for row in rows:
+        if not row["received"]:
+            continue  # an aggregate without GROUP BY answers one all-zero row for an empty period
         fine = (row["team"], row["assignee"], row["channel"], row["kind"], row["day"])
         total += row["received"]
         for grouping in groupings:

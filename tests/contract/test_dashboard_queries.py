@@ -126,6 +126,7 @@ async def test_kpi_breakdowns_equal_kpi_rows_per_grouping(store: Store) -> None:
         assert [r.group for r in got] == [r.group for r in expected], grouping
         for mine, theirs in zip(got, expected, strict=True):
             assert _same(mine, theirs), (grouping, mine, theirs)
+    assert await store.kpi_breakdowns(KpiQuery(at(hours=-10), at(hours=-9)), (None,)) == {None: []}
     assert await store.kpi_breakdowns(KpiQuery(at(hours=-10), at(hours=-9)), (None, "team")) == {
         None: [],
         "team": [],
