@@ -128,6 +128,13 @@ class KpiRow:
     resolution_mean: float | None
     resolution_median: float | None
     breached_answered: int = 0  # breached, then answered late
+    # Medians/p90 read off a histogram (large periods), within PERCENTILE_ERROR of the exact ones.
+    percentiles_approximate: bool = False
+
+
+#: Worst relative error of an approximate percentile (`KpiRow.percentiles_approximate`); below
+#: one second, the error is at most half a second.
+PERCENTILE_ERROR = 0.025
 
 
 def interpolated_percentiles(values: list[float], fractions: tuple[float, ...]) -> dict[float, float]:

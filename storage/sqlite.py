@@ -580,6 +580,7 @@ class SqliteStore:
         for statement in _SLA_INDEXES.split(";"):
             if statement.strip():
                 await self._db.execute(statement)
+        await sqlite_kpi.create_rollups(self._db)
 
     async def close(self) -> None:
         if self._db is None:
@@ -1695,7 +1696,7 @@ class SqliteStore:
     ) -> dict[str | None, list[KpiRow]]:
         """`kpi_rows` for several groupings from one grouped scan of the period (storage/sqlite_kpi.py)."""
         return await sqlite_kpi.kpi_breakdowns(
-            self._read, self._kpi_rank_values, self._kpi_filters(query), query, groupings, _KPI_SORT_LIMIT
+            self._read, self._kpi_filters, query, groupings, _KPI_SORT_LIMIT
         )
 
     async def erase_contact(self, contact_id: str) -> list[int]:
