@@ -1694,7 +1694,7 @@ class SqliteStore:
     async def kpi_breakdowns(
         self, query: KpiQuery, groupings: tuple[str | None, ...]
     ) -> dict[str | None, list[KpiRow]]:
-        """`kpi_rows` for several groupings from one grouped scan of the period (storage/sqlite_kpi.py)."""
+        """`kpi_rows` for several groupings at once: exact scans, or the rollups for large periods."""
         return await sqlite_kpi.kpi_breakdowns(
             self._read, self._kpi_filters, query, groupings, _KPI_SORT_LIMIT
         )

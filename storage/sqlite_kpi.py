@@ -13,8 +13,8 @@ Two ways, chosen by the number of leads in the period:
   keys). Whole hours and weeks come from the rollups, the partial hour/week at each end of the
   period from `leads` itself, so counts, sums and means stay exact; medians and p90 are read off
   the histograms, within `PERCENTILE_ERROR` (relative, or half a second below one second).
-  Local days are cut from whole UTC hours, so zones whose offset is not whole hours use the
-  exact way.
+  Local days are cut from whole UTC hours; in zones whose offset is not whole hours the per-day
+  series comes from one scan of the leads instead.
 """
 
 from __future__ import annotations
@@ -306,9 +306,11 @@ _SUM_SQL = (
 )
 
 
-async def _scan(read: Read, filters: Filters, query: KpiQuery, tables: _Tables) -> None:
+async def _scan(
+    read: Read, filters: Filters, query: KpiQuery, tables: _Tables, only: tuple[str | None, ...] | None = None
+) -> None:
     """Add the counts and sums of `leads` created in the query's period (one grouped scan)."""
-    groupings = tables.groupings
+    groupings = tables.groupings if only is None else only
     where, params = filters(query)
     day_sql, day_params = ("NULL", []) if "day" not in groupings else _day_expression(query)
     # Only the dimensions asked for: a summary alone stays a plain aggregate without a sort.
@@ -320,7 +322,7 @@ async def _scan(read: Read, filters: Filters, query: KpiQuery, tables: _Tables) 
         [*day_params, *params],
     )
     for row in rows:
-        tables.add((row["team"], row["assignee"], row["channel"], row["kind"], row["day"]), row)
+        tables.add((row["team"], row["assignee"], row["channel"], row["kind"], row["day"]), row, groupings)
 
 
 async def _times(read: Read, filters: Filters, query: KpiQuery) -> list[Any]:
@@ -399,7 +401,9 @@ def _histogram_percentiles(counts: dict[int, int], fractions: tuple[float, ...])
     return result
 
 
-async def _from_rollups(read: Read, filters: Filters, query: KpiQuery, tables: _Tables) -> None:
+async def _from_rollups(
+    read: Read, filters: Filters, query: KpiQuery, tables: _Tables, days_from_hours: bool
+) -> None:
     start, end = query.start.timestamp(), query.end.timestamp()
     extra, extra_params = _rollup_filters(query)
     dims = ", ".join(_DIMENSIONS)
@@ -414,7 +418,7 @@ async def _from_rollups(read: Read, filters: Filters, query: KpiQuery, tables: _
     not_day = tuple(g for g in tables.groupings if g != "day")
     for row in rows:
         tables.add((*(_undo_blank(row[d]) for d in _DIMENSIONS), None), row, not_day)
-    if "day" in tables.groupings:
+    if "day" in tables.groupings and days_from_hours:
         day_sql, day_params = _day_expression(query, f"hour * {_HOUR}")
         rows = await read(
             f"SELECT {day_sql} AS day, {sums} FROM kpi_hourly WHERE hour >= ? AND hour < ?{extra} GROUP BY day",
@@ -425,7 +429,7 @@ async def _from_rollups(read: Read, filters: Filters, query: KpiQuery, tables: _
     edges = [(start, first_hour * _HOUR), (last_hour * _HOUR, end)]
     for lo, hi in edges:
         if lo < hi:
-            await _scan(read, filters, _between(query, lo, hi), tables)
+            await _scan(read, filters, _between(query, lo, hi), tables, None if days_from_hours else not_day)
 
     # Percentiles: whole UTC weeks from kpi_hist, the partial week at each end from leads.
     ranked = tuple(g for g in tables.groupings if g != "day")
@@ -505,8 +509,12 @@ async def kpi_breakdowns(
         "SELECT COUNT(*) AS n FROM leads WHERE created_at >= ? AND created_at < ?",
         [query.start.timestamp(), query.end.timestamp()],
     )
-    if size["n"] <= sort_limit or ("day" in groupings and not _whole_hour_zone(query)):
+    if size["n"] <= sort_limit:
         await _exact(read, filters, query, tables)
         return tables.rows()
-    await _from_rollups(read, filters, query, tables)
+    days_from_hours = "day" not in groupings or _whole_hour_zone(query)
+    await _from_rollups(read, filters, query, tables, days_from_hours)
+    if not days_from_hours:
+        # Hours straddle this zone's midnights: its days come from one scan of the leads.
+        await _scan(read, filters, query, tables, ("day",))
     return tables.rows(approximate=True)

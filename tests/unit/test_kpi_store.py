@@ -167,6 +167,7 @@ async def test_one_call_report_matches_per_grouping_queries(
         for query in (
             KpiQuery(T0 + odd, T0 + timedelta(days=9) + odd, day_zone="Europe/Kyiv"),
             KpiQuery(T0, T0 + timedelta(days=11), day_zone="America/New_York"),
+            KpiQuery(T0 + odd, T0 + timedelta(days=10), day_zone="Asia/Kolkata"),  # +05:30
             KpiQuery(T0 + odd, T0 + timedelta(days=2), team="t", day_zone="Europe/Kyiv"),
             KpiQuery(T0, T0 + timedelta(days=20), assignee="d", kind=LeadKind.MESSAGE),
         ):
