@@ -410,6 +410,8 @@ async def _from_rollups(
     # Counts and sums: whole UTC hours from kpi_hourly, the partial hour at each end from leads.
     first_hour, last_hour = math.ceil(start / _HOUR), math.floor(end / _HOUR)
     sums = ", ".join(f"TOTAL({c}) AS {c}" for c in _SUMS)
+    if first_hour >= last_hour:  # no whole hour inside: all of it from leads
+        first_hour = last_hour = math.ceil(end / _HOUR)
     hours = [first_hour, last_hour, *extra_params]
     # Grouped in primary-key order, so SQLite streams the groups instead of sorting.
     rows = await read(
@@ -426,7 +428,7 @@ async def _from_rollups(
         )
         for row in rows:
             tables.add((None, None, None, None, row["day"]), row, ("day",))
-    edges = [(start, first_hour * _HOUR), (last_hour * _HOUR, end)]
+    edges = [(start, min(first_hour * _HOUR, end)), (last_hour * _HOUR, end)]
     for lo, hi in edges:
         if lo < hi:
             await _scan(read, filters, _between(query, lo, hi), tables, None if days_from_hours else not_day)

@@ -164,7 +164,10 @@ async def test_one_call_report_matches_per_grouping_queries(
         await _reshuffle(store, 400)
         # Bounds off the hour and week grid: the partial hours and weeks come from `leads`.
         odd = timedelta(hours=1, minutes=17, seconds=3)
+        first = await store.get_lead(1)
+        assert first is not None
         for query in (
+            KpiQuery(first.created_at - timedelta(seconds=10), first.created_at + timedelta(seconds=10)),
             KpiQuery(T0 + odd, T0 + timedelta(days=9) + odd, day_zone="Europe/Kyiv"),
             KpiQuery(T0, T0 + timedelta(days=11), day_zone="America/New_York"),
             KpiQuery(T0 + odd, T0 + timedelta(days=10), day_zone="Asia/Kolkata"),  # +05:30
