@@ -70,6 +70,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a live process has used so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def peak_rss_mb(pid: int) -> float:
     """VmHWM (the high-water mark of resident memory) of a live process, in MiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -205,7 +211,9 @@ def bench(
                 stderr=subprocess.DEVNULL,
             )
             time.sleep(1.0)
+        cpu_before = cpu_seconds(hub_pid)
         result = run_generator(url, total, concurrency, run_id)
+        hub_cpu = cpu_seconds(hub_pid) - cpu_before
         if spy is not None:
             spy.send_signal(signal.SIGINT)
             spy.wait(timeout=60)
@@ -234,6 +242,10 @@ def bench(
         f"latency        p50 {p50:.1f} ms, p95 {p95:.1f} ms, p99 {p99:.1f} ms, max {worst:.1f} ms, mean {mean:.1f} ms"
     )
     print(f"hub peak RSS   {rss:.0f} MiB")
+    # CPU per lead says what the hub costs even when other work shares the machine.
+    print(
+        f"hub CPU        {hub_cpu:.1f} s ({hub_cpu / total * 1000:.2f} ms per lead, {hub_cpu / result['elapsed']:.2f} cores)"
+    )
     print(f"leads stored   {count} (expected {total + warmup})")
     if profile:
         print(f"profile        {profile}")

@@ -66,7 +66,13 @@ class Intake:
             lock = asyncio.Lock()
             self._sender_locks[key] = lock
         async with lock:
-            return await self._accept(inbound, now or utcnow())
+            # One commit wait for the whole inbound instead of one per write; events go out
+            # only once everything they describe is durable.
+            async with self._store.deferred_commit():
+                result = await self._accept(inbound, now or utcnow())
+            for event in result.events:
+                await self._bus.publish(event, result.lead)
+            return result
 
     async def _accept(self, inbound: Inbound, now: datetime) -> IntakeResult:
         known = await self._store.find_message(inbound.channel, inbound.external_id)
@@ -136,8 +142,6 @@ class Intake:
             "new lead," if created else "",
             message.id,
         )
-        for event in events:
-            await self._bus.publish(event, lead)
         return IntakeResult(lead, message, contact, created_lead=created, duplicate=not stored, events=events)
 
     async def _resolve_contact(self, inbound: Inbound, now: datetime) -> Contact:

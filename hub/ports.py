@@ -43,8 +43,9 @@ class Router(Protocol):
     async def route(self, request: RoutingRequest, now: datetime, apply: ApplyDecision) -> RoutingDecision:
         """Pick a team and, when someone is eligible, a manager; explain why in `reason`.
 
-        `apply` records the decision; the router awaits it before the next decision reads
-        the load, so concurrent leads never see the same stale counts.
+        The router's compare-and-set writes all that a load counts (assignee, team, priority)
+        before the next decision reads the loads, so concurrent leads never see the same stale
+        counts; `apply` records the rest of the decision (tags, SLA targets, the event).
         """
 
 

@@ -30,19 +30,20 @@ def shift_calendar(manager: ManagerSettings) -> BusinessHours | None:
 
 def why_not_eligible(
     manager: ManagerSettings,
-    load: int,
+    load: int | None,
     now: datetime,
     away: bool,
     shift: BusinessHours | None,
 ) -> str | None:
-    """None if the manager may take a lead at `now`, else a short reason for the decision log."""
+    """None if the manager may take a lead at `now`, else a short reason for the decision log
+    (`load` None: capacity not checked)."""
     if not manager.active:
         return "inactive"
     if away:
         return "away"
     if shift is not None and not shift.is_on_shift(now):
         return "off shift"
-    if load >= manager.capacity:
+    if load is not None and load >= manager.capacity:
         return f"at capacity ({load}/{manager.capacity})"
     return None
 
@@ -75,6 +76,11 @@ class Availability:
         if manager.id not in self._shifts:
             self._shifts[manager.id] = shift_calendar(manager)
         return self._shifts[manager.id]
+
+    async def why_not_available(self, manager: ManagerSettings, now: datetime) -> str | None:
+        """Inactive, away or off shift: `why_not_eligible` short of capacity (which needs the load)."""
+        away = await self.is_away(manager.id) if manager.active else False
+        return why_not_eligible(manager, None, now, away, self.shift(manager))
 
     async def why_not_eligible(self, manager: ManagerSettings, load: int, now: datetime) -> str | None:
         """None if the manager may take a lead now, else a short reason for the decision log."""

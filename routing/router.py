@@ -14,7 +14,9 @@ What we guarantee under concurrency: the final write is a compare-and-set in the
 the load the decision was based on. SQLite takes its write lock for that check-and-write,
 so two hub processes on one file never both hand out the same "slot"; the loser re-reads the
 loads and decides again (bounded retries). In one process an asyncio lock also serializes
-decisions, so retries only happen between processes.
+decisions, so retries only happen between processes. That lock is not held across commit
+waits (`Store.deferred_commit`): a decision's writes are visible to the next decision in this
+process as soon as they are applied, and the caller hears of the decision once they are durable.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from hub.config import ManagerSettings, Settings
 from hub.domain import Event, EventType, Lead
 from hub.events import EventBus
 from hub.ports import ApplyDecision, RoutingDecision, RoutingRequest
-from routing.availability import Availability
+from routing.availability import Availability, why_not_eligible
 from routing.rules import first_match
 from storage.base import LeadChanges, Store
 
@@ -108,17 +110,29 @@ class ConfigRouter:
     async def route(self, request: RoutingRequest, now: datetime, apply: ApplyDecision) -> RoutingDecision:
         """Pick team and manager for a new lead, claim the slot in the store, then `apply`."""
         team, reason, priority, tags = self._pick_team(request)
-        async with self._lock:
-            first_team = team
-            assignee, team = await self._assign(
-                request.lead_number, team, request.contact_id, now, reason, exclude=(), previous=None
-            )
+        # Writes under the lock do not wait for their commit (the next decision reads them on
+        # this process's connection at once); the block's end waits, outside the lock.
+        async with self._store.deferred_commit():
+            async with self._lock:
+                first_team = team
+                assignee, team = await self._assign(
+                    request.lead_number,
+                    team,
+                    request.contact_id,
+                    now,
+                    reason,
+                    exclude=(),
+                    previous=None,
+                    priority=priority or None,
+                )
             if assignee is None:
                 reason["result"] = "unassigned: nobody eligible"
                 team = first_team
             decision = RoutingDecision(
                 team=team, assignee=assignee, priority=priority, tags=tags, reason=reason
             )
+            # The compare-and-set already wrote what loads count (assignee, team, priority),
+            # so the rest of the decision is recorded outside the lock.
             await apply(decision)
         if assignee is None:
             await self._alert_unassigned(request.lead_number, team, now, reason)
@@ -147,7 +161,7 @@ class ConfigRouter:
         """(new assignee, taken): `taken` when another process routed the lead meanwhile."""
         reason: dict[str, Any] = {"rule": why}
         team = lead.team or self._settings.routing.default_team or next(iter(self._settings.teams), None)
-        async with self._lock:
+        async with self._store.deferred_commit(), self._lock:
             assignee, chosen_team = await self._assign(
                 lead.number, team, lead.contact_id, now, reason, exclude, previous=lead.assignee
             )
@@ -208,12 +222,15 @@ class ConfigRouter:
         reason: dict[str, Any],
         exclude: Sequence[str],
         previous: str | None,
+        priority: int | None = None,
     ) -> tuple[str | None, str | None]:
         """Walk the team and its fallbacks; claim the first manager the strategy picks."""
         visited: list[str] = []
         while team is not None and team not in visited:
             visited.append(team)
-            assignee, detail = await self._claim_member(number, team, contact_id, now, exclude, previous)
+            assignee, detail = await self._claim_member(
+                number, team, contact_id, now, exclude, previous, priority
+            )
             reason.setdefault("teams", []).append({"team": team, **detail})
             if detail.get("taken"):
                 reason["taken"] = True
@@ -232,6 +249,7 @@ class ConfigRouter:
         now: datetime,
         exclude: Sequence[str],
         previous: str | None,
+        priority: int | None = None,
     ) -> tuple[str | None, dict[str, Any]]:
         members = self.team_members(team)
         strategy = self._settings.teams[team].strategy
@@ -240,14 +258,22 @@ class ConfigRouter:
             sticky_id = await self._store.last_assignee_of_contact(contact_id, number)
         detail: dict[str, Any] = {"strategy": strategy}
         for attempt in range(1, _MAX_ATTEMPTS + 1):
-            loads = await self._store.load_by_assignee([m.id for m in members])
+            # Loads, availability and this decision's turn are fetched together: one round trip
+            # to the store while the lock is held, not one per manager and then one more. Ties
+            # (and round_robin itself) rotate through a cursor kept in the store, so the order
+            # stays fair across restarts and processes; every decision takes its own turn.
+            loads, reasons, turn = await asyncio.gather(
+                self._store.load_by_assignee([m.id for m in members]),
+                asyncio.gather(*(self._availability.why_not_available(m, now) for m in members)),
+                self._store.incr_state(f"routing.rr.{team}"),
+            )
             skipped: dict[str, str] = {}
             eligible: set[str] = set()
-            for member in members:
+            for member, why_not in zip(members, reasons, strict=True):
                 if member.id in exclude:
                     skipped[member.id] = "excluded (reassigning away from them)"
                     continue
-                why_not = await self._availability.why_not_eligible(member, loads[member.id][0], now)
+                why_not = why_not or why_not_eligible(member, loads[member.id][0], now, False, None)
                 if why_not:
                     skipped[member.id] = why_not
                 else:
@@ -261,12 +287,11 @@ class ConfigRouter:
                 detail["sticky"] = sticky_id
             if not eligible:
                 return None, detail
-            # Ties (and round_robin itself) rotate through a cursor kept in the store, so the
-            # order stays fair across restarts and processes.
-            turn = await self._store.incr_state(f"routing.rr.{team}")
             chosen, why = choose(strategy, members, eligible, loads, turn, sticky_id)
             assert chosen is not None
-            if await self._store.assign_if_load(number, chosen.id, team, loads[chosen.id], now, previous):
+            if await self._store.assign_if_load(
+                number, chosen.id, team, loads[chosen.id], now, previous, priority
+            ):
                 detail.update(chosen=chosen.id, why=why, attempts=attempt)
                 return chosen.id, detail
             current = await self._store.get_lead(number)

@@ -7,6 +7,7 @@ processes on one database: anything that must happen once is claimed atomically 
 
 from __future__ import annotations
 
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
@@ -167,6 +168,12 @@ class Store(Protocol):
     async def ping(self) -> bool:
         """True when the database answers a trivial query now."""
 
+    def deferred_commit(self) -> AbstractAsyncContextManager[None]:
+        """A block whose writes return as soon as they are applied (this process's later reads
+        see them) and whose end waits until all of them are durable (a nested block's end, for
+        its own writes). Lets a caller hold an in-process lock across writes without holding it
+        across commit waits. An adapter whose writes are durable on return makes it a no-op."""
+
     # --- inbox: raw input, durable before anything is acknowledged upstream -------------
     async def inbox_put(
         self,
@@ -270,10 +277,12 @@ class Store(Protocol):
         expected: tuple[int, int],
         now: datetime,
         previous: str | None = None,
+        priority: int | None = None,
     ) -> bool:
         """Give the lead to `assignee` only if their load still equals `expected` and the lead
         is still held by `previous` (None: unassigned), as one compare-and-set write; False
-        means someone else changed either first."""
+        means someone else changed either first. `priority` (when given) is set in the same
+        write, so everything a load counts is in place once this returns."""
 
     async def oldest_unassigned(self, limit: int) -> list[Lead]:
         """Active leads without an assignee, oldest first (the queue the router drains)."""

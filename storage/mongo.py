@@ -29,7 +29,7 @@ import functools
 import json
 import logging
 import re
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, ParamSpec, TypeVar
@@ -552,6 +552,11 @@ class MongoStore:
             return False
         return True
 
+    @contextlib.asynccontextmanager
+    async def deferred_commit(self) -> AsyncIterator[None]:
+        """Every write here is acknowledged durable (majority) when it returns: nothing to defer."""
+        yield
+
     # --- helpers --------------------------------------------------------------------------
     def _col(self, name: str) -> AsyncCollection[Doc]:
         if self._db is None:
@@ -1049,6 +1054,7 @@ class MongoStore:
         expected: tuple[int, int],
         now: datetime,
         previous: str | None = None,
+        priority: int | None = None,
     ) -> bool:
         """Assign only if the manager's load still equals `expected` (compare-and-set)."""
 
@@ -1078,6 +1084,8 @@ class MongoStore:
             update: Doc = {"assignee": assignee, "updated_at": now}
             if team is not None:
                 update["team"] = team
+            if priority is not None:
+                update["priority"] = priority
             result = await self._col("leads").update_one(
                 {"_id": number, "assignee": previous}, {"$set": update}, session=session
             )

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import functools
 import json
 import sqlite3
 import urllib.parse
@@ -55,6 +57,9 @@ from storage.base import (
 )
 
 SCHEMA_VERSION = 1
+
+#: Shortest time between two group commits while writes keep coming (seconds).
+COMMIT_EVERY = 0.002
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -162,6 +167,52 @@ CREATE INDEX IF NOT EXISTS leads_escalate_pending ON leads (escalate_pending_at)
 CREATE INDEX IF NOT EXISTS leads_unassigned ON leads (number) WHERE assignee IS NULL AND status IN
     ('new', 'open', 'waiting_customer');
 """
+
+
+#: Per-manager active load, kept by triggers in the same write as any change to a lead's
+#: assignee, status or priority, so the router's load read and its compare-and-set cost O(1)
+#: instead of a SUM over the team's active leads (which grows with every open lead).
+_LOAD_TABLE = """
+CREATE TABLE IF NOT EXISTS assignee_load (
+    assignee TEXT PRIMARY KEY, n INTEGER NOT NULL, w INTEGER NOT NULL
+)
+"""
+_LOAD_ACTIVE = "(" + ",".join(sorted(f"'{s.value}'" for s in ACTIVE_STATUSES)) + ")"
+_LOAD_TRIGGERS = f"""
+CREATE TRIGGER IF NOT EXISTS leads_load_insert AFTER INSERT ON leads
+WHEN new.assignee IS NOT NULL AND new.status IN {_LOAD_ACTIVE}
+BEGIN
+    INSERT INTO assignee_load (assignee, n, w) VALUES (new.assignee, 1, 1 + MAX(new.priority, 0))
+    ON CONFLICT (assignee) DO UPDATE SET n = n + 1, w = w + excluded.w;
+END;
+CREATE TRIGGER IF NOT EXISTS leads_load_delete AFTER DELETE ON leads
+WHEN old.assignee IS NOT NULL AND old.status IN {_LOAD_ACTIVE}
+BEGIN
+    UPDATE assignee_load SET n = n - 1, w = w - (1 + MAX(old.priority, 0)) WHERE assignee = old.assignee;
+END;
+CREATE TRIGGER IF NOT EXISTS leads_load_update AFTER UPDATE OF assignee, status, priority ON leads
+WHEN old.assignee IS NOT new.assignee OR old.status IS NOT new.status OR old.priority IS NOT new.priority
+BEGIN
+    UPDATE assignee_load SET n = n - 1, w = w - (1 + MAX(old.priority, 0))
+    WHERE assignee = old.assignee AND old.status IN {_LOAD_ACTIVE};
+    INSERT INTO assignee_load (assignee, n, w)
+    SELECT new.assignee, 1, 1 + MAX(new.priority, 0)
+    WHERE new.assignee IS NOT NULL AND new.status IN {_LOAD_ACTIVE}
+    ON CONFLICT (assignee) DO UPDATE SET n = n + 1, w = w + excluded.w;
+END;
+"""
+
+
+class _Deferred:
+    """Commit waits of one `deferred_commit` block, awaited when the block ends."""
+
+    def __init__(self, store: SqliteStore) -> None:
+        self.store = store
+        self.waiters: list[asyncio.Future[None]] = []
+        self.open = True
+
+
+_DEFERRED: contextvars.ContextVar[_Deferred | None] = contextvars.ContextVar("sqlite_deferred", default=None)
 
 
 def _ts(value: datetime | None) -> float | None:
@@ -332,6 +383,13 @@ def _local_days(start: datetime, end: datetime, zone_name: str) -> list[Any]:
     return flat
 
 
+_INSERT_MESSAGE = (
+    "INSERT INTO messages (id, lead_number, direction, channel, author, text, html, attachments, "
+    "external_id, refs, delivery, created_at, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+    "(SELECT COALESCE(MAX(seq), 0) + 1 FROM messages WHERE lead_number = ?)) "
+    "ON CONFLICT (channel, external_id) DO NOTHING"
+)
+
 _ACTIVE = tuple(s.value for s in ACTIVE_STATUSES)
 _ACTIVE_SQL = "(" + ",".join(f"'{s}'" for s in sorted(_ACTIVE)) + ")"
 
@@ -374,16 +432,7 @@ class _PendingCommit:
     def run(self, conn: sqlite3.Connection, store: SqliteStore) -> None:
         # In the database thread, before the next unit's BEGIN/SAVEPOINT.
         self.attempted = True
-        try:
-            conn.execute("COMMIT")
-            store._last_commit = monotonic()
-        except sqlite3.Error as exc:
-            self.error = StoreError(f"SQLite {store.path}: commit failed: {exc}")
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-        finally:
-            store._in_txn = False
-            store._savepoint_open = False
+        self.error = store._commit_in_thread(conn)
 
     def report(self, store: SqliteStore) -> None:
         # Back in the event loop: tell the waiters, or hand them back if no COMMIT ran.
@@ -424,14 +473,7 @@ class _UnitDb:
         if not self._started:
             if commit is not None:
                 commit.run(conn, store)
-            if not store._in_txn:
-                conn.execute("BEGIN IMMEDIATE")
-                store._in_txn = True
-            if store._savepoint_open:
-                conn.execute("RELEASE unit")
-                store._savepoint_open = False
-            conn.execute("SAVEPOINT unit")
-            store._savepoint_open = True
+            store._begin_unit_in_thread(conn)
             self._started = True
         cursor = conn.executemany(sql, params) if many else conn.execute(sql, params)
         try:
@@ -443,7 +485,7 @@ class _UnitDb:
     async def _run(self, sql: str, params: Any, many: bool) -> _Result:
         commit = None
         store = self._store
-        if not self._started and store._commit_waiters and store._in_txn and not store._txn_lost:
+        if not self._started and store._commit_waiters:
             # Units that finished before this one still wait for their COMMIT: it rides along
             # with this unit's first statement (no extra hop, and no wait for the flush task
             # at the back of the queue). Waiters are told once the hop is back.
@@ -480,21 +522,8 @@ class _UnitDb:
         def undo() -> None:
             # Decided here, in the database thread: a statement whose caller was cancelled
             # still runs (aiosqlite's queue is FIFO), and this undo runs after it.
-            if not self._started:
-                return
-            conn: sqlite3.Connection = self._db._conn
-            store = self._store
-            store._savepoint_open = False
-            try:
-                conn.execute("ROLLBACK TO unit")
-                conn.execute("RELEASE unit")
-            except sqlite3.Error:
-                if conn.in_transaction:
-                    raise
-                # SQLite rolled the whole transaction back (I/O error, disk full): the other
-                # units waiting for this commit lost their work too, and must hear so.
-                store._in_txn = False
-                store._txn_lost = True
+            if self._started:
+                self._store._undo_unit_in_thread(self._db._conn)
 
         await _in_thread(self._db, undo)
 
@@ -580,15 +609,33 @@ class SqliteStore:
         for statement in _SLA_INDEXES.split(";"):
             if statement.strip():
                 await self._db.execute(statement)
+        async with self._db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'assignee_load'"
+        ) as cursor:
+            had_loads = await cursor.fetchone() is not None
+        await self._db.execute(_LOAD_TABLE)
+        if not had_loads:
+            # A file from before the counters: count once, in the same transaction that
+            # creates the triggers, so no write slips between the count and the triggers.
+            await self._db.execute(
+                f"INSERT INTO assignee_load (assignee, n, w) SELECT assignee, COUNT(*), "
+                f"SUM(1 + MAX(priority, 0)) FROM leads WHERE assignee IS NOT NULL AND status IN "
+                f"{_LOAD_ACTIVE} GROUP BY assignee"
+            )
+        for statement in _LOAD_TRIGGERS.split("END;"):
+            if statement.strip():
+                await self._db.execute(statement + "END;")
         await sqlite_kpi.create_rollups(self._db)
 
     async def close(self) -> None:
         if self._db is None:
             return
         async with self._lock:
-            if self._in_txn:
-                await self._db.execute("COMMIT")
-                self._in_txn = False
+            waiters, self._commit_waiters = self._commit_waiters, []
+            error = await _in_thread(self._db, self._commit_in_thread, self._db._conn)
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None) if error is None else waiter.set_exception(error)
         await self._db.close()
         self._db = None
 
@@ -653,7 +700,31 @@ class SqliteStore:
                 await self._commit_locked()
         finally:
             self._lock.release()
+        deferred = _DEFERRED.get()
+        if deferred is not None and deferred.open and deferred.store is self:
+            deferred.waiters.append(waiter)  # awaited when the deferred_commit block ends
+            return
         await waiter
+
+    @contextlib.asynccontextmanager
+    async def deferred_commit(self) -> AsyncIterator[None]:
+        """Writes in the block return once applied (this process reads them at once); the
+        block's end waits until every one of them is committed (a nested block's end, for its own)."""
+        deferred = _Deferred(self)
+        token = _DEFERRED.set(deferred)
+        try:
+            yield
+        except BaseException:
+            deferred.open = False
+            for waiter in deferred.waiters:
+                # The block failed anyway; a commit error now must not go unretrieved.
+                waiter.add_done_callback(lambda f: f.cancelled() or f.exception())
+            raise
+        finally:
+            _DEFERRED.reset(token)
+        deferred.open = False
+        for waiter in deferred.waiters:
+            await waiter
 
     def _join_commit(self) -> asyncio.Future[None]:
         loop = asyncio.get_running_loop()
@@ -666,34 +737,111 @@ class SqliteStore:
         if not self._commit_scheduled:
             self._commit_scheduled = True
             # call_soon lets every unit that is ready in this loop turn join the same commit.
-            asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self._flush()))
+            # Under load, commits are paced (at most one per COMMIT_EVERY): each COMMIT writes
+            # every page its transaction dirtied to the WAL, and a lead dirties the same few
+            # index pages as its neighbours, so fewer, larger commits cost far less.
+            loop = asyncio.get_running_loop()
+            wait = self._last_commit + COMMIT_EVERY - monotonic()
+            if wait > 0:
+                loop.call_later(wait, lambda: asyncio.ensure_future(self._flush()))
+            else:
+                loop.call_soon(lambda: asyncio.ensure_future(self._flush()))
 
     async def _flush(self) -> None:
         async with self._lock:
             self._commit_scheduled = False
             await self._commit_locked()
 
-    async def _commit_locked(self) -> None:
-        """COMMIT (the store's lock held) and tell every waiting unit how it went."""
-        waiters, self._commit_waiters = self._commit_waiters, []
-        if not waiters:
-            return
-        error: BaseException | None = None
+    # The transaction flags (_in_txn, _savepoint_open, _txn_lost) are read and written only in
+    # the database thread: single-hop units run there while the event loop goes on.
+    def _begin_unit_in_thread(self, conn: sqlite3.Connection) -> None:
+        if not self._in_txn:
+            conn.execute("BEGIN IMMEDIATE")
+            self._in_txn = True
+        if self._savepoint_open:
+            conn.execute("RELEASE unit")
+            self._savepoint_open = False
+        conn.execute("SAVEPOINT unit")
+        self._savepoint_open = True
+
+    def _undo_unit_in_thread(self, conn: sqlite3.Connection) -> None:
+        self._savepoint_open = False
+        try:
+            conn.execute("ROLLBACK TO unit")
+            conn.execute("RELEASE unit")
+        except sqlite3.Error:
+            if conn.in_transaction:
+                raise
+            # SQLite rolled the whole transaction back (I/O error, disk full): the other
+            # units waiting for this commit lost their work too, and must hear so.
+            self._in_txn = False
+            self._txn_lost = True
+
+    def _commit_in_thread(self, conn: sqlite3.Connection) -> StoreError | None:
+        error: StoreError | None = None
         if self._txn_lost:
             self._txn_lost = False
             error = StoreError(f"SQLite {self.path}: the transaction was rolled back after an error")
         try:
             if self._in_txn:
-                # COMMIT also releases the last unit's savepoint (see _UnitDb).
-                await self._conn.execute("COMMIT")
+                # COMMIT also releases the last unit's savepoint.
+                conn.execute("COMMIT")
                 self._last_commit = monotonic()
         except sqlite3.Error as exc:
             error = StoreError(f"SQLite {self.path}: commit failed: {exc}")
             with contextlib.suppress(sqlite3.Error):
-                await self._conn.execute("ROLLBACK")
+                conn.execute("ROLLBACK")
         finally:
             self._in_txn = False
             self._savepoint_open = False
+        return error
+
+    def _unit_in_thread(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        conn: sqlite3.Connection = self._conn._conn
+        self._begin_unit_in_thread(conn)
+        try:
+            return fn(conn)
+        except BaseException:
+            self._undo_unit_in_thread(conn)
+            raise
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Run `fn(conn)` as one all-or-nothing unit in ONE hop to the database thread, then
+        wait for its commit (or leave that to the enclosing `deferred_commit` block).
+
+        The store's lock is held only while the job is queued: aiosqlite's queue is FIFO, so
+        the job runs after any multi-hop unit queued before it and before any queued after.
+        Units therefore pipeline instead of each holding the lock for a round trip. The job
+        runs whole even if the caller is cancelled (all or nothing, decided in that thread).
+        """
+        db = self._conn
+        async with self._lock:
+            loop = asyncio.get_running_loop()
+            done: asyncio.Future[_T] = loop.create_future()
+            # aiosqlite's own queue (what Connection._execute does), filled synchronously here
+            # so no other unit can slip in between the lock and the queue.
+            db._tx.put_nowait((done, functools.partial(self._unit_in_thread, fn)))
+        try:
+            result = await done
+        except sqlite3.IntegrityError:
+            raise  # a unique key: the caller decides whether that is idempotency
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite {self.path}: write failed: {exc}") from exc
+        waiter = self._join_commit()
+        deferred = _DEFERRED.get()
+        if deferred is not None and deferred.open and deferred.store is self:
+            deferred.waiters.append(waiter)
+        else:
+            await waiter
+        return result
+
+    async def _commit_locked(self) -> None:
+        """COMMIT (the store's lock held) and tell every waiting unit how it went."""
+        waiters, self._commit_waiters = self._commit_waiters, []
+        if not waiters:
+            return
+        db = self._conn
+        error = await _in_thread(db, self._commit_in_thread, db._conn)
         for waiter in waiters:
             if waiter.done():
                 continue
@@ -725,32 +873,33 @@ class SqliteStore:
         lease_seconds: float = 0.0,
     ) -> tuple[InboxItem, bool]:
         claimed_until = received_at.timestamp() + lease_seconds if holder else None
-        async with self._unit() as db:
-            cursor = await db.execute(
+        params = (
+            channel,
+            external_id,
+            payload,
+            json.dumps(meta or {}, ensure_ascii=False),
+            received_at.timestamp(),
+            holder,
+            claimed_until,
+        )
+
+        def put(conn: sqlite3.Connection) -> tuple[sqlite3.Row, bool]:
+            row = conn.execute(
                 "INSERT INTO inbox (channel, external_id, payload, meta, received_at, claimed_by, "
                 "claimed_until) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (channel, external_id) "
                 "DO NOTHING RETURNING *",
-                (
-                    channel,
-                    external_id,
-                    payload,
-                    json.dumps(meta or {}, ensure_ascii=False),
-                    received_at.timestamp(),
-                    holder,
-                    claimed_until,
-                ),
-            )
-            row = await cursor.fetchone()
-            await cursor.close()
+                params,
+            ).fetchone()
             if row is not None:
-                return _inbox(row), True
-            cursor = await db.execute(
+                return row, True
+            existing = conn.execute(
                 "SELECT * FROM inbox WHERE channel = ? AND external_id = ?", (channel, external_id)
-            )
-            existing = await cursor.fetchone()
-            await cursor.close()
-        assert existing is not None
-        return _inbox(existing), False
+            ).fetchone()
+            assert existing is not None
+            return existing, False
+
+        row, created = await self._write(put)
+        return _inbox(row), created
 
     async def inbox_claim(
         self, holder: str, now: datetime, lease_seconds: float, limit: int
@@ -771,12 +920,13 @@ class SqliteStore:
         return _inbox(row) if row else None
 
     async def inbox_done(self, item_id: int, lead_number: int | None) -> None:
-        async with self._unit() as db:
-            await db.execute(
+        await self._write(
+            lambda conn: conn.execute(
                 "UPDATE inbox SET status = 'done', lead_number = ?, claimed_by = NULL, "
                 "claimed_until = NULL WHERE id = ?",
                 (lead_number, item_id),
-            )
+            ).close()
+        )
 
     async def inbox_quarantine(self, item_id: int, reason: str) -> None:
         async with self._unit() as db:
@@ -832,22 +982,26 @@ class SqliteStore:
         return await self._load_contact(contact_id)
 
     async def create_contact(self, contact: Contact) -> Contact:
+        row = (
+            contact.id,
+            contact.name,
+            contact.language,
+            json.dumps(contact.tags, ensure_ascii=False),
+            contact.created_at.timestamp(),
+        )
+        identities = [(i.kind.value, i.value, contact.id, i.display_name) for i in contact.identities]
+
+        def insert(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO contacts (id, name, language, tags, created_at) VALUES (?, ?, ?, ?, ?)", row
+            ).close()
+            conn.executemany(
+                "INSERT INTO identities (kind, value, contact_id, display_name) VALUES (?, ?, ?, ?)",
+                identities,
+            ).close()
+
         try:
-            async with self._unit() as db:
-                await db.execute(
-                    "INSERT INTO contacts (id, name, language, tags, created_at) VALUES (?, ?, ?, ?, ?)",
-                    (
-                        contact.id,
-                        contact.name,
-                        contact.language,
-                        json.dumps(contact.tags, ensure_ascii=False),
-                        contact.created_at.timestamp(),
-                    ),
-                )
-                await db.executemany(
-                    "INSERT INTO identities (kind, value, contact_id, display_name) VALUES (?, ?, ?, ?)",
-                    [(i.kind.value, i.value, contact.id, i.display_name) for i in contact.identities],
-                )
+            await self._write(insert)
         except sqlite3.IntegrityError as exc:
             raise DuplicateError(f"contact {contact.id}: an identity is already taken: {exc}") from exc
         return contact
@@ -881,12 +1035,11 @@ class SqliteStore:
 
     # --- leads ----------------------------------------------------------------------------
     async def next_lead_number(self) -> int:
-        async with self._unit() as db:
-            cursor = await db.execute(
+        row = await self._write(
+            lambda conn: conn.execute(
                 "UPDATE counters SET value = value + 1 WHERE name = 'lead' RETURNING value"
-            )
-            row = await cursor.fetchone()
-            await cursor.close()
+            ).fetchone()
+        )
         assert row is not None
         return int(row[0])
 
@@ -929,25 +1082,29 @@ class SqliteStore:
             _ts(lead.resolution_due) if running else None,
             _ts(lead.resolution_warn_due) if running else None,
         )
+
+        def insert(conn: sqlite3.Connection) -> sqlite3.Row | None:
+            cursor = conn.execute(
+                f"INSERT INTO leads ({_LEAD_COLUMNS}, breach_pending_at, warn_pending_at, "
+                f"res_breach_pending_at, res_warn_pending_at) "
+                f"VALUES ({','.join('?' * len(values))}) ON CONFLICT (channel, origin_external_id) DO NOTHING",
+                values,
+            )
+            inserted = cursor.rowcount
+            cursor.close()
+            if inserted:
+                return None
+            row: sqlite3.Row | None = conn.execute(
+                f"SELECT {_LEAD_COLUMNS} FROM leads WHERE channel = ? AND origin_external_id = ?",
+                (lead.channel, lead.origin_external_id),
+            ).fetchone()
+            assert row is not None
+            return row
+
         try:
-            async with self._unit() as db:
-                cursor = await db.execute(
-                    f"INSERT INTO leads ({_LEAD_COLUMNS}, breach_pending_at, warn_pending_at, "
-                    f"res_breach_pending_at, res_warn_pending_at) "
-                    f"VALUES ({','.join('?' * len(values))}) ON CONFLICT (channel, origin_external_id) DO NOTHING",
-                    values,
-                )
-                inserted = cursor.rowcount
-                await cursor.close()
-                if not inserted:
-                    cursor = await db.execute(
-                        f"SELECT {_LEAD_COLUMNS} FROM leads WHERE channel = ? AND origin_external_id = ?",
-                        (lead.channel, lead.origin_external_id),
-                    )
-                    row = await cursor.fetchone()
-                    await cursor.close()
-                    assert row is not None
-                    return _lead(row), False
+            existing = await self._write(insert)
+            if existing is not None:
+                return _lead(existing), False
         except sqlite3.IntegrityError as exc:
             # ON CONFLICT names only the origin key: a taken number still raises here.
             raise DuplicateError(f"lead number {lead.number} is already taken: {exc}") from exc
@@ -1053,19 +1210,20 @@ class SqliteStore:
             put("warned_at", None)
             put("warn_pending_at", _ts(changes.warn_due))
         put("updated_at", now_ts)
-        async with self._unit() as db:
+
+        def update(conn: sqlite3.Connection) -> sqlite3.Row | None:
             if changes.extra:
                 # Read inside the unit: a read before it could lose another writer's keys.
-                cursor = await db.execute("SELECT extra FROM leads WHERE number = ?", (number,))
-                row = await cursor.fetchone()
-                await cursor.close()
+                row = conn.execute("SELECT extra FROM leads WHERE number = ?", (number,)).fetchone()
                 merged = {**(json.loads(row["extra"]) if row else {}), **changes.extra}
                 put("extra", json.dumps(merged, ensure_ascii=False))
-            params.append(number)
-            await db.execute(f"UPDATE leads SET {', '.join(sets)} WHERE number = ?", params)
-            cursor = await db.execute(f"SELECT {_LEAD_COLUMNS} FROM leads WHERE number = ?", (number,))
-            row = await cursor.fetchone()
-            await cursor.close()
+            conn.execute(f"UPDATE leads SET {', '.join(sets)} WHERE number = ?", [*params, number]).close()
+            found: sqlite3.Row | None = conn.execute(
+                f"SELECT {_LEAD_COLUMNS} FROM leads WHERE number = ?", (number,)
+            ).fetchone()
+            return found
+
+        row = await self._write(update)
         return _lead(row) if row else None
 
     async def list_leads(self, query: LeadQuery, limit: int, cursor: str | None = None) -> Page[Lead]:
@@ -1251,9 +1409,7 @@ class SqliteStore:
         if not manager_ids:
             return loads
         rows = await self._read(
-            f"SELECT assignee, COUNT(*) AS n, SUM(1 + MAX(priority, 0)) AS w FROM leads "
-            f"WHERE status IN {_ACTIVE_SQL} AND assignee IN ({','.join('?' * len(manager_ids))}) "
-            "GROUP BY assignee",
+            f"SELECT assignee, n, w FROM assignee_load WHERE assignee IN ({','.join('?' * len(manager_ids))})",
             manager_ids,
         )
         for row in rows:
@@ -1268,28 +1424,28 @@ class SqliteStore:
         expected: tuple[int, int],
         now: datetime,
         previous: str | None = None,
+        priority: int | None = None,
     ) -> bool:
-        async with self._unit() as db:
+
+        def assign(conn: sqlite3.Connection) -> bool:
             # BEGIN IMMEDIATE holds SQLite's write lock: the load read here cannot change before
             # the update below, in this process or any other on the same file.
-            cursor = await db.execute(
-                f"SELECT COUNT(*) AS n, COALESCE(SUM(1 + MAX(priority, 0)), 0) AS w FROM leads "
-                f"WHERE status IN {_ACTIVE_SQL} AND assignee = ?",
+            row = conn.execute(
+                "SELECT COALESCE(MAX(n), 0) AS n, COALESCE(MAX(w), 0) AS w FROM assignee_load WHERE assignee = ?",
                 (assignee,),
-            )
-            row = await cursor.fetchone()
-            await cursor.close()
-            assert row is not None
+            ).fetchone()
             if (int(row["n"]), int(row["w"])) != tuple(expected):
                 return False
-            cursor = await db.execute(
-                "UPDATE leads SET assignee = ?, team = COALESCE(?, team), updated_at = ? "
-                "WHERE number = ? AND assignee IS ?",
-                (assignee, team, now.timestamp(), number, previous),
+            cursor = conn.execute(
+                "UPDATE leads SET assignee = ?, team = COALESCE(?, team), priority = COALESCE(?, priority), "
+                "updated_at = ? WHERE number = ? AND assignee IS ?",
+                (assignee, team, priority, now.timestamp(), number, previous),
             )
             changed = cursor.rowcount
-            await cursor.close()
-        return changed > 0
+            cursor.close()
+            return changed > 0
+
+        return await self._write(assign)
 
     async def oldest_unassigned(self, limit: int) -> list[Lead]:
         rows = await self._read(
@@ -1317,44 +1473,47 @@ class SqliteStore:
 
     # --- messages -------------------------------------------------------------------------
     async def add_message(self, message: Message) -> tuple[Message, bool]:
-        async with self._unit() as db:
-            inserted = await self._insert_message(db, message)
-            if not inserted:
-                cursor = await db.execute(
-                    "SELECT * FROM messages WHERE channel = ? AND external_id = ?",
-                    (message.channel, message.external_id),
-                )
-                row = await cursor.fetchone()
-                await cursor.close()
-                assert row is not None
-                return _message(row), False
-        return message, True
+        params = self._message_params(message)
+
+        def add(conn: sqlite3.Connection) -> sqlite3.Row | None:
+            cursor = conn.execute(_INSERT_MESSAGE, params)
+            inserted = cursor.rowcount > 0
+            cursor.close()
+            if inserted:
+                return None
+            row: sqlite3.Row | None = conn.execute(
+                "SELECT * FROM messages WHERE channel = ? AND external_id = ?",
+                (message.channel, message.external_id),
+            ).fetchone()
+            assert row is not None
+            return row
+
+        existing = await self._write(add)
+        return (message, True) if existing is None else (_message(existing), False)
 
     async def _insert_message(self, db: _UnitDb, message: Message) -> bool:
-        cursor = await db.execute(
-            "INSERT INTO messages (id, lead_number, direction, channel, author, text, html, attachments, "
-            "external_id, refs, delivery, created_at, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
-            "(SELECT COALESCE(MAX(seq), 0) + 1 FROM messages WHERE lead_number = ?)) "
-            "ON CONFLICT (channel, external_id) DO NOTHING",
-            (
-                message.id,
-                message.lead_number,
-                message.direction.value,
-                message.channel,
-                message.author,
-                message.text,
-                message.html,
-                _attachments_json(message.attachments),
-                message.external_id,
-                json.dumps(message.refs, ensure_ascii=False),
-                message.delivery.value if message.delivery else None,
-                message.created_at.timestamp(),
-                message.lead_number,
-            ),
-        )
+        cursor = await db.execute(_INSERT_MESSAGE, self._message_params(message))
         inserted = cursor.rowcount > 0
         await cursor.close()
         return inserted
+
+    @staticmethod
+    def _message_params(message: Message) -> tuple[Any, ...]:
+        return (
+            message.id,
+            message.lead_number,
+            message.direction.value,
+            message.channel,
+            message.author,
+            message.text,
+            message.html,
+            _attachments_json(message.attachments),
+            message.external_id,
+            json.dumps(message.refs, ensure_ascii=False),
+            message.delivery.value if message.delivery else None,
+            message.created_at.timestamp(),
+            message.lead_number,
+        )
 
     async def find_message(self, channel: str, external_id: str) -> Message | None:
         row = await self._read_one(
@@ -1478,19 +1637,22 @@ class SqliteStore:
 
     # --- events, leases, state ------------------------------------------------------------
     async def append_event(self, event: Event) -> Event:
-        async with self._unit() as db:
-            cursor = await db.execute(
-                "INSERT INTO events (lead_number, type, at, data) VALUES (?, ?, ?, ?)",
-                (
-                    event.lead_number,
-                    event.type,
-                    event.at.timestamp(),
-                    json.dumps(event.data, ensure_ascii=False),
-                ),
+        params = (
+            event.lead_number,
+            event.type,
+            event.at.timestamp(),
+            json.dumps(event.data, ensure_ascii=False),
+        )
+
+        def insert(conn: sqlite3.Connection) -> int | None:
+            cursor = conn.execute(
+                "INSERT INTO events (lead_number, type, at, data) VALUES (?, ?, ?, ?)", params
             )
             event_id = cursor.lastrowid
-            await cursor.close()
-        return replace(event, id=event_id)
+            cursor.close()
+            return event_id
+
+        return replace(event, id=await self._write(insert))
 
     async def list_events(
         self, lead_number: int | None = None, types: list[str] | None = None, limit: int = 1000
@@ -1537,14 +1699,13 @@ class SqliteStore:
             )
 
     async def incr_state(self, key: str) -> int:
-        async with self._unit() as db:
-            cursor = await db.execute(
+        row = await self._write(
+            lambda conn: conn.execute(
                 "INSERT INTO kv (key, value) VALUES (?, '1') ON CONFLICT (key) DO UPDATE "
                 "SET value = CAST(CAST(kv.value AS INTEGER) + 1 AS TEXT) RETURNING value",
                 (key,),
-            )
-            row = await cursor.fetchone()
-            await cursor.close()
+            ).fetchone()
+        )
         assert row is not None
         return int(row[0])
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from hub.domain import Lead, LeadKind, LeadStatus
+from hub.domain import Event, Lead, LeadKind, LeadStatus
 from storage.base import LeadChanges, Store
 from tests.contract.conftest import StoreFactory
 
@@ -125,3 +125,49 @@ async def test_escalation_steps_are_claimed_once_and_disarmed_by_a_reply(stores:
     ]
     events = await a.list_events(types=["sla.escalated"])
     assert [(e.lead_number, e.data["target"]) for e in events] == [(1, "next_response")]
+
+
+async def test_load_follows_every_change_of_assignee_status_and_priority(stores: tuple[Store, Store]) -> None:
+    a, b = stores
+    await a.create_lead(lead(1, timedelta(hours=1), assignee="m1", priority=2))  # born assigned
+    await a.create_lead(lead(2, timedelta(hours=1)))
+    assert await b.load_by_assignee(["m1", "m2"]) == {"m1": (1, 3), "m2": (0, 0)}
+    await a.update_lead(1, LeadChanges(priority=0, updated_at=T0))
+    assert await b.load_by_assignee(["m1"]) == {"m1": (1, 1)}
+    await a.update_lead(2, LeadChanges(assignee="m1", priority=1, updated_at=T0))
+    assert await b.load_by_assignee(["m1"]) == {"m1": (2, 3)}
+    await a.update_lead(1, LeadChanges(assignee="m2", updated_at=T0))  # reassigned
+    assert await b.load_by_assignee(["m1", "m2"]) == {"m1": (1, 2), "m2": (1, 1)}
+    await a.update_lead(2, LeadChanges(status=LeadStatus.WAITING_CUSTOMER, updated_at=T0))  # still active
+    await a.update_lead(1, LeadChanges(status=LeadStatus.CLOSED, updated_at=T0))
+    assert await b.load_by_assignee(["m1", "m2"]) == {"m1": (1, 2), "m2": (0, 0)}
+    await a.update_lead(1, LeadChanges(status=LeadStatus.OPEN, updated_at=T0))  # the customer wrote again
+    await a.update_lead(2, LeadChanges(clear_assignee=True, updated_at=T0))
+    assert await b.load_by_assignee(["m1", "m2"]) == {"m1": (0, 0), "m2": (1, 1)}
+    assert not await b.assign_if_load(2, "m2", "support", (0, 0), T0)  # stale
+    assert await b.assign_if_load(2, "m2", "support", (1, 1), T0)
+    assert await a.load_by_assignee(["m2"]) == {"m2": (2, 3)}
+    assert await a.count_active_by_assignee(["m1", "m2"]) == {"m1": 0, "m2": 2}
+
+
+async def test_deferred_commit_returns_writes_at_once_and_ends_durable(stores: tuple[Store, Store]) -> None:
+    a, b = stores
+    async with a.deferred_commit():
+        await a.create_lead(lead(1, timedelta(hours=1)))
+        assert await a.assign_if_load(1, "m1", "support", (0, 0), T0)
+        # This process reads its own writes at once, before they are committed.
+        assert await a.load_by_assignee(["m1"]) == {"m1": (1, 1)}
+        assert not await a.assign_if_load(1, "m2", "support", (0, 0), T0)  # the CAS sees them too
+        async with a.deferred_commit():  # nested: its end waits for its own writes
+            await a.append_event(Event("lead.assigned", T0, 1, {"assignee": "m1"}))
+        assert [e.type for e in await b.list_events(lead_number=1)] == ["lead.assigned"]
+    # The block's end waited for the commit: another process on the database sees everything.
+    assert (await b.get_lead(1)).assignee == "m1"  # type: ignore[union-attr]
+    assert await b.load_by_assignee(["m1"]) == {"m1": (1, 1)}
+    with pytest.raises(RuntimeError):
+        async with a.deferred_commit():
+            await a.create_lead(lead(2, timedelta(hours=1)))
+            raise RuntimeError("the caller failed after writing")
+    assert await a.get_lead(2) is not None  # applied writes stay; the store is still usable
+    await a.set_state("after", 1)
+    assert await b.get_state("after") == 1

@@ -138,11 +138,16 @@ async def test_bounce_attaches_to_its_lead_as_delivery_failure(
     message = await email_hub.store.get_message(reply.id)
     assert message is not None and message.delivery is not None and message.delivery.value == "failed"
     assert len(await leads(email_hub)) == 1  # the bounce opened no lead
-    (done,) = [
-        i
-        for i in await email_hub.store.inbox_list("done")
-        if i.lead_number == lead.number and b"delivery-status" in i.payload
-    ]
+
+    # The inbox row is marked done after the handler's event is written, not with it.
+    async def bounce_done() -> list:  # type: ignore[type-arg]
+        return [
+            i
+            for i in await email_hub.store.inbox_list("done")
+            if i.lead_number == lead.number and b"delivery-status" in i.payload
+        ]
+
+    (done,) = await wait_for(bounce_done, what="the bounce's inbox row marked done")
     assert done.lead_number == lead.number
 
 
