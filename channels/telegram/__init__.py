@@ -86,7 +86,10 @@ class TelegramChannel:
         hub.outbox.register(TelegramSender(self.api, hub.store))
         hub.bus.subscribe("telegram.desk", self.desk.on_event)
         hub.bus.subscribe("telegram.ack", self._on_event)
-        self.alerts = AlertRelay(hub, self.api, self.desk)
+        # One relay per database, like the poller: a dead holder is replaced within one lease.
+        self.alerts = AlertRelay(
+            hub, self.api, self.desk, lease_seconds=settings.poller_lease.total_seconds()
+        )
         hub.bus.subscribe("telegram.alerts", self.alerts.on_event)
         if settings.mode == "webhook":
             assert settings.webhook_secret is not None
