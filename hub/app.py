@@ -55,6 +55,10 @@ def build_channels(settings: Settings) -> list[Channel]:
     channels: list[Channel] = []
     if settings.web.enabled:
         channels.append(WebformChannel())
+    if settings.email.enabled:
+        from channels.email import EmailChannel
+
+        channels.append(EmailChannel(settings.email))
     if settings.telegram.enabled:
         from channels.telegram import TelegramChannel
 

@@ -298,6 +298,12 @@ class ImapSettings(_Section):
     poll_every: Duration = Field(default_factory=lambda: timedelta(seconds=60))
     move_to: str | None = None
     verify_tls: bool = True
+    idle: bool = True  # use IDLE when the server offers it; poll every `poll_every` otherwise
+    timeout: Duration = Field(default_factory=lambda: timedelta(seconds=30))
+    reconnect_max: Duration = Field(default_factory=lambda: timedelta(minutes=5))
+    # aioimaplib parses a received chunk recursively (a frame per line): many tiny messages in one
+    # FETCH can exceed Python's recursion limit, so batches stay small.
+    fetch_batch: int = Field(100, ge=1, le=200)
 
 
 class SmtpSettings(_Section):
@@ -308,6 +314,7 @@ class SmtpSettings(_Section):
     password: SecretStr | None = None  # HUB_SMTP_PASSWORD
     from_: str = Field("Support <support@example.com>", alias="from")
     verify_tls: bool = True
+    timeout: Duration = Field(default_factory=lambda: timedelta(seconds=30))
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -319,6 +326,13 @@ class EmailSettings(_Section):
     max_attachment_bytes: int = Field(10 * 1024 * 1024, ge=0)
     kinds: dict[str, LeadKind] = Field(default_factory=dict)  # recipient/keyword -> kind
     ack: bool = True
+    # Keys of `kinds`: an address (`service@example.com`, or `service@` for any domain), a plus
+    # tag (`+service`), or anything else: a word looked for in the subject.
+    account: str = ""  # names the mailbox in external ids and leases; default username@host
+    attachments_dir: str = "data/attachments"
+    ack_rate_limit: RateLimitSetting = Field(default_factory=lambda: parse_rate_limit("3/d"))
+    workers: int = Field(16, ge=1, le=256)  # messages of different senders processed at once
+    lease_ttl: Duration = Field(default_factory=lambda: timedelta(seconds=60))
 
 
 class TelegramLimits(_Section):

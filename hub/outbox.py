@@ -66,7 +66,11 @@ class OutboxDispatcher:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
+            # Cancel until it takes: a library's wait_for (aiosmtplib's, on Python 3.11) can
+            # swallow one cancellation when it races a completing send, and the loop runs on.
+            while not self._task.done():
+                self._task.cancel()
+                await asyncio.wait({self._task}, timeout=1.0)
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
@@ -82,8 +86,11 @@ class OutboxDispatcher:
             if sent:
                 continue
             self._wake.clear()
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for loses a cancellation that
+            # arrives as the wake event fires, and stop() then waits forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=poll)
+                async with asyncio.timeout(poll):
+                    await self._wake.wait()
 
     async def dispatch_once(self, now: datetime | None = None, limit: int = 50) -> int:
         """Claim and deliver one batch of due rows; returns how many were handled."""

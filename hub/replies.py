@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Collection
 from datetime import datetime
+from typing import Any
 
 from hub.domain import (
     Attachment,
@@ -72,8 +73,14 @@ class Replies:
         attachments: list[Attachment] | None = None,
         source: str = "api",
         external_id: str | None = None,
+        counts_as_response: bool = True,
+        payload_extra: dict[str, Any] | None = None,
     ) -> Message:
-        """Record a public reply and queue its delivery; the first one stops the first-response clock."""
+        """Record a public reply and queue its delivery; the first one stops the first-response clock.
+
+        `counts_as_response=False` is for automatic messages (an email acknowledgement): they are
+        delivered like replies but neither stop the clock nor change the lead's status.
+        """
         now = now or utcnow()
         text = text.strip()
         if not text and not attachments:
@@ -110,7 +117,7 @@ class Replies:
                 message_id=message.id,
                 lead_number=lead.number,
                 channel=channel,
-                payload={"text": text, "html": html, "author": author},
+                payload={"text": text, "html": html, "author": author, **(payload_extra or {})},
                 created_at=now,
                 next_attempt_at=now,
             )
@@ -124,14 +131,18 @@ class Replies:
             if key is not None and (known := await self._store.find_message(message.channel, key)):
                 return known
             raise
-        changes = LeadChanges(
-            first_response_at=now if lead.first_response_at is None else None,
-            status=LeadStatus.WAITING_CUSTOMER if lead.is_active else None,
-            # A public reply answers the response owed; waiting for the customer pauses resolution.
-            clear_sla=lead.is_active,
-            pause_sla=lead.is_active,
-            updated_at=now,
-        )
+        if not counts_as_response:
+            # An automatic message (an email acknowledgement) owes nothing and answers nothing.
+            changes = LeadChanges(updated_at=now)
+        else:
+            changes = LeadChanges(
+                first_response_at=now if lead.first_response_at is None else None,
+                status=LeadStatus.WAITING_CUSTOMER if lead.is_active else None,
+                # A public reply answers the response owed; waiting for the customer pauses resolution.
+                clear_sla=lead.is_active,
+                pause_sla=lead.is_active,
+                updated_at=now,
+            )
         lead = await self._store.update_lead(lead.number, changes) or lead
         events = [
             Event(

@@ -1,0 +1,176 @@
+"""Email ingest benchmark: N messages pre-loaded into a private Dovecot, time until all are leads.
+
+    python -m bench.email_ingest [--n 5000] [--ack] [--workers 16] [--batch 200]
+
+Prints messages per second (target: 500/s on SQLite on the 2-core machine). Needs Debian's
+dovecot-imapd; everything runs on 127.0.0.1 in a throwaway directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiosqlite
+
+from hub.app import Hub
+from hub.config import Settings, settings_from_dict
+from tests.email.helpers import make_mail
+from tests.support.dovecot import DovecotServer, ImapClient, dovecot_available
+
+
+async def _preload(server: DovecotServer, mailbox: str, n: int, connections: int = 4) -> None:
+    async with ImapClient(server.account) as client:
+        await client.create(mailbox)
+
+    async def load(part: int) -> None:
+        async with ImapClient(server.account) as client:
+            for i in range(part, n, connections):
+                raw, _ = make_mail(
+                    sender=f"Customer {i} <customer{i}@example.com>",
+                    subject=f"Order {i}: where is it?",
+                    text=f"Hello,\n\nmy order {i} has not arrived yet. Could you check?\n\nThanks,\nCustomer {i}",
+                )
+                await client.append(raw, mailbox)
+
+    await asyncio.gather(*(load(p) for p in range(connections)))
+
+
+async def _count(db: Path) -> int:
+    async with (
+        aiosqlite.connect(db) as conn,
+        conn.execute("SELECT COUNT(*) FROM messages WHERE channel = 'email'") as cursor,
+    ):
+        row = await cursor.fetchone()
+    return int(row[0]) if row else 0
+
+
+async def _fetch_and_parse_only(settings: Settings, n: int) -> None:
+    """The channel's own share: IMAP FETCH plus MIME parsing, with no store behind it."""
+    from datetime import UTC, datetime
+
+    from channels.email.imap import Fetched, ImapPoller, MailboxPosition
+    from channels.email.parse import parse_email
+    from storage.sqlite import SqliteStore
+
+    work = Path(tempfile.mkdtemp(prefix="hub-bench-fetch-"))
+    store = SqliteStore(work / "state.db")
+    await store.open()
+    parsed = 0
+
+    async def sink(batch: list[Fetched], position: MailboxPosition) -> None:
+        nonlocal parsed
+        for fetched in batch:
+            parse_email(fetched.raw)
+            parsed += 1
+
+    poller = ImapPoller(settings.email, store, "bench", sink, lambda: datetime.now(UTC))
+    poller._imap = settings.email.imap.model_copy(update={"move_to": None})
+    try:
+        client = await poller._connect()
+        uidvalidity = await poller._select(client)
+        t0 = time.perf_counter()
+        # EXAMINE-like: pretend first sight, but never flag anything (the real run needs them unseen).
+        poller._acknowledge = _no_ack  # type: ignore[method-assign]
+        await poller.sync(client, uidvalidity)
+        elapsed = time.perf_counter() - t0
+        await poller._close()
+    finally:
+        await store.close()
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"fetch+parse only: {parsed} messages in {elapsed:.2f}s = {parsed / elapsed:.0f} messages/s")
+
+
+async def _no_ack(client: object, uids: list[int]) -> None:
+    return None
+
+
+async def run(n: int, ack: bool, workers: int, batch: int) -> float:
+    if not dovecot_available():
+        print("bench/email_ingest: Debian's dovecot-imapd is not installed", file=sys.stderr)
+        raise SystemExit(2)
+    work = Path(tempfile.mkdtemp(prefix="hub-bench-email-"))
+    server = DovecotServer()
+    server.start()
+    try:
+        mailbox = "Bench"
+        started = time.perf_counter()
+        await _preload(server, mailbox, n)
+        print(f"pre-loaded {n} messages into Dovecot in {time.perf_counter() - started:.1f}s")
+        account = server.account
+        settings = settings_from_dict(
+            {
+                "storage": {"url": f"sqlite:///{work / 'hub.db'}"},
+                "web": {"enabled": False},
+                # A realistic small team, so routing does its real work for every lead.
+                "managers": [
+                    {"id": "olena", "name": "Olena", "role": "lead", "teams": ["support"], "capacity": n},
+                    {"id": "taras", "name": "Taras", "role": "agent", "teams": ["support"], "capacity": n},
+                ],
+                "teams": {"support": {"strategy": "least_loaded"}},
+                "routing": {"default_team": "support"},
+                "email": {
+                    "enabled": True,
+                    "ack": ack,
+                    "workers": workers,
+                    "attachments_dir": str(work / "attachments"),
+                    "imap": {
+                        "host": account.host,
+                        "port": account.port,
+                        "security": "plain",
+                        "username": account.username,
+                        "password": account.password,
+                        "mailbox": mailbox,
+                        "fetch_batch": batch,
+                    },
+                    "smtp": {"host": "127.0.0.1", "port": 9, "security": "plain"},
+                },
+                "log_level": "WARNING",
+            },
+            env={},
+        )
+        await _fetch_and_parse_only(settings, n)
+        hub = Hub(settings)
+        t0 = time.perf_counter()
+        await hub.start()
+        try:
+            db = work / "hub.db"
+            deadline = t0 + max(120.0, n / 20)
+            while (stored := await _count(db)) < n:
+                if time.perf_counter() > deadline:
+                    raise TimeoutError(f"only {stored}/{n} messages stored")
+                await asyncio.sleep(0.05)
+            elapsed = time.perf_counter() - t0
+        finally:
+            await hub.stop()
+        rate = n / elapsed
+        print(f"email ingest: {n} messages -> {n} leads in {elapsed:.2f}s = {rate:.0f} messages/s (SQLite)")
+        return rate
+    finally:
+        server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--n", type=int, default=5000, help="messages to pre-load (default 5000)")
+    parser.add_argument(
+        "--ack", action="store_true", help="also queue acknowledgements (SMTP is not reached)"
+    )
+    parser.add_argument("--workers", type=int, default=64, help="senders processed at once")
+    parser.add_argument("--batch", type=int, default=100, help="UIDs per FETCH (at most 200)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    asyncio.run(run(args.n, args.ack, args.workers, args.batch))
+
+
+if __name__ == "__main__":
+    main()

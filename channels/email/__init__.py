@@ -1,0 +1,75 @@
+"""The email channel: IMAP in (one leased poller per mailbox), SMTP out through the outbox.
+
+Parts: `imap.py` receives, `ingest.py` stores raw first and drives intake, bounces and
+acknowledgements, `parse.py`/`decode.py` turn MIME into an `Inbound`, `smtp.py` sends,
+`attachments.py` keeps attachment files by content hash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING
+
+from hub.config import EmailSettings
+
+from .attachments import AttachmentStore
+from .decode import CHANNEL, EmailDecoder
+from .imap import ImapPoller
+from .ingest import EmailIngest
+from .smtp import SmtpSender
+
+if TYPE_CHECKING:
+    from hub.app import Hub
+
+log = logging.getLogger(__name__)
+
+__all__ = ["EmailChannel"]
+
+STOP_GRACE_SECONDS = 10.0
+
+
+class EmailChannel:
+    """Registers the decoder and the SMTP sender; `start` runs the IMAP poller."""
+
+    name = CHANNEL
+
+    def __init__(self, settings: EmailSettings) -> None:
+        self.settings = settings
+        self.decoder = EmailDecoder(settings)
+        self.attachments = AttachmentStore(settings.attachments_dir)
+        self.poller: ImapPoller | None = None
+        self.ingest: EmailIngest | None = None
+        self._hub: Hub | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def attach(self, hub: Hub) -> None:
+        """Register the decoder and sender; build the poller (started by `start`)."""
+        self._hub = hub
+        hub.inbox.register(CHANNEL, self.decoder)
+        hub.outbox.register(SmtpSender(self.settings, hub.store))
+        self.ingest = EmailIngest(hub, self.decoder, self.attachments)
+        hub.bus.subscribe("email.replayed-bounces", self.ingest.on_quarantined)
+        self.poller = ImapPoller(self.settings, hub.store, hub.instance_id, self.ingest, hub.now)
+
+    async def start(self) -> None:
+        """Start polling the mailbox (where this process holds its lease)."""
+        if self.poller is not None and self._task is None:
+            self._task = asyncio.create_task(self.poller.run(), name=f"email-imap-{self.poller.mailbox}")
+
+    async def stop(self) -> None:
+        """Stop polling; messages not yet acknowledged upstream are fetched again next time."""
+        if self._task is not None:
+            if self.poller is not None and not self.poller.sink_idle.is_set():
+                # A batch is being written: let it finish (bounded) rather than cut a write short.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(STOP_GRACE_SECONDS):
+                        await self.poller.sink_idle.wait()
+            # Cancel until it takes: aioimaplib's wait_for (Python 3.11) can swallow one cancellation.
+            while not self._task.done():
+                self._task.cancel()
+                await asyncio.wait({self._task}, timeout=1.0)
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None

@@ -1,0 +1,469 @@
+"""IMAP receiving: one poller per mailbox, run where the store lease for that mailbox is held.
+
+The loop: connect (SSL, STARTTLS or plain), log in, select the mailbox, then fetch by UID
+above the last UID handled. IDLE (RFC 2177) wakes it when the server offers it; otherwise it
+polls every `poll_every`. A dropped connection reconnects with jittered exponential backoff.
+
+UIDVALIDITY (RFC 3501 2.3.1.1) is kept per mailbox: when it changes, every UID we remember is
+meaningless, so the whole mailbox is re-synced and messages already taken are recognised by
+the hash of their bytes (see `ingest.py`).
+
+A batch is handed to the sink, which writes it to the inbox; only then is it flagged \\Seen
+(or moved) and the last UID advanced. A crash in between means a redelivery, which the
+idempotent inbox and intake absorb.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import re
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from aioimaplib import aioimaplib
+
+from hub.config import EmailSettings
+from storage.base import Store, StoreError
+
+log = logging.getLogger(__name__)
+
+_UIDVALIDITY = re.compile(rb"UIDVALIDITY (\d+)")
+_FETCH_UID = re.compile(rb"UID (\d+)")
+_LITERAL = re.compile(rb"\{(\d+)\}$")
+
+
+class _Protocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]
+    """aioimaplib's protocol, but an unsolicited BYE (RFC 3501 7.1.5) ends the connection.
+
+    aioimaplib only logs it and lets the running command wait for its timeout; Dovecot sends
+    one when the selected mailbox is deleted or rebuilt under us.
+    """
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        # aioimaplib leaves commands waiting for their timeout on a dead connection: fail them
+        # now, so the poller notices at the next IMAP call (never in the middle of a store write).
+        pending = [self.pending_sync_command, *self.pending_async_commands.values()]
+        for command in pending:
+            if command is not None:
+                command._exception = aioimaplib.Abort(f"connection closed during {command.name}")
+                command.close(b"connection closed", "NO")
+        super().connection_lost(exc)
+
+    async def execute(self, command: Any, scrub: str | None = None) -> Any:
+        if self.transport is None or self.transport.is_closing():
+            raise aioimaplib.Abort(f"connection closed before {command.name}")
+        return await super().execute(command, scrub)
+
+    def _untagged_response(self, line: bytes) -> Any:
+        pending = self.pending_sync_command
+        logging_out = pending is not None and pending.name == "LOGOUT"
+        if line.startswith(b"* BYE") and not logging_out and self.transport is not None:
+            self.transport.close()
+        return super()._untagged_response(line)
+
+
+class _Client(aioimaplib.IMAP4):  # type: ignore[misc]
+    def create_client(
+        self,
+        host: str,
+        port: int,
+        loop: asyncio.AbstractEventLoop | None,
+        conn_lost_cb: Callable[[Exception | None], None] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        local_loop = loop if loop is not None else asyncio.get_running_loop()
+        self.protocol = _Protocol(local_loop, conn_lost_cb)
+        self._client_task = local_loop.create_task(
+            local_loop.create_connection(lambda: self.protocol, host, port, ssl=ssl_context)
+        )
+
+
+class ImapError(Exception):
+    """The IMAP server refused something; the session reconnects after a backoff."""
+
+
+class LeaseLost(Exception):
+    """Another process took the mailbox's lease; stop polling until we can take it back."""
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    uid: int
+    raw: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxPosition:
+    account: str
+    mailbox: str
+    uidvalidity: int
+    resync: bool  # UIDVALIDITY changed: messages must be recognised by content
+
+
+Sink = Callable[[list[Fetched], MailboxPosition], Awaitable[None]]
+
+
+def parse_fetch(lines: list[Any]) -> list[Fetched]:
+    """(UID, raw bytes) pairs from an aioimaplib FETCH response."""
+    found: list[Fetched] = []
+    pending_uid: int | None = None
+    expecting_literal = False
+    waiting_uid_for: bytes | None = None
+    for line in lines:
+        if isinstance(line, bytearray) and expecting_literal:
+            data = bytes(line)
+            expecting_literal = False
+            if pending_uid is not None:
+                found.append(Fetched(pending_uid, data))
+                pending_uid = None
+            else:
+                waiting_uid_for = data
+            continue
+        if not isinstance(line, bytes | bytearray):
+            continue
+        line = bytes(line)
+        uid_match = _FETCH_UID.search(line)
+        if waiting_uid_for is not None and uid_match:
+            # Some servers send the UID after the literal, in the closing line.
+            found.append(Fetched(int(uid_match.group(1)), waiting_uid_for))
+            waiting_uid_for = None
+            continue
+        if b"FETCH" in line and _LITERAL.search(line):
+            pending_uid = int(uid_match.group(1)) if uid_match else None
+            expecting_literal = True
+    return found
+
+
+def _ssl_context(verify: bool) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    if not verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def _uid_set(uids: list[int]) -> str:
+    """`1,2,3,7` -> `1:3,7` (keeps long commands short)."""
+    ranges: list[str] = []
+    start = prev = uids[0]
+    for uid in uids[1:]:
+        if uid == prev + 1:
+            prev = uid
+            continue
+        ranges.append(f"{start}:{prev}" if start != prev else str(start))
+        start = prev = uid
+    ranges.append(f"{start}:{prev}" if start != prev else str(start))
+    return ",".join(ranges)
+
+
+class ImapPoller:
+    """Receives one mailbox into `sink`; `run()` loops until cancelled."""
+
+    def __init__(
+        self,
+        settings: EmailSettings,
+        store: Store,
+        holder: str,
+        sink: Sink,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self._settings = settings
+        self._imap = settings.imap
+        self._store = store
+        self._holder = holder
+        self._sink = sink
+        self._now = clock
+        self.account = settings.account or f"{settings.imap.username}@{settings.imap.host}"
+        self.mailbox = settings.imap.mailbox
+        self.lease_name = f"email:{self.account}:{self.mailbox}"
+        self.state_key = f"email:imap:{self.account}:{self.mailbox}"
+        self._client: aioimaplib.IMAP4 | None = None
+        self._dropped = asyncio.Event()
+        self.connected = asyncio.Event()
+        # Set while no batch is being written to the store. Store writes are never cancelled
+        # half-way (that can leave a transaction open); we wait for this instead.
+        self.sink_idle = asyncio.Event()
+        self.sink_idle.set()
+
+    # --- the outer loop: lease, reconnect with backoff ---------------------------------------
+    async def run(self) -> None:
+        """Hold the mailbox lease and keep a session going; reconnect with backoff on errors."""
+        ttl = self._settings.lease_ttl.total_seconds()
+        delay = 1.0
+        try:
+            while True:
+                try:
+                    if not await self._store.acquire_lease(self.lease_name, self._holder, self._now(), ttl):
+                        await asyncio.sleep(ttl / 3)
+                        continue
+                    await self._session()
+                except LeaseLost:
+                    log.warning("email %s: lease lost to another process; standing by", self.mailbox)
+                    await self._close()
+                    await asyncio.sleep(ttl / 3)
+                    continue
+                except (OSError, TimeoutError, ImapError, aioimaplib.AioImapException, StoreError) as exc:
+                    log.warning(
+                        "email %s: IMAP session ended (%s: %s)", self.mailbox, type(exc).__name__, exc
+                    )
+                except Exception:
+                    # A bug or an unexpected server answer must not end polling for good.
+                    log.exception("email %s: IMAP session failed unexpectedly", self.mailbox)
+                if self.connected.is_set():
+                    delay = 1.0  # the session had worked: start the backoff afresh
+                await self._close()
+                wait = random.uniform(delay / 2, delay)
+                log.info("email %s: reconnecting in %.1fs", self.mailbox, wait)
+                await asyncio.sleep(wait)
+                delay = min(delay * 2, self._imap.reconnect_max.total_seconds())
+        finally:
+            await self._close()
+            with contextlib.suppress(StoreError):
+                await self._store.release_lease(self.lease_name, self._holder)
+
+    async def _close(self) -> None:
+        client, self._client = self._client, None
+        self.connected.clear()
+        if client is None:
+            return
+        with contextlib.suppress(Exception):
+            if client.has_pending_idle():
+                client.idle_done()
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(2):
+                await client.logout()
+        with contextlib.suppress(Exception):
+            if client.protocol is not None and client.protocol.transport is not None:
+                client.protocol.transport.close()
+
+    # --- one session --------------------------------------------------------------------------
+    async def _connect(self) -> aioimaplib.IMAP4:
+        imap = self._imap
+        timeout = imap.timeout.total_seconds()
+        self._dropped.clear()
+
+        def lost(exc: Exception | None) -> None:
+            self._dropped.set()
+
+        client = _Client(
+            host=imap.host,
+            port=imap.port,
+            timeout=timeout,
+            conn_lost_cb=lost,
+            ssl_context=_ssl_context(imap.verify_tls) if imap.security == "ssl" else None,
+        )
+        self._client = client
+        await client.wait_hello_from_server()
+        if imap.security == "starttls":
+            await self._starttls(client)
+        password = imap.password.get_secret_value() if imap.password else ""
+        response = await client.login(imap.username, password)
+        if response.result != "OK":
+            raise ImapError(f"login as {imap.username!r} refused: {_text(response.lines)}")
+        return client
+
+    async def _starttls(self, client: aioimaplib.IMAP4) -> None:
+        """Upgrade the plain connection (RFC 3501 6.2.1); aioimaplib has no helper for it."""
+        protocol = client.protocol
+        if "STARTTLS" not in protocol.capabilities:
+            raise ImapError("the server does not offer STARTTLS (set email.imap.security)")
+        # asyncio.timeout rather than wait_for: on Python 3.11 wait_for can lose a cancellation.
+        async with asyncio.timeout(client.timeout):
+            response = await protocol.execute(
+                aioimaplib.Command("STARTTLS", protocol.new_tag(), loop=protocol.loop)
+            )
+        if response.result != "OK":
+            raise ImapError(f"STARTTLS refused: {_text(response.lines)}")
+        loop = asyncio.get_running_loop()
+        transport = await loop.start_tls(
+            protocol.transport,
+            protocol,
+            _ssl_context(self._imap.verify_tls),
+            server_hostname=self._imap.host,
+        )
+        protocol.transport = transport
+        # Capabilities may change after TLS (RFC 3501 6.2.1): ask again.
+        async with asyncio.timeout(client.timeout):
+            await protocol.capability()
+
+    async def _select(self, client: aioimaplib.IMAP4) -> int:
+        response = await client.select(self.mailbox)
+        if response.result != "OK":
+            raise ImapError(f"cannot select mailbox {self.mailbox!r}: {_text(response.lines)}")
+        for line in response.lines:
+            if isinstance(line, bytes | bytearray) and (match := _UIDVALIDITY.search(bytes(line))):
+                return int(match.group(1))
+        raise ImapError(f"mailbox {self.mailbox!r}: the server sent no UIDVALIDITY")
+
+    async def _session(self) -> None:
+        client = await self._connect()
+        if self._imap.move_to:
+            # Create the folder processed mail goes to; "already exists" is the usual answer.
+            await client.create(self._imap.move_to)
+        uidvalidity = await self._select(client)
+        self.connected.set()
+        log.info("email %s: connected (%s), UIDVALIDITY %s", self.mailbox, self._imap.security, uidvalidity)
+        use_idle = self._imap.idle and client.has_capability("IDLE")
+        ttl = self._settings.lease_ttl.total_seconds()
+        poll = self._imap.poll_every.total_seconds()
+        loop = asyncio.get_running_loop()
+        next_poll = 0.0
+        while True:
+            if self._dropped.is_set():
+                raise ImapError("connection closed by the server")
+            if not await self._store.acquire_lease(self.lease_name, self._holder, self._now(), ttl):
+                raise LeaseLost()
+            if loop.time() >= next_poll or use_idle:
+                await self.sync(client, uidvalidity)
+                next_poll = loop.time() + poll
+            wait = min(ttl / 3, max(next_poll - loop.time(), 0.05))
+            if use_idle:
+                await self._idle(client, min(ttl / 3, poll if poll > 0 else ttl / 3))
+            else:
+                await asyncio.sleep(wait)
+
+    async def _idle(self, client: aioimaplib.IMAP4, seconds: float) -> None:
+        """Wait in IDLE until the server pushes something, `seconds` pass or the connection drops."""
+        idle = await client.idle_start(timeout=seconds)
+        dropped = asyncio.ensure_future(self._dropped.wait())
+        try:
+            while True:
+                push = asyncio.ensure_future(client.wait_server_push(timeout=seconds + 5))
+                done, _ = await asyncio.wait({push, dropped}, return_when=asyncio.FIRST_COMPLETED)
+                if dropped in done:
+                    push.cancel()
+                    raise ImapError("connection closed by the server during IDLE")
+                lines = push.result()
+                if lines == aioimaplib.STOP_WAIT_SERVER_PUSH:
+                    break
+                if any(isinstance(x, bytes | bytearray) and (b"EXISTS" in x or b"BYE" in x) for x in lines):
+                    break
+        finally:
+            dropped.cancel()
+            if not self._dropped.is_set():
+                if client.has_pending_idle():
+                    client.idle_done()
+                async with asyncio.timeout(client.timeout):
+                    await idle
+            else:
+                idle.cancel()
+
+    # --- fetching -----------------------------------------------------------------------------
+    async def _position(self, uidvalidity: int) -> tuple[int, str]:
+        """(last UID handled, mode): mode is 'new' on first sight, 'resync' after a change."""
+        state = await self._store.get_state(self.state_key)
+        if not isinstance(state, dict):
+            return 0, "new"
+        if int(state.get("uidvalidity", 0)) != uidvalidity:
+            log.warning(
+                "email %s: UIDVALIDITY changed %s -> %s; re-syncing the mailbox by content",
+                self.mailbox,
+                state.get("uidvalidity"),
+                uidvalidity,
+            )
+            return 0, "resync"
+        return int(state.get("last_uid", 0)), str(state.get("mode", "normal"))
+
+    async def _search(self, client: aioimaplib.IMAP4, *criteria: str) -> list[int]:
+        response = await client.uid_search(*criteria, charset=None)
+        if response.result != "OK":
+            raise ImapError(f"UID SEARCH {' '.join(criteria)} failed: {_text(response.lines)}")
+        uids: list[int] = []
+        for line in response.lines:
+            if isinstance(line, bytes | bytearray):
+                # aioimaplib strips "* SEARCH" from the untagged line, except when it is empty.
+                tokens = bytes(line).decode("ascii", "replace").removeprefix("SEARCH").split()
+                if tokens and all(t.isdigit() for t in tokens):
+                    uids.extend(int(t) for t in tokens)
+        return sorted(set(uids))
+
+    async def sync(self, client: aioimaplib.IMAP4, uidvalidity: int) -> int:
+        """Fetch and hand over everything new; returns how many messages were handed over."""
+        last_uid, mode = await self._position(uidvalidity)
+        floor = 0
+        if mode == "new":
+            # First sight of this mailbox: take what nobody has read, not years of history.
+            everything = await self._search(client, "ALL")
+            floor = max(everything, default=0)
+            uids = await self._search(client, "UNSEEN")
+        elif mode == "resync":
+            uids = [u for u in await self._search(client, "ALL") if u > last_uid]
+        else:
+            uids = [u for u in await self._search(client, "UID", f"{last_uid + 1}:*") if u > last_uid]
+        if mode != "normal":
+            # Remember that this mailbox is being re-synced, so a crash mid-way resumes it.
+            await self._store.set_state(
+                self.state_key, {"uidvalidity": uidvalidity, "last_uid": last_uid, "mode": mode}
+            )
+        position = MailboxPosition(self.account, self.mailbox, uidvalidity, resync=mode != "normal")
+        handled = 0
+        batch_size = self._imap.fetch_batch
+        for start in range(0, len(uids), batch_size):
+            chunk = uids[start : start + batch_size]
+            response = await client.uid("fetch", _uid_set(chunk), "(UID BODY.PEEK[])")
+            if response.result != "OK":
+                raise ImapError(f"UID FETCH failed: {_text(response.lines)}")
+            fetched = [f for f in parse_fetch(response.lines) if f.uid in set(chunk)]
+            if fetched:
+                self.sink_idle.clear()
+                try:
+                    await self._sink(fetched, position)
+                finally:
+                    self.sink_idle.set()
+                await self._acknowledge(client, [f.uid for f in fetched])
+            last_uid = max(last_uid, *chunk)
+            handled += len(fetched)
+            # A long backlog must not outlive the lease: renew it between batches.
+            ttl = self._settings.lease_ttl.total_seconds()
+            if not await self._store.acquire_lease(self.lease_name, self._holder, self._now(), ttl):
+                raise LeaseLost()
+            await self._store.set_state(
+                self.state_key,
+                {
+                    "uidvalidity": uidvalidity,
+                    "last_uid": last_uid,
+                    "mode": mode,
+                },
+            )
+        if mode != "normal":
+            await self._store.set_state(
+                self.state_key,
+                {"uidvalidity": uidvalidity, "last_uid": max(last_uid, floor), "mode": "normal"},
+            )
+        return handled
+
+    async def _acknowledge(self, client: aioimaplib.IMAP4, uids: list[int]) -> None:
+        """Mark handed-over messages processed: \\Seen, or moved to `move_to`."""
+        uid_set = _uid_set(sorted(uids))
+        target = self._imap.move_to
+        if target:
+            if client.has_capability("MOVE"):
+                response = await client.uid("move", uid_set, target)
+            else:
+                response = await client.uid("copy", uid_set, target)
+                if response.result == "OK":
+                    response = await client.uid("store", uid_set, "+FLAGS.SILENT", r"(\Deleted \Seen)")
+                    if response.result == "OK":
+                        response = await client.expunge()
+        else:
+            response = await client.uid("store", uid_set, "+FLAGS.SILENT", r"(\Seen)")
+        if response.result != "OK":
+            # The inbox has the messages already; a redelivery later is absorbed by intake.
+            log.warning(
+                "email %s: could not mark %d message(s) processed: %s",
+                self.mailbox,
+                len(uids),
+                _text(response.lines),
+            )
+
+
+def _text(lines: list[Any]) -> str:
+    return " ".join(bytes(x).decode("utf-8", "replace") for x in lines if isinstance(x, bytes | bytearray))[
+        :300
+    ]

@@ -1,0 +1,239 @@
+"""From fetched bytes to leads: raw first, then bounces, decoding, intake and acknowledgements.
+
+Messages of one sender are handled in order (a reply must find the lead its first message
+opened); different senders are handled concurrently, so the store's group commit can batch
+their writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import re
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo
+
+from hub import i18n
+from hub.domain import Event, EventType, InboxItem, Lead
+from hub.errors import DecodeError
+from hub.inbox import CLAIM_SECONDS
+from storage.base import StoreError
+
+from .attachments import AttachmentStore
+from .decode import CHANNEL, EmailDecoder
+from .imap import Fetched, MailboxPosition
+from .parse import ParsedEmail, parse_email, redact
+from .smtp import outbox_id_of
+from .text import guess_language
+
+if TYPE_CHECKING:
+    from hub.app import Hub
+    from hub.intake import IntakeResult
+
+log = logging.getLogger(__name__)
+
+_FROM = re.compile(rb"^from:[ \t]*(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
+
+
+def external_id(position: MailboxPosition, uid: int, digest: str) -> str:
+    """Unique by construction: (account, mailbox, UIDVALIDITY, UID) plus a hash of the bytes."""
+    return f"{position.account}/{position.mailbox}/{position.uidvalidity}/{uid}/{digest[:16]}"
+
+
+def sender_key(raw: bytes) -> bytes:
+    """A cheap grouping key (the From header's bytes) to keep one sender's mail in order."""
+    head = raw[: raw.find(b"\r\n\r\n") if b"\r\n\r\n" in raw[:65536] else 65536]
+    match = _FROM.search(head)
+    return match.group(1).strip().lower() if match else b""
+
+
+class EmailIngest:
+    """The IMAP poller's sink."""
+
+    def __init__(self, hub: Hub, decoder: EmailDecoder, attachments: AttachmentStore) -> None:
+        self._hub = hub
+        self._settings = hub.settings.email
+        self._decoder = decoder
+        self._attachments = attachments
+
+    async def __call__(self, batch: list[Fetched], position: MailboxPosition) -> None:
+        groups: dict[bytes, list[Fetched]] = {}
+        for fetched in batch:
+            groups.setdefault(sender_key(fetched.raw), []).append(fetched)
+        slots = asyncio.Semaphore(self._settings.workers)
+
+        async def run(group: list[Fetched]) -> None:
+            for fetched in group:
+                async with slots:
+                    await self.ingest_one(fetched, position)
+
+        results = await asyncio.gather(*(run(g) for g in groups.values()), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                # Nothing is acknowledged upstream: the batch is fetched again and deduplicated.
+                raise result
+
+    async def ingest_one(self, fetched: Fetched, position: MailboxPosition) -> None:
+        """Store one message raw, then process it; only store outages propagate."""
+        hub = self._hub
+        store = hub.store
+        digest = hashlib.sha256(fetched.raw).hexdigest()
+        seen_key = f"email:seen:{position.account}:{position.mailbox}:{digest}"
+        known = await store.get_state(seen_key) if position.resync else None
+        parsed: ParsedEmail | None
+        try:
+            parsed = parse_email(fetched.raw)
+        except DecodeError:
+            parsed = None  # stored anyway; decoding again quarantines it with the reason
+        if parsed is not None:
+            await self._store_attachments(parsed)
+        # After a UIDVALIDITY change (or a crash during one) the same bytes under a new UID are the
+        # message we already have: keep its original id, so the inbox and intake see one message.
+        ext_id = known if isinstance(known, str) else external_id(position, fetched.uid, digest)
+        meta = {
+            "account": position.account,
+            "mailbox": position.mailbox,
+            "uidvalidity": position.uidvalidity,
+            "uid": fetched.uid,
+            "sha256": digest,
+        }
+        item, _ = await store.inbox_put(
+            CHANNEL,
+            ext_id,
+            fetched.raw,
+            hub.now(),
+            meta,
+            holder=hub.instance_id,
+            lease_seconds=CLAIM_SECONDS,
+        )
+        if known is None:
+            await store.set_state(seen_key, ext_id)
+        if item.status != "pending":
+            return
+        try:
+            if parsed is not None and parsed.bounce is not None and await self.attach_bounce(item, parsed):
+                return
+            if parsed is not None:
+                self._decoder.prime(item.external_id, parsed)
+            result = await hub.inbox.process(item)
+        except StoreError:
+            raise
+        except Exception as exc:
+            # A bug in decoding or intake must not stop the mailbox: keep the mail, say why.
+            log.exception("email inbox %s: processing failed", item.id)
+            await store.inbox_quarantine(item.id, f"processing failed: {type(exc).__name__}: {exc}")
+            return
+        finally:
+            self._decoder.forget(item.external_id)
+        if result is not None and result.created_lead and parsed is not None:
+            await self.acknowledge(result, parsed)
+
+    async def _store_attachments(self, parsed: ParsedEmail) -> None:
+        limit = self._settings.max_attachment_bytes
+        for attachment in parsed.attachments:
+            if len(attachment.data) <= limit:
+                await self._attachments.put(attachment.data)
+
+    # --- bounces (RFC 3464) ---------------------------------------------------------------
+    async def on_quarantined(self, event: Event, lead: Lead | None) -> None:
+        """A bounce replayed from the inbox (after a crash) reaches the decoder, which cannot
+        attach it and quarantines it; attach it here instead and mark the item done."""
+        if event.type != EventType.INPUT_QUARANTINED.value or event.data.get("channel") != CHANNEL:
+            return
+        item = await self._hub.store.inbox_get(int(event.data["inbox_id"]))
+        if item is None or item.status != "quarantined":
+            return
+        try:
+            parsed = parse_email(item.payload)
+        except DecodeError:
+            return
+        if parsed.bounce is not None:
+            await self.attach_bounce(item, parsed)
+
+    async def attach_bounce(self, item: InboxItem, parsed: ParsedEmail) -> bool:
+        """Record a DSN on the lead of the message it bounces; False when that is not ours."""
+        assert parsed.bounce is not None
+        bounce = parsed.bounce
+        store = self._hub.store
+        number = await store.find_lead_by_refs(bounce.original_ids)
+        if number is None:
+            return False
+        reason = "bounced"
+        if bounce.status:
+            reason += f" (status {bounce.status})"
+        if bounce.diagnostic:
+            reason += f": {bounce.diagnostic}"
+        message_id: str | None = None
+        for original in bounce.original_ids:
+            row_id = outbox_id_of(original)
+            row = await store.outbox_get(row_id) if row_id else None
+            if row is not None and row.lead_number == number:
+                await store.outbox_failed(row.id, reason)
+                message_id = row.message_id
+                break
+        now = self._hub.now()
+        event = Event(
+            EventType.DELIVERY_FAILED.value,
+            now,
+            number,
+            {
+                "message_id": message_id,
+                "channel": CHANNEL,
+                "error": reason,
+                "bounce": True,
+                "inbox_id": item.id,
+            },
+        )
+        await store.append_event(event)
+        await store.inbox_done(item.id, number)
+        lead = await store.get_lead(number)
+        await self._hub.bus.publish(event, lead)
+        log.warning("L-%s email: a reply bounced: %s", number, redact(reason))
+        return True
+
+    # --- acknowledgements -------------------------------------------------------------------
+    async def acknowledge(self, result: IntakeResult, parsed: ParsedEmail) -> bool:
+        """Queue the templated receipt for a new lead, unless the mail is automatic or rate-limited."""
+        settings = self._settings
+        lead = result.lead
+        if not settings.ack or lead.channel != CHANNEL:
+            return False
+        if parsed.automatic:
+            log.info("%s email: no acknowledgement: the mail is automatic (%s)", lead.ref, parsed.automatic)
+            return False
+        limit = settings.ack_rate_limit
+        now = self._hub.now()
+        if limit.enabled:
+            key = f"email:ack:{parsed.sender}"
+            window_start = (now - timedelta(seconds=limit.per_seconds)).timestamp()
+            recent = [t for t in (await self._hub.store.get_state(key) or []) if t > window_start]
+            if len(recent) >= limit.count:
+                log.info("%s email: no acknowledgement: rate limit for this address reached", lead.ref)
+                return False
+            await self._hub.store.set_state(key, [*recent, now.timestamp()])
+        language = i18n.pick_language(
+            parsed.content_language
+            or result.contact.language
+            or guess_language(f"{parsed.subject}\n{parsed.text}")
+        )
+        text = i18n.text(
+            "ack.text", language, lead=lead.ref, due=self._due_text(lead.first_response_due, language)
+        )
+        await self._hub.replies.record_reply(
+            lead.number,
+            text,
+            author="auto",
+            now=now,
+            source="email-ack",
+            counts_as_response=False,
+            payload_extra={"auto": True},
+        )
+        return True
+
+    def _due_text(self, due: datetime | None, language: str) -> str:
+        if due is None:
+            return ""
+        local = due.astimezone(ZoneInfo(self._hub.settings.sla.calendar.timezone))
+        return local.strftime("%d.%m.%Y %H:%M") if language == "uk" else local.strftime("%Y-%m-%d %H:%M")

@@ -1,0 +1,377 @@
+"""Raw RFC 822 bytes -> what the hub needs to know about one email.
+
+Parsing happens here and nowhere else (the core never sees MIME). The stdlib `email` package
+does the MIME work; this module adds what real mail needs on top:
+charset fallbacks for mislabeled and 8-bit bodies and headers (windows-1251, koi8-r and
+iso-8859-5 are common in our customers' mail), automatic-mail detection (RFC 3834), delivery
+status notifications (RFC 3464), and attachment extraction.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import hashlib
+import re
+from dataclasses import dataclass, field
+from email.errors import MessageError
+from email.header import decode_header
+from email.message import EmailMessage, Message
+from email.parser import HeaderParser
+from email.utils import getaddresses
+
+from hub.errors import DecodeError
+from hub.identities import normalize_email
+
+from .text import html_to_text, sanitize_html
+
+_MSGID = re.compile(r"<([^<>\s]{1,500})>")
+_LEAD_TOKEN = re.compile(r"\[\s*#?\s*L-?(\d{1,12})\s*\]", re.IGNORECASE)
+_REPLY_PREFIX = re.compile(
+    r"^\s*((re|fw|fwd|aw|wg|sv|vs|ответ|отв|відп|на)\s*(\[\d+\])?\s*:\s*)+", re.IGNORECASE
+)
+_CHARSET_ALIASES = {
+    "win-1251": "cp1251",
+    "windows1251": "cp1251",
+    "cp-1251": "cp1251",
+    "x-cp1251": "cp1251",
+    "koi8r": "koi8_r",
+    "koi8": "koi8_r",
+    "x-mac-cyrillic": "mac_cyrillic",
+    "unknown-8bit": "",
+    "x-unknown": "",
+    "default": "",
+}
+MAX_REFS = 50
+ATTACHMENT_REF_PREFIX = "sha256:"
+
+# Errors the stdlib raises on mail it cannot make sense of; anything else is a bug of ours.
+PARSE_ERRORS = (MessageError, ValueError, TypeError, LookupError, IndexError, AttributeError, UnicodeError)
+
+
+@dataclass(frozen=True, slots=True)
+class RawAttachment:
+    name: str
+    content_type: str
+    data: bytes
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
+
+
+@dataclass(slots=True)
+class Bounce:
+    """A delivery status notification: which of our messages failed, for whom, and why."""
+
+    original_ids: list[str]
+    recipients: list[str]
+    status: str
+    diagnostic: str
+
+
+@dataclass(slots=True)
+class ParsedEmail:
+    sender: str
+    sender_name: str
+    recipients: list[str]
+    subject: str
+    message_id: str
+    thread_ids: list[str]
+    lead_number: int | None
+    text: str
+    html: str
+    attachments: list[RawAttachment] = field(default_factory=list)
+    automatic: str = ""  # why this mail is automatic (never acknowledged); empty for a person
+    bounce: Bounce | None = None
+    content_language: str = ""
+
+
+_ADDRESS = re.compile(r"[^\s<>()\[\],;:\"']+@[^\s<>()\[\],;:\"']+")
+
+
+def redact(text: str) -> str:
+    """Text with email addresses replaced, for log lines at INFO and above."""
+    return _ADDRESS.sub("<address>", text)
+
+
+def message_ids(value: str) -> list[str]:
+    """Every `<id>` in a Message-ID / In-Reply-To / References value, without the brackets."""
+    found = _MSGID.findall(value or "")
+    if not found and value and value.strip() and " " not in value.strip():
+        # Some senders omit the brackets; a single bare token is still an id.
+        found = [value.strip()]
+    return list(dict.fromkeys(found))
+
+
+def lead_token(subject: str) -> int | None:
+    """The lead number of a `[#L-1042]` token in a subject, if any."""
+    match = _LEAD_TOKEN.search(subject or "")
+    return int(match.group(1)) if match else None
+
+
+def clean_subject(subject: str) -> str:
+    """A subject without reply prefixes and lead tokens (for `Re: <subject> [#L-n]`)."""
+    subject = _LEAD_TOKEN.sub("", subject or "")
+    return re.sub(r"\s+", " ", _REPLY_PREFIX.sub("", subject)).strip()
+
+
+def _charsets(declared: str) -> list[str]:
+    declared = (declared or "").strip().strip('"').lower()
+    declared = _CHARSET_ALIASES.get(declared, declared)
+    ordered = [declared] if declared else []
+    return [*ordered, "utf-8", "cp1251", "koi8_r", "latin-1"]
+
+
+def decode_bytes(data: bytes, declared: str = "") -> str:
+    """Bytes -> text with the declared charset, else utf-8, else windows-1251 (never fails)."""
+    for charset in _charsets(declared):
+        try:
+            return data.decode(charset)
+        except (LookupError, UnicodeDecodeError):
+            continue
+    return data.decode("latin-1")
+
+
+def _fix_8bit(text: str) -> str:
+    """Undo the surrogate escapes the parser leaves for raw 8-bit header bytes."""
+    if not any("\udc80" <= ch <= "\udcff" for ch in text):
+        return text
+    return decode_bytes(text.encode("utf-8", "surrogateescape"))
+
+
+def decode_header_value(raw: str) -> str:
+    """A raw header value as text: unfolded, 8-bit bytes recovered, RFC 2047 words decoded."""
+    text = _fix_8bit(re.sub(r"\r?\n[ \t]+", " ", raw))
+    if "=?" not in text:
+        return text.strip()
+    try:
+        parts = decode_header(text)
+    except PARSE_ERRORS:
+        return text.strip()
+    decoded: list[str] = []
+    for value, charset in parts:
+        if isinstance(value, str):
+            decoded.append(value)
+        elif charset is None:
+            decoded.append(value.decode("raw-unicode-escape", "replace"))
+        else:
+            decoded.append(decode_bytes(value, charset))
+    return "".join(decoded).strip()
+
+
+def _raw_values(msg: Message, name: str) -> list[str]:
+    lowered = name.lower()
+    return [str(v) for k, v in msg.raw_items() if k.lower() == lowered]
+
+
+def header_text(msg: Message, name: str) -> str:
+    """A header as readable text (RFC 2047 decoded, 8-bit bytes recovered); '' when absent."""
+    values = _raw_values(msg, name)
+    if not values:
+        return ""
+    return re.sub(r"[\r\n]+\s*", " ", decode_header_value(values[0])).strip()
+
+
+def _addresses(msg: Message, *names: str) -> list[tuple[str, str]]:
+    """(display name, normalized address) of every valid address in these headers."""
+    found: list[tuple[str, str]] = []
+    for name in names:
+        raw = [_fix_8bit(re.sub(r"\r?\n[ \t]+", " ", v)) for v in _raw_values(msg, name)]
+        # Split on the raw value: encoded words never contain the commas that separate addresses.
+        for display, addr in getaddresses(raw):
+            normalized = normalize_email(addr or "")
+            if normalized:
+                found.append((decode_header_value(display or ""), normalized))
+    return found
+
+
+def part_text(part: Message) -> str:
+    """A text part's content with charset fallbacks (mislabeled mail is common)."""
+    payload = part.get_payload(decode=True)
+    if isinstance(payload, bytes):
+        return decode_bytes(payload, part.get_content_charset() or "")
+    raw = part.get_payload()
+    return raw if isinstance(raw, str) else ""
+
+
+def automatic_reason(msg: Message) -> str:
+    """Why this mail was sent by a machine (RFC 3834 and common practice); '' for a person."""
+    auto = header_text(msg, "Auto-Submitted").lower()
+    if auto and not auto.startswith("no"):
+        return f"Auto-Submitted: {auto}"
+    precedence = header_text(msg, "Precedence").lower()
+    if precedence in ("bulk", "list", "junk", "auto_reply"):
+        return f"Precedence: {precedence}"
+    if msg.get("List-Id") is not None or msg.get("List-Unsubscribe") is not None:
+        return "mailing list"
+    return_path = msg.get_all("Return-Path", failobj=[]) or []
+    if return_path and all(str(v).strip() in ("<>", "") for v in return_path):
+        return "empty Return-Path"
+    for name in ("X-Autoreply", "X-Autorespond", "X-Auto-Response-Suppress"):
+        if msg.get(name) is not None:
+            return name
+    sender = _addresses(msg, "From")
+    if sender and sender[0][1].split("@")[0] in ("mailer-daemon", "postmaster"):
+        return "mailer daemon"
+    return ""
+
+
+def _bounce(msg: Message) -> Bounce | None:
+    """The DSN of an RFC 3464 report, or None when this is not a delivery status notification."""
+    is_report = msg.get_content_type() == "multipart/report"
+    report_type = msg.get_param("report-type")
+    if is_report and str(report_type or "").lower() not in ("delivery-status", ""):
+        return None
+    status_part = next((p for p in msg.walk() if p.get_content_type() == "message/delivery-status"), None)
+    if status_part is None:
+        return None
+    recipients: list[str] = []
+    statuses: list[str] = []
+    diagnostics: list[str] = []
+    blocks = status_part.get_payload()
+    if isinstance(blocks, list):
+        for block in blocks:
+            if not isinstance(block, Message):
+                continue
+            recipient = header_text(block, "Final-Recipient") or header_text(block, "Original-Recipient")
+            if recipient:
+                recipients.append(recipient.split(";", 1)[-1].strip())
+            if status := header_text(block, "Status"):
+                statuses.append(status)
+            if diagnostic := header_text(block, "Diagnostic-Code"):
+                diagnostics.append(diagnostic.split(";", 1)[-1].strip())
+    original_ids: list[str] = []
+    for part in msg.walk():
+        ctype = part.get_content_type()
+        headers: Message | None = None
+        if ctype == "message/rfc822":
+            inner = part.get_payload()
+            first = inner[0] if isinstance(inner, list) and inner else None
+            headers = first if isinstance(first, Message) else None
+        elif ctype in ("text/rfc822-headers", "message/rfc822-headers"):
+            headers = HeaderParser(policy=email.policy.compat32).parsestr(part_text(part))
+        if headers is not None:
+            original_ids.extend(message_ids(str(headers.get("Message-ID", ""))))
+    if not original_ids:
+        # Some MTAs return no copy of the message but keep our id in the report's threading headers.
+        original_ids = message_ids(header_text(msg, "In-Reply-To")) + message_ids(
+            header_text(msg, "References")
+        )
+    return Bounce(
+        original_ids=list(dict.fromkeys(original_ids)),
+        recipients=recipients,
+        status=", ".join(statuses),
+        diagnostic="; ".join(diagnostics)[:1000],
+    )
+
+
+def _is_attachment(part: Message) -> bool:
+    disposition = (part.get_content_disposition() or "").lower()
+    if disposition == "attachment":
+        return True
+    if part.get_filename():
+        return True
+    return part.get_content_maintype() not in ("text", "multipart", "message")
+
+
+def _filename(part: Message, index: int) -> str:
+    try:
+        name = part.get_filename() or ""
+    except PARSE_ERRORS:
+        name = ""
+    name = decode_header_value(name).replace("/", "_").replace("\\", "_").strip()
+    if not name:
+        subtype = part.get_content_subtype() or "bin"
+        name = f"attachment-{index}.{subtype}"
+    return name[:255]
+
+
+def _bodies(msg: Message) -> tuple[str, str, list[RawAttachment]]:
+    """(plain text, raw html, attachments): the first plain and html body parts win."""
+    plain: str | None = None
+    html: str | None = None
+    attachments: list[RawAttachment] = []
+    for part in msg.walk():
+        if part.is_multipart():
+            continue
+        ctype = part.get_content_type()
+        if ctype in ("message/delivery-status", "text/rfc822-headers", "message/rfc822-headers"):
+            continue
+        if _is_attachment(part):
+            payload = part.get_payload(decode=True)
+            data = payload if isinstance(payload, bytes) else b""
+            attachments.append(RawAttachment(_filename(part, len(attachments) + 1), ctype, data))
+            continue
+        if ctype == "text/plain" and plain is None:
+            plain = part_text(part)
+        elif ctype == "text/html" and html is None:
+            html = part_text(part)
+    return plain or "", html or "", attachments
+
+
+def parse_email(raw: bytes) -> ParsedEmail:
+    """Parse raw RFC 822 bytes; DecodeError (with the reason) when it is not usable mail."""
+    if not raw or not raw.strip():
+        raise DecodeError("empty message")
+    try:
+        # compat32 parsing is several times faster than the modern policy's header objects; the
+        # headers we read are decoded here (RFC 2047, 8-bit recovery), which is what we need anyway.
+        msg = email.message_from_bytes(raw, policy=email.policy.compat32)
+        return _parse(msg)
+    except DecodeError:
+        raise
+    except PARSE_ERRORS as exc:
+        raise DecodeError(f"unparseable MIME: {type(exc).__name__}: {exc}") from exc
+    except RecursionError as exc:
+        raise DecodeError("unparseable MIME: nesting too deep") from exc
+
+
+def _parse(msg: Message) -> ParsedEmail:
+    if not msg.keys():
+        raise DecodeError("no headers: this is not an email message")
+    senders = _addresses(msg, "From") or _addresses(msg, "Sender") or _addresses(msg, "Reply-To")
+    if not senders:
+        raise DecodeError(f"no valid sender address (From: {header_text(msg, 'From')[:200]!r})")
+    sender_name, sender = senders[0]
+    recipients = [a for _, a in _addresses(msg, "To", "Cc", "Delivered-To", "X-Original-To")]
+    subject = header_text(msg, "Subject")[:1000]
+    own_ids = message_ids(header_text(msg, "Message-ID"))
+    thread_ids = message_ids(header_text(msg, "In-Reply-To")) + message_ids(header_text(msg, "References"))
+    plain, raw_html, raw_attachments = _bodies(msg)
+    html = sanitize_html(raw_html) if raw_html else ""
+    text = plain.strip() or (html_to_text(raw_html) if raw_html else "")
+    if not text and not raw_attachments and msg.get_content_maintype() == "multipart":
+        # A boundary that never matches leaves the body unsplit (or in the preamble): keep it as text.
+        payload = msg.get_payload()
+        leftover = payload if isinstance(payload, str) else (msg.preamble or "")
+        text = _fix_8bit(leftover).strip()
+    bounce = _bounce(msg)
+    return ParsedEmail(
+        sender=sender,
+        sender_name=sender_name.strip().strip('"')[:200],
+        recipients=list(dict.fromkeys(recipients)),
+        subject=subject,
+        message_id=own_ids[0] if own_ids else "",
+        thread_ids=list(dict.fromkeys(thread_ids))[-MAX_REFS:],
+        lead_number=lead_token(subject),
+        text=text,
+        html=html,
+        attachments=raw_attachments,
+        automatic=automatic_reason(msg) or ("delivery status notification" if bounce else ""),
+        bounce=bounce,
+        content_language=header_text(msg, "Content-Language").split(",")[0].strip(),
+    )
+
+
+def might_have_attachments(raw: bytes) -> bool:
+    """A cheap test before a full parse: only multipart or non-text mail can carry files."""
+    head = raw[:65536].lower()
+    return b"multipart/" in head or b"filename" in head or b"attachment" in head
+
+
+def new_message(subject: str) -> EmailMessage:
+    """An empty outgoing message (the modern policy, so headers are encoded correctly)."""
+    msg = EmailMessage(policy=email.policy.SMTP)
+    msg["Subject"] = subject
+    return msg

@@ -1,0 +1,174 @@
+"""SMTP sending: staff replies and acknowledgements as proper replies in the customer's thread.
+
+Each outbox row becomes one message with a Message-ID derived from the row id, so a retry
+after a lost answer re-sends the same id (receivers and our own threading see one message),
+and a bounce of it leads back to the row. The id is registered as a ref of the lead before
+sending, so the customer's answer threads even if it arrives within the same second.
+"""
+
+from __future__ import annotations
+
+import html as html_lib
+import logging
+import re
+import ssl
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.utils import format_datetime, getaddresses
+
+import aiosmtplib
+
+from hub.config import EmailSettings
+from hub.domain import Contact, Direction, IdentityKind, Lead, OutboxItem, utcnow
+from hub.errors import PermanentError, TransientError
+from storage.base import Store
+
+from .parse import clean_subject, new_message, redact
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "email"
+OUR_ID = re.compile(r"^hub\.([0-9a-f]{32})@")
+MAX_REFERENCES = 20
+
+
+def sender_domain(from_header: str) -> str:
+    """The domain of the configured From address (for our Message-IDs)."""
+    pairs = getaddresses([from_header])
+    addr = pairs[0][1] if pairs else ""
+    return addr.rpartition("@")[2] or "hub.invalid"
+
+
+def our_message_id(item_id: str, domain: str) -> str:
+    """The Message-ID (without brackets) of the email for one outbox row."""
+    return f"hub.{item_id}@{domain}"
+
+
+def outbox_id_of(message_id: str) -> str | None:
+    """The outbox row id inside one of our Message-IDs, or None for anyone else's."""
+    match = OUR_ID.match(message_id)
+    return match.group(1) if match else None
+
+
+def reply_subject(lead: Lead) -> str:
+    """`Re: <subject> [#L-1042]`: the token lets a reply find its lead even without headers."""
+    subject = clean_subject(lead.subject) or "Your request"
+    return f"Re: {subject} [#{lead.ref}]"
+
+
+def text_to_html(text: str) -> str:
+    """A minimal HTML alternative for a plain-text reply."""
+    paragraphs = [p for p in re.split(r"\n{2,}", text.strip()) if p.strip()]
+    body = "".join(f"<p>{html_lib.escape(p).replace(chr(10), '<br>')}</p>" for p in paragraphs)
+    return f"<!DOCTYPE html><html><body>{body}</body></html>"
+
+
+def compose(
+    item: OutboxItem,
+    lead: Lead,
+    to_addr: str,
+    to_name: str,
+    from_header: str,
+    thread_refs: list[str],
+) -> EmailMessage:
+    """The email for one outbox row (text plus HTML alternative, threading headers)."""
+    payload = item.payload
+    msg = new_message(reply_subject(lead))
+    msg["From"] = from_header
+    local, _, domain = to_addr.partition("@")
+    msg["To"] = Address(display_name=to_name, username=local, domain=domain) if to_name else to_addr
+    msg["Date"] = format_datetime(utcnow())
+    msg["Message-ID"] = f"<{our_message_id(item.id, sender_domain(from_header))}>"
+    if thread_refs:
+        msg["In-Reply-To"] = f"<{thread_refs[-1]}>"
+        msg["References"] = " ".join(f"<{r}>" for r in thread_refs[-MAX_REFERENCES:])
+    msg["X-Hub-Lead"] = lead.ref
+    if payload.get("auto"):
+        # RFC 3834: mark automatic mail so well-behaved responders never answer it.
+        msg["Auto-Submitted"] = "auto-replied"
+        msg["X-Auto-Response-Suppress"] = "All"
+    text = str(payload.get("text") or "")
+    html = str(payload.get("html") or "") or text_to_html(text)
+    msg.set_content(text)
+    msg.add_alternative(html, subtype="html")
+    return msg
+
+
+def _tls_context(verify: bool) -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    if not verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+class SmtpSender:
+    """The email channel's `Sender`: one outbox row -> one SMTP submission."""
+
+    channel = CHANNEL
+
+    def __init__(self, settings: EmailSettings, store: Store) -> None:
+        self._settings = settings
+        self._smtp = settings.smtp
+        self._store = store
+
+    async def _thread_refs(self, lead: Lead) -> list[str]:
+        """Message-IDs of the customer's mail in this lead, oldest first (for References)."""
+        refs: list[str] = []
+        for message in await self._store.list_messages(lead.number):
+            if message.direction == Direction.IN and message.channel == CHANNEL:
+                refs.extend(message.refs)
+        return list(dict.fromkeys(refs))
+
+    async def send(self, item: OutboxItem, lead: Lead, contact: Contact | None) -> str:
+        """Send one row; TransientError to retry later, PermanentError when it cannot succeed."""
+        identity = contact.identity(IdentityKind.EMAIL) if contact else None
+        if identity is None:
+            raise PermanentError(f"{lead.ref}: the contact has no email address to reply to")
+        msg = compose(
+            item,
+            lead,
+            identity.value,
+            contact.name if contact and contact.name != identity.value else "",
+            self._smtp.from_,
+            await self._thread_refs(lead),
+        )
+        message_id = our_message_id(item.id, sender_domain(self._smtp.from_))
+        await self._store.add_refs(lead.number, [message_id])
+        smtp = self._smtp
+        security = smtp.security
+        try:
+            await aiosmtplib.send(
+                msg,
+                hostname=smtp.host,
+                port=smtp.port,
+                username=smtp.username if smtp.password else None,
+                password=smtp.password.get_secret_value() if smtp.password else None,
+                use_tls=security == "ssl",
+                start_tls=security == "starttls",
+                tls_context=_tls_context(smtp.verify_tls) if security != "plain" else None,
+                timeout=smtp.timeout.total_seconds(),
+            )
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            codes = [r.code for r in exc.recipients]
+            # The dispatcher logs this text: keep the customer's address out of it.
+            detail = "; ".join(f"{r.code} {redact(r.message)}" for r in exc.recipients)
+            if codes and all(c >= 500 for c in codes):
+                raise PermanentError(f"{lead.ref}: the recipient was refused: {detail}") from exc
+            raise TransientError(f"{lead.ref}: the recipient was deferred: {detail}") from exc
+        except aiosmtplib.SMTPAuthenticationError as exc:
+            # A wrong password is the operator's to fix; failing every queued reply would lose them.
+            raise TransientError(
+                f"SMTP login as {smtp.username!r} refused: {exc.code} {exc.message}"
+            ) from exc
+        except aiosmtplib.SMTPResponseException as exc:
+            text = f"{exc.code} {redact(exc.message)}"
+            if 500 <= exc.code < 600:
+                raise PermanentError(f"{lead.ref}: the SMTP server rejected the message: {text}") from exc
+            raise TransientError(f"{lead.ref}: the SMTP server deferred the message: {text}") from exc
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            raise TransientError(
+                f"SMTP {smtp.host}:{smtp.port} unavailable: {type(exc).__name__}: {exc}"
+            ) from exc
+        log.info("%s email: sent %s", lead.ref, "acknowledgement" if item.payload.get("auto") else "reply")
+        return f"<{message_id}>"

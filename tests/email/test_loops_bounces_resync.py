@@ -1,0 +1,301 @@
+"""No ack loops, bounces on their lead, UIDVALIDITY re-sync, SMTP outages: against real servers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from hub.app import Hub
+from hub.config import Settings
+from tests.email.conftest import email_config
+from tests.email.helpers import header_ids, leads, make_mail, wait_for, wait_leads, wait_messages
+from tests.support.dovecot import ImapAccount, ImapClient
+from tests.support.smtp import SmtpServer
+
+pytestmark = pytest.mark.server
+
+
+async def _acks(smtp_server: SmtpServer) -> list:  # type: ignore[type-arg]
+    return [m for m in smtp_server.parsed() if m["Auto-Submitted"] == "auto-replied"]
+
+
+async def test_autoresponder_reply_creates_no_ack_loop(
+    email_hub: Hub, imap: ImapClient, mailbox: str, smtp_server: SmtpServer
+) -> None:
+    raw, _ = make_mail(subject="Need help", text="Please call me back.")
+    await imap.append(raw, mailbox)
+    (lead,) = await wait_leads(email_hub, 1)
+    (ack,) = await wait_for(lambda: _acks(smtp_server), what="the acknowledgement")
+    (ack_id,) = header_ids(ack["Message-ID"])
+
+    # The customer's out-of-office answers our acknowledgement...
+    raw, _ = make_mail(
+        subject=f"Automatic reply: {ack['Subject']}",
+        text="I am out of office until Monday.",
+        in_reply_to=f"<{ack_id}>",
+        headers={"Auto-Submitted": "auto-replied"},
+    )
+    await imap.append(raw, mailbox)
+    await wait_messages(email_hub, lead.number, 2)
+    # ...and a vacation robot of another address writes without any thread headers.
+    raw, _ = make_mail(
+        sender="robot@example.org",
+        subject="Vacation",
+        text="This mailbox is not monitored.",
+        headers={"Precedence": "bulk"},
+    )
+    await imap.append(raw, mailbox)
+    raw, _ = make_mail(
+        sender="list@example.org", subject="News", text="Digest", headers={"List-Id": "<news.example.org>"}
+    )
+    await imap.append(raw, mailbox)
+    await wait_leads(email_hub, 3)
+    await asyncio.sleep(1.5)  # give a wrong acknowledgement the time to go out
+    assert len(await _acks(smtp_server)) == 1
+    assert len(smtp_server.raw) == 1
+
+
+async def test_acks_are_rate_limited_per_address(
+    settings_factory: Callable[..., Settings],
+    imap_account: ImapAccount,
+    mailbox: str,
+    smtp_server: SmtpServer,
+    imap: ImapClient,
+    tmp_path: Path,
+) -> None:
+    settings = settings_factory(
+        email=email_config(imap_account, mailbox, smtp_server.port, tmp_path, ack_rate_limit="1/d")
+    )
+    hub = Hub(settings)
+    await hub.start()
+    try:
+        raw, _ = make_mail(subject="One", text="First")
+        await imap.append(raw, mailbox)
+        (first,) = await wait_leads(hub, 1)
+        await wait_for(lambda: _acks(smtp_server), what="the first acknowledgement")
+        await hub.actions.resolve(first.number, by="test")
+        raw, _ = make_mail(subject="Two", text="Second, a new request")
+        await imap.append(raw, mailbox)
+        await wait_leads(hub, 2)
+        await asyncio.sleep(1.5)
+        assert len(await _acks(smtp_server)) == 1
+    finally:
+        await hub.stop()
+
+
+def _dsn(original_id: str, recipient: str) -> bytes:
+    """An RFC 3464 delivery status notification as Postfix sends it."""
+    boundary = "dsn-boundary-42"
+    return (
+        "From: MAILER-DAEMON@mx.example.com (Mail Delivery System)\r\n"
+        "To: support@example.com\r\n"
+        "Subject: Undelivered Mail Returned to Sender\r\n"
+        "Auto-Submitted: auto-replied\r\n"
+        "Message-ID: <dsn-1@mx.example.com>\r\n"
+        "MIME-Version: 1.0\r\n"
+        f'Content-Type: multipart/report; report-type=delivery-status; boundary="{boundary}"\r\n\r\n'
+        f"--{boundary}\r\nContent-Type: text/plain\r\n\r\n"
+        "I'm sorry to have to inform you that your message could not be delivered.\r\n\r\n"
+        f"--{boundary}\r\nContent-Type: message/delivery-status\r\n\r\n"
+        "Reporting-MTA: dns; mx.example.com\r\n\r\n"
+        f"Final-Recipient: rfc822; {recipient}\r\nAction: failed\r\nStatus: 5.1.1\r\n"
+        f"Diagnostic-Code: smtp; 550 5.1.1 <{recipient}>: Recipient address rejected\r\n\r\n"
+        f"--{boundary}\r\nContent-Type: text/rfc822-headers\r\n\r\n"
+        f"From: Support <support@example.com>\r\nTo: {recipient}\r\nSubject: Re: Help\r\n"
+        f"Message-ID: <{original_id}>\r\n\r\n"
+        f"--{boundary}--\r\n"
+    ).encode()
+
+
+async def test_bounce_attaches_to_its_lead_as_delivery_failure(
+    email_hub: Hub, imap: ImapClient, mailbox: str, smtp_server: SmtpServer
+) -> None:
+    raw, _ = make_mail(subject="Help", text="Help me")
+    await imap.append(raw, mailbox)
+    (lead,) = await wait_leads(email_hub, 1)
+    reply = await email_hub.replies.record_reply(lead.number, "Here is the answer.", "olena")
+
+    async def staff() -> list:  # type: ignore[type-arg]
+        return [m for m in smtp_server.parsed() if m["Auto-Submitted"] is None]
+
+    (sent,) = await wait_for(staff, what="the staff reply")
+    (sent_id,) = header_ids(sent["Message-ID"])
+    await imap.append(_dsn(sent_id, "olena@example.com"), mailbox)
+
+    async def bounced() -> list:  # type: ignore[type-arg]
+        return [
+            e
+            for e in await email_hub.store.list_events(lead.number, ["delivery.failed"])
+            if e.data.get("bounce")
+        ]
+
+    (event,) = await wait_for(bounced, what="the bounce event")
+    assert event.data["message_id"] == reply.id
+    assert "5.1.1" in event.data["error"] and "Recipient address rejected" in event.data["error"]
+    message = await email_hub.store.get_message(reply.id)
+    assert message is not None and message.delivery is not None and message.delivery.value == "failed"
+    assert len(await leads(email_hub)) == 1  # the bounce opened no lead
+    (done,) = [
+        i
+        for i in await email_hub.store.inbox_list("done")
+        if i.lead_number == lead.number and b"delivery-status" in i.payload
+    ]
+    assert done.lead_number == lead.number
+
+
+async def test_uidvalidity_change_resyncs_without_duplicates(
+    email_hub: Hub, imap: ImapClient, mailbox: str
+) -> None:
+    mails = [
+        make_mail(sender=f"c{i}@example.com", subject=f"Request {i}", text=f"Text {i}")[0] for i in range(3)
+    ]
+    for raw in mails:
+        await imap.append(raw, mailbox)
+    await wait_leads(email_hub, 3)
+    for lead in await leads(email_hub):
+        await wait_messages(email_hub, lead.number, 1)
+    channel = next(c for c in email_hub.channels if c.name == "email")
+    poller = channel.poller  # type: ignore[attr-defined]
+    before = await email_hub.store.get_state(poller.state_key)
+
+    # The server rebuilds the mailbox: same messages, new UIDs, new UIDVALIDITY, plus one new mail.
+    await asyncio.sleep(1.1)  # Dovecot derives UIDVALIDITY from the clock (seconds)
+    staging = f"{mailbox}new"
+    await imap.create(staging)
+    for raw in [*mails, make_mail(sender="c9@example.com", subject="Request 9", text="Text 9")[0]]:
+        await imap.append(raw, staging)
+    await imap.delete(mailbox)
+    response = await imap.imap.rename(staging, mailbox)
+    assert response.result == "OK", response
+
+    found = await wait_leads(email_hub, 4, timeout=30)
+
+    async def resynced() -> bool:
+        state = await email_hub.store.get_state(poller.state_key)
+        return bool(state and state["uidvalidity"] != before["uidvalidity"] and state["mode"] == "normal")
+
+    await wait_for(resynced, what="the re-sync")
+    await asyncio.sleep(1.0)
+    found = await leads(email_hub)
+    assert sorted(lead.subject for lead in found) == ["Request 0", "Request 1", "Request 2", "Request 9"]
+    for lead in found:
+        messages = await wait_messages(email_hub, lead.number, 1)
+        assert len(messages) == 1, lead.subject
+
+
+async def test_smtp_down_then_back_delivers_each_reply_exactly_once(
+    settings_factory: Callable[..., Settings],
+    imap_account: ImapAccount,
+    mailbox: str,
+    imap: ImapClient,
+    tmp_path: Path,
+) -> None:
+    down = SmtpServer()  # not started yet: connections are refused
+    settings = settings_factory(email=email_config(imap_account, mailbox, down.port, tmp_path))
+    hub = Hub(settings)
+    await hub.start()
+    try:
+        raw, _ = make_mail(subject="Outage", text="Are you there?")
+        await imap.append(raw, mailbox)
+        (lead,) = await wait_leads(hub, 1)
+        for i in range(3):
+            await hub.replies.record_reply(lead.number, f"Answer {i}", "olena")
+
+        async def retried() -> bool:
+            rows = await hub.store.list_events(lead.number, ["reply.recorded"])
+            return len(rows) == 4 and (await hub.store.outbox_counts())["queued"] == 4
+
+        await wait_for(retried, what="queued replies")
+        await asyncio.sleep(2.5)  # several attempts fail while the server is down
+        assert (await hub.store.outbox_counts())["sent"] == 0
+        down.start()
+        try:
+
+            async def all_sent() -> bool:
+                return (await hub.store.outbox_counts())["sent"] == 4
+
+            await wait_for(all_sent, timeout=30, what="delivery after the outage")
+            await asyncio.sleep(1.5)
+            ids = [header_ids(m["Message-ID"])[0] for m in down.parsed()]
+            assert len(ids) == 4 and len(set(ids)) == 4
+            texts = sorted(m.get_body(("plain",)).get_content().strip() for m in down.parsed())
+            assert texts[:3] == ["Answer 0", "Answer 1", "Answer 2"]
+        finally:
+            down.stop()
+    finally:
+        await hub.stop()
+
+
+async def test_permanent_smtp_rejection_marks_the_reply_failed_once(
+    email_hub: Hub, imap: ImapClient, mailbox: str, smtp_server: SmtpServer
+) -> None:
+    smtp_server.reject("gone@example.com")
+    raw, _ = make_mail(sender="gone@example.com", subject="Last words", text="Goodbye")
+    await imap.append(raw, mailbox)
+    (lead,) = await wait_leads(email_hub, 1)
+    reply = await email_hub.replies.record_reply(lead.number, "Sorry to see you go", "olena")
+
+    async def failed() -> list:  # type: ignore[type-arg]
+        events = await email_hub.store.list_events(lead.number, ["delivery.failed"])
+        return [e for e in events if e.data.get("message_id") == reply.id]
+
+    (event,) = await wait_for(failed, what="the permanent failure")
+    assert "550" in event.data["error"] and "gone@example.com" not in event.data["error"]
+    message = await email_hub.store.get_message(reply.id)
+    assert message is not None and message.delivery is not None and message.delivery.value == "failed"
+    await asyncio.sleep(1.5)  # no retry follows a permanent failure
+    assert len(await failed()) == 1
+    assert smtp_server.raw == []
+
+
+async def test_only_the_lease_holder_polls_the_mailbox(
+    email_settings: Settings, imap: ImapClient, mailbox: str
+) -> None:
+    first, second = Hub(email_settings), Hub(email_settings)  # two hubs on one store file
+    await first.start()
+    await second.start()
+    try:
+        pollers = [next(c for c in h.channels if c.name == "email").poller for h in (first, second)]  # type: ignore[attr-defined]
+
+        async def one_connected() -> bool:
+            return sum(p.connected.is_set() for p in pollers) == 1
+
+        await wait_for(one_connected, what="one poller connected")
+        for i in range(10):
+            raw, _ = make_mail(sender=f"p{i}@example.com", subject=f"Parallel {i}", text="hi")
+            await imap.append(raw, mailbox)
+        found = await wait_leads(first, 10)
+        for lead in found:
+            assert len(await wait_messages(first, lead.number, 1)) == 1
+        assert sum(p.connected.is_set() for p in pollers) == 1
+    finally:
+        await second.stop()
+        await first.stop()
+
+
+async def test_a_bounce_replayed_from_the_inbox_still_attaches_to_its_lead(
+    email_hub: Hub, imap: ImapClient, mailbox: str, smtp_server: SmtpServer
+) -> None:
+    raw, _ = make_mail(subject="Help", text="Help me")
+    await imap.append(raw, mailbox)
+    (lead,) = await wait_leads(email_hub, 1)
+    reply = await email_hub.replies.record_reply(lead.number, "Answer", "olena")
+
+    async def staff() -> list:  # type: ignore[type-arg]
+        return [m for m in smtp_server.parsed() if m["Auto-Submitted"] is None]
+
+    (sent,) = await wait_for(staff, what="the staff reply")
+    (sent_id,) = header_ids(sent["Message-ID"])
+    # As if a crash left the bounce stored but unprocessed: the replay loop, not the poller, takes it.
+    item, _ = await email_hub.store.inbox_put(
+        "email", "acct/INBOX/1/99/replayed", _dsn(sent_id, "olena@example.com"), email_hub.now()
+    )
+    await email_hub.inbox.replay_once()
+    stored = await email_hub.store.inbox_get(item.id)
+    assert stored is not None and stored.status == "done" and stored.lead_number == lead.number
+    message = await email_hub.store.get_message(reply.id)
+    assert message is not None and message.delivery is not None and message.delivery.value == "failed"
+    assert len(await leads(email_hub)) == 1

@@ -1,0 +1,147 @@
+"""Email decoding without servers: the corpus, quoting, kinds, subjects, outgoing mail."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from channels.email.decode import EmailDecoder, pick_kind
+from channels.email.parse import clean_subject, decode_bytes, lead_token, message_ids, parse_email
+from channels.email.smtp import compose, outbox_id_of, reply_subject
+from channels.email.text import guess_language, strip_quoted
+from hub.config import EmailSettings
+from hub.domain import InboxItem, Lead, LeadKind, LeadStatus, OutboxItem
+from hub.errors import DecodeError
+
+CORPUS = Path(__file__).resolve().parents[1] / "data" / "email"
+
+
+def _item(raw: bytes, name: str = "x") -> InboxItem:
+    return InboxItem(1, "email", name, raw, datetime(2026, 11, 23, tzinfo=UTC))
+
+
+@pytest.mark.parametrize("path", sorted(CORPUS.glob("*.eml")), ids=lambda p: p.name)
+def test_corpus_message_becomes_lead_or_is_quarantined_with_reason(path: Path) -> None:
+    decoder = EmailDecoder(EmailSettings())
+    if path.name.startswith("lead-"):
+        inbound = decoder(_item(path.read_bytes(), path.name))
+        assert inbound.sender.value and "@" in inbound.sender.value
+        assert inbound.text.strip()
+        assert "\ufffd" not in inbound.subject
+    else:
+        assert path.name.startswith("quarantine-")
+        with pytest.raises(DecodeError) as caught:
+            decoder(_item(path.read_bytes(), path.name))
+        assert str(caught.value).strip()
+
+
+def test_corpus_details() -> None:
+    decoder = EmailDecoder(EmailSettings())
+
+    def decode(name: str):  # type: ignore[no-untyped-def]
+        return decoder(_item((CORPUS / name).read_bytes(), name))
+
+    gmail = decode("lead-gmail-reply-uk.eml")
+    assert gmail.text == "Дякую, чекаю."
+    assert gmail.thread.lead_number == 77
+    assert gmail.thread.message_ids == ("hub.0123456789abcdef0123456789abcdef@example.com",)
+    assert gmail.own_refs == ("CAF2n=Qk8W5hX1@mail.gmail.com",)
+    assert gmail.language == "uk"
+    outlook = decode("lead-outlook-html-only-cp1251.eml")
+    assert outlook.subject == "Счёт на оплату"
+    assert "Прошу выставить счёт." in outlook.text and "Sent:" not in outlook.text
+    assert decode("lead-thunderbird-koi8r-8bit.eml").text == "Заказ не пришёл уже неделю."
+    assert decode("lead-yandex-reply-quoted.eml").text == "Спасибо, всё получила."
+    assert decode("lead-mailru-iso8859-5.eml").subject == "Повернення товару"
+    (photo,) = decode("lead-apple-rfc2231-filename.eml").attachments
+    assert photo.name == "Фото упаковки.jpg" and photo.ref.startswith("sha256:")
+    assert decode("lead-no-message-id.eml").own_refs == ()
+    assert "boundary" in decode("lead-broken-boundary.eml").text
+    phishing = decode("lead-html-phishing.eml").html.lower()
+    for bad in ("javascript:", "onload", "<svg", "<form", "<object", "data:text"):
+        assert bad not in phishing
+
+
+def test_strip_quoted_cuts_history_and_signatures() -> None:
+    assert strip_quoted("New text\n\nOn Tue, Bob <b@x.com> wrote:\n> old\n> older") == "New text"
+    assert strip_quoted("Привіт\n\n-- \nОлена\n+380") == "Привіт"
+    assert strip_quoted("Ответ\n\n-----Original Message-----\nFrom: x\nold") == "Ответ"
+    assert strip_quoted("Ок\n\nВт, 24 нояб. 2026 г. в 10:00, Support <s@example.com>:\n> стар") == "Ок"
+    assert strip_quoted("Дякую\n\nSent from my iPhone") == "Дякую"
+    assert strip_quoted("> only a quote") == "> only a quote"
+
+
+def test_subjects_tokens_and_ids() -> None:
+    assert lead_token("Re: Heater [#L-1042]") == 1042
+    assert lead_token("about L-1042") is None
+    assert clean_subject("RE: Fwd: Re[2]: Heater [#L-5]") == "Heater"
+    assert clean_subject("Відп: Котел") == "Котел"
+    assert message_ids("<a@b> <c@d>\r\n <a@b>") == ["a@b", "c@d"]
+    assert message_ids("bare@id") == ["bare@id"]
+    assert decode_bytes("Тест".encode("cp1251"), "us-ascii") == "Тест"
+    assert decode_bytes("Тест".encode(), "x-bogus") == "Тест"
+    assert guess_language("Добрий день, їжак") == "uk"
+    assert guess_language("Здравствуйте, вы") == "ru"
+    assert guess_language("Hello") == "en"
+
+
+def test_kinds_by_address_plus_tag_and_subject_word() -> None:
+    kinds = {
+        "service@": LeadKind.SERVICE_REQUEST,
+        "+repair": LeadKind.SERVICE_REQUEST,
+        "warranty": LeadKind.SERVICE_REQUEST,
+    }
+    assert pick_kind(kinds, ["service@example.com"], "x")[0] == LeadKind.SERVICE_REQUEST
+    assert pick_kind(kinds, ["service+x@example.com"], "x")[0] == LeadKind.SERVICE_REQUEST
+    assert pick_kind(kinds, ["support+repair@example.com"], "x")[0] == LeadKind.SERVICE_REQUEST
+    assert pick_kind(kinds, ["support@example.com"], "Warranty claim")[0] == LeadKind.SERVICE_REQUEST
+    assert pick_kind(kinds, ["support@example.com"], "Hello")[0] is None
+    assert (
+        pick_kind({"service@shop.example": LeadKind.SERVICE_REQUEST}, ["service@other.example"], "")[0]
+        is None
+    )
+
+
+def test_automatic_mail_is_recognised() -> None:
+    base = b"From: a@example.com\r\nTo: s@example.com\r\nSubject: x\r\n"
+    assert parse_email(base + b"\r\nhi").automatic == ""
+    assert parse_email(base + b"Auto-Submitted: no\r\n\r\nhi").automatic == ""
+    assert parse_email(base + b"Auto-Submitted: auto-replied\r\n\r\nhi").automatic
+    assert parse_email(base + b"Precedence: bulk\r\n\r\nhi").automatic
+    assert parse_email(base + b"List-Id: <l.example.com>\r\n\r\nhi").automatic
+    assert parse_email(base + b"Return-Path: <>\r\n\r\nhi").automatic
+    assert parse_email(b"From: MAILER-DAEMON@x.example\r\nSubject: y\r\n\r\nhi").automatic
+
+
+def test_compose_reply_threads_and_marks_acknowledgements() -> None:
+    now = datetime(2026, 11, 23, tzinfo=UTC)
+    lead = Lead(7, LeadKind.MESSAGE, "email", "c1", LeadStatus.OPEN, now, now, subject="Re: Heater [#L-7]")
+    item = OutboxItem("0" * 31 + "1", "m1", 7, "email", {"text": "Hi <there>\n\nBye", "auto": True}, now)
+    msg = compose(item, lead, "olena@example.com", "Олена", "Support <support@example.com>", ["a@x", "b@x"])
+    assert msg["Subject"] == reply_subject(lead) == "Re: Heater [#L-7]"
+    assert msg["In-Reply-To"] == "<b@x>" and msg["References"] == "<a@x> <b@x>"
+    assert msg["Auto-Submitted"] == "auto-replied"
+    assert msg["Message-ID"] == f"<hub.{item.id}@example.com>"
+    assert outbox_id_of(f"hub.{item.id}@example.com") == item.id
+    html = msg.get_body(("html",))
+    assert html is not None and "Hi &lt;there&gt;" in html.get_content()
+    assert "Олена" in str(msg["To"])
+
+
+def test_fetch_response_parsing_and_uid_sets() -> None:
+    from channels.email.imap import _uid_set, parse_fetch
+
+    lines = [
+        b"1 FETCH (UID 7 BODY[] {5}",
+        bytearray(b"hello"),
+        b")",
+        b"2 FETCH (BODY[] {3}",  # some servers put the UID after the literal
+        bytearray(b"abc"),
+        b" UID 9)",
+        b"Fetch completed.",
+    ]
+    assert [(f.uid, f.raw) for f in parse_fetch(lines)] == [(7, b"hello"), (9, b"abc")]
+    assert _uid_set([1, 2, 3, 7, 9, 10]) == "1:3,7,9:10"
+    assert _uid_set([5]) == "5"
