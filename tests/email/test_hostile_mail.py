@@ -22,11 +22,13 @@ pytestmark = pytest.mark.server
 
 def _zip_bomb(inflated: int = 200 * 1024 * 1024) -> bytes:
     buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as archive:
-        with archive.open("zeros.bin", "w", force_zip64=True) as member:
-            block = b"\0" * (1024 * 1024)
-            for _ in range(inflated // len(block)):
-                member.write(block)
+    block = b"\0" * (1024 * 1024)
+    with (
+        zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as archive,
+        archive.open("zeros.bin", "w", force_zip64=True) as member,
+    ):
+        for _ in range(inflated // len(block)):
+            member.write(block)
     return buffer.getvalue()
 
 
@@ -51,10 +53,18 @@ async def test_hostile_mail_is_bounded_and_the_channel_keeps_running(
     oversize = b"\x89PNG" + bytes(range(256)) * (11 * 1024 * 4)  # ~11 MB, over the 10 MB limit
     recipients = ", ".join(f"r{i}@example.com" for i in range(10_000))
     mails = [
-        make_mail(sender="bomb@example.com", subject="Invoice", text="see attachment",
-                  attachments=[("invoice.zip", "application/zip", bomb)])[0],
-        make_mail(sender="big@example.com", subject="Photo", text="a big photo",
-                  attachments=[("photo.png", "image/png", oversize)])[0],
+        make_mail(
+            sender="bomb@example.com",
+            subject="Invoice",
+            text="see attachment",
+            attachments=[("invoice.zip", "application/zip", bomb)],
+        )[0],
+        make_mail(
+            sender="big@example.com",
+            subject="Photo",
+            text="a big photo",
+            attachments=[("photo.png", "image/png", oversize)],
+        )[0],
         make_mail(sender="many@example.com", to=recipients, subject="To everyone", text="spam")[0],
         make_mail(sender="long@example.com", subject="Ж" * 500_000, text="a 1 MB subject")[0],
     ]
