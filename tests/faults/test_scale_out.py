@@ -1,7 +1,8 @@
 """10: three hub processes on one SQLite file; the single-consumer work moves when its holder dies.
 
-The Telegram poller and the SLA alert relay each run in one process at a time under a store
-lease. While Telegram updates (through the emulator) and API submissions arrive, the test kills
+The Telegram poller, the IMAP mailbox poller and the SLA alert relay each run in one process at
+a time under a store lease. While Telegram updates (through the emulator), mail (a private
+Dovecot) and API submissions arrive, the test kills
 the lease holders at random (a bounded number of times, each replaced by a fresh process) and
 then proves: every input stored exactly once, every lead breached and alerted once, and
 another process took each lease over within seconds.
@@ -14,7 +15,7 @@ import contextlib
 import random
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +23,32 @@ import aiohttp
 import aiosqlite
 import pytest
 
+from tests.conftest import require_server
+from tests.email.helpers import make_mail
 from tests.integration.test_telegram import ALERTS, STAFF, telegram_config
+from tests.support.dovecot import DovecotServer, ImapClient, dovecot_available
 from tests.support.process import HubProcess
 from tests.support.settings import API_TOKEN, base_config, deep_merge
 from tests.support.telegram_emulator import TelegramEmulator
 
-KILLS = 4
+KILLS = 6
 TELEGRAM_MESSAGES = 90
 API_LEADS = 60
+MAILS = 45
+MAILBOX = "ScaleOut"
+LEASES = ("telegram:poller", "telegram:alerts", "email:scale:" + MAILBOX)
 TAKEOVER_LIMIT = 8.0  # lease 3s + one idle wait (1s) + a process start's worth of slack
+
+
+@pytest.fixture
+def dovecot() -> Iterator[DovecotServer]:
+    require_server(dovecot_available(), "Dovecot IMAP server (Debian package dovecot-imapd)")
+    server = DovecotServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture
@@ -109,13 +127,16 @@ async def _post_lead(cluster: Cluster, session: aiohttp.ClientSession, i: int) -
     raise AssertionError(f"API lead {i} was never acknowledged")
 
 
-async def _traffic(cluster: Cluster, emu: TelegramEmulator) -> None:
+async def _traffic(cluster: Cluster, emu: TelegramEmulator, imap: ImapClient) -> None:
     users = [
         {"id": 7000 + u, "is_bot": False, "first_name": f"U{u}", "language_code": "uk"} for u in range(30)
     ]
     async with aiohttp.ClientSession() as session:
         posts: list[asyncio.Task[None]] = []
-        for i in range(max(TELEGRAM_MESSAGES, API_LEADS)):
+        for i in range(max(TELEGRAM_MESSAGES, API_LEADS, MAILS)):
+            if i < MAILS:
+                raw, _ = make_mail(sender=f"m{i}@example.com", subject=f"Mail {i}", text=f"mail-{i}")
+                await imap.append(raw, MAILBOX)
             if i < TELEGRAM_MESSAGES:
                 user = users[i % len(users)]
                 emu.send_text(user["id"], user, f"tg-{i}")
@@ -128,7 +149,7 @@ async def _traffic(cluster: Cluster, emu: TelegramEmulator) -> None:
 async def _texts(db: Path) -> Counter[str]:
     async with aiosqlite.connect(db) as conn:
         cursor = await conn.execute("SELECT text FROM messages WHERE direction = 'in'")
-        return Counter(str(r[0]) for r in await cursor.fetchall())
+        return Counter(str(r[0]).strip() for r in await cursor.fetchall())
 
 
 async def _scalar(db: Path, sql: str) -> Any:
@@ -147,8 +168,12 @@ def _breach_alerts(emu: TelegramEmulator) -> Counter[int]:
 
 
 async def test_three_processes_survive_lease_holders_killed_at_random(
-    tmp_path: Path, emu: TelegramEmulator
+    tmp_path: Path, emu: TelegramEmulator, dovecot: DovecotServer
 ) -> None:
+    account = dovecot.account
+    imap = ImapClient(account)
+    await imap.__aenter__()
+    await imap.create(MAILBOX)
     config = deep_merge(
         base_config(tmp_path),
         {
@@ -160,6 +185,25 @@ async def test_three_processes_survive_lease_holders_killed_at_random(
                 },
             },
             "telegram": telegram_config(emu),
+            "email": {
+                "enabled": True,
+                "account": "scale",
+                "ack": False,
+                "lease_ttl": "3s",
+                "imap": {
+                    "host": account.host,
+                    "port": account.port,
+                    "security": "plain",
+                    "username": account.username,
+                    "password": account.password,
+                    "mailbox": MAILBOX,
+                    "poll_every": "1s",
+                    "timeout": "10s",
+                    "reconnect_max": "2s",
+                },
+                "smtp": {"host": "127.0.0.1", "port": 9, "security": "plain", "username": None},
+                "attachments_dir": str(tmp_path / "attachments"),
+            },
         },
     )
     cluster = Cluster(tmp_path, config)
@@ -168,10 +212,10 @@ async def test_three_processes_survive_lease_holders_killed_at_random(
     alert_holder_kills = 0
     try:
         await asyncio.gather(*(cluster.add() for _ in range(3)))
-        traffic = asyncio.create_task(_traffic(cluster, emu))
+        traffic = asyncio.create_task(_traffic(cluster, emu, imap))
         for kill in range(KILLS):
             await asyncio.sleep(rng.uniform(1.0, 2.5))
-            lease = ("telegram:poller", "telegram:alerts")[kill % 2]
+            lease = LEASES[kill % len(LEASES)]
             victim = await cluster.wait_holder(lease, None, timeout=TAKEOVER_LIMIT)
             if await cluster.holder("telegram:alerts") is victim:
                 alert_holder_kills += 1
@@ -184,7 +228,11 @@ async def test_three_processes_survive_lease_holders_killed_at_random(
         await traffic
 
         # Everything lands: every Telegram message and API lead once, every inbox item done.
-        expected = {f"tg-{i}" for i in range(TELEGRAM_MESSAGES)} | {f"api-{i}" for i in range(API_LEADS)}
+        expected = (
+            {f"tg-{i}" for i in range(TELEGRAM_MESSAGES)}
+            | {f"api-{i}" for i in range(API_LEADS)}
+            | {f"mail-{i}" for i in range(MAILS)}
+        )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             texts = await _texts(cluster.db)
@@ -194,7 +242,9 @@ async def test_three_processes_survive_lease_holders_killed_at_random(
         texts = await _texts(cluster.db)
         assert expected - set(texts) == set(), "lost input"
         assert {t: n for t, n in texts.items() if t in expected and n != 1} == {}, "duplicated input"
-        api_leads = await _scalar(cluster.db, "SELECT count(*) FROM leads WHERE channel != 'telegram'")
+        api_leads = await _scalar(
+            cluster.db, "SELECT count(*) FROM leads WHERE channel NOT IN ('telegram', 'email')"
+        )
         assert api_leads == API_LEADS
         # Every lead breaches (nobody answers): one event each, and one alert each.
         leads = int(await _scalar(cluster.db, "SELECT count(*) FROM leads"))
@@ -225,3 +275,4 @@ async def test_three_processes_survive_lease_holders_killed_at_random(
     finally:
         for proc in cluster.procs:
             proc.kill()
+        await imap.__aexit__(None, None, None)
