@@ -4,7 +4,8 @@
     python -m bench.scaling --sizes 10000,100000 -n 2000 -c 32
 
 One SQLite file grows through the sizes (leads inserted through the store, nine in ten
-resolved history, one in ten open, spread over 20 other managers). At each size a real hub
+resolved history, one in ten open, spread over 20 other managers; due times in the future, so
+the SLA sweep has no backlog to work through during the measurement). At each size a real hub
 process is started on the file and measured: form ingest over loopback (throughput and
 latency, the load from a separate process as in bench.ingest), then the queue views through
 the REST API (first page of open leads, of one agent's open leads, of breached leads).
@@ -21,13 +22,15 @@ import sys
 import tempfile
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
 import yaml
 
 from bench.ingest import ROOT, TOKEN, free_port, hub_config, percentile, run_generator, wait_ready
-from bench.store_queries import populate
+from bench.store_queries import T0, make_lead, populate
+from hub.domain import Lead
 from storage import store_from_url
 
 VIEWS = {
@@ -37,13 +40,31 @@ VIEWS = {
 }
 
 
+def future_lead(number: int, due: bool) -> Lead:
+    """bench.store_queries' lead, its clocks moved to now: no breach is due during the run."""
+    lead = make_lead(number, due)
+    shift = datetime.now(UTC) - T0
+    for name in (
+        "created_at",
+        "updated_at",
+        "first_response_at",
+        "first_response_due",
+        "warn_due",
+        "breached_at",
+    ):
+        value = getattr(lead, name)
+        if value is not None:
+            setattr(lead, name, value + shift)
+    return lead
+
+
 async def grow(url: str, count: int) -> None:
     """Insert `count` more leads through the store."""
     store = store_from_url(url)
     await store.open()
     try:
         if count > 0:
-            await populate(store, count, due=0)
+            await populate(store, count, due=0, make=future_lead)
     finally:
         await store.close()
 
