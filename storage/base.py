@@ -128,6 +128,13 @@ class KpiRow:
     resolution_mean: float | None
     resolution_median: float | None
     breached_answered: int = 0  # breached, then answered late
+    # Medians/p90 read off a histogram (large periods), within PERCENTILE_ERROR of the exact ones.
+    percentiles_approximate: bool = False
+
+
+#: Worst relative error of an approximate percentile (`KpiRow.percentiles_approximate`); below
+#: one second, the error is at most half a second.
+PERCENTILE_ERROR = 0.025
 
 
 def interpolated_percentiles(values: list[float], fractions: tuple[float, ...]) -> dict[float, float]:
@@ -351,6 +358,12 @@ class Store(Protocol):
     # --- dashboard: reports, erasure, small aggregates ---------------------------------------
     async def kpi_rows(self, query: KpiQuery) -> list[KpiRow]:
         """KPI figures of leads created in the period, one row per group (computed in the database)."""
+
+    async def kpi_breakdowns(
+        self, query: KpiQuery, groupings: tuple[str | None, ...]
+    ) -> dict[str | None, list[KpiRow]]:
+        """`kpi_rows` for several groupings of one period at once (`query.group_by` is ignored);
+        the result for each grouping equals what `kpi_rows` returns for it."""
 
     async def erase_contact(self, contact_id: str) -> list[int]:
         """Delete a contact's personal data: identities, messages (with attachments), their outbox

@@ -41,6 +41,7 @@ from hub.domain import (
     OutboxItem,
     Page,
 )
+from storage import sqlite_kpi
 from storage.base import (
     KPI_GROUPS,
     DuplicateError,
@@ -579,6 +580,7 @@ class SqliteStore:
         for statement in _SLA_INDEXES.split(";"):
             if statement.strip():
                 await self._db.execute(statement)
+        await sqlite_kpi.create_rollups(self._db)
 
     async def close(self) -> None:
         if self._db is None:
@@ -1695,6 +1697,14 @@ class SqliteStore:
         if query.group_by is None and result and result[0].received == 0:
             return []
         return result
+
+    async def kpi_breakdowns(
+        self, query: KpiQuery, groupings: tuple[str | None, ...]
+    ) -> dict[str | None, list[KpiRow]]:
+        """`kpi_rows` for several groupings at once: exact scans, or the rollups for large periods."""
+        return await sqlite_kpi.kpi_breakdowns(
+            self._read, self._kpi_filters, query, groupings, _KPI_SORT_LIMIT
+        )
 
     async def erase_contact(self, contact_id: str) -> list[int]:
         async with self._unit() as db:

@@ -325,6 +325,16 @@ def _schemas() -> dict[str, Any]:
                         "allOf": [_ref("Kpi"), {"type": "object", "properties": {"day": {"type": "string"}}}]
                     },
                 },
+                "percentiles": {
+                    "type": "object",
+                    "description": "Medians/p90s of periods over 100k leads come from histograms, "
+                    "within max_relative_error of the exact figure (or max_absolute_error_s under 1 s).",
+                    "properties": {
+                        "approximate": {"type": "boolean"},
+                        "max_relative_error": {"type": "number"},
+                        "max_absolute_error_s": {"type": "number"},
+                    },
+                },
                 "compare": {
                     "type": "object",
                     "properties": {

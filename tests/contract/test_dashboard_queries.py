@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import statistics
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
 
 from hub.domain import LeadKind, LeadStatus
-from storage.base import KpiQuery, LeadChanges, Store
+from storage.base import KpiQuery, KpiRow, LeadChanges, Store
 from tests.contract.builders import T0, at, contact, email, message, new_lead, outbound
 
 
@@ -103,3 +104,42 @@ async def test_handled_since_and_active_counts(store: Store) -> None:
     assert await store.handled_since(at(hours=1)) == {"olena": 2}
     counts = sorted(await store.active_counts(), key=lambda r: (r[0] or "", r[1]))
     assert counts == [("service", False, 1), ("support", False, 1)]
+
+
+async def test_kpi_breakdowns_equal_kpi_rows_per_grouping(store: Store) -> None:
+    delays = [60, 600, 1800, 3600, 7200, 18000, None]
+    for i, delay in enumerate(delays):
+        await _lead_answered_after(
+            store,
+            delay,
+            created_at=at(hours=3 * i),
+            assignee=None if i == 6 else ("olena" if i % 2 else "taras"),
+            kind=LeadKind.SERVICE_REQUEST if i % 3 == 0 else LeadKind.MESSAGE,
+        )
+    period = KpiQuery(at(), at(hours=48), day_zone="Europe/Kyiv")
+    groupings = (None, "team", "assignee", "channel", "kind", "day")
+    tables = await store.kpi_breakdowns(period, groupings)
+    assert set(tables) == set(groupings)
+    for grouping in groupings:
+        expected = await store.kpi_rows(replace(period, group_by=grouping))
+        got = tables[grouping]
+        assert [r.group for r in got] == [r.group for r in expected], grouping
+        for mine, theirs in zip(got, expected, strict=True):
+            assert _same(mine, theirs), (grouping, mine, theirs)
+    assert await store.kpi_breakdowns(KpiQuery(at(hours=-10), at(hours=-9)), (None,)) == {None: []}
+    assert await store.kpi_breakdowns(KpiQuery(at(hours=-10), at(hours=-9)), (None, "team")) == {
+        None: [],
+        "team": [],
+    }
+
+
+def _same(a: KpiRow, b: KpiRow) -> bool:
+    """Equal counts, and times equal up to float rounding (sums are added in another order)."""
+    for name in KpiRow.__dataclass_fields__:
+        x, y = getattr(a, name), getattr(b, name)
+        if isinstance(x, float) and isinstance(y, float):
+            if x != pytest.approx(y):
+                return False
+        elif x != y:
+            return False
+    return True

@@ -333,6 +333,44 @@ async def test_kpi_report_figures_equal_what_the_leads_say(
     assert 'data-figure="received" data-value="10"' in await page.text()
 
 
+async def test_large_period_report_says_its_percentiles_are_approximate_and_keeps_the_bound(
+    hub: Hub, http, base_url: str, auth, olena, monkeypatch
+) -> None:
+    if hub.store.backend != "sqlite":
+        pytest.skip("the histogram rollups are SQLite's")
+    import storage.sqlite as sqlite_module
+
+    # Every period counts as large: the figures come from the rollups the lead writes kept.
+    monkeypatch.setattr(sqlite_module, "_KPI_SORT_LIMIT", 0)
+    frts = (await _build_history(hub))["frts"]
+    resp = await http.get(
+        f"{base_url}/api/v1/reports/kpi", params={"from": "2026-03-02", "to": "2026-03-05"}, headers=auth
+    )
+    assert resp.status == 200, await resp.text()
+    body = await resp.json()
+    assert body["percentiles"]["approximate"] is True
+    bound = body["percentiles"]["max_relative_error"]
+    assert bound == pytest.approx(0.025)
+    summary = body["summary"]
+    assert (summary["received"], summary["responded"], summary["within_target"]) == (10, 8, 7)
+    assert (summary["breached"], summary["resolved"]) == (2, 1)
+    assert summary["first_response_mean_s"] == pytest.approx(statistics.mean(frts))
+    for name, exact in (
+        ("first_response_median_s", statistics.median(frts)),
+        ("first_response_p90_s", statistics.quantiles(frts, n=10, method="inclusive")[8]),
+        ("resolution_median_s", 2 * 3600),
+    ):
+        assert abs(summary[name] - exact) <= bound * exact + 0.5, name
+    assert {row["key"]: row["received"] for row in body["by"]["kind"]} == {"message": 9, "service_request": 1}
+    assert sum(row["received"] for row in body["daily"]) == 10
+    session, _ = olena
+    page = await session.get(
+        f"{base_url}/dashboard/reports", params={"from": "2026-03-02", "to": "2026-03-05"}
+    )
+    assert page.status == 200
+    assert 'id="percentiles-approximate"' in await page.text()
+
+
 async def test_kpi_api_needs_the_token_and_validates_dates(http, base_url: str, auth) -> None:
     assert (await http.get(f"{base_url}/api/v1/reports/kpi")).status == 401
     bad = await http.get(f"{base_url}/api/v1/reports/kpi", params={"from": "yesterday"}, headers=auth)

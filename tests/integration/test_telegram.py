@@ -1,8 +1,4 @@
-"""Telegram end to end: the hub against the Bot API emulator on loopback.
-
-Still to add once the email channel is merged: an email lead's reply written in its topic
-goes out by SMTP (the relay path is the same outbox row; only the sender differs).
-"""
+"""Telegram end to end: the hub against the Bot API emulator on loopback."""
 
 from __future__ import annotations
 

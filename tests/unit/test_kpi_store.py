@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import random
+import sqlite3
 import statistics
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -11,7 +13,7 @@ import pytest
 
 import storage.sqlite as sqlite_module
 from hub.domain import Lead, LeadKind, LeadStatus
-from storage.base import KpiQuery, LeadChanges
+from storage.base import PERCENTILE_ERROR, KpiQuery, LeadChanges
 from storage.sqlite import SqliteStore
 
 T0 = datetime(2026, 5, 1, tzinfo=UTC)
@@ -98,5 +100,143 @@ async def test_days_follow_local_midnights_across_dst(tmp_path: Path) -> None:
             KpiQuery(start, datetime(2026, 4, 1, tzinfo=kyiv), group_by="day", day_zone="Europe/Kyiv")
         )
         assert [(r.group, r.received) for r in rows] == [("2026-03-28", 1), ("2026-03-29", 1)]
+    finally:
+        await store.close()
+
+
+async def _reshuffle(store: SqliteStore, count: int) -> None:
+    """Later writes the rollup triggers must follow: reassignments, resolutions, reopenings."""
+    rng = random.Random(5)
+    for number in rng.sample(range(1, count + 1), count // 3):
+        lead = await store.get_lead(number)
+        assert lead is not None
+        action = rng.randrange(3)
+        if action == 0:
+            await store.update_lead(number, LeadChanges(assignee=rng.choice(["a", "d"]), team="u"))
+        elif action == 1:
+            delay = timedelta(seconds=rng.uniform(0.2, 5 * 86400))
+            await store.update_lead(
+                number, LeadChanges(status=LeadStatus.RESOLVED, resolved_at=lead.created_at + delay)
+            )
+        else:
+            await store.update_lead(number, LeadChanges(status=LeadStatus.OPEN, clear_resolved_at=True))
+
+
+async def _assert_report_matches(store: SqliteStore, query: KpiQuery, approximate: bool) -> None:
+    groupings = (None, "team", "assignee", "channel", "kind", "day")
+    tables = await store.kpi_breakdowns(query, groupings)
+    for grouping in groupings:
+        expected = await store.kpi_rows(replace(query, group_by=grouping))
+        got = tables[grouping]
+        assert [r.group for r in got] == [r.group for r in expected]
+        for mine, theirs in zip(got, expected, strict=True):
+            for name in (
+                "received",
+                "responded",
+                "within_target",
+                "breached",
+                "resolved",
+                "breached_answered",
+            ):
+                assert getattr(mine, name) == getattr(theirs, name), (grouping, name)
+            for name in ("frt_mean", "resolution_mean"):
+                assert getattr(mine, name) == pytest.approx(getattr(theirs, name)), (grouping, name)
+            assert mine.percentiles_approximate == (approximate and grouping != "day")
+            for name in ("frt_median", "frt_p90", "resolution_median"):
+                exact = getattr(theirs, name)
+                if exact is None or not approximate:
+                    assert getattr(mine, name) == pytest.approx(exact), (grouping, name)
+                else:
+                    # The bound the API and README state.
+                    assert abs(getattr(mine, name) - exact) <= PERCENTILE_ERROR * exact + 0.5, (
+                        grouping,
+                        name,
+                    )
+
+
+@pytest.mark.parametrize("sort_limit", [100_000, 0], ids=["exact-scan", "rollups"])
+async def test_one_call_report_matches_per_grouping_queries(
+    tmp_path: Path, monkeypatch, sort_limit: int
+) -> None:
+    monkeypatch.setattr(sqlite_module, "_KPI_SORT_LIMIT", sort_limit)
+    store, _ = await _store_with_leads(tmp_path / "kpi.db", 400)
+    try:
+        await _reshuffle(store, 400)
+        # Bounds off the hour and week grid: the partial hours and weeks come from `leads`.
+        odd = timedelta(hours=1, minutes=17, seconds=3)
+        first = await store.get_lead(1)
+        assert first is not None
+        for query in (
+            KpiQuery(first.created_at - timedelta(seconds=10), first.created_at + timedelta(seconds=10)),
+            KpiQuery(T0 + odd, T0 + timedelta(days=9) + odd, day_zone="Europe/Kyiv"),
+            KpiQuery(T0, T0 + timedelta(days=11), day_zone="America/New_York"),
+            KpiQuery(T0 + odd, T0 + timedelta(days=10), day_zone="Asia/Kolkata"),  # +05:30
+            KpiQuery(T0 + odd, T0 + timedelta(days=2), team="t", day_zone="Europe/Kyiv"),
+            KpiQuery(T0, T0 + timedelta(days=20), assignee="d", kind=LeadKind.MESSAGE),
+        ):
+            await _assert_report_matches(store, query, approximate=sort_limit == 0)
+        with pytest.raises(ValueError):
+            await store.kpi_breakdowns(KpiQuery(T0, T0 + timedelta(days=1)), ("status",))
+    finally:
+        await store.close()
+
+
+async def test_rollups_are_filled_from_existing_leads_on_open(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(sqlite_module, "_KPI_SORT_LIMIT", 0)
+    store, _ = await _store_with_leads(tmp_path / "old.db", 200)
+    await store.close()
+    # A database from before the rollups: no tables, no triggers.
+    with sqlite3.connect(tmp_path / "old.db") as db:
+        for name in ("kpi_leads_insert", "kpi_leads_update", "kpi_leads_delete"):
+            db.execute(f"DROP TRIGGER {name}")
+        db.execute("DROP TABLE kpi_hourly")
+        db.execute("DROP TABLE kpi_hist")
+    store = SqliteStore(tmp_path / "old.db")
+    await store.open()
+    try:
+        await _assert_report_matches(store, KpiQuery(T0, T0 + timedelta(days=11)), approximate=True)
+    finally:
+        await store.close()
+
+
+async def test_one_scan_days_follow_local_midnights_across_dst(tmp_path: Path) -> None:
+    from zoneinfo import ZoneInfo
+
+    kyiv = ZoneInfo("Europe/Kyiv")
+    store = SqliteStore(tmp_path / "days.db")
+    await store.open()
+    try:
+        # Both DST changes of 2026 inside one period, leads just either side of local midnights.
+        moments = [
+            datetime(2026, 3, 28, 23, 59, tzinfo=kyiv),
+            datetime(2026, 3, 29, 0, 1, tzinfo=kyiv),
+            datetime(2026, 3, 29, 23, 59, tzinfo=kyiv),
+            datetime(2026, 10, 25, 0, 1, tzinfo=kyiv),
+            datetime(2026, 10, 25, 23, 59, tzinfo=kyiv),
+            datetime(2026, 10, 26, 0, 1, tzinfo=kyiv),
+        ]
+        for number, created in enumerate(moments, start=1):
+            lead = Lead(
+                number=number,
+                kind=LeadKind.MESSAGE,
+                channel="email",
+                contact_id="c",
+                status=LeadStatus.OPEN,
+                created_at=created,
+                updated_at=created,
+                origin_external_id=f"d{number}",
+            )
+            await store.create_lead(lead)
+        query = KpiQuery(
+            datetime(2026, 3, 1, tzinfo=kyiv), datetime(2026, 11, 1, tzinfo=kyiv), day_zone="Europe/Kyiv"
+        )
+        tables = await store.kpi_breakdowns(query, ("day",))
+        assert [(r.group, r.received) for r in tables["day"]] == [
+            ("2026-03-28", 1),
+            ("2026-03-29", 2),
+            ("2026-10-25", 2),
+            ("2026-10-26", 1),
+        ]
+        assert tables["day"] == await store.kpi_rows(replace(query, group_by="day"))
     finally:
         await store.close()
