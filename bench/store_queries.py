@@ -60,13 +60,13 @@ async def timed(label: str, repeat: int, call: Callable[[], Awaitable[Any]]) -> 
     return result
 
 
-async def populate(store: Store, leads: int, due: int) -> None:
+async def populate(store: Store, leads: int, due: int, make: Callable[[int, bool], Lead] = make_lead) -> None:
     due_every = max(leads // max(due, 1), 1)
     start = time.perf_counter()
     batch: list[Awaitable[Any]] = []
     for _ in range(leads):
         number = await store.next_lead_number()
-        batch.append(store.create_lead(make_lead(number, due=number % due_every == 0 and due > 0)))
+        batch.append(store.create_lead(make(number, number % due_every == 0 and due > 0)))
         if len(batch) >= 500:
             await asyncio.gather(*batch)
             batch = []

@@ -37,3 +37,11 @@ class TransientError(HubError):
 
 class PermanentError(HubError):
     """Retrying cannot help (address rejected, chat blocked the bot): report it once."""
+
+
+class UncertainDelivery(TransientError):
+    """The message went out but its acceptance was never confirmed (e.g. SMTP dropped after DATA).
+
+    The outbox retries such a row at most once (with the same Message-ID, so the receiver can
+    tell the copies apart), then marks it failed as "may have been delivered" for staff.
+    """

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 
 from hub.config import OutboxSettings
 from hub.domain import Event, EventType, OutboxItem, utcnow
-from hub.errors import PermanentError, TransientError
+from hub.errors import PermanentError, TransientError, UncertainDelivery
 from hub.events import EventBus
 from hub.ports import Sender
 from storage.base import Store, StoreError
@@ -113,6 +113,9 @@ class OutboxDispatcher:
             await self._store.outbox_failed(item.id, str(exc))
             await self._failed(item, str(exc))
             return
+        except UncertainDelivery as exc:
+            await self._uncertain(item, str(exc))
+            return
         except TransientError as exc:
             await self._retry(item, str(exc), exc.retry_after)
             return
@@ -130,6 +133,20 @@ class OutboxDispatcher:
         await self._store.append_event(event)
         await self._bus.publish(event, lead)
         log.info("%s %s: reply %s delivered", lead.ref, item.channel, item.message_id)
+
+    async def _uncertain(self, item: OutboxItem, error: str) -> None:
+        """Sent, but never confirmed: retry once (same Message-ID), then give up as 'maybe sent'."""
+        key = f"outbox.uncertain.{item.id}"
+        seen = int(await self._store.get_state(key) or 0) + 1
+        await self._store.set_state(key, seen)
+        if seen > 1:
+            message = f"uncertain twice, not retried again (it may have been delivered): {error}"
+            await self._store.outbox_failed(item.id, message)
+            await self._failed(item, message)
+            return
+        log.warning("L-%s %s: delivery uncertain, retrying once: %s", item.lead_number, item.channel, error)
+        delay = backoff_delay(item.attempts, self._settings.backoff_base, self._settings.backoff_max)
+        await self._store.outbox_retry(item.id, utcnow() + delay, f"uncertain: {error}")
 
     async def _retry(self, item: OutboxItem, error: str, retry_after: float | None) -> None:
         if item.attempts >= self._settings.max_attempts:

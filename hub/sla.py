@@ -292,6 +292,20 @@ class SlaSweeper:
             return SlaEscalation()
         return self._clock.effective(lead.kind, lead.team, lead.priority).escalation
 
+    def who_to_notify(self, lead: Lead, level: str) -> list[str]:
+        """Manager ids an SLA mark of this level on this lead is addressed to."""
+        escalation = self._escalation(lead)
+        delayed = escalation.team_lead_after is not None
+        # The chain: the assignee hears of the warning and the breach; the team's leads hear of
+        # the breach (or, with team_lead_after, of the escalation that follows it); then reassign.
+        leads_step = level == "escalation" or (level == "breach" and not delayed)
+        notify: list[str] = []
+        if lead.assignee and escalation.notify_assignee:
+            notify.append(lead.assignee)
+        if leads_step and escalation.notify_team_lead:
+            notify.extend(m for m in self._team_leads(lead.team) if m not in notify)
+        return notify
+
     async def _report(self, claim: SlaClaim, now: datetime) -> None:
         lead = claim.lead
         kind = {
@@ -301,14 +315,8 @@ class SlaSweeper:
         }[claim.level]
         escalation = self._escalation(lead)
         delayed = escalation.team_lead_after is not None
-        # The chain: the assignee hears of the warning and the breach; the team's leads hear of
-        # the breach (or, with team_lead_after, of the escalation that follows it); then reassign.
         leads_step = claim.level == "escalation" or (claim.level == "breach" and not delayed)
-        notify: list[str] = []
-        if lead.assignee and escalation.notify_assignee:
-            notify.append(lead.assignee)
-        if leads_step and escalation.notify_team_lead:
-            notify.extend(m for m in self._team_leads(lead.team) if m not in notify)
+        notify = self.who_to_notify(lead, claim.level)
         log.warning(
             "%s %s %s: %s mark due %s, assignee %s",
             lead.ref,

@@ -341,9 +341,13 @@ class Store(Protocol):
         """Append to the audit log; returns the event with its id."""
 
     async def list_events(
-        self, lead_number: int | None = None, types: list[str] | None = None, limit: int = 1000
+        self,
+        lead_number: int | None = None,
+        types: list[str] | None = None,
+        limit: int = 1000,
+        after_id: int | None = None,
     ) -> list[Event]:
-        """Events oldest first, of one lead and/or some types."""
+        """Events oldest first, of one lead and/or some types (with `after_id`: id above it)."""
 
     async def acquire_lease(self, name: str, holder: str, now: datetime, ttl_seconds: float) -> bool:
         """Take or renew a named lease; True while `holder` has it."""

@@ -1337,10 +1337,16 @@ class MongoStore:
 
     @_translated
     async def list_events(
-        self, lead_number: int | None = None, types: list[str] | None = None, limit: int = 1000
+        self,
+        lead_number: int | None = None,
+        types: list[str] | None = None,
+        limit: int = 1000,
+        after_id: int | None = None,
     ) -> list[Event]:
-        """Events oldest first, of one lead and/or some types."""
+        """Events oldest first, of one lead and/or some types (with `after_id`: id above it)."""
         query: Doc = {}
+        if after_id is not None:
+            query["_id"] = {"$gt": after_id}
         if lead_number is not None:
             query["lead_number"] = lead_number
         if types:

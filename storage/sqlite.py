@@ -1655,10 +1655,17 @@ class SqliteStore:
         return replace(event, id=await self._write(insert))
 
     async def list_events(
-        self, lead_number: int | None = None, types: list[str] | None = None, limit: int = 1000
+        self,
+        lead_number: int | None = None,
+        types: list[str] | None = None,
+        limit: int = 1000,
+        after_id: int | None = None,
     ) -> list[Event]:
         where: list[str] = []
         params: list[Any] = []
+        if after_id is not None:
+            where.append("id > ?")
+            params.append(after_id)
         if lead_number is not None:
             where.append("lead_number = ?")
             params.append(lead_number)

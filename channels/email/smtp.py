@@ -15,12 +15,13 @@ import ssl
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, getaddresses
+from typing import Any
 
 import aiosmtplib
 
 from hub.config import EmailSettings
 from hub.domain import Contact, Direction, IdentityKind, Lead, OutboxItem, utcnow
-from hub.errors import PermanentError, TransientError
+from hub.errors import PermanentError, TransientError, UncertainDelivery
 from storage.base import Store
 
 from .parse import clean_subject, new_message, redact
@@ -94,6 +95,16 @@ def compose(
     return msg
 
 
+class _TrackedSmtp(aiosmtplib.SMTP):
+    """An SMTP client that remembers whether the message content was handed to the server."""
+
+    data_started = False
+
+    async def data(self, message: str | bytes, /, **kwargs: Any) -> aiosmtplib.SMTPResponse:
+        self.data_started = True
+        return await super().data(message, **kwargs)
+
+
 def _tls_context(verify: bool) -> ssl.SSLContext:
     context = ssl.create_default_context()
     if not verify:
@@ -137,18 +148,19 @@ class SmtpSender:
         await self._store.add_refs(lead.number, [message_id])
         smtp = self._smtp
         security = smtp.security
+        client = _TrackedSmtp(
+            hostname=smtp.host,
+            port=smtp.port,
+            username=smtp.username if smtp.password else None,
+            password=smtp.password.get_secret_value() if smtp.password else None,
+            use_tls=security == "ssl",
+            start_tls=security == "starttls",
+            tls_context=_tls_context(smtp.verify_tls) if security != "plain" else None,
+            timeout=smtp.timeout.total_seconds(),
+        )
         try:
-            await aiosmtplib.send(
-                msg,
-                hostname=smtp.host,
-                port=smtp.port,
-                username=smtp.username if smtp.password else None,
-                password=smtp.password.get_secret_value() if smtp.password else None,
-                use_tls=security == "ssl",
-                start_tls=security == "starttls",
-                tls_context=_tls_context(smtp.verify_tls) if security != "plain" else None,
-                timeout=smtp.timeout.total_seconds(),
-            )
+            async with client:
+                await client.send_message(msg)
         except aiosmtplib.SMTPRecipientsRefused as exc:
             codes = [r.code for r in exc.recipients]
             # The dispatcher logs this text: keep the customer's address out of it.
@@ -167,6 +179,12 @@ class SmtpSender:
                 raise PermanentError(f"{lead.ref}: the SMTP server rejected the message: {text}") from exc
             raise TransientError(f"{lead.ref}: the SMTP server deferred the message: {text}") from exc
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            if client.data_started:
+                # The content may have reached the server: its reply (250 or not) never came back.
+                raise UncertainDelivery(
+                    f"{lead.ref}: SMTP {smtp.host}:{smtp.port} dropped after DATA, before its reply "
+                    f"({type(exc).__name__}); the message may have been delivered"
+                ) from exc
             raise TransientError(
                 f"SMTP {smtp.host}:{smtp.port} unavailable: {type(exc).__name__}: {exc}"
             ) from exc

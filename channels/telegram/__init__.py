@@ -17,6 +17,7 @@ from aiogram.exceptions import TelegramAPIError
 from aiogram.methods import DeleteWebhook, GetMe, SetWebhook
 
 from channels.telegram import links
+from channels.telegram.alerts import AlertRelay
 from channels.telegram.api import TelegramApi, make_bot
 from channels.telegram.customer import CustomerSide
 from channels.telegram.desk import StaffDesk
@@ -53,6 +54,7 @@ class TelegramChannel:
         self.staff: StaffSide | None = None
         self.poller: Poller | None = None
         self.ingest: Ingest | None = None
+        self.alerts: AlertRelay | None = None
         self.bot_id = 0
         self.bot_username = ""
 
@@ -84,6 +86,11 @@ class TelegramChannel:
         hub.outbox.register(TelegramSender(self.api, hub.store))
         hub.bus.subscribe("telegram.desk", self.desk.on_event)
         hub.bus.subscribe("telegram.ack", self._on_event)
+        # One relay per database, like the poller: a dead holder is replaced within one lease.
+        self.alerts = AlertRelay(
+            hub, self.api, self.desk, lease_seconds=settings.poller_lease.total_seconds()
+        )
+        hub.bus.subscribe("telegram.alerts", self.alerts.on_event)
         if settings.mode == "webhook":
             assert settings.webhook_secret is not None
             handler = webhook_handler(self.ingest, settings.webhook_secret.get_secret_value())
@@ -132,6 +139,8 @@ class TelegramChannel:
             log.warning("telegram: getMe failed, continuing: %s", exc)
         self.desk.start()
         await self.desk.load_pending()
+        assert self.alerts is not None
+        self.alerts.start()
         if settings.mode == "webhook":
             public = self._hub.settings.web.public_url.rstrip("/")
             if public:
@@ -162,6 +171,8 @@ class TelegramChannel:
         """Stop polling and the staff desk, then close the Bot API session."""
         if self.poller is not None:
             await self.poller.stop()
+        if self.alerts is not None:
+            await self.alerts.stop()
         if self.desk is not None:
             await self.desk.stop()
         if self.api is not None:

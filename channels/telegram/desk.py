@@ -352,7 +352,11 @@ class StaffDesk:
         await self._mark(lead)
 
     async def _alert(self, lead: Lead, breached: bool, data: dict[str, Any], notices: list[str]) -> None:
-        """An SLA warning/breach/escalation: in the topic and the alerts chat, tagging who must act."""
+        """An SLA warning/breach/escalation in the lead's topic (the alerts chat: `alerts.AlertRelay`)."""
+        notices.append(self.alert_text(lead, breached, data))
+
+    def alert_text(self, lead: Lead, breached: bool, data: dict[str, Any]) -> str:
+        """The HTML of an SLA warning/breach/escalation, tagging who must act."""
         ids = [str(i) for i in data.get("notify") or []] or ([lead.assignee] if lead.assignee else [])
         managers = [m for m in (self._hub.settings.manager(i) for i in ids) if m is not None]
         who = ", ".join(mention(m.telegram_id, m.name) for m in managers)
@@ -365,10 +369,7 @@ class StaffDesk:
         text = ("🔥 " if breached else "⚠️ ") + raw_staff(key, lead=esc(lead.ref), due=due, who=who)
         if data.get("level") == "escalation":
             text = "⏫ " + text
-        notices.append(text)
-        alerts = self._settings.alerts_chat_id
-        if alerts is not None:
-            await self.post_to(alerts, text)
+        return text
 
     # --- the worker ---------------------------------------------------------------------
     async def _work(self, chat: int, queue: _ChatQueue) -> None:

@@ -39,6 +39,11 @@ async def test_events_append_and_list(store: Store) -> None:
     assert [e.id for e in await store.list_events(limit=2)] == [appended[0].id, appended[1].id]
     assert await store.list_events(99) == []
     assert await store.list_events(types=["nothing"]) == []
+    # A cursor over the log (the alert relay's): only ids above `after_id`, still oldest first.
+    assert appended[1].id is not None
+    after = await store.list_events(types=["lead.created", "sla.breached"], after_id=appended[1].id)
+    assert [e.id for e in after] == [appended[2].id, appended[4].id]
+    assert await store.list_events(after_id=appended[4].id) == []
 
 
 async def test_lease_acquire_renew_expire_steal_release(store: Store) -> None:
