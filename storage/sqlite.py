@@ -577,7 +577,7 @@ class SqliteStore:
         self._db = await aiosqlite.connect(self.path, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         await self._db.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
-        await self._db.execute("PRAGMA journal_mode = WAL")
+        await self._enable_wal()
         # NORMAL in WAL mode is durable against process crashes (SIGKILL); only an OS crash
         # or power loss can lose the last commits.
         await self._db.execute("PRAGMA synchronous = NORMAL")
@@ -595,6 +595,25 @@ class SqliteStore:
         except BaseException:
             await self._db.execute("ROLLBACK")
             raise
+
+    async def _enable_wal(self) -> None:
+        """Switch to WAL mode, waiting out another process that is creating the same file.
+
+        Changing the journal mode needs an exclusive lock and SQLite does not call the busy
+        handler for it, so two hubs starting on a new file at once would fail: retry, bounded.
+        """
+        assert self._db is not None
+        deadline = asyncio.get_running_loop().time() + self._busy_timeout_ms / 1000
+        delay = 0.01
+        while True:
+            try:
+                await self._db.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or asyncio.get_running_loop().time() >= deadline:
+                    raise StoreError(f"SQLite {self.path}: cannot switch to WAL mode: {exc}") from exc
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.2)
 
     async def _create_schema(self) -> None:
         assert self._db is not None
