@@ -1476,37 +1476,34 @@ class MongoStore:
             {"$sort": {"_id": 1}},
         ]
         groups = [row async for row in await self._col("leads").aggregate(pipeline, allowDiskUse=True)]
-        result = []
-        for row in groups:
-            key = row["_id"]
-            frt: dict[float, float] = {}
-            resolution: dict[float, float] = {}
-            if query.group_by != "day":
-                if row["responded"]:
-                    frt = await self._kpi_percentiles(
-                        query, key, "first_response_at", row["responded"], (0.5, 0.9)
-                    )
-                if row["resolved"]:
-                    resolution = await self._kpi_percentiles(
-                        query, key, "resolved_at", row["resolved"], (0.5,)
-                    )
-            result.append(
-                KpiRow(
-                    group=None if key is None else str(key),
-                    received=int(row["received"]),
-                    responded=int(row["responded"]),
-                    within_target=int(row["within"]),
-                    breached=int(row["breached"]),
-                    resolved=int(row["resolved"]),
-                    frt_mean=row["frt_mean"],
-                    frt_median=frt.get(0.5),
-                    frt_p90=frt.get(0.9),
-                    resolution_mean=row["rt_mean"],
-                    resolution_median=resolution.get(0.5),
-                    breached_answered=int(row["breached_answered"]),
+        return [await self._kpi_row(query, row) for row in groups]
+
+    async def _kpi_row(self, query: KpiQuery, row: Doc) -> KpiRow:
+        """One `$group` result as a KpiRow, with exact percentiles (none for per-day rows)."""
+        key = row["_id"]
+        frt: dict[float, float] = {}
+        resolution: dict[float, float] = {}
+        if query.group_by != "day":
+            if row["responded"]:
+                frt = await self._kpi_percentiles(
+                    query, key, "first_response_at", row["responded"], (0.5, 0.9)
                 )
-            )
-        return result
+            if row["resolved"]:
+                resolution = await self._kpi_percentiles(query, key, "resolved_at", row["resolved"], (0.5,))
+        return KpiRow(
+            group=None if key is None else str(key),
+            received=int(row["received"]),
+            responded=int(row["responded"]),
+            within_target=int(row["within"]),
+            breached=int(row["breached"]),
+            resolved=int(row["resolved"]),
+            frt_mean=row["frt_mean"],
+            frt_median=frt.get(0.5),
+            frt_p90=frt.get(0.9),
+            resolution_mean=row["rt_mean"],
+            resolution_median=resolution.get(0.5),
+            breached_answered=int(row["breached_answered"]),
+        )
 
     @_translated
     async def kpi_breakdowns(
@@ -1587,37 +1584,8 @@ class MongoStore:
             facets = doc
         result: dict[str | None, list[KpiRow]] = {}
         for grouping in groupings:
-            rows = []
             grouped = replace(query, group_by=grouping)
-            for row in facets.get(facet(grouping), []):
-                key = row["_id"]
-                frt: dict[float, float] = {}
-                resolution: dict[float, float] = {}
-                if grouping != "day":
-                    if row["responded"]:
-                        frt = await self._kpi_percentiles(
-                            grouped, key, "first_response_at", row["responded"], (0.5, 0.9)
-                        )
-                    if row["resolved"]:
-                        resolution = await self._kpi_percentiles(
-                            grouped, key, "resolved_at", row["resolved"], (0.5,)
-                        )
-                rows.append(
-                    KpiRow(
-                        group=None if key is None else str(key),
-                        received=int(row["received"]),
-                        responded=int(row["responded"]),
-                        within_target=int(row["within"]),
-                        breached=int(row["breached"]),
-                        resolved=int(row["resolved"]),
-                        frt_mean=row["frt_mean"],
-                        frt_median=frt.get(0.5),
-                        frt_p90=frt.get(0.9),
-                        resolution_mean=row["rt_mean"],
-                        resolution_median=resolution.get(0.5),
-                        breached_answered=int(row["breached_answered"]),
-                    )
-                )
+            rows = [await self._kpi_row(grouped, row) for row in facets.get(facet(grouping), [])]
             result[grouping] = rows
         return result
 
