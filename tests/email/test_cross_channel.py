@@ -14,21 +14,15 @@ from tests.email.helpers import header_ids, make_mail, wait_for, wait_leads
 from tests.integration.test_telegram import ALERTS, OLENA, STAFF, telegram_config
 from tests.support.dovecot import ImapAccount, ImapClient
 from tests.support.smtp import SmtpServer
-from tests.support.telegram_emulator import TelegramEmulator
+from tests.support.telegram_emulator import TelegramEmulator, running_emulator
 
 pytestmark = pytest.mark.server
 
 
 @pytest.fixture
 async def emu() -> AsyncIterator[TelegramEmulator]:
-    emulator = TelegramEmulator()
-    await emulator.start()
-    emulator.add_group(STAFF, forum=True)
-    emulator.add_group(ALERTS, forum=False)
-    try:
+    async with running_emulator(STAFF, ALERTS) as emulator:
         yield emulator
-    finally:
-        await emulator.stop()
 
 
 @pytest.fixture

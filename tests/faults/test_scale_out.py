@@ -29,7 +29,7 @@ from tests.integration.test_telegram import ALERTS, STAFF, telegram_config
 from tests.support.dovecot import DovecotServer, ImapClient, dovecot_available
 from tests.support.process import HubProcess
 from tests.support.settings import API_TOKEN, base_config, deep_merge
-from tests.support.telegram_emulator import TelegramEmulator
+from tests.support.telegram_emulator import TelegramEmulator, running_emulator
 
 KILLS = 6
 TELEGRAM_MESSAGES = 90
@@ -53,14 +53,8 @@ def dovecot() -> Iterator[DovecotServer]:
 
 @pytest.fixture
 async def emu() -> AsyncIterator[TelegramEmulator]:
-    emulator = TelegramEmulator()
-    await emulator.start()
-    emulator.add_group(STAFF, forum=True)
-    emulator.add_group(ALERTS, forum=False, title="Alerts")
-    try:
+    async with running_emulator(STAFF, ALERTS) as emulator:
         yield emulator
-    finally:
-        await emulator.stop()
 
 
 class Cluster:

@@ -21,21 +21,15 @@ from storage.sqlite import SqliteStore
 from tests.integration.test_telegram import ALERTS, STAFF, telegram_config
 from tests.support.process import HubProcess
 from tests.support.settings import base_config, deep_merge
-from tests.support.telegram_emulator import TelegramEmulator
+from tests.support.telegram_emulator import TelegramEmulator, running_emulator
 
 LEADS = 100
 
 
 @pytest.fixture
 async def emu() -> AsyncIterator[TelegramEmulator]:
-    emulator = TelegramEmulator()
-    await emulator.start()
-    emulator.add_group(STAFF, forum=True)
-    emulator.add_group(ALERTS, forum=False, title="Alerts")
-    try:
+    async with running_emulator(STAFF, ALERTS) as emulator:
         yield emulator
-    finally:
-        await emulator.stop()
 
 
 def _config(tmp_path: Path, emu: TelegramEmulator) -> dict[str, Any]:

@@ -16,18 +16,13 @@ from hub.config import Settings
 from hub.domain import Direction
 from tests.integration.test_telegram import STAFF, customer, telegram_config
 from tests.support.tcp_proxy import TcpProxy
-from tests.support.telegram_emulator import TelegramEmulator
+from tests.support.telegram_emulator import TelegramEmulator, running_emulator
 
 
 @pytest.fixture
 async def emu() -> AsyncIterator[TelegramEmulator]:
-    emulator = TelegramEmulator()
-    await emulator.start()
-    emulator.add_group(STAFF, forum=True)
-    try:
+    async with running_emulator(STAFF) as emulator:
         yield emulator
-    finally:
-        await emulator.stop()
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import pytest
 from hub.app import Hub
 from hub.config import Settings
 from hub.domain import Direction, LeadStatus
-from tests.support.telegram_emulator import TelegramEmulator
+from tests.support.telegram_emulator import TelegramEmulator, running_emulator
 
 STAFF = -100100
 ALERTS = -100200
@@ -45,14 +45,8 @@ class Env:
 
 @pytest.fixture
 async def emu() -> AsyncIterator[TelegramEmulator]:
-    emulator = TelegramEmulator()
-    await emulator.start()
-    emulator.add_group(STAFF, forum=True)
-    emulator.add_group(ALERTS, forum=False)
-    try:
+    async with running_emulator(STAFF, ALERTS) as emulator:
         yield emulator
-    finally:
-        await emulator.stop()
 
 
 @pytest.fixture

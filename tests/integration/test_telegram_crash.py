@@ -12,18 +12,13 @@ from storage.sqlite import SqliteStore
 from tests.integration.test_telegram import STAFF, customer, telegram_config
 from tests.support.process import HubProcess
 from tests.support.settings import base_config
-from tests.support.telegram_emulator import TelegramEmulator
+from tests.support.telegram_emulator import TelegramEmulator, running_emulator
 
 
 @pytest.fixture
 async def emu() -> AsyncIterator[TelegramEmulator]:
-    emulator = TelegramEmulator()
-    await emulator.start()
-    emulator.add_group(STAFF, forum=True)
-    try:
+    async with running_emulator(STAFF) as emulator:
         yield emulator
-    finally:
-        await emulator.stop()
 
 
 async def test_kill_between_store_and_lead_loses_nothing(tmp_path: Path, emu: TelegramEmulator) -> None:

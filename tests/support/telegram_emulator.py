@@ -16,7 +16,7 @@ import json
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -469,3 +469,19 @@ class _ApiError(Exception):
         super().__init__(description)
         self.status = status
         self.description = description
+
+
+@contextlib.asynccontextmanager
+async def running_emulator(
+    staff_group: int, alerts_chat: int | None = None
+) -> AsyncIterator[TelegramEmulator]:
+    """A started emulator with a forum staff group (and a plain alerts chat), stopped afterwards."""
+    emulator = TelegramEmulator()
+    await emulator.start()
+    emulator.add_group(staff_group, forum=True)
+    if alerts_chat is not None:
+        emulator.add_group(alerts_chat, forum=False, title="Alerts")
+    try:
+        yield emulator
+    finally:
+        await emulator.stop()
