@@ -344,7 +344,7 @@ async def post_form(request: web.Request) -> web.Response:
         t=lambda k, **kw: i18n.text(k, language, **kw),
         lead=lead.ref,
         due=due_text(hub, lead.first_response_due, language),
-        telegram_link=hub.telegram_link(lead) if hasattr(hub, "telegram_link") else "",
+        telegram_link=hub.telegram_link(lead),
     )
     return web.Response(text=html, content_type="text/html", status=201, charset="utf-8")
 
