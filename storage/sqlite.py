@@ -55,6 +55,7 @@ from storage.base import (
     StoreError,
     interpolated_percentiles,
 )
+from storage.kpi_rollup import KPI_SORT_LIMIT
 
 SCHEMA_VERSION = 1
 
@@ -364,7 +365,7 @@ _MARKS = (
 _KPI_MEASURES = {"frt": ("first_response_at", "leads_frt"), "rt": ("resolved_at", "leads_rt")}
 
 #: Up to this many leads in a report period, percentiles come from one sort instead of index walks.
-_KPI_SORT_LIMIT = 100_000
+_KPI_SORT_LIMIT = KPI_SORT_LIMIT
 
 
 def _local_days(start: datetime, end: datetime, zone_name: str) -> list[Any]:
