@@ -15,6 +15,7 @@ same percentile interpolation for both adapters.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -220,17 +221,28 @@ class Tables:
         for grouping in self.groupings if only is None else only:
             self.sums[grouping].setdefault(fine_key(grouping, fine), Sums()).add(row)
 
-    def exact_percentiles(self, times: list[tuple[Fine, float | None, float | None]]) -> None:
+    def exact_percentiles(self, times: Iterable[tuple[Fine, float | None, float | None]]) -> None:
         """Exact percentiles from every (fine key, first-response time, resolution time) of the period."""
+        per_fine: dict[Fine, tuple[list[float], list[float]]] = {}
+        for fine, f, r in times:
+            frt, rt = per_fine.setdefault(fine, ([], []))
+            if f is not None:
+                frt.append(f)
+            if r is not None:
+                rt.append(r)
+        self.exact_percentiles_grouped((fine, frt, rt) for fine, (frt, rt) in per_fine.items())
+
+    def exact_percentiles_grouped(self, times: Iterable[tuple[Fine, list[float], list[float]]]) -> None:
+        """Exact percentiles from (fine key, its first-response times, its resolution times) rows."""
         frt_values: dict[str | None, dict[Any, list[float]]] = {g: {} for g in self.ranked}
         rt_values: dict[str | None, dict[Any, list[float]]] = {g: {} for g in self.ranked}
-        for fine, f, r in times:
+        for fine, frt, rt in times:
             for grouping in self.ranked:
                 key = fine_key(grouping, fine)
-                if f is not None:
-                    frt_values[grouping].setdefault(key, []).append(f)
-                if r is not None:
-                    rt_values[grouping].setdefault(key, []).append(r)
+                if frt:
+                    frt_values[grouping].setdefault(key, []).extend(frt)
+                if rt:
+                    rt_values[grouping].setdefault(key, []).extend(rt)
         for grouping in self.ranked:
             self.frt[grouping] = {
                 k: interpolated_percentiles(v, (0.5, 0.9)) for k, v in frt_values[grouping].items()

@@ -59,6 +59,7 @@ from hub.domain import (
     OutboxItem,
     Page,
 )
+from storage import mongo_kpi
 from storage.base import (
     KPI_GROUPS,
     DuplicateError,
@@ -69,6 +70,7 @@ from storage.base import (
     SlaClaim,
     StoreError,
 )
+from storage.kpi_rollup import KPI_SORT_LIMIT, LeadFacts, check_groupings, rollup_delta
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +93,8 @@ _MARKS = (
     ("escalate_pending_at", "escalated_at", "escalation", EventType.SLA_ESCALATED),
 )
 _DUPLICATE_KEY = 11000
+#: Up to this many leads in a report period the report is exact; above, from the KPI rollups.
+_KPI_SORT_LIMIT = KPI_SORT_LIMIT
 
 
 def _translated(method: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
@@ -444,6 +448,8 @@ class MongoStore:
             await self._ensure_indexes()
             for name in ("lead", "inbox", "event", "message"):
                 await self._ensure_counter(name)
+            # The first open of a database without the KPI rollups fills them from its leads.
+            await mongo_kpi.ensure_rollups(db)
         except BaseException:
             self._client = self._db = None
             await client.close()
@@ -527,6 +533,14 @@ class MongoStore:
         await leads.create_index(
             [("created_at", ASCENDING), ("team", ASCENDING), ("assignee", ASCENDING)], name="lead_report"
         )
+        # KPI rollups: the key of each `$inc` upsert, unique so two first upserts of a key meet
+        # in one document; time first, since a report reads a range of hours/weeks.
+        for name, time_field in ((mongo_kpi.HOURLY, "hour"), (mongo_kpi.HIST, "week")):
+            await self._col(name).create_index(
+                [(time_field, ASCENDING), *((d, ASCENDING) for d in ("team", "assignee", "channel", "kind"))],
+                unique=True,
+                name=f"{name}_key",
+            )
 
     async def _ensure_counter(self, name: str) -> None:
         # A DuplicateKeyError means another process created it between our match and our
@@ -581,6 +595,14 @@ class MongoStore:
         async with self._client.start_session() as session:
             # with_transaction retries the whole callback on transient transaction errors.
             return await session.with_transaction(work)
+
+    async def _kpi_follow(
+        self, old: LeadFacts | None, new: LeadFacts | None, session: AsyncClientSession | None
+    ) -> None:
+        """Move a lead's share of the KPI rollups from `old` to `new` (see storage/mongo_kpi.py)."""
+        if self._db is None:
+            raise StoreError("the MongoDB store is not open (call open() first)")
+        await mongo_kpi.apply_delta(self._db, rollup_delta(old, new), session)
 
     # --- inbox ----------------------------------------------------------------------------
     @_translated
@@ -808,8 +830,16 @@ class MongoStore:
     @_translated
     async def create_lead(self, lead: Lead) -> tuple[Lead, bool]:
         """Insert a lead; a lead with the same (channel, origin_external_id) is returned instead."""
+        doc = _lead_doc(lead)
+
+        async def write(session: AsyncClientSession | None) -> None:
+            # Without a transaction the rollups follow just after the insert (a crash between
+            # the two leaves them one lead short until `rebuild_kpi_rollups`).
+            await self._col("leads").insert_one(dict(doc), session=session)
+            await self._kpi_follow(None, mongo_kpi.facts_of(doc), session)
+
         try:
-            await self._col("leads").insert_one(_lead_doc(lead))
+            await self._atomic(write)
         except DuplicateKeyError as exc:
             existing = await self._col("leads").find_one(
                 {"channel": lead.channel, "origin_external_id": lead.origin_external_id}
@@ -844,9 +874,30 @@ class MongoStore:
     async def update_lead(self, number: int, changes: LeadChanges) -> Lead | None:
         """Apply changes and return the updated lead (None if there is no such lead)."""
         update = lead_update(changes)
-        doc = await self._col("leads").find_one_and_update(
-            {"_id": number}, update, return_document=ReturnDocument.AFTER
-        )
+        if not mongo_kpi.touches_kpi(update):
+            doc = await self._col("leads").find_one_and_update(
+                {"_id": number}, update, return_document=ReturnDocument.AFTER
+            )
+            return _lead(doc) if doc else None
+
+        async def write(session: AsyncClientSession | None) -> Doc | None:
+            # The pre-image of this atomic update plus its $set is exactly what this write
+            # changed, whatever other processes do to the lead before or after it.
+            before = await self._col("leads").find_one_and_update(
+                {"_id": number},
+                update,
+                projection=mongo_kpi.PROJECTION,
+                return_document=ReturnDocument.BEFORE,
+                session=session,
+            )
+            if before is None:
+                return None
+            await self._kpi_follow(mongo_kpi.facts_of(before), mongo_kpi.facts_after(before, update), session)
+            # In a transaction this is the lead as this write left it; on a standalone server
+            # a concurrent writer's later change may show too.
+            return await self._col("leads").find_one({"_id": number}, session=session)
+
+        doc = await self._atomic(write)
         return _lead(doc) if doc else None
 
     async def _lead_query(self, query: LeadQuery) -> Doc:
@@ -928,11 +979,8 @@ class MongoStore:
             # The pending mark is in the filter and removed by the same update: of any number of
             # processes racing, exactly one matches each lead. `$exists` repeats the partial
             # index's filter so the planner may use it (the sweep stays O(due leads)).
-            doc = await self._col("leads").find_one_and_update(
-                {pending: {"$exists": True, "$lte": now}},
-                {"$set": {mark: now}, "$unset": {pending: ""}},
-                sort=[(pending, ASCENDING)],
-                return_document=ReturnDocument.AFTER,
+            doc = await self._claim_one(
+                {pending: {"$exists": True, "$lte": now}}, pending, mark, now, after=True
             )
             if doc is None:
                 break
@@ -953,6 +1001,44 @@ class MongoStore:
                 )
             )
         return sorted(claimed, key=lambda lead: lead.number)
+
+    async def _claim_one(self, match: Doc, pending: str, mark: str, now: datetime, after: bool) -> Doc | None:
+        """Set `mark` on the earliest lead matching `match` and drop its `pending` field; returns
+        the lead as it is after (`after`) or as it was before the claim.
+
+        A breach mark counts in the KPI rollups, so that claim also moves the lead's share,
+        from the pre-image of the claim, in the same transaction when there is one.
+        """
+        update: Doc = {"$set": {mark: now}, "$unset": {pending: ""}}
+        if not mongo_kpi.touches_kpi(update):
+            return await self._col("leads").find_one_and_update(
+                match,
+                update,
+                sort=[(pending, ASCENDING)],
+                return_document=ReturnDocument.AFTER if after else ReturnDocument.BEFORE,
+            )
+
+        async def write(session: AsyncClientSession | None) -> Doc | None:
+            before = await self._col("leads").find_one_and_update(
+                match,
+                update,
+                sort=[(pending, ASCENDING)],
+                return_document=ReturnDocument.BEFORE,
+                session=session,
+            )
+            if before is not None:
+                await self._kpi_follow(
+                    mongo_kpi.facts_of(before), mongo_kpi.facts_after(before, update), session
+                )
+            return before
+
+        before = await self._atomic(write)
+        if before is None or not after:
+            return before
+        # What AFTER would have returned: the mark as BSON stores it, the pending field gone.
+        doc = {k: v for k, v in before.items() if k != pending}
+        doc[mark] = mongo_kpi.bson_datetime(now)
+        return doc
 
     @_translated
     async def claim_due_warnings(self, now: datetime, limit: int) -> list[Lead]:
@@ -979,11 +1065,8 @@ class MongoStore:
             while len(claims) < limit:
                 # The mark is in the filter and removed by the same update: of any number of
                 # racing processes exactly one matches. BEFORE returns the due time it had.
-                doc = await self._col("leads").find_one_and_update(
-                    {pending: {**armed, "$lte": now}},
-                    {"$set": {mark: now}, "$unset": {pending: ""}},
-                    sort=[(pending, ASCENDING)],
-                    return_document=ReturnDocument.BEFORE,
+                doc = await self._claim_one(
+                    {pending: {**armed, "$lte": now}}, pending, mark, now, after=False
                 )
                 if doc is None:
                     break
@@ -1086,10 +1169,18 @@ class MongoStore:
                 update["team"] = team
             if priority is not None:
                 update["priority"] = priority
-            result = await self._col("leads").update_one(
-                {"_id": number, "assignee": previous}, {"$set": update}, session=session
+            change: Doc = {"$set": update}
+            before = await self._col("leads").find_one_and_update(
+                {"_id": number, "assignee": previous},
+                change,
+                projection=mongo_kpi.PROJECTION,
+                return_document=ReturnDocument.BEFORE,
+                session=session,
             )
-            return result.matched_count > 0
+            if before is None:
+                return False
+            await self._kpi_follow(mongo_kpi.facts_of(before), mongo_kpi.facts_after(before, change), session)
+            return True
 
         return await self._atomic(write)
 
@@ -1509,85 +1600,28 @@ class MongoStore:
     async def kpi_breakdowns(
         self, query: KpiQuery, groupings: tuple[str | None, ...]
     ) -> dict[str | None, list[KpiRow]]:
-        """`kpi_rows` for several groupings: one `$facet` pipeline for the counts, then percentiles."""
-        for grouping in groupings:
-            if grouping is not None and grouping not in KPI_GROUPS:
-                raise ValueError(f"cannot group a KPI report by {grouping!r}: use one of {KPI_GROUPS}")
+        """`kpi_rows` for several groupings: exact up to `_KPI_SORT_LIMIT` leads, else from the rollups."""
+        check_groupings(groupings)
+        if self._db is None:
+            raise StoreError("the MongoDB store is not open (call open() first)")
+        # Only "more than the limit or not" matters: the count stops there.
+        size = await self._col("leads").count_documents(
+            mongo_kpi.period_match(query), limit=_KPI_SORT_LIMIT + 1
+        )
+        source = mongo_kpi.MongoSource(self._db)
+        if size <= _KPI_SORT_LIMIT:
+            return await mongo_kpi.exact_breakdowns(source, query, groupings)
+        if not await mongo_kpi.rollups_ready(self._db):
+            log.warning("KPI rollups are being filled: a report over %d+ leads reads every lead", size)
+            return await mongo_kpi.exact_breakdowns(source, query, groupings)
+        return await mongo_kpi.rollup_breakdowns(source, query, groupings)
 
-        def present(field: str) -> Doc:
-            return {"$ne": [{"$ifNull": [f"${field}", None]}, None]}
-
-        def flag(condition: Doc) -> Doc:
-            return {"$cond": [condition, 1, 0]}
-
-        def seconds(field: str) -> Doc:
-            return {
-                "$cond": [
-                    present(field),
-                    {"$divide": [{"$subtract": [f"${field}", "$created_at"]}, 1000]},
-                    None,
-                ]
-            }
-
-        def facet(grouping: str | None) -> str:
-            return "all" if grouping is None else grouping
-
-        project: Doc = {
-            "team": 1,
-            "assignee": 1,
-            "channel": 1,
-            "kind": 1,
-            "f": seconds("first_response_at"),
-            "r": seconds("resolved_at"),
-            "ok": flag(
-                {
-                    "$and": [
-                        present("first_response_at"),
-                        present("first_response_due"),
-                        {"$lte": ["$first_response_at", "$first_response_due"]},
-                    ]
-                }
-            ),
-            "br": flag(present("breached_at")),
-            "bra": flag({"$and": [present("breached_at"), present("first_response_at")]}),
-        }
-        if "day" in groupings:
-            project["day"] = {
-                "$dateToString": {"format": "%Y-%m-%d", "date": "$created_at", "timezone": query.day_zone}
-            }
-        group_fields: Doc = {
-            "received": {"$sum": 1},
-            "responded": {"$sum": flag({"$ne": ["$f", None]})},
-            "within": {"$sum": "$ok"},
-            "breached": {"$sum": "$br"},
-            "breached_answered": {"$sum": "$bra"},
-            "resolved": {"$sum": flag({"$ne": ["$r", None]})},
-            "frt_mean": {"$avg": "$f"},
-            "rt_mean": {"$avg": "$r"},
-        }
-        # One pass over the period's leads (index on created_at) feeds every grouping's $group.
-        pipeline: list[Doc] = [
-            {"$match": self._kpi_match(query)},
-            {"$project": project},
-            {
-                "$facet": {
-                    facet(g): [
-                        {"$group": {"_id": {"$literal": None} if g is None else f"${g}", **group_fields}},
-                        {"$sort": {"_id": 1}},
-                    ]
-                    for g in groupings
-                }
-            },
-        ]
-        facets: Doc = {}
-        async for doc in await self._col("leads").aggregate(pipeline, allowDiskUse=True):
-            facets = doc
-        result: dict[str | None, list[KpiRow]] = {}
-        for grouping in groupings:
-            grouped = replace(query, group_by=grouping)
-            rows = [await self._kpi_row(grouped, row) for row in facets.get(facet(grouping), [])]
-            result[grouping] = rows
-        return result
+    @_translated
+    async def rebuild_kpi_rollups(self) -> int:
+        """Refill the KPI rollups from the leads (repair; run while no hub writes); returns leads read."""
+        if self._db is None:
+            raise StoreError("the MongoDB store is not open (call open() first)")
+        return await mongo_kpi.rebuild(self._db)
 
     async def _kpi_percentiles(
         self, query: KpiQuery, key: Any, field: str, count: int, fractions: tuple[float, ...]
