@@ -18,6 +18,9 @@ run when HUB_TEST_MONGODB_URL is set). How the guarantees are kept without one b
   occur.
 - Write and read concerns come from the URL (`?w=majority&readConcernLevel=majority`), so the
   operator decides durability where the deployment is described.
+- The KPI rollups (`kpi_hourly`, `kpi_hist`) have no triggers to keep them: every write of a
+  lead's KPI fields returns the lead's pre-image and writes the delta as `$inc` upserts, in the
+  same transaction when there is one (storage/mongo_kpi.py says how and what a crash leaves).
 - Datetimes are BSON dates (UTC, millisecond precision); the client is tz-aware, so every
   datetime read back is aware UTC like the Store protocol promises.
 """

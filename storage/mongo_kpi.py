@@ -428,7 +428,9 @@ def fold_hist(counts: HistCounts, docs: Iterable[Mapping[str, Any]]) -> None:
         for measure, _ in MEASURES:
             target = per_key.setdefault(measure, {})
             for b, n in (doc.get(measure) or {}).items():
-                target[int(b)] = target.get(int(b), 0) + int(n)
+                if n:
+                    k = int(b)
+                    target[k] = target.get(k, 0) + int(n)
     for dims, measures in merged.items():
         for measure, buckets in measures.items():
             for b, n in buckets.items():

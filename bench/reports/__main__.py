@@ -1,12 +1,15 @@
-"""KPI report over many leads on SQLite: prints how long the database aggregation takes.
+"""KPI report over many leads on SQLite (or MongoDB): prints how long the database aggregation takes.
 
     python -m bench.reports --leads 1000000
+    python -m bench.reports --leads 1000000 --mongo mongodb://127.0.0.1/?replicaSet=rs0
 
 Builds (once, then reuses) bench/out/reports-N.db with N leads spread over a year, four
 managers in two teams, three channels and both kinds, then times the report the dashboard
 and `GET /api/v1/reports/kpi` compute: the summary alone, and summary + the four breakdowns +
 the per-day series, for the whole year and for one month. `--check` then compares the whole
-year's histogram percentiles with exact ones.
+year's histogram percentiles with exact ones. With `--mongo URL` the same leads go into the
+database `hub_bench_reports_N` on that server (once; the first open fills the KPI rollups
+from them, like an upgrade) and the same report is timed on `MongoStore`.
 """
 
 from __future__ import annotations
@@ -20,7 +23,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+from hub.domain import Lead, LeadKind, LeadStatus
 from hub.reports import Filters, Period, _query, build_report
+from storage.base import Store
+from storage.mongo import MongoStore, _lead_doc
 from storage.sqlite import SqliteStore
 
 OUT = Path(__file__).resolve().parents[1] / "out"
@@ -68,7 +74,43 @@ async def build(path: Path, count: int) -> None:
         db.execute("ANALYZE")
 
 
-async def timed(label: str, store: SqliteStore, period: Period, breakdowns: bool, repeat: int = 3) -> None:
+async def build_mongo(url: str, database: str, count: int) -> None:
+    """Insert the leads straight into `leads` (no rollups yet: the store's first open fills them)."""
+    from pymongo import AsyncMongoClient
+
+    client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(url, tz_aware=True, tzinfo=UTC)
+    try:
+        db = client[database]
+        if await db["leads"].estimated_document_count() == count:
+            return
+        await client.drop_database(database)
+        batch = []
+        for row in _rows(count):
+            batch.append(_lead_doc(_lead(row)))
+            if len(batch) == 10_000:
+                await db["leads"].insert_many(batch, ordered=False)
+                batch = []
+        if batch:
+            await db["leads"].insert_many(batch, ordered=False)
+    finally:
+        await client.close()
+
+
+def _lead(row: tuple) -> Lead:  # type: ignore[type-arg]
+    def when(ts: float | None) -> datetime | None:
+        return None if ts is None else datetime.fromtimestamp(ts, UTC)
+
+    number, kind, channel, contact, status, _, _, assignee, team, _, _, origin, created = row[:13]
+    first, resolved, due, warn_due, _, breached = row[14:]
+    return Lead(
+        number=number, kind=LeadKind(kind), channel=channel, contact_id=contact, status=LeadStatus(status),
+        assignee=assignee, team=team, origin_external_id=origin, created_at=datetime.fromtimestamp(created, UTC),
+        updated_at=datetime.fromtimestamp(created, UTC), first_response_at=when(first), resolved_at=when(resolved),
+        first_response_due=when(due), warn_due=when(warn_due), breached_at=when(breached),
+    )  # fmt: skip
+
+
+async def timed(label: str, store: Store, period: Period, breakdowns: bool, repeat: int = 3) -> None:
     zone = ZoneInfo("Europe/Kyiv")
     best = float("inf")
     received = 0
@@ -82,7 +124,7 @@ async def timed(label: str, store: SqliteStore, period: Period, breakdowns: bool
     print(f"{label:<44} {received:>9} leads  {best:7.3f} s (best of {repeat}; {how})")
 
 
-async def check(store: SqliteStore, period: Period) -> None:
+async def check(store: Store, period: Period) -> None:
     """Counts against exact ones, and the largest error of the histogram percentiles (`kpi_rows`, slow)."""
     zone = ZoneInfo("Europe/Kyiv")
     report = await build_report(store, period, Filters(), zone)
@@ -106,14 +148,23 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--leads", type=int, default=1_000_000)
     parser.add_argument("--check", action="store_true", help="compare histogram percentiles with exact ones")
+    parser.add_argument("--mongo", metavar="URL", help="time MongoStore on this server instead of SQLite")
     args = parser.parse_args()
-    OUT.mkdir(parents=True, exist_ok=True)
-    path = OUT / f"reports-{args.leads}.db"
-    if not path.exists():
+    store: Store
+    if args.mongo:
+        database = f"hub_bench_reports_{args.leads}"
         began = time.perf_counter()
-        await build(path, args.leads)
-        print(f"built {path} with {args.leads} leads in {time.perf_counter() - began:.1f} s")
-    store = SqliteStore(path)
+        await build_mongo(args.mongo, database, args.leads)
+        print(f"{database} holds {args.leads} leads ({time.perf_counter() - began:.1f} s)")
+        store = MongoStore(args.mongo, database)
+    else:
+        OUT.mkdir(parents=True, exist_ok=True)
+        path = OUT / f"reports-{args.leads}.db"
+        if not path.exists():
+            began = time.perf_counter()
+            await build(path, args.leads)
+            print(f"built {path} with {args.leads} leads in {time.perf_counter() - began:.1f} s")
+        store = SqliteStore(path)
     began = time.perf_counter()
     await store.open()  # the first open after an upgrade fills the KPI rollups from the leads
     print(f"opened the store in {time.perf_counter() - began:.1f} s")
