@@ -415,3 +415,51 @@ async def test_days_from_hours_follow_dst(tmp_path: Path) -> None:
         ("2026-10-26", 1),
     ]
     assert day_number(moments[0].timestamp(), kyiv) + 1 == day_number(moments[1].timestamp(), kyiv)
+
+
+async def test_facts_after_follows_every_kind_of_lead_change(tmp_path: Path) -> None:
+    """Any mix of LeadChanges: the replayed $set gives the KPI fields the adapters give the lead."""
+    moment = T0 + timedelta(hours=30)
+    samples: dict[str, Any] = {
+        "status": LeadStatus.RESOLVED,
+        "kind": LeadKind.SERVICE_REQUEST,
+        "assignee": "z",
+        "clear_assignee": True,
+        "team": "q",
+        "priority": 3,
+        "tags": ["x"],
+        "first_response_at": moment,
+        "resolved_at": moment + timedelta(hours=1),
+        "clear_resolved_at": True,
+        "first_response_due": moment + timedelta(hours=2),
+        "warn_due": moment + timedelta(hours=1),
+        "clear_due": True,
+        "updated_at": moment,
+        "extra": {"k": 1},
+        "sla_target": "resolution",
+        "sla_started_at": moment,
+        "sla_due": moment + timedelta(hours=3),
+        "sla_warn_due": moment + timedelta(hours=2),
+        "clear_sla": True,
+        "pause_sla": True,
+        "resolution_due": moment + timedelta(days=1),
+        "resolution_warn_due": moment + timedelta(hours=20),
+        "clear_sla_paused": True,
+        "clear_resolution": True,
+        "escalate_at": moment + timedelta(hours=5),
+        "escalate_target": "first_response",
+    }
+    rng = random.Random(23)
+    store = SqliteStore(tmp_path / "changes.db")
+    await store.open()
+    try:
+        for number in range(1, 201):
+            lead = _lead(number, T0 + timedelta(minutes=number), breached_at=T0 + timedelta(hours=5))
+            await store.create_lead(lead)
+            before = through_bson(_lead_doc(lead))
+            changes = LeadChanges(**{k: v for k, v in samples.items() if rng.random() < 0.25})
+            stored = await store.update_lead(number, changes)
+            assert stored is not None
+            assert facts_after(before, lead_update(changes)) == facts_of(_lead_doc(stored)), changes
+    finally:
+        await store.close()
