@@ -1615,7 +1615,11 @@ class MongoStore:
         if size <= _KPI_SORT_LIMIT:
             return await mongo_kpi.exact_breakdowns(source, query, groupings)
         if not await mongo_kpi.rollups_ready(self._db):
-            log.warning("KPI rollups are being filled: a report over %d+ leads reads every lead", size)
+            log.warning(
+                "KPI rollups are not ready (being filled, or a fill died: rebuild_kpi_rollups); "
+                "a report over %d+ leads reads every lead",
+                size,
+            )
             return await mongo_kpi.exact_breakdowns(source, query, groupings)
         return await mongo_kpi.rollup_breakdowns(source, query, groupings)
 

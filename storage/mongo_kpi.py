@@ -196,7 +196,19 @@ async def ensure_rollups(db: AsyncDatabase[Doc]) -> None:
     except DuplicateKeyError:
         log.info("KPI rollups: another process is filling them; reports read leads until it is done")
         return
+    if await db["leads"].find_one({}, {"_id": 1}) is None:
+        # A new database: nothing to fill, and no scan that could race the first writers'
+        # deltas (hubs starting together on an empty database would otherwise count a lead twice).
+        await _mark_ready(db)
+        return
     await rebuild(db)
+
+
+async def _mark_ready(db: AsyncDatabase[Doc]) -> None:
+    await db[META].update_one(
+        {"_id": "rollups"},
+        {"$set": {"state": "ready", "version": ROLLUP_VERSION, "built_at": datetime.now(UTC)}},
+    )
 
 
 async def rebuild(db: AsyncDatabase[Doc]) -> int:
@@ -223,10 +235,7 @@ async def rebuild(db: AsyncDatabase[Doc]) -> int:
     for name, requests in by_collection.items():
         for i in range(0, len(requests), _BATCH):
             await db[name].bulk_write(requests[i : i + _BATCH], ordered=False)
-    await db[META].update_one(
-        {"_id": "rollups"},
-        {"$set": {"state": "ready", "version": ROLLUP_VERSION, "built_at": datetime.now(UTC)}},
-    )
+    await _mark_ready(db)
     log.info("KPI rollups filled from %d leads", count)
     return count
 
