@@ -62,7 +62,7 @@ class InboxProcessor:
         meta: dict[str, Any] | None = None,
         now: datetime | None = None,
     ) -> tuple[InboxItem, IntakeResult | None]:
-        """Store raw input durably, then process it; the result is None if it was quarantined."""
+        """Store raw input, then process it; returns once both are durable (None: quarantined)."""
         now = now or utcnow()
         # The caller answers only after processing, so the raw write need not be durable on its
         # own first: it commits with (or before) intake's writes, one commit wait in all. A crash
