@@ -107,6 +107,8 @@ class WebSettings(_Section):
     trusted_proxies: list[str] = Field(default_factory=list)
     max_body_bytes: int = Field(256 * 1024, ge=1024)
     secret_key: SecretStr | None = None  # HUB_SECRET_KEY: signs sessions and links
+    # Several hub processes on one host and port (SO_REUSEPORT: the kernel spreads connections).
+    reuse_port: bool = False
 
 
 class ApiSettings(_Section):
