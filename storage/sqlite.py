@@ -14,6 +14,7 @@ import contextvars
 import functools
 import json
 import logging
+import random
 import sqlite3
 import urllib.parse
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -21,6 +22,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from time import monotonic
+from time import sleep as sleep_in_db_thread  # only ever called in aiosqlite's thread
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
@@ -790,13 +792,34 @@ class SqliteStore:
     # the database thread: single-hop units run there while the event loop goes on.
     def _begin_unit_in_thread(self, conn: sqlite3.Connection) -> None:
         if not self._in_txn:
-            conn.execute("BEGIN IMMEDIATE")
+            self._begin_immediate_in_thread(conn)
             self._in_txn = True
         if self._savepoint_open:
             conn.execute("RELEASE unit")
             self._savepoint_open = False
         conn.execute("SAVEPOINT unit")
         self._savepoint_open = True
+
+    def _begin_immediate_in_thread(self, conn: sqlite3.Connection) -> None:
+        """Take the file's write lock, polling briefly while another process holds it.
+
+        SQLite's own busy handler sleeps longer the longer it waits (up to 100 ms a try), so a
+        process that keeps re-taking the lock starves the others for seconds; short polls with
+        jitter keep turns fair. Runs in the database thread: only this store's queue waits.
+        """
+        conn.execute("PRAGMA busy_timeout = 0")  # for this statement only: we poll ourselves
+        try:
+            deadline = monotonic() + self._busy_timeout_ms / 1000
+            while True:
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                    return
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) or monotonic() >= deadline:
+                        raise
+                sleep_in_db_thread(random.uniform(0.0002, 0.001))
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
 
     def _undo_unit_in_thread(self, conn: sqlite3.Connection) -> None:
         self._savepoint_open = False
