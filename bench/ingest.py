@@ -175,7 +175,14 @@ def run_generator(url: str, total: int, concurrency: int, run_id: str) -> dict[s
 
 
 def bench(
-    backend: str, total: int, concurrency: int, warmup: int, keep: bool, profile: str, hub_root: Path = ROOT
+    backend: str,
+    total: int,
+    concurrency: int,
+    warmup: int,
+    keep: bool,
+    profile: str,
+    hub_root: Path = ROOT,
+    hubs: int = 1,
 ) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="hub-bench-"))
     if backend == "sqlite":
@@ -190,15 +197,23 @@ def bench(
         storage_url = urllib.parse.urlunsplit(parts._replace(path=f"/hub_bench_{uuid.uuid4().hex[:8]}"))
     port = free_port()
     config_path = tmp / "config.yaml"
-    config_path.write_text(yaml.safe_dump(hub_config(storage_url, port), allow_unicode=True))
-    log_path = tmp / "hub.log"
+    config = hub_config(storage_url, port)
+    if hubs > 1:
+        config["web"]["reuse_port"] = True  # the kernel spreads connections over the processes
+    config_path.write_text(yaml.safe_dump(config, allow_unicode=True))
     command = [sys.executable, "-m", "hub", "run", "--config", str(config_path)]
     env = {**os.environ, "PYTHONPATH": str(hub_root), "HUB_API_TOKEN": TOKEN}
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(command, cwd=hub_root, env=env, stdout=log, stderr=subprocess.STDOUT)
+    procs: list[subprocess.Popen[bytes]] = []
+    for index in range(hubs):
+        with (tmp / f"hub{index}.log").open("wb") as log:
+            procs.append(
+                subprocess.Popen(command, cwd=hub_root, env=env, stdout=log, stderr=subprocess.STDOUT)
+            )
+    proc = procs[0]
     url = f"http://127.0.0.1:{port}"
     try:
-        asyncio.run(wait_ready(url, proc))
+        for each in procs:
+            asyncio.run(wait_ready(url, each))
         hub_pid = proc.pid
         run_id = uuid.uuid4().hex[:8]
         if warmup:
@@ -213,24 +228,26 @@ def bench(
                 stderr=subprocess.DEVNULL,
             )
             time.sleep(1.0)
-        cpu_before = cpu_seconds(hub_pid)
+        cpu_before = sum(cpu_seconds(p.pid) for p in procs)
         result = run_generator(url, total, concurrency, run_id)
-        hub_cpu = cpu_seconds(hub_pid) - cpu_before
+        hub_cpu = sum(cpu_seconds(p.pid) for p in procs) - cpu_before
         if spy is not None:
             spy.send_signal(signal.SIGINT)
             spy.wait(timeout=60)
-        rss = peak_rss_mb(hub_pid)
+        rss = max(peak_rss_mb(p.pid) for p in procs)
         count = asyncio.run(count_leads(url))
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        for each in procs:
+            each.terminate()
+        for each in procs:
+            try:
+                each.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                each.kill()
     latencies = sorted(result["latencies"])
     ok = result["statuses"].get("201", 0)
     throughput = total / result["elapsed"]
-    print(f"backend        {backend} (hub from {hub_root})")
+    print(f"backend        {backend} (hub from {hub_root}, {hubs} process{'es' if hubs > 1 else ''})")
     print(
         f"machine        {platform.node()} {platform.machine()} {os.cpu_count()} cpus, Python {platform.python_version()}"
     )
@@ -243,7 +260,7 @@ def bench(
     print(
         f"latency        p50 {p50:.1f} ms, p95 {p95:.1f} ms, p99 {p99:.1f} ms, max {worst:.1f} ms, mean {mean:.1f} ms"
     )
-    print(f"hub peak RSS   {rss:.0f} MiB")
+    print(f"hub peak RSS   {rss:.0f} MiB" + (" (largest process)" if hubs > 1 else ""))
     # CPU per lead says what the hub costs even when other work shares the machine.
     print(
         f"hub CPU        {hub_cpu:.1f} s ({hub_cpu / total * 1000:.2f} ms per lead, {hub_cpu / result['elapsed']:.2f} cores)"
@@ -284,6 +301,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--hub-root", type=Path, default=ROOT, help="run the hub from another checkout (before/after)"
     )
+    parser.add_argument(
+        "--hubs", type=int, default=1, help="hub processes on one database and port (SO_REUSEPORT)"
+    )
     parser.add_argument("--worker", metavar="URL", help=argparse.SUPPRESS)
     parser.add_argument("--run-id", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -299,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         args.keep,
         args.profile,
         args.hub_root.resolve(),
+        args.hubs,
     )
     if args.backend == "sqlite" and os.environ.get("HUB_TEST_MONGODB_URL") and code == 0:
         print()
@@ -310,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
             args.keep,
             args.profile,
             args.hub_root.resolve(),
+            args.hubs,
         )
     return code
 

@@ -154,7 +154,11 @@ class Hub:
             self._runner = web.AppRunner(create_web_app(self), access_log=None, shutdown_timeout=10)
             await self._runner.setup()
             site = web.TCPSite(
-                self._runner, self.settings.web.host, self.settings.web.port, reuse_address=True
+                self._runner,
+                self.settings.web.host,
+                self.settings.web.port,
+                reuse_address=True,
+                reuse_port=self.settings.web.reuse_port or None,
             )
             await site.start()
             server = site._server

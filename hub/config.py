@@ -114,6 +114,8 @@ class WebSettings(_Section):
     login_rate_limit: RateLimitSetting = Field(default_factory=lambda: parse_rate_limit("10/m"))
     login_manager_rate_limit: RateLimitSetting = Field(default_factory=lambda: parse_rate_limit("5/m"))
     metrics_token: SecretStr | None = None  # HUB_METRICS_TOKEN: when set, /metrics needs it
+    # Several hub processes on one host and port (SO_REUSEPORT: the kernel spreads connections).
+    reuse_port: bool = False
 
 
 class ApiSettings(_Section):
