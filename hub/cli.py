@@ -19,11 +19,14 @@ def _secrets(settings: Settings) -> list[str]:
     values = [
         settings.api.token,
         settings.web.secret_key,
+        settings.web.metrics_token,
         settings.email.imap.password,
         settings.email.smtp.password,
         settings.telegram.token,
         settings.telegram.webhook_secret,
     ]
+    if settings.notify.webhook is not None:
+        values.append(settings.notify.webhook.secret)
     found = [v.get_secret_value() for v in values if v is not None]
     if settings.storage.backend == "mongo":
         found.append(settings.storage.url)

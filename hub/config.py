@@ -72,7 +72,10 @@ def parse_rate_limit(value: Any) -> RateLimit:
         match = re.match(r"^\s*(\d+)\s*/\s*(\d*)\s*(s|m|h|d)\s*$", value)
         if match:
             count, mult, unit = int(match.group(1)), match.group(2), match.group(3)
-            return RateLimit(count=count, per_seconds=_UNITS[unit] * (int(mult) if mult else 1))
+            window = _UNITS[unit] * (int(mult) if mult else 1)
+            # A zero window (`10/0m`) would never limit anything: refused rather than silently off.
+            if window > 0:
+                return RateLimit(count=count, per_seconds=window)
     raise ValueError(f"invalid rate limit {value!r}: use COUNT/UNIT such as 10/m, or 0 to turn it off")
 
 
@@ -107,6 +110,10 @@ class WebSettings(_Section):
     trusted_proxies: list[str] = Field(default_factory=list)
     max_body_bytes: int = Field(256 * 1024, ge=1024)
     secret_key: SecretStr | None = None  # HUB_SECRET_KEY: signs sessions and links
+    # Dashboard sign-in tries: per client IP, and per manager id (whatever the address).
+    login_rate_limit: RateLimitSetting = Field(default_factory=lambda: parse_rate_limit("10/m"))
+    login_manager_rate_limit: RateLimitSetting = Field(default_factory=lambda: parse_rate_limit("5/m"))
+    metrics_token: SecretStr | None = None  # HUB_METRICS_TOKEN: when set, /metrics needs it
     # Several hub processes on one host and port (SO_REUSEPORT: the kernel spreads connections).
     reuse_port: bool = False
 
@@ -461,6 +468,7 @@ ENV_OVERRIDES: dict[str, str] = {
     "HUB_WEB_PORT": "web.port",
     "HUB_WEB_PUBLIC_URL": "web.public_url",
     "HUB_SECRET_KEY": "web.secret_key",
+    "HUB_METRICS_TOKEN": "web.metrics_token",
     "HUB_API_TOKEN": "api.token",
     "HUB_IMAP_HOST": "email.imap.host",
     "HUB_IMAP_PORT": "email.imap.port",
@@ -564,7 +572,15 @@ def masked_dump(settings: Settings) -> dict[str, Any]:
 def _mask(node: Any) -> None:
     if isinstance(node, dict):
         for key, value in node.items():
-            if key in {"token", "password", "webhook_secret", "secret_key", "password_hash", "secret"}:
+            if key in {
+                "token",
+                "password",
+                "webhook_secret",
+                "secret_key",
+                "password_hash",
+                "secret",
+                "metrics_token",
+            }:
                 node[key] = "***" if value else None
             else:
                 _mask(value)

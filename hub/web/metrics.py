@@ -3,10 +3,14 @@
 Counters and the first-response histogram count what this process saw on the event bus
 (Prometheus sums them across instances); gauges are read from the store at scrape time, so
 every instance reports the same open/breached/outbox figures.
+
+Unauthenticated by default (the Prometheus convention: keep it on an internal network); with
+`web.metrics_token` (HUB_METRICS_TOKEN) set, a scrape needs `Authorization: Bearer <token>`.
 """
 
 from __future__ import annotations
 
+import hmac
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -111,10 +115,27 @@ class HubMetrics:
 METRICS_KEY: web.AppKey[HubMetrics] = web.AppKey("metrics")
 
 
+def _authorized(request: web.Request, hub: Hub) -> bool:
+    configured = hub.settings.web.metrics_token
+    expected = configured.get_secret_value() if configured is not None else ""
+    if not expected:
+        return True
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    # Both sides compared as bytes in constant time: a timing difference must not reveal a prefix.
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), expected.encode())
+
+
 async def metrics_view(request: web.Request) -> web.Response:
-    """GET /metrics: Prometheus exposition (keep it on an internal network or behind a proxy rule)."""
+    """GET /metrics: Prometheus exposition; needs the bearer token when `web.metrics_token` is set."""
+    hub = request.app[HUB_KEY]
+    if not _authorized(request, hub):
+        return web.Response(
+            status=401,
+            text="missing or wrong bearer token for /metrics\n",
+            headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
+        )
     metrics = request.app[METRICS_KEY]
-    await metrics.refresh(request.app[HUB_KEY])
+    await metrics.refresh(hub)
     body = generate_latest(metrics.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 

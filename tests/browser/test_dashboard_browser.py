@@ -158,3 +158,19 @@ async def test_agent_cannot_open_another_agents_lead(hub: Hub, browser: Any, bas
     assert response is not None and response.status == 403
     response = await page.goto(f"{base_url}/dashboard/leads/{own}")
     assert response is not None and response.status == 200
+
+
+async def test_manager_marks_themselves_away_and_back_from_the_header(
+    hub: Hub, browser: Any, base_url: str
+) -> None:
+    page = await _sign_in(browser, base_url, "taras")
+    toggle = page.get_by_role("form", name="Моя доступність")
+    assert await toggle.get_attribute("data-away") == "0"
+    await toggle.get_by_role("button", name="Позначити, що мене немає").click()
+    await page.wait_for_selector('#my-availability[data-away="1"]')
+    assert page.url == f"{base_url}/dashboard"  # back on the page the toggle was used on
+    assert await hub.availability.is_away("taras")
+    await _shot(page, "away-toggle-desktop")
+    await page.get_by_role("button", name="Я на місці").click()
+    await page.wait_for_selector('#my-availability[data-away="0"]')
+    assert not await hub.availability.is_away("taras")

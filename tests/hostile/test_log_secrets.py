@@ -1,6 +1,7 @@
 """No secret ever reaches a log: a hub process with every secret set (API token, secret key,
-mail passwords, bot token, a storage URL with a password) goes through good and bad requests
-at DEBUG level, and its whole output is scanned for the secrets."""
+metrics token, mail passwords, bot token, alert-webhook secret, a storage URL with a password)
+goes through good and bad requests at DEBUG level, and its whole output is scanned for the
+secrets."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import aiohttp
 import pytest
 
 from hub.logs import RedactingFormatter, RedactSecrets
+from tests.support.dashboard import csrf_from
 from tests.support.process import HubProcess
 from tests.support.settings import base_config
 
@@ -22,6 +24,7 @@ def _secret_env() -> dict[str, str]:
     return {
         "HUB_API_TOKEN": f"apitok-{secrets.token_hex(12)}",
         "HUB_SECRET_KEY": f"seckey-{secrets.token_hex(12)}",
+        "HUB_METRICS_TOKEN": f"mettok-{secrets.token_hex(12)}",
         "HUB_IMAP_PASSWORD": f"imappw-{secrets.token_hex(8)}",
         "HUB_SMTP_PASSWORD": f"smtppw-{secrets.token_hex(8)}",
         "HUB_TELEGRAM_TOKEN": f"123456:tgtok-{secrets.token_hex(12)}",
@@ -46,7 +49,13 @@ async def _raw_request(port: int, data: bytes) -> None:
 
 async def test_no_secret_reaches_the_log_of_a_running_hub(tmp_path: Path) -> None:
     env = _secret_env()
-    config = {**base_config(tmp_path), "log_level": "DEBUG"}
+    # A webhook that is never called (no alert happens), so HUB_NOTIFY_WEBHOOK_SECRET applies too.
+    env["HUB_NOTIFY_WEBHOOK_SECRET"] = f"ntfsec-{secrets.token_hex(8)}"
+    config = {
+        **base_config(tmp_path),
+        "log_level": "DEBUG",
+        "notify": {"webhook": {"url": "http://127.0.0.1:9/alerts"}},
+    }
     config.pop("api")  # the token comes from HUB_API_TOKEN only
     hub = HubProcess(tmp_path, config, env=env)
     hub.start()
@@ -61,6 +70,21 @@ async def test_no_secret_reaches_the_log_of_a_running_hub(tmp_path: Path) -> Non
             assert resp.status == 201
             lead = (await resp.json())["lead"]
             assert (await http.get(f"{hub.url}/api/v1/leads/{lead}", headers=good)).status == 200
+            metrics = env["HUB_METRICS_TOKEN"]
+            scrape = await http.get(f"{hub.url}/metrics", headers={"Authorization": f"Bearer {metrics}"})
+            assert scrape.status == 200
+            for wrong in (f"Bearer {metrics}x", f"Basic {metrics}", token):
+                assert (await http.get(f"{hub.url}/metrics", headers={"Authorization": wrong})).status == 401
+            assert (await http.get(f"{hub.url}/metrics?token={metrics}")).status == 401
+            # Failed sign-ins log the manager id typed: here, secrets pasted into the wrong field.
+            async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
+                csrf = csrf_from(await (await browser.get(f"{hub.url}/dashboard/login")).text())
+                for typed in (metrics, env["HUB_NOTIFY_WEBHOOK_SECRET"], env["HUB_SECRET_KEY"]):
+                    resp = await browser.post(
+                        f"{hub.url}/dashboard/login",
+                        data={"csrf": csrf, "username": typed, "password": token},
+                    )
+                    assert resp.status == 401
             failures = [
                 ("GET", "/api/v1/leads", {"Authorization": f"Bearer {token}x"}, None),
                 ("GET", "/api/v1/leads", {"Authorization": f"Bearer x{token}"}, None),
@@ -68,6 +92,7 @@ async def test_no_secret_reaches_the_log_of_a_running_hub(tmp_path: Path) -> Non
                 ("GET", f"/api/v1/leads?token={token}", {}, None),
                 ("GET", f"/api/v1/leads/{token}", good, None),
                 ("GET", f"/forms/{token}", {}, None),
+                ("GET", f"/metrics/{metrics}", {}, None),
                 ("POST", f"/api/v1/leads/{lead}/assign", good, {"manager": token}),
                 (
                     "POST",

@@ -418,3 +418,78 @@ async def test_every_page_is_fully_translated(hub: Hub, http, base_url: str, ole
         assert resp.status == 200, path
         assert "dash." not in text, (path, text[text.find("dash.") - 80 : text.find("dash.") + 80])
         assert f'<html lang="{language}">' in text or path == "/queue/rows"
+
+
+async def test_manager_marks_themselves_away_and_back_from_the_header(
+    hub: Hub, http: aiohttp.ClientSession, base_url: str, olena
+) -> None:
+    lead_session, lead_csrf = olena
+    taras, csrf = await sign_in(base_url, "taras")
+    try:
+        page = await (await taras.get(f"{base_url}/dashboard", params={"lang": "en"})).text()
+        assert 'action="/dashboard/team/taras/away"' in page and 'data-away="0"' in page
+        assert "Mark me away" in page and 'aria-label="My availability"' in page
+        url = f"{base_url}/dashboard/team/taras/away"
+
+        refused = await taras.post(url, data={"away": "1"}, allow_redirects=False)
+        assert refused.status == 403 and not await hub.availability.is_away("taras")
+
+        # The team's lead goes away too (a lead may do it for herself): nobody in support is
+        # eligible, so a new lead waits unassigned.
+        resp = await lead_session.post(
+            f"{base_url}/dashboard/team/olena/away",
+            data={"csrf": lead_csrf, "away": "1"},
+            allow_redirects=False,
+        )
+        assert resp.status == 303 and resp.headers["Location"] == "/dashboard/team"
+        resp = await taras.post(
+            url, data={"csrf": csrf, "away": "1", "next": "/dashboard?status=all"}, allow_redirects=False
+        )
+        assert resp.status == 303 and resp.headers["Location"] == "/dashboard?status=all"
+        assert await hub.availability.is_away("taras")
+        ref = await _form_lead(http, base_url)
+        lead = await hub.store.get_lead(int(ref[2:]))
+        assert lead is not None and lead.assignee is None
+        page = await (await taras.get(f"{base_url}/dashboard", params={"lang": "en"})).text()
+        assert 'data-away="1"' in page and "I&#39;m back" in page
+
+        # Back: the same path as Telegram's /back, so the unassigned queue drains to taras.
+        resp = await taras.post(url, data={"csrf": csrf, "away": "0", "next": "https://evil.example/"})
+        assert resp.status == 200 and str(resp.url) == f"{base_url}/dashboard"  # no open redirect
+        assert not await hub.availability.is_away("taras")
+        lead = await hub.store.get_lead(int(ref[2:]))
+        assert lead is not None and lead.assignee == "taras"
+        team = await (await lead_session.get(f"{base_url}/dashboard/team", params={"lang": "en"})).text()
+        assert 'mark back<span class="sr-only"> — Олена Коваль</span>' in team  # her row on the team page
+        assert 'action="/dashboard/team/olena/away"' in team and 'data-away="1"' in team  # her header
+    finally:
+        await taras.close()
+
+
+async def test_an_agent_cannot_change_someone_elses_availability(hub: Hub, base_url: str, olena) -> None:
+    taras, csrf = await sign_in(base_url, "taras")
+    try:
+        for target in ("olena", "iryna", "nobody"):
+            resp = await taras.post(
+                f"{base_url}/dashboard/team/{target}/away",
+                data={"csrf": csrf, "away": "1"},
+                allow_redirects=False,
+            )
+            assert resp.status == 403, target  # 403 even for an unknown id: no probing for ids
+        assert not await hub.availability.is_away("olena") and not await hub.availability.is_away("iryna")
+        # A lead or admin may change anyone's.
+        lead_session, lead_csrf = olena
+        resp = await lead_session.post(
+            f"{base_url}/dashboard/team/iryna/away",
+            data={"csrf": lead_csrf, "away": "1"},
+            allow_redirects=False,
+        )
+        assert resp.status == 303 and await hub.availability.is_away("iryna")
+        unknown = await lead_session.post(
+            f"{base_url}/dashboard/team/nobody/away",
+            data={"csrf": lead_csrf, "away": "1"},
+            allow_redirects=False,
+        )
+        assert unknown.status == 404
+    finally:
+        await taras.close()

@@ -9,7 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from hub.config import ConfigError, load_settings, masked_dump, parse_duration, settings_from_dict
+from hub.config import (
+    ConfigError,
+    RateLimit,
+    load_settings,
+    masked_dump,
+    parse_duration,
+    parse_rate_limit,
+    settings_from_dict,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,6 +51,34 @@ def test_shipped_config_is_valid_and_matches_the_defaults() -> None:
     assert settings.sla.policies["service_request"].first_response == timedelta(hours=12)
     assert not settings.email.enabled and not settings.telegram.enabled
     assert len(settings.teams) >= 2 and len(settings.managers) >= 2
+    assert settings.web.login_rate_limit == RateLimit(count=10, per_seconds=60)
+    assert settings.web.login_manager_rate_limit == RateLimit(count=5, per_seconds=60)
+    assert settings.web.metrics_token is None
+    defaults = settings_from_dict({}, env={}).web
+    assert (defaults.login_rate_limit, defaults.login_manager_rate_limit, defaults.metrics_token) == (
+        settings.web.login_rate_limit,
+        settings.web.login_manager_rate_limit,
+        None,
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("10/m", RateLimit(count=10, per_seconds=60)),
+        ("3/5m", RateLimit(count=3, per_seconds=300)),
+        ("5 / h", RateLimit(count=5, per_seconds=3600)),
+        ("0", RateLimit(count=0, per_seconds=1)),
+    ],
+)
+def test_rate_limits(text: str, expected: RateLimit) -> None:
+    assert parse_rate_limit(text) == expected
+
+
+@pytest.mark.parametrize("bad", ["lots", "10", "10/x", "10/0m", "-1/m", "1.5/m"])
+def test_bad_rate_limits_are_refused(bad: str) -> None:
+    with pytest.raises(ValueError, match="invalid rate limit"):
+        parse_rate_limit(bad)
 
 
 def test_env_overrides_secrets_and_urls() -> None:
@@ -64,6 +100,9 @@ def test_env_overrides_secrets_and_urls() -> None:
         ({"web": {"port": 70000}}, "web.port"),
         ({"storage": {"url": "postgres://x"}}, "storage.url"),
         ({"web": {"form_rate_limit": "lots"}}, "web.form_rate_limit"),
+        ({"web": {"login_rate_limit": "many"}}, "web.login_rate_limit"),
+        ({"web": {"login_manager_rate_limit": "5/0m"}}, "web.login_manager_rate_limit"),
+        ({"web": {"login_rate_limits": "5/m"}}, "web.login_rate_limits"),
         ({"webb": {}}, "webb"),
         ({"routing": {"rules": [{"team": "nope"}]}}, "routing.rules[0].team"),
         ({"sla": {"calendar": {"timezone": "Mars/Olympus"}}}, "sla.calendar.timezone"),
@@ -76,7 +115,12 @@ def test_errors_name_the_key(data: dict[str, object], key: str) -> None:
 
 
 def test_check_config_cli_masks_secrets_and_fails_on_bad_config(tmp_path: Path) -> None:
-    env = {"PYTHONPATH": str(ROOT), "HUB_API_TOKEN": "super-secret-token", "PATH": "/usr/bin:/bin"}
+    env = {
+        "PYTHONPATH": str(ROOT),
+        "HUB_API_TOKEN": "super-secret-token",
+        "HUB_METRICS_TOKEN": "metrics-secret-token",
+        "PATH": "/usr/bin:/bin",
+    }
     ok = subprocess.run(
         [sys.executable, "-m", "hub", "check-config", "--config", str(ROOT / "config.yaml")],
         capture_output=True,
@@ -86,6 +130,7 @@ def test_check_config_cli_masks_secrets_and_fails_on_bad_config(tmp_path: Path) 
     )
     assert ok.returncode == 0, ok.stderr
     assert "super-secret-token" not in ok.stdout and '"token": "***"' in ok.stdout
+    assert "metrics-secret-token" not in ok.stdout and '"metrics_token": "***"' in ok.stdout
     bad = tmp_path / "bad.yaml"
     bad.write_text("sla:\n  check_every: soon\n", encoding="utf-8")
     failed = subprocess.run(
@@ -97,3 +142,24 @@ def test_check_config_cli_masks_secrets_and_fails_on_bad_config(tmp_path: Path) 
     )
     assert failed.returncode == 2
     assert "sla.check_every" in failed.stderr
+
+
+def test_every_secret_is_handed_to_the_log_redaction() -> None:
+    from hub.cli import _secrets
+
+    env = {
+        "HUB_API_TOKEN": "api-secret-1",
+        "HUB_SECRET_KEY": "key-secret-2",
+        "HUB_METRICS_TOKEN": "metrics-secret-3",
+        "HUB_IMAP_PASSWORD": "imap-secret-4",
+        "HUB_SMTP_PASSWORD": "smtp-secret-5",
+        "HUB_TELEGRAM_TOKEN": "tg-secret-6",
+        "HUB_TELEGRAM_WEBHOOK_SECRET": "tgwh-secret-7",
+        "HUB_NOTIFY_WEBHOOK_SECRET": "notify-secret-8",
+    }
+    settings = settings_from_dict(
+        {"notify": {"webhook": {"url": "https://alerts.example.com/hook"}}}, env=env
+    )
+    assert set(env.values()) <= set(_secrets(settings))
+    dumped = str(masked_dump(settings))
+    assert not [value for value in env.values() if value in dumped]

@@ -18,17 +18,17 @@ from hub.domain import utcnow
 from hub.web.dashboard import auth, reports_view, views
 from hub.web.dashboard.common import (
     LANG_COOKIE,
-    LOGIN_LIMIT,
     PREFIX,
     SESSION_KEY,
     STATE_KEY,
-    USER_LOGIN_LIMIT,
+    VIEWER_AWAY_KEY,
     VIEWER_KEY,
     DashboardState,
     error_page,
     hub_of,
     redirect,
     render_page,
+    safe_next,
     session_of,
     state_of,
 )
@@ -42,6 +42,8 @@ STATIC_DIR = Path(__file__).resolve().parent.parent.parent / "static"
 _PUBLIC = (f"{PREFIX}/login", f"{PREFIX}/link/", f"{PREFIX}/lang")
 _SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 _FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+# Live-update endpoints fetched often and rendered without the header.
+_FRAGMENTS = ("/events", "/queue/rows")
 
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
@@ -84,6 +86,9 @@ async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
     manager = hub.settings.manager(session.manager_id) if session.manager_id else None
     if manager is not None and manager.active:
         request[VIEWER_KEY] = manager
+        if request.method == "GET" and not request.path.endswith(_FRAGMENTS):
+            # One state read per full page, for the away/back toggle in the header.
+            request[VIEWER_AWAY_KEY] = await hub.availability.is_away(manager.id)
     response: web.StreamResponse
     if request.method not in _SAFE_METHODS and not await _csrf_passes(request, state.key):
         log.warning("dashboard: %s %s refused: missing or wrong CSRF token", request.method, request.path)
@@ -112,20 +117,11 @@ async def _csrf_passes(request: web.Request, key: bytes) -> bool:
     return auth.csrf_ok(key, session_of(request), given)
 
 
-def _safe_next(raw: str | None) -> str:
-    # Only our own pages: an open redirect would make the login page a phishing tool.
-    if raw and raw.startswith(PREFIX) and not raw.startswith("//") and "\\" not in raw:
-        return raw
-    return PREFIX
-
-
 async def login_form(request: web.Request) -> web.StreamResponse:
     """GET /dashboard/login."""
     if VIEWER_KEY in request:
-        return redirect(_safe_next(request.query.get("next")))
-    return render_page(
-        request, "dashboard/login.html", next=_safe_next(request.query.get("next")), error=None
-    )
+        return redirect(safe_next(request.query.get("next")))
+    return render_page(request, "dashboard/login.html", next=safe_next(request.query.get("next")), error=None)
 
 
 async def login_submit(request: web.Request) -> web.StreamResponse:
@@ -135,7 +131,7 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
     form = await request.post()
     username = str(form.get("username", "")).strip()[:64]
     password = str(form.get("password", ""))[:1024]
-    next_url = _safe_next(str(form.get("next", "")))
+    next_url = safe_next(str(form.get("next", "")))
     ip = client_ip(request, hub.settings.web.trusted_proxies)
     wait = state.login_limiter.hit(ip) or state.user_limiter.hit(username.lower())
     if wait is not None:
@@ -190,7 +186,7 @@ async def logout(request: web.Request) -> web.StreamResponse:
 async def set_language(request: web.Request) -> web.StreamResponse:
     """GET /dashboard/lang?to=uk&next=...: remember the UI language in a cookie."""
     language = request.query.get("to", "")
-    response = redirect(_safe_next(request.query.get("next")))
+    response = redirect(safe_next(request.query.get("next")))
     if language in ("uk", "en"):
         response.set_cookie(LANG_COOKIE, language, max_age=365 * 86400, path="/", samesite="Lax")
     return response
@@ -202,8 +198,8 @@ def setup_dashboard(app: web.Application) -> None:
     state = DashboardState(
         key=auth.secret_key(hub.settings),
         broker=LiveBroker(),
-        login_limiter=SlidingWindowLimiter(LOGIN_LIMIT),
-        user_limiter=SlidingWindowLimiter(USER_LOGIN_LIMIT),
+        login_limiter=SlidingWindowLimiter(hub.settings.web.login_rate_limit),
+        user_limiter=SlidingWindowLimiter(hub.settings.web.login_manager_rate_limit),
     )
     app[STATE_KEY] = state
     app.middlewares.append(guard)

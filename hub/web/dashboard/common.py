@@ -13,7 +13,7 @@ from aiohttp import web
 from markupsafe import Markup
 
 from hub import i18n
-from hub.config import ManagerSettings, RateLimit
+from hub.config import ManagerSettings
 from hub.domain import Lead, Role, format_lead_number
 from hub.web.dashboard.auth import Session, csrf_token
 from hub.web.dashboard.live import LiveBroker
@@ -39,9 +39,8 @@ class DashboardState:
 STATE_KEY: web.AppKey[DashboardState] = web.AppKey("dashboard")
 SESSION_KEY: web.RequestKey[Session] = web.RequestKey("dashboard.session", Session)
 VIEWER_KEY: web.RequestKey[ManagerSettings] = web.RequestKey("dashboard.viewer", ManagerSettings)
-
-LOGIN_LIMIT = RateLimit(count=10, per_seconds=60)
-USER_LOGIN_LIMIT = RateLimit(count=5, per_seconds=60)
+#: The signed-in manager's own away flag, read for full pages (the header shows a toggle).
+VIEWER_AWAY_KEY: web.RequestKey[bool] = web.RequestKey("dashboard.viewer_away", bool)
 
 
 def hub_of(request: web.Request) -> Hub:
@@ -61,6 +60,14 @@ def viewer_of(request: web.Request) -> ManagerSettings:
     """The signed-in manager (the guard middleware guarantees one on protected pages)."""
     viewer: ManagerSettings = request[VIEWER_KEY]
     return viewer
+
+
+def safe_next(raw: str | None) -> str:
+    """`raw` if it is one of our own dashboard paths, else the queue."""
+    # Only our own pages: an open redirect would make the login page a phishing tool.
+    if raw and raw.startswith(PREFIX) and not raw.startswith("//") and "\\" not in raw:
+        return raw
+    return PREFIX
 
 
 def sees_all(manager: ManagerSettings) -> bool:
@@ -137,6 +144,7 @@ def render_page(request: web.Request, template: str, status: int = 200, **contex
             ref=format_lead_number,
             csrf=csrf_token(state.key, session) if session else "",
             viewer=viewer,
+            viewer_away=request.get(VIEWER_AWAY_KEY),
             sees_all=sees_all(viewer) if viewer else False,
             prefix=PREFIX,
             path=request.path_qs,

@@ -32,6 +32,7 @@ from hub.web.dashboard.common import (
     may_open,
     redirect,
     render_page,
+    safe_next,
     sees_all,
     state_of,
     viewer_of,
@@ -451,19 +452,25 @@ def _hours_text(hours: str | dict[str, list[str]], zone: str) -> str:
 
 
 async def set_away(request: web.Request) -> web.Response:
-    """POST /dashboard/team/{manager}/away (away=1|0): a lead/admin, or the manager themselves."""
+    """POST /dashboard/team/{manager}/away (away=1|0, optional next=page to return to): the
+    manager themselves, or a lead/admin for anyone. The same path as Telegram's /away and /back,
+    so the router reacts the same way (a manager who is back drains the unassigned queue)."""
     viewer = viewer_of(request)
     manager_id = request.match_info["manager"]
     hub = hub_of(request)
+    # Refused before the lookup, so an agent cannot probe which manager ids exist.
+    if not sees_all(viewer) and viewer.id != manager_id:
+        log.warning("dashboard: %s may not change %s's availability", viewer.id, manager_id)
+        return error_page(request, 403, "dash.error.forbidden")
     if hub.settings.manager(manager_id) is None:
         return error_page(request, 404, "dash.error.no_manager")
-    if not sees_all(viewer) and viewer.id != manager_id:
-        return error_page(request, 403, "dash.error.forbidden")
     form = await request.post()
-    await hub.availability.set_away(manager_id, form.get("away") == "1")
-    log.info(
-        "dashboard: %s marked %s %s", viewer.id, manager_id, "away" if form.get("away") == "1" else "back"
-    )
+    away = form.get("away") == "1"
+    await hub.availability.set_away(manager_id, away)
+    log.info("dashboard: %s marked %s %s", viewer.id, manager_id, "away" if away else "back")
+    raw_next = form.get("next")
+    if isinstance(raw_next, str) and raw_next:
+        return redirect(safe_next(raw_next))
     return redirect(f"{PREFIX}/team" if sees_all(viewer) else PREFIX)
 
 
