@@ -62,20 +62,24 @@ class InboxProcessor:
         meta: dict[str, Any] | None = None,
         now: datetime | None = None,
     ) -> tuple[InboxItem, IntakeResult | None]:
-        """Store raw input durably, then process it; the result is None if it was quarantined."""
+        """Store raw input, then process it; returns once both are durable (None: quarantined)."""
         now = now or utcnow()
-        item, created = await self._store.inbox_put(
-            channel,
-            external_id,
-            payload,
-            now,
-            meta,
-            holder=self._holder,
-            lease_seconds=CLAIM_SECONDS,
-        )
-        if not created and item.status == "quarantined":
-            return item, None
-        return item, await self.process(item)
+        # The caller answers only after processing, so the raw write need not be durable on its
+        # own first: it commits with (or before) intake's writes, one commit wait in all. A crash
+        # before that commit loses nothing the sender was told we have.
+        async with self._store.deferred_commit():
+            item, created = await self._store.inbox_put(
+                channel,
+                external_id,
+                payload,
+                now,
+                meta,
+                holder=self._holder,
+                lease_seconds=CLAIM_SECONDS,
+            )
+            if not created and item.status == "quarantined":
+                return item, None
+            return item, await self.process(item)
 
     async def process(self, item: InboxItem) -> IntakeResult | None:
         """Decode and accept one item; quarantine it if it cannot be decoded."""
@@ -98,7 +102,10 @@ class InboxProcessor:
             await self._quarantine(item, str(exc))
             return None
         result = await self._intake.accept(inbound)
-        await self._store.inbox_done(item.id, result.lead.number)
+        # Not waited for: if a crash loses this mark, the replay finds the message stored and
+        # intake returns it as a duplicate.
+        async with self._store.deferred_commit(wait=False):
+            await self._store.inbox_done(item.id, result.lead.number)
         return result
 
     async def _quarantine(self, item: InboxItem, reason: str) -> None:

@@ -84,9 +84,9 @@ class Intake:
             assert contact is not None
             return IntakeResult(lead, known, contact, created_lead=False, duplicate=True)
 
-        contact = await self._resolve_contact(inbound, now)
+        contact, fresh = await self._resolve_contact(inbound, now)
         events: list[Event] = []
-        lead, created = await self._find_or_open_lead(inbound, contact, now)
+        lead, created = await self._find_or_open_lead(inbound, contact, fresh, now)
         if created:
             events.append(
                 Event(
@@ -133,8 +133,8 @@ class Intake:
             lead, changed = await self._customer_wrote_again(lead, now, inbound.received_at)
             events.extend(changed)
 
-        for event in events:
-            await self._store.append_event(event)
+        if events:
+            events = await self._store.append_events(events)
         log.info(
             "%s %s: %s message %s",
             lead.ref,
@@ -144,14 +144,11 @@ class Intake:
         )
         return IntakeResult(lead, message, contact, created_lead=created, duplicate=not stored, events=events)
 
-    async def _resolve_contact(self, inbound: Inbound, now: datetime) -> Contact:
-        """The sender's contact, created on first sight; other identities are attached when free."""
+    async def _resolve_contact(self, inbound: Inbound, now: datetime) -> tuple[Contact, bool]:
+        """The sender's contact, created on first sight (then True); other identities are
+        attached when free."""
         everyone = [inbound.sender, *inbound.other_identities]
-        contact: Contact | None = None
-        for ident in everyone:
-            contact = await self._store.find_contact(ident)
-            if contact is not None:
-                break
+        contact = await self._store.find_contact_of(everyone)
         if contact is None:
             fresh = Contact(
                 id=new_id(),
@@ -161,13 +158,10 @@ class Intake:
                 language=inbound.language,
             )
             try:
-                return await self._store.create_contact(fresh)
+                return await self._store.create_contact(fresh), True
             except DuplicateError:
                 # Another message from the same person won the race; use its contact.
-                for ident in everyone:
-                    contact = await self._store.find_contact(ident)
-                    if contact is not None:
-                        break
+                contact = await self._store.find_contact_of(everyone)
                 if contact is None:
                     raise
         known = {(i.kind, i.value) for i in contact.identities}
@@ -183,19 +177,24 @@ class Intake:
                     contact.id,
                     ident.kind,
                 )
-        return contact
+        return contact, False
 
     async def _find_or_open_lead(
-        self, inbound: Inbound, contact: Contact, now: datetime
+        self, inbound: Inbound, contact: Contact, fresh: bool, now: datetime
     ) -> tuple[Lead, bool]:
-        replayed = await self._store.find_lead_by_origin(inbound.channel, inbound.external_id)
-        if replayed is not None:
-            return replayed, False
+        # A contact created just now has no leads yet: only a thread reference can name one
+        # (a reply from someone in Cc).
+        if not fresh:
+            replayed = await self._store.find_lead_by_origin(inbound.channel, inbound.external_id)
+            if replayed is not None:
+                return replayed, False
         if inbound.thread.message_ids:
             number = await self._store.find_lead_by_refs(list(inbound.thread.message_ids))
             lead = await self._store.get_lead(number) if number else None
             if lead is not None:
                 return lead, False
+        if fresh:
+            return await self._open_lead(inbound, contact, now)
         if inbound.thread.lead_number is not None:
             lead = await self._store.get_lead(inbound.thread.lead_number)
             # A ticket number alone proves nothing: only the lead's own contact may use it.
@@ -209,7 +208,7 @@ class Intake:
     async def _open_lead(self, inbound: Inbound, contact: Contact, now: datetime) -> tuple[Lead, bool]:
         kind = inbound.kind_hint or LeadKind.MESSAGE
         lead = Lead(
-            number=await self._store.next_lead_number(),
+            number=0,  # numbered by the store in the same write
             kind=kind,
             channel=inbound.channel,
             contact_id=contact.id,
@@ -251,12 +250,21 @@ class Intake:
                 updated_at=now,
             )
             # A team's or priority's own SLA policy moves the due times set at creation.
-            changes = merge_changes(
-                changes, self._clock.retarget(lead, team=decision.team, priority=decision.priority)
-            )
-            result = await self._store.update_lead(lead.number, changes)
-            if result is not None:
-                updated = result
+            retarget = self._clock.retarget(lead, team=decision.team, priority=decision.priority)
+            if decision.assignee and not decision.tags and retarget is None:
+                # The router's compare-and-set already wrote assignee, team, priority and
+                # updated_at: nothing is left to write.
+                updated = replace(
+                    lead,
+                    assignee=decision.assignee,
+                    team=decision.team if decision.team is not None else lead.team,
+                    priority=decision.priority if decision.priority else lead.priority,
+                    updated_at=now,
+                )
+            else:
+                result = await self._store.update_lead(lead.number, merge_changes(changes, retarget))
+                if result is not None:
+                    updated = result
             event_type = EventType.LEAD_ASSIGNED if decision.assignee else EventType.LEAD_UNASSIGNED
             events.append(
                 Event(

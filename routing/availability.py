@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
+from typing import Any
 
 from hub.business_hours import BusinessHours, parse_weekly_hours
 from hub.config import ManagerSettings
@@ -77,10 +78,20 @@ class Availability:
             self._shifts[manager.id] = shift_calendar(manager)
         return self._shifts[manager.id]
 
-    async def why_not_available(self, manager: ManagerSettings, now: datetime) -> str | None:
-        """Inactive, away or off shift: `why_not_eligible` short of capacity (which needs the load)."""
-        away = await self.is_away(manager.id) if manager.active else False
-        return why_not_eligible(manager, None, now, away, self.shift(manager))
+    @staticmethod
+    def away_key(manager_id: str) -> str:
+        """The state key of a manager's away flag."""
+        return _key(manager_id)
+
+    def why_not_available_all(
+        self, managers: Sequence[ManagerSettings], now: datetime, flags: dict[str, Any]
+    ) -> list[str | None]:
+        """Inactive, away or off shift, short of capacity (which needs the load), for several
+        managers; `flags` holds the state values read under `away_key`."""
+        return [
+            why_not_eligible(m, None, now, m.active and bool(flags.get(_key(m.id))), self.shift(m))
+            for m in managers
+        ]
 
     async def why_not_eligible(self, manager: ManagerSettings, load: int, now: datetime) -> str | None:
         """None if the manager may take a lead now, else a short reason for the decision log."""

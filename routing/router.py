@@ -262,11 +262,13 @@ class ConfigRouter:
             # to the store while the lock is held, not one per manager and then one more. Ties
             # (and round_robin itself) rotate through a cursor kept in the store, so the order
             # stays fair across restarts and processes; every decision takes its own turn.
-            loads, reasons, turn = await asyncio.gather(
-                self._store.load_by_assignee([m.id for m in members]),
-                asyncio.gather(*(self._availability.why_not_available(m, now) for m in members)),
-                self._store.incr_state(f"routing.rr.{team}"),
+            snapshot = await self._store.routing_snapshot(
+                [m.id for m in members],
+                [self._availability.away_key(m.id) for m in members if m.active],
+                f"routing.rr.{team}",
             )
+            loads, turn = snapshot.loads, snapshot.turn
+            reasons = self._availability.why_not_available_all(members, now, snapshot.states)
             skipped: dict[str, str] = {}
             eligible: set[str] = set()
             for member, why_not in zip(members, reasons, strict=True):

@@ -7,6 +7,7 @@ processes on one database: anything that must happen once is claimed atomically 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -83,6 +84,15 @@ class LeadChanges:
     clear_resolution: bool = False  # the policy no longer has a resolution target
     escalate_at: datetime | None = None  # arm the next escalation step of a breached target
     escalate_target: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingSnapshot:
+    """What one routing decision reads, fetched together: loads, state values, its turn."""
+
+    loads: dict[str, tuple[int, int]]
+    states: dict[str, Any]
+    turn: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,11 +178,12 @@ class Store(Protocol):
     async def ping(self) -> bool:
         """True when the database answers a trivial query now."""
 
-    def deferred_commit(self) -> AbstractAsyncContextManager[None]:
+    def deferred_commit(self, wait: bool = True) -> AbstractAsyncContextManager[None]:
         """A block whose writes return as soon as they are applied (this process's later reads
         see them) and whose end waits until all of them are durable (a nested block's end, for
         its own writes). Lets a caller hold an in-process lock across writes without holding it
-        across commit waits. An adapter whose writes are durable on return makes it a no-op."""
+        across commit waits. An adapter whose writes are durable on return makes it a no-op.
+        `wait=False`: the end does not wait (only for writes that a replay after a crash redoes)."""
 
     # --- inbox: raw input, durable before anything is acknowledged upstream -------------
     async def inbox_put(
@@ -215,6 +226,9 @@ class Store(Protocol):
     async def find_contact(self, identity: Identity) -> Contact | None:
         """The contact that owns this identity (kind + normalized value), if any."""
 
+    async def find_contact_of(self, identities: Sequence[Identity]) -> Contact | None:
+        """The contact of the first of these identities (in order) that has one."""
+
     async def get_contact(self, contact_id: str) -> Contact | None:
         """One contact with all identities."""
 
@@ -232,7 +246,9 @@ class Store(Protocol):
         """A new lead number, unique and increasing even under concurrent callers."""
 
     async def create_lead(self, lead: Lead) -> tuple[Lead, bool]:
-        """Insert a lead; a lead with the same (channel, origin_external_id) is returned instead."""
+        """Insert a lead; a lead with the same (channel, origin_external_id) is returned instead.
+
+        A lead with number 0 gets the next lead number in the same write."""
 
     async def get_lead(self, number: int) -> Lead | None:
         """One lead by number."""
@@ -268,6 +284,11 @@ class Store(Protocol):
 
     async def load_by_assignee(self, manager_ids: list[str]) -> dict[str, tuple[int, int]]:
         """(active leads, priority-weighted load = sum of 1 + priority) for each manager."""
+
+    async def routing_snapshot(
+        self, manager_ids: list[str], state_keys: list[str], turn_key: str
+    ) -> RoutingSnapshot:
+        """`load_by_assignee`, `get_states` and `incr_state(turn_key)` as one round trip."""
 
     async def assign_if_load(
         self,
@@ -340,6 +361,9 @@ class Store(Protocol):
     async def append_event(self, event: Event) -> Event:
         """Append to the audit log; returns the event with its id."""
 
+    async def append_events(self, events: Sequence[Event]) -> list[Event]:
+        """Append several events in order as one write; returns them with their ids."""
+
     async def list_events(
         self,
         lead_number: int | None = None,
@@ -357,6 +381,9 @@ class Store(Protocol):
 
     async def get_state(self, key: str) -> Any:
         """A small JSON value by key (round-robin cursors, availability, channel offsets)."""
+
+    async def get_states(self, keys: Sequence[str]) -> dict[str, Any]:
+        """Several small values in one read; a missing key maps to None."""
 
     async def set_state(self, key: str, value: Any) -> None:
         """Store a small JSON value."""

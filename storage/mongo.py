@@ -24,12 +24,13 @@ run when HUB_TEST_MONGODB_URL is set). How the guarantees are kept without one b
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, ParamSpec, TypeVar
@@ -66,6 +67,7 @@ from storage.base import (
     KpiRow,
     LeadChanges,
     LeadQuery,
+    RoutingSnapshot,
     SlaClaim,
     StoreError,
 )
@@ -553,7 +555,7 @@ class MongoStore:
         return True
 
     @contextlib.asynccontextmanager
-    async def deferred_commit(self) -> AsyncIterator[None]:
+    async def deferred_commit(self, wait: bool = True) -> AsyncIterator[None]:
         """Every write here is acknowledged durable (majority) when it returns: nothing to defer."""
         yield
 
@@ -712,6 +714,22 @@ class MongoStore:
         return await self._load_contact(doc["contact_id"]) if doc else None
 
     @_translated
+    async def find_contact_of(self, identities: Sequence[Identity]) -> Contact | None:
+        """The contact of the first of these identities (in order) that has one."""
+        if not identities:
+            return None
+        wanted = [{"kind": i.kind.value, "value": i.value} for i in identities]
+        found = {
+            (d["kind"], d["value"]): d["contact_id"]
+            async for d in self._col("identities").find({"$or": wanted})
+        }
+        for ident in identities:
+            contact_id = found.get((ident.kind.value, ident.value))
+            if contact_id is not None:
+                return await self._load_contact(contact_id)
+        return None
+
+    @_translated
     async def get_contact(self, contact_id: str) -> Contact | None:
         """One contact with all identities."""
         return await self._load_contact(contact_id)
@@ -808,6 +826,8 @@ class MongoStore:
     @_translated
     async def create_lead(self, lead: Lead) -> tuple[Lead, bool]:
         """Insert a lead; a lead with the same (channel, origin_external_id) is returned instead."""
+        if lead.number == 0:
+            lead = replace(lead, number=await self._next("lead"))
         try:
             await self._col("leads").insert_one(_lead_doc(lead))
         except DuplicateKeyError as exc:
@@ -1044,6 +1064,16 @@ class MongoStore:
         async for row in await self._col("leads").aggregate(pipeline):
             loads[row["_id"]] = (int(row["n"]), int(row["w"]))
         return loads
+
+    @_translated
+    async def routing_snapshot(
+        self, manager_ids: list[str], state_keys: list[str], turn_key: str
+    ) -> RoutingSnapshot:
+        """`load_by_assignee`, `get_states` and `incr_state(turn_key)` together."""
+        loads, states, turn = await asyncio.gather(
+            self.load_by_assignee(manager_ids), self.get_states(state_keys), self.incr_state(turn_key)
+        )
+        return RoutingSnapshot(loads, states, turn)
 
     @_translated
     async def assign_if_load(
@@ -1336,6 +1366,11 @@ class MongoStore:
         return await self._insert_event(event)
 
     @_translated
+    async def append_events(self, events: Sequence[Event]) -> list[Event]:
+        """Append several events in order as one write; returns them with their ids."""
+        return [await self._insert_event(event) for event in events]
+
+    @_translated
     async def list_events(
         self,
         lead_number: int | None = None,
@@ -1379,6 +1414,14 @@ class MongoStore:
         """A small JSON value by key (round-robin cursors, availability, channel offsets)."""
         doc = await self._col("kv").find_one({"_id": key})
         return doc["value"] if doc else None
+
+    @_translated
+    async def get_states(self, keys: Sequence[str]) -> dict[str, Any]:
+        """Several small values in one read; a missing key maps to None."""
+        values: dict[str, Any] = dict.fromkeys(keys)
+        async for doc in self._col("kv").find({"_id": {"$in": list(keys)}}):
+            values[doc["_id"]] = doc["value"]
+        return values
 
     @_translated
     async def set_state(self, key: str, value: Any) -> None:

@@ -13,9 +13,10 @@ import contextlib
 import contextvars
 import functools
 import json
+import logging
 import sqlite3
 import urllib.parse
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
@@ -51,15 +52,18 @@ from storage.base import (
     KpiRow,
     LeadChanges,
     LeadQuery,
+    RoutingSnapshot,
     SlaClaim,
     StoreError,
     interpolated_percentiles,
 )
 
+log = logging.getLogger(__name__)
+
 SCHEMA_VERSION = 1
 
 #: Shortest time between two group commits while writes keep coming (seconds).
-COMMIT_EVERY = 0.002
+COMMIT_EVERY = 0.005
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -726,9 +730,10 @@ class SqliteStore:
         await waiter
 
     @contextlib.asynccontextmanager
-    async def deferred_commit(self) -> AsyncIterator[None]:
+    async def deferred_commit(self, wait: bool = True) -> AsyncIterator[None]:
         """Writes in the block return once applied (this process reads them at once); the
-        block's end waits until every one of them is committed (a nested block's end, for its own)."""
+        block's end waits until every one of them is committed (a nested block's end, for its own).
+        With `wait=False` it does not wait: the writes commit with the next group commit."""
         deferred = _Deferred(self)
         token = _DEFERRED.set(deferred)
         try:
@@ -742,8 +747,17 @@ class SqliteStore:
         finally:
             _DEFERRED.reset(token)
         deferred.open = False
+        if not wait:
+            for waiter in deferred.waiters:
+                waiter.add_done_callback(self._log_unwaited_commit)
+            return
         for waiter in deferred.waiters:
             await waiter
+
+    def _log_unwaited_commit(self, done: asyncio.Future[None]) -> None:
+        if not done.cancelled() and done.exception() is not None:
+            # Only writes a replay repeats go unwaited; the replay will redo them.
+            log.warning("SQLite %s: a commit nobody waited for failed: %s", self.path, done.exception())
 
     def _join_commit(self) -> asyncio.Future[None]:
         loop = asyncio.get_running_loop()
@@ -876,6 +890,14 @@ class SqliteStore:
         except sqlite3.Error as exc:
             raise StoreError(f"SQLite {self.path}: query failed: {exc}") from exc
 
+    async def _read_job(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Run several reads as one hop to the database thread (`fn` gets the raw connection)."""
+        db = self._conn
+        try:
+            return await _in_thread(db, fn, db._conn)
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite {self.path}: query failed: {exc}") from exc
+
     async def _read_one(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Row | None:
         rows = await self._read(sql, params)
         return rows[0] if rows else None
@@ -973,14 +995,15 @@ class SqliteStore:
         return [_inbox(r) for r in rows]
 
     # --- contacts -------------------------------------------------------------------------
-    async def _load_contact(self, contact_id: str) -> Contact | None:
-        row = await self._read_one("SELECT * FROM contacts WHERE id = ?", (contact_id,))
+    @staticmethod
+    def _contact_in_thread(conn: sqlite3.Connection, contact_id: str) -> Contact | None:
+        row = conn.execute("SELECT * FROM contacts WHERE id = ?", (contact_id,)).fetchone()
         if row is None:
             return None
-        ids = await self._read(
+        ids = conn.execute(
             "SELECT kind, value, display_name FROM identities WHERE contact_id = ? ORDER BY rowid",
             (contact_id,),
-        )
+        ).fetchall()
         return Contact(
             id=row["id"],
             name=row["name"],
@@ -990,12 +1013,26 @@ class SqliteStore:
             identities=[Identity(IdentityKind(i["kind"]), i["value"], i["display_name"]) for i in ids],
         )
 
+    async def _load_contact(self, contact_id: str) -> Contact | None:
+        return await self._read_job(lambda conn: self._contact_in_thread(conn, contact_id))
+
     async def find_contact(self, identity: Identity) -> Contact | None:
-        row = await self._read_one(
-            "SELECT contact_id FROM identities WHERE kind = ? AND value = ?",
-            (identity.kind.value, identity.value),
-        )
-        return await self._load_contact(row["contact_id"]) if row else None
+        return await self.find_contact_of([identity])
+
+    async def find_contact_of(self, identities: Sequence[Identity]) -> Contact | None:
+        keys = [(i.kind.value, i.value) for i in identities]
+
+        def find(conn: sqlite3.Connection) -> Contact | None:
+            # In the caller's order: the first identity that has a contact decides.
+            for key in keys:
+                row = conn.execute(
+                    "SELECT contact_id FROM identities WHERE kind = ? AND value = ?", key
+                ).fetchone()
+                if row is not None:
+                    return self._contact_in_thread(conn, row["contact_id"])
+            return None
+
+        return await self._read_job(find)
 
     async def get_contact(self, contact_id: str) -> Contact | None:
         return await self._load_contact(contact_id)
@@ -1068,7 +1105,7 @@ class SqliteStore:
         response_due = lead.sla_due if lead.sla_target else lead.first_response_due
         response_warn = lead.sla_warn_due if lead.sla_target else lead.warn_due
         running = lead.sla_paused_at is None and lead.is_active
-        values = (
+        values = [
             lead.number,
             lead.kind.value,
             lead.channel,
@@ -1100,9 +1137,18 @@ class SqliteStore:
             _ts(response_warn) if pending and running and lead.warned_at is None else None,
             _ts(lead.resolution_due) if running else None,
             _ts(lead.resolution_warn_due) if running else None,
-        )
+        ]
+
+        number = [lead.number]
 
         def insert(conn: sqlite3.Connection) -> sqlite3.Row | None:
+            if lead.number == 0:
+                # Numbered in the same write: one hop instead of two.
+                number[0] = values[0] = int(
+                    conn.execute(
+                        "UPDATE counters SET value = value + 1 WHERE name = 'lead' RETURNING value"
+                    ).fetchone()[0]
+                )
             cursor = conn.execute(
                 f"INSERT INTO leads ({_LEAD_COLUMNS}, breach_pending_at, warn_pending_at, "
                 f"res_breach_pending_at, res_warn_pending_at) "
@@ -1126,8 +1172,8 @@ class SqliteStore:
                 return _lead(existing), False
         except sqlite3.IntegrityError as exc:
             # ON CONFLICT names only the origin key: a taken number still raises here.
-            raise DuplicateError(f"lead number {lead.number} is already taken: {exc}") from exc
-        return lead, True
+            raise DuplicateError(f"lead number {number[0]} is already taken: {exc}") from exc
+        return (lead if lead.number else replace(lead, number=number[0])), True
 
     async def get_lead(self, number: int) -> Lead | None:
         row = await self._read_one(f"SELECT {_LEAD_COLUMNS} FROM leads WHERE number = ?", (number,))
@@ -1435,6 +1481,32 @@ class SqliteStore:
             loads[row["assignee"]] = (int(row["n"]), int(row["w"]))
         return loads
 
+    async def routing_snapshot(
+        self, manager_ids: list[str], state_keys: list[str], turn_key: str
+    ) -> RoutingSnapshot:
+        def snapshot(conn: sqlite3.Connection) -> RoutingSnapshot:
+            loads = dict.fromkeys(manager_ids, (0, 0))
+            if manager_ids:
+                for row in conn.execute(
+                    f"SELECT assignee, n, w FROM assignee_load WHERE assignee IN ({','.join('?' * len(manager_ids))})",
+                    manager_ids,
+                ):
+                    loads[row["assignee"]] = (int(row["n"]), int(row["w"]))
+            states: dict[str, Any] = dict.fromkeys(state_keys)
+            if state_keys:
+                for row in conn.execute(
+                    f"SELECT key, value FROM kv WHERE key IN ({','.join('?' * len(state_keys))})", state_keys
+                ):
+                    states[row["key"]] = json.loads(row["value"])
+            turn = conn.execute(
+                "INSERT INTO kv (key, value) VALUES (?, '1') ON CONFLICT (key) DO UPDATE "
+                "SET value = CAST(CAST(kv.value AS INTEGER) + 1 AS TEXT) RETURNING value",
+                (turn_key,),
+            ).fetchone()
+            return RoutingSnapshot(loads, states, int(turn[0]))
+
+        return await self._write(snapshot)
+
     async def assign_if_load(
         self,
         number: int,
@@ -1673,6 +1745,26 @@ class SqliteStore:
 
         return replace(event, id=await self._write(insert))
 
+    async def append_events(self, events: Sequence[Event]) -> list[Event]:
+        if not events:
+            return []
+        rows = [
+            (e.lead_number, e.type, e.at.timestamp(), json.dumps(e.data, ensure_ascii=False)) for e in events
+        ]
+
+        def insert(conn: sqlite3.Connection) -> list[int | None]:
+            ids: list[int | None] = []
+            for params in rows:
+                cursor = conn.execute(
+                    "INSERT INTO events (lead_number, type, at, data) VALUES (?, ?, ?, ?)", params
+                )
+                ids.append(cursor.lastrowid)
+                cursor.close()
+            return ids
+
+        ids = await self._write(insert)
+        return [replace(event, id=event_id) for event, event_id in zip(events, ids, strict=True)]
+
     async def list_events(
         self,
         lead_number: int | None = None,
@@ -1716,6 +1808,15 @@ class SqliteStore:
     async def get_state(self, key: str) -> Any:
         row = await self._read_one("SELECT value FROM kv WHERE key = ?", (key,))
         return json.loads(row["value"]) if row else None
+
+    async def get_states(self, keys: Sequence[str]) -> dict[str, Any]:
+        values: dict[str, Any] = dict.fromkeys(keys)
+        if not keys:
+            return values
+        rows = await self._read(f"SELECT key, value FROM kv WHERE key IN ({','.join('?' * len(keys))})", keys)
+        for row in rows:
+            values[row["key"]] = json.loads(row["value"])
+        return values
 
     async def set_state(self, key: str, value: Any) -> None:
         async with self._unit() as db:

@@ -91,3 +91,15 @@ async def test_merge_moves_identities_and_leads(store: Store) -> None:
 
     await store.merge_contacts(keep.id, keep.id)  # merging into itself changes nothing
     assert await store.get_contact(keep.id) is not None
+
+
+async def test_find_contact_of_takes_the_first_identity_that_has_one(store: Store) -> None:
+    a = await store.create_contact(contact(email("a@example.com")))
+    b = await store.create_contact(contact(Identity(IdentityKind.PHONE, "+380501112233")))
+    phone = Identity(IdentityKind.PHONE, "+380501112233")
+    found = await store.find_contact_of([email("nobody@example.com"), phone, email("a@example.com")])
+    assert found is not None and found.id == b.id
+    found = await store.find_contact_of([email("a@example.com"), phone])
+    assert found is not None and found.id == a.id and found.identities == a.identities
+    assert await store.find_contact_of([email("nobody@example.com")]) is None
+    assert await store.find_contact_of([]) is None

@@ -46,6 +46,21 @@ async def test_events_append_and_list(store: Store) -> None:
     assert await store.list_events(after_id=appended[4].id) == []
 
 
+async def test_events_appended_together_keep_their_order(store: Store) -> None:
+    first = await store.append_event(Event("lead.created", at(0), 1, {}))
+    batch = await store.append_events(
+        [
+            Event("lead.assigned", at(1), 1, {"assignee": "олена"}),
+            Event("message.added", at(2), 1, {"n": 2}),
+            Event("input.quarantined", at(3), None, {"reason": "x"}),
+        ]
+    )
+    assert await store.append_events([]) == []
+    assert all(e.id is not None for e in batch)
+    assert first.id is not None and batch[0].id is not None and batch[0].id > first.id
+    assert await store.list_events() == [first, *batch]
+
+
 async def test_lease_acquire_renew_expire_steal_release(store: Store) -> None:
     assert await store.acquire_lease("imap:support", "a", at(0), 30) is True
     assert await store.acquire_lease("imap:support", "b", at(10), 30) is False
@@ -83,6 +98,19 @@ async def test_state_get_set(store: Store) -> None:
     for value in (0, 17, "text", True, None, 1.5):
         await store.set_state("scalar", value)
         assert await store.get_state("scalar") == value
+
+
+async def test_get_states_reads_several_keys(store: Store) -> None:
+    await store.set_state("manager.olena.away", True)
+    await store.set_state("manager.taras.away", False)
+    await store.set_state("other", {"x": [1]})
+    assert await store.get_states(["manager.olena.away", "manager.taras.away", "missing", "other"]) == {
+        "manager.olena.away": True,
+        "manager.taras.away": False,
+        "missing": None,
+        "other": {"x": [1]},
+    }
+    assert await store.get_states([]) == {}
 
 
 async def test_incr_state_is_atomic(store_factory: StoreFactory) -> None:

@@ -81,6 +81,23 @@ async def test_create_with_a_taken_number_raises(store: Store) -> None:
         await store.create_lead(lead(1, origin_external_id="b"))
 
 
+async def test_create_with_number_zero_takes_the_next_number(store: Store) -> None:
+    assert await store.next_lead_number() == 1
+    created = await asyncio.gather(
+        *(store.create_lead(lead(0, origin_external_id=f"o{k}")) for k in range(20))
+    )
+    assert all(flag for _, flag in created)
+    assert sorted(stored.number for stored, _ in created) == list(range(2, 22))
+    for stored, _ in created:
+        got = await store.get_lead(stored.number)
+        assert got is not None and got.origin_external_id == stored.origin_external_id
+    again, fresh = await store.create_lead(lead(0, origin_external_id="o3"))
+    assert fresh is False and again.number == next(
+        s.number for s, _ in created if s.origin_external_id == "o3"
+    )
+    assert await store.next_lead_number() > 21
+
+
 async def test_concurrent_creates_of_one_origin_make_one_lead(store_factory: StoreFactory) -> None:
     one, two = await store_factory(), await store_factory()
 

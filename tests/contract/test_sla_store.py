@@ -109,6 +109,19 @@ async def test_assign_if_load_is_a_compare_and_set(stores: tuple[Store, Store]) 
     assert await a.last_assignee_of_contact("c3", exclude_number=99) is None
 
 
+async def test_routing_snapshot_reads_loads_and_flags_and_takes_a_turn(stores: tuple[Store, Store]) -> None:
+    a, b = stores
+    await a.create_lead(lead(1, timedelta(hours=1), assignee="m1", priority=1))
+    await a.set_state("manager.m2.away", True)
+    first = await a.routing_snapshot(["m1", "m2"], ["manager.m1.away", "manager.m2.away"], "routing.rr.t")
+    assert first.loads == {"m1": (1, 2), "m2": (0, 0)}
+    assert first.states == {"manager.m1.away": None, "manager.m2.away": True}
+    second = await b.routing_snapshot([], [], "routing.rr.t")
+    assert (second.loads, second.states, second.turn) == ({}, {}, first.turn + 1)
+    turns = await asyncio.gather(*(s.routing_snapshot(["m1"], [], "routing.rr.t") for s in (a, b) * 10))
+    assert sorted(t.turn for t in turns) == list(range(second.turn + 1, second.turn + 21))
+
+
 async def test_escalation_steps_are_claimed_once_and_disarmed_by_a_reply(stores: tuple[Store, Store]) -> None:
     a, b = stores
     for n in (1, 2):
