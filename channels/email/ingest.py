@@ -1,8 +1,9 @@
 """From fetched bytes to leads: raw first, then bounces, decoding, intake and acknowledgements.
 
-Messages of one sender are handled in order (a reply must find the lead its first message
-opened); different senders are handled concurrently, so the store's group commit can batch
-their writes.
+A fetched batch is stored raw as a whole first (parsed once, one commit wait for all of it),
+then processed. Messages of one sender are handled in order (a reply must find the lead its
+first message opened); different senders are handled concurrently, so the store's group
+commit can batch their writes.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import hashlib
 import logging
 import re
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 from zoneinfo import ZoneInfo
 
 from hub import i18n
@@ -34,12 +35,26 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+_T = TypeVar("_T")
+
 _FROM = re.compile(rb"^from:[ \t]*(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
 
 
 def external_id(position: MailboxPosition, uid: int, digest: str) -> str:
     """Unique by construction: (account, mailbox, UIDVALIDITY, UID) plus a hash of the bytes."""
     return f"{position.account}/{position.mailbox}/{position.uidvalidity}/{uid}/{digest[:16]}"
+
+
+_Stored = tuple[InboxItem, ParsedEmail | None]
+
+
+def _raise_first(results: list[_T | BaseException]) -> list[_T]:
+    """The results of a gather(return_exceptions=True); its first exception raised, if any."""
+    for result in results:
+        if isinstance(result, BaseException):
+            # Nothing is acknowledged upstream: the batch is fetched again and deduplicated.
+            raise result
+    return [r for r in results if not isinstance(r, BaseException)]
 
 
 def sender_key(raw: bytes) -> bytes:
@@ -64,19 +79,35 @@ class EmailIngest:
             groups.setdefault(sender_key(fetched.raw), []).append(fetched)
         slots = asyncio.Semaphore(self._settings.workers)
 
-        async def run(group: list[Fetched]) -> None:
+        async def store(group: list[Fetched]) -> list[_Stored]:
+            stored: list[_Stored] = []
             for fetched in group:
                 async with slots:
-                    await self.ingest_one(fetched, position)
+                    stored.append(await self.store_one(fetched, position))
+            return stored
 
-        results = await asyncio.gather(*(run(g) for g in groups.values()), return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException):
-                # Nothing is acknowledged upstream: the batch is fetched again and deduplicated.
-                raise result
+        # First the whole batch raw, under ONE commit wait (the writes are visible at once, so a
+        # copy of the same bytes later in the batch still finds the first one during a resync).
+        async with self._hub.store.deferred_commit():
+            stored = _raise_first(
+                await asyncio.gather(*(store(g) for g in groups.values()), return_exceptions=True)
+            )
+
+        # Then processing, outside that block: intake and whatever reacts to its events wait for
+        # their own writes as they always do.
+        async def process(group: list[_Stored]) -> None:
+            for one in group:
+                async with slots:
+                    await self.process_one(*one)
+
+        _raise_first(await asyncio.gather(*(process(g) for g in stored), return_exceptions=True))
 
     async def ingest_one(self, fetched: Fetched, position: MailboxPosition) -> None:
         """Store one message raw, then process it; only store outages propagate."""
+        await self.process_one(*await self.store_one(fetched, position))
+
+    async def store_one(self, fetched: Fetched, position: MailboxPosition) -> _Stored:
+        """Parse one message and store it raw in the inbox (its attachments first)."""
         hub = self._hub
         store = hub.store
         digest = hashlib.sha256(fetched.raw).hexdigest()
@@ -110,6 +141,12 @@ class EmailIngest:
         )
         if known is None:
             await store.set_state(seen_key, ext_id)
+        return item, parsed
+
+    async def process_one(self, item: InboxItem, parsed: ParsedEmail | None) -> None:
+        """Decode a stored message into a lead (or attach a bounce), then acknowledge it."""
+        hub = self._hub
+        store = hub.store
         if item.status != "pending":
             return
         try:

@@ -160,24 +160,43 @@ def decode_header_value(raw: str) -> str:
     return "".join(decoded).strip()
 
 
-def _raw_values(msg: Message, name: str) -> list[str]:
-    lowered = name.lower()
-    return [str(v) for k, v in msg.raw_items() if k.lower() == lowered]
+class _Headers:
+    """A message's raw header values by lower-case name, indexed once: a message is asked for
+    a dozen headers, and `Message.get` scans every header for each."""
+
+    __slots__ = ("_values",)
+
+    def __init__(self, msg: Message) -> None:
+        values: dict[str, list[str]] = {}
+        for key, value in msg.raw_items():
+            values.setdefault(key.lower(), []).append(str(value))
+        self._values = values
+
+    def raw(self, name: str) -> list[str]:
+        return self._values.get(name.lower(), [])
 
 
-def header_text(msg: Message, name: str) -> str:
+def _index(msg: Message | _Headers) -> _Headers:
+    return msg if isinstance(msg, _Headers) else _Headers(msg)
+
+
+def header_text(msg: Message | _Headers, name: str) -> str:
     """A header as readable text (RFC 2047 decoded, 8-bit bytes recovered); '' when absent."""
-    values = _raw_values(msg, name)
+    values = _index(msg).raw(name)
     if not values:
         return ""
     return re.sub(r"[\r\n]+\s*", " ", decode_header_value(values[0])).strip()
 
 
-def _addresses(msg: Message, *names: str) -> list[tuple[str, str]]:
+def _addresses(msg: Message | _Headers, *names: str) -> list[tuple[str, str]]:
     """(display name, normalized address) of every valid address in these headers."""
+    headers = _index(msg)
     found: list[tuple[str, str]] = []
     for name in names:
-        raw = [_fix_8bit(re.sub(r"\r?\n[ \t]+", " ", v)) for v in _raw_values(msg, name)]
+        values = headers.raw(name)
+        if not values:
+            continue
+        raw = [_fix_8bit(re.sub(r"\r?\n[ \t]+", " ", v)) for v in values]
         # Split on the raw value: encoded words never contain the commas that separate addresses.
         for display, addr in getaddresses(raw):
             normalized = normalize_email(addr or "")
@@ -195,23 +214,26 @@ def part_text(part: Message) -> str:
     return raw if isinstance(raw, str) else ""
 
 
-def automatic_reason(msg: Message) -> str:
-    """Why this mail was sent by a machine (RFC 3834 and common practice); '' for a person."""
-    auto = header_text(msg, "Auto-Submitted").lower()
+def automatic_reason(msg: Message | _Headers, senders: list[tuple[str, str]] | None = None) -> str:
+    """Why this mail was sent by a machine (RFC 3834 and common practice); '' for a person.
+
+    `senders`: the From addresses when the caller has them already."""
+    headers = _index(msg)
+    auto = header_text(headers, "Auto-Submitted").lower()
     if auto and not auto.startswith("no"):
         return f"Auto-Submitted: {auto}"
-    precedence = header_text(msg, "Precedence").lower()
+    precedence = header_text(headers, "Precedence").lower()
     if precedence in ("bulk", "list", "junk", "auto_reply"):
         return f"Precedence: {precedence}"
-    if msg.get("List-Id") is not None or msg.get("List-Unsubscribe") is not None:
+    if headers.raw("List-Id") or headers.raw("List-Unsubscribe"):
         return "mailing list"
-    return_path = msg.get_all("Return-Path", failobj=[]) or []
-    if return_path and all(str(v).strip() in ("<>", "") for v in return_path):
+    return_path = headers.raw("Return-Path")
+    if return_path and all(v.strip() in ("<>", "") for v in return_path):
         return "empty Return-Path"
     for name in ("X-Autoreply", "X-Autorespond", "X-Auto-Response-Suppress"):
-        if msg.get(name) is not None:
+        if headers.raw(name):
             return name
-    sender = _addresses(msg, "From")
+    sender = _addresses(headers, "From") if senders is None else senders
     if sender and sender[0][1].split("@")[0] in ("mailer-daemon", "postmaster"):
         return "mailer daemon"
     return ""
@@ -219,10 +241,10 @@ def automatic_reason(msg: Message) -> str:
 
 def _bounce(msg: Message) -> Bounce | None:
     """The DSN of an RFC 3464 report, or None when this is not a delivery status notification."""
-    is_report = msg.get_content_type() == "multipart/report"
-    report_type = msg.get_param("report-type")
-    if is_report and str(report_type or "").lower() not in ("delivery-status", ""):
-        return None
+    if msg.get_content_type() == "multipart/report":
+        report_type = msg.get_param("report-type")
+        if str(report_type or "").lower() not in ("delivery-status", ""):
+            return None
     status_part = next((p for p in msg.walk() if p.get_content_type() == "message/delivery-status"), None)
     if status_part is None:
         return None
@@ -330,14 +352,18 @@ def parse_email(raw: bytes) -> ParsedEmail:
 def _parse(msg: Message) -> ParsedEmail:
     if not msg.keys():
         raise DecodeError("no headers: this is not an email message")
-    senders = _addresses(msg, "From") or _addresses(msg, "Sender") or _addresses(msg, "Reply-To")
+    headers = _Headers(msg)
+    from_addresses = _addresses(headers, "From")
+    senders = from_addresses or _addresses(headers, "Sender") or _addresses(headers, "Reply-To")
     if not senders:
-        raise DecodeError(f"no valid sender address (From: {header_text(msg, 'From')[:200]!r})")
+        raise DecodeError(f"no valid sender address (From: {header_text(headers, 'From')[:200]!r})")
     sender_name, sender = senders[0]
-    recipients = [a for _, a in _addresses(msg, "To", "Cc", "Delivered-To", "X-Original-To")]
-    subject = header_text(msg, "Subject")[:1000]
-    own_ids = message_ids(header_text(msg, "Message-ID"))
-    thread_ids = message_ids(header_text(msg, "In-Reply-To")) + message_ids(header_text(msg, "References"))
+    recipients = [a for _, a in _addresses(headers, "To", "Cc", "Delivered-To", "X-Original-To")]
+    subject = header_text(headers, "Subject")[:1000]
+    own_ids = message_ids(header_text(headers, "Message-ID"))
+    thread_ids = message_ids(header_text(headers, "In-Reply-To")) + message_ids(
+        header_text(headers, "References")
+    )
     plain, raw_html, raw_attachments = _bodies(msg)
     html = sanitize_html(raw_html) if raw_html else ""
     text = plain.strip() or (html_to_text(raw_html) if raw_html else "")
@@ -358,9 +384,10 @@ def _parse(msg: Message) -> ParsedEmail:
         text=text,
         html=html,
         attachments=raw_attachments,
-        automatic=automatic_reason(msg) or ("delivery status notification" if bounce else ""),
+        automatic=automatic_reason(headers, from_addresses)
+        or ("delivery status notification" if bounce else ""),
         bounce=bounce,
-        content_language=header_text(msg, "Content-Language").split(",")[0].strip(),
+        content_language=header_text(headers, "Content-Language").split(",")[0].strip(),
     )
 
 

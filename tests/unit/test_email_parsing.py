@@ -10,7 +10,7 @@ import pytest
 from channels.email.decode import EmailDecoder, pick_kind
 from channels.email.parse import clean_subject, decode_bytes, lead_token, message_ids, parse_email
 from channels.email.smtp import compose, outbox_id_of, reply_subject
-from channels.email.text import guess_language, strip_quoted
+from channels.email.text import _reply_parser, guess_language, latest_reply, strip_quoted
 from hub.config import EmailSettings
 from hub.domain import InboxItem, Lead, LeadKind, LeadStatus, OutboxItem
 from hub.errors import DecodeError
@@ -71,6 +71,27 @@ def test_strip_quoted_cuts_history_and_signatures() -> None:
     assert strip_quoted("Ок\n\nВт, 24 нояб. 2026 г. в 10:00, Support <s@example.com>:\n> стар") == "Ок"
     assert strip_quoted("Дякую\n\nSent from my iPhone") == "Дякую"
     assert strip_quoted("> only a quote") == "> only a quote"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Hello,\n\nmy order 7 has not arrived yet. Could you check?\n\nThanks,\nCustomer 7",
+        "New text\n\nOn Tue, Bob <b@x.com> wrote:\n> old\n> older",
+        "Hi at 10:30\n\n-- \nOlena",
+        "Ответ\n\n-----Original Message-----\nFrom: x\nold",
+        "a\n\n" + "_" * 40 + "\nFrom: x\nSent: y\nTo: z\n\nold",
+        "Neu\n\nVon: a\nGesendet: b\nAn: c\nBetreff: d\n\nalt",
+        "Nowy\nOd: a\nstary",
+        "Thanks\nBest regards,\nBob\nThis e-mail is confidential. Disclaimer mail",
+        "",
+        "   \n\n  ",
+    ],
+)
+def test_latest_reply_matches_the_library(text: str) -> None:
+    # The shortcut (patterns built once, no signature/disclaimer search, no header search
+    # without a colon or dashes) must give exactly what the library's parse_reply gives.
+    assert latest_reply(text) == _reply_parser.parse_reply(text=text)
 
 
 def test_subjects_tokens_and_ids() -> None:
