@@ -54,22 +54,30 @@ class Ingest:
 
     async def store(self, data: dict[str, Any]) -> tuple[InboxItem, bool]:
         """The durable write; returns (item, created). A redelivered update is not created again."""
-        update_id = update_id_of(data)
-        channel = classify(data)
-        meta: dict[str, Any] = {"update_id": update_id}
-        if channel == CUSTOMER:
+        return await self.put(data, await self.meta(data))
+
+    async def meta(self, data: dict[str, Any]) -> dict[str, Any]:
+        """What is decided about an update as it is stored (reads only; DecodeError if unusable)."""
+        meta: dict[str, Any] = {"update_id": update_id_of(data)}
+        if classify(data) == CUSTOMER:
             sender = (data.get("message") or {}).get("from") or {}
-            kind = await self._hub.store.get_state(f"tg.kind.{sender.get('id')}")
+            kind, recent = await asyncio.gather(
+                self._hub.store.get_state(f"tg.kind.{sender.get('id')}"),
+                self.recent_lead(str(sender.get("id", ""))),
+            )
             if kind:
                 meta["kind"] = kind
                 meta["user"] = sender.get("id")
-            recent = await self.recent_lead(str(sender.get("id", "")))
             if recent is not None:
                 meta["lead"] = recent
+        return meta
+
+    async def put(self, data: dict[str, Any], meta: dict[str, Any]) -> tuple[InboxItem, bool]:
+        """Write one update with its `meta` to the inbox; returns (item, created)."""
         payload = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
         return await self._hub.store.inbox_put(
-            channel,
-            self.external_id(update_id),
+            classify(data),
+            self.external_id(update_id_of(data)),
             payload,
             utcnow(),
             meta,
@@ -282,18 +290,24 @@ class Poller:
         updates = answer.get("result") or []
         stored: list[InboxItem] = []
         last_id: int | None = None
+        # What the batch's updates continue is read for all of them at once (nothing in the
+        # batch changes it: they are processed only after the whole batch is stored).
+        metas = await asyncio.gather(
+            *(self._ingest.meta(d) if isinstance(d, dict) else _unusable(d) for d in updates),
+            return_exceptions=True,
+        )
         # One commit wait for the whole batch: the writes are visible at once, and the block
         # ends only when every one of them is durable.
         async with self._hub.store.deferred_commit():
-            for data in updates:
-                try:
-                    item, created = await self._ingest.store(data)
-                except DecodeError as exc:
-                    log.warning("telegram: skipping an unusable update: %s", exc)
+            for data, meta in zip(updates, metas, strict=True):
+                if isinstance(data, dict) and isinstance(data.get("update_id"), int):
+                    last_id = data["update_id"]
+                if isinstance(meta, DecodeError):
+                    log.warning("telegram: skipping an unusable update: %s", meta)
                     continue
-                finally:
-                    if isinstance(data, dict) and isinstance(data.get("update_id"), int):
-                        last_id = data["update_id"]
+                if isinstance(meta, BaseException):
+                    raise meta
+                item, created = await self._ingest.put(data, meta)
                 if created:
                     stored.append(item)
         if last_id is not None:
@@ -309,6 +323,10 @@ class Poller:
                 with contextlib.suppress(asyncio.CancelledError):
                     await keeper
         return len(updates)
+
+
+async def _unusable(data: object) -> dict[str, Any]:
+    raise DecodeError(f"an update that is not a JSON object: {type(data).__name__}")
 
 
 def webhook_handler(ingest: Ingest, secret: str) -> Callable[[web.Request], Awaitable[web.Response]]:
