@@ -102,6 +102,10 @@ class TelegramApi:
             slot = await self.limiter.acquire(chat_id) if paced else None
             self.calls += 1
             try:
+                if self.closed:
+                    # Closed while this call waited for its slot: aiogram would open a new
+                    # HTTP session for it, and nothing would ever close that one.
+                    raise TransientError(f"Telegram {method.__api_method__}: the hub is stopping")
                 return await self.bot(method, request_timeout=timeout)
             except TelegramRetryAfter as exc:
                 self.retry_afters += 1
