@@ -25,7 +25,7 @@ from aiogram.exceptions import (
     TelegramServerError,
     TelegramUnauthorizedError,
 )
-from aiogram.methods import TelegramMethod
+from aiogram.methods import Response, TelegramMethod
 
 from channels.telegram.ratelimit import TelegramRateLimiter
 from hub.errors import PermanentError, TransientError
@@ -39,6 +39,18 @@ MAX_INLINE_RETRY_AFTER = 60.0
 NETWORK_ATTEMPTS = 4
 #: Seconds one Bot API request may take (aiogram's default is a minute).
 REQUEST_TIMEOUT = 20
+
+
+#: aiogram parametrizes its generic `Response` model on every call, and pydantic caches the
+#: parametrized class only weakly: after each garbage collection it is built again (~5 ms of
+#: CPU). Holding one per return type keeps that cache warm.
+_RESPONSE_TYPES: dict[Any, Any] = {}
+
+
+def _keep_response_type(method: TelegramMethod[Any]) -> None:
+    returning = method.__returning__
+    if returning not in _RESPONSE_TYPES:
+        _RESPONSE_TYPES[returning] = Response[returning]  # type: ignore[valid-type]
 
 
 def thread_not_found(exc: Exception) -> bool:
@@ -82,6 +94,7 @@ class TelegramApi:
     ) -> T:
         """Run one Bot API method for `chat_id` within the limits; see the module docstring."""
         network_failures = 0
+        _keep_response_type(method)
         while True:
             if self.closed:
                 # Stopping: what was not sent stays queued (outbox rows) for the next start.
@@ -89,6 +102,10 @@ class TelegramApi:
             slot = await self.limiter.acquire(chat_id) if paced else None
             self.calls += 1
             try:
+                if self.closed:
+                    # Closed while this call waited for its slot: aiogram would open a new
+                    # HTTP session for it, and nothing would ever close that one.
+                    raise TransientError(f"Telegram {method.__api_method__}: the hub is stopping")
                 return await self.bot(method, request_timeout=timeout)
             except TelegramRetryAfter as exc:
                 self.retry_afters += 1

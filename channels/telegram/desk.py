@@ -463,6 +463,12 @@ class StaffDesk:
                 if chat is None:
                     return
                 topic = await self._create_topic(lead, contact, chat)
+            if topic.card is None or topic.seen < len(messages):
+                # Content is read when the post can go out at once, so it carries everything
+                # received until then (the wait for the slot may be long in a burst).
+                await self._api.limiter.ready(topic.chat)
+                lead = await self._hub.store.get_lead(number) or lead
+                messages = await self._hub.store.list_messages(number)
             if topic.card is None:
                 await self._post_card(lead, contact, topic, messages)
                 pending.refresh_card = False

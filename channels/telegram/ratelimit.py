@@ -113,6 +113,12 @@ class TelegramRateLimiter:
             self.waited += wait
             await asyncio.sleep(wait)
 
+    async def ready(self, chat_id: int | None) -> None:
+        """Wait until a message to this chat would be allowed now, without taking the slot."""
+        while (wait := self.delay(chat_id)) > 0:
+            self.waited += wait
+            await asyncio.sleep(wait)
+
     def hold(self, chat_id: int | None, seconds: float) -> None:
         """Telegram answered 429 for this chat: send nothing there for `seconds`."""
         until = self._clock() + seconds

@@ -86,6 +86,32 @@ def classify(data: dict[str, Any]) -> str:
     return CUSTOMER
 
 
+def private_sender(data: dict[str, Any], staff: frozenset[int]) -> int | None:
+    """The customer whose own order this update keeps, or None when it must be handled alone.
+
+    A customer's plain messages, commands, kind buttons and edits in the private chat change
+    only that customer's leads, so different customers' updates may be processed at once.
+    Everything else may reach across customers and is processed in its place in the stream:
+    staff traffic (group posts, buttons, managers' own commands), and messages that may merge
+    contacts (a shared phone or email, a signed /start link).
+    """
+    message = data.get("message")
+    if not isinstance(message, dict):
+        message = data.get("edited_message")
+    if not isinstance(message, dict):
+        return None
+    chat = message.get("chat") or {}
+    sender = message.get("from") or {}
+    user = sender.get("id")
+    if chat.get("type") != "private" or not isinstance(user, int) or user in staff or sender.get("is_bot"):
+        return None
+    text = str(message.get("text") or message.get("caption") or "")
+    command, argument = command_of(text)
+    if message.get("contact") or emails_in(text) or (command == "/start" and argument):
+        return None
+    return user
+
+
 @dataclass(frozen=True, slots=True)
 class Content:
     """What a Telegram message carries, flattened for the hub."""

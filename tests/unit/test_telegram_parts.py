@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 from datetime import UTC, datetime
+from types import SimpleNamespace
 
 from channels.telegram import links
 from channels.telegram.ratelimit import JITTER, TelegramRateLimiter
 from channels.telegram.texts import MAX_TEXT, esc, split_html_escaped, split_text
-from channels.telegram.updates import CONTROL, CUSTOMER, CustomerDecoder, classify
+from channels.telegram.transport import Ingest
+from channels.telegram.updates import CONTROL, CUSTOMER, CustomerDecoder, classify, private_sender
 from hub.config import TelegramLimits
 from hub.domain import IdentityKind, InboxItem, LeadKind
 
@@ -118,6 +121,74 @@ def test_classify_separates_customer_messages_from_control() -> None:
     group["message"]["chat"] = {"id": -100, "type": "supergroup"}  # type: ignore[index]
     assert classify(group) == CONTROL
     assert classify({"update_id": 1, "callback_query": {}}) == CONTROL
+
+
+def test_private_sender_keys_only_traffic_confined_to_one_customer() -> None:
+    staff = frozenset({111})
+    assert private_sender(_private("Котел не гріє"), staff) == 42
+    assert private_sender(_private("/start"), staff) == 42
+    assert private_sender(_private("Question"), staff) == 42
+    edited = {"update_id": 78, "edited_message": _private("typo fixed")["message"]}
+    assert private_sender(edited, staff) == 42
+    # What may merge contacts or is staff traffic is processed alone, in its place.
+    assert private_sender(_private("write to me at a@b.com"), staff) is None
+    assert (
+        private_sender(_private(None, contact={"phone_number": "+380671234567", "first_name": "I"}), staff)
+        is None
+    )
+    assert private_sender(_private("/start L1-abc"), staff) is None
+    manager = _private("/away")
+    manager["message"]["from"]["id"] = 111  # type: ignore[index]
+    assert private_sender(manager, staff) is None
+    group = _private("hi")
+    group["message"]["chat"] = {"id": -100, "type": "supergroup"}  # type: ignore[index]
+    assert private_sender(group, staff) is None
+    assert private_sender({"update_id": 1, "callback_query": {}}, staff) is None
+
+
+async def test_process_all_keeps_each_customer_in_order_and_staff_updates_in_place() -> None:
+    rng = random.Random(3)
+    hub = SimpleNamespace(settings=SimpleNamespace(managers=[]))
+    ingest = Ingest(hub, lambda: 1)  # type: ignore[arg-type]
+    items: list[InboxItem] = []
+    for index in range(60):
+        if index in (20, 41):
+            update = _private("staff")
+            update["message"]["chat"] = {"id": -100, "type": "supergroup"}  # type: ignore[index]
+        else:
+            update = _private(f"m{index}")
+            update["message"]["from"]["id"] = update["message"]["chat"]["id"] = rng.randrange(5)  # type: ignore[index]
+        items.append(
+            InboxItem(
+                index, CUSTOMER, f"1:{index}", json.dumps(update).encode(), datetime(2026, 1, 1, tzinfo=UTC)
+            )
+        )
+    done: list[int] = []
+    running = 0
+    most = 0
+
+    async def process(item: InboxItem) -> None:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        await asyncio.sleep(rng.random() / 500)
+        running -= 1
+        done.append(item.id)
+
+    ingest.process = process  # type: ignore[method-assign]
+    await ingest.process_all(items)
+    assert sorted(done) == list(range(60))
+    assert most > 1  # different customers did run at once
+    barriers = [done.index(20), done.index(41)]
+    assert set(done[: barriers[0]]) == set(range(20))
+    assert set(done[barriers[0] + 1 : barriers[1]]) == set(range(21, 41))
+    for user in range(5):
+        mine = [
+            i
+            for i in done
+            if i not in (20, 41) and json.loads(items[i].payload)["message"]["chat"]["id"] == user
+        ]
+        assert mine == sorted(mine)
 
 
 def _item(update: dict[str, object], meta: dict[str, object] | None = None) -> InboxItem:
