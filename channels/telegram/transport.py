@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from aiohttp import web
 
-from channels.telegram.updates import CONTROL, CUSTOMER, classify, private_sender, update_id_of
+from channels.telegram.updates import CONTROL, CUSTOMER, classify, kind_choice, private_sender, update_id_of
 from hub.domain import Identity, IdentityKind, InboxItem, utcnow
 from hub.errors import DecodeError
 from storage.base import LeadQuery, StoreError
@@ -298,6 +298,9 @@ class Poller:
         )
         # One commit wait for the whole batch: the writes are visible at once, and the block
         # ends only when every one of them is durable.
+        # A kind chosen earlier in this batch is not in the store yet (it is stored when the
+        # button's update is processed): carry it to that customer's later messages here.
+        chosen: dict[int, str] = {}
         async with self._hub.store.deferred_commit():
             for data, meta in zip(updates, metas, strict=True):
                 if isinstance(data, dict) and isinstance(data.get("update_id"), int):
@@ -307,6 +310,13 @@ class Poller:
                     continue
                 if isinstance(meta, BaseException):
                     raise meta
+                choice = kind_choice(data)
+                if choice is not None:
+                    chosen[choice[0]] = choice[1]
+                elif classify(data) == CUSTOMER:
+                    user = ((data.get("message") or {}).get("from") or {}).get("id")
+                    if user in chosen:
+                        meta = {**meta, "kind": chosen[user], "user": user}
                 item, created = await self._ingest.put(data, meta)
                 if created:
                     stored.append(item)

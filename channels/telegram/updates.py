@@ -86,6 +86,16 @@ def classify(data: dict[str, Any]) -> str:
     return CUSTOMER
 
 
+def kind_choice(data: dict[str, Any]) -> tuple[int, str] | None:
+    """(user id, kind) when the update is a customer's press of a kind button, else None."""
+    message = data.get("message")
+    if not isinstance(message, dict) or (message.get("chat") or {}).get("type") != "private":
+        return None
+    user = (message.get("from") or {}).get("id")
+    kind = kind_buttons().get(str(message.get("text") or "").strip())
+    return (user, kind.value) if isinstance(user, int) and kind is not None else None
+
+
 def private_sender(data: dict[str, Any], staff: frozenset[int]) -> int | None:
     """The customer whose own order this update keeps, or None when it must be handled alone.
 

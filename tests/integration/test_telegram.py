@@ -122,6 +122,22 @@ async def test_start_greets_in_language_and_offers_kinds(env: Env) -> None:
     await env.emu.wait_for(kind_cleared, what="the chosen kind applies to one lead only")
 
 
+async def test_kind_button_and_message_in_one_batch(env: Env) -> None:
+    """The button and the message arrive in the same getUpdates answer: the lead still gets the
+    chosen kind, and the choice does not linger for the customer's next lead."""
+    olha = customer(6003, "Olha", "en")
+    env.emu.send_text(6003, olha, "Service request")
+    env.emu.send_text(6003, olha, "The dishwasher does not drain")
+    await env.emu.wait_for(lambda: env.emu.topics_in(STAFF), what="topic")
+    lead = await env.hub.store.get_lead(1)
+    assert lead is not None and lead.kind.value == "service_request"
+
+    async def kind_cleared() -> bool:
+        return await env.hub.store.get_state("tg.kind.6003") is None
+
+    await env.emu.wait_for(kind_cleared, what="the chosen kind applies to one lead only")
+
+
 async def test_staff_reply_reaches_customer_and_note_does_not(env: Env) -> None:
     user = customer()
     thread = await open_lead(env, user)
