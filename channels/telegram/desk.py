@@ -91,6 +91,7 @@ class _Unit:
 class _ChatQueue:
     def __init__(self) -> None:
         self.leads: dict[int, float] = {}
+        self.hidden: set[int] = set()  # queued leads that have no topic yet
         self.posts: deque[str] = deque()
         self.wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
@@ -239,10 +240,11 @@ class StaffDesk:
         else:
             # Answered (or clock-less) leads wait behind every lead still racing its breach time.
             due = ANSWERED + lead.created_at.timestamp()
+        queue = self._queue(chat)
         if topic is None:
             # A lead nobody in the group can see yet goes before follow-ups of visible ones.
             due -= NOT_VISIBLE
-        queue = self._queue(chat)
+            queue.hidden.add(lead.number)
         queue.leads[lead.number] = min(due, queue.leads.get(lead.number, FAR_FUTURE))
         queue.wake.set()
 
@@ -384,6 +386,7 @@ class StaffDesk:
                 continue
             number = min(queue.leads, key=lambda n: (queue.leads[n], n))
             del queue.leads[number]
+            queue.hidden.discard(number)
             try:
                 await self.sync(number)
             except TransientError as exc:
@@ -467,6 +470,12 @@ class StaffDesk:
                 # Content is read when the post can go out at once, so it carries everything
                 # received until then (the wait for the slot may be long in a burst).
                 await self._api.limiter.ready(topic.chat)
+                if topic.card is None and self._queue(topic.chat).hidden:
+                    # A burst of new leads: every one gets its topic before any gets its card,
+                    # so the cards, posted later, carry more of each lead's first messages and
+                    # fewer follow-up posts compete for the group's limited rate.
+                    await self._mark(lead)
+                    return
                 lead = await self._hub.store.get_lead(number) or lead
                 messages = await self._hub.store.list_messages(number)
             if topic.card is None:

@@ -273,6 +273,35 @@ async def test_deleted_topic_is_recreated(env: Env) -> None:
     await env.emu.wait_for(lambda: "Yes we are" in env.emu.texts_to(user["id"]), what="reply from new topic")
 
 
+async def test_a_burst_of_new_leads_gets_every_topic_before_any_card(
+    emu: TelegramEmulator, settings_factory: Callable[..., Settings]
+) -> None:
+    """Under the group's rate limit, topics for all waiting new leads come first; each card then
+    carries every message its lead had by then, instead of a card plus follow-ups."""
+    limits = {"chat_per_second": 5, "group_per_minute": 100000, "global_per_second": 1000}
+    hub = Hub(settings_factory(telegram=telegram_config(emu, limits=limits)))
+    people = [customer(7000 + k, f"Client{k}") for k in range(3)]
+    for person in people:  # waiting before the hub starts: one getUpdates answer, one burst
+        emu.send_text(person["id"], person, f"first from {person['first_name']}")
+        emu.send_text(person["id"], person, f"second from {person['first_name']}")
+    await hub.start()
+    try:
+        await emu.wait_for(lambda: len(emu.topics_in(STAFF)) == 3, what="three topics")
+        await emu.wait_for(lambda: len([m for m in emu.sent_to(STAFF) if m.thread]) >= 3, what="3 cards")
+        staff_calls = [
+            c.method
+            for c in emu.calls
+            if c.method in ("createForumTopic", "sendMessage") and str(c.params.get("chat_id")) == str(STAFF)
+        ]
+        assert staff_calls[:3] == ["createForumTopic"] * 3
+        cards = [m for m in emu.sent_to(STAFF) if m.thread is not None]
+        for person in people:
+            card = next(m for m in cards if f"first from {person['first_name']}" in m.text)
+            assert f"second from {person['first_name']}" in card.text  # no follow-up needed
+    finally:
+        await hub.stop()
+
+
 async def test_group_without_topics(emu: TelegramEmulator, settings_factory: Callable[..., Settings]) -> None:
     plain = -100300
     emu.add_group(plain, forum=False)
