@@ -609,6 +609,30 @@ class MongoStore:
             raise StoreError("the MongoDB store is not open (call open() first)")
         await mongo_kpi.apply_delta(self._db, rollup_delta(old, new), session)
 
+    async def _update_lead_doc(
+        self,
+        match: Doc,
+        update: Doc,
+        session: AsyncClientSession | None,
+        projection: Doc | None = None,
+        sort: list[tuple[str, int]] | None = None,
+    ) -> Doc | None:
+        """One atomic lead update whose pre-image moves the KPI rollups; returns that pre-image.
+
+        The pre-image plus the update's `$set` is exactly what this write changed, whatever
+        other processes do to the lead before or after it."""
+        before = await self._col("leads").find_one_and_update(
+            match,
+            update,
+            projection=projection,
+            sort=sort,
+            return_document=ReturnDocument.BEFORE,
+            session=session,
+        )
+        if before is not None:
+            await self._kpi_follow(mongo_kpi.facts_of(before), mongo_kpi.facts_after(before, update), session)
+        return before
+
     # --- inbox ----------------------------------------------------------------------------
     @_translated
     async def inbox_put(
@@ -904,18 +928,8 @@ class MongoStore:
             return _lead(doc) if doc else None
 
         async def write(session: AsyncClientSession | None) -> Doc | None:
-            # The pre-image of this atomic update plus its $set is exactly what this write
-            # changed, whatever other processes do to the lead before or after it.
-            before = await self._col("leads").find_one_and_update(
-                {"_id": number},
-                update,
-                projection=mongo_kpi.PROJECTION,
-                return_document=ReturnDocument.BEFORE,
-                session=session,
-            )
-            if before is None:
+            if await self._update_lead_doc({"_id": number}, update, session, mongo_kpi.PROJECTION) is None:
                 return None
-            await self._kpi_follow(mongo_kpi.facts_of(before), mongo_kpi.facts_after(before, update), session)
             # In a transaction this is the lead as this write left it; on a standalone server
             # a concurrent writer's later change may show too.
             return await self._col("leads").find_one({"_id": number}, session=session)
@@ -1042,18 +1056,7 @@ class MongoStore:
             )
 
         async def write(session: AsyncClientSession | None) -> Doc | None:
-            before = await self._col("leads").find_one_and_update(
-                match,
-                update,
-                sort=[(pending, ASCENDING)],
-                return_document=ReturnDocument.BEFORE,
-                session=session,
-            )
-            if before is not None:
-                await self._kpi_follow(
-                    mongo_kpi.facts_of(before), mongo_kpi.facts_after(before, update), session
-                )
-            return before
+            return await self._update_lead_doc(match, update, session, sort=[(pending, ASCENDING)])
 
         before = await self._atomic(write)
         if before is None or not after:
@@ -1202,18 +1205,11 @@ class MongoStore:
                 update["team"] = team
             if priority is not None:
                 update["priority"] = priority
-            change: Doc = {"$set": update}
-            before = await self._col("leads").find_one_and_update(
-                {"_id": number, "assignee": previous},
-                change,
-                projection=mongo_kpi.PROJECTION,
-                return_document=ReturnDocument.BEFORE,
-                session=session,
+            match = {"_id": number, "assignee": previous}
+            return (
+                await self._update_lead_doc(match, {"$set": update}, session, mongo_kpi.PROJECTION)
+                is not None
             )
-            if before is None:
-                return False
-            await self._kpi_follow(mongo_kpi.facts_of(before), mongo_kpi.facts_after(before, change), session)
-            return True
 
         return await self._atomic(write)
 
