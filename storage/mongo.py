@@ -1561,14 +1561,11 @@ class MongoStore:
         def seconds(field: str) -> Doc:
             return {
                 "$cond": [
-                    {"$ne": [{"$ifNull": [f"${field}", None]}, None]},
+                    mongo_kpi.present(field),
                     {"$divide": [{"$subtract": [f"${field}", "$created_at"]}, 1000]},
                     None,
                 ]
             }
-
-        def present(field: str) -> Doc:
-            return {"$ne": [{"$ifNull": [f"${field}", None]}, None]}
 
         def flag(condition: Doc) -> Doc:
             return {"$cond": [condition, 1, 0]}
@@ -1580,17 +1577,7 @@ class MongoStore:
                     "g": self._kpi_key(query),
                     "f": seconds("first_response_at"),
                     "r": seconds("resolved_at"),
-                    "ok": flag(
-                        {
-                            "$and": [
-                                present("first_response_at"),
-                                present("first_response_due"),
-                                {"$lte": ["$first_response_at", "$first_response_due"]},
-                            ]
-                        }
-                    ),
-                    "br": flag(present("breached_at")),
-                    "bra": flag({"$and": [present("breached_at"), present("first_response_at")]}),
+                    **mongo_kpi.outcome_flags(),
                 }
             },
             {

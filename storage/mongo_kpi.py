@@ -262,7 +262,8 @@ def period_match(query: KpiQuery) -> Doc:
     return {"created_at": {"$gte": query.start, "$lt": query.end}}
 
 
-def _present(field: str) -> Doc:
+def present(field: str) -> Doc:
+    """True in a pipeline when the lead has `field` set (neither missing nor null)."""
     return {"$ne": [{"$ifNull": [f"${field}", None]}, None]}
 
 
@@ -270,11 +271,28 @@ def _flag(condition: Doc) -> Doc:
     return {"$cond": [condition, 1, 0]}
 
 
+def outcome_flags() -> Doc:
+    """`$project` fields 1/0: answered within target (ok), breached (br), breached then answered (bra)."""
+    return {
+        "ok": _flag(
+            {
+                "$and": [
+                    present("first_response_at"),
+                    present("first_response_due"),
+                    {"$lte": ["$first_response_at", "$first_response_due"]},
+                ]
+            }
+        ),
+        "br": _flag(present("breached_at")),
+        "bra": _flag({"$and": [present("breached_at"), present("first_response_at")]}),
+    }
+
+
 def _seconds_or_absent(field: str) -> Doc:
     # Absent (not null) when the lead has no such time: `$sum` and `$push` skip it.
     return {
         "$cond": [
-            _present(field),
+            present(field),
             {"$divide": [{"$subtract": [f"${field}", "$created_at"]}, 1000]},
             "$$REMOVE",
         ]
@@ -295,19 +313,9 @@ def lead_sums_pipeline(query: KpiQuery, by_dims: bool, with_times: bool) -> list
         "day": {"$dateToString": {"format": "%Y-%m-%d", "date": "$created_at", "timezone": query.day_zone}},
         "f": _seconds_or_absent("first_response_at"),
         "r": _seconds_or_absent("resolved_at"),
-        "fr": _flag(_present("first_response_at")),
-        "rs": _flag(_present("resolved_at")),
-        "ok": _flag(
-            {
-                "$and": [
-                    _present("first_response_at"),
-                    _present("first_response_due"),
-                    {"$lte": ["$first_response_at", "$first_response_due"]},
-                ]
-            }
-        ),
-        "br": _flag(_present("breached_at")),
-        "bra": _flag({"$and": [_present("breached_at"), _present("first_response_at")]}),
+        "fr": _flag(present("first_response_at")),
+        "rs": _flag(present("resolved_at")),
+        **outcome_flags(),
     }
     group: Doc = {
         "_id": key,
