@@ -1493,41 +1493,48 @@ class SqliteStore:
                 claims.extend(batch)
         return claims
 
-    async def load_by_assignee(self, manager_ids: list[str]) -> dict[str, tuple[int, int]]:
+    @staticmethod
+    def _loads_in_thread(conn: sqlite3.Connection, manager_ids: Sequence[str]) -> dict[str, tuple[int, int]]:
         loads = dict.fromkeys(manager_ids, (0, 0))
-        if not manager_ids:
-            return loads
-        rows = await self._read(
-            f"SELECT assignee, n, w FROM assignee_load WHERE assignee IN ({','.join('?' * len(manager_ids))})",
-            manager_ids,
-        )
-        for row in rows:
-            loads[row["assignee"]] = (int(row["n"]), int(row["w"]))
+        if manager_ids:
+            marks = ",".join("?" * len(manager_ids))
+            for row in conn.execute(
+                f"SELECT assignee, n, w FROM assignee_load WHERE assignee IN ({marks})", manager_ids
+            ):
+                loads[row["assignee"]] = (int(row["n"]), int(row["w"]))
         return loads
+
+    @staticmethod
+    def _states_in_thread(conn: sqlite3.Connection, keys: Sequence[str]) -> dict[str, Any]:
+        values: dict[str, Any] = dict.fromkeys(keys)
+        if keys:
+            for row in conn.execute(
+                f"SELECT key, value FROM kv WHERE key IN ({','.join('?' * len(keys))})", keys
+            ):
+                values[row["key"]] = json.loads(row["value"])
+        return values
+
+    @staticmethod
+    def _incr_in_thread(conn: sqlite3.Connection, key: str) -> int:
+        row = conn.execute(
+            "INSERT INTO kv (key, value) VALUES (?, '1') ON CONFLICT (key) DO UPDATE "
+            "SET value = CAST(CAST(kv.value AS INTEGER) + 1 AS TEXT) RETURNING value",
+            (key,),
+        ).fetchone()
+        return int(row[0])
+
+    async def load_by_assignee(self, manager_ids: list[str]) -> dict[str, tuple[int, int]]:
+        return await self._read_job(lambda conn: self._loads_in_thread(conn, manager_ids))
 
     async def routing_snapshot(
         self, manager_ids: list[str], state_keys: list[str], turn_key: str
     ) -> RoutingSnapshot:
         def snapshot(conn: sqlite3.Connection) -> RoutingSnapshot:
-            loads = dict.fromkeys(manager_ids, (0, 0))
-            if manager_ids:
-                for row in conn.execute(
-                    f"SELECT assignee, n, w FROM assignee_load WHERE assignee IN ({','.join('?' * len(manager_ids))})",
-                    manager_ids,
-                ):
-                    loads[row["assignee"]] = (int(row["n"]), int(row["w"]))
-            states: dict[str, Any] = dict.fromkeys(state_keys)
-            if state_keys:
-                for row in conn.execute(
-                    f"SELECT key, value FROM kv WHERE key IN ({','.join('?' * len(state_keys))})", state_keys
-                ):
-                    states[row["key"]] = json.loads(row["value"])
-            turn = conn.execute(
-                "INSERT INTO kv (key, value) VALUES (?, '1') ON CONFLICT (key) DO UPDATE "
-                "SET value = CAST(CAST(kv.value AS INTEGER) + 1 AS TEXT) RETURNING value",
-                (turn_key,),
-            ).fetchone()
-            return RoutingSnapshot(loads, states, int(turn[0]))
+            return RoutingSnapshot(
+                self._loads_in_thread(conn, manager_ids),
+                self._states_in_thread(conn, state_keys),
+                self._incr_in_thread(conn, turn_key),
+            )
 
         return await self._write(snapshot)
 
@@ -1834,13 +1841,7 @@ class SqliteStore:
         return json.loads(row["value"]) if row else None
 
     async def get_states(self, keys: Sequence[str]) -> dict[str, Any]:
-        values: dict[str, Any] = dict.fromkeys(keys)
-        if not keys:
-            return values
-        rows = await self._read(f"SELECT key, value FROM kv WHERE key IN ({','.join('?' * len(keys))})", keys)
-        for row in rows:
-            values[row["key"]] = json.loads(row["value"])
-        return values
+        return await self._read_job(lambda conn: self._states_in_thread(conn, keys))
 
     async def set_state(self, key: str, value: Any) -> None:
         async with self._unit() as db:
@@ -1850,15 +1851,7 @@ class SqliteStore:
             )
 
     async def incr_state(self, key: str) -> int:
-        row = await self._write(
-            lambda conn: conn.execute(
-                "INSERT INTO kv (key, value) VALUES (?, '1') ON CONFLICT (key) DO UPDATE "
-                "SET value = CAST(CAST(kv.value AS INTEGER) + 1 AS TEXT) RETURNING value",
-                (key,),
-            ).fetchone()
-        )
-        assert row is not None
-        return int(row[0])
+        return await self._write(lambda conn: self._incr_in_thread(conn, key))
 
     # --- dashboard: reports, erasure, small aggregates --------------------------------------
     @staticmethod
