@@ -112,14 +112,7 @@ async def test_start_greets_in_language_and_offers_kinds(env: Env) -> None:
     env.emu.send_text(6002, john, "Service request")
     await env.emu.wait_for(lambda: len(env.emu.sent_to(6002)) >= 2, what="prompt")
     env.emu.send_text(6002, john, "Washing machine leaks")
-    await env.emu.wait_for(lambda: env.emu.topics_in(STAFF), what="topic")
-    lead = await env.hub.store.get_lead(1)
-    assert lead is not None and lead.kind.value == "service_request"
-
-    async def kind_cleared() -> bool:
-        return await env.hub.store.get_state("tg.kind.6002") is None
-
-    await env.emu.wait_for(kind_cleared, what="the chosen kind applies to one lead only")
+    await _first_lead_is_service_and_kind_cleared(env, 6002)
 
 
 async def test_kind_button_and_message_in_one_batch(env: Env) -> None:
@@ -128,12 +121,17 @@ async def test_kind_button_and_message_in_one_batch(env: Env) -> None:
     olha = customer(6003, "Olha", "en")
     env.emu.send_text(6003, olha, "Service request")
     env.emu.send_text(6003, olha, "The dishwasher does not drain")
+    await _first_lead_is_service_and_kind_cleared(env, 6003)
+
+
+async def _first_lead_is_service_and_kind_cleared(env: Env, user_id: int) -> None:
+    """Lead 1 opened as a service request, and the customer's chosen kind was used up."""
     await env.emu.wait_for(lambda: env.emu.topics_in(STAFF), what="topic")
     lead = await env.hub.store.get_lead(1)
     assert lead is not None and lead.kind.value == "service_request"
 
     async def kind_cleared() -> bool:
-        return await env.hub.store.get_state("tg.kind.6003") is None
+        return await env.hub.store.get_state(f"tg.kind.{user_id}") is None
 
     await env.emu.wait_for(kind_cleared, what="the chosen kind applies to one lead only")
 
