@@ -15,6 +15,7 @@ import storage.sqlite as sqlite_module
 from hub.domain import Lead, LeadKind, LeadStatus
 from storage.base import PERCENTILE_ERROR, KpiQuery, LeadChanges
 from storage.sqlite import SqliteStore
+from tests.support.kpi import KYIV_DST_2026_MOMENTS
 
 T0 = datetime(2026, 5, 1, tzinfo=UTC)
 
@@ -207,14 +208,7 @@ async def test_one_scan_days_follow_local_midnights_across_dst(tmp_path: Path) -
     await store.open()
     try:
         # Both DST changes of 2026 inside one period, leads just either side of local midnights.
-        moments = [
-            datetime(2026, 3, 28, 23, 59, tzinfo=kyiv),
-            datetime(2026, 3, 29, 0, 1, tzinfo=kyiv),
-            datetime(2026, 3, 29, 23, 59, tzinfo=kyiv),
-            datetime(2026, 10, 25, 0, 1, tzinfo=kyiv),
-            datetime(2026, 10, 25, 23, 59, tzinfo=kyiv),
-            datetime(2026, 10, 26, 0, 1, tzinfo=kyiv),
-        ]
+        moments = KYIV_DST_2026_MOMENTS
         for number, created in enumerate(moments, start=1):
             lead = Lead(
                 number=number,

@@ -41,6 +41,7 @@ from storage.kpi_rollup import (
 from storage.mongo import _lead_doc, lead_update
 from storage.mongo_kpi import Doc, facts_after, facts_of, rollup_writes, touches_kpi
 from storage.sqlite import SqliteStore
+from tests.support.kpi import KYIV_DST_2026_MOMENTS
 
 T0 = datetime(2026, 5, 1, tzinfo=UTC)
 CODEC: CodecOptions[dict[str, Any]] = CodecOptions(tz_aware=True, tzinfo=UTC)
@@ -393,14 +394,7 @@ async def test_reports_from_the_mirror_equal_sqlite_reports(
 
 async def test_days_from_hours_follow_dst(tmp_path: Path) -> None:
     kyiv = ZoneInfo("Europe/Kyiv")
-    moments = [
-        datetime(2026, 3, 28, 23, 59, tzinfo=kyiv),
-        datetime(2026, 3, 29, 0, 1, tzinfo=kyiv),
-        datetime(2026, 3, 29, 23, 59, tzinfo=kyiv),
-        datetime(2026, 10, 25, 0, 1, tzinfo=kyiv),
-        datetime(2026, 10, 25, 23, 59, tzinfo=kyiv),
-        datetime(2026, 10, 26, 0, 1, tzinfo=kyiv),
-    ]
+    moments = KYIV_DST_2026_MOMENTS
     mirror = Mirror()
     for number, created in enumerate(moments, start=1):
         mirror.create(_lead(number, created.astimezone(UTC)))
