@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 from aiogram.types import Message, Update
@@ -27,6 +28,7 @@ PRIVATE_COMMANDS = frozenset({"/start", "/help", "/away", "/back", "/my", "/dash
 _EMAIL_IN_TEXT = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
 
 
+@cache  # the locale files are read once (hub.i18n), so the labels never change
 def kind_buttons() -> dict[str, LeadKind]:
     """Every label of the kind keyboard, in every language, and the kind it stands for."""
     labels: dict[str, LeadKind] = {}
