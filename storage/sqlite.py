@@ -969,15 +969,14 @@ class SqliteStore:
     async def inbox_claim(
         self, holder: str, now: datetime, lease_seconds: float, limit: int
     ) -> list[InboxItem]:
-        async with self._unit() as db:
-            cursor = await db.execute(
+        rows = await self._write(
+            lambda conn: conn.execute(
                 "UPDATE inbox SET claimed_by = ?, claimed_until = ?, attempts = attempts + 1 "
                 "WHERE id IN (SELECT id FROM inbox WHERE status = 'pending' AND "
                 "(claimed_until IS NULL OR claimed_until < ?) ORDER BY id LIMIT ?) RETURNING *",
                 (holder, now.timestamp() + lease_seconds, now.timestamp(), limit),
-            )
-            rows = await cursor.fetchall()
-            await cursor.close()
+            ).fetchall()
+        )
         return sorted((_inbox(r) for r in rows), key=lambda item: item.id)
 
     async def inbox_get(self, item_id: int) -> InboxItem | None:
@@ -994,12 +993,13 @@ class SqliteStore:
         )
 
     async def inbox_quarantine(self, item_id: int, reason: str) -> None:
-        async with self._unit() as db:
-            await db.execute(
+        await self._write(
+            lambda conn: conn.execute(
                 "UPDATE inbox SET status = 'quarantined', reason = ?, claimed_by = NULL, "
                 "claimed_until = NULL WHERE id = ?",
                 (reason, item_id),
-            )
+            ).close()
+        )
 
     async def inbox_requeue(self, item_id: int) -> bool:
         async with self._unit() as db:
@@ -1087,23 +1087,22 @@ class SqliteStore:
         return contact
 
     async def add_identity(self, contact_id: str, identity: Identity) -> bool:
-        async with self._unit() as db:
-            cursor = await db.execute(
+        key = (identity.kind.value, identity.value)
+
+        def add(conn: sqlite3.Connection) -> bool:
+            inserted = conn.execute(
                 "INSERT INTO identities (kind, value, contact_id, display_name) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (kind, value) DO NOTHING",
-                (identity.kind.value, identity.value, contact_id, identity.display_name),
-            )
-            inserted = cursor.rowcount
-            await cursor.close()
+                (*key, contact_id, identity.display_name),
+            ).rowcount
             if inserted:
                 return True
-            cursor = await db.execute(
-                "SELECT contact_id FROM identities WHERE kind = ? AND value = ?",
-                (identity.kind.value, identity.value),
-            )
-            row = await cursor.fetchone()
-            await cursor.close()
-        return row is not None and row["contact_id"] == contact_id
+            row = conn.execute(
+                "SELECT contact_id FROM identities WHERE kind = ? AND value = ?", key
+            ).fetchone()
+            return row is not None and row["contact_id"] == contact_id
+
+        return await self._write(add)
 
     async def merge_contacts(self, keep_id: str, merge_id: str) -> None:
         if keep_id == merge_id:
@@ -1654,12 +1653,14 @@ class SqliteStore:
     async def add_refs(self, lead_number: int, refs: list[str]) -> None:
         if not refs:
             return
-        async with self._unit() as db:
-            await db.executemany(
+        rows = [(ref, lead_number) for ref in refs]
+        await self._write(
+            lambda conn: conn.executemany(
                 "INSERT INTO refs (ref, lead_number) VALUES (?, ?) ON CONFLICT (ref) DO UPDATE SET "
                 "lead_number = MAX(refs.lead_number, excluded.lead_number)",
-                [(ref, lead_number) for ref in refs],
-            )
+                rows,
+            ).close()
+        )
 
     async def find_lead_by_refs(self, refs: list[str]) -> int | None:
         if not refs:
@@ -1844,11 +1845,13 @@ class SqliteStore:
         return await self._read_job(lambda conn: self._states_in_thread(conn, keys))
 
     async def set_state(self, key: str, value: Any) -> None:
-        async with self._unit() as db:
-            await db.execute(
+        encoded = json.dumps(value, ensure_ascii=False)
+        await self._write(
+            lambda conn: conn.execute(
                 "INSERT INTO kv (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                (key, json.dumps(value, ensure_ascii=False)),
-            )
+                (key, encoded),
+            ).close()
+        )
 
     async def incr_state(self, key: str) -> int:
         return await self._write(lambda conn: self._incr_in_thread(conn, key))

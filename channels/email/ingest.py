@@ -40,6 +40,10 @@ _T = TypeVar("_T")
 _FROM = re.compile(rb"^from:[ \t]*(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
 
 
+def _seen_key(position: MailboxPosition, digest: str) -> str:
+    return f"email:seen:{position.account}:{position.mailbox}:{digest}"
+
+
 def external_id(position: MailboxPosition, uid: int, digest: str) -> str:
     """Unique by construction: (account, mailbox, UIDVALIDITY, UID) plus a hash of the bytes."""
     return f"{position.account}/{position.mailbox}/{position.uidvalidity}/{uid}/{digest[:16]}"
@@ -78,16 +82,18 @@ class EmailIngest:
         for fetched in batch:
             groups.setdefault(sender_key(fetched.raw), []).append(fetched)
         slots = asyncio.Semaphore(self._settings.workers)
+        # During a resync, the ids already given to these bytes come in one read for the batch;
+        # `known` then also carries ids given earlier in this batch (the same bytes twice).
+        known = await self._known_ids(position, batch)
 
         async def store(group: list[Fetched]) -> list[_Stored]:
             stored: list[_Stored] = []
             for fetched in group:
                 async with slots:
-                    stored.append(await self.store_one(fetched, position))
+                    stored.append(await self.store_one(fetched, position, known))
             return stored
 
-        # First the whole batch raw, under ONE commit wait (the writes are visible at once, so a
-        # copy of the same bytes later in the batch still finds the first one during a resync).
+        # First the whole batch raw, under ONE commit wait.
         async with self._hub.store.deferred_commit():
             stored = _raise_first(
                 await asyncio.gather(*(store(g) for g in groups.values()), return_exceptions=True)
@@ -106,13 +112,30 @@ class EmailIngest:
         """Store one message raw, then process it; only store outages propagate."""
         await self.process_one(*await self.store_one(fetched, position))
 
-    async def store_one(self, fetched: Fetched, position: MailboxPosition) -> _Stored:
+    async def _known_ids(self, position: MailboxPosition, batch: list[Fetched]) -> dict[str, str]:
+        """{seen key: external id} stored for these bytes before (only needed during a resync)."""
+        if not position.resync:
+            return {}
+        keys = [_seen_key(position, hashlib.sha256(f.raw).hexdigest()) for f in batch]
+        found = await self._hub.store.get_states(keys)
+        return {key: value for key, value in found.items() if isinstance(value, str)}
+
+    async def store_one(
+        self, fetched: Fetched, position: MailboxPosition, known_ids: dict[str, str] | None = None
+    ) -> _Stored:
         """Parse one message and store it raw in the inbox (its attachments first)."""
         hub = self._hub
         store = hub.store
         digest = hashlib.sha256(fetched.raw).hexdigest()
-        seen_key = f"email:seen:{position.account}:{position.mailbox}:{digest}"
-        known = await store.get_state(seen_key) if position.resync else None
+        seen_key = _seen_key(position, digest)
+        if known_ids is None:
+            known_ids = await self._known_ids(position, [fetched])
+        # After a UIDVALIDITY change (or a crash during one) the same bytes under a new UID are the
+        # message we already have: keep its original id, so the inbox and intake see one message.
+        known = known_ids.get(seen_key)
+        ext_id = known or external_id(position, fetched.uid, digest)
+        if position.resync:
+            known_ids[seen_key] = ext_id  # decided before any await: a copy later in the batch agrees
         parsed: ParsedEmail | None
         try:
             parsed = parse_email(fetched.raw)
@@ -120,9 +143,6 @@ class EmailIngest:
             parsed = None  # stored anyway; decoding again quarantines it with the reason
         if parsed is not None:
             await self._store_attachments(parsed)
-        # After a UIDVALIDITY change (or a crash during one) the same bytes under a new UID are the
-        # message we already have: keep its original id, so the inbox and intake see one message.
-        ext_id = known if isinstance(known, str) else external_id(position, fetched.uid, digest)
         meta = {
             "account": position.account,
             "mailbox": position.mailbox,
