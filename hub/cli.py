@@ -6,9 +6,11 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 
+from hub import process
 from hub.config import ConfigError, Settings, load_settings, masked_dump
 from hub.logs import configure_logging
 
@@ -38,6 +40,11 @@ async def _run(settings: Settings) -> int:
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    log.info(
+        "process: %s event loop, CPUs %s",
+        type(loop).__module__.split(".")[0],
+        ",".join(map(str, sorted(os.sched_getaffinity(0)))) if hasattr(os, "sched_getaffinity") else "any",
+    )
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     hub = Hub(settings)
@@ -90,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     configure_logging(settings.log_level, _secrets(settings))
     try:
-        return asyncio.run(_run(settings))
+        return process.run(_run(settings), settings.process)
     except ConfigError as exc:
         print(f"hub: bad configuration: {exc}", file=sys.stderr)
         return 2

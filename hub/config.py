@@ -402,6 +402,35 @@ class NotifySettings(_Section):
     webhook: WebhookSettings | None = None
 
 
+class ProcessSettings(_Section):
+    """How `hub run` runs: its event loop and the CPUs its threads may use."""
+
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
+    # Empty: wherever the OS puts it. One CPU keeps the event loop and the database thread
+    # together, which makes every hand-off between them a plain switch instead of a wake-up of
+    # another (virtual) CPU; one process is held to about one core by the GIL anyway.
+    cpus: list[int] = Field(default_factory=list)
+
+    @field_validator("cpus", mode="before")
+    @classmethod
+    def _cpu_list(cls, value: Any) -> Any:
+        # HUB_CPUS=0 or HUB_CPUS="0,2": the environment only has strings.
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, int):
+            return [value]
+        return value
+
+    @field_validator("cpus")
+    @classmethod
+    def _cpus_exist(cls, value: list[int]) -> list[int]:
+        if len(set(value)) != len(value):
+            raise ValueError("a CPU is listed twice")
+        if any(cpu < 0 for cpu in value):
+            raise ValueError("CPU numbers start at 0")
+        return value
+
+
 class Settings(_Section):
     storage: StorageSettings = Field(default_factory=StorageSettings)
     web: WebSettings = Field(default_factory=WebSettings)
@@ -420,6 +449,7 @@ class Settings(_Section):
     telegram: TelegramSettings = Field(default_factory=TelegramSettings)
     outbox: OutboxSettings = Field(default_factory=OutboxSettings)
     notify: NotifySettings = Field(default_factory=NotifySettings)
+    process: ProcessSettings = Field(default_factory=ProcessSettings)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("forms")
@@ -480,6 +510,8 @@ ENV_OVERRIDES: dict[str, str] = {
     "HUB_TELEGRAM_WEBHOOK_SECRET": "telegram.webhook_secret",
     "HUB_TELEGRAM_API_BASE": "telegram.api_base",
     "HUB_LOG_LEVEL": "log_level",
+    "HUB_EVENT_LOOP": "process.event_loop",
+    "HUB_CPUS": "process.cpus",
     "HUB_NOTIFY_WEBHOOK_SECRET": "notify.webhook.secret",
 }
 

@@ -28,3 +28,44 @@ async def test_run_serves_and_shuts_down_cleanly(tmp_path: Path, sig: int) -> No
         assert "stopped" in hub.log()
     finally:
         hub.stop()
+
+
+def _thread_cpus(pid: int) -> set[str]:
+    """Cpus_allowed_list of every thread of a process (proc(5))."""
+    found = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for line in (task / "status").read_text().splitlines():
+            if line.startswith("Cpus_allowed_list:"):
+                found.add(line.split(":", 1)[1].strip())
+    return found
+
+
+@pytest.mark.parametrize("event_loop", ["uvloop", "asyncio"])
+async def test_run_on_the_configured_event_loop_and_cpu(tmp_path: Path, event_loop: str) -> None:
+    config = base_config(tmp_path)
+    config["process"] = {"event_loop": event_loop, "cpus": [0]}
+    hub = HubProcess(tmp_path, config)
+    hub.start()
+    try:
+        await hub.wait_ready()
+        async with aiohttp.ClientSession() as http:
+            resp = await http.post(
+                f"{hub.url}/forms/contact", json={"email": "c@example.com", "message": "hi"}
+            )
+            assert resp.status == 201
+        assert hub.proc is not None
+        # Every thread, the database thread included, stays on CPU 0.
+        assert _thread_cpus(hub.proc.pid) == {"0"}
+        assert f"process: {event_loop} event loop, CPUs 0" in hub.log()
+    finally:
+        assert hub.stop() == 0, hub.log()
+
+
+async def test_a_cpu_the_process_may_not_use_is_a_config_error(tmp_path: Path) -> None:
+    config = base_config(tmp_path)
+    config["process"] = {"cpus": [4096]}
+    hub = HubProcess(tmp_path, config)
+    hub.start()
+    assert hub.proc is not None
+    assert hub.proc.wait(timeout=30) == 2
+    assert "process.cpus: CPU 4096 is not available to this process" in hub.log()

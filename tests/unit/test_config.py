@@ -81,6 +81,14 @@ def test_bad_rate_limits_are_refused(bad: str) -> None:
         parse_rate_limit(bad)
 
 
+def test_process_settings_from_the_environment() -> None:
+    assert settings_from_dict({}, env={}).process.cpus == []
+    assert settings_from_dict({}, env={}).process.event_loop == "uvloop"
+    settings = settings_from_dict({}, env={"HUB_CPUS": "0, 1", "HUB_EVENT_LOOP": "asyncio"})
+    assert (settings.process.cpus, settings.process.event_loop) == ([0, 1], "asyncio")
+    assert settings_from_dict({"process": {"cpus": 1}}, env={}).process.cpus == [1]
+
+
 def test_env_overrides_secrets_and_urls() -> None:
     env = {"HUB_STORAGE_URL": "sqlite:////tmp/x.db", "HUB_WEB_PORT": "9999", "HUB_API_TOKEN": "t0ken-value"}
     settings = load_settings(ROOT / "config.yaml", env=env)
@@ -106,6 +114,10 @@ def test_env_overrides_secrets_and_urls() -> None:
         ({"webb": {}}, "webb"),
         ({"routing": {"rules": [{"team": "nope"}]}}, "routing.rules[0].team"),
         ({"sla": {"calendar": {"timezone": "Mars/Olympus"}}}, "sla.calendar.timezone"),
+        ({"process": {"event_loop": "trio"}}, "process.event_loop"),
+        ({"process": {"cpus": [0, 0]}}, "process.cpus"),
+        ({"process": {"cpus": [-1]}}, "process.cpus"),
+        ({"process": {"cpus": "zero"}}, "process.cpus"),
     ],
 )
 def test_errors_name_the_key(data: dict[str, object], key: str) -> None:
