@@ -27,7 +27,8 @@ from pathlib import Path
 import aiosqlite
 
 from hub.app import Hub
-from hub.config import Settings, settings_from_dict
+from hub.config import ProcessSettings, Settings, settings_from_dict
+from hub.process import loop_factory, pin_to_cpus
 from tests.email.helpers import make_mail
 from tests.support.dovecot import DovecotServer, ImapClient, dovecot_available
 
@@ -122,7 +123,9 @@ async def _no_ack(client: object, uids: list[int]) -> None:
     return None
 
 
-async def run(n: int, ack: bool, workers: int, batch: int, profile: str = "") -> float:
+async def run(
+    n: int, ack: bool, workers: int, batch: int, profile: str = "", cpus: list[int] | None = None
+) -> float:
     if not dovecot_available():
         print("bench/email_ingest: Debian's dovecot-imapd is not installed", file=sys.stderr)
         raise SystemExit(2)
@@ -166,6 +169,8 @@ async def run(n: int, ack: bool, workers: int, batch: int, profile: str = "") ->
             },
             env={},
         )
+        # Dovecot (started above) keeps every CPU; the hub's threads, and those it starts, get `cpus`.
+        pin_to_cpus(cpus or [])
         await _fetch_and_parse_only(settings, n)
         hub = Hub(settings)
         db = work / "hub.db"
@@ -215,9 +220,25 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=64, help="senders processed at once")
     parser.add_argument("--batch", type=int, default=100, help="UIDs per FETCH (at most 200)")
     parser.add_argument("--profile", default="", help="record the measured part with py-spy into this file")
+    parser.add_argument(
+        "--pin",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep the hub on one CPU and leave the others to Dovecot (process.cpus; default on)",
+    )
+    parser.add_argument(
+        "--event-loop",
+        choices=["uvloop", "asyncio"],
+        default=ProcessSettings().event_loop,
+        help="the hub's process.event_loop (default: the hub's default)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    asyncio.run(run(args.n, args.ack, args.workers, args.batch, args.profile))
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    pinned = cpus[:1] if args.pin and len(cpus) > 1 else []
+    print(f"event loop {args.event_loop}; hub pinned to {f'CPU {pinned[0]}' if pinned else 'no CPU'}")
+    with asyncio.Runner(loop_factory=loop_factory(args.event_loop)) as runner:
+        runner.run(run(args.n, args.ack, args.workers, args.batch, args.profile, pinned))
 
 
 if __name__ == "__main__":
