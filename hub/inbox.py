@@ -26,6 +26,9 @@ Decoder = Callable[[InboxItem], Inbound]
 #: Handles stored raw input that is not a customer message (staff commands, button presses);
 #: returns the lead it concerned, if any. Raises DecodeError when the input is unusable.
 Handler = Callable[[InboxItem], Awaitable[int | None]]
+#: Runs after intake accepted a channel's item, on the live path and in the replay alike
+#: (an email channel acknowledges new leads here, so a crash before processing loses no ack).
+AfterIntake = Callable[[InboxItem, IntakeResult], Awaitable[None]]
 
 CLAIM_SECONDS = 60.0
 
@@ -40,13 +43,16 @@ class InboxProcessor:
         self._holder = holder
         self._decoders: dict[str, Decoder] = {}
         self._handlers: dict[str, Handler] = {}
+        self._after: dict[str, AfterIntake] = {}
         self._task: asyncio.Task[None] | None = None
 
-    def register(self, channel: str, decoder: Decoder) -> None:
-        """Set the decoder for one channel's raw payloads."""
+    def register(self, channel: str, decoder: Decoder, after: AfterIntake | None = None) -> None:
+        """Set the decoder for one channel's raw payloads (and what follows its intake)."""
         if channel in self._decoders:
             raise ValueError(f"inbox: a decoder for channel {channel!r} is registered twice")
         self._decoders[channel] = decoder
+        if after is not None:
+            self._after[channel] = after
 
     def register_handler(self, channel: str, handler: Handler) -> None:
         """Set the handler for one channel's raw input that does not go through intake."""
@@ -106,6 +112,15 @@ class InboxProcessor:
         # intake returns it as a duplicate.
         async with self._store.deferred_commit(wait=False):
             await self._store.inbox_done(item.id, result.lead.number)
+        after = self._after.get(item.channel)
+        if after is not None:
+            try:
+                await after(item, result)
+            except StoreError:
+                raise
+            except Exception:
+                # The input is stored and processed: a failing follow-up must not quarantine it.
+                log.exception("inbox %s %s: the step after intake failed", item.channel, item.id)
         return result
 
     async def _quarantine(self, item: InboxItem, reason: str) -> None:

@@ -47,9 +47,9 @@ class EmailChannel:
     def attach(self, hub: Hub) -> None:
         """Register the decoder and sender; build the poller (started by `start`)."""
         self._hub = hub
-        hub.inbox.register(CHANNEL, self.decoder)
-        hub.outbox.register(SmtpSender(self.settings, hub.store))
         self.ingest = EmailIngest(hub, self.decoder, self.attachments)
+        hub.inbox.register(CHANNEL, self.decoder, after=self.ingest.after_intake)
+        hub.outbox.register(SmtpSender(self.settings, hub.store))
         hub.bus.subscribe("email.replayed-bounces", self.ingest.on_quarantined)
         self.poller = ImapPoller(self.settings, hub.store, hub.instance_id, self.ingest, hub.now)
 

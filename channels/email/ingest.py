@@ -76,6 +76,8 @@ class EmailIngest:
         self._settings = hub.settings.email
         self._decoder = decoder
         self._attachments = attachments
+        # Parses of the items being processed right now, for their acknowledgement.
+        self._parsed: dict[str, ParsedEmail] = {}
 
     async def __call__(self, batch: list[Fetched], position: MailboxPosition) -> None:
         groups: dict[bytes, list[Fetched]] = {}
@@ -174,7 +176,8 @@ class EmailIngest:
                 return
             if parsed is not None:
                 self._decoder.prime(item.external_id, parsed)
-            result = await hub.inbox.process(item)
+                self._parsed[item.external_id] = parsed
+            await hub.inbox.process(item)
         except StoreError:
             raise
         except Exception as exc:
@@ -184,8 +187,19 @@ class EmailIngest:
             return
         finally:
             self._decoder.forget(item.external_id)
-        if result is not None and result.created_lead and parsed is not None:
-            await self.acknowledge(result, parsed)
+            self._parsed.pop(item.external_id, None)
+
+    async def after_intake(self, item: InboxItem, result: IntakeResult) -> None:
+        """Acknowledge a new lead, whether the poller or the crash replay processed its mail."""
+        if not result.created_lead:
+            return
+        parsed = self._parsed.pop(item.external_id, None)
+        if parsed is None:
+            try:
+                parsed = parse_email(item.payload)
+            except DecodeError:
+                return  # intake decoded it, so this does not happen; without a parse, no ack
+        await self.acknowledge(result, parsed)
 
     async def _store_attachments(self, parsed: ParsedEmail) -> None:
         limit = self._settings.max_attachment_bytes

@@ -304,3 +304,22 @@ async def test_a_bounce_replayed_from_the_inbox_still_attaches_to_its_lead(
     message = await email_hub.store.get_message(reply.id)
     assert message is not None and message.delivery is not None and message.delivery.value == "failed"
     assert len(await leads(email_hub)) == 1
+
+
+async def test_mail_replayed_from_the_inbox_still_gets_its_acknowledgement(
+    email_hub: Hub, smtp_server: SmtpServer
+) -> None:
+    # As if a crash came between storing the mail raw and processing it: the replay loop, not
+    # the poller, opens the lead, and the customer still hears that we have it.
+    raw, _ = make_mail(subject="Replayed", text="Are you there?")
+    item, _ = await email_hub.store.inbox_put("email", "acct/INBOX/1/77/replayed", raw, email_hub.now())
+    await email_hub.inbox.replay_once()
+    (lead,) = await wait_leads(email_hub, 1)
+    stored = await email_hub.store.inbox_get(item.id)
+    assert stored is not None and stored.status == "done" and stored.lead_number == lead.number
+    (ack,) = await wait_for(lambda: _acks(smtp_server), what="the acknowledgement")
+    assert lead.ref in ack["Subject"] or lead.ref in ack.get_body(("plain",)).get_content()
+    # Replaying the same item again (it is done) sends nothing more.
+    await email_hub.inbox.replay_once()
+    await asyncio.sleep(1.0)
+    assert len(await _acks(smtp_server)) == 1
