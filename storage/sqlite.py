@@ -550,6 +550,7 @@ class SqliteStore:
         self._txn_lost = False  # SQLite rolled back units that still wait for their commit
         self._queued = 0  # units waiting for the lock (the last of a burst commits)
         self._last_commit = 0.0  # monotonic() of the last successful commit
+        self._commit_queued_at = 0.0  # monotonic() of the last COMMIT put on the queue
         self._commit_waiters: list[asyncio.Future[None]] = []
         self._commit_scheduled = False
 
@@ -777,16 +778,22 @@ class SqliteStore:
             # every page its transaction dirtied to the WAL, and a lead dirties the same few
             # index pages as its neighbours, so fewer, larger commits cost far less.
             loop = asyncio.get_running_loop()
-            wait = self._last_commit + COMMIT_EVERY - monotonic()
+            wait = max(self._last_commit, self._commit_queued_at) + COMMIT_EVERY - monotonic()
             if wait > 0:
                 loop.call_later(wait, lambda: asyncio.ensure_future(self._flush()))
             else:
                 loop.call_soon(lambda: asyncio.ensure_future(self._flush()))
 
     async def _flush(self) -> None:
+        # The lock is held only while the COMMIT is queued, as for single-hop units: units
+        # queued after it go into the next transaction instead of waiting for this one to end.
         async with self._lock:
             self._commit_scheduled = False
-            await self._commit_locked()
+            waiters, self._commit_waiters = self._commit_waiters, []
+            if not waiters:
+                return
+            done = self._queue_commit()
+        await self._finish_commit(done, waiters)
 
     # The transaction flags (_in_txn, _savepoint_open, _txn_lost) are read and written only in
     # the database thread: single-hop units run there while the event loop goes on.
@@ -897,8 +904,31 @@ class SqliteStore:
         waiters, self._commit_waiters = self._commit_waiters, []
         if not waiters:
             return
+        await self._finish_commit(self._queue_commit(), waiters)
+
+    def _queue_commit(self) -> asyncio.Future[StoreError | None]:
+        """Put a COMMIT on the database thread's FIFO queue (the store's lock held)."""
         db = self._conn
-        error = await _in_thread(db, self._commit_in_thread, db._conn)
+        done: asyncio.Future[StoreError | None] = asyncio.get_running_loop().create_future()
+        db._tx.put_nowait((done, functools.partial(self._commit_in_thread, db._conn)))
+        # Pacing counts from now: a flush scheduled while this one runs waits its turn.
+        self._commit_queued_at = monotonic()
+        return done
+
+    async def _finish_commit(
+        self, done: asyncio.Future[StoreError | None], waiters: list[asyncio.Future[None]]
+    ) -> None:
+        """Wait for a queued COMMIT and tell every unit it covers how it went."""
+        try:
+            error = await done
+        except BaseException as exc:
+            # Cancelled or broken: the units must not wait forever for an answer.
+            failure = StoreError(f"SQLite {self.path}: commit did not complete: {exc!r}")
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_exception(failure)
+                    waiter.add_done_callback(lambda f: f.exception())
+            raise
         for waiter in waiters:
             if waiter.done():
                 continue
