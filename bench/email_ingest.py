@@ -124,7 +124,13 @@ async def _no_ack(client: object, uids: list[int]) -> None:
 
 
 async def run(
-    n: int, ack: bool, workers: int, batch: int, profile: str = "", cpus: list[int] | None = None
+    n: int,
+    ack: bool,
+    workers: int,
+    batch: int,
+    profile: str = "",
+    cpus: list[int] | None = None,
+    parse_workers: int = 1,
 ) -> float:
     if not dovecot_available():
         print("bench/email_ingest: Debian's dovecot-imapd is not installed", file=sys.stderr)
@@ -153,6 +159,7 @@ async def run(
                     "enabled": True,
                     "ack": ack,
                     "workers": workers,
+                    "parse_workers": parse_workers,
                     "attachments_dir": str(work / "attachments"),
                     "imap": {
                         "host": account.host,
@@ -219,6 +226,9 @@ def main() -> None:
     )
     parser.add_argument("--workers", type=int, default=64, help="senders processed at once")
     parser.add_argument("--batch", type=int, default=100, help="UIDs per FETCH (at most 200)")
+    parser.add_argument(
+        "--parse-workers", type=int, default=1, help="email.parse_workers (default 1; 0: parse in the hub)"
+    )
     parser.add_argument("--profile", default="", help="record the measured part with py-spy into this file")
     parser.add_argument(
         "--pin",
@@ -238,7 +248,7 @@ def main() -> None:
     pinned = cpus[:1] if args.pin and len(cpus) > 1 else []
     print(f"event loop {args.event_loop}; hub pinned to {f'CPU {pinned[0]}' if pinned else 'no CPU'}")
     with asyncio.Runner(loop_factory=loop_factory(args.event_loop)) as runner:
-        runner.run(run(args.n, args.ack, args.workers, args.batch, args.profile, pinned))
+        runner.run(run(args.n, args.ack, args.workers, args.batch, args.profile, pinned, args.parse_workers))
 
 
 if __name__ == "__main__":

@@ -341,6 +341,7 @@ class EmailSettings(_Section):
     attachments_dir: str = "data/attachments"
     ack_rate_limit: RateLimitSetting = Field(default_factory=lambda: parse_rate_limit("3/d"))
     workers: int = Field(16, ge=1, le=256)  # messages of different senders processed at once
+    parse_workers: int = Field(1, ge=0, le=16)  # processes that parse the next fetched batch; 0: none
     lease_ttl: Duration = Field(default_factory=lambda: timedelta(seconds=60))
 
 

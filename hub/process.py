@@ -12,6 +12,9 @@ from hub.config import ConfigError, ProcessSettings
 
 _T = TypeVar("_T")
 
+#: The CPUs this process could use before `pin_to_cpus` narrowed them (None: never pinned).
+_allowed_at_start: frozenset[int] | None = None
+
 
 def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     """The event loop constructor for `process.event_loop` (None: asyncio's default)."""
@@ -37,6 +40,9 @@ def pin_to_cpus(cpus: Collection[int]) -> None:
             f"process.cpus: CPU {', '.join(map(str, missing))} is not available to this process "
             f"(it may use {', '.join(map(str, sorted(allowed)))})"
         )
+    global _allowed_at_start
+    if _allowed_at_start is None:
+        _allowed_at_start = frozenset(allowed)
     wanted = set(cpus)
     # sched_setaffinity(0) moves only the calling thread: move any thread already running too.
     tasks = Path("/proc/self/task")
@@ -46,6 +52,16 @@ def pin_to_cpus(cpus: Collection[int]) -> None:
             os.sched_setaffinity(tid, wanted)
         except ProcessLookupError:
             continue  # that thread ended meanwhile
+
+
+def spare_cpus() -> set[int]:
+    """CPUs for helper processes: those this process could use before pinning, minus its own
+    (all of them when nothing is left over, or when it was never pinned)."""
+    if not hasattr(os, "sched_getaffinity"):
+        return set()
+    own = os.sched_getaffinity(0)
+    before = set(_allowed_at_start or own)
+    return (before - own) or before
 
 
 def run(main: Coroutine[Any, Any, _T], settings: ProcessSettings) -> _T:

@@ -18,6 +18,7 @@ from .attachments import AttachmentStore
 from .decode import CHANNEL, EmailDecoder
 from .imap import ImapPoller
 from .ingest import EmailIngest
+from .parse_pool import ParsePool
 from .smtp import SmtpSender
 
 if TYPE_CHECKING:
@@ -39,6 +40,7 @@ class EmailChannel:
         self.settings = settings
         self.decoder = EmailDecoder(settings)
         self.attachments = AttachmentStore(settings.attachments_dir)
+        self.parser = ParsePool(settings.parse_workers)
         self.poller: ImapPoller | None = None
         self.ingest: EmailIngest | None = None
         self._hub: Hub | None = None
@@ -47,16 +49,24 @@ class EmailChannel:
     def attach(self, hub: Hub) -> None:
         """Register the decoder and sender; build the poller (started by `start`)."""
         self._hub = hub
-        self.ingest = EmailIngest(hub, self.decoder, self.attachments)
+        self.ingest = EmailIngest(hub, self.decoder, self.attachments, self.parser)
         hub.inbox.register(CHANNEL, self.decoder, after=self.ingest.after_intake)
         hub.outbox.register(SmtpSender(self.settings, hub.store))
         hub.bus.subscribe("email.replayed-bounces", self.ingest.on_quarantined)
-        self.poller = ImapPoller(self.settings, hub.store, hub.instance_id, self.ingest, hub.now)
+        self.poller = ImapPoller(
+            self.settings, hub.store, hub.instance_id, self.ingest, hub.now, prepare=self.ingest.prepare
+        )
 
     async def start(self) -> None:
         """Start polling the mailbox (where this process holds its lease)."""
         if self.poller is not None and self._task is None:
             self._task = asyncio.create_task(self.poller.run(), name=f"email-imap-{self.poller.mailbox}")
+
+    async def ingest_stopped(self) -> None:
+        """Drop parses prepared for batches nobody will store, and stop the parse workers."""
+        if self.ingest is not None:
+            self.ingest.forget_prepared()
+        await self.parser.close()
 
     async def stop(self) -> None:
         """Stop polling; messages not yet acknowledged upstream are fetched again next time."""
@@ -73,3 +83,4 @@ class EmailChannel:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        await self.ingest_stopped()

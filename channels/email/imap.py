@@ -148,6 +148,19 @@ class MailboxPosition:
 Sink = Callable[[list[Fetched], MailboxPosition], Awaitable[None]]
 
 
+def _drop(task: asyncio.Future[Any] | None) -> None:
+    """Cancel a prefetch nobody will use; its batch is not acknowledged, so it comes again."""
+    if task is None:
+        return
+    task.cancel()
+    task.add_done_callback(_note_dropped)
+
+
+def _note_dropped(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.info("IMAP: a prefetched batch ended with %r after the batch before it failed", task.exception())
+
+
 def parse_fetch(lines: list[Any]) -> list[Fetched]:
     """(UID, raw bytes) pairs from an aioimaplib FETCH response."""
     found: list[Fetched] = []
@@ -211,12 +224,14 @@ class ImapPoller:
         holder: str,
         sink: Sink,
         clock: Callable[[], datetime],
+        prepare: Callable[[list[Fetched]], None] | None = None,
     ) -> None:
         self._settings = settings
         self._imap = settings.imap
         self._store = store
         self._holder = holder
         self._sink = sink
+        self._prepare = prepare
         self._now = clock
         self.account = settings.account or f"{settings.imap.username}@{settings.imap.host}"
         self.mailbox = settings.imap.mailbox
@@ -443,39 +458,62 @@ class ImapPoller:
         position = MailboxPosition(self.account, self.mailbox, uidvalidity, resync=mode != "normal")
         handled = 0
         batch_size = self._imap.fetch_batch
-        for start in range(0, len(uids), batch_size):
-            chunk = uids[start : start + batch_size]
-            response = await self._fetch(client, _uid_set(chunk))
-            if response.result != "OK":
-                raise ImapError(f"UID FETCH failed: {_text(response.lines)}")
-            fetched = [f for f in parse_fetch(response.lines) if f.uid in set(chunk)]
-            if fetched:
-                self.sink_idle.clear()
-                try:
-                    await self._sink(fetched, position)
-                finally:
-                    self.sink_idle.set()
-                await self._acknowledge(client, [f.uid for f in fetched])
-            last_uid = max(last_uid, *chunk)
-            handled += len(fetched)
-            # A long backlog must not outlive the lease: renew it between batches.
-            ttl = self._settings.lease_ttl.total_seconds()
-            if not await self._store.acquire_lease(self.lease_name, self._holder, self._now(), ttl):
-                raise LeaseLost()
-            await self._store.set_state(
-                self.state_key,
-                {
-                    "uidvalidity": uidvalidity,
-                    "last_uid": last_uid,
-                    "mode": mode,
-                },
-            )
+        chunks = [uids[start : start + batch_size] for start in range(0, len(uids), batch_size)]
+        ahead: asyncio.Future[list[Fetched]] | None = None
+        try:
+            for index, chunk in enumerate(chunks):
+                fetched = await (ahead or self._fetch_batch(client, chunk))
+                ahead = None
+                if fetched:
+                    self.sink_idle.clear()
+                    try:
+                        sinking = asyncio.ensure_future(self._sink(fetched, position))
+                        if index + 1 < len(chunks):
+                            # The next batch travels (and is prepared) while this one is stored;
+                            # the connection still carries one command at a time.
+                            ahead = asyncio.ensure_future(self._fetch_batch(client, chunks[index + 1]))
+                        await sinking
+                    finally:
+                        self.sink_idle.set()
+                    if ahead is not None:
+                        await asyncio.wait({ahead})  # its outcome is awaited in the next round
+                # A long backlog must not outlive the lease: renew it between batches. This write
+                # waits for its commit, which also covers the batch's "done" marks (written
+                # without a wait), so the server hears \Seen only once they are durable too.
+                ttl = self._settings.lease_ttl.total_seconds()
+                if not await self._store.acquire_lease(self.lease_name, self._holder, self._now(), ttl):
+                    raise LeaseLost()
+                if fetched:
+                    await self._acknowledge(client, [f.uid for f in fetched])
+                last_uid = max(last_uid, *chunk)
+                handled += len(fetched)
+                await self._store.set_state(
+                    self.state_key,
+                    {
+                        "uidvalidity": uidvalidity,
+                        "last_uid": last_uid,
+                        "mode": mode,
+                    },
+                )
+        finally:
+            _drop(ahead)  # only set when this round failed: that batch was not acknowledged
         if mode != "normal":
             await self._store.set_state(
                 self.state_key,
                 {"uidvalidity": uidvalidity, "last_uid": max(last_uid, floor), "mode": "normal"},
             )
         return handled
+
+    async def _fetch_batch(self, client: aioimaplib.IMAP4, chunk: list[int]) -> list[Fetched]:
+        """Fetch these UIDs and let the sink start preparing them (e.g. parsing elsewhere)."""
+        response = await self._fetch(client, _uid_set(chunk))
+        if response.result != "OK":
+            raise ImapError(f"UID FETCH failed: {_text(response.lines)}")
+        wanted = set(chunk)
+        fetched = [f for f in parse_fetch(response.lines) if f.uid in wanted]
+        if fetched and self._prepare is not None:
+            self._prepare(fetched)
+        return fetched
 
     async def _fetch(self, client: aioimaplib.IMAP4, uid_set: str) -> Any:
         """`UID FETCH uid_set (UID BODY.PEEK[])` (what `client.uid("fetch", ...)` sends)."""

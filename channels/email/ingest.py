@@ -26,6 +26,7 @@ from .attachments import AttachmentStore
 from .decode import CHANNEL, EmailDecoder
 from .imap import Fetched, MailboxPosition
 from .parse import ParsedEmail, parse_email, redact
+from .parse_pool import Parsed, ParsePool, parse_all
 from .smtp import outbox_id_of
 from .text import guess_language
 
@@ -71,15 +72,48 @@ def sender_key(raw: bytes) -> bytes:
 class EmailIngest:
     """The IMAP poller's sink."""
 
-    def __init__(self, hub: Hub, decoder: EmailDecoder, attachments: AttachmentStore) -> None:
+    def __init__(
+        self, hub: Hub, decoder: EmailDecoder, attachments: AttachmentStore, parser: ParsePool | None = None
+    ) -> None:
         self._hub = hub
+        self._parser = parser or ParsePool(0)
+        # Parses started when a batch arrived (by the list's identity), taken when it is stored.
+        self._prepared: dict[int, asyncio.Future[list[Parsed]]] = {}
         self._settings = hub.settings.email
         self._decoder = decoder
         self._attachments = attachments
         # Parses of the items being processed right now, for their acknowledgement.
         self._parsed: dict[str, ParsedEmail] = {}
 
+    def prepare(self, batch: list[Fetched]) -> None:
+        """Start parsing a fetched batch in the parse workers (nothing to do without them)."""
+        if not self._parser.enabled:
+            return
+        while len(self._prepared) >= 4:
+            # Batches fetched but never stored (their sink failed): they are fetched again.
+            self._forget(next(iter(self._prepared)))
+        self._prepared[id(batch)] = asyncio.ensure_future(self._parser.parse([f.raw for f in batch]))
+
+    def forget_prepared(self) -> None:
+        """Drop every parse prepared for a batch that will not be stored."""
+        for key in list(self._prepared):
+            self._forget(key)
+
+    def _forget(self, key: int) -> None:
+        future = self._prepared.pop(key)
+        future.cancel()
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())
+
     async def __call__(self, batch: list[Fetched], position: MailboxPosition) -> None:
+        prepared = self._prepared.pop(id(batch), None)
+        parses: list[Parsed | None] = [None] * len(batch)
+        if prepared is not None:
+            try:
+                parses = list(await prepared)
+            except Exception:
+                # Never let the helper stop the mailbox: parse here instead, as without it.
+                log.exception("email: parsing a batch in the parse workers failed; parsing it here")
+        parsed_of = {id(f): p for f, p in zip(batch, parses, strict=True)}
         groups: dict[bytes, list[Fetched]] = {}
         for fetched in batch:
             groups.setdefault(sender_key(fetched.raw), []).append(fetched)
@@ -92,7 +126,7 @@ class EmailIngest:
             stored: list[_Stored] = []
             for fetched in group:
                 async with slots:
-                    stored.append(await self.store_one(fetched, position, known))
+                    stored.append(await self.store_one(fetched, position, known, parsed_of[id(fetched)]))
             return stored
 
         # First the whole batch raw, under ONE commit wait.
@@ -123,7 +157,11 @@ class EmailIngest:
         return {key: value for key, value in found.items() if isinstance(value, str)}
 
     async def store_one(
-        self, fetched: Fetched, position: MailboxPosition, known_ids: dict[str, str] | None = None
+        self,
+        fetched: Fetched,
+        position: MailboxPosition,
+        known_ids: dict[str, str] | None = None,
+        parse: Parsed | None = None,
     ) -> _Stored:
         """Parse one message and store it raw in the inbox (its attachments first)."""
         hub = self._hub
@@ -138,11 +176,10 @@ class EmailIngest:
         ext_id = known or external_id(position, fetched.uid, digest)
         if position.resync:
             known_ids[seen_key] = ext_id  # decided before any await: a copy later in the batch agrees
-        parsed: ParsedEmail | None
-        try:
-            parsed = parse_email(fetched.raw)
-        except DecodeError:
-            parsed = None  # stored anyway; decoding again quarantines it with the reason
+        if parse is None:
+            parse = parse_all([fetched.raw])[0]
+        # Unusable mail is stored anyway; decoding it again quarantines it with the reason.
+        parsed = None if isinstance(parse, DecodeError) else parse
         if parsed is not None:
             await self._store_attachments(parsed)
         meta = {
