@@ -25,12 +25,17 @@ async def test_every_corpus_message_becomes_a_lead_or_is_quarantined(
     raw, sentinel_id = make_mail(sender="after@example.com", subject="Still alive?", text="After the corpus")
     await imap.append(raw, mailbox)
 
+    expected_quarantines = sum(1 for p in files if p.name.startswith("quarantine-"))
+
     async def everything_handled() -> list | None:  # type: ignore[type-arg]
         done = await email_hub.store.inbox_list("done", 1000)
         quarantined = await email_hub.store.inbox_list("quarantined", 1000)
         pending = await email_hub.store.inbox_list("pending", 1000)
         handled = [*done, *quarantined]
-        return handled if len(handled) == len(files) + 1 and not pending else None
+        # A quarantine's event is written just after its inbox status: wait for both.
+        events = await email_hub.store.list_events(types=["input.quarantined"])
+        complete = len(handled) == len(files) + 1 and not pending and len(events) >= expected_quarantines
+        return handled if complete else None
 
     handled = await wait_for(everything_handled, timeout=30, what="the whole corpus")
     by_uid = {item.meta["uid"]: item for item in handled}
@@ -48,5 +53,5 @@ async def test_every_corpus_message_becomes_a_lead_or_is_quarantined(
     lead = await email_hub.store.get_lead(sentinel.lead_number or 0)
     assert lead is not None and lead.subject == "Still alive?"
     quarantined_events = await email_hub.store.list_events(types=["input.quarantined"])
-    assert len(quarantined_events) == sum(1 for p in files if p.name.startswith("quarantine-"))
+    assert len(quarantined_events) == expected_quarantines
     assert sentinel_id
