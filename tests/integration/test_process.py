@@ -12,17 +12,20 @@ from tests.support.process import HubProcess
 from tests.support.settings import base_config
 
 
+async def _serves_a_form(hub: HubProcess) -> None:
+    """Start the process and see it take one submission."""
+    hub.start()
+    await hub.wait_ready()
+    async with aiohttp.ClientSession() as http:
+        resp = await http.post(f"{hub.url}/forms/contact", json={"email": "p@example.com", "message": "hi"})
+        assert resp.status == 201
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 async def test_run_serves_and_shuts_down_cleanly(tmp_path: Path, sig: int) -> None:
     hub = HubProcess(tmp_path, base_config(tmp_path))
-    hub.start()
     try:
-        await hub.wait_ready()
-        async with aiohttp.ClientSession() as http:
-            resp = await http.post(
-                f"{hub.url}/forms/contact", json={"email": "p@example.com", "message": "hi"}
-            )
-            assert resp.status == 201
+        await _serves_a_form(hub)
         hub.kill(sig)
         assert hub.proc is not None and hub.proc.returncode == 0, hub.log()
         assert "stopped" in hub.log()
@@ -45,14 +48,8 @@ async def test_run_on_the_configured_event_loop_and_cpu(tmp_path: Path, event_lo
     config = base_config(tmp_path)
     config["process"] = {"event_loop": event_loop, "cpus": [0]}
     hub = HubProcess(tmp_path, config)
-    hub.start()
     try:
-        await hub.wait_ready()
-        async with aiohttp.ClientSession() as http:
-            resp = await http.post(
-                f"{hub.url}/forms/contact", json={"email": "c@example.com", "message": "hi"}
-            )
-            assert resp.status == 201
+        await _serves_a_form(hub)
         assert hub.proc is not None
         # Every thread, the database thread included, stays on CPU 0.
         assert _thread_cpus(hub.proc.pid) == {"0"}
