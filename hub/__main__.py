@@ -6,4 +6,5 @@ import sys
 
 from hub.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # not when a spawned helper process (email parse worker) imports it
+    sys.exit(main())
