@@ -37,6 +37,7 @@ WORKERS = 16
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"
 #: Test-only fault injection: seconds to wait between storing an update and processing it.
 HOLD_ENV = "HUB_TELEGRAM_TEST_HOLD_AFTER_STORE"
+STOP_GRACE_SECONDS = 5.0
 
 
 class Ingest:
@@ -205,14 +206,22 @@ class Poller:
 
     async def stop(self) -> None:
         """Stop polling and give the lease up, so another process can take over at once."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.wait({task}, timeout=STOP_GRACE_SECONDS)
+            if not task.done():
+                # Stuck in a call that ignores cancellation: closing the session aborts it.
+                log.warning(
+                    "telegram: the poller did not stop in %.0fs; closing its HTTP session", STOP_GRACE_SECONDS
+                )
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if task is not None and not task.done():
+            await asyncio.wait({task}, timeout=STOP_GRACE_SECONDS)
+        if task is not None and task.done() and not task.cancelled() and task.exception() is not None:
+            log.warning("telegram: the poller ended with %r", task.exception())
         if self._holding:
             with contextlib.suppress(StoreError):
                 await self._hub.store.release_lease(self.LEASE, self._hub.instance_id)
@@ -320,11 +329,9 @@ class Poller:
                 item, created = await self._ingest.put(data, meta)
                 if created:
                     stored.append(item)
-            if last_id is not None:
-                # Last in the batch's block: it commits with the updates (or after them, never
-                # before), so a crash rarely finds the updates stored without it; and the next
-                # getUpdates confirms the batch to Telegram only once the block has ended.
-                await self._hub.store.set_state(self.offset_key, last_id + 1)
+        if last_id is not None:
+            # The whole batch is durable now: the next getUpdates may confirm it to Telegram.
+            await self._hub.store.set_state(self.offset_key, last_id + 1)
         if stored:
             # A long batch must not outlive the lease.
             keeper = asyncio.create_task(self._keep_lease(), name="telegram-poller-lease")
