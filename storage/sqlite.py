@@ -658,11 +658,8 @@ class SqliteStore:
         if self._db is None:
             return
         async with self._lock:
-            waiters, self._commit_waiters = self._commit_waiters, []
-            error = await _in_thread(self._db, self._commit_in_thread, self._db._conn)
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_result(None) if error is None else waiter.set_exception(error)
+            # Always: writes nobody waits for (deferred_commit(wait=False)) are committed too.
+            await self._finish_commit(*self._queue_commit())
         await self._db.close()
         self._db = None
 
@@ -789,11 +786,10 @@ class SqliteStore:
         # queued after it go into the next transaction instead of waiting for this one to end.
         async with self._lock:
             self._commit_scheduled = False
-            waiters, self._commit_waiters = self._commit_waiters, []
-            if not waiters:
+            if not self._commit_waiters:
                 return
-            done = self._queue_commit()
-        await self._finish_commit(done, waiters)
+            commit = self._queue_commit()
+        await self._finish_commit(*commit)
 
     # The transaction flags (_in_txn, _savepoint_open, _txn_lost) are read and written only in
     # the database thread: single-hop units run there while the event loop goes on.
@@ -901,19 +897,19 @@ class SqliteStore:
 
     async def _commit_locked(self) -> None:
         """COMMIT (the store's lock held) and tell every waiting unit how it went."""
-        waiters, self._commit_waiters = self._commit_waiters, []
-        if not waiters:
-            return
-        await self._finish_commit(self._queue_commit(), waiters)
+        if self._commit_waiters:
+            await self._finish_commit(*self._queue_commit())
 
-    def _queue_commit(self) -> asyncio.Future[StoreError | None]:
-        """Put a COMMIT on the database thread's FIFO queue (the store's lock held)."""
+    def _queue_commit(self) -> tuple[asyncio.Future[StoreError | None], list[asyncio.Future[None]]]:
+        """Take the units waiting for a commit and put a COMMIT for them on the database
+        thread's FIFO queue (the store's lock held)."""
+        waiters, self._commit_waiters = self._commit_waiters, []
         db = self._conn
         done: asyncio.Future[StoreError | None] = asyncio.get_running_loop().create_future()
         db._tx.put_nowait((done, functools.partial(self._commit_in_thread, db._conn)))
         # Pacing counts from now: a flush scheduled while this one runs waits its turn.
         self._commit_queued_at = monotonic()
-        return done
+        return done, waiters
 
     async def _finish_commit(
         self, done: asyncio.Future[StoreError | None], waiters: list[asyncio.Future[None]]
