@@ -120,13 +120,18 @@ class EmailIngest:
         slots = asyncio.Semaphore(self._settings.workers)
         # During a resync, the ids already given to these bytes come in one read for the batch;
         # `known` then also carries ids given earlier in this batch (the same bytes twice).
-        known = await self._known_ids(position, batch)
+        digests = {id(f): hashlib.sha256(f.raw).hexdigest() for f in batch}
+        known = await self._known_ids(position, list(digests.values()))
 
         async def store(group: list[Fetched]) -> list[_Stored]:
             stored: list[_Stored] = []
             for fetched in group:
                 async with slots:
-                    stored.append(await self.store_one(fetched, position, known, parsed_of[id(fetched)]))
+                    stored.append(
+                        await self.store_one(
+                            fetched, position, known, parsed_of[id(fetched)], digests[id(fetched)]
+                        )
+                    )
             return stored
 
         # First the whole batch raw, under ONE commit wait.
@@ -148,11 +153,11 @@ class EmailIngest:
         """Store one message raw, then process it; only store outages propagate."""
         await self.process_one(*await self.store_one(fetched, position))
 
-    async def _known_ids(self, position: MailboxPosition, batch: list[Fetched]) -> dict[str, str]:
+    async def _known_ids(self, position: MailboxPosition, digests: list[str]) -> dict[str, str]:
         """{seen key: external id} stored for these bytes before (only needed during a resync)."""
         if not position.resync:
             return {}
-        keys = [_seen_key(position, hashlib.sha256(f.raw).hexdigest()) for f in batch]
+        keys = [_seen_key(position, digest) for digest in digests]
         found = await self._hub.store.get_states(keys)
         return {key: value for key, value in found.items() if isinstance(value, str)}
 
@@ -162,14 +167,15 @@ class EmailIngest:
         position: MailboxPosition,
         known_ids: dict[str, str] | None = None,
         parse: Parsed | None = None,
+        digest: str = "",
     ) -> _Stored:
         """Parse one message and store it raw in the inbox (its attachments first)."""
         hub = self._hub
         store = hub.store
-        digest = hashlib.sha256(fetched.raw).hexdigest()
+        digest = digest or hashlib.sha256(fetched.raw).hexdigest()
         seen_key = _seen_key(position, digest)
         if known_ids is None:
-            known_ids = await self._known_ids(position, [fetched])
+            known_ids = await self._known_ids(position, [digest])
         # After a UIDVALIDITY change (or a crash during one) the same bytes under a new UID are the
         # message we already have: keep its original id, so the inbox and intake see one message.
         known = known_ids.get(seen_key)
