@@ -26,6 +26,7 @@ from pathlib import Path
 
 import aiosqlite
 
+from bench.ingest import cpu_plan
 from hub.app import Hub
 from hub.config import ProcessSettings, Settings, settings_from_dict
 from hub.process import loop_factory, pin_to_cpus
@@ -244,8 +245,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    pinned = cpus[:1] if args.pin and len(cpus) > 1 else []
+    pinned = cpu_plan(1, args.pin)[0][0]  # the first CPU, when there is another one left
     print(f"event loop {args.event_loop}; hub pinned to {f'CPU {pinned[0]}' if pinned else 'no CPU'}")
     with asyncio.Runner(loop_factory=loop_factory(args.event_loop)) as runner:
         runner.run(run(args.n, args.ack, args.workers, args.batch, args.profile, pinned, args.parse_workers))
