@@ -75,7 +75,16 @@ def free_port() -> int:
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time a live process has used so far (all its threads)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return _stat_cpu(Path(f"/proc/{pid}/stat"))
+
+
+def main_thread_cpu_seconds(pid: int) -> float:
+    """CPU time of a process's main thread (the event loop) alone."""
+    return _stat_cpu(Path(f"/proc/{pid}/task/{pid}/stat"))
+
+
+def _stat_cpu(stat: Path) -> float:
+    fields = stat.read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -253,8 +262,10 @@ def bench(
             )
             time.sleep(1.0)
         cpu_before = sum(cpu_seconds(p.pid) for p in procs)
+        loop_before = sum(main_thread_cpu_seconds(p.pid) for p in procs)
         result = run_generator(url, total, concurrency, run_id, generator_cpus)
         hub_cpu = sum(cpu_seconds(p.pid) for p in procs) - cpu_before
+        loop_cpu = sum(main_thread_cpu_seconds(p.pid) for p in procs) - loop_before
         if spy is not None:
             spy.send_signal(signal.SIGINT)
             spy.wait(timeout=60)
@@ -294,6 +305,10 @@ def bench(
     # CPU per lead says what the hub costs even when other work shares the machine.
     print(
         f"hub CPU        {hub_cpu:.1f} s ({hub_cpu / total * 1000:.2f} ms per lead, {hub_cpu / result['elapsed']:.2f} cores)"
+    )
+    # The event loop's thread against the rest (the database thread, parse helpers' threads).
+    print(
+        f"  by thread    event loop {loop_cpu / total * 1000:.2f} ms per lead, other threads {(hub_cpu - loop_cpu) / total * 1000:.2f} ms"
     )
     # The generator shares the two cores with the hub: what it takes is not the hub's to use.
     print(f"generator CPU  {result['cpu']:.1f} s ({result['cpu'] / total * 1000:.2f} ms per request)")
