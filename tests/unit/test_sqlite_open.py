@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
 
 from storage.sqlite import SqliteStore
@@ -17,3 +18,21 @@ async def test_concurrent_opens_of_a_new_file_all_succeed(tmp_path: Path) -> Non
             assert all([await store.ping() for store in stores])
         finally:
             await asyncio.gather(*(store.close() for store in stores))
+
+
+async def test_opening_an_older_file_drops_the_indexes_others_now_cover(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    store = SqliteStore(path)
+    await store.open()
+    await store.close()
+    with sqlite3.connect(path) as conn:  # what a file from before 2026-12-02 carries
+        conn.execute("CREATE INDEX leads_assignee_status ON leads (assignee, status)")
+        conn.execute("CREATE INDEX leads_created ON leads (created_at)")
+    store = SqliteStore(path)
+    await store.open()
+    await store.close()
+    with sqlite3.connect(path) as conn:
+        names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert "leads_assignee_status" not in names
+    assert "leads_created" not in names
+    assert {"leads_assignee_load", "leads_report"} <= names
