@@ -65,8 +65,10 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 
-#: Shortest time between two group commits while writes keep coming (seconds).
-COMMIT_EVERY = 0.005
+#: Shortest time between two group commits while writes keep coming (seconds). A lone write
+#: commits at once; under load a COMMIT (~0.6 ms here, for the pages its units dirtied) is
+#: shared by more units the longer the gap: 10 ms gave 10-20 % more leads/s than 5 ms.
+COMMIT_EVERY = 0.010
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
