@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -683,3 +684,29 @@ async def test_queued_alert_survives_a_restart(
         assert emu.texts_to(ALERTS).count("🔥 queued before the crash") == 1
     finally:
         await second.stop()
+
+
+async def test_a_stop_during_the_batch_lease_keepers_end_is_not_swallowed(env: Env) -> None:
+    """The poller is cancelled while it waits for its lease keeper to end (right after a
+    batch): the cancellation must end the polling loop, not be taken for the keeper's."""
+    await open_lead(env, customer(7000, "Oksana"))  # the poller holds its lease and polls
+    channel = next(c for c in env.hub.channels if c.name == "telegram")
+    poller = channel.poller  # type: ignore[attr-defined]
+    task = poller._task
+    assert task is not None
+    real = poller._ingest.process_all
+    cancelled_at_the_end: list[bool] = []
+
+    async def process_then_stop(items: Any) -> Any:
+        result = await real(items)
+        # Delivered while poll_once waits for the keeper it has just cancelled.
+        asyncio.get_running_loop().call_soon(task.cancel)
+        cancelled_at_the_end.append(True)
+        return result
+
+    poller._ingest.process_all = process_then_stop
+    env.emu.send_text(7001, customer(7001, "Olha"), "Доброго дня")
+    await env.emu.wait_for(lambda: cancelled_at_the_end, what="the batch")
+    done, _ = await asyncio.wait({task}, timeout=5.0)
+    assert task in done, "the poller kept polling after it was cancelled"
+    assert task.cancelled()
