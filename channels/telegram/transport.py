@@ -326,9 +326,11 @@ class Poller:
                 item, created = await self._ingest.put(data, meta)
                 if created:
                     stored.append(item)
-        if last_id is not None:
-            # The whole batch is durable now: the next getUpdates may confirm it to Telegram.
-            await self._hub.store.set_state(self.offset_key, last_id + 1)
+            if last_id is not None:
+                # Last in the batch's block: it commits with the updates (or after them, never
+                # before), which leaves a crash little room to find the updates stored without
+                # it; the next getUpdates confirms the batch only once the block has ended.
+                await self._hub.store.set_state(self.offset_key, last_id + 1)
         if stored:
             # A long batch must not outlive the lease.
             keeper = asyncio.create_task(self._keep_lease(), name="telegram-poller-lease")
