@@ -185,6 +185,10 @@ class Store(Protocol):
         across commit waits. An adapter whose writes are durable on return makes it a no-op.
         `wait=False`: the end does not wait (only for writes that a replay after a crash redoes)."""
 
+    async def sync(self) -> None:
+        """Return once every write this process issued before the call is durable, unwaited
+        ones included (a barrier before telling the outside world the work is done)."""
+
     # --- inbox: raw input, durable before anything is acknowledged upstream -------------
     async def inbox_put(
         self,

@@ -576,6 +576,9 @@ class MongoStore:
         """Every write here is acknowledged durable (majority) when it returns: nothing to defer."""
         yield
 
+    async def sync(self) -> None:
+        """Nothing to wait for: every write was durable (majority) when it returned."""
+
     # --- helpers --------------------------------------------------------------------------
     def _col(self, name: str) -> AsyncCollection[Doc]:
         if self._db is None:

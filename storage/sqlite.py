@@ -762,6 +762,11 @@ class SqliteStore:
         for waiter in deferred.waiters:
             await waiter
 
+    async def sync(self) -> None:
+        """Return once every write issued so far is committed: the COMMIT this joins is queued
+        behind them on the database thread's FIFO queue."""
+        await self._join_commit()
+
     def _log_unwaited_commit(self, done: asyncio.Future[None]) -> None:
         if not done.cancelled() and done.exception() is not None:
             # Only writes a replay repeats go unwaited; the replay will redo them.

@@ -477,13 +477,14 @@ class ImapPoller:
                         self.sink_idle.set()
                     if ahead is not None:
                         await asyncio.wait({ahead})  # its outcome is awaited in the next round
-                # A long backlog must not outlive the lease: renew it between batches. This write
-                # waits for its commit, which also covers the batch's "done" marks (written
-                # without a wait), so the server hears \Seen only once they are durable too.
+                # A long backlog must not outlive the lease: renew it between batches.
                 ttl = self._settings.lease_ttl.total_seconds()
                 if not await self._store.acquire_lease(self.lease_name, self._holder, self._now(), ttl):
                     raise LeaseLost()
                 if fetched:
+                    # The batch's "done" marks are written without a wait; the server hears
+                    # \Seen only once they are durable, or a crash would leave them pending.
+                    await self._store.sync()
                     await self._acknowledge(client, [f.uid for f in fetched])
                 last_uid = max(last_uid, *chunk)
                 handled += len(fetched)

@@ -184,3 +184,18 @@ async def test_deferred_commit_returns_writes_at_once_and_ends_durable(stores: t
     assert await a.get_lead(2) is not None  # applied writes stay; the store is still usable
     await a.set_state("after", 1)
     assert await b.get_state("after") == 1
+
+
+async def test_sync_makes_unwaited_writes_durable(stores: tuple[Store, Store]) -> None:
+    a, b = stores
+    await a.set_state("before", 1)  # a commit just happened: the next one is paced, not at once
+    item, _ = await a.inbox_put("email", "uid-sync", b"raw", T0)
+    async with a.deferred_commit(wait=False):
+        await a.inbox_done(item.id, None)
+        await a.set_state("unwaited", 2)
+    await a.sync()
+    # Another process on the database sees every write issued before the barrier.
+    assert await b.get_state("unwaited") == 2
+    done = await b.inbox_get(item.id)
+    assert done is not None and done.status == "done"
+    await a.sync()  # nothing pending: returns at once
