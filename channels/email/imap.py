@@ -477,9 +477,12 @@ class ImapPoller:
                         self.sink_idle.set()
                     if ahead is not None:
                         await asyncio.wait({ahead})  # its outcome is awaited in the next round
-                # A long backlog must not outlive the lease: renew it between batches.
+                # A long backlog must not outlive the lease: renew it between batches. The
+                # renewal is read at once; its commit is the one the barrier below waits for.
                 ttl = self._settings.lease_ttl.total_seconds()
-                if not await self._store.acquire_lease(self.lease_name, self._holder, self._now(), ttl):
+                async with self._store.deferred_commit(wait=False):
+                    held = await self._store.acquire_lease(self.lease_name, self._holder, self._now(), ttl)
+                if not held:
                     raise LeaseLost()
                 if fetched:
                     # The batch's "done" marks are written without a wait; the server hears
