@@ -6,7 +6,7 @@ import asyncio
 import sqlite3
 from pathlib import Path
 
-from storage.sqlite import SqliteStore
+from storage.sqlite import CACHE_KIB, WAL_CHECKPOINT_PAGES, SqliteStore
 
 
 async def test_concurrent_opens_of_a_new_file_all_succeed(tmp_path: Path) -> None:
@@ -36,3 +36,16 @@ async def test_opening_an_older_file_drops_the_indexes_others_now_cover(tmp_path
     assert "leads_assignee_status" not in names
     assert "leads_created" not in names
     assert {"leads_assignee_load", "leads_report"} <= names
+
+
+async def test_the_connection_gets_a_large_page_cache_and_rare_checkpoints(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "tuned.db")
+    await store.open()
+    try:
+        conn = store._conn
+        async with conn.execute("PRAGMA cache_size") as cursor:
+            assert (await cursor.fetchone())[0] == -CACHE_KIB  # type: ignore[index]
+        async with conn.execute("PRAGMA wal_autocheckpoint") as cursor:
+            assert (await cursor.fetchone())[0] == WAL_CHECKPOINT_PAGES  # type: ignore[index]
+    finally:
+        await store.close()
