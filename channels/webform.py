@@ -21,7 +21,7 @@ from zoneinfo import ZoneInfo
 from aiohttp import web
 
 from hub import i18n
-from hub.domain import Identity, IdentityKind, Inbound, InboxItem, LeadKind
+from hub.domain import Identity, IdentityKind, Inbound, InboxItem, LeadKind, new_id
 from hub.errors import DecodeError
 from hub.identities import normalize_email, normalize_phone, normalize_telegram_username
 from hub.web.keys import HUB_KEY
@@ -156,7 +156,8 @@ async def submit(
     team: str | None = None,
 ) -> IntakeResult | None:
     """Store a validated submission raw, then turn it into a lead; None if quarantined."""
-    key = idempotency_key or secrets.token_hex(16)
+    # Only unique, not secret: new_id's pooled randomness spares a getrandom() per submission.
+    key = idempotency_key or new_id()
     payload = {
         "form_id": form_id,
         "kind": kind.value,
