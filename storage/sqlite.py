@@ -437,6 +437,17 @@ class _Result:
         """Nothing to close: the cursor was closed in the database thread."""
 
 
+def _answer(waiters: list[asyncio.Future[None]], error: StoreError | None) -> None:
+    """Tell the units a COMMIT covered how it went (a waiter whose caller left is skipped)."""
+    for waiter in waiters:
+        if waiter.done():
+            continue
+        if error is None:
+            waiter.set_result(None)
+        else:
+            waiter.set_exception(error)
+
+
 class _PendingCommit:
     """A COMMIT owed to waiting units, run by the next unit's first hop (see _UnitDb._run)."""
 
@@ -456,13 +467,7 @@ class _PendingCommit:
             store._commit_waiters[:0] = self.waiters
             store._schedule_flush()
             return
-        for waiter in self.waiters:
-            if waiter.done():
-                continue
-            if self.error is None:
-                waiter.set_result(None)
-            else:
-                waiter.set_exception(self.error)
+        _answer(self.waiters, self.error)
 
 
 class _UnitDb:
@@ -948,13 +953,7 @@ class SqliteStore:
                     waiter.set_exception(failure)
                     waiter.add_done_callback(lambda f: f.exception())
             raise
-        for waiter in waiters:
-            if waiter.done():
-                continue
-            if error is None:
-                waiter.set_result(None)
-            else:
-                waiter.set_exception(error)
+        _answer(waiters, error)
 
     async def _read(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
         try:
