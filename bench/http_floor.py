@@ -19,11 +19,14 @@ import uuid
 from aiohttp import web
 
 from bench.ingest import ROOT, cpu_plan, cpu_seconds, free_port, percentile, run_generator, wait_ready
+from hub.process import loop_factory, pin_to_cpus
 
 
-def serve(port: int) -> None:
+def serve(port: int, cpus: list[int]) -> None:
     """The floor server: /healthz and POST /forms/{form_id} (parse, answer 201)."""
-    import uvloop
+    pin_to_cpus(cpus)  # as the hub pins itself (process.cpus)
+    factory = loop_factory("uvloop")
+    assert factory is not None
 
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -35,7 +38,7 @@ def serve(port: int) -> None:
     app = web.Application()
     app.router.add_get("/healthz", healthz)
     app.router.add_post("/forms/{form_id}", post_form)
-    web.run_app(app, host="127.0.0.1", port=port, loop=uvloop.new_event_loop(), print=None, access_log=None)
+    web.run_app(app, host="127.0.0.1", port=port, loop=factory(), print=None, access_log=None)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,15 +47,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-c", "--concurrency", type=int, default=64, help="in flight (default 64)")
     parser.add_argument("--warmup", type=int, default=500, help="requests before measuring")
     parser.add_argument("--serve", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--cpus", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
-        serve(args.serve)
+        serve(args.serve, [int(cpu) for cpu in args.cpus.split(",") if cpu])
         return 0
     server_cpus, generator_cpus = cpu_plan(1, True)
     port = free_port()
-    command = [sys.executable, "-m", "bench.http_floor", "--serve", str(port)]
-    if server_cpus[0]:
-        command = ["taskset", "-c", ",".join(map(str, server_cpus[0])), *command]
+    cpus = ",".join(map(str, server_cpus[0]))
+    command = [sys.executable, "-m", "bench.http_floor", "--serve", str(port), "--cpus", cpus]
     proc = subprocess.Popen(command, cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
     try:
