@@ -18,6 +18,7 @@ from hub.domain import Event, EventType, OutboxItem, utcnow
 from hub.errors import PermanentError, TransientError, UncertainDelivery
 from hub.events import EventBus
 from hub.ports import Sender
+from hub.tasks import cancel_until_done
 from storage.base import Store, StoreError
 
 log = logging.getLogger(__name__)
@@ -66,11 +67,8 @@ class OutboxDispatcher:
 
     async def stop(self) -> None:
         if self._task is not None:
-            # Cancel until it takes: a library's wait_for (aiosmtplib's, on Python 3.11) can
-            # swallow one cancellation when it races a completing send, and the loop runs on.
-            while not self._task.done():
-                self._task.cancel()
-                await asyncio.wait({self._task}, timeout=1.0)
+            # aiosmtplib's wait_for can swallow a cancellation that races a completing send.
+            await cancel_until_done(self._task)
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None

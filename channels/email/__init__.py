@@ -13,6 +13,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from hub.config import EmailSettings
+from hub.tasks import cancel_until_done
 
 from .attachments import AttachmentStore
 from .decode import CHANNEL, EmailDecoder
@@ -76,10 +77,8 @@ class EmailChannel:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(STOP_GRACE_SECONDS):
                         await self.poller.sink_idle.wait()
-            # Cancel until it takes: aioimaplib's wait_for (Python 3.11) can swallow one cancellation.
-            while not self._task.done():
-                self._task.cancel()
-                await asyncio.wait({self._task}, timeout=1.0)
+            # aioimaplib's wait_for can swallow one cancellation.
+            await cancel_until_done(self._task)
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None

@@ -23,6 +23,7 @@ from aiohttp import web
 from channels.telegram.updates import CONTROL, CUSTOMER, classify, kind_choice, private_sender, update_id_of
 from hub.domain import Identity, IdentityKind, InboxItem, utcnow
 from hub.errors import DecodeError
+from hub.tasks import cancel_until_done
 from storage.base import LeadQuery, StoreError
 
 if TYPE_CHECKING:
@@ -207,7 +208,7 @@ class Poller:
     async def stop(self) -> None:
         """Stop polling and give the lease up, so another process can take over at once."""
         task, self._task = self._task, None
-        if task is not None and not await _cancel_until_done(task, STOP_GRACE_SECONDS):
+        if task is not None and not await cancel_until_done(task, STOP_GRACE_SECONDS, every=0.5):
             # Stuck in a call that ignores cancellation: closing the session aborts it.
             log.warning(
                 "telegram: the poller did not stop in %.0fs; closing its HTTP session", STOP_GRACE_SECONDS
@@ -215,7 +216,11 @@ class Poller:
         if self._session is not None:
             await self._session.close()
             self._session = None
-        if task is not None and not task.done() and not await _cancel_until_done(task, STOP_GRACE_SECONDS):
+        if (
+            task is not None
+            and not task.done()
+            and not await cancel_until_done(task, STOP_GRACE_SECONDS, every=0.5)
+        ):
             log.error("telegram: the poller still runs after its session was closed; leaving it")
         if task is not None and task.done() and not task.cancelled() and task.exception() is not None:
             log.warning("telegram: the poller ended with %r", task.exception())
@@ -342,19 +347,6 @@ class Poller:
                 # here would be swallowed with the keeper's, and the polling loop would go on.
                 await asyncio.wait({keeper})
         return len(updates)
-
-
-async def _cancel_until_done(task: asyncio.Task[None], grace: float) -> bool:
-    """Cancel `task` until it ends (a library's wait_for can swallow one cancellation on
-    Python 3.11); False if it is still running after `grace` seconds."""
-    deadline = asyncio.get_running_loop().time() + grace
-    while not task.done():
-        left = deadline - asyncio.get_running_loop().time()
-        if left <= 0:
-            return False
-        task.cancel()
-        await asyncio.wait({task}, timeout=min(0.5, left))
-    return True
 
 
 async def _unusable(data: object) -> dict[str, Any]:
