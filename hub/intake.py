@@ -86,7 +86,7 @@ class Intake:
 
         contact, fresh = await self._resolve_contact(inbound, now)
         events: list[Event] = []
-        lead, created = await self._find_or_open_lead(inbound, contact, fresh, now)
+        lead, created, assigned = await self._find_or_open_lead(inbound, contact, fresh, now)
         if created:
             events.append(
                 Event(
@@ -96,11 +96,14 @@ class Intake:
                     {"channel": lead.channel, "kind": lead.kind.value, "form": lead.form_id},
                 )
             )
+        events.extend(assigned)
         if (
-            lead.assignee is None
+            not created
+            and lead.assignee is None
             and lead.team is None
-            and (created or lead.origin_external_id == inbound.external_id)
+            and lead.origin_external_id == inbound.external_id
         ):
+            # This inbound opened the lead, but it was stored unrouted (by an older version).
             lead, assigned = await self._route(lead, inbound, contact, now)
             events.extend(assigned)
 
@@ -181,54 +184,76 @@ class Intake:
 
     async def _find_or_open_lead(
         self, inbound: Inbound, contact: Contact, fresh: bool, now: datetime
-    ) -> tuple[Lead, bool]:
+    ) -> tuple[Lead, bool, list[Event]]:
+        """(lead, created, the routing events of a lead opened now)."""
         # A contact created just now has no leads yet: only a thread reference can name one
         # (a reply from someone in Cc).
         if not fresh:
             replayed = await self._store.find_lead_by_origin(inbound.channel, inbound.external_id)
             if replayed is not None:
-                return replayed, False
+                return replayed, False, []
         if inbound.thread.message_ids:
             number = await self._store.find_lead_by_refs(list(inbound.thread.message_ids))
             lead = await self._store.get_lead(number) if number else None
             if lead is not None:
-                return lead, False
+                return lead, False, []
         if fresh:
             return await self._open_lead(inbound, contact, now)
         if inbound.thread.lead_number is not None:
             lead = await self._store.get_lead(inbound.thread.lead_number)
             # A ticket number alone proves nothing: only the lead's own contact may use it.
             if lead is not None and lead.contact_id == contact.id:
-                return lead, False
+                return lead, False, []
         active = await self._store.find_active_lead(contact.id, inbound.channel)
         if active is not None:
-            return active, False
+            return active, False, []
         return await self._open_lead(inbound, contact, now)
 
-    async def _open_lead(self, inbound: Inbound, contact: Contact, now: datetime) -> tuple[Lead, bool]:
+    async def _open_lead(
+        self, inbound: Inbound, contact: Contact, now: datetime
+    ) -> tuple[Lead, bool, list[Event]]:
         kind = inbound.kind_hint or LeadKind.MESSAGE
-        lead = Lead(
-            number=0,  # numbered by the store in the same write
-            kind=kind,
-            channel=inbound.channel,
-            contact_id=contact.id,
-            status=LeadStatus.NEW,
-            created_at=inbound.received_at,
-            updated_at=now,
-            subject=inbound.subject[:500],
-            form_id=inbound.form_id,
-            origin_external_id=inbound.external_id,
-        )
-        return await self._store.create_lead(self._clock.start(lead))
+        request = self._routing_request(0, inbound.channel, kind, inbound.form_id, inbound, contact)
 
-    async def _route(
-        self, lead: Lead, inbound: Inbound, contact: Contact, now: datetime
-    ) -> tuple[Lead, list[Event]]:
-        request = RoutingRequest(
-            lead_number=lead.number,
-            channel=lead.channel,
-            kind=lead.kind,
-            form_id=lead.form_id,
+        async def create(decision: RoutingDecision, load: tuple[int, int] | None) -> tuple[Lead, bool]:
+            # Routed before it is stored: the insert carries the assignee (checked against the
+            # load the decision read), and the SLA clock starts on the team's own policy.
+            lead = Lead(
+                number=0,  # numbered by the store in the same write
+                kind=kind,
+                channel=inbound.channel,
+                contact_id=contact.id,
+                status=LeadStatus.NEW,
+                created_at=inbound.received_at,
+                updated_at=now,
+                subject=inbound.subject[:500],
+                form_id=inbound.form_id,
+                origin_external_id=inbound.external_id,
+                assignee=decision.assignee,
+                team=decision.team,
+                priority=decision.priority,
+                tags=sorted(set(decision.tags)),
+            )
+            return await self._store.create_lead(self._clock.start(lead), expected_load=load)
+
+        lead, decision, created = await self._router.open_routed(request, now, create)
+        if not created:
+            return lead, False, []
+        if lead.assignee == decision.assignee and lead.team == decision.team:
+            return lead, True, [self._assignment_event(decision, lead.number, now)]
+        # Routed again after the insert (another process won the load): record the outcome.
+        lead, event = await self._apply_decision(lead, decision, now)
+        return lead, True, [event]
+
+    @staticmethod
+    def _routing_request(
+        number: int, channel: str, kind: LeadKind, form_id: str, inbound: Inbound, contact: Contact
+    ) -> RoutingRequest:
+        return RoutingRequest(
+            lead_number=number,
+            channel=channel,
+            kind=kind,
+            form_id=form_id,
             subject=inbound.subject,
             text=inbound.text[:5000],
             language=inbound.language or contact.language,
@@ -237,48 +262,60 @@ class Intake:
             recipient=str(inbound.meta.get("recipient", "")),
             preferred_team=inbound.meta.get("team"),
         )
+
+    @staticmethod
+    def _assignment_event(decision: RoutingDecision, number: int, now: datetime) -> Event:
+        event_type = EventType.LEAD_ASSIGNED if decision.assignee else EventType.LEAD_UNASSIGNED
+        return Event(
+            event_type.value,
+            now,
+            number,
+            {
+                "assignee": decision.assignee,
+                "team": decision.team,
+                "by": "router",
+                "reason": decision.reason,
+            },
+        )
+
+    async def _apply_decision(
+        self, lead: Lead, decision: RoutingDecision, now: datetime
+    ) -> tuple[Lead, Event]:
+        """Write what the router's compare-and-set did not (tags, SLA targets); the event."""
+        changes = LeadChanges(
+            assignee=decision.assignee,
+            team=decision.team,
+            priority=decision.priority or None,
+            tags=sorted({*lead.tags, *decision.tags}) if decision.tags else None,
+            updated_at=now,
+        )
+        # A team's or priority's own SLA policy moves the due times set at creation.
+        retarget = self._clock.retarget(lead, team=decision.team, priority=decision.priority)
+        if decision.assignee and not decision.tags and retarget is None:
+            # The router's compare-and-set already wrote assignee, team, priority and
+            # updated_at: nothing is left to write.
+            updated = replace(
+                lead,
+                assignee=decision.assignee,
+                team=decision.team if decision.team is not None else lead.team,
+                priority=decision.priority if decision.priority else lead.priority,
+                updated_at=now,
+            )
+        else:
+            updated = await self._store.update_lead(lead.number, merge_changes(changes, retarget)) or lead
+        return updated, self._assignment_event(decision, lead.number, now)
+
+    async def _route(
+        self, lead: Lead, inbound: Inbound, contact: Contact, now: datetime
+    ) -> tuple[Lead, list[Event]]:
+        request = self._routing_request(lead.number, lead.channel, lead.kind, lead.form_id, inbound, contact)
         events: list[Event] = []
         updated = lead
 
         async def apply(decision: RoutingDecision) -> None:
             nonlocal updated
-            changes = LeadChanges(
-                assignee=decision.assignee,
-                team=decision.team,
-                priority=decision.priority or None,
-                tags=sorted({*lead.tags, *decision.tags}) if decision.tags else None,
-                updated_at=now,
-            )
-            # A team's or priority's own SLA policy moves the due times set at creation.
-            retarget = self._clock.retarget(lead, team=decision.team, priority=decision.priority)
-            if decision.assignee and not decision.tags and retarget is None:
-                # The router's compare-and-set already wrote assignee, team, priority and
-                # updated_at: nothing is left to write.
-                updated = replace(
-                    lead,
-                    assignee=decision.assignee,
-                    team=decision.team if decision.team is not None else lead.team,
-                    priority=decision.priority if decision.priority else lead.priority,
-                    updated_at=now,
-                )
-            else:
-                result = await self._store.update_lead(lead.number, merge_changes(changes, retarget))
-                if result is not None:
-                    updated = result
-            event_type = EventType.LEAD_ASSIGNED if decision.assignee else EventType.LEAD_UNASSIGNED
-            events.append(
-                Event(
-                    event_type.value,
-                    now,
-                    lead.number,
-                    {
-                        "assignee": decision.assignee,
-                        "team": decision.team,
-                        "by": "router",
-                        "reason": decision.reason,
-                    },
-                )
-            )
+            updated, event = await self._apply_decision(lead, decision, now)
+            events.append(event)
 
         await self._router.route(request, now, apply)
         return updated, events

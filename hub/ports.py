@@ -37,6 +37,9 @@ class RoutingDecision:
 
 
 ApplyDecision = Callable[[RoutingDecision], Awaitable[None]]
+#: Stores a new lead as the decision says; gets the assignee's load the decision was based on
+#: (None: nobody was chosen) and returns (the stored lead, created).
+CreateRouted = Callable[[RoutingDecision, tuple[int, int] | None], Awaitable[tuple[Lead, bool]]]
 
 
 class Router(Protocol):
@@ -46,6 +49,17 @@ class Router(Protocol):
         The router's compare-and-set writes all that a load counts (assignee, team, priority)
         before the next decision reads the loads, so concurrent leads never see the same stale
         counts; `apply` records the rest of the decision (tags, SLA targets, the event).
+        """
+
+    async def open_routed(
+        self, request: RoutingRequest, now: datetime, create: CreateRouted
+    ) -> tuple[Lead, RoutingDecision, bool]:
+        """Decide for a lead that is not stored yet, then have `create` store it routed.
+
+        A lead's insert and its routing are then one write, checked against the load the
+        decision read. Returns the lead as `create` stored it, the final decision (another
+        process may have won the load, and the lead was then routed again) and whether it
+        was created.
         """
 
 

@@ -30,7 +30,7 @@ from typing import Any
 from hub.config import ManagerSettings, Settings
 from hub.domain import Event, EventType, Lead
 from hub.events import EventBus
-from hub.ports import ApplyDecision, RoutingDecision, RoutingRequest
+from hub.ports import ApplyDecision, CreateRouted, RoutingDecision, RoutingRequest
 from routing.availability import Availability, why_not_eligible
 from routing.rules import first_match
 from storage.base import LeadChanges, Store
@@ -138,6 +138,64 @@ class ConfigRouter:
             await self._alert_unassigned(request.lead_number, team, now, reason)
         return decision
 
+    async def open_routed(
+        self, request: RoutingRequest, now: datetime, create: CreateRouted
+    ) -> tuple[Lead, RoutingDecision, bool]:
+        """Decide for a lead not stored yet, then let `create` store it routed in one write."""
+        team, reason, priority, tags = self._pick_team(request)
+        async with self._store.deferred_commit(), self._lock:
+            first_team = team
+            assignee, team, load = await self._plan(team, request.contact_id, now, reason)
+            if assignee is None:
+                reason["result"] = "unassigned: nobody eligible"
+                team = first_team
+            decision = RoutingDecision(
+                team=team, assignee=assignee, priority=priority, tags=tags, reason=reason
+            )
+            lead, created = await create(decision, load)
+            if created and assignee is not None and lead.assignee != assignee:
+                # Another process on the store changed that manager's load first: decide
+                # again on the stored lead, with the compare-and-set every reroute uses.
+                reason["claim_lost"] = assignee
+                assignee, team = await self._assign(
+                    lead.number,
+                    first_team,
+                    request.contact_id,
+                    now,
+                    reason,
+                    exclude=(),
+                    previous=None,
+                    priority=priority or None,
+                )
+                if assignee is None:
+                    reason["result"] = "unassigned: nobody eligible"
+                    team = first_team
+                decision = RoutingDecision(
+                    team=team, assignee=assignee, priority=priority, tags=tags, reason=reason
+                )
+        if created and decision.assignee is None and not reason.get("taken"):
+            await self._alert_unassigned(lead.number, decision.team, now, reason)
+        return lead, decision, created
+
+    async def _plan(
+        self, team: str | None, contact_id: str, now: datetime, reason: dict[str, Any]
+    ) -> tuple[str | None, str | None, tuple[int, int] | None]:
+        """Walk the team and its fallbacks as `_assign` does, deciding without writing the
+        lead: (manager, team, the manager's load the decision was based on)."""
+        visited: list[str] = []
+        while team is not None and team not in visited:
+            visited.append(team)
+            detail: dict[str, Any] = {"strategy": self._settings.teams[team].strategy}
+            sticky_id = await self._sticky_id(team, contact_id, 0)
+            chosen, load, why = await self._pick_member(team, now, (), sticky_id, detail)
+            if chosen is not None:
+                detail.update(chosen=chosen.id, why=why, attempts=1)
+            reason.setdefault("teams", []).append({"team": team, **detail})
+            if chosen is not None:
+                return chosen.id, team, load
+            team = self._settings.teams[team].fallback
+        return None, None, None
+
     async def reroute(
         self,
         lead: Lead,
@@ -241,6 +299,57 @@ class ConfigRouter:
             team = self._settings.teams[team].fallback
         return None, None
 
+    async def _pick_member(
+        self,
+        team: str,
+        now: datetime,
+        exclude: Sequence[str],
+        sticky_id: str | None,
+        detail: dict[str, Any],
+    ) -> tuple[ManagerSettings | None, tuple[int, int], str]:
+        """One decision in `team`: (manager, the load it was based on, why); records the
+        candidates in `detail`. The manager is None when nobody is eligible."""
+        members = self.team_members(team)
+        # Loads, availability and this decision's turn are fetched together: one round trip to
+        # the store while the lock is held, not one per manager and then one more. Ties (and
+        # round_robin itself) rotate through a cursor kept in the store, so the order stays
+        # fair across restarts and processes; every decision takes its own turn.
+        snapshot = await self._store.routing_snapshot(
+            [m.id for m in members],
+            [self._availability.away_key(m.id) for m in members if m.active],
+            f"routing.rr.{team}",
+        )
+        loads, turn = snapshot.loads, snapshot.turn
+        reasons = self._availability.why_not_available_all(members, now, snapshot.states)
+        skipped: dict[str, str] = {}
+        eligible: set[str] = set()
+        for member, why_not in zip(members, reasons, strict=True):
+            if member.id in exclude:
+                skipped[member.id] = "excluded (reassigning away from them)"
+                continue
+            why_not = why_not or why_not_eligible(member, loads[member.id][0], now, False, None)
+            if why_not:
+                skipped[member.id] = why_not
+            else:
+                eligible.add(member.id)
+        detail.update(
+            loads={m: {"leads": n, "weighted": w} for m, (n, w) in loads.items()},
+            skipped=skipped,
+            candidates=[m.id for m in members if m.id in eligible],
+        )
+        if sticky_id:
+            detail["sticky"] = sticky_id
+        if not eligible:
+            return None, (0, 0), "nobody eligible"
+        chosen, why = choose(self._settings.teams[team].strategy, members, eligible, loads, turn, sticky_id)
+        assert chosen is not None
+        return chosen, loads[chosen.id], why
+
+    async def _sticky_id(self, team: str, contact_id: str, number: int) -> str | None:
+        if self._settings.teams[team].strategy == "sticky" and contact_id:
+            return await self._store.last_assignee_of_contact(contact_id, number)
+        return None
+
     async def _claim_member(
         self,
         number: int,
@@ -251,49 +360,13 @@ class ConfigRouter:
         previous: str | None,
         priority: int | None = None,
     ) -> tuple[str | None, dict[str, Any]]:
-        members = self.team_members(team)
-        strategy = self._settings.teams[team].strategy
-        sticky_id = None
-        if strategy == "sticky" and contact_id:
-            sticky_id = await self._store.last_assignee_of_contact(contact_id, number)
-        detail: dict[str, Any] = {"strategy": strategy}
+        sticky_id = await self._sticky_id(team, contact_id, number)
+        detail: dict[str, Any] = {"strategy": self._settings.teams[team].strategy}
         for attempt in range(1, _MAX_ATTEMPTS + 1):
-            # Loads, availability and this decision's turn are fetched together: one round trip
-            # to the store while the lock is held, not one per manager and then one more. Ties
-            # (and round_robin itself) rotate through a cursor kept in the store, so the order
-            # stays fair across restarts and processes; every decision takes its own turn.
-            snapshot = await self._store.routing_snapshot(
-                [m.id for m in members],
-                [self._availability.away_key(m.id) for m in members if m.active],
-                f"routing.rr.{team}",
-            )
-            loads, turn = snapshot.loads, snapshot.turn
-            reasons = self._availability.why_not_available_all(members, now, snapshot.states)
-            skipped: dict[str, str] = {}
-            eligible: set[str] = set()
-            for member, why_not in zip(members, reasons, strict=True):
-                if member.id in exclude:
-                    skipped[member.id] = "excluded (reassigning away from them)"
-                    continue
-                why_not = why_not or why_not_eligible(member, loads[member.id][0], now, False, None)
-                if why_not:
-                    skipped[member.id] = why_not
-                else:
-                    eligible.add(member.id)
-            detail.update(
-                loads={m: {"leads": n, "weighted": w} for m, (n, w) in loads.items()},
-                skipped=skipped,
-                candidates=[m.id for m in members if m.id in eligible],
-            )
-            if sticky_id:
-                detail["sticky"] = sticky_id
-            if not eligible:
+            chosen, load, why = await self._pick_member(team, now, exclude, sticky_id, detail)
+            if chosen is None:
                 return None, detail
-            chosen, why = choose(strategy, members, eligible, loads, turn, sticky_id)
-            assert chosen is not None
-            if await self._store.assign_if_load(
-                number, chosen.id, team, loads[chosen.id], now, previous, priority
-            ):
+            if await self._store.assign_if_load(number, chosen.id, team, load, now, previous, priority):
                 detail.update(chosen=chosen.id, why=why, attempts=attempt)
                 return chosen.id, detail
             current = await self._store.get_lead(number)

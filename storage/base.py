@@ -249,10 +249,15 @@ class Store(Protocol):
     async def next_lead_number(self) -> int:
         """A new lead number, unique and increasing even under concurrent callers."""
 
-    async def create_lead(self, lead: Lead) -> tuple[Lead, bool]:
+    async def create_lead(
+        self, lead: Lead, expected_load: tuple[int, int] | None = None
+    ) -> tuple[Lead, bool]:
         """Insert a lead; a lead with the same (channel, origin_external_id) is returned instead.
 
-        A lead with number 0 gets the next lead number in the same write."""
+        A lead with number 0 gets the next lead number in the same write. With `expected_load`,
+        the lead keeps `lead.assignee` only if that manager's load still equals it (the
+        compare-and-set of `assign_if_load`, in the same write); otherwise it is stored
+        unassigned, which the returned lead shows."""
 
     async def get_lead(self, number: int) -> Lead | None:
         """One lead by number."""

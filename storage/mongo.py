@@ -876,10 +876,17 @@ class MongoStore:
         return await self._next("lead")
 
     @_translated
-    async def create_lead(self, lead: Lead) -> tuple[Lead, bool]:
+    async def create_lead(
+        self, lead: Lead, expected_load: tuple[int, int] | None = None
+    ) -> tuple[Lead, bool]:
         """Insert a lead; a lead with the same (channel, origin_external_id) is returned instead."""
         if lead.number == 0:
             lead = replace(lead, number=await self._next("lead"))
+        claim = lead.assignee if expected_load is not None else None
+        if claim is not None:
+            # The load check needs assign_if_load's guard document: stored unassigned first,
+            # then claimed with the same compare-and-set as any other assignment.
+            lead = replace(lead, assignee=None)
         doc = _lead_doc(lead)
 
         async def write(session: AsyncClientSession | None) -> None:
@@ -897,6 +904,14 @@ class MongoStore:
             if existing is None:
                 raise DuplicateError(f"lead number {lead.number} is already taken") from exc
             return _lead(existing), False
+        if (
+            claim is not None
+            and expected_load is not None
+            and await self.assign_if_load(
+                lead.number, claim, lead.team, expected_load, lead.updated_at, None, lead.priority
+            )
+        ):
+            lead = replace(lead, assignee=claim)
         return lead, True
 
     @_translated

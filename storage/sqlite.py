@@ -1170,7 +1170,9 @@ class SqliteStore:
         assert row is not None
         return int(row[0])
 
-    async def create_lead(self, lead: Lead) -> tuple[Lead, bool]:
+    async def create_lead(
+        self, lead: Lead, expected_load: tuple[int, int] | None = None
+    ) -> tuple[Lead, bool]:
         pending = lead.first_response_at is None and lead.breached_at is None
         # The generalised response clock (sla_due) arms the same marks as first_response_due.
         response_due = lead.sla_due if lead.sla_target else lead.first_response_due
@@ -1211,8 +1213,18 @@ class SqliteStore:
         ]
 
         number = [lead.number]
+        claim_lost = [False]
 
         def insert(conn: sqlite3.Connection) -> sqlite3.Row | None:
+            if expected_load is not None and lead.assignee is not None:
+                # BEGIN IMMEDIATE holds the write lock: the load cannot change before the insert.
+                load = conn.execute(
+                    "SELECT COALESCE(MAX(n), 0), COALESCE(MAX(w), 0) FROM assignee_load WHERE assignee = ?",
+                    (lead.assignee,),
+                ).fetchone()
+                if (int(load[0]), int(load[1])) != tuple(expected_load):
+                    claim_lost[0] = True
+                    values[7] = None
             if lead.number == 0:
                 # Numbered in the same write: one hop instead of two.
                 number[0] = values[0] = int(
@@ -1244,6 +1256,8 @@ class SqliteStore:
         except sqlite3.IntegrityError as exc:
             # ON CONFLICT names only the origin key: a taken number still raises here.
             raise DuplicateError(f"lead number {number[0]} is already taken: {exc}") from exc
+        if claim_lost[0]:
+            return replace(lead, number=number[0], assignee=None), True
         return (lead if lead.number else replace(lead, number=number[0])), True
 
     async def get_lead(self, number: int) -> Lead | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -87,6 +88,23 @@ async def test_a_reply_stops_the_response_target_and_pauses_resolution(stores: t
     (claim,) = await a.claim_sla_marks(T0 + timedelta(days=3), 100)
     assert (claim.lead.number, claim.target, claim.level) == (1, "resolution", "breach")
     assert claim.due == T0 + timedelta(days=2)
+
+
+async def test_create_lead_with_an_expected_load_is_a_compare_and_set(stores: tuple[Store, Store]) -> None:
+    a, b = stores
+    first, created = await a.create_lead(lead(0, timedelta(hours=1), assignee="m1", team="s"), (0, 0))
+    assert created and first.assignee == "m1"
+    assert await b.load_by_assignee(["m1"]) == {"m1": (1, 1)}
+    # Stale: m1's load is (1, 1) now. The lead is stored all the same, unassigned.
+    fresh = replace(lead(0, timedelta(hours=1), assignee="m1", team="s"), origin_external_id="e-2")
+    second, created = await b.create_lead(fresh, (0, 0))
+    assert created and second.assignee is None and second.number == first.number + 1
+    stored = await a.get_lead(second.number)
+    assert stored is not None and (stored.assignee, stored.team) == (None, "s")
+    assert await a.load_by_assignee(["m1"]) == {"m1": (1, 1)}
+    # A redelivery returns the stored lead, whatever load it expects.
+    again, created = await a.create_lead(fresh, (1, 1))
+    assert not created and again.number == second.number and again.assignee is None
 
 
 async def test_assign_if_load_is_a_compare_and_set(stores: tuple[Store, Store]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from itertools import count
 from typing import Any
@@ -177,6 +178,55 @@ async def test_two_hubs_on_one_file_share_the_load_without_stale_reads(make_hub:
     loads = await first.store.load_by_assignee(["m1", "m2", "m3", "m4"])
     assert {m: n for m, (n, _) in loads.items()} == {"m1": 25, "m2": 25, "m3": 25, "m4": 25}
     assert len({r.lead.number for r in results}) == 100
+    await first.store.close()
+    await second.store.close()
+
+
+async def test_a_new_lead_is_stored_routed_in_one_write(make_hub: Callable[..., Any]) -> None:
+    hub: Hub = await make_hub(**team("least_loaded", "m1", "m2"))
+    updates: list[int] = []
+    update_lead = hub.store.update_lead
+
+    async def counted(number: int, changes: Any) -> Any:
+        updates.append(number)
+        return await update_lead(number, changes)
+
+    hub.store.update_lead = counted  # type: ignore[method-assign]
+    result = await hub.intake.accept(inbound("one-write@example.com"), now=T0)
+    assert updates == []  # the insert carried the assignee: no routing update after it
+    stored = await hub.store.get_lead(result.lead.number)
+    assert stored is not None and (stored.assignee, stored.team) == ("m1", "support")
+    assert await hub.store.load_by_assignee(["m1", "m2"]) == {"m1": (1, 1), "m2": (0, 0)}
+    (event,) = await hub.store.list_events(result.lead.number, ["lead.assigned"])
+    assert event.data["assignee"] == "m1"
+    await hub.store.close()
+
+
+async def test_a_new_leads_claim_lost_to_another_process_is_routed_again(
+    make_hub: Callable[..., Any],
+) -> None:
+    config = team("least_loaded", "m1", "m2")
+    first: Hub = await make_hub(**config)
+    second: Hub = await make_hub(**config)  # another process on the same file
+    create_lead = first.store.create_lead
+    raced: list[Lead] = []
+
+    async def racing(lead: Lead, expected_load: tuple[int, int] | None = None) -> tuple[Lead, bool]:
+        # Between the first hub's decision and its insert, the second hub gives m1 a lead.
+        other = replace(lead, assignee="m1", contact_id="someone", origin_external_id="other")
+        raced.append((await second.store.create_lead(other, (0, 0)))[0])
+        return await create_lead(lead, expected_load)
+
+    first.store.create_lead = racing  # type: ignore[method-assign]
+    result = await first.intake.accept(inbound("slow@example.com"), now=T0)
+    assert raced[0].assignee == "m1"
+    assert result.lead.assignee == "m2"  # decided again on the stored lead, not doubled up on m1
+    stored = await first.store.get_lead(result.lead.number)
+    assert stored is not None and stored.assignee == "m2"
+    loads = await first.store.load_by_assignee(["m1", "m2"])
+    assert loads == {"m1": (1, 1), "m2": (1, 1)}
+    (event,) = await first.store.list_events(result.lead.number, ["lead.assigned"])
+    assert event.data["assignee"] == "m2" and event.data["reason"]["claim_lost"] == "m1"
     await first.store.close()
     await second.store.close()
 
