@@ -81,7 +81,7 @@ class Hub:
     ) -> None:
         self.settings = settings
         self.now = clock
-        self.instance_id = f"{socket.gethostname()}:{os.getpid()}:{new_id()[:8]}"
+        self.instance_id = f"{socket.gethostname()}:{os.getpid()}:{new_id()[-8:]}"
         self.store: Store = store or store_from_url(settings.storage.url)
         self.bus = EventBus()
         self.sla = SlaClock(settings.sla, build_calendar(settings))

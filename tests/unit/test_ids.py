@@ -1,20 +1,27 @@
-"""Row ids: unique, UUID4-shaped, and never repeated across fork()."""
+"""Row ids: unique, UUIDv7-shaped (time first), and never repeated across fork()."""
 
 from __future__ import annotations
 
 import os
 import threading
+import time
 import uuid
 
 from hub.domain import new_id
 
 
-def test_ids_are_unique_uuid4_hex() -> None:
+def test_ids_are_unique_uuid7_hex_in_time_order() -> None:
+    before = time.time_ns() // 1_000_000
     ids = [new_id() for _ in range(20_000)]
+    after = time.time_ns() // 1_000_000
     assert len(set(ids)) == len(ids)
     for each in ids[:100]:
         assert len(each) == 32
-        assert uuid.UUID(each).version == 4
+        parsed = uuid.UUID(each)
+        assert (parsed.version, parsed.variant) == (7, uuid.RFC_4122)
+    stamps = [int(each[:12], 16) for each in ids]
+    assert before <= stamps[0] and stamps[-1] <= after
+    assert stamps == sorted(stamps)  # keys made one after another land next to each other
 
 
 def test_threads_never_share_an_id() -> None:
