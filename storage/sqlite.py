@@ -884,8 +884,21 @@ class SqliteStore:
             self._savepoint_open = False
         return error
 
-    def _unit_in_thread(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+    def _unit_in_thread(self, fn: Callable[[sqlite3.Connection], _T], one_write: bool = False) -> _T:
         conn: sqlite3.Connection = self._conn._conn
+        if one_write:
+            # A single statement is all or nothing by itself (SQLite undoes a failed statement
+            # and keeps the transaction): no savepoint to open and release.
+            if not self._in_txn:
+                self._begin_immediate_in_thread(conn)
+                self._in_txn = True
+            try:
+                return fn(conn)
+            except BaseException:
+                if not conn.in_transaction:
+                    self._in_txn = self._savepoint_open = False
+                    self._txn_lost = True
+                raise
         self._begin_unit_in_thread(conn)
         try:
             return fn(conn)
@@ -893,9 +906,10 @@ class SqliteStore:
             self._undo_unit_in_thread(conn)
             raise
 
-    async def _write(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+    async def _write(self, fn: Callable[[sqlite3.Connection], _T], one_write: bool = False) -> _T:
         """Run `fn(conn)` as one all-or-nothing unit in ONE hop to the database thread, then
         wait for its commit (or leave that to the enclosing `deferred_commit` block).
+        `one_write`: `fn` changes the database with one statement at most (reads aside).
 
         The store's lock is held only while the job is queued: aiosqlite's queue is FIFO, so
         the job runs after any multi-hop unit queued before it and before any queued after.
@@ -908,7 +922,7 @@ class SqliteStore:
             done: asyncio.Future[_T] = loop.create_future()
             # aiosqlite's own queue (what Connection._execute does), filled synchronously here
             # so no other unit can slip in between the lock and the queue.
-            db._tx.put_nowait((done, functools.partial(self._unit_in_thread, fn)))
+            db._tx.put_nowait((done, functools.partial(self._unit_in_thread, fn, one_write)))
         try:
             result = await done
         except sqlite3.IntegrityError:
@@ -1011,7 +1025,7 @@ class SqliteStore:
             assert existing is not None
             return existing, False
 
-        row, created = await self._write(put)
+        row, created = await self._write(put, one_write=True)
         return _inbox(row), created
 
     async def inbox_claim(
@@ -1037,7 +1051,8 @@ class SqliteStore:
                 "UPDATE inbox SET status = 'done', lead_number = ?, claimed_by = NULL, "
                 "claimed_until = NULL WHERE id = ?",
                 (lead_number, item_id),
-            ).close()
+            ).close(),
+            one_write=True,
         )
 
     async def inbox_quarantine(self, item_id: int, reason: str) -> None:
@@ -1597,7 +1612,8 @@ class SqliteStore:
                 self._incr_in_thread(conn, turn_key),
             )
 
-        return await self._write(snapshot)
+        # The turn's increment is the only write, and the last statement.
+        return await self._write(snapshot, one_write=True)
 
     async def assign_if_load(
         self,
@@ -1671,7 +1687,7 @@ class SqliteStore:
             assert row is not None
             return row
 
-        existing = await self._write(add)
+        existing = await self._write(add, one_write=True)
         return (message, True) if existing is None else (_message(existing), False)
 
     async def _insert_message(self, db: _UnitDb, message: Message) -> bool:

@@ -1,0 +1,47 @@
+"""Units of one statement run without a savepoint: a failed one undoes itself only."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from hub.domain import Contact, Identity, IdentityKind
+from storage.sqlite import SqliteStore
+
+T0 = datetime(2026, 12, 2, 8, 0, tzinfo=UTC)
+
+
+async def test_a_failed_one_write_unit_keeps_the_other_units_of_its_transaction(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "hub.db")
+    await store.open()
+    try:
+        async with store.deferred_commit():
+            item, _ = await store.inbox_put("webform", "form:a", b"{}", T0)  # one write
+            contact = Contact(
+                id="c1",
+                name="Олена",
+                identities=[Identity(IdentityKind.EMAIL, "o@example.com")],
+                created_at=T0,
+            )
+            await store.create_contact(contact)  # a unit of two statements, in a savepoint
+            with pytest.raises(sqlite3.IntegrityError):
+                # The lead counter exists already: this single statement fails and undoes itself.
+                await store._write(
+                    lambda conn: conn.execute("INSERT INTO counters (name, value) VALUES ('lead', 7)"),
+                    one_write=True,
+                )
+            await store.inbox_done(item.id, None)  # one write, after the failure
+    finally:
+        await store.close()
+    other = SqliteStore(tmp_path / "hub.db")
+    await other.open()
+    try:
+        done = await other.inbox_get(item.id)
+        assert done is not None and done.status == "done"
+        assert await other.find_contact(Identity(IdentityKind.EMAIL, "o@example.com")) is not None
+        assert await other.next_lead_number() == 1  # the failed insert left the counter alone
+    finally:
+        await other.close()
