@@ -256,8 +256,9 @@ class Store(Protocol):
 
         A lead with number 0 gets the next lead number in the same write. With `expected_load`,
         the lead keeps `lead.assignee` only if that manager's load still equals it (the
-        compare-and-set of `assign_if_load`, in the same write); otherwise it is stored
-        unassigned, which the returned lead shows."""
+        compare-and-set of `assign_if_load`; SQLite checks it in the insert itself); otherwise
+        it is stored unassigned (an adapter may leave its team unset too), as the returned
+        lead shows."""
 
     async def get_lead(self, number: int) -> Lead | None:
         """One lead by number."""

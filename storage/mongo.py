@@ -882,11 +882,13 @@ class MongoStore:
         """Insert a lead; a lead with the same (channel, origin_external_id) is returned instead."""
         if lead.number == 0:
             lead = replace(lead, number=await self._next("lead"))
+        routed = lead
         claim = lead.assignee if expected_load is not None else None
         if claim is not None:
-            # The load check needs assign_if_load's guard document: stored unassigned first,
-            # then claimed with the same compare-and-set as any other assignment.
-            lead = replace(lead, assignee=None)
+            # The load check needs assign_if_load's guard document: stored unrouted first, then
+            # claimed with the same compare-and-set as any other assignment (which sets the
+            # team). A crash in between leaves a lead that a replay of its input routes.
+            lead = replace(lead, assignee=None, team=None)
         doc = _lead_doc(lead)
 
         async def write(session: AsyncClientSession | None) -> None:
@@ -908,10 +910,10 @@ class MongoStore:
             claim is not None
             and expected_load is not None
             and await self.assign_if_load(
-                lead.number, claim, lead.team, expected_load, lead.updated_at, None, lead.priority
+                lead.number, claim, routed.team, expected_load, lead.updated_at, None, lead.priority
             )
         ):
-            lead = replace(lead, assignee=claim)
+            lead = replace(routed, number=lead.number)
         return lead, True
 
     @_translated
