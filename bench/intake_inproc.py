@@ -1,0 +1,162 @@
+"""Form intake in process, no HTTP: CPU per lead by thread, and per SQL statement.
+
+    python -m bench.intake_inproc                      # 5,000 new customers, concurrency 64
+    python -m bench.intake_inproc --statements         # + CPU time of every SQL statement
+    python -m bench.intake_inproc --hub-root /path/to/other/checkout   # before/after
+
+It builds a hub from bench.ingest's config on a SQLite file in a temp dir, pins the process to
+CPU 0 and runs uvloop (as bench.ingest runs the hub), and calls `webform.submit` directly: the
+work of a submission without aiohttp. `--statements` wraps the connection aiosqlite drives
+(private attributes: a benchmark's licence), so each statement's CPU time in the database thread
+is measured; that adds its own overhead to the database thread's figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import logging
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+
+def _thread_cpu(tid: int) -> float:
+    """CPU seconds (user + system) of one thread of this process."""
+    fields = Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class _TimedConnection:
+    """A sqlite3 connection whose execute/executemany record CPU time per statement."""
+
+    def __init__(self, conn: Any, stats: dict[str, list[int]]) -> None:
+        self._conn = conn
+        self._stats = stats
+
+    def _timed(self, key: str, call: Any, *args: Any) -> Any:
+        start = time.thread_time_ns()
+        try:
+            return call(*args)
+        finally:
+            entry = self._stats[" ".join(key.split())[:100]]
+            entry[0] += 1
+            entry[1] += time.thread_time_ns() - start
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        return self._timed(sql, self._conn.execute, sql, *args)
+
+    def executemany(self, sql: str, *args: Any) -> Any:
+        return self._timed("MANY " + sql, self._conn.executemany, sql, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+
+class _CountingQueue:
+    """aiosqlite's job queue, counting the jobs (hops to the database thread) put on it."""
+
+    def __init__(self, queue: Any) -> None:
+        self._queue = queue
+        self.count = 0
+
+    def put_nowait(self, item: Any) -> None:
+        self.count += 1
+        self._queue.put_nowait(item)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._queue, name)
+
+
+async def run(n: int, concurrency: int, warmup: int, statements: bool) -> None:
+    import yaml
+
+    from bench.ingest import hub_config
+    from channels import webform
+    from hub.app import Hub
+    from hub.config import load_settings
+    from hub.domain import LeadKind
+
+    logging.disable(logging.WARNING)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-inproc-"))
+    config = tmp / "config.yaml"
+    config.write_text(yaml.safe_dump(hub_config(f"sqlite:///{tmp}/hub.db", 0)))
+    hub = Hub(load_settings(str(config)))
+    await hub.store.open()
+    db: Any = hub.store._conn  # type: ignore[attr-defined]
+    stats: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
+    if statements:
+        db._connection = _TimedConnection(db._connection, stats)
+    hops = _CountingQueue(db._tx)
+    db._tx = hops
+
+    async def one(i: int, tag: str) -> None:
+        fields = {
+            "name": f"Клієнт {i}",
+            "email": f"c{tag}{i}@example.com",
+            "phone": f"+38050{i + (5_000_000 if tag == 'm' else 0):07d}",  # a new customer each
+            "message": "Доброго дня, потрібна консультація щодо замовлення.",
+        }
+        submission, errors = webform.validate_submission(fields, "uk")
+        assert submission is not None, errors
+        await webform.submit(hub, "webform", "contact", LeadKind.MESSAGE, submission, None, "uk", "127.0.0.1")
+
+    async def worker(first: int, total: int, tag: str) -> None:
+        for i in range(first, total, concurrency):
+            await one(i, tag)
+
+    await asyncio.gather(*(worker(k, warmup, "w") for k in range(concurrency)))
+    stats.clear()
+    hops.count = 0
+    others = [t.native_id for t in threading.enumerate() if t is not threading.main_thread()]
+    loop_cpu, other_cpu = time.thread_time(), sum(_thread_cpu(t) for t in others if t)
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(k, n, "m") for k in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    loop_cpu = time.thread_time() - loop_cpu
+    other_cpu = sum(_thread_cpu(t) for t in others if t) - other_cpu
+    await hub.store.close()
+    print(f"leads          {n} new customers at concurrency {concurrency} (+{warmup} warm-up)")
+    print(f"throughput     {n / elapsed:.0f} leads/s")
+    print(
+        f"CPU per lead   event loop {loop_cpu / n * 1e3:.3f} ms, other threads {other_cpu / n * 1e3:.3f} ms"
+    )
+    print(f"hops per lead  {hops.count / n:.2f} (jobs handed to the database thread)")
+    if statements:
+        total = sum(ns for _, ns in stats.values())
+        print(f"SQL per lead   {total / n / 1e3:.1f} µs of CPU in the database thread")
+        for sql, (calls, ns) in sorted(stats.items(), key=lambda kv: -kv[1][1])[:20]:
+            print(
+                f"  {ns / n / 1e3:7.1f} µs/lead {calls / n:5.2f}/lead {ns / calls / 1e3:7.1f} µs/call  {sql}"
+            )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench.intake_inproc", description=__doc__.split("\n")[0])
+    parser.add_argument("-n", type=int, default=5000, help="measured submissions")
+    parser.add_argument("-c", type=int, default=64, help="submissions in flight")
+    parser.add_argument("--warmup", type=int, default=500)
+    parser.add_argument("--statements", action="store_true", help="time every SQL statement")
+    parser.add_argument("--hub-root", type=Path, default=None, help="import the hub from this checkout")
+    args = parser.parse_args(argv)
+    if args.hub_root is not None:
+        sys.path.insert(0, str(args.hub_root.resolve()))
+        for name in [
+            m for m in sys.modules if m.split(".")[0] in {"bench", "hub", "channels", "storage", "routing"}
+        ]:
+            del sys.modules[name]
+    from hub.process import loop_factory, pin_to_cpus
+
+    pin_to_cpus([0])
+    with asyncio.Runner(loop_factory=loop_factory("uvloop")) as runner:
+        runner.run(run(args.n, args.c, args.warmup, args.statements))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
