@@ -114,20 +114,9 @@ class ConfigRouter:
         # this process's connection at once); the block's end waits, outside the lock.
         async with self._store.deferred_commit():
             async with self._lock:
-                first_team = team
-                assignee, team = await self._assign(
-                    request.lead_number,
-                    team,
-                    request.contact_id,
-                    now,
-                    reason,
-                    exclude=(),
-                    previous=None,
-                    priority=priority or None,
+                assignee, team = await self._assign_unheld(
+                    request, request.lead_number, team, now, reason, priority
                 )
-            if assignee is None:
-                reason["result"] = "unassigned: nobody eligible"
-                team = first_team
             decision = RoutingDecision(
                 team=team, assignee=assignee, priority=priority, tags=tags, reason=reason
             )
@@ -157,25 +146,40 @@ class ConfigRouter:
                 # Another process on the store changed that manager's load first: decide
                 # again on the stored lead, with the compare-and-set every reroute uses.
                 reason["claim_lost"] = assignee
-                assignee, team = await self._assign(
-                    lead.number,
-                    first_team,
-                    request.contact_id,
-                    now,
-                    reason,
-                    exclude=(),
-                    previous=None,
-                    priority=priority or None,
+                assignee, team = await self._assign_unheld(
+                    request, lead.number, first_team, now, reason, priority
                 )
-                if assignee is None:
-                    reason["result"] = "unassigned: nobody eligible"
-                    team = first_team
                 decision = RoutingDecision(
                     team=team, assignee=assignee, priority=priority, tags=tags, reason=reason
                 )
         if created and decision.assignee is None and not reason.get("taken"):
             await self._alert_unassigned(lead.number, decision.team, now, reason)
         return lead, decision, created
+
+    async def _assign_unheld(
+        self,
+        request: RoutingRequest,
+        number: int,
+        team: str | None,
+        now: datetime,
+        reason: dict[str, Any],
+        priority: int,
+    ) -> tuple[str | None, str | None]:
+        """`_assign` for a lead nobody holds; with nobody eligible it keeps the rule's team."""
+        assignee, chosen_team = await self._assign(
+            number,
+            team,
+            request.contact_id,
+            now,
+            reason,
+            exclude=(),
+            previous=None,
+            priority=priority or None,
+        )
+        if assignee is None:
+            reason["result"] = "unassigned: nobody eligible"
+            return None, team
+        return assignee, chosen_team
 
     async def _plan(
         self, team: str | None, contact_id: str, now: datetime, reason: dict[str, Any]

@@ -567,6 +567,8 @@ class SqliteStore:
         self._commit_queued_at = 0.0  # monotonic() of the last COMMIT put on the queue
         self._commit_waiters: list[asyncio.Future[None]] = []
         self._commit_scheduled = False
+        self._flush_handle: asyncio.Handle | None = None
+        self._flush_task: asyncio.Future[None] | None = None
 
     @classmethod
     def from_url(cls, url: str) -> SqliteStore:
@@ -683,6 +685,14 @@ class SqliteStore:
         async with self._lock:
             # Always: writes nobody waits for (deferred_commit(wait=False)) are committed too.
             await self._finish_commit(*self._queue_commit())
+        # A flush still due has nothing left to commit: end it here, not with the event loop.
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        if self._flush_task is not None:
+            await asyncio.gather(self._flush_task, return_exceptions=True)
+            self._flush_task = None
+        self._commit_scheduled = False
         await self._db.close()
         self._db = None
 
@@ -805,9 +815,13 @@ class SqliteStore:
             loop = asyncio.get_running_loop()
             wait = max(self._last_commit, self._commit_queued_at) + COMMIT_EVERY - monotonic()
             if wait > 0:
-                loop.call_later(wait, lambda: asyncio.ensure_future(self._flush()))
+                self._flush_handle = loop.call_later(wait, self._start_flush)
             else:
-                loop.call_soon(lambda: asyncio.ensure_future(self._flush()))
+                self._flush_handle = loop.call_soon(self._start_flush)
+
+    def _start_flush(self) -> None:
+        self._flush_handle = None
+        self._flush_task = asyncio.ensure_future(self._flush())
 
     async def _flush(self) -> None:
         # The lock is held only while the COMMIT is queued, as for single-hop units: units
