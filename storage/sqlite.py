@@ -275,6 +275,8 @@ _LEAD_COLUMNS = (
     "sla_target, sla_started_at, sla_due, sla_warn_due, resolution_due, resolution_warn_due, sla_paused_at"
 )
 
+_ASSIGNEE_AT = [c.strip() for c in _LEAD_COLUMNS.split(",")].index("assignee")
+
 
 def _lead(row: sqlite3.Row) -> Lead:
     return Lead(
@@ -835,10 +837,12 @@ class SqliteStore:
 
     # The transaction flags (_in_txn, _savepoint_open, _txn_lost) are read and written only in
     # the database thread: single-hop units run there while the event loop goes on.
-    def _begin_unit_in_thread(self, conn: sqlite3.Connection) -> None:
+    def _begin_unit_in_thread(self, conn: sqlite3.Connection, savepoint: bool = True) -> None:
         if not self._in_txn:
             self._begin_immediate_in_thread(conn)
             self._in_txn = True
+        if not savepoint:
+            return
         if self._savepoint_open:
             conn.execute("RELEASE unit")
             self._savepoint_open = False
@@ -874,10 +878,13 @@ class SqliteStore:
         except sqlite3.Error:
             if conn.in_transaction:
                 raise
-            # SQLite rolled the whole transaction back (I/O error, disk full): the other
-            # units waiting for this commit lost their work too, and must hear so.
-            self._in_txn = False
-            self._txn_lost = True
+            self._note_rollback_in_thread()
+
+    def _note_rollback_in_thread(self) -> None:
+        # SQLite rolled the whole transaction back (I/O error, disk full): the other units
+        # waiting for this commit lost their work too, and must hear so.
+        self._in_txn = self._savepoint_open = False
+        self._txn_lost = True
 
     def _commit_in_thread(self, conn: sqlite3.Connection) -> StoreError | None:
         error: StoreError | None = None
@@ -900,24 +907,16 @@ class SqliteStore:
 
     def _unit_in_thread(self, fn: Callable[[sqlite3.Connection], _T], one_write: bool = False) -> _T:
         conn: sqlite3.Connection = self._conn._conn
-        if one_write:
-            # A single statement is all or nothing by itself (SQLite undoes a failed statement
-            # and keeps the transaction): no savepoint to open and release.
-            if not self._in_txn:
-                self._begin_immediate_in_thread(conn)
-                self._in_txn = True
-            try:
-                return fn(conn)
-            except BaseException:
-                if not conn.in_transaction:
-                    self._in_txn = self._savepoint_open = False
-                    self._txn_lost = True
-                raise
-        self._begin_unit_in_thread(conn)
+        # A single statement is all or nothing by itself (SQLite undoes a failed statement and
+        # keeps the transaction): no savepoint to open, release or roll back to.
+        self._begin_unit_in_thread(conn, savepoint=not one_write)
         try:
             return fn(conn)
         except BaseException:
-            self._undo_unit_in_thread(conn)
+            if not one_write:
+                self._undo_unit_in_thread(conn)
+            elif not conn.in_transaction:
+                self._note_rollback_in_thread()
             raise
 
     async def _write(self, fn: Callable[[sqlite3.Connection], _T], one_write: bool = False) -> _T:
@@ -1245,15 +1244,14 @@ class SqliteStore:
         claim_lost = [False]
 
         def insert(conn: sqlite3.Connection) -> sqlite3.Row | None:
-            if expected_load is not None and lead.assignee is not None:
-                # BEGIN IMMEDIATE holds the write lock: the load cannot change before the insert.
-                load = conn.execute(
-                    "SELECT COALESCE(MAX(n), 0), COALESCE(MAX(w), 0) FROM assignee_load WHERE assignee = ?",
-                    (lead.assignee,),
-                ).fetchone()
-                if (int(load[0]), int(load[1])) != tuple(expected_load):
-                    claim_lost[0] = True
-                    values[7] = None
+            # BEGIN IMMEDIATE holds the write lock: the load cannot change before the insert.
+            if (
+                expected_load is not None
+                and lead.assignee is not None
+                and self._loads_in_thread(conn, [lead.assignee])[lead.assignee] != tuple(expected_load)
+            ):
+                claim_lost[0] = True
+                values[_ASSIGNEE_AT] = None
             if lead.number == 0:
                 # Numbered in the same write: one hop instead of two.
                 number[0] = values[0] = int(
@@ -1643,11 +1641,7 @@ class SqliteStore:
         def assign(conn: sqlite3.Connection) -> bool:
             # BEGIN IMMEDIATE holds SQLite's write lock: the load read here cannot change before
             # the update below, in this process or any other on the same file.
-            row = conn.execute(
-                "SELECT COALESCE(MAX(n), 0) AS n, COALESCE(MAX(w), 0) AS w FROM assignee_load WHERE assignee = ?",
-                (assignee,),
-            ).fetchone()
-            if (int(row["n"]), int(row["w"])) != tuple(expected):
+            if self._loads_in_thread(conn, [assignee])[assignee] != tuple(expected):
                 return False
             cursor = conn.execute(
                 "UPDATE leads SET assignee = ?, team = COALESCE(?, team), priority = COALESCE(?, priority), "
