@@ -135,9 +135,6 @@ class ConfigRouter:
         async with self._store.deferred_commit(), self._lock:
             first_team = team
             assignee, team, load = await self._plan(team, request.contact_id, now, reason)
-            if assignee is None:
-                reason["result"] = "unassigned: nobody eligible"
-                team = first_team
             decision = RoutingDecision(
                 team=team, assignee=assignee, priority=priority, tags=tags, reason=reason
             )
@@ -185,7 +182,9 @@ class ConfigRouter:
         self, team: str | None, contact_id: str, now: datetime, reason: dict[str, Any]
     ) -> tuple[str | None, str | None, tuple[int, int] | None]:
         """Walk the team and its fallbacks as `_assign` does, deciding without writing the
-        lead: (manager, team, the manager's load the decision was based on)."""
+        lead: (manager, team, the manager's load the decision was based on); with nobody
+        eligible, (None, the rule's team, None)."""
+        first_team = team
         visited: list[str] = []
         while team is not None and team not in visited:
             visited.append(team)
@@ -198,7 +197,8 @@ class ConfigRouter:
             if chosen is not None:
                 return chosen.id, team, load
             team = self._settings.teams[team].fallback
-        return None, None, None
+        reason["result"] = "unassigned: nobody eligible"
+        return None, first_team, None
 
     async def reroute(
         self,
