@@ -20,16 +20,9 @@ import logging
 import os
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
-
-
-def _thread_cpu(tid: int) -> float:
-    """CPU seconds (user + system) of one thread of this process."""
-    fields = Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class _TimedConnection:
@@ -76,7 +69,7 @@ class _CountingQueue:
 async def run(n: int, concurrency: int, warmup: int, statements: bool) -> None:
     import yaml
 
-    from bench.ingest import hub_config
+    from bench.ingest import cpu_seconds, hub_config, main_thread_cpu_seconds
     from channels import webform
     from hub.app import Hub
     from hub.config import load_settings
@@ -113,13 +106,13 @@ async def run(n: int, concurrency: int, warmup: int, statements: bool) -> None:
     await asyncio.gather(*(worker(k, warmup, "w") for k in range(concurrency)))
     stats.clear()
     hops.count = 0
-    others = [t.native_id for t in threading.enumerate() if t is not threading.main_thread()]
-    loop_cpu, other_cpu = time.thread_time(), sum(_thread_cpu(t) for t in others if t)
+    pid = os.getpid()
+    process_cpu, loop_cpu = cpu_seconds(pid), main_thread_cpu_seconds(pid)
     started = time.perf_counter()
     await asyncio.gather(*(worker(k, n, "m") for k in range(concurrency)))
     elapsed = time.perf_counter() - started
-    loop_cpu = time.thread_time() - loop_cpu
-    other_cpu = sum(_thread_cpu(t) for t in others if t) - other_cpu
+    loop_cpu = main_thread_cpu_seconds(pid) - loop_cpu
+    other_cpu = cpu_seconds(pid) - process_cpu - loop_cpu
     await hub.store.close()
     print(f"leads          {n} new customers at concurrency {concurrency} (+{warmup} warm-up)")
     print(f"throughput     {n / elapsed:.0f} leads/s")
