@@ -67,8 +67,13 @@ class InboxProcessor:
         payload: bytes,
         meta: dict[str, Any] | None = None,
         now: datetime | None = None,
+        decoded: Decoder | None = None,
     ) -> tuple[InboxItem, IntakeResult | None]:
-        """Store raw input, then process it; returns once both are durable (None: quarantined)."""
+        """Store raw input, then process it; returns once both are durable (None: quarantined).
+
+        `decoded`: builds the Inbound from the caller's own already-validated values, sparing
+        the new item a read-back of the bytes it just wrote. An item stored earlier under the
+        same key is decoded from its own stored bytes, which may differ."""
         now = now or utcnow()
         # The caller answers only after processing, so the raw write need not be durable on its
         # own first: it commits with (or before) intake's writes, one commit wait in all. A crash
@@ -85,10 +90,11 @@ class InboxProcessor:
             )
             if not created and item.status == "quarantined":
                 return item, None
-            return item, await self.process(item)
+            return item, await self.process(item, decoded if created else None)
 
-    async def process(self, item: InboxItem) -> IntakeResult | None:
-        """Decode and accept one item; quarantine it if it cannot be decoded."""
+    async def process(self, item: InboxItem, decoder: Decoder | None = None) -> IntakeResult | None:
+        """Decode and accept one item (with `decoder`, else the channel's); quarantine it if it
+        cannot be decoded."""
         handler = self._handlers.get(item.channel)
         if handler is not None:
             try:
@@ -98,7 +104,7 @@ class InboxProcessor:
                 return None
             await self._store.inbox_done(item.id, lead_number)
             return None
-        decoder = self._decoders.get(item.channel)
+        decoder = decoder or self._decoders.get(item.channel)
         if decoder is None:
             await self._quarantine(item, f"no decoder for channel {item.channel!r} (is the channel enabled?)")
             return None
