@@ -248,8 +248,13 @@ def _fold(value: str | None) -> str | None:
     return None if value is None else value.casefold()
 
 
+#: json.dumps(value, ensure_ascii=False) builds a new encoder on every call; JSON columns are
+#: written several times per message, so they share this one.
+_to_json = json.JSONEncoder(ensure_ascii=False).encode
+
+
 def _attachments_json(items: Iterable[Attachment]) -> str:
-    return json.dumps(
+    return _to_json(
         [
             {
                 "name": a.name,
@@ -259,8 +264,7 @@ def _attachments_json(items: Iterable[Attachment]) -> str:
                 "dropped_reason": a.dropped_reason,
             }
             for a in items
-        ],
-        ensure_ascii=False,
+        ]
     )
 
 
@@ -1017,7 +1021,7 @@ class SqliteStore:
             channel,
             external_id,
             payload,
-            json.dumps(meta or {}, ensure_ascii=False),
+            _to_json(meta or {}),
             received_at.timestamp(),
             holder,
             claimed_until,
@@ -1142,7 +1146,7 @@ class SqliteStore:
             contact.id,
             contact.name,
             contact.language,
-            json.dumps(contact.tags, ensure_ascii=False),
+            _to_json(contact.tags),
             contact.created_at.timestamp(),
         )
         identities = [(i.kind.value, i.value, contact.id, i.display_name) for i in contact.identities]
@@ -1217,7 +1221,7 @@ class SqliteStore:
             lead.assignee,
             lead.team,
             lead.priority,
-            json.dumps(lead.tags, ensure_ascii=False),
+            _to_json(lead.tags),
             lead.origin_external_id,
             lead.created_at.timestamp(),
             lead.updated_at.timestamp(),
@@ -1367,7 +1371,7 @@ class SqliteStore:
         if changes.priority is not None:
             put("priority", changes.priority)
         if changes.tags is not None:
-            put("tags", json.dumps(changes.tags, ensure_ascii=False))
+            put("tags", _to_json(changes.tags))
         if changes.first_response_at is not None:
             put("first_response_at", _ts(changes.first_response_at))
             disarm("breach_pending_at", "warn_pending_at")
@@ -1393,7 +1397,7 @@ class SqliteStore:
                 # Read inside the unit: a read before it could lose another writer's keys.
                 row = conn.execute("SELECT extra FROM leads WHERE number = ?", (number,)).fetchone()
                 merged = {**(json.loads(row["extra"]) if row else {}), **changes.extra}
-                put("extra", json.dumps(merged, ensure_ascii=False))
+                put("extra", _to_json(merged))
             conn.execute(f"UPDATE leads SET {', '.join(sets)} WHERE number = ?", [*params, number]).close()
             found: sqlite3.Row | None = conn.execute(
                 f"SELECT {_LEAD_COLUMNS} FROM leads WHERE number = ?", (number,)
@@ -1716,7 +1720,7 @@ class SqliteStore:
             message.html,
             _attachments_json(message.attachments),
             message.external_id,
-            json.dumps(message.refs, ensure_ascii=False),
+            _to_json(message.refs),
             message.delivery.value if message.delivery else None,
             message.created_at.timestamp(),
             message.lead_number,
@@ -1776,7 +1780,7 @@ class SqliteStore:
                             item.message_id,
                             item.lead_number,
                             item.channel,
-                            json.dumps(item.payload, ensure_ascii=False),
+                            _to_json(item.payload),
                             DeliveryState.QUEUED.value,
                             (item.next_attempt_at or item.created_at).timestamp(),
                             item.created_at.timestamp(),
@@ -1850,7 +1854,7 @@ class SqliteStore:
             event.lead_number,
             event.type,
             event.at.timestamp(),
-            json.dumps(event.data, ensure_ascii=False),
+            _to_json(event.data),
         )
 
         def insert(conn: sqlite3.Connection) -> int | None:
@@ -1866,9 +1870,7 @@ class SqliteStore:
     async def append_events(self, events: Sequence[Event]) -> list[Event]:
         if not events:
             return []
-        rows = [
-            (e.lead_number, e.type, e.at.timestamp(), json.dumps(e.data, ensure_ascii=False)) for e in events
-        ]
+        rows = [(e.lead_number, e.type, e.at.timestamp(), _to_json(e.data)) for e in events]
 
         def insert(conn: sqlite3.Connection) -> list[int | None]:
             ids: list[int | None] = []
@@ -1931,7 +1933,7 @@ class SqliteStore:
         return await self._read_job(lambda conn: self._states_in_thread(conn, keys))
 
     async def set_state(self, key: str, value: Any) -> None:
-        encoded = json.dumps(value, ensure_ascii=False)
+        encoded = _to_json(value)
         await self._write(
             lambda conn: conn.execute(
                 "INSERT INTO kv (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
