@@ -8,7 +8,6 @@ decoded is quarantined with its reason, never dropped.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -18,6 +17,7 @@ from hub.domain import Event, EventType, Inbound, InboxItem, utcnow
 from hub.errors import DecodeError
 from hub.events import EventBus
 from hub.intake import Intake, IntakeResult
+from hub.tasks import stop_task
 from storage.base import Store, StoreError
 
 log = logging.getLogger(__name__)
@@ -174,7 +174,5 @@ class InboxProcessor:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop_task(self._task)
             self._task = None

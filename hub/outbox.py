@@ -18,7 +18,7 @@ from hub.domain import Event, EventType, OutboxItem, utcnow
 from hub.errors import PermanentError, TransientError, UncertainDelivery
 from hub.events import EventBus
 from hub.ports import Sender
-from hub.tasks import cancel_until_done
+from hub.tasks import stop_task
 from storage.base import Store, StoreError
 
 log = logging.getLogger(__name__)
@@ -68,9 +68,7 @@ class OutboxDispatcher:
     async def stop(self) -> None:
         if self._task is not None:
             # aiosmtplib's wait_for can swallow a cancellation that races a completing send.
-            await cancel_until_done(self._task)
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop_task(self._task)
             self._task = None
 
     async def _run(self) -> None:

@@ -18,3 +18,11 @@ async def cancel_until_done(task: asyncio.Task[Any], grace: float | None = None,
         task.cancel()
         await asyncio.wait({task}, timeout=left)
     return True
+
+
+async def stop_task(task: asyncio.Task[Any]) -> None:
+    """Cancel `task` until it has ended, then re-raise any error it died of. A cancellation of
+    the caller itself propagates (`await task` under suppress(CancelledError) would swallow it)."""
+    await cancel_until_done(task)
+    if not task.cancelled():
+        task.result()

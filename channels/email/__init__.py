@@ -13,7 +13,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from hub.config import EmailSettings
-from hub.tasks import cancel_until_done
+from hub.tasks import stop_task
 
 from .attachments import AttachmentStore
 from .decode import CHANNEL, EmailDecoder
@@ -78,8 +78,6 @@ class EmailChannel:
                     async with asyncio.timeout(STOP_GRACE_SECONDS):
                         await self.poller.sink_idle.wait()
             # aioimaplib's wait_for can swallow one cancellation.
-            await cancel_until_done(self._task)
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop_task(self._task)
             self._task = None
         await self.ingest_stopped()

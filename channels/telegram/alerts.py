@@ -24,6 +24,7 @@ from aiogram.methods import SendMessage
 from channels.telegram.api import TelegramApi
 from hub.domain import Event, EventType, utcnow
 from hub.errors import PermanentError, TransientError
+from hub.tasks import stop_task
 from storage.base import StoreError
 
 if TYPE_CHECKING:
@@ -64,9 +65,7 @@ class AlertRelay:
     async def stop(self) -> None:
         """Stop and give the lease up, so another process takes over at once."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop_task(self._task)
             self._task = None
         if self._holding:
             with contextlib.suppress(StoreError):

@@ -44,6 +44,7 @@ from hub.domain import (
     utcnow,
 )
 from hub.errors import PermanentError, TransientError
+from hub.tasks import stop_task
 from storage.base import LeadQuery
 
 if TYPE_CHECKING:
@@ -177,9 +178,7 @@ class StaffDesk:
         self._running = False
         for queue in self._queues.values():
             if queue.task is not None:
-                queue.task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await queue.task
+                await stop_task(queue.task)
                 queue.task = None
 
     async def resync(self, page: int = 200, each: Callable[[Lead], Awaitable[None]] | None = None) -> int:
