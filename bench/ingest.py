@@ -2,6 +2,7 @@
 
     python -m bench.ingest                      # N=20000, concurrency 64, SQLite in a temp dir
     python -m bench.ingest -n 5000 -c 32
+    python -m bench.ingest -n 10000 --against /path/to/other/checkout   # A/B at the same time (bench/ab.py)
     HUB_TEST_MONGODB_URL=mongodb://127.0.0.1/ python -m bench.ingest --backend mongo
 
 The hub runs as its own process (`python -m hub run`, form rate limit off); the load is
@@ -20,6 +21,7 @@ import asyncio
 import json
 import os
 import platform
+import re
 import signal
 import statistics
 import subprocess
@@ -36,6 +38,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "bench-token-0a1b2c3d"
+#: The figure `--against` compares: the hub's CPU per lead.
+HUB_CPU_PER_LEAD = re.compile(r"hub CPU +[0-9.]+ s \(([0-9.]+) ms per lead")
 
 
 def hub_config(storage_url: str, port: int) -> dict[str, Any]:
@@ -357,6 +361,8 @@ def main(argv: list[str] | None = None) -> int:
         "--hub-root checkouts older than the process settings)",
     )
     parser.add_argument("--event-loop", choices=["uvloop", "asyncio"], help="the hub's process.event_loop")
+    parser.add_argument("--against", type=Path, default=None, help="A/B with this checkout, at the same time")
+    parser.add_argument("--rounds", type=int, default=3, help="A/B rounds (with --against)")
     parser.add_argument("--worker", metavar="URL", help=argparse.SUPPRESS)
     parser.add_argument("--cpus", default="", help=argparse.SUPPRESS)
     parser.add_argument("--run-id", default="", help=argparse.SUPPRESS)
@@ -366,6 +372,18 @@ def main(argv: list[str] | None = None) -> int:
             os.sched_setaffinity(0, {int(cpu) for cpu in args.cpus.split(",")})
         result = asyncio.run(generate(args.worker, args.total, args.concurrency, args.run_id))
         json.dump(result, sys.stdout)
+        return 0
+    if args.against is not None:
+        from bench.ab import side_by_side
+
+        # Both runs pin their hub to CPU 0 and their generator to CPU 1: each pair shares a core.
+        side_by_side(
+            "bench.ingest",
+            ["-n", str(args.total), "-c", str(args.concurrency), "--warmup", str(args.warmup)],
+            args.against.resolve(),
+            args.rounds,
+            HUB_CPU_PER_LEAD,
+        )
         return 0
     code = bench(
         "sqlite" if args.backend == "sqlite" else "mongo",

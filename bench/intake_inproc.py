@@ -25,8 +25,6 @@ import collections
 import logging
 import os
 import re
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -138,48 +136,8 @@ async def run(n: int, concurrency: int, warmup: int, statements: bool) -> None:
             )
 
 
-_SELF = (sys.executable, "-m", "bench.intake_inproc")
-_CPU_LINE = re.compile(r"CPU per lead +event loop ([0-9.]+) ms, other threads ([0-9.]+) ms")
-
-
-def _cpu_per_lead(output: str, root: Path) -> tuple[float, float]:
-    """(event loop, other threads) ms per lead from one run's output."""
-    match = _CPU_LINE.search(output)
-    if match is None:
-        raise RuntimeError(f"bench.intake_inproc for {root} printed no CPU figures:\n{output[-2000:]}")
-    return float(match[1]), float(match[2])
-
-
-def against(other: Path, n: int, concurrency: int, rounds: int) -> None:
-    """Run this checkout (B) and `other` (A) at the same time on CPU 0; compare CPU per lead."""
-    here = Path(__file__).resolve().parents[1]
-    ratios: list[float] = []
-    print(f"A = {other}, B = {here}; {n} leads each, both on CPU 0 at the same time")
-    for index in range(1, rounds + 1):
-        runs = {
-            label: subprocess.Popen(
-                [*_SELF, "-n", str(n), "-c", str(concurrency), "--hub-root", str(root)],
-                cwd=here,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-            for label, root in (("A", other), ("B", here))
-        }
-        figures = {}
-        for label, proc in runs.items():
-            output, _ = proc.communicate(timeout=600)
-            figures[label] = _cpu_per_lead(output, other if label == "A" else here)
-        (a_loop, a_other), (b_loop, b_other) = figures["A"], figures["B"]
-        ratio = (b_loop + b_other) / (a_loop + a_other)
-        ratios.append(ratio)
-        print(
-            f"round {index}  A: loop {a_loop:.3f} + other {a_other:.3f} ms   "
-            f"B: loop {b_loop:.3f} + other {b_other:.3f} ms   B/A {ratio:.3f}"
-        )
-    print(
-        f"B/A CPU per lead: median {statistics.median(ratios):.3f} (min {min(ratios):.3f}, max {max(ratios):.3f})"
-    )
+#: The figures `--against` compares: event loop + other threads, ms of CPU per lead.
+CPU_PER_LEAD = re.compile(r"CPU per lead +event loop ([0-9.]+) ms, other threads ([0-9.]+) ms")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -193,7 +151,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="A/B rounds (with --against)")
     args = parser.parse_args(argv)
     if args.against is not None:
-        against(args.against.resolve(), args.n, args.c, args.rounds)
+        from bench.ab import side_by_side
+
+        side_by_side(
+            "bench.intake_inproc",
+            ["-n", str(args.n), "-c", str(args.c)],
+            args.against.resolve(),
+            args.rounds,
+            CPU_PER_LEAD,
+        )
         return 0
     if args.hub_root is not None:
         sys.path.insert(0, str(args.hub_root.resolve()))
