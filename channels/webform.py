@@ -186,7 +186,7 @@ async def submit(
         f"{form_id}:{key}",
         raw,
         {"ip": ip},
-        decoded=lambda item: _inbound(item, submission, payload),
+        decoder=lambda item: _inbound(item, submission, payload),
     )
     return result
 

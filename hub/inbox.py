@@ -67,13 +67,13 @@ class InboxProcessor:
         payload: bytes,
         meta: dict[str, Any] | None = None,
         now: datetime | None = None,
-        decoded: Decoder | None = None,
+        decoder: Decoder | None = None,
     ) -> tuple[InboxItem, IntakeResult | None]:
         """Store raw input, then process it; returns once both are durable (None: quarantined).
 
-        `decoded`: builds the Inbound from the caller's own already-validated values, sparing
-        the new item a read-back of the bytes it just wrote. An item stored earlier under the
-        same key is decoded from its own stored bytes, which may differ."""
+        `decoder`: builds the new item's Inbound from the caller's own validated values instead
+        of the channel's decoder reading back the bytes just written. An item stored earlier
+        under the same key is decoded from its own stored bytes, which may differ."""
         now = now or utcnow()
         # The caller answers only after processing, so the raw write need not be durable on its
         # own first: it commits with (or before) intake's writes, one commit wait in all. A crash
@@ -90,7 +90,7 @@ class InboxProcessor:
             )
             if not created and item.status == "quarantined":
                 return item, None
-            return item, await self.process(item, decoded if created else None)
+            return item, await self.process(item, decoder if created else None)
 
     async def process(self, item: InboxItem, decoder: Decoder | None = None) -> IntakeResult | None:
         """Decode and accept one item (with `decoder`, else the channel's); quarantine it if it
