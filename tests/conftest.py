@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,23 @@ def settings_factory(tmp_path: Path) -> Callable[..., Settings]:
 @pytest.fixture
 def settings(settings_factory: Callable[..., Settings]) -> Settings:
     return settings_factory()
+
+
+@pytest.fixture
+async def make_hub(settings_factory: Callable[..., Settings]) -> AsyncIterator[Callable[..., Awaitable[Hub]]]:
+    """Builds hubs on the test's settings (overrides as keywords) with their store open and
+    nothing started; hubs built twice share the test's SQLite file. Closed after the test."""
+    hubs: list[Hub] = []
+
+    async def build(**overrides: Any) -> Hub:
+        instance = Hub(settings_factory(**overrides))
+        await instance.store.open()
+        hubs.append(instance)
+        return instance
+
+    yield build
+    for instance in hubs:
+        await instance.store.close()
 
 
 @pytest.fixture

@@ -4,27 +4,20 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
 from hub.app import Hub
 from hub.domain import Identity, IdentityKind, Inbound, LeadStatus, ThreadHints
-from tests.support.settings import make_settings
 
 T0 = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
 
 
 @pytest.fixture
-async def core(tmp_path: Path) -> AsyncIterator[Hub]:
-    hub = Hub(make_settings(tmp_path, web={"enabled": False}))
-    await hub.store.open()
-    try:
-        yield hub
-    finally:
-        await hub.store.close()
+async def core(make_hub: Callable[..., Awaitable[Hub]]) -> Hub:
+    return await make_hub(web={"enabled": False})
 
 
 def inbound(external_id: str, email: str = "c@example.com", text: str = "hello", **kw: object) -> Inbound:

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
@@ -13,7 +12,6 @@ from hub.app import Hub
 from hub.domain import Contact, Identity, IdentityKind, Inbound, Lead, OutboxItem
 from hub.errors import PermanentError, TransientError
 from hub.outbox import backoff_delay
-from tests.support.settings import make_settings
 
 T0 = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
 
@@ -35,13 +33,8 @@ class ScriptedSender:
 
 
 @pytest.fixture
-async def core(tmp_path: Path) -> AsyncIterator[Hub]:
-    hub = Hub(make_settings(tmp_path, web={"enabled": False}, outbox={"max_attempts": 3}))
-    await hub.store.open()
-    try:
-        yield hub
-    finally:
-        await hub.store.close()
+async def core(make_hub: Callable[..., Awaitable[Hub]]) -> Hub:
+    return await make_hub(web={"enabled": False}, outbox={"max_attempts": 3})
 
 
 async def _lead_with_reply(hub: Hub) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from itertools import count
@@ -135,16 +135,6 @@ def inbound(email: str, at: datetime = T0, text: str = "Питання", **field
         received_at=at,
         **fields,
     )
-
-
-@pytest.fixture
-def make_hub(settings_factory: Callable[..., Settings]) -> Iterator[Callable[..., Any]]:
-    async def build(**overrides: Any) -> Hub:
-        hub = Hub(settings_factory(**overrides))
-        await hub.store.open()
-        return hub
-
-    yield build
 
 
 def team(strategy: str, *members: str, capacity: int = 100, **extra: Any) -> dict[str, Any]:

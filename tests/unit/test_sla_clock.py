@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from itertools import count
 from typing import Any
@@ -28,19 +28,6 @@ def inbound(email: str, at: datetime, kind: LeadKind = LeadKind.MESSAGE, text: s
         received_at=at,
         kind_hint=kind,
     )
-
-
-@pytest.fixture
-def make_hub(settings_factory: Callable[..., Settings]) -> Iterator[Callable[..., Any]]:
-    hubs: list[Hub] = []
-
-    async def build(**overrides: Any) -> Hub:
-        hub = Hub(settings_factory(**overrides))
-        await hub.store.open()
-        hubs.append(hub)
-        return hub
-
-    yield build
 
 
 async def _events(hub: Hub, number: int, *types: str) -> list[Event]:

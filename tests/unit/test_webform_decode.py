@@ -5,9 +5,8 @@ must still be processed from its own stored bytes."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -16,7 +15,6 @@ from hypothesis import strategies as st
 from channels import webform
 from hub.app import Hub
 from hub.domain import InboxItem, LeadKind
-from tests.support.settings import make_settings
 
 T0 = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
 
@@ -66,13 +64,8 @@ def test_the_live_inbound_is_what_decoding_the_stored_bytes_gives(
 
 
 @pytest.fixture
-async def core(tmp_path: Path) -> AsyncIterator[Hub]:
-    hub = Hub(make_settings(tmp_path))  # the form channel registers its decoder
-    await hub.store.open()
-    try:
-        yield hub
-    finally:
-        await hub.store.close()
+async def core(make_hub: Callable[..., Awaitable[Hub]]) -> Hub:
+    return await make_hub()  # the form channel registers its decoder
 
 
 async def test_a_key_stored_before_is_processed_from_its_own_bytes(core: Hub) -> None:
