@@ -38,6 +38,8 @@ from storage.base import LeadChanges, Store
 log = logging.getLogger(__name__)
 
 _MAX_ATTEMPTS = 25
+#: The decision's reason when no team on the way had an eligible manager.
+_NOBODY_ELIGIBLE = "unassigned: nobody eligible"
 
 
 def rotate(members: Sequence[ManagerSettings], turn: int) -> list[ManagerSettings]:
@@ -174,7 +176,7 @@ class ConfigRouter:
             priority=priority or None,
         )
         if assignee is None:
-            reason["result"] = "unassigned: nobody eligible"
+            reason["result"] = _NOBODY_ELIGIBLE
             return None, team
         return assignee, chosen_team
 
@@ -197,7 +199,7 @@ class ConfigRouter:
             if chosen is not None:
                 return chosen.id, team, load
             team = self._settings.teams[team].fallback
-        reason["result"] = "unassigned: nobody eligible"
+        reason["result"] = _NOBODY_ELIGIBLE
         return None, first_team, None
 
     async def reroute(
