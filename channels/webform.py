@@ -23,7 +23,7 @@ from aiohttp import web
 from hub import i18n
 from hub.domain import Identity, IdentityKind, Inbound, InboxItem, LeadKind, new_id
 from hub.errors import DecodeError
-from hub.identities import normalize_email, normalize_phone, normalize_telegram_username
+from hub.identities import normalize_phone, normalize_telegram_username, normalize_typed_email
 from hub.web.keys import HUB_KEY
 from hub.web.ratelimit import client_ip
 from hub.web.templates import render
@@ -93,7 +93,7 @@ def validate_submission(raw: Mapping[str, Any], language: str) -> tuple[Submissi
         errors["message"] = t("error.message_too_long", max=MAX_MESSAGE)
     email = phone = telegram = ""
     if values["email"]:
-        email = normalize_email(values["email"]) or ""
+        email = normalize_typed_email(values["email"]) or ""
         if not email:
             errors["email"] = t("error.email_invalid")
     if values["phone"]:

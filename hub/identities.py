@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import re
 
-from hub.domain import Identity, IdentityKind
+import phonenumbers
+from email_validator import EmailNotValidError, validate_email
 
 # No whitespace or control characters anywhere: addresses go into mail headers.
 _EMAIL = re.compile(r"^[^@\s\x00-\x1f\x7f-\x9f<>()\[\],;:\"\\]+@[A-Za-z0-9.-]+\.[A-Za-z0-9-]{2,}\Z")
 _USERNAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{3,31}$")
+_PHONE_CHARS = re.compile(r"\+?[\d\s().-]{7,25}")
+#: Where a number typed without a country code is assumed to be (customers write `067 123 45 67`).
+DEFAULT_PHONE_REGION = "UA"
 
 
 def normalize_email(value: str) -> str | None:
@@ -20,15 +24,41 @@ def normalize_email(value: str) -> str | None:
     return f"{local}@{domain.lower()}".lower()
 
 
-def normalize_phone(value: str) -> str | None:
-    """`+380 (67) 123-45-67` -> `+380671234567`; None unless 7-15 digits remain (E.164)."""
+def normalize_typed_email(value: str) -> str | None:
+    """An address a person typed (form, API, chat), checked strictly; None when invalid.
+
+    Mail headers keep the lenient `normalize_email`: a sender whose mail arrived is reachable
+    whatever the RFCs say about their address."""
     value = value.strip()
-    if not re.fullmatch(r"\+?[\d\s().-]{7,25}", value):
+    if len(value) > 254:
+        return None
+    try:
+        checked = validate_email(value, check_deliverability=False)
+    except EmailNotValidError:
+        return None
+    # The ASCII (IDNA) domain is what mail headers carry, so both channels name one contact.
+    address = f"{checked.local_part}@{checked.ascii_domain}"
+    return address.lower() if _EMAIL.match(address) else None
+
+
+def normalize_phone(value: str, region: str = DEFAULT_PHONE_REGION) -> str | None:
+    """`067 123 45 67`, `+380 (67) 123-45-67`, `00380...` -> `+380671234567` (E.164); None
+    when it is not a valid number. Numbers without a country code are read as `region`'s."""
+    value = value.strip()
+    if not _PHONE_CHARS.fullmatch(value):
         return None
     digits = re.sub(r"\D", "", value)
-    if not 7 <= len(digits) <= 15:
+    if region == "UA" and not value.startswith("+") and re.fullmatch(r"80\d{9}", digits):
+        # The old trunk prefix: many still write 8 067 123 45 67 for 067 123 45 67.
+        value = digits[1:]
+    try:
+        number = phonenumbers.parse(value, region)
+    except phonenumbers.NumberParseException:
         return None
-    return "+" + digits
+    # Valid, not just possible: a digit too few or too many makes a contact nobody can call.
+    if not phonenumbers.is_valid_number(number):
+        return None
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
 def normalize_telegram_username(value: str) -> str | None:
@@ -36,17 +66,3 @@ def normalize_telegram_username(value: str) -> str | None:
     value = value.strip()
     value = re.sub(r"^(?:https?://)?t\.me/", "", value).lstrip("@")
     return value.lower() if _USERNAME.match(value) else None
-
-
-def identity(kind: IdentityKind, value: str, display_name: str = "") -> Identity | None:
-    """A normalized identity, or None when the value is not valid for its kind."""
-    normalized: str | None
-    if kind == IdentityKind.EMAIL:
-        normalized = normalize_email(value)
-    elif kind == IdentityKind.PHONE:
-        normalized = normalize_phone(value)
-    elif kind == IdentityKind.TELEGRAM_USERNAME:
-        normalized = normalize_telegram_username(value)
-    else:
-        normalized = value.strip() or None
-    return Identity(kind, normalized, display_name) if normalized else None

@@ -18,7 +18,7 @@ from aiogram.types import Message, Update
 from hub import i18n
 from hub.domain import Attachment, Identity, IdentityKind, Inbound, InboxItem, LeadKind, ThreadHints
 from hub.errors import DecodeError
-from hub.identities import normalize_email, normalize_phone, normalize_telegram_username
+from hub.identities import normalize_phone, normalize_telegram_username, normalize_typed_email
 
 CUSTOMER = "telegram"
 CONTROL = "telegram.control"
@@ -65,7 +65,7 @@ def update_id_of(data: dict[str, Any]) -> int:
 
 def emails_in(text: str) -> list[str]:
     """Plausible email addresses written in a message (normalized)."""
-    found = (normalize_email(m) for m in _EMAIL_IN_TEXT.findall(text or ""))
+    found = (normalize_typed_email(m) for m in _EMAIL_IN_TEXT.findall(text or ""))
     return [e for e in dict.fromkeys(found) if e]
 
 
@@ -184,7 +184,9 @@ def sender_identities(message: Message) -> tuple[Identity, tuple[Identity, ...]]
     contact = message.contact
     # Only the user's own number proves anything: a forwarded card of someone else does not.
     if contact is not None and contact.user_id == user.id:
-        phone = normalize_phone(contact.phone_number)
+        # Telegram sends the full international number, mostly without its "+".
+        number = contact.phone_number.strip()
+        phone = normalize_phone(number if number.startswith("+") else f"+{number}")
         if phone:
             others.append(Identity(IdentityKind.PHONE, phone, name))
     for email in emails_in(message.text or message.caption or ""):

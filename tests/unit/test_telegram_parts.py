@@ -235,3 +235,8 @@ def test_decoder_turns_media_and_locations_into_inbounds() -> None:
         _item(_private(None, contact={"phone_number": "+380 67 123 45 67", "first_name": "I", "user_id": 42}))
     )
     assert any(i.kind == IdentityKind.PHONE and i.value == "+380671234567" for i in own.other_identities)
+    # Telegram sends the international number without its "+": it is not read as a Ukrainian one.
+    polish = decode(
+        _item(_private(None, contact={"phone_number": "48601234567", "first_name": "I", "user_id": 42}))
+    )
+    assert [i.value for i in polish.other_identities if i.kind == IdentityKind.PHONE] == ["+48601234567"]

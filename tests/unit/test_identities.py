@@ -1,0 +1,101 @@
+"""How typed phone numbers and addresses become identities: one person, one value."""
+
+from __future__ import annotations
+
+import pytest
+
+from hub.identities import normalize_email, normalize_phone, normalize_typed_email
+
+
+@pytest.mark.parametrize(
+    "typed",
+    [
+        "+380 67 123 45 67",
+        "+38 (067) 123-45-67",
+        "067 123 45 67",
+        "(067) 123-45-67",
+        "0671234567",
+        "380671234567",
+        "00380671234567",
+        "8 067 123 45 67",
+        " 067-123-45-67 ",
+    ],
+)
+def test_ukrainian_numbers_in_every_usual_form_are_one_number(typed: str) -> None:
+    assert normalize_phone(typed) == "+380671234567"
+
+
+@pytest.mark.parametrize(
+    ("typed", "e164"),
+    [
+        ("044 123 45 67", "+380441234567"),
+        ("+48 601 234 567", "+48601234567"),
+        ("+1 (415) 555-2671", "+14155552671"),
+        ("0048 601 234 567", "+48601234567"),
+    ],
+)
+def test_landlines_and_foreign_numbers_keep_their_country(typed: str, e164: str) -> None:
+    assert normalize_phone(typed) == e164
+
+
+def test_a_number_is_read_in_the_given_region() -> None:
+    assert normalize_phone("601 234 567", region="PL") == "+48601234567"
+
+
+@pytest.mark.parametrize(
+    "typed",
+    [
+        "(((((((1234567",  # punctuation around too few digits
+        "1234567",
+        "+380 67 123 45 6",  # a digit short
+        "+380 67 123 45 678",  # a digit too many
+        "067 123 45 67 ext 5",
+        "067\r\n1234567",
+        "+380671234567; DROP",
+        "",
+    ],
+)
+def test_numbers_nobody_could_call_are_refused(typed: str) -> None:
+    assert normalize_phone(typed) is None
+
+
+@pytest.mark.parametrize(
+    "typed",
+    [
+        "a@-.co",
+        "a@..co",
+        "a@.example.com",
+        "a..b@example.com",
+        ".a@example.com",
+        "a.@example.com",
+        "x@localhost",
+    ],
+)
+def test_typed_addresses_that_no_mail_server_takes_are_refused(typed: str) -> None:
+    assert normalize_typed_email(typed) is None
+
+
+@pytest.mark.parametrize(
+    ("typed", "stored"),
+    [
+        ("Olena.K+tag@Example.COM", "olena.k+tag@example.com"),
+        ("  olena@example.com ", "olena@example.com"),
+        ("олена@example.com", "олена@example.com"),
+        # An internationalized domain is stored as mail headers carry it (IDNA).
+        ("o@приклад.укр", "o@xn--80aikifvh.xn--j1amh"),
+    ],
+)
+def test_typed_addresses_are_stored_as_mail_carries_them(typed: str, stored: str) -> None:
+    assert normalize_typed_email(typed) == stored
+
+
+@pytest.mark.parametrize(
+    "typed", ["a@b.co\r\nBcc: x@evil.example", "a b@example.com", '"a"@example.com', "a<b>@x.co"]
+)
+def test_typed_addresses_never_carry_header_syntax(typed: str) -> None:
+    assert normalize_typed_email(typed) is None
+
+
+def test_mail_headers_keep_the_lenient_check() -> None:
+    # Such an address breaks the RFC, but mail from it arrived: its sender must stay reachable.
+    assert normalize_email("a..b@example.com") == "a..b@example.com"
