@@ -205,7 +205,11 @@ class Intake:
             if lead is not None and lead.contact_id == contact.id:
                 return lead, False, []
         active = await self._store.find_active_lead(contact.id, inbound.channel)
-        if active is not None:
+        if active is not None and not (
+            # A service request is work of its own (its own team, its own SLA): it must not
+            # vanish into the customer's open question. A question may join an open request.
+            inbound.kind_hint == LeadKind.SERVICE_REQUEST and active.kind != LeadKind.SERVICE_REQUEST
+        ):
             return active, False, []
         return await self._open_lead(inbound, contact, now)
 

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from hub.app import Hub
-from hub.domain import Identity, IdentityKind, Inbound, LeadStatus, ThreadHints
+from hub.domain import Identity, IdentityKind, Inbound, LeadKind, LeadStatus, ThreadHints
 
 T0 = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
 
@@ -47,6 +47,22 @@ async def test_same_contact_same_channel_joins_active_lead(core: Hub) -> None:
     assert second.lead.number == first.lead.number and not second.created_lead
     assert other.lead.number != first.lead.number
     assert [m.text for m in await core.store.list_messages(first.lead.number)] == ["one", "two"]
+
+
+async def test_a_service_request_opens_its_own_lead_beside_an_open_question(core: Hub) -> None:
+    question = await core.intake.accept(inbound("k1", text="when is delivery?"), now=T0)
+    request = await core.intake.accept(
+        inbound("k2", text="the washer is broken", subject="Repair", kind_hint=LeadKind.SERVICE_REQUEST),
+        now=T0,
+    )
+    assert request.created_lead and request.lead.number != question.lead.number
+    assert request.lead.kind == LeadKind.SERVICE_REQUEST and request.lead.subject == "Repair"
+    # The service policy's 12 h, not the question's 4 h.
+    assert request.lead.first_response_due == T0 + timedelta(hours=12)
+    # Then a question, or a second request, joins the open request.
+    follow_up = await core.intake.accept(inbound("k3", text="any news?"), now=T0)
+    again = await core.intake.accept(inbound("k4", kind_hint=LeadKind.SERVICE_REQUEST), now=T0)
+    assert follow_up.lead.number == again.lead.number == request.lead.number
 
 
 async def test_customer_message_reopens_resolved_lead(core: Hub) -> None:
