@@ -59,8 +59,10 @@ class HubProcess:
             stderr=subprocess.STDOUT,
         )
 
-    async def wait_ready(self, timeout: float = 20.0) -> None:
+    async def wait_ready(self, timeout: float = 60.0) -> None:
         """Wait until /healthz answers (bounded), or fail with the process log."""
+        # A bound, not a delay: a start takes 1-3 s, but on a loaded 2-core machine imports alone
+        # have taken over 20 s (a restarted hub's only log line at 20 s was its first).
         import aiohttp
 
         deadline = time.monotonic() + timeout
