@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from hub import i18n
 from hub.domain import Identity, IdentityKind, Inbound, InboxItem, LeadKind, new_id
@@ -248,6 +249,17 @@ def _render_form(
     return web.Response(text=html, content_type="text/html", status=status, charset="utf-8")
 
 
+def _bad_request(code: str, detail: str) -> web.HTTPBadRequest:
+    """A 400 in the form's JSON error shape, for a body that cannot be read at all."""
+    return web.HTTPBadRequest(
+        text=json.dumps({"error": code, "detail": detail}), content_type="application/json"
+    )
+
+
+def _not_utf8(exc: UnicodeDecodeError) -> web.HTTPBadRequest:
+    return _bad_request("invalid_form", f"the form data is not valid UTF-8: {exc}")
+
+
 def _parse_urlencoded(body: bytes) -> dict[str, str]:
     """A browser's form body; invalid UTF-8 (raw or %-escaped) is a 400, not replacement characters."""
     try:
@@ -259,11 +271,32 @@ def _parse_urlencoded(body: bytes) -> dict[str, str]:
             max_num_fields=50,
         )
     except (UnicodeDecodeError, ValueError) as exc:
-        raise web.HTTPBadRequest(
-            text=json.dumps({"error": "invalid_form", "detail": f"the form data is not valid UTF-8: {exc}"}),
-            content_type="application/json",
-        ) from exc
+        raise _bad_request("invalid_form", f"the form data is not valid UTF-8: {exc}") from exc
     return dict(pairs)
+
+
+async def _parse_multipart(request: web.Request) -> dict[str, str]:
+    """A multipart form's text fields (file parts are ignored); a malformed body is a 400."""
+    try:
+        posted = await request.post()
+    except UnicodeDecodeError as exc:
+        raise _not_utf8(exc) from exc
+    except (ValueError, LookupError, RuntimeError) as exc:
+        # aiohttp has no one error type for a malformed body: a missing boundary, a part
+        # without a name or nested multipart are ValueErrors, an unknown charset a LookupError,
+        # bad base64 a binascii.Error (a ValueError), an unknown transfer encoding a RuntimeError.
+        raise _malformed_multipart(str(exc)) from exc
+    except HttpProcessingError as exc:
+        raise _malformed_multipart(exc.message) from exc
+    return {k: v for k, v in posted.items() if isinstance(v, str)}
+
+
+def _malformed_multipart(reason: str) -> web.HTTPBadRequest:
+    return _bad_request(
+        "invalid_form",
+        f"the multipart form data is malformed ({reason}); send the fields as "
+        "multipart/form-data with a boundary and a named part per field, or as JSON",
+    )
 
 
 async def post_form(request: web.Request) -> web.Response:
@@ -292,11 +325,7 @@ async def post_form(request: web.Request) -> web.Response:
     elif request.content_type == "application/x-www-form-urlencoded":
         raw = _parse_urlencoded(await request.read())
     elif request.content_type == "multipart/form-data":
-        try:
-            posted = await request.post()
-        except UnicodeDecodeError as exc:
-            raise web.HTTPBadRequest(text=f"the form data is not valid UTF-8: {exc}") from exc
-        raw = {k: v for k, v in posted.items() if isinstance(v, str)}
+        raw = await _parse_multipart(request)
     else:
         raise web.HTTPUnsupportedMediaType(
             text=json.dumps({"error": "unsupported_media_type", "detail": "send application/json or a form"}),

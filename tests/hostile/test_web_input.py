@@ -210,6 +210,73 @@ async def test_invalid_utf8_in_urlencoded_form_is_a_client_error(
     assert await stored(hub) == before
 
 
+MULTIPART_PART = b'--b\r\nContent-Disposition: form-data; name="message"\r\n'
+
+
+@pytest.mark.parametrize(
+    ("content_type", "raw"),
+    [
+        ("multipart/form-data", b"x"),
+        ("multipart/form-data; boundary=xyz", b"garbage"),
+        ("multipart/form-data; boundary=b", b"--b\r\nContent-Disposition: form-data\r\n\r\nzz\r\n--b--\r\n"),
+        ("multipart/form-data; boundary=b", MULTIPART_PART + b"\r\nno closing boundary"),
+        (
+            "multipart/form-data; boundary=b",
+            MULTIPART_PART + b"Content-Type: text/plain; charset=bogus-cs\r\n\r\nhi\r\n--b--\r\n",
+        ),
+        (
+            "multipart/form-data; boundary=b",
+            MULTIPART_PART + b"Content-Transfer-Encoding: base64\r\n\r\n!!!not base64\r\n--b--\r\n",
+        ),
+        (
+            "multipart/form-data; boundary=b",
+            MULTIPART_PART
+            + b"Content-Type: multipart/mixed; boundary=c\r\n\r\n--c\r\n\r\nx\r\n--c--\r\n--b--\r\n",
+        ),
+        ("multipart/form-data; boundary=b", MULTIPART_PART + b"\r\n\xff\xfe\r\n--b--\r\n"),
+        (
+            "multipart/form-data; boundary=b",
+            MULTIPART_PART + b"Content-Transfer-Encoding: bogus\r\n\r\nhi\r\n--b--\r\n",
+        ),
+        ("multipart/form-data; boundary=b", MULTIPART_PART + b"X: 1\r\n" * 200 + b"\r\nhi\r\n--b--\r\n"),
+    ],
+    ids=[
+        "no-boundary",
+        "no-start",
+        "no-name",
+        "eof",
+        "bogus-charset",
+        "bad-base64",
+        "nested",
+        "not-utf8",
+        "bogus-transfer-encoding",
+        "too-many-part-headers",
+    ],
+)
+async def test_malformed_multipart_is_400_invalid_form(
+    hub: Hub, http: aiohttp.ClientSession, base_url: str, content_type: str, raw: bytes
+) -> None:
+    before = await stored(hub)
+    resp = await http.post(f"{base_url}/forms/contact", data=raw, headers={"Content-Type": content_type})
+    body = await assert_json_error(resp, 400)
+    assert body["error"] == "invalid_form"
+    assert await stored(hub) == before
+
+
+async def test_well_formed_multipart_form_is_accepted(
+    hub: Hub, http: aiohttp.ClientSession, base_url: str, auth: dict[str, str]
+) -> None:
+    form = aiohttp.FormData()
+    for name, value in VALID.items():
+        form.add_field(name, value)
+    form.add_field("attachment", b"%PDF-1.4", filename="a.pdf", content_type="application/pdf")
+    resp = await http.post(f"{base_url}/forms/contact", data=form, headers={"Accept": "application/json"})
+    assert resp.status == 201, await resp.text()
+    lead = (await resp.json())["lead"]
+    detail = await (await http.get(f"{base_url}/api/v1/leads/{lead}", headers=auth)).json()
+    assert [m["text"] for m in detail["messages"]] == [VALID["message"]]
+
+
 # --- header injection ---------------------------------------------------------------------------
 
 INJECTIONS = [
