@@ -33,7 +33,7 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 def _errors(*statuses: int) -> dict[str, Any]:
     """Error responses, all in the one shape `{"error", "detail"}`."""
     texts = {
-        400: "The body is not readable (not JSON, not UTF-8, a malformed form) or was rejected",
+        400: "The body is not readable (not JSON, not UTF-8, a malformed form, too many fields) or was rejected",
         401: "Missing or wrong bearer token",
         404: "No such lead, inbox item or form",
         405: "Method not allowed",

@@ -206,7 +206,20 @@ async def test_invalid_utf8_in_urlencoded_form_is_a_client_error(
         data=raw,
         headers={"Content-Type": "application/x-www-form-urlencoded"},
     )
-    assert 400 <= resp.status < 500, await resp.text()
+    body = await assert_json_error(resp, 400)
+    assert body["error"] == "invalid_form"
+    assert await stored(hub) == before
+
+
+async def test_too_many_urlencoded_fields_is_400_too_many_fields(
+    hub: Hub, http: aiohttp.ClientSession, base_url: str
+) -> None:
+    before = await stored(hub)
+    data = {**VALID, **{f"extra{i}": "x" for i in range(60)}}
+    resp = await http.post(f"{base_url}/forms/contact", data=data)
+    body = await assert_json_error(resp, 400)
+    assert body["error"] == "too_many_fields"
+    assert "UTF-8" not in str(body["detail"]) and "fields" in str(body["detail"])
     assert await stored(hub) == before
 
 
