@@ -390,11 +390,11 @@ async def post_form(request: web.Request) -> web.Response:
             status=202,
         )
     lead = result.lead
+    status = 200 if result.duplicate else 201
     due_iso = lead.first_response_due.isoformat() if lead.first_response_due else None
     if as_json:
         return web.json_response(
-            {"lead": lead.ref, "kind": lead.kind.value, "first_response_due": due_iso},
-            status=200 if result.duplicate else 201,
+            {"lead": lead.ref, "kind": lead.kind.value, "first_response_due": due_iso}, status=status
         )
     html = render(
         "thanks.html",
@@ -404,7 +404,7 @@ async def post_form(request: web.Request) -> web.Response:
         due=due_text(hub, lead.first_response_due, language),
         telegram_link=hub.telegram_link(lead),
     )
-    return web.Response(text=html, content_type="text/html", status=201, charset="utf-8")
+    return web.Response(text=html, content_type="text/html", status=status, charset="utf-8")
 
 
 def setup_web(app: web.Application) -> None:

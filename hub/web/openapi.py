@@ -616,7 +616,14 @@ def _paths() -> dict[str, Any]:
                             "text/html": {"schema": {"type": "string"}},
                         },
                     },
-                    "200": _json(_ref("FormAccepted"), "Already submitted with this key: the first result"),
+                    "200": {
+                        "description": "Already submitted with this key: the first result (the thank-you "
+                        "page again for browsers)",
+                        "content": {
+                            "application/json": {"schema": _ref("FormAccepted")},
+                            "text/html": {"schema": {"type": "string"}},
+                        },
+                    },
                     "202": _json(_ref("Error"), "Stored, but quarantined for staff"),
                     **_errors(400, 404, 413, 415, 429, 503),
                     "422": {

@@ -58,6 +58,19 @@ async def test_idempotency_key_makes_double_submit_one_lead(hub: Hub, http, base
     assert len(await hub.store.list_messages(1)) == 1
 
 
+async def test_browser_double_submit_thanks_twice_but_the_second_answer_is_200(
+    hub: Hub, http, base_url
+) -> None:
+    fields = {"email": "twice@example.com", "message": "double click", "_token": "form-token-0001"}
+    first = await http.post(f"{base_url}/forms/contact", data=fields)
+    second = await http.post(f"{base_url}/forms/contact", data=fields)
+    assert (first.status, second.status) == (201, 200)
+    for resp in (first, second):
+        assert resp.content_type == "text/html"
+        assert 'data-lead="L-1"' in await resp.text()
+    assert len(await hub.store.list_messages(1)) == 1
+
+
 async def test_validation_errors_are_field_level_and_store_nothing(hub: Hub, http, base_url) -> None:
     resp = await http.post(f"{base_url}/forms/contact", json={"email": "nope", "phone": "12", "message": ""})
     assert resp.status == 422
