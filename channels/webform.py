@@ -236,6 +236,7 @@ def _render_form(
     errors: dict[str, str],
     token: str,
     status: int,
+    notice: str = "",
 ) -> web.Response:
     html = render(
         "form.html",
@@ -247,6 +248,7 @@ def _render_form(
         errors=errors,
         token=token,
         honeypot=HONEYPOT,
+        notice=notice,
     )
     return web.Response(text=html, content_type="text/html", status=status, charset="utf-8")
 
@@ -342,30 +344,35 @@ async def post_form(request: web.Request) -> web.Response:
     language = i18n.pick_language(
         str(raw.get("lang") or "") or i18n.from_accept_language(request.headers.get("Accept-Language"))
     )
+    key = request.headers.get("Idempotency-Key") or raw.get("_token")
+    good_key = key if isinstance(key, str) and _TOKEN.match(key) else None
+
+    def refuse(status: int, body: dict[str, Any], notice: str, token: str | None = None) -> web.Response:
+        """JSON clients get `body`; a browser gets the form again (its values kept) with `notice`."""
+        if as_json:
+            return web.json_response(body, status=status)
+        token = token or secrets.token_urlsafe(16)
+        return _render_form(form_id, form.title, language, raw, {}, token, status, notice=notice)
+
     limited = hub.form_limiter.hit(ip)
     if limited is not None:
         seconds = max(1, int(limited + 0.999))
         message = i18n.text("error.rate_limited", language, seconds=seconds)
-        return web.json_response(
-            {"error": "rate_limited", "detail": message},
-            status=429,
-            headers={"Retry-After": str(seconds)},
-        )
+        # The same token on the page: sending it again after the wait stays one submission.
+        response = refuse(429, {"error": "rate_limited", "detail": message}, message, good_key)
+        response.headers["Retry-After"] = str(seconds)
+        return response
     if raw.get(HONEYPOT):
         log.info("form %s: honeypot filled, submission dropped", form_id)
-        return web.json_response(
-            {"error": "rejected", "detail": "the submission looks automated"}, status=400
-        )
-    key = request.headers.get("Idempotency-Key") or raw.get("_token")
-    if key is not None and (not isinstance(key, str) or not _TOKEN.match(key)):
-        return web.json_response(
-            {
-                "error": "validation_failed",
-                "detail": "bad idempotency key",
-                "fields": {"Idempotency-Key": "8-128 characters of A-Z a-z 0-9 _ . : -"},
-            },
-            status=422,
-        )
+        message = i18n.text("error.rejected", language)
+        return refuse(400, {"error": "rejected", "detail": message}, message)
+    if key is not None and good_key is None:
+        bad_key = {
+            "error": "validation_failed",
+            "detail": "bad idempotency key",
+            "fields": {"Idempotency-Key": "8-128 characters of A-Z a-z 0-9 _ . : -"},
+        }
+        return refuse(422, bad_key, i18n.text("error.form_expired", language))
     submission, errors = validate_submission(raw, language)
     if submission is None:
         if as_json:

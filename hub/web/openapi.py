@@ -369,9 +369,16 @@ def _body(schema: str, required: bool = True) -> dict[str, Any]:
     return {"required": required, "content": {"application/json": {"schema": _ref(schema)}}}
 
 
+def _or_form_page(response: dict[str, Any], description: str) -> dict[str, Any]:
+    """An error response of the form: JSON for JSON clients, or the form page a browser gets."""
+    content = {**response["content"], "text/html": {"schema": {"type": "string"}}}
+    return {**response, "description": description, "content": content}
+
+
 def _paths() -> dict[str, Any]:
     secured: list[dict[str, list[str]]] = [{"bearer": []}]
     lead_ok = _json(_ref("Lead"), "The lead after the change")
+    form_errors = _errors(400, 404, 413, 415, 422, 429, 503)
     return {
         f"{PREFIX}/leads": {
             "post": {
@@ -625,14 +632,23 @@ def _paths() -> dict[str, Any]:
                         },
                     },
                     "202": _json(_ref("Error"), "Stored, but quarantined for staff"),
-                    **_errors(400, 404, 413, 415, 429, 503),
-                    "422": {
-                        "description": "Validation failed: JSON for JSON clients, the form again for browsers",
-                        "content": {
-                            "application/json": {"schema": _ref("ValidationError")},
-                            "text/html": {"schema": {"type": "string"}},
-                        },
-                    },
+                    **form_errors,
+                    "400": _or_form_page(
+                        form_errors["400"],
+                        "The body is not readable (not JSON, not UTF-8, a malformed form, too many "
+                        "fields): JSON; the honeypot field is filled: JSON for JSON clients, the form "
+                        "again for browsers",
+                    ),
+                    "422": _or_form_page(
+                        form_errors["422"],
+                        "Validation failed, or a bad Idempotency-Key or `_token`: JSON for JSON "
+                        "clients, the form again for browsers",
+                    ),
+                    "429": _or_form_page(
+                        form_errors["429"],
+                        "Too many submissions from this address; see Retry-After. JSON for JSON "
+                        "clients, the form again for browsers",
+                    ),
                 },
             }
         },

@@ -46,6 +46,23 @@ async def test_fourth_submission_in_a_minute_is_429_with_retry_after(
     assert await stored(limited_hub) == before
 
 
+async def test_a_browser_over_the_limit_gets_the_form_again_with_retry_after(
+    limited_hub: Hub, http: aiohttp.ClientSession
+) -> None:
+    url = f"http://127.0.0.1:{limited_hub.web_port}/forms/contact"
+    for i in range(3):
+        assert (await http.post(url, json=_body(i))).status == 201
+    before = await stored(limited_hub)
+    resp = await http.post(url, data={**_body(3), "_token": "token-0003"}, headers={"Accept-Language": "uk"})
+    assert (resp.status, resp.content_type, resp.charset) == (429, "text/html", "utf-8")
+    assert 1 <= int(resp.headers["Retry-After"]) <= 60
+    page = await resp.text()
+    # Readable Ukrainian, not JSON escapes; the same token, so the retry is still one submission.
+    assert "Забагато звернень з вашої адреси" in page and "\\u" not in page
+    assert 'name="_token" value="token-0003"' in page and 'value="rate3@example.com"' in page
+    assert await stored(limited_hub) == before
+
+
 async def test_forwarded_for_is_ignored_without_a_trusted_proxy(
     limited_hub: Hub, http: aiohttp.ClientSession
 ) -> None:

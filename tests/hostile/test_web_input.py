@@ -417,9 +417,15 @@ async def test_honeypot_filled_is_rejected_and_stores_nothing(
     hub: Hub, http: aiohttp.ClientSession, base_url: str
 ) -> None:
     before = await stored(hub)
-    for kwargs in ({"json": {**VALID, "website": "http://spam"}}, {"data": {**VALID, "website": "x"}}):
-        resp = await http.post(f"{base_url}/forms/contact", **kwargs)  # type: ignore[arg-type]
-        await assert_json_error(resp, 400)
+    resp = await http.post(f"{base_url}/forms/contact", json={**VALID, "website": "http://spam"})
+    assert (await assert_json_error(resp, 400))["error"] == "rejected"
+    # A browser's post gets the form again with the reason, in its language, not JSON.
+    resp = await http.post(
+        f"{base_url}/forms/contact", data={**VALID, "website": "x"}, headers={"Accept-Language": "uk"}
+    )
+    assert (resp.status, resp.content_type) == (400, "text/html")
+    page = await resp.text()
+    assert "Звернення схоже на автоматичне" in page and 'value="Олена"' in page
     assert await stored(hub) == before
 
 
@@ -453,6 +459,20 @@ async def test_bad_idempotency_key_is_422(hub: Hub, http: aiohttp.ClientSession,
         await assert_json_error(resp, 422)
     resp = await http.post(f"{base_url}/forms/contact", json={**VALID, "_token": {"$gt": ""}})
     await assert_json_error(resp, 422)
+    assert await stored(hub) == before
+
+
+async def test_bad_form_token_from_a_browser_shows_the_form_again(
+    hub: Hub, http: aiohttp.ClientSession, base_url: str
+) -> None:
+    before = await stored(hub)
+    resp = await http.post(f"{base_url}/forms/contact", data={**VALID, "_token": "bad token", "lang": "en"})
+    assert (resp.status, resp.content_type) == (422, "text/html")
+    page = await resp.text()
+    assert "The form has expired" in page and 'value="olena@example.com"' in page
+    # A fresh token, so that sending the form again works.
+    assert 'name="_token" value="bad token"' not in page
+    assert 'name="_token" value="' in page
     assert await stored(hub) == before
 
 
