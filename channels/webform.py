@@ -23,7 +23,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from hub import i18n
 from hub.domain import Identity, IdentityKind, Inbound, InboxItem, LeadKind, new_id
-from hub.errors import DecodeError
+from hub.errors import DecodeError, IdempotencyKeyReused
 from hub.identities import normalize_phone, normalize_telegram_username, normalize_typed_email
 from hub.web.keys import HUB_KEY
 from hub.web.ratelimit import client_ip
@@ -151,6 +151,21 @@ def _inbound(item: InboxItem, submission: Submission, data: Mapping[str, Any]) -
     )
 
 
+def _same_submission(item: InboxItem, form_id: str, kind: LeadKind, submission: Submission) -> bool:
+    """Whether a stored item holds this submission: the same validated fields, kind and form
+    (not the language, the address or the bytes, which a true retry may change)."""
+    try:
+        data = json.loads(item.payload.decode("utf-8"))
+        stored, _ = validate_submission(data["fields"], "en")
+        same_form = data.get("form_id") == form_id and data.get("kind") == kind.value
+    except (ValueError, KeyError, TypeError, AttributeError):
+        # Not known to differ: processing the unreadable item quarantines it, as it always has.
+        return True
+    if stored is None:
+        return True  # the same goes for stored fields that no longer validate
+    return same_form and stored == submission
+
+
 def stored_payload(
     form_id: str, kind: LeadKind, submission: Submission, language: str, ip: str, team: str | None
 ) -> dict[str, Any]:
@@ -176,7 +191,8 @@ async def submit(
     ip: str,
     team: str | None = None,
 ) -> IntakeResult | None:
-    """Store a validated submission raw, then turn it into a lead; None if quarantined."""
+    """Store a validated submission raw, then turn it into a lead; None if quarantined.
+    Raises IdempotencyKeyReused when the key was used before for another submission."""
     # Only unique, not secret: new_id's pooled randomness spares a getrandom() per submission.
     key = idempotency_key or new_id()
     payload = stored_payload(form_id, kind, submission, language, ip, team)
@@ -190,6 +206,7 @@ async def submit(
         raw,
         {"ip": ip},
         decoder=lambda item: _inbound(item, submission, payload),
+        same=lambda item: _same_submission(item, form_id, kind, submission),
     )
     return result
 
@@ -387,7 +404,15 @@ async def post_form(request: web.Request) -> web.Response:
         return _render_form(
             form_id, form.title, language, raw, errors, str(key or secrets.token_urlsafe(16)), 422
         )
-    result = await submit(hub, "webform", form_id, form.kind, submission, key, language, ip, team=form.team)
+    try:
+        result = await submit(
+            hub, "webform", form_id, form.kind, submission, key, language, ip, team=form.team
+        )
+    except IdempotencyKeyReused:
+        reused = {"error": "idempotency_key_reused", "detail": i18n.text("error.key_reused", language)}
+        # A new token: the visitor changed the fields after sending them, so sending the form
+        # again is a new request.
+        return refuse(422, reused, i18n.text("form.resent_changed", language))
     if result is None:
         return web.json_response(
             {

@@ -23,6 +23,10 @@ class ConflictError(HubError):
     """The action does not fit the lead's current state (e.g. resolving a closed lead)."""
 
 
+class IdempotencyKeyReused(HubError):
+    """A submission's idempotency key was stored before with other content; nothing is stored."""
+
+
 class DecodeError(HubError):
     """Raw input cannot become an `Inbound`; it is quarantined with this reason."""
 

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from hub.domain import Event, EventType, Inbound, InboxItem, utcnow
-from hub.errors import DecodeError
+from hub.errors import DecodeError, IdempotencyKeyReused
 from hub.events import EventBus
 from hub.intake import Intake, IntakeResult
 from hub.tasks import stop_task
@@ -68,12 +68,15 @@ class InboxProcessor:
         meta: dict[str, Any] | None = None,
         now: datetime | None = None,
         decoder: Decoder | None = None,
+        same: Callable[[InboxItem], bool] | None = None,
     ) -> tuple[InboxItem, IntakeResult | None]:
         """Store raw input, then process it; returns once both are durable (None: quarantined).
 
         `decoder`: builds the new item's Inbound from the caller's own validated values instead
         of the channel's decoder reading back the bytes just written. An item stored earlier
-        under the same key is decoded from its own stored bytes, which may differ."""
+        under the same key is decoded from its own stored bytes, which may differ.
+        `same`: whether an item stored earlier under the same key holds this input; when it
+        does not, IdempotencyKeyReused is raised and the stored item is left as it was."""
         now = now or utcnow()
         # The caller answers only after processing, so the raw write need not be durable on its
         # own first: it commits with (or before) intake's writes, one commit wait in all. A crash
@@ -90,6 +93,12 @@ class InboxProcessor:
             )
             if not created and item.status == "quarantined":
                 return item, None
+            if not created and same is not None and not same(item):
+                # Processing the stored item here would answer with its lead as if this input
+                # were it; a pending one is left to the replay.
+                raise IdempotencyKeyReused(
+                    f"inbox {channel} {external_id!r}: stored before with other content"
+                )
             return item, await self.process(item, decoder if created else None)
 
     async def process(self, item: InboxItem, decoder: Decoder | None = None) -> IntakeResult | None:

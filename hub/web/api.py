@@ -10,7 +10,7 @@ from aiohttp import web
 from channels import webform
 from hub import i18n
 from hub.domain import LeadKind, LeadStatus, parse_lead_number
-from hub.errors import ValidationFailed
+from hub.errors import IdempotencyKeyReused, ValidationFailed
 from hub.web.keys import HUB_KEY
 from hub.web.ratelimit import client_ip
 from hub.web.serialize import contact_json, event_json, inbox_json, lead_json, message_json
@@ -121,7 +121,15 @@ async def create_lead(request: web.Request) -> web.Response:
     if key is not None and (not isinstance(key, str) or not 1 <= len(key) <= 200 or not _is_text(key)):
         raise ValidationFailed("bad idempotency key", {"external_id": "a string of 1-200 characters"})
     ip = client_ip(request, hub.settings.web.trusted_proxies)
-    result = await webform.submit(hub, "api", form_id, kind, submission, key, language, ip)
+    try:
+        result = await webform.submit(hub, "api", form_id, kind, submission, key, language, ip)
+    except IdempotencyKeyReused:
+        return error(
+            422,
+            "idempotency_key_reused",
+            "this Idempotency-Key (or external_id) was already used for a different lead; use a new "
+            "key, or repeat the same fields to retry",
+        )
     if result is None:
         return error(
             202,

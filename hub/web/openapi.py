@@ -71,7 +71,10 @@ _IDEMPOTENCY_KEY = {
     "name": "Idempotency-Key",
     "in": "header",
     "required": False,
-    "description": "Repeating a request with the same key returns the first result (200) instead of a copy",
+    "description": (
+        "Repeating a request with the same key returns the first result (200) instead of a copy; "
+        "the same key with other fields is 422 `idempotency_key_reused` and stores nothing"
+    ),
     "schema": {"type": "string", "pattern": r"^[A-Za-z0-9_.:-]{8,128}$"},
 }
 
@@ -254,7 +257,8 @@ def _schemas() -> dict[str, Any]:
                     "type": "string",
                     "minLength": 1,
                     "maxLength": 200,
-                    "description": "Idempotency key (or the Idempotency-Key header)",
+                    "description": "Idempotency key (or the Idempotency-Key header); reused with other "
+                    "fields: 422 `idempotency_key_reused`",
                 },
             },
         },
@@ -392,6 +396,11 @@ def _paths() -> dict[str, Any]:
                     "200": _json(_ref("Lead"), "Already submitted with this key: the first result"),
                     "202": _json(_ref("Error"), "Stored, but quarantined for staff"),
                     **_errors(400, 401, 413, 422, 503),
+                    "422": _json(
+                        _ref("ValidationError"),
+                        "Validation failed (`fields` names each bad field), or the Idempotency-Key or "
+                        "external_id was used before for a different lead (`idempotency_key_reused`)",
+                    ),
                 },
             },
             "get": {
@@ -641,8 +650,9 @@ def _paths() -> dict[str, Any]:
                     ),
                     "422": _or_form_page(
                         form_errors["422"],
-                        "Validation failed, or a bad Idempotency-Key or `_token`: JSON for JSON "
-                        "clients, the form again for browsers",
+                        "Validation failed, a bad Idempotency-Key or `_token`, or one used before for "
+                        "other fields (`idempotency_key_reused`): JSON for JSON clients, the form "
+                        "again for browsers",
                     ),
                     "429": _or_form_page(
                         form_errors["429"],

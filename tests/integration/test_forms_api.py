@@ -58,6 +58,60 @@ async def test_idempotency_key_makes_double_submit_one_lead(hub: Hub, http, base
     assert len(await hub.store.list_messages(1)) == 1
 
 
+async def test_idempotency_key_reused_for_other_fields_is_422_and_stores_nothing(
+    hub: Hub, http, base_url
+) -> None:
+    headers = {"Idempotency-Key": "idem-key-00000001", "Accept-Language": "uk"}
+    first = {"name": "Перший", "email": "first@example.com", "message": "first body"}
+    created = await http.post(f"{base_url}/forms/contact", json=first, headers=headers)
+    assert created.status == 201 and (await created.json())["lead"] == "L-1"
+    inbox = await hub.store.inbox_list("done")
+
+    second = {"name": "Другий", "email": "second@example.com", "message": "SECOND body"}
+    reused = await http.post(f"{base_url}/forms/contact", json=second, headers=headers)
+    assert reused.status == 422
+    body = await reused.json()
+    assert body["error"] == "idempotency_key_reused"
+    assert "Idempotency-Key" in body["detail"] and "новий ключ" in body["detail"]
+    assert await hub.store.inbox_list("done") == inbox and await hub.store.inbox_list("pending") == []
+    assert await hub.store.get_lead(2) is None
+    assert [m.text for m in await hub.store.list_messages(1)] == ["first body"]
+
+    # A true retry: the same fields once validated, though the JSON's spacing, the padding of
+    # the values and the language differ.
+    retry = '{ "name" : " Перший ",\n "email": "First@Example.com", "message": "first body", "lang": "en" }'
+    again = await http.post(
+        f"{base_url}/forms/contact", data=retry, headers={**headers, "Content-Type": "application/json"}
+    )
+    assert again.status == 200 and (await again.json())["lead"] == "L-1"
+
+
+async def test_a_browser_reusing_its_token_for_other_fields_gets_the_form_with_a_new_token(
+    hub: Hub, http, base_url
+) -> None:
+    fields = {"email": "tok@example.com", "message": "first", "_token": "form-token-0002", "lang": "uk"}
+    assert (await http.post(f"{base_url}/forms/contact", data=fields)).status == 201
+    resp = await http.post(f"{base_url}/forms/contact", data={**fields, "message": "edited after Back"})
+    assert (resp.status, resp.content_type) == (422, "text/html")
+    page = await resp.text()
+    assert "Цю форму вже надіслано з іншим вмістом" in page and "edited after Back" in page
+    assert 'value="form-token-0002"' not in page
+    assert await hub.store.get_lead(2) is None
+    assert [m.text for m in await hub.store.list_messages(1)] == ["first"]
+
+
+async def test_a_quarantined_key_still_answers_202(hub: Hub, http, base_url) -> None:
+    _, result = await hub.inbox.submit("webform", "contact:quarantined-key-01", b"not json")
+    assert result is None and len(await hub.store.inbox_list("quarantined")) == 1
+    resp = await http.post(
+        f"{base_url}/forms/contact",
+        json={"email": "q@example.com", "message": "other"},
+        headers={"Idempotency-Key": "quarantined-key-01"},
+    )
+    assert resp.status == 202 and (await resp.json())["error"] == "not_processed"
+    assert await hub.store.get_lead(1) is None
+
+
 async def test_browser_double_submit_thanks_twice_but_the_second_answer_is_200(
     hub: Hub, http, base_url
 ) -> None:
@@ -136,10 +190,26 @@ async def test_api_lead_lifecycle(hub: Hub, http, base_url, auth) -> None:
     assert (lead["lead"], lead["channel"], lead["kind"]) == ("L-1", "api", "service_request")
     again = await http.post(
         f"{base_url}/api/v1/leads",
-        json={"email": "crm@example.com", "text": "From the website backend", "external_id": "crm-42"},
+        json={
+            "name": "CRM",
+            "email": "crm@example.com",
+            "text": "From the website backend",
+            "kind": "service_request",
+            "external_id": "crm-42",
+            "language": "uk",
+        },
         headers=auth,
     )
     assert again.status == 200 and (await again.json())["lead"] == "L-1"
+    other = await http.post(
+        f"{base_url}/api/v1/leads",
+        json={"email": "crm@example.com", "text": "Another lead", "external_id": "crm-42"},
+        headers=auth,
+    )
+    assert other.status == 422
+    assert (await other.json())["error"] == "idempotency_key_reused"
+    assert await hub.store.get_lead(2) is None
+    assert [m.text for m in await hub.store.list_messages(1)] == ["From the website backend"]
 
     assigned = await http.post(f"{base_url}/api/v1/leads/L-1/assign", json={"manager": "iryna"}, headers=auth)
     assert assigned.status == 200 and (await assigned.json())["assignee"] == "iryna"

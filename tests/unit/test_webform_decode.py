@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from channels import webform
 from hub.app import Hub
 from hub.domain import InboxItem, LeadKind
+from hub.errors import IdempotencyKeyReused
 
 T0 = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
 
@@ -70,20 +71,45 @@ async def core(make_hub: Callable[..., Awaitable[Hub]]) -> Hub:
 
 async def test_a_key_stored_before_is_processed_from_its_own_bytes(core: Hub) -> None:
     """A first attempt stored its submission but did not process it (a crash, an outage); the
-    retry under the same key carries other text: the lead gets what was stored first."""
+    retry under the same key carries the same fields in another language: the lead gets what
+    was stored first."""
+    submission, _ = webform.validate_submission(
+        {"name": "A", "email": "a@example.com", "message": "first"}, "en"
+    )
+    assert submission is not None
+    stored = webform.stored_payload("contact", LeadKind.MESSAGE, submission, "uk", "127.0.0.1", None)
+    await core.store.inbox_put(
+        "webform", "contact:key-0001", json.dumps(stored).encode("utf-8"), T0, {"ip": "127.0.0.1"}
+    )
+
+    result = await webform.submit(
+        core, "webform", "contact", LeadKind.MESSAGE, submission, "key-0001", "en", "::1"
+    )
+
+    assert result is not None
+    assert [m.text for m in await core.store.list_messages(result.lead.number)] == ["first"]
+    contact = await core.store.get_contact(result.lead.contact_id)
+    assert contact is not None and contact.language == "uk"
+
+
+async def test_a_key_stored_before_with_other_fields_is_refused_and_left_for_the_replay(core: Hub) -> None:
+    """The retry under a stored key carries another message: refused, and the stored item is
+    neither replaced nor processed here (the replay processes it from its own bytes)."""
     first, _ = webform.validate_submission({"name": "A", "email": "a@example.com", "message": "first"}, "en")
     second, _ = webform.validate_submission(
         {"name": "A", "email": "a@example.com", "message": "second"}, "en"
     )
     assert first is not None and second is not None
     stored = webform.stored_payload("contact", LeadKind.MESSAGE, first, "en", "127.0.0.1", None)
-    await core.store.inbox_put(
+    item, _ = await core.store.inbox_put(
         "webform", "contact:key-0001", json.dumps(stored).encode("utf-8"), T0, {"ip": "127.0.0.1"}
     )
 
-    result = await webform.submit(
-        core, "webform", "contact", LeadKind.MESSAGE, second, "key-0001", "en", "::1"
-    )
+    with pytest.raises(IdempotencyKeyReused):
+        await webform.submit(core, "webform", "contact", LeadKind.MESSAGE, second, "key-0001", "en", "::1")
 
-    assert result is not None
-    assert [m.text for m in await core.store.list_messages(result.lead.number)] == ["first"]
+    after = await core.store.inbox_get(item.id)
+    assert after is not None and (after.status, after.payload) == ("pending", item.payload)
+    assert await core.store.get_lead(1) is None
+    await core.inbox.process(after)
+    assert [m.text for m in await core.store.list_messages(1)] == ["first"]
