@@ -56,6 +56,10 @@ def _errors(*statuses: int) -> dict[str, Any]:
             response["headers"] = {
                 "WWW-Authenticate": {"description": "Bearer challenge", "schema": {"type": "string"}}
             }
+        if status == 405:
+            response["headers"] = {
+                "Allow": {"description": "The methods the path serves", "schema": {"type": "string"}}
+            }
         responses[str(status)] = response
     return responses
 
@@ -676,7 +680,8 @@ def openapi_document() -> dict[str, Any]:
             "description": (
                 "Leads from email, web forms and Telegram. Every /api/v1 call but this document needs "
                 "`Authorization: Bearer <HUB_API_TOKEN>`. Errors are JSON: "
-                '`{"error": code, "detail": text}` (422 adds `fields`).'
+                '`{"error": code, "detail": text}` (422 adds `fields`). A method a path does not '
+                "serve gets 405 with an `Allow` header naming the ones it does."
             ),
         },
         "servers": [{"url": "/"}],

@@ -6,7 +6,8 @@ import json
 import logging
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
+from multidict import CIMultiDict
 
 from hub.errors import ConflictError, NotFoundError, ValidationFailed
 from hub.web.api import require_token, setup_api
@@ -47,7 +48,14 @@ async def translate_errors(request: web.Request, handler: Any) -> web.StreamResp
     except web.HTTPException as exc:
         if exc.status >= 400 and exc.content_type != "application/json":
             code = exc.reason.lower().replace(" ", "_")
-            return _json_error(exc.status, code, exc.text or exc.reason)
+            response = _json_error(exc.status, code, exc.text or exc.reason)
+            # Headers such as Allow (a 405 must name the methods, RFC 9110) describe the status,
+            # not the text body replaced here, so they carry over; the body's own ones do not.
+            headers = CIMultiDict(exc.headers)
+            for name in (hdrs.CONTENT_TYPE, hdrs.CONTENT_LENGTH, hdrs.CONTENT_ENCODING):
+                headers.popall(name, None)
+            response.headers.extend(headers)
+            return response
         raise
     except Exception:
         # A bug, not the client's fault: the traceback goes to the log (secrets redacted there),

@@ -448,6 +448,19 @@ async def test_unsupported_media_type_is_415(hub: Hub, http: aiohttp.ClientSessi
     assert await stored(hub) == before
 
 
+async def test_method_not_allowed_names_the_allowed_methods(
+    hub: Hub, http: aiohttp.ClientSession, base_url: str, auth: dict[str, str]
+) -> None:
+    for method, path, allowed in (
+        ("DELETE", "/api/v1/leads/L-1", {"GET"}),
+        ("PUT", "/api/v1/leads", {"GET", "POST"}),
+        ("PUT", "/forms/contact", {"POST"}),
+    ):
+        resp = await http.request(method, f"{base_url}{path}", headers=auth)
+        await assert_json_error(resp, 405)
+        assert allowed <= set(resp.headers.get("Allow", "").split(",")), (path, resp.headers)
+
+
 async def test_bad_idempotency_key_is_422(hub: Hub, http: aiohttp.ClientSession, base_url: str) -> None:
     before = await stored(hub)
     for key in ("short", "a" * 200, "bad key with spaces", "ключ-ключ-ключ"):
