@@ -262,6 +262,9 @@ async def retry_inbox(request: web.Request) -> web.Response:
     if item_id is None:
         return error(404, "not_found", "inbox ids are numbers")
     if not await hub.store.inbox_requeue(item_id):
+        # Told apart only after the requeue failed, so a retry that works costs no extra read.
+        if await hub.store.inbox_get(item_id) is None:
+            return error(404, "not_found", f"inbox item {item_id} does not exist")
         return error(409, "conflict", f"inbox item {item_id} is not quarantined")
     item = await hub.store.inbox_get(item_id)
     assert item is not None

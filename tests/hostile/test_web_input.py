@@ -613,6 +613,19 @@ async def test_bad_inbox_ids_are_4xx(
     await assert_json_error(resp, (404, 409))
 
 
+async def test_retry_of_an_unknown_inbox_item_is_404_and_of_a_done_one_409(
+    hub: Hub, http: aiohttp.ClientSession, base_url: str, auth: dict[str, str]
+) -> None:
+    resp = await http.post(f"{base_url}/api/v1/inbox/424242/retry", headers=auth)
+    body = await assert_json_error(resp, 404)
+    assert body["error"] == "not_found"
+    await http.post(f"{base_url}/forms/contact", json=VALID)
+    (done,) = await hub.store.inbox_list("done")
+    resp = await http.post(f"{base_url}/api/v1/inbox/{done.id}/retry", headers=auth)
+    body = await assert_json_error(resp, 409)
+    assert body["error"] == "conflict"
+
+
 @pytest.mark.parametrize(
     ("action", "body"),
     [
