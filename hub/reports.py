@@ -21,7 +21,7 @@ from __future__ import annotations
 import csv
 import io
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -198,17 +198,38 @@ def comparison(before: Kpi, after: Kpi) -> list[dict[str, Any]]:
     ]
 
 
+#: The moments a report period may start or end at: two days inside datetime's years 1-9999, so
+#: that a bound shown in any time zone, or the local days around it, stay representable.
+EARLIEST = datetime(1, 1, 3, tzinfo=UTC)
+LATEST = datetime(9999, 12, 29, tzinfo=UTC)
+
+
+def _within_range(moment: datetime) -> datetime:
+    if not EARLIEST <= moment <= LATEST:
+        raise ValueError(
+            f"{moment.isoformat()} is outside the dates reports cover "
+            f"({EARLIEST.date().isoformat()} to {LATEST.date().isoformat()})"
+        )
+    return moment
+
+
 def parse_bound(raw: str, zone: ZoneInfo, end: bool) -> datetime:
-    """`2026-11-01` (a local day; an end date is inclusive) or a full ISO timestamp -> aware UTC."""
+    """`2026-11-01` (a local day; an end date is inclusive) or a full ISO timestamp -> aware datetime.
+
+    ValueError when it is not a date or lies outside EARLIEST..LATEST.
+    """
     raw = raw.strip()
     try:
         day = date.fromisoformat(raw)
     except ValueError:
         moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-        return moment if moment.tzinfo else moment.replace(tzinfo=zone)
-    if end:
-        day += timedelta(days=1)
-    return datetime.combine(day, time(0), tzinfo=zone)
+        return _within_range(moment if moment.tzinfo else moment.replace(tzinfo=zone))
+    start_of_day = _within_range(datetime.combine(day, time(0), tzinfo=zone))
+    if not end:
+        return start_of_day
+    # An end date is inclusive: the period ends when the next local day begins (checked first, as
+    # the day after 9999-12-31 does not exist).
+    return _within_range(datetime.combine(day + timedelta(days=1), time(0), tzinfo=zone))
 
 
 def default_period(now: datetime, zone: ZoneInfo, days: int = 30) -> Period:
@@ -219,8 +240,10 @@ def default_period(now: datetime, zone: ZoneInfo, days: int = 30) -> Period:
 
 
 def previous_period(period: Period) -> Period:
-    """The period of the same length just before `period`."""
+    """The period of the same length just before `period`; ValueError if it would start before EARLIEST."""
     length = period.end - period.start
+    if period.start - EARLIEST < length:
+        raise ValueError(f"the period before {period.start.isoformat()} would start before {EARLIEST.date()}")
     return Period(period.start - length, period.start)
 
 

@@ -577,7 +577,8 @@ def _paths() -> dict[str, Any]:
                             "name": name,
                             "in": "query",
                             "schema": {"type": "string"},
-                            "description": "A local date (2026-11-01; an end date is inclusive) or an ISO timestamp",
+                            "description": "A local date (2026-11-01; an end date is inclusive) or an ISO "
+                            "timestamp, from 0001-01-03 to 9999-12-29 (UTC)",
                         }
                         for name in ("from", "to", "compare_from", "compare_to")
                     ),

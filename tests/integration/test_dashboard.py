@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import html
 import io
 import sqlite3
 import statistics
@@ -379,6 +380,45 @@ async def test_kpi_api_needs_the_token_and_validates_dates(http, base_url: str, 
         f"{base_url}/api/v1/reports/kpi", params={"from": "2026-03-05", "to": "2026-03-01"}, headers=auth
     )
     assert backwards.status == 422
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"to": "9999-12-31"}, "to"),
+        ({"from": "9999-12-01", "to": "9999-12-31T23:59:59-14:00"}, "to"),
+        ({"from": "0001-01-01", "to": "0001-01-05", "compare": "previous"}, "from"),
+        ({"from": "0001-01-01T00:00:00+14:00", "to": "0001-01-02"}, "from"),
+        ({"from": "0001-01-05", "to": "0001-01-09", "compare": "previous"}, "compare"),
+        ({"compare_from": "0001-01-01", "compare_to": "0001-01-02"}, "compare_from"),
+    ],
+)
+async def test_report_dates_out_of_range_are_422_naming_the_field(
+    http, base_url: str, auth, olena, params: dict[str, str], field: str
+) -> None:
+    resp = await http.get(f"{base_url}/api/v1/reports/kpi", params=params, headers=auth)
+    assert resp.status == 422, await resp.text()
+    body = await resp.json()
+    assert body["error"] == "validation_failed" and field in body["fields"], body
+    session, _ = olena
+    page = await session.get(f"{base_url}/dashboard/reports", params=params)
+    assert page.status == 422 and f"'{field}'" in html.unescape(await page.text())
+
+
+async def test_report_dates_near_the_ends_of_the_calendar_still_work(
+    http, base_url: str, auth, olena
+) -> None:
+    for params in ({"from": "0001-01-05", "to": "0001-01-09"}, {"from": "9999-12-01", "to": "9999-12-28"}):
+        resp = await http.get(f"{base_url}/api/v1/reports/kpi", params=params, headers=auth)
+        assert resp.status == 200, await resp.text()
+        assert (await resp.json())["summary"]["received"] == 0
+    session, _ = olena
+    early = {"from": "0001-01-05", "to": "0001-01-09"}
+    page = await session.get(f"{base_url}/dashboard/reports", params=early)
+    assert page.status == 200, await page.text()
+    csv_resp = await session.get(f"{base_url}/dashboard/reports/csv", params={**early, "table": "compare"})
+    assert csv_resp.status == 422, await csv_resp.text()
+    assert "table" in (await csv_resp.json())["fields"]
 
 
 async def test_metrics_in_prometheus_format(hub: Hub, http, base_url: str) -> None:

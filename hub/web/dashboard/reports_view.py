@@ -12,7 +12,9 @@ from hub.domain import LeadKind, utcnow
 from hub.errors import ValidationFailed
 from hub.reports import (
     BREAKDOWNS,
+    EARLIEST,
     FIGURES,
+    LATEST,
     Filters,
     Period,
     Report,
@@ -47,7 +49,7 @@ def parse_report_request(query: Any, zone: ZoneInfo) -> ReportRequest:
         try:
             return parse_bound(raw, zone, end)
         except ValueError as exc:
-            raise ValidationFailed(f"bad {name}", {name: "a date (2026-11-01) or an ISO timestamp"}) from exc
+            raise ValidationFailed(f"bad {name}", {name: _BOUND_HINT}) from exc
 
     start, end = bound("from", False), bound("to", True)
     fallback = default_period(utcnow(), zone)
@@ -68,8 +70,23 @@ def parse_report_request(query: Any, zone: ZoneInfo) -> ReportRequest:
         compare = Period(cmp_start, cmp_end)
         _check(compare, "compare_to")
     elif str(query.get("compare", "")) in ("previous", "1", "on"):
-        compare = previous_period(period)
+        compare = _previous(period, "compare")
     return ReportRequest(period, filters, compare)
+
+
+_BOUND_HINT = (
+    f"a date (2026-11-01) or an ISO timestamp, from {EARLIEST.date().isoformat()} "
+    f"to {LATEST.date().isoformat()}"
+)
+
+
+def _previous(period: Period, field: str) -> Period:
+    try:
+        return previous_period(period)
+    except ValueError as exc:
+        raise ValidationFailed(
+            f"no period to compare with: {exc}", {field: "the period before this one is out of range"}
+        ) from exc
 
 
 def _check(period: Period, field: str) -> None:
@@ -169,7 +186,7 @@ async def reports_csv(request: web.Request) -> web.Response:
     wanted, report, before = await _reports(request)
     if table == "compare":
         if before is None:
-            before_period = previous_period(report.period)
+            before_period = _previous(report.period, "table")
             zone = zone_of(hub_of(request))
             before = await build_report(hub_of(request).store, before_period, wanted.filters, zone, False)
         rows = comparison(before.summary, report.summary)
