@@ -63,6 +63,19 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
     return body
 
 
+async def _json_object(request: web.Request) -> dict[str, Any]:
+    """The body as a JSON object: 415 for another Content-Type, 400 when it cannot be read as one."""
+    if request.content_type != "application/json":
+        raise web.HTTPUnsupportedMediaType(text="send a JSON object with Content-Type: application/json")
+    try:
+        body = await request.json()
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise web.HTTPBadRequest(text=f"the body is not valid JSON in UTF-8: {exc}") from exc
+    if not isinstance(body, dict):
+        raise web.HTTPBadRequest(text="the body must be a JSON object ({...}), not another JSON value")
+    return body
+
+
 def _str_field(body: dict[str, Any], name: str, required: bool = True, max_len: int = 200) -> str:
     value = body.get(name)
     if value is None and not required:
@@ -201,7 +214,7 @@ async def post_reply(request: web.Request) -> web.Response:
     """POST /api/v1/leads/{number}/replies {"text", "author"}: a public reply."""
     hub: Hub = request.app[HUB_KEY]
     number = _lead_number(request)
-    body = await _json_body(request)
+    body = await _json_object(request)
     text = _str_field(body, "text", max_len=20_000)
     author = _str_field(body, "author")
     key = request.headers.get("Idempotency-Key")
@@ -213,7 +226,7 @@ async def post_note(request: web.Request) -> web.Response:
     """POST /api/v1/leads/{number}/notes {"text", "author"}: an internal note."""
     hub: Hub = request.app[HUB_KEY]
     number = _lead_number(request)
-    body = await _json_body(request)
+    body = await _json_object(request)
     message = await hub.replies.add_note(
         number, _str_field(body, "text", max_len=20_000), _str_field(body, "author")
     )
@@ -224,7 +237,7 @@ async def post_assign(request: web.Request) -> web.Response:
     """POST /api/v1/leads/{number}/assign {"manager"}."""
     hub: Hub = request.app[HUB_KEY]
     number = _lead_number(request)
-    body = await _json_body(request)
+    body = await _json_object(request)
     manager = _str_field(body, "manager", max_len=64)
     by = _str_field(body, "by", required=False) or "api"
     lead = await hub.actions.assign(number, manager, by=by)

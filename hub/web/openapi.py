@@ -473,7 +473,7 @@ def _paths() -> dict[str, Any]:
                 "requestBody": _body("TextBody"),
                 "responses": {
                     "201": _json(_ref("Message"), "Recorded and queued for delivery"),
-                    **_errors(400, 401, 404, 409, 413, 422, 503),
+                    **_errors(400, 401, 404, 409, 413, 415, 422, 503),
                 },
             }
         },
@@ -486,7 +486,7 @@ def _paths() -> dict[str, Any]:
                 "requestBody": _body("TextBody"),
                 "responses": {
                     "201": _json(_ref("Message"), "Recorded"),
-                    **_errors(400, 401, 404, 409, 413, 422, 503),
+                    **_errors(400, 401, 404, 409, 413, 415, 422, 503),
                 },
             }
         },
@@ -497,7 +497,7 @@ def _paths() -> dict[str, Any]:
                 "security": secured,
                 "parameters": [_LEAD_NUMBER],
                 "requestBody": _body("AssignBody"),
-                "responses": {"200": lead_ok, **_errors(400, 401, 404, 409, 413, 422, 503)},
+                "responses": {"200": lead_ok, **_errors(400, 401, 404, 409, 413, 415, 422, 503)},
             }
         },
         f"{PREFIX}/leads/{{number}}/resolve": {

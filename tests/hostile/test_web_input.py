@@ -657,13 +657,36 @@ async def test_bad_action_bodies_are_4xx_json(
     assert after["assignee"] == before["assignee"]
 
 
+@pytest.mark.parametrize("action", ["replies", "notes", "assign"])
+@pytest.mark.parametrize(
+    ("data", "ctype", "status"),
+    [
+        (b"text=hi", "application/x-www-form-urlencoded", 415),
+        (b'{"text": "hi", "author": "olena"}', "text/plain", 415),
+        (b"[1]", "application/json", 400),
+        (b'"a string"', "application/json", 400),
+        (b"null", "application/json", 400),
+        (b"not json at all", "application/json", 400),
+        (b"", "application/json", 400),
+        (b'{"text": "\xff", "author": "olena"}', "application/json", 400),
+    ],
+)
 async def test_api_actions_need_a_json_object(
-    hub: Hub, http: aiohttp.ClientSession, base_url: str, auth: dict[str, str]
+    hub: Hub,
+    http: aiohttp.ClientSession,
+    base_url: str,
+    auth: dict[str, str],
+    action: str,
+    data: bytes,
+    ctype: str,
+    status: int,
 ) -> None:
     resp = await http.post(f"{base_url}/forms/contact", json=VALID)
     lead = (await resp.json())["lead"]
-    for data, ctype in ((b"text=hi", "application/x-www-form-urlencoded"), (b"[1]", "application/json")):
-        resp = await http.post(
-            f"{base_url}/api/v1/leads/{lead}/replies", data=data, headers={**auth, "Content-Type": ctype}
-        )
-        await assert_json_error(resp, 422)
+    resp = await http.post(
+        f"{base_url}/api/v1/leads/{lead}/{action}", data=data, headers={**auth, "Content-Type": ctype}
+    )
+    body = await assert_json_error(resp, status)
+    assert body["error"] == ("unsupported_media_type" if status == 415 else "bad_request"), body
+    messages = await hub.store.list_messages(int(lead[2:]))
+    assert [m.direction.value for m in messages] == ["in"]
