@@ -82,6 +82,8 @@ def _str_field(body: dict[str, Any], name: str, required: bool = True, max_len: 
         return ""
     if not isinstance(value, str) or (required and not value.strip()):
         raise ValidationFailed(f"{name} is required", {name: "must be a non-empty string"})
+    if not _is_text(value):
+        raise ValidationFailed(f"{name} is not text", {name: "must be text, without lone UTF-16 surrogates"})
     if len(value) > max_len:
         raise ValidationFailed(f"{name} is too long", {name: f"at most {max_len} characters"})
     return value.strip()

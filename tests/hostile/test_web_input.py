@@ -190,6 +190,40 @@ async def test_lone_surrogates_in_json_strings_are_422(
 
 
 @pytest.mark.parametrize(
+    ("action", "field", "body"),
+    [
+        ("notes", "text", '{"text": "\\ud800", "author": "olena"}'),
+        ("notes", "author", '{"text": "ok", "author": "o\\udfff"}'),
+        ("replies", "text", '{"text": "a\\ud83d", "author": "olena"}'),
+        ("replies", "author", '{"text": "ok", "author": "\\udfff"}'),
+        ("assign", "manager", '{"manager": "olena\\ud800"}'),
+        ("assign", "by", '{"manager": "olena", "by": "\\udc00"}'),
+    ],
+)
+async def test_lone_surrogates_in_action_fields_are_422_naming_the_field(
+    hub: Hub,
+    http: aiohttp.ClientSession,
+    base_url: str,
+    auth: dict[str, str],
+    action: str,
+    field: str,
+    body: str,
+) -> None:
+    resp = await http.post(f"{base_url}/forms/contact", json=VALID)
+    lead = (await resp.json())["lead"]
+    before = await (await http.get(f"{base_url}/api/v1/leads/{lead}", headers=auth)).json()
+    resp = await http.post(
+        f"{base_url}/api/v1/leads/{lead}/{action}",
+        data=body.encode(),
+        headers={**auth, "Content-Type": "application/json"},
+    )
+    error = await assert_json_error(resp, 422)
+    assert list(error["fields"]) == [field], error  # type: ignore[call-overload]
+    after = await (await http.get(f"{base_url}/api/v1/leads/{lead}", headers=auth)).json()
+    assert (after["messages"], after["assignee"]) == (before["messages"], before["assignee"])
+
+
+@pytest.mark.parametrize(
     "raw",
     [
         b"name=%FF%FE&email=a%40example.com&message=hi",
