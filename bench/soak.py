@@ -152,7 +152,7 @@ async def soak(rate: float, seconds: float, drain: float) -> int:
                         async with session.post(
                             f"{hub.url}/api/v1/leads/{number}/replies",
                             json={"text": reply, "author": "olena"},
-                            headers={**headers, "Idempotency-Key": reply},
+                            headers={**headers, "Idempotency-Key": f"soak-{reply}"},  # 8+ characters
                         ) as resp:
                             if resp.status != 201:
                                 raise RuntimeError(f"reply {resp.status}")

@@ -11,6 +11,7 @@ from channels import webform
 from hub import i18n
 from hub.domain import LeadKind, LeadStatus, parse_lead_number
 from hub.errors import IdempotencyKeyReused, ValidationFailed
+from hub.web.idempotency import idempotency_key
 from hub.web.keys import HUB_KEY
 from hub.web.ratelimit import client_ip
 from hub.web.serialize import contact_json, event_json, inbox_json, lead_json, message_json
@@ -216,10 +217,10 @@ async def post_reply(request: web.Request) -> web.Response:
     """POST /api/v1/leads/{number}/replies {"text", "author"}: a public reply."""
     hub: Hub = request.app[HUB_KEY]
     number = _lead_number(request)
+    key = idempotency_key(request)
     body = await _json_object(request)
     text = _str_field(body, "text", max_len=20_000)
     author = _str_field(body, "author")
-    key = request.headers.get("Idempotency-Key")
     message = await hub.replies.record_reply(number, text, author, source="api", external_id=key)
     return web.json_response(message_json(message), status=201)
 

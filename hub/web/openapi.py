@@ -14,6 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from hub.domain import LeadKind, LeadStatus
+from hub.web.idempotency import IDEMPOTENCY_KEY_PATTERN
 
 PREFIX = "/api/v1"
 OPENAPI_PATH = f"{PREFIX}/openapi.json"
@@ -79,7 +80,7 @@ _IDEMPOTENCY_KEY = {
         "Repeating a request with the same key returns the first result (200) instead of a copy; "
         "the same key with other fields is 422 `idempotency_key_reused` and stores nothing"
     ),
-    "schema": {"type": "string", "pattern": r"^[A-Za-z0-9_.:-]{8,128}$"},
+    "schema": {"type": "string", "pattern": IDEMPOTENCY_KEY_PATTERN},
 }
 
 _ONE_LINE = "^[^\\x00-\\x1f\\x7f-\\x9f\\u2028\\u2029]*$"
@@ -274,7 +275,7 @@ def _schemas() -> dict[str, Any]:
             "properties": {
                 **_SUBMISSION_PROPERTIES,
                 "lang": {"type": "string"},
-                "_token": {"type": "string", "pattern": r"^[A-Za-z0-9_.:-]{8,128}$"},
+                "_token": {"type": "string", "pattern": IDEMPOTENCY_KEY_PATTERN},
             },
         },
         "FormAccepted": {

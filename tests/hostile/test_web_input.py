@@ -3,6 +3,7 @@ or stored inert. Runs against a real in-process hub over loopback HTTP and a rea
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -521,6 +522,46 @@ async def test_bad_form_token_from_a_browser_shows_the_form_again(
     assert 'name="_token" value="bad token"' not in page
     assert 'name="_token" value="' in page
     assert await stored(hub) == before
+
+
+@pytest.mark.parametrize("key", ["x", "short", "", "a" * 129, "bad key with spaces", "key/with/slashes"])
+async def test_reply_idempotency_key_must_fit_the_documented_pattern(
+    hub: Hub, http: aiohttp.ClientSession, base_url: str, auth: dict[str, str], key: str
+) -> None:
+    lead = (await (await http.post(f"{base_url}/forms/contact", json=VALID)).json())["lead"]
+    resp = await http.post(
+        f"{base_url}/api/v1/leads/{lead}/replies",
+        json={"text": "hi", "author": "olena"},
+        headers={**auth, "Idempotency-Key": key},
+    )
+    body = await assert_json_error(resp, 422)
+    assert list(body["fields"]) == ["Idempotency-Key"], body  # type: ignore[call-overload]
+    assert [m.direction.value for m in await hub.store.list_messages(int(lead[2:]))] == ["in"]
+
+
+@pytest.mark.parametrize("raw_key", [b"reply-\xff-0001", "ключ-ключ-ключ".encode()])
+async def test_reply_idempotency_key_with_raw_non_ascii_bytes_is_422(
+    hub: Hub, http: aiohttp.ClientSession, base_url: str, auth: dict[str, str], raw_key: bytes
+) -> None:
+    # Raw bytes in a header: aiohttp's client would re-encode them, so this speaks HTTP itself.
+    lead = (await (await http.post(f"{base_url}/forms/contact", json=VALID)).json())["lead"]
+    payload = json.dumps({"text": "hi", "author": "olena"}).encode()
+    start = (
+        f"POST /api/v1/leads/{lead}/replies HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Authorization: {auth['Authorization']}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(payload)}\r\nConnection: close\r\n"
+    )
+    request = start.encode() + b"Idempotency-Key: " + raw_key + b"\r\n\r\n" + payload
+    reader, writer = await asyncio.open_connection("127.0.0.1", hub.web_port)
+    try:
+        writer.write(request)
+        response = await reader.read()
+    finally:
+        writer.close()
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 422 "), response[:500]
+    assert json.loads(body)["fields"] == {"Idempotency-Key": "8-128 characters of A-Z a-z 0-9 _ . : -"}
+    assert [m.direction.value for m in await hub.store.list_messages(int(lead[2:]))] == ["in"]
 
 
 # --- authentication ----------------------------------------------------------------------------------------
