@@ -19,12 +19,13 @@ class ValidationFailed(HubError):
         self.fields = fields or {}
 
 
+class IdempotencyKeyReused(ValidationFailed):
+    """An idempotency key already recorded a different request (the IETF Idempotency-Key draft's
+    422); nothing is stored."""
+
+
 class ConflictError(HubError):
     """The action does not fit the lead's current state (e.g. resolving a closed lead)."""
-
-
-class IdempotencyKeyReused(HubError):
-    """A submission's idempotency key was stored before with other content; nothing is stored."""
 
 
 class DecodeError(HubError):

@@ -26,7 +26,7 @@ from hub.domain import (
     new_id,
     utcnow,
 )
-from hub.errors import ConflictError, NotFoundError, ValidationFailed
+from hub.errors import ConflictError, IdempotencyKeyReused, NotFoundError, ValidationFailed
 from hub.events import EventBus
 from storage.base import DuplicateError, LeadChanges, Store
 
@@ -46,6 +46,24 @@ def delivery_channels(lead: Lead, contact: Contact | None) -> list[str]:
         if contact.identity(IdentityKind.TELEGRAM) and "telegram" not in order:
             order.append("telegram")
     return order
+
+
+def _reply_key(lead_number: int, source: str, external_id: str) -> str:
+    """The stored external id of a keyed reply: a key is scoped to its lead and its source.
+
+    It starts with the lead (`L-42:api:...`), so it can never equal an older unscoped `api:...` key.
+    """
+    return f"L-{lead_number}:{source}:{external_id}"
+
+
+def _same_request(known: Message, text: str, author: str) -> Message:
+    """The stored reply of a retried request; IdempotencyKeyReused if the key came with other content."""
+    if known.text != text or known.author != author:
+        raise IdempotencyKeyReused(
+            f"this idempotency key already recorded a different reply on L-{known.lead_number}: "
+            "repeat the same text and author to retry it, or use a new key for a new reply"
+        )
+    return known
 
 
 class Replies:
@@ -79,8 +97,45 @@ class Replies:
         """Record a public reply and queue its delivery; the first one stops the first-response clock.
 
         `counts_as_response=False` is for automatic messages (an email acknowledgement): they are
-        delivered like replies but neither stop the clock nor change the lead's status.
+        delivered like replies but neither stop the clock nor change the lead's status. With an
+        `external_id`, see `record_keyed_reply`.
         """
+        message, _ = await self._record(
+            lead_number,
+            text,
+            author,
+            now,
+            html,
+            attachments,
+            source,
+            external_id,
+            counts_as_response,
+            payload_extra,
+        )
+        return message
+
+    async def record_keyed_reply(
+        self, lead_number: int, text: str, author: str, source: str, key: str
+    ) -> tuple[Message, bool]:
+        """A reply under an idempotency key: (the message, whether the key had already recorded it).
+
+        The key is the lead's own; reusing it there for another text or author raises IdempotencyKeyReused.
+        """
+        return await self._record(lead_number, text, author, source=source, external_id=key)
+
+    async def _record(
+        self,
+        lead_number: int,
+        text: str,
+        author: str,
+        now: datetime | None = None,
+        html: str = "",
+        attachments: list[Attachment] | None = None,
+        source: str = "api",
+        external_id: str | None = None,
+        counts_as_response: bool = True,
+        payload_extra: dict[str, Any] | None = None,
+    ) -> tuple[Message, bool]:
         now = now or utcnow()
         text = text.strip()
         if not text and not attachments:
@@ -94,10 +149,13 @@ class Replies:
         candidates = delivery_channels(lead, contact)
         available = set(self._available())
         channel = next((c for c in candidates if c in available), candidates[0] if candidates else None)
-        # A retried request (same Idempotency-Key from the same source) returns the first reply.
-        key = f"{source}:{external_id}" if external_id is not None else None
-        if key is not None and (known := await self._store.find_message(channel or lead.channel, key)):
-            return known
+        key = None
+        if external_id is not None:
+            # A retried request (same key from the same source, on the same lead) returns the first reply.
+            key = _reply_key(lead.number, source, external_id)
+            known = await self._find_keyed(lead.number, channel or lead.channel, source, external_id)
+            if known is not None:
+                return _same_request(known, text, author), True
         message = Message(
             id=new_id(),
             lead_number=lead.number,
@@ -129,7 +187,7 @@ class Replies:
         except DuplicateError:
             # A concurrent retry of the same request won; its reply is the one that counts.
             if key is not None and (known := await self._store.find_message(message.channel, key)):
-                return known
+                return _same_request(known, text, author), True
             raise
         if not counts_as_response:
             # An automatic message (an email acknowledgement) owes nothing and answers nothing.
@@ -175,7 +233,18 @@ class Replies:
         if item is not None and self._on_queued is not None:
             self._on_queued(item.channel)
         log.info("%s: reply %s by %s queued on %s", lead.ref, message.id, author, channel or "(none)")
-        return message
+        return message, False
+
+    async def _find_keyed(
+        self, lead_number: int, channel: str, source: str, external_id: str
+    ) -> Message | None:
+        known = await self._store.find_message(channel, _reply_key(lead_number, source, external_id))
+        if known is not None:
+            return known
+        # Replies stored before keys were scoped to their lead carry `source:key`: such a one is
+        # still this request's retry on its own lead, and never the answer for another lead.
+        legacy = await self._store.find_message(channel, f"{source}:{external_id}")
+        return legacy if legacy is not None and legacy.lead_number == lead_number else None
 
     async def add_note(
         self, lead_number: int, text: str, author: str, now: datetime | None = None

@@ -28,7 +28,7 @@ COPY_PREFIX = "tg-copy:"
 
 
 def staff_message_ref(external_id: str | None) -> str | None:
-    """`tg:<chat>:<message_id>` of a reply written in the staff group (replies prefix the source)."""
+    """`tg:<chat>:<message_id>` of a reply written in the staff group (its stored key prefixes lead and source)."""
     if not external_id:
         return None
     _, found, rest = external_id.partition("tg:")

@@ -214,15 +214,18 @@ async def get_lead(request: web.Request) -> web.Response:
 
 
 async def post_reply(request: web.Request) -> web.Response:
-    """POST /api/v1/leads/{number}/replies {"text", "author"}: a public reply."""
+    """POST /api/v1/leads/{number}/replies {"text", "author"}: a public reply (200 for a retry of a keyed one)."""
     hub: Hub = request.app[HUB_KEY]
     number = _lead_number(request)
     key = idempotency_key(request)
     body = await _json_object(request)
     text = _str_field(body, "text", max_len=20_000)
     author = _str_field(body, "author")
-    message = await hub.replies.record_reply(number, text, author, source="api", external_id=key)
-    return web.json_response(message_json(message), status=201)
+    if key is None:
+        message = await hub.replies.record_reply(number, text, author, source="api")
+        return web.json_response(message_json(message), status=201)
+    message, repeated = await hub.replies.record_keyed_reply(number, text, author, source="api", key=key)
+    return web.json_response(message_json(message), status=200 if repeated else 201)
 
 
 async def post_note(request: web.Request) -> web.Response:

@@ -83,6 +83,13 @@ _IDEMPOTENCY_KEY = {
     "schema": {"type": "string", "pattern": IDEMPOTENCY_KEY_PATTERN},
 }
 
+_REPLY_IDEMPOTENCY_KEY = {
+    **_IDEMPOTENCY_KEY,
+    "description": "Scoped to the lead: repeating a reply with the same key returns the first one (200) "
+    "instead of a copy; the same key with another text or author is 422 `idempotency_key_reused` "
+    "and records nothing",
+}
+
 _ONE_LINE = "^[^\\x00-\\x1f\\x7f-\\x9f\\u2028\\u2029]*$"
 # At least one way to reach the customer.
 _CONTACT_REQUIRED = [{"required": ["email"]}, {"required": ["phone"]}, {"required": ["telegram"]}]
@@ -470,10 +477,13 @@ def _paths() -> dict[str, Any]:
                 "operationId": "replyToLead",
                 "summary": "A public reply, delivered on the lead's channel",
                 "security": secured,
-                "parameters": [_LEAD_NUMBER, _IDEMPOTENCY_KEY],
+                "parameters": [_LEAD_NUMBER, _REPLY_IDEMPOTENCY_KEY],
                 "requestBody": _body("TextBody"),
                 "responses": {
                     "201": _json(_ref("Message"), "Recorded and queued for delivery"),
+                    "200": _json(
+                        _ref("Message"), "Already recorded with this key on this lead: the first reply"
+                    ),
                     **_errors(400, 401, 404, 409, 413, 415, 422, 503),
                 },
             }

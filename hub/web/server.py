@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import hdrs, web
 from multidict import CIMultiDict
 
-from hub.errors import ConflictError, NotFoundError, ValidationFailed
+from hub.errors import ConflictError, IdempotencyKeyReused, NotFoundError, ValidationFailed
 from hub.web.api import require_token, setup_api
 from hub.web.dashboard import setup_dashboard
 from hub.web.keys import HUB_KEY
@@ -33,6 +33,8 @@ async def translate_errors(request: web.Request, handler: Any) -> web.StreamResp
     try:
         response: web.StreamResponse = await handler(request)
         return response
+    except IdempotencyKeyReused as exc:
+        return _json_error(422, "idempotency_key_reused", str(exc), fields=exc.fields)
     except ValidationFailed as exc:
         return _json_error(422, "validation_failed", str(exc), fields=exc.fields)
     except NotFoundError as exc:

@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 import aiohttp
 
 from hub.app import Hub
+from hub.domain import DeliveryState, Direction, Message, new_id, utcnow
 
 
 async def _submit(
@@ -264,7 +265,85 @@ async def test_reply_with_idempotency_key_is_recorded_once(hub: Hub, http, base_
     first, second = [
         await http.post(f"{base_url}/api/v1/leads/L-1/replies", json=body, headers=headers) for _ in range(2)
     ]
+    assert (first.status, second.status) == (201, 200)
     assert (await first.json())["id"] == (await second.json())["id"]
     outgoing = [m for m in await hub.store.list_messages(1) if m.direction.value == "out"]
     assert len(outgoing) == 1
     assert (await hub.store.outbox_counts())["queued"] == 1
+
+
+async def _leads(http: aiohttp.ClientSession, base_url: str, count: int) -> None:
+    for i in range(count):
+        resp = await _submit(http, base_url, "contact", email=f"c{i}@example.com", message=f"m{i}")
+        assert resp.status == 201
+
+
+async def test_a_reply_idempotency_key_is_scoped_to_its_lead(hub: Hub, http, base_url, auth) -> None:
+    await _leads(http, base_url, 2)
+    headers = {**auth, "Idempotency-Key": "reply-0001"}
+    anna = await http.post(
+        f"{base_url}/api/v1/leads/L-1/replies", json={"text": "for Anna", "author": "olena"}, headers=headers
+    )
+    bohdan = await http.post(
+        f"{base_url}/api/v1/leads/L-2/replies",
+        json={"text": "for Bohdan", "author": "olena"},
+        headers=headers,
+    )
+    assert (anna.status, bohdan.status) == (201, 201), await bohdan.text()
+    assert (await bohdan.json())["text"] == "for Bohdan"
+    for number, text in ((1, "for Anna"), (2, "for Bohdan")):
+        out = [m for m in await hub.store.list_messages(number) if m.direction is Direction.OUT]
+        assert [m.text for m in out] == [text]
+        lead = await hub.store.get_lead(number)
+        assert lead is not None and lead.first_response_at is not None  # the clock stopped on both
+
+
+async def test_a_reply_idempotency_key_reused_for_another_reply_is_422(
+    hub: Hub, http, base_url, auth
+) -> None:
+    await _leads(http, base_url, 1)
+    url = f"{base_url}/api/v1/leads/L-1/replies"
+    headers = {**auth, "Idempotency-Key": "reply-0002"}
+    first = await http.post(url, json={"text": "Перша", "author": "olena"}, headers=headers)
+    assert first.status == 201
+    for body in ({"text": "Друга", "author": "olena"}, {"text": "Перша", "author": "taras"}):
+        resp = await http.post(url, json=body, headers=headers)
+        assert resp.status == 422, await resp.text()
+        error = await resp.json()
+        assert error["error"] == "idempotency_key_reused" and "L-1" in error["detail"]
+    out = [m for m in await hub.store.list_messages(1) if m.direction is Direction.OUT]
+    assert [(m.text, m.author) for m in out] == [("Перша", "olena")]
+    assert (await hub.store.outbox_counts())["queued"] == 1
+
+
+async def test_a_reply_stored_under_an_unscoped_key_is_a_retry_only_on_its_own_lead(
+    hub: Hub, http, base_url, auth
+) -> None:
+    await _leads(http, base_url, 2)
+    # How replies were keyed before keys were scoped to their lead: `source:key`.
+    channel = (await hub.replies.record_reply(1, "probe", "olena")).channel
+    legacy = Message(
+        id=new_id(),
+        lead_number=1,
+        direction=Direction.OUT,
+        channel=channel,
+        author="olena",
+        text="Стара відповідь",
+        external_id="api:reply-0003",
+        created_at=utcnow(),
+        delivery=DeliveryState.QUEUED,
+    )
+    await hub.store.add_outbound(legacy, None)
+    headers = {**auth, "Idempotency-Key": "reply-0003"}
+    body = {"text": "Стара відповідь", "author": "olena"}
+    retry = await http.post(f"{base_url}/api/v1/leads/L-1/replies", json=body, headers=headers)
+    assert retry.status == 200 and (await retry.json())["id"] == legacy.id
+    reused = await http.post(
+        f"{base_url}/api/v1/leads/L-1/replies", json={**body, "text": "Інша"}, headers=headers
+    )
+    assert reused.status == 422 and (await reused.json())["error"] == "idempotency_key_reused"
+    other = await http.post(f"{base_url}/api/v1/leads/L-2/replies", json=body, headers=headers)
+    assert other.status == 201 and (await other.json())["id"] != legacy.id
+    assert [m.text for m in await hub.store.list_messages(2) if m.direction is Direction.OUT] == [
+        body["text"]
+    ]

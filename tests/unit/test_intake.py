@@ -11,6 +11,7 @@ import pytest
 
 from hub.app import Hub
 from hub.domain import Identity, IdentityKind, Inbound, LeadKind, LeadStatus, ThreadHints
+from hub.errors import IdempotencyKeyReused
 
 T0 = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
 
@@ -110,6 +111,24 @@ async def test_reply_stops_first_response_clock_and_queues_delivery(core: Hub) -
     assert lead is not None and lead.first_response_at == T0 + timedelta(minutes=5)
     assert message.channel == "email" and message.delivery is not None and message.delivery.value == "queued"
     assert await core.store.claim_due_breaches(T0 + timedelta(days=1), 10) == []
+
+
+async def test_a_replayed_staff_reply_is_recorded_once_and_its_key_is_the_leads_own(core: Hub) -> None:
+    # The Telegram staff path: the key is the staff message, replayed as is after a lost ack.
+    first = (await core.intake.accept(inbound("r1", email="a@example.com"), now=T0)).lead
+    second = (await core.intake.accept(inbound("r2", email="b@example.com"), now=T0)).lead
+    key = "tg:-100:5"
+    sent = await core.replies.record_reply(first.number, "Так", "olena", source="telegram", external_id=key)
+    again = await core.replies.record_reply(first.number, "Так", "olena", source="telegram", external_id=key)
+    other = await core.replies.record_reply(second.number, "Ні", "olena", source="telegram", external_id=key)
+    assert again.id == sent.id and other.id != sent.id
+    assert sent.external_id == f"L-{first.number}:telegram:{key}"
+    with pytest.raises(IdempotencyKeyReused):
+        await core.replies.record_reply(first.number, "Інше", "olena", source="telegram", external_id=key)
+    for number, text in ((first.number, "Так"), (second.number, "Ні")):
+        assert [m.text for m in await core.store.list_messages(number) if m.direction.value == "out"] == [
+            text
+        ]
 
 
 async def test_a_burst_from_a_new_customer_opens_one_lead(core: Hub) -> None:
