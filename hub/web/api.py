@@ -133,7 +133,8 @@ async def create_lead(request: web.Request) -> web.Response:
     submission, errors = webform.validate_submission(body, language)
     if submission is None:
         raise ValidationFailed("the lead has invalid fields", errors)
-    key = request.headers.get("Idempotency-Key") or body.get("external_id")
+    # The header has the documented pattern; a client's own external_id is freer (a CRM's id).
+    key = idempotency_key(request) or body.get("external_id")
     if key is not None and (not isinstance(key, str) or not 1 <= len(key) <= 200 or not _is_text(key)):
         raise ValidationFailed("bad idempotency key", {"external_id": "a string of 1-200 characters"})
     ip = client_ip(request, hub.settings.web.trusted_proxies)

@@ -102,7 +102,7 @@ class Cluster:
 
 async def _post_lead(cluster: Cluster, session: aiohttp.ClientSession, i: int) -> None:
     """One API submission, retried on another process until acknowledged (same Idempotency-Key)."""
-    headers = {"Authorization": f"Bearer {API_TOKEN}", "Idempotency-Key": f"scale-{i}"}
+    headers = {"Authorization": f"Bearer {API_TOKEN}", "Idempotency-Key": f"scale-out-{i}"}
     body = {"name": f"Api {i}", "email": f"api{i}@example.com", "message": f"api-{i}"}
     for _attempt in range(50):
         targets = cluster.alive()

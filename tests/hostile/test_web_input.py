@@ -539,6 +539,17 @@ async def test_reply_idempotency_key_must_fit_the_documented_pattern(
     assert [m.direction.value for m in await hub.store.list_messages(int(lead[2:]))] == ["in"]
 
 
+@pytest.mark.parametrize("key", ["x", "short", "bad key with spaces"])
+async def test_api_submission_idempotency_key_must_fit_the_documented_pattern(
+    hub: Hub, http: aiohttp.ClientSession, base_url: str, auth: dict[str, str], key: str
+) -> None:
+    before = await stored(hub)
+    resp = await http.post(f"{base_url}/api/v1/leads", json=VALID, headers={**auth, "Idempotency-Key": key})
+    body = await assert_json_error(resp, 422)
+    assert list(body["fields"]) == ["Idempotency-Key"], body  # type: ignore[call-overload]
+    assert await stored(hub) == before
+
+
 @pytest.mark.parametrize("raw_key", [b"reply-\xff-0001", "ключ-ключ-ключ".encode()])
 async def test_reply_idempotency_key_with_raw_non_ascii_bytes_is_422(
     hub: Hub, http: aiohttp.ClientSession, base_url: str, auth: dict[str, str], raw_key: bytes
