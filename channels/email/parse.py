@@ -88,6 +88,14 @@ class ParsedEmail:
 
 
 _ADDRESS = re.compile(r"[^\s<>()\[\],;:\"']+@[^\s<>()\[\],;:\"']+")
+# Control characters (CR/LF above all) and Unicode line breaks: a decoded encoded word may
+# carry them, and a name or subject with them would inject headers into our replies.
+_CONTROL = re.compile(r"\s*[\x00-\x1f\x7f-\x9f\u2028\u2029]+\s*")
+
+
+def one_line(text: str) -> str:
+    """Text safe to put into a header: control characters and line breaks become one space."""
+    return _CONTROL.sub(" ", text or "").strip()
 
 
 def redact(text: str) -> str:
@@ -185,7 +193,7 @@ def header_text(msg: Message | _Headers, name: str) -> str:
     values = _index(msg).raw(name)
     if not values:
         return ""
-    return re.sub(r"[\r\n]+\s*", " ", decode_header_value(values[0])).strip()
+    return one_line(decode_header_value(values[0]))
 
 
 def _addresses(msg: Message | _Headers, *names: str) -> list[tuple[str, str]]:
@@ -201,7 +209,7 @@ def _addresses(msg: Message | _Headers, *names: str) -> list[tuple[str, str]]:
         for display, addr in getaddresses(raw):
             normalized = normalize_email(addr or "")
             if normalized:
-                found.append((decode_header_value(display or ""), normalized))
+                found.append((one_line(decode_header_value(display or "")), normalized))
     return found
 
 

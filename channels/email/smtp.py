@@ -24,7 +24,7 @@ from hub.domain import Contact, Direction, IdentityKind, Lead, OutboxItem, utcno
 from hub.errors import PermanentError, TransientError, UncertainDelivery
 from storage.base import Store
 
-from .parse import clean_subject, new_message, redact
+from .parse import clean_subject, new_message, one_line, redact
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def outbox_id_of(message_id: str) -> str | None:
 
 def reply_subject(lead: Lead) -> str:
     """`Re: <subject> [#L-1042]`: the token lets a reply find its lead even without headers."""
-    subject = clean_subject(lead.subject) or "Your request"
+    subject = one_line(clean_subject(lead.subject)) or "Your request"
     return f"Re: {subject} [#{lead.ref}]"
 
 
@@ -77,6 +77,8 @@ def compose(
     msg = new_message(reply_subject(lead))
     msg["From"] = from_header
     local, _, domain = to_addr.partition("@")
+    # Names stored before names were cleaned at parsing may still hold CR/LF.
+    to_name = one_line(to_name)
     msg["To"] = Address(display_name=to_name, username=local, domain=domain) if to_name else to_addr
     msg["Date"] = format_datetime(utcnow())
     msg["Message-ID"] = f"<{our_message_id(item.id, sender_domain(from_header))}>"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -149,6 +150,21 @@ def test_compose_reply_threads_and_marks_acknowledgements() -> None:
     html = msg.get_body(("html",))
     assert html is not None and "Hi &lt;there&gt;" in html.get_content()
     assert "Олена" in str(msg["To"])
+
+
+def test_line_breaks_in_a_sender_name_never_reach_our_headers() -> None:
+    evil = base64.b64encode(b"Evil\r\nBcc: victim@evil.example").decode()
+    raw = f"From: =?UTF-8?B?{evil}?= <crlf@example.com>\r\nSubject: hi\r\n\r\nhelp\r\n".encode()
+    parsed = parse_email(raw)
+    assert parsed.sender_name == "Evil Bcc: victim@evil.example"
+    now = datetime(2026, 11, 23, tzinfo=UTC)
+    lead = Lead(7, LeadKind.MESSAGE, "email", "c1", LeadStatus.OPEN, now, now, subject="a\r\nBcc: x@y")
+    item = OutboxItem("0" * 31 + "1", "m1", 7, "email", {"text": "Hi"}, now)
+    # A name stored before parsing cleaned it must not break (or inject into) the reply either.
+    msg = compose(item, lead, "crlf@example.com", "Evil\r\nBcc: victim@evil.example", "s@example.com", [])
+    head = msg.as_bytes().split(b"\r\n\r\n")[0].decode()
+    assert "\r\nBcc:" not in head and msg["Bcc"] is None
+    assert msg["To"] == '"Evil Bcc: victim@evil.example" <crlf@example.com>'
 
 
 def test_fetch_response_parsing_and_uid_sets() -> None:
