@@ -118,6 +118,23 @@ class OutboxDispatcher:
         except (OSError, TimeoutError) as exc:
             await self._retry(item, f"{type(exc).__name__}: {exc}", None)
             return
+        except StoreError:
+            # The store is down, not the row: the loop waits and the claim hands the row back.
+            raise
+        except Exception as exc:
+            # A sender bug on one row (e.g. a header it cannot build) must not end delivery of
+            # every other row: give up on this one, as for a permanent failure, and go on.
+            log.exception(
+                "%s %s: sending outbox row %s (message %s) raised unexpectedly; marked failed",
+                lead.ref,
+                item.channel,
+                item.id,
+                item.message_id,
+            )
+            message = f"the {item.channel} sender failed unexpectedly: {type(exc).__name__}: {exc}"
+            await self._store.outbox_failed(item.id, message)
+            await self._failed(item, message)
+            return
         now = utcnow()
         await self._store.outbox_sent(item.id, now, external_ref)
         event = Event(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -93,3 +94,42 @@ def test_backoff_grows_and_is_capped() -> None:
     rng = random.Random(7)
     late = sorted(backoff_delay(12, base, cap, rng).total_seconds() for _ in range(101))
     assert late[50] > 300  # the median grows with the attempt number: jitter spreads retries out
+
+
+class BrokenOnceSender(ScriptedSender):
+    """Raises a non-delivery error (a sender bug) for the first row it sees."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+        self.broken: str | None = None
+
+    async def send(self, item: OutboxItem, lead: Lead, contact: Contact | None) -> str:
+        if self.broken in (None, item.id):
+            self.broken = item.id
+            raise ValueError("invalid arguments; address parts cannot contain CR or LF")
+        return await super().send(item, lead, contact)
+
+
+async def test_a_sender_bug_fails_its_row_and_the_loop_delivers_the_others(core: Hub) -> None:
+    sender = BrokenOnceSender()
+    core.outbox.register(sender)
+    first = await _lead_with_reply(core)
+    second = await _lead_with_reply(core)
+    await core.outbox.start()
+    try:
+        core.outbox.wake()
+        for _ in range(100):
+            if sender.delivered:
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        await core.outbox.stop()  # re-raised the sender's error before the fix
+    assert len(sender.delivered) == 1
+    states = []
+    for message_id in (first, second):
+        message = await core.store.get_message(message_id)
+        assert message is not None and message.delivery is not None
+        states.append(message.delivery.value)
+    assert sorted(states) == ["failed", "sent"]
+    failures = await core.store.list_events(types=["delivery.failed"])
+    assert len(failures) == 1 and "ValueError" in failures[0].data["error"]
