@@ -118,6 +118,11 @@ def lead_token(subject: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def has_reply_prefix(subject: str) -> bool:
+    """Whether a subject starts with a reply or forward prefix (`Re:`, `Відп:`, `Fwd:`)."""
+    return bool(_REPLY_PREFIX.match(subject or ""))
+
+
 def clean_subject(subject: str) -> str:
     """A subject without reply prefixes and lead tokens (for `Re: <subject> [#L-n]`)."""
     subject = _LEAD_TOKEN.sub("", subject or "")

@@ -84,26 +84,46 @@ def html_to_text(html: str) -> str:
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
 
 
-# Lines where quoted history starts, in the clients and languages our customers use.
-_QUOTE_HEADER = re.compile(
-    "|".join(
-        f"(?:{p})"
-        for p in (
-            r"^-{2,}\s*(original message|исходное сообщение|оригінальне повідомлення|"
-            r"пересылаемое сообщение|переслане повідомлення|forwarded message)\s*-{2,}",
-            r"^_{10,}\s*$",  # Outlook's rule above the quoted header block
-            r"^(from|от|від|від кого|кому|sent|отправлено|надіслано)\s*:\s.*",
-            r"^(on|в|у)\s.{0,200}(wrote|пишет|написал|написала|написал\(а\)|пише|написав|написала)\s*:\s*$",
-            r".{0,200}\b(пишет|написал|написал\(а\)|пише|написав|написала|wrote)\s*:\s*$",
-            r"^\d{1,2}[./]\d{1,2}[./]\d{2,4}.{0,80}<[^>\s]+@[^>\s]+>\s*:?\s*$",  # Yandex, mail.ru
-            r"^.{0,200}\d{1,2}:\d{2}.{0,100}<[^>\s]+@[^>\s]+>\s*:\s*$",  # Gmail in ru/uk: "Вт, 24 нояб. ... <a@b>:"
-        )
-    ),
+# Lines that start quoted history by themselves: separators no person types as content.
+_QUOTE_SEPARATOR = re.compile(
+    r"^-{2,}\s*(original message|исходное сообщение|оригінальне повідомлення|"
+    r"пересылаемое сообщение|переслане повідомлення|forwarded message)\s*-{2,}"
+    # Yandex, mail.ru: "24.11.2026, 10:00, Support <s@example.com>:"
+    r"|^\d{1,2}[./]\d{1,2}[./]\d{2,4}.{0,80}<[^>\s]+@[^>\s]+>\s*:?\s*$"
+    # Gmail in ru/uk: "Вт, 24 нояб. 2026 г. в 10:00, Support <s@example.com>:"
+    r"|^.{0,200}\d{1,2}:\d{2}.{0,100}<[^>\s]+@[^>\s]+>\s*:\s*$",
     re.IGNORECASE,
 )
-_SIGNATURE = re.compile(r"^(--|-- |—)\s*$")
+# "On Tue, Bob wrote:" — also ordinary prose ("майстер написав:"), so it starts a quote only
+# with an address, a time or a year in it, or with a quote block right after it.
+_ATTRIBUTION = re.compile(
+    r"^.{0,200}\b(wrote|пишет|написал|написал\(а\)|пише|написав|написала)\s*:\s*$", re.IGNORECASE
+)
+_ATTRIBUTION_DETAIL = re.compile(r"@|\d{1,2}:\d{2}|\b\d{4}\b")
+_OUTLOOK_RULE = re.compile(r"^_{10,}\s*$")
+# A quoted message's header block (Outlook and most webmail): one header name per line.
+_HEADER_LINE = re.compile(
+    r"^(?P<name>from|von|de|od|от|від|від кого|sent|date|gesendet|отправлено|дата|надіслано|"
+    r"to|an|кому|subject|betreff|тема|cc|копия|копія)\s*:(\s|$)",
+    re.IGNORECASE,
+)
+_FROM_HEADERS = {"from", "von", "de", "od", "от", "від", "від кого"}
+_DATE_HEADERS = {"sent", "date", "gesendet", "отправлено", "дата", "надіслано"}
+# Only the standard "-- " delimiter (RFC 3676) marks a signature; "--" without the space
+# (clients that trim lines) only when a few short lines end the message after it.
+_SIGNATURE = re.compile(r"^-- $")
+_LOOSE_SIGNATURE = re.compile(r"^--\s*$")
+_SHORT_SIGNATURE_LINES = 4
+# The phone's own line, as the last line of the text; "Надіслано з Нової пошти…" is content.
 _MOBILE_SIGNATURE = re.compile(
-    r"^(sent from my|отправлено с|надіслано з|отправлено из|sent from (mail|outlook))\b", re.IGNORECASE
+    r"^(sent from my \w+( \w+)?|sent from (mail|outlook|yahoo mail)( for \w+)?"
+    r"|get outlook for \w+"
+    r"|(отправлено|отправлено из|отправлено с|надіслано з|відправлено з)"
+    r" (моего |мого )?(iphone|ipad|android|samsung|galaxy|xiaomi|huawei|"
+    r"мобильного( телефона| устройства)?|мобільного( телефону| пристрою)?|"
+    r"телефона|телефону|смартфона|смартфону|mail\.ru|яндекс\.почты|почты mail\.ru|"
+    r"yandex|outlook|gmail)( \w+)?)[.!]?$",
+    re.IGNORECASE,
 )
 _reply_parser = EmailReplyParser(languages=["en", "de", "pl", "fr", "es", "it", "nl"])
 # The library builds its patterns anew for every message; ours are built once. Every one of its
@@ -130,25 +150,85 @@ def latest_reply(text: str) -> str | None:
     return latest
 
 
-def strip_quoted(text: str) -> str:
-    """Only what is new in a reply: quoted history, reply headers and signatures cut off."""
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    try:
-        latest = latest_reply(text)
-    except (ValueError, IndexError, AttributeError, TypeError):
-        # The library is best effort; our own cut below still applies.
-        latest = None
-    candidate = latest if latest and latest.strip() else text
-    kept: list[str] = []
-    for line in candidate.split("\n"):
-        stripped = line.strip()
-        if _SIGNATURE.match(line) or _MOBILE_SIGNATURE.match(stripped):
+def _next_line(lines: list[str], index: int) -> str:
+    return next((line.strip() for line in lines[index + 1 :] if line.strip()), "")
+
+
+def _header_cluster(lines: list[str], index: int) -> bool:
+    """A quoted message's headers start here: From and Sent/Date lines, and a To/Subject line
+    or an address in From (a letter's own "Від: …" / "Дата: …" lines have neither)."""
+    names: set[str] = set()
+    has_address = False
+    for line in lines[index : index + 6]:
+        match = _HEADER_LINE.match(line.strip())
+        if match is None:
             break
-        if kept and _QUOTE_HEADER.match(stripped):
+        name = match.group("name").lower()
+        names.add(name)
+        has_address = has_address or (name in _FROM_HEADERS and "@" in line)
+    if not names:
+        return False
+    if _next_line(lines, index + len(names) - 1).startswith(">"):
+        return True
+    quoted_headers = bool(names & _FROM_HEADERS) and bool(names & _DATE_HEADERS)
+    return quoted_headers and (has_address or bool(names - _FROM_HEADERS - _DATE_HEADERS))
+
+
+def _quote_starts(lines: list[str], index: int) -> bool:
+    line = lines[index].strip()
+    if _QUOTE_SEPARATOR.match(line):
+        return True
+    if _ATTRIBUTION.match(line):
+        return bool(_ATTRIBUTION_DETAIL.search(line)) or _next_line(lines, index).startswith(">")
+    if _OUTLOOK_RULE.match(line):
+        return _header_cluster(
+            lines, index + 1 + next((i for i, rest in enumerate(lines[index + 1 :]) if rest.strip()), 0)
+        )
+    return _header_cluster(lines, index)
+
+
+def _cut_signature(kept: list[str]) -> list[str]:
+    for index in range(len(kept) - 1, 0, -1):
+        line = kept[index]
+        if _SIGNATURE.match(line):
+            return kept[:index]
+        if _LOOSE_SIGNATURE.match(line):
+            rest = [rest for rest in kept[index + 1 :] if rest.strip()]
+            if len(rest) <= _SHORT_SIGNATURE_LINES and all(len(r.strip()) <= 60 for r in rest):
+                return kept[:index]
             break
-        kept.append(line)
+    return kept
+
+
+def _trim_end(kept: list[str]) -> list[str]:
     while kept and (not kept[-1].strip() or kept[-1].lstrip().startswith(">")):
         kept.pop()
+    return kept
+
+
+def strip_quoted(text: str, reply: bool = True) -> str:
+    """Only what is new in a reply: quoted history, reply headers and signatures cut off.
+
+    `reply=False` (a first message): only our strict cut points apply, not the library's
+    looser reply headers ("From: Kyiv / To: Lviv" in a first message is content)."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    latest: str | None = None
+    if reply:
+        try:
+            latest = latest_reply(text)
+        except (ValueError, IndexError, AttributeError, TypeError):
+            # The library is best effort; our own cut below still applies.
+            latest = None
+    candidate = latest if latest and latest.strip() else text
+    lines = candidate.split("\n")
+    kept: list[str] = []
+    for index, line in enumerate(lines):
+        if kept and any(k.strip() for k in kept) and _quote_starts(lines, index):
+            break
+        kept.append(line)
+    kept = _trim_end(_cut_signature(_trim_end(kept)))
+    if len(kept) > 1 and _MOBILE_SIGNATURE.match(kept[-1].strip()):
+        kept = _trim_end(kept[:-1])
     result = "\n".join(kept).strip()
     # A message that is nothing but a quote (a bare forward) keeps its text: better too much than none.
     return result or text.strip()

@@ -72,6 +72,41 @@ def test_strip_quoted_cuts_history_and_signatures() -> None:
     assert strip_quoted("Ок\n\nВт, 24 нояб. 2026 г. в 10:00, Support <s@example.com>:\n> стар") == "Ок"
     assert strip_quoted("Дякую\n\nSent from my iPhone") == "Дякую"
     assert strip_quoted("> only a quote") == "> only a quote"
+    assert strip_quoted("Ок\n\nОтправлено с iPhone") == "Ок"
+    assert strip_quoted("Так\n\nНадіслано з мого iPhone\n\n> old") == "Так"
+    assert (
+        strip_quoted("Нове\n\nВід: Support <s@example.com>\nНадіслано: 24 листопада\nКому: o@x\nТема: Re")
+        == "Нове"
+    )
+    assert strip_quoted("Нове\nУ вт, 24 лист. Support пише:\n> старе") == "Нове"
+    assert strip_quoted("Hi\n--\nBob\n+1 555") == "Hi"
+
+
+@pytest.mark.parametrize("reply", [True, False])
+@pytest.mark.parametrize(
+    "text",
+    [
+        # Nova Poshta, the delivery company, is not a phone's signature.
+        "Добрий день!\nНадіслано з Нової пошти 5 днів тому, досі не отримала.\nНомер ТТН 20450000000000.\nДякую.",
+        "Директору ТОВ «Сервіс»\nВід: Петренко Іван Іванович\nЗАЯВА\nПрошу замінити товар.",
+        "Добрый день.\nОт: ООО Ромашка\nКому: директору\nПрошу выставить счёт.",
+        "Ось мої дані:\n—\nІм'я: Олена\nТелефон: 067 123 45 67",
+        "Ось що майстер написав:\nзамінити насос і фільтр",
+        "Відправлено з мобільного застосунку банку платіж 500 грн.\nПеревірте, будь ласка.",
+    ],
+    ids=["nova-poshta", "vid-in-a-letter", "ot-komu", "em-dash", "napysav", "mobile-app"],
+)
+def test_strip_quoted_keeps_content_that_only_looks_like_quoting(text: str, reply: bool) -> None:
+    assert strip_quoted(text, reply=reply) == text
+
+
+def test_a_first_message_is_not_cut_at_reply_headers_of_the_library() -> None:
+    text = "Маршрут доставки:\nFrom: Kyiv\nTo: Lviv\nПрошу розрахувати вартість."
+    decoder = EmailDecoder(EmailSettings())
+    head = b"From: o@example.com\r\nSubject: Delivery\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+    assert decoder(_item(head + text.encode())).text == text
+    reply = head.replace(b"Subject: ", b"In-Reply-To: <a@b>\r\nSubject: ")
+    assert decoder(_item(reply + text.encode())).text == "Маршрут доставки:"
 
 
 @pytest.mark.parametrize(
