@@ -12,6 +12,7 @@ from __future__ import annotations
 import email
 import email.policy
 import hashlib
+import html as html_lib
 import re
 from dataclasses import dataclass, field
 from email.errors import MessageError
@@ -322,27 +323,73 @@ def _filename(part: Message, index: int) -> str:
     return name[:255]
 
 
+@dataclass(slots=True)
+class _Bodies:
+    plain: list[str] = field(default_factory=list)
+    html: list[str] = field(default_factory=list)
+    attachments: list[RawAttachment] = field(default_factory=list)
+    forwards: list[tuple[str, _Bodies]] = field(default_factory=list)
+
+
+def _forward_line(inner: Message) -> str:
+    """`Forwarded message — From: … | Subject: … | Date: …` for a message/rfc822 part.
+
+    One line that matches none of the quote markers, so strip_quoted never cuts there."""
+    fields = [(label, header_text(inner, label)) for label in ("From", "Subject", "Date")]
+    return "Forwarded message — " + " | ".join(f"{label}: {value}" for label, value in fields if value)
+
+
+def _collect(part: Message, found: _Bodies, in_report: bool) -> None:
+    """Every inline text part in order, attachments, and forwarded messages of one part."""
+    ctype = part.get_content_type()
+    if ctype in ("message/delivery-status", "text/rfc822-headers", "message/rfc822-headers"):
+        return
+    if part.is_multipart():
+        payload = part.get_payload()
+        children = (
+            [child for child in payload if isinstance(child, Message)] if isinstance(payload, list) else []
+        )
+        if ctype == "message/rfc822":
+            if in_report:
+                return  # a bounce's copy of our own mail is not the customer's text
+            for inner in children:
+                forwarded = _Bodies(attachments=found.attachments)
+                _collect(inner, forwarded, in_report)
+                found.forwards.append((_forward_line(inner), forwarded))
+            return
+        for child in children:
+            _collect(child, found, in_report or ctype == "multipart/report")
+        return
+    if _is_attachment(part):
+        payload_bytes = part.get_payload(decode=True)
+        data = payload_bytes if isinstance(payload_bytes, bytes) else b""
+        found.attachments.append(RawAttachment(_filename(part, len(found.attachments) + 1), ctype, data))
+    elif ctype == "text/plain":
+        found.plain.append(part_text(part))
+    elif ctype == "text/html":
+        found.html.append(part_text(part))
+
+
+def _joined(found: _Bodies) -> tuple[str, str]:
+    """(text, raw html): text parts joined in order (Apple Mail splits text around inline
+    images), else the html's text; each forwarded message's text follows under its line."""
+    plain = "\n\n".join(p.strip("\r\n") for p in found.plain).strip()
+    raw_html = "\n".join(found.html)
+    text = plain or (html_to_text(raw_html) if raw_html else "")
+    for line, forwarded in found.forwards:
+        inner_text, inner_html = _joined(forwarded)
+        text = f"{text}\n\n{line}\n\n{inner_text}".strip()
+        if raw_html and inner_html:
+            raw_html += f"<p>{html_lib.escape(line)}</p>{inner_html}"
+    return text, raw_html
+
+
 def _bodies(msg: Message) -> tuple[str, str, list[RawAttachment]]:
-    """(plain text, raw html, attachments): the first plain and html body parts win."""
-    plain: str | None = None
-    html: str | None = None
-    attachments: list[RawAttachment] = []
-    for part in msg.walk():
-        if part.is_multipart():
-            continue
-        ctype = part.get_content_type()
-        if ctype in ("message/delivery-status", "text/rfc822-headers", "message/rfc822-headers"):
-            continue
-        if _is_attachment(part):
-            payload = part.get_payload(decode=True)
-            data = payload if isinstance(payload, bytes) else b""
-            attachments.append(RawAttachment(_filename(part, len(attachments) + 1), ctype, data))
-            continue
-        if ctype == "text/plain" and plain is None:
-            plain = part_text(part)
-        elif ctype == "text/html" and html is None:
-            html = part_text(part)
-    return plain or "", html or "", attachments
+    """(text, raw html, attachments) of the whole message, forwarded messages included."""
+    found = _Bodies()
+    _collect(msg, found, msg.get_content_type() == "multipart/report")
+    text, raw_html = _joined(found)
+    return text, raw_html, found.attachments
 
 
 def parse_email(raw: bytes) -> ParsedEmail:
@@ -377,9 +424,8 @@ def _parse(msg: Message) -> ParsedEmail:
     thread_ids = message_ids(header_text(headers, "In-Reply-To")) + message_ids(
         header_text(headers, "References")
     )
-    plain, raw_html, raw_attachments = _bodies(msg)
+    text, raw_html, raw_attachments = _bodies(msg)
     html = sanitize_html(raw_html) if raw_html else ""
-    text = plain.strip() or (html_to_text(raw_html) if raw_html else "")
     if not text and not raw_attachments and msg.get_content_maintype() == "multipart":
         # A boundary that never matches leaves the body unsplit (or in the preamble): keep it as text.
         payload = msg.get_payload()

@@ -65,6 +65,20 @@ def test_corpus_details() -> None:
         assert bad not in phishing
 
 
+def test_every_inline_text_part_and_forwarded_message_is_kept() -> None:
+    decoder = EmailDecoder(EmailSettings())
+    apple = decoder(_item((CORPUS / "lead-apple-text-around-inline-image.eml").read_bytes()))
+    assert apple.text == (
+        "Here is a photo of the broken part:\n\nAnd the serial number is SN-12345. Please replace it."
+    )
+    assert [a.name for a in apple.attachments] == ["IMG_0001.jpg"]
+    forwarded = decoder(_item((CORPUS / "lead-forwarded-with-inner-attachment.eml").read_bytes()))
+    assert forwarded.text == (
+        "FYI see below\n\nForwarded message — From: Boss <boss@corp.com> | Subject: Важливо\n\nПривет"
+    )
+    assert [a.name for a in forwarded.attachments] == ["inner.pdf"]
+
+
 def test_strip_quoted_cuts_history_and_signatures() -> None:
     assert strip_quoted("New text\n\nOn Tue, Bob <b@x.com> wrote:\n> old\n> older") == "New text"
     assert strip_quoted("Привіт\n\n-- \nОлена\n+380") == "Привіт"
