@@ -133,8 +133,18 @@ class Intake:
                 )
             )
         if not created and stored:
-            lead, changed = await self._customer_wrote_again(lead, now, inbound.received_at)
-            events.extend(changed)
+            if inbound.meta.get("automatic"):
+                # An out-of-office or other machine mail is filed, but nobody owes it a reply:
+                # it neither reopens the lead nor restarts its SLA clock.
+                log.info(
+                    "%s %s: automatic message %s filed without a status change",
+                    lead.ref,
+                    inbound.channel,
+                    message.id,
+                )
+            else:
+                lead, changed = await self._customer_wrote_again(lead, now, inbound.received_at)
+                events.extend(changed)
 
         if events:
             events = await self._store.append_events(events)

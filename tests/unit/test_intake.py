@@ -78,6 +78,27 @@ async def test_customer_message_reopens_resolved_lead(core: Hub) -> None:
     assert "lead.reopened" in [e.type for e in reply.events]
 
 
+async def test_an_auto_reply_is_filed_without_reopening_or_restarting_the_clock(core: Hub) -> None:
+    first = await core.intake.accept(inbound("r1", channel="email", own_refs=("<m1@x>",)), now=T0)
+    resolved = await core.actions.resolve(first.lead.number, by="olena", now=T0)
+    auto = await core.intake.accept(
+        inbound(
+            "r2",
+            channel="email",
+            text="I am out of office",
+            thread=ThreadHints(message_ids=("<m1@x>",)),
+            meta={"automatic": "Auto-Submitted: auto-replied"},
+        ),
+        now=T0 + timedelta(hours=1),
+    )
+    assert auto.lead.number == first.lead.number and not auto.duplicate
+    lead = await core.store.get_lead(first.lead.number)
+    assert lead is not None and lead.status == LeadStatus.RESOLVED
+    assert lead == resolved
+    assert "lead.reopened" not in [e.type for e in auto.events]
+    assert [m.text for m in await core.store.list_messages(lead.number)][-1] == "I am out of office"
+
+
 async def test_lead_token_only_honoured_for_the_leads_own_contact(core: Hub) -> None:
     mine = await core.intake.accept(inbound("t1", channel="email"), now=T0)
     stranger = await core.intake.accept(
