@@ -13,6 +13,7 @@ import email
 import email.policy
 import hashlib
 import html as html_lib
+import itertools
 import re
 from dataclasses import dataclass, field
 from email.errors import MessageError
@@ -130,33 +131,79 @@ def clean_subject(subject: str) -> str:
     return re.sub(r"\s+", " ", _REPLY_PREFIX.sub("", subject)).strip()
 
 
-def _charsets(declared: str) -> list[str]:
+def _charset(declared: str) -> str:
     declared = (declared or "").strip().strip('"').lower()
-    declared = _CHARSET_ALIASES.get(declared, declared)
-    ordered = [declared] if declared else []
-    return [*ordered, "utf-8", "cp1251", "koi8_r", "latin-1"]
+    return _CHARSET_ALIASES.get(declared, declared)
+
+
+# Undeclared 8-bit Cyrillic: every one of these decodes any byte, so the text is scored instead.
+_CYRILLIC_GUESSES = ("cp1251", "koi8_r", "koi8_u", "cp866", "iso8859_5", "mac_cyrillic")
+
+
+# Letters of the languages our customers write in; a wrong decoding yields others (ќ, ѕ, ╬, ¤).
+_COMMON_LETTERS = frozenset(
+    "абвгдеёжзийклмнопрстуфхцчшщъыьэюяіїєґ"
+    "АБВГДЕЁЖЗИЙКЛМНОПРСТУФХЦЧШЩЪЫЬЭЮЯІЇЄҐ"
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+)
+
+
+def _looks_like_words(text: str) -> float:
+    """How much `text` looks like real Ukrainian, Russian or English words (higher is better)."""
+    visible = [ch for ch in text if not ch.isspace()]
+    if not visible:
+        return 0.0
+    letters = [ch for ch in visible if ch in _COMMON_LETTERS]
+    lower = sum(1 for ch in letters if ch.islower())
+    # A lower-case letter right before an upper-case one: koi8-r read as windows-1251 (and
+    # the reverse) swaps the case of nearly every letter.
+    inversions = sum(1 for a, b in itertools.pairwise(text) if a.islower() and b.isupper())
+    return (len(letters) + lower - 2 * inversions) / len(visible)
+
+
+def guess_8bit(data: bytes) -> str:
+    """Bytes of an unknown 8-bit Cyrillic charset as the decoding that reads most like words."""
+    return max((data.decode(c) for c in _CYRILLIC_GUESSES), key=_looks_like_words)
 
 
 def decode_bytes(data: bytes, declared: str = "") -> str:
-    """Bytes -> text with the declared charset, else utf-8, else windows-1251 (never fails)."""
-    for charset in _charsets(declared):
+    """Bytes -> text with the declared charset, else utf-8, else the likeliest Cyrillic 8-bit
+    charset (never fails)."""
+    for charset in (_charset(declared), "utf-8"):
+        if not charset:
+            continue
         try:
             return data.decode(charset)
         except (LookupError, UnicodeDecodeError):
             continue
-    return data.decode("latin-1")
+    return guess_8bit(data)
 
 
-def _fix_8bit(text: str) -> str:
-    """Undo the surrogate escapes the parser leaves for raw 8-bit header bytes."""
-    if not any("\udc80" <= ch <= "\udcff" for ch in text):
+# Single-byte charsets that decode any byte: as a hint for raw header bytes they prove nothing.
+_WEAK_HINTS = {"us-ascii", "ascii", "latin-1", "latin1", "iso-8859-1", "iso8859-1", "windows-1252", "cp1252"}
+
+
+def _fix_8bit(text: str, hint: str = "") -> str:
+    """Undo the surrogate escapes the parser leaves for raw 8-bit header bytes.
+
+    `hint`: the message's declared body charset (senders that skip RFC 2047 write headers in it)."""
+    if not _has_8bit(text):
         return text
-    return decode_bytes(text.encode("utf-8", "surrogateescape"))
+    data = text.encode("utf-8", "surrogateescape")
+    hint = _charset(hint)
+    if hint in _WEAK_HINTS:
+        hint = ""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return decode_bytes(data, hint)
 
 
-def decode_header_value(raw: str) -> str:
-    """A raw header value as text: unfolded, 8-bit bytes recovered, RFC 2047 words decoded."""
-    text = _fix_8bit(re.sub(r"\r?\n[ \t]+", " ", raw))
+def decode_header_value(raw: str, hint: str = "") -> str:
+    """A raw header value as text: unfolded, 8-bit bytes recovered, RFC 2047 words decoded.
+
+    `hint`: the charset raw 8-bit bytes are most likely in (the message's declared one)."""
+    text = _fix_8bit(re.sub(r"\r?\n[ \t]+", " ", raw), hint)
     if "=?" not in text:
         return text.strip()
     try:
@@ -178,13 +225,23 @@ class _Headers:
     """A message's raw header values by lower-case name, indexed once: a message is asked for
     a dozen headers, and `Message.get` scans every header for each."""
 
-    __slots__ = ("_values",)
+    __slots__ = ("_hint", "_msg", "_values")
 
     def __init__(self, msg: Message) -> None:
         values: dict[str, list[str]] = {}
         for key, value in msg.raw_items():
             values.setdefault(key.lower(), []).append(str(value))
         self._values = values
+        self._msg = msg
+        self._hint: str | None = None
+
+    @property
+    def charset_hint(self) -> str:
+        """The charset the message declares for its text (read only when a header needs it)."""
+        if self._hint is None:
+            charsets = (part.get_content_charset() for part in self._msg.walk())
+            self._hint = next((c for c in charsets if c), "")
+        return self._hint
 
     def raw(self, name: str) -> list[str]:
         return self._values.get(name.lower(), [])
@@ -194,12 +251,17 @@ def _index(msg: Message | _Headers) -> _Headers:
     return msg if isinstance(msg, _Headers) else _Headers(msg)
 
 
+def _has_8bit(value: str) -> bool:
+    return any("\udc80" <= ch <= "\udcff" for ch in value)
+
+
 def header_text(msg: Message | _Headers, name: str) -> str:
     """A header as readable text (RFC 2047 decoded, 8-bit bytes recovered); '' when absent."""
-    values = _index(msg).raw(name)
+    headers = _index(msg)
+    values = headers.raw(name)
     if not values:
         return ""
-    return one_line(decode_header_value(values[0]))
+    return one_line(decode_header_value(values[0], headers.charset_hint if _has_8bit(values[0]) else ""))
 
 
 def _addresses(msg: Message | _Headers, *names: str) -> list[tuple[str, str]]:
@@ -210,7 +272,8 @@ def _addresses(msg: Message | _Headers, *names: str) -> list[tuple[str, str]]:
         values = headers.raw(name)
         if not values:
             continue
-        raw = [_fix_8bit(re.sub(r"\r?\n[ \t]+", " ", v)) for v in values]
+        hint = headers.charset_hint if any(_has_8bit(v) for v in values) else ""
+        raw = [_fix_8bit(re.sub(r"\r?\n[ \t]+", " ", v), hint) for v in values]
         # Split on the raw value: encoded words never contain the commas that separate addresses.
         for display, addr in getaddresses(raw):
             normalized = normalize_email(addr or "")

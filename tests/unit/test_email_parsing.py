@@ -79,6 +79,21 @@ def test_every_inline_text_part_and_forwarded_message_is_kept() -> None:
     assert [a.name for a in forwarded.attachments] == ["inner.pdf"]
 
 
+@pytest.mark.parametrize("declared", [True, False], ids=["declared", "undeclared"])
+@pytest.mark.parametrize("charset", ["koi8-r", "koi8-u", "cp866", "iso-8859-5", "windows-1251", "utf-8"])
+def test_raw_8bit_headers_are_read_in_their_charset(charset: str, declared: bool) -> None:
+    ukrainian = charset == "koi8-u"
+    subject = "Не працює лічильник" if ukrainian else "Не работает счётчик"
+    name = "Олена Петренко" if ukrainian else "Иван Петров"
+    body_charset = charset if declared else "us-ascii"
+    raw = (
+        f"From: {name} <o@example.com>\r\nSubject: {subject}\r\n"
+        f"Content-Type: text/plain; charset={body_charset}\r\n\r\nhi\r\n"
+    ).encode(charset)
+    parsed = parse_email(raw)
+    assert (parsed.subject, parsed.sender_name) == (subject, name)
+
+
 def test_strip_quoted_cuts_history_and_signatures() -> None:
     assert strip_quoted("New text\n\nOn Tue, Bob <b@x.com> wrote:\n> old\n> older") == "New text"
     assert strip_quoted("Привіт\n\n-- \nОлена\n+380") == "Привіт"
