@@ -25,6 +25,7 @@ from hub.domain import (
     OutboxItem,
     Page,
 )
+from hub.errors import NotFoundError
 
 
 class StoreError(Exception):
@@ -33,6 +34,14 @@ class StoreError(Exception):
 
 class DuplicateError(StoreError):
     """A unique key is already taken (the caller decides whether that is idempotency)."""
+
+
+class ContactMissing(NotFoundError):
+    """A contact a write names does not exist (erased, merged away or never created)."""
+
+    def __init__(self, contact_id: str) -> None:
+        super().__init__(f"contact {contact_id} does not exist")
+        self.contact_id = contact_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,7 +252,9 @@ class Store(Protocol):
         """Attach an identity; False if it already belongs to another contact."""
 
     async def merge_contacts(self, keep_id: str, merge_id: str) -> None:
-        """Move identities and leads of `merge_id` onto `keep_id` and delete `merge_id`."""
+        """Move identities and leads of `merge_id` onto `keep_id` and delete `merge_id`.
+
+        ContactMissing (nothing changed) when either contact does not exist."""
 
     # --- leads ------------------------------------------------------------------------------
     async def next_lead_number(self) -> int:

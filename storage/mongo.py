@@ -66,6 +66,7 @@ from hub.domain import (
 from storage import mongo_kpi
 from storage.base import (
     KPI_GROUPS,
+    ContactMissing,
     DuplicateError,
     KpiQuery,
     KpiRow,
@@ -857,8 +858,19 @@ class MongoStore:
             return
 
         async def write(session: AsyncClientSession | None) -> None:
+            # Checked in the write itself: merging into an erased contact would move the other
+            # customer's identities and leads onto a contact document that no longer exists.
+            found = {
+                d["_id"]
+                async for d in self._col("contacts").find(
+                    {"_id": {"$in": [keep_id, merge_id]}}, {"_id": 1}, session=session
+                )
+            }
+            for contact_id in (keep_id, merge_id):
+                if contact_id not in found:
+                    raise ContactMissing(contact_id)
             # Each step is idempotent: without a transaction a crash part-way is finished by
-            # running the merge again.
+            # running the merge again (`merge_id` goes last, so the check above still passes).
             await self._col("identities").update_many(
                 {"contact_id": merge_id}, {"$set": {"contact_id": keep_id}}, session=session
             )

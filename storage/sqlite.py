@@ -49,6 +49,7 @@ from hub.domain import (
 from storage import sqlite_kpi
 from storage.base import (
     KPI_GROUPS,
+    ContactMissing,
     DuplicateError,
     KpiQuery,
     KpiRow,
@@ -1188,6 +1189,14 @@ class SqliteStore:
         if keep_id == merge_id:
             return
         async with self._unit() as db:
+            # Checked in the write itself: merging into an erased contact would move the other
+            # customer's identities and leads onto a contact row that no longer exists.
+            cursor = await db.execute("SELECT id FROM contacts WHERE id IN (?, ?)", (keep_id, merge_id))
+            found = {str(row[0]) for row in await cursor.fetchall()}
+            await cursor.close()
+            for contact_id in (keep_id, merge_id):
+                if contact_id not in found:
+                    raise ContactMissing(contact_id)
             await db.execute("UPDATE identities SET contact_id = ? WHERE contact_id = ?", (keep_id, merge_id))
             await db.execute("UPDATE leads SET contact_id = ? WHERE contact_id = ?", (keep_id, merge_id))
             await db.execute("DELETE FROM contacts WHERE id = ?", (merge_id,))

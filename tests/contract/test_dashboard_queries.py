@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 
 from hub.domain import LeadKind, LeadStatus
-from storage.base import KpiQuery, KpiRow, LeadChanges, Store
+from storage.base import ContactMissing, KpiQuery, KpiRow, LeadChanges, Store
 from tests.contract.builders import T0, at, contact, email, message, new_lead, outbound
 
 
@@ -89,6 +89,29 @@ async def test_erase_contact_removes_personal_data_and_keeps_anonymous_leads(sto
     assert len(await store.list_messages(kept.number)) == 1
     assert await store.get_contact(other.id) is not None
     assert await store.erase_contact(person.id) == [lead.number]  # a second run changes nothing
+
+
+async def test_merge_with_an_erased_contact_is_refused_and_changes_nothing(store: Store) -> None:
+    erased = await store.create_contact(contact(email("erased@example.com"), name="Erased"))
+    other = await store.create_contact(contact(email("other@example.com"), name="Other"))
+    erased_lead = await new_lead(store, erased.id)
+    other_lead = await new_lead(store, other.id)
+    await store.erase_contact(erased.id)
+
+    # Either way round: the erased contact can neither keep nor be merged away.
+    for keep_id, merge_id in ((erased.id, other.id), (other.id, erased.id)):
+        with pytest.raises(ContactMissing) as refused:
+            await store.merge_contacts(keep_id, merge_id)
+        assert refused.value.contact_id == erased.id
+
+    intact = await store.get_contact(other.id)
+    assert intact is not None and intact.identities == other.identities
+    found = await store.find_contact(email("other@example.com"))
+    assert found is not None and found.id == other.id
+    assert (await store.get_lead(other_lead.number)).contact_id == other.id  # type: ignore[union-attr]
+    assert (await store.get_lead(erased_lead.number)).contact_id == erased.id  # type: ignore[union-attr]
+    with pytest.raises(ContactMissing):
+        await store.merge_contacts(other.id, "never-created")
 
 
 async def test_handled_since_and_active_counts(store: Store) -> None:

@@ -215,6 +215,39 @@ async def test_erase_contact_leaves_no_personal_data(hub: Hub, http, base_url: s
     assert (await session.get(f"{base_url}/dashboard/leads/{ref}")).status == 200
 
 
+async def test_merge_and_reply_on_a_lead_whose_contact_was_erased_are_refused(
+    hub: Hub, http, base_url: str, olena
+) -> None:
+    session, csrf = olena
+    a = await _form_lead(http, base_url, name="Erased Person", email="erased@example.com")
+    b = await _form_lead(http, base_url, name="Other Customer", email="other@example.com")
+    lead_b = await hub.store.get_lead(int(b[2:]))
+    assert lead_b is not None
+    erased = await session.post(
+        f"{base_url}/dashboard/leads/{a}/erase", data={"csrf": csrf, "confirm": "yes"}
+    )
+    assert "done=erased" in str(erased.url)
+    for other in (b, a):  # the erased lead on either side of the merge
+        page, target = (a, b) if other == b else (b, a)
+        resp = await session.post(
+            f"{base_url}/dashboard/leads/{page}/merge", data={"csrf": csrf, "other": target}
+        )
+        assert "error=merge_erased" in str(resp.url), resp.url
+        text = await resp.text()
+        assert "Контакти не можна об" in text and 'class="notice"' not in text
+    kept = await hub.store.get_contact(lead_b.contact_id)
+    assert kept is not None and kept.name == "Other Customer" and kept.identities
+    assert (await hub.store.get_lead(lead_b.number)).contact_id == lead_b.contact_id  # type: ignore[union-attr]
+    assert await hub.store.list_events(types=["contact.merged"]) == []
+
+    reply = await session.post(
+        f"{base_url}/dashboard/leads/{a}/reply", data={"csrf": csrf, "text": "Відповідь"}
+    )
+    assert "error=reply_erased" in str(reply.url), reply.url
+    assert "Відповідь не можна надіслати" in await reply.text()
+    assert await hub.store.list_messages(int(a[2:])) == []
+
+
 # --- reports --------------------------------------------------------------------------------
 
 

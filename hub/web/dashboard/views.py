@@ -38,11 +38,13 @@ from hub.web.dashboard.common import (
     viewer_of,
     zone_of,
 )
-from storage.base import LeadQuery
+from storage.base import ContactMissing, LeadQuery
 
 log = logging.getLogger(__name__)
 
 QUEUE_LIMIT = 300
+#: Action errors the lead page shows as localized texts (`dash.error.<code>`).
+ERROR_CODES = frozenset({"confirm", "merge_erased", "reply_erased"})
 STATUS_ORDER = [s.value for s in LeadStatus]
 
 
@@ -280,6 +282,7 @@ async def lead_page(request: web.Request) -> web.Response:
         managers=hub.settings.managers,
         notice=request.query.get("done", ""),
         error=request.query.get("error", "")[:300],
+        error_codes=ERROR_CODES,
         now_iso=now.isoformat(),
     )
 
@@ -297,6 +300,8 @@ async def lead_action(request: web.Request) -> web.Response:
     back = f"{PREFIX}/leads/{lead.ref}"
     try:
         if action == "reply":
+            if await hub.store.get_contact(lead.contact_id) is None:
+                raise ContactMissing(lead.contact_id)
             await hub.replies.record_reply(
                 lead.number, str(form.get("text", "")), viewer.name, source="dashboard"
             )
@@ -324,6 +329,10 @@ async def lead_action(request: web.Request) -> web.Response:
             return redirect(f"{PREFIX}?{urlencode({'done': 'erased'})}")
         else:
             return error_page(request, 404, "dash.error.no_action")
+    except ContactMissing:
+        # The contact was erased: nobody is left to reply to, and nothing may be merged with it.
+        code = "reply_erased" if action == "reply" else "merge_erased"
+        return redirect(f"{back}?{urlencode({'error': code})}")
     except HubError as exc:
         return redirect(f"{back}?{urlencode({'error': str(exc)[:300]})}")
     return redirect(f"{back}?{urlencode({'done': action})}")
