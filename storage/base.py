@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from hub.domain import (
     Contact,
@@ -44,6 +44,11 @@ class ContactMissing(NotFoundError):
         self.contact_id = contact_id
 
 
+LeadOrder = Literal["newest", "due"]
+#: The orders `LeadQuery.order` accepts.
+LEAD_ORDERS: tuple[LeadOrder, ...] = ("newest", "due")
+
+
 @dataclass(frozen=True, slots=True)
 class LeadQuery:
     """Filters for queue and API listings; None means 'any'."""
@@ -57,6 +62,10 @@ class LeadQuery:
     breached: bool | None = None
     contact_id: str | None = None
     text: str | None = None  # matches subject, contact name, identity values
+    #: "newest": number descending, cursor-paginated. "due": the queue's order, one page (no
+    #: cursor): unanswered leads with a first-response due time, soonest (most overdue) first,
+    #: then the others, most recently updated first.
+    order: LeadOrder = "newest"
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,7 +293,10 @@ class Store(Protocol):
         """Apply changes and return the updated lead (None if there is no such lead)."""
 
     async def list_leads(self, query: LeadQuery, limit: int, cursor: str | None = None) -> Page[Lead]:
-        """Leads matching the query, newest first, cursor-paginated."""
+        """Leads matching the query in `query.order` (newest first by default), cursor-paginated."""
+
+    async def count_leads(self, query: LeadQuery) -> int:
+        """How many leads match the query (its order aside)."""
 
     async def count_active_by_assignee(self, manager_ids: list[str]) -> dict[str, int]:
         """How many active leads each of these managers holds (0 included)."""

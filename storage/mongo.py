@@ -66,6 +66,7 @@ from hub.domain import (
 from storage import mongo_kpi
 from storage.base import (
     KPI_GROUPS,
+    LEAD_ORDERS,
     ContactMissing,
     DuplicateError,
     KpiQuery,
@@ -498,6 +499,11 @@ class MongoStore:
         )
         await leads.create_index([("status", ASCENDING), ("_id", DESCENDING)], name="lead_status_number")
         await leads.create_index([("team", ASCENDING), ("_id", DESCENDING)], name="lead_team_number")
+        # The queue in due order (list_leads order="due"): a SORT_MERGE over the statuses.
+        await leads.create_index(
+            [("status", ASCENDING), ("first_response_due", ASCENDING), ("_id", ASCENDING)],
+            name="lead_status_due",
+        )
         await leads.create_index(
             # A compound key (not _id alone, which the default _id index owns) in number order.
             [("_id", DESCENDING), ("breached_at", ASCENDING)],
@@ -1010,7 +1016,13 @@ class MongoStore:
 
     @_translated
     async def list_leads(self, query: LeadQuery, limit: int, cursor: str | None = None) -> Page[Lead]:
-        """Leads matching the query, newest first, cursor-paginated."""
+        """Leads matching the query in `query.order` (newest first by default), cursor-paginated."""
+        if query.order == "due":
+            if cursor is not None:
+                raise ValueError("leads in due order come as one page (no cursor)")
+            return Page(items=await self._leads_by_due(query, limit), next_cursor=None)
+        if query.order != "newest":
+            raise ValueError(f"unknown lead order {query.order!r}; use one of {LEAD_ORDERS}")
         mongo_query = await self._lead_query(query)
         if cursor is not None:
             if not cursor.isdigit():
@@ -1025,6 +1037,34 @@ class MongoStore:
         leads = [_lead(d) for d in docs[:limit]]
         next_cursor = str(leads[-1].number) if len(docs) > limit and leads else None
         return Page(items=leads, next_cursor=next_cursor)
+
+    async def _leads_by_due(self, query: LeadQuery, limit: int) -> list[Lead]:
+        base = await self._lead_query(query)
+        # Two reads, as in SQLite: the owed part is read in lead_status_due order and stops
+        # after `limit` matches; only a short page leaves room for the answered ones.
+        owed: Doc = {"first_response_at": None, "first_response_due": {"$type": "date"}}
+        found = (
+            self._col("leads")
+            .find({"$and": [base, owed]} if base else owed)
+            .sort([("first_response_due", ASCENDING), ("_id", ASCENDING)])
+            .limit(limit)
+        )
+        docs = [doc async for doc in found]
+        if len(docs) < limit:
+            rest: Doc = {"$or": [{"first_response_at": {"$type": "date"}}, {"first_response_due": None}]}
+            more = (
+                self._col("leads")
+                .find({"$and": [base, rest]} if base else rest)
+                .sort([("updated_at", DESCENDING), ("_id", ASCENDING)])
+                .limit(limit - len(docs))
+            )
+            docs += [doc async for doc in more]
+        return [_lead(d) for d in docs]
+
+    @_translated
+    async def count_leads(self, query: LeadQuery) -> int:
+        """How many leads match the query (its order aside)."""
+        return int(await self._col("leads").count_documents(await self._lead_query(query)))
 
     @_translated
     async def count_active_by_assignee(self, manager_ids: list[str]) -> dict[str, int]:

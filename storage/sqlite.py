@@ -49,6 +49,7 @@ from hub.domain import (
 from storage import sqlite_kpi
 from storage.base import (
     KPI_GROUPS,
+    LEAD_ORDERS,
     ContactMissing,
     DuplicateError,
     KpiQuery,
@@ -1417,6 +1418,56 @@ class SqliteStore:
         return _lead(row) if row else None
 
     async def list_leads(self, query: LeadQuery, limit: int, cursor: str | None = None) -> Page[Lead]:
+        if query.order == "due":
+            if cursor is not None:
+                raise ValueError("leads in due order come as one page (no cursor)")
+            return Page(items=await self._leads_by_due(query, limit), next_cursor=None)
+        if query.order != "newest":
+            raise ValueError(f"unknown lead order {query.order!r}; use one of {LEAD_ORDERS}")
+        where, params = self._lead_where(query)
+        if cursor is not None:
+            if not cursor.isdigit():
+                raise ValueError(f"invalid cursor {cursor!r}")
+            where.append("number < ?")
+            params.append(int(cursor))
+        sql = f"SELECT {_LEAD_COLUMNS} FROM leads"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY number DESC LIMIT ?"
+        params.append(limit + 1)
+        rows = await self._read(sql, params)
+        leads = [_lead(r) for r in rows[:limit]]
+        next_cursor = str(leads[-1].number) if len(rows) > limit and leads else None
+        return Page(items=leads, next_cursor=next_cursor)
+
+    async def _leads_by_due(self, query: LeadQuery, limit: int) -> list[Lead]:
+        where, params = self._lead_where(query)
+        # The filters' index (leads_status_number for the queue's active statuses) finds the
+        # matches and a top-`limit` sorter keeps the soonest: O(matching leads), no extra index
+        # for every write to keep. The answered part is read only when the owed part is short.
+        owed = [*where, "first_response_at IS NULL", "first_response_due IS NOT NULL"]
+        rows = await self._read(
+            f"SELECT {_LEAD_COLUMNS} FROM leads WHERE {' AND '.join(owed)} "
+            "ORDER BY first_response_due, number LIMIT ?",
+            [*params, limit],
+        )
+        if len(rows) < limit:
+            rest = [*where, "(first_response_at IS NOT NULL OR first_response_due IS NULL)"]
+            rows += await self._read(
+                f"SELECT {_LEAD_COLUMNS} FROM leads WHERE {' AND '.join(rest)} "
+                "ORDER BY updated_at DESC, number LIMIT ?",
+                [*params, limit - len(rows)],
+            )
+        return [_lead(r) for r in rows]
+
+    async def count_leads(self, query: LeadQuery) -> int:
+        where, params = self._lead_where(query)
+        sql = "SELECT COUNT(*) AS n FROM leads" + (" WHERE " + " AND ".join(where) if where else "")
+        rows = await self._read(sql, params)
+        return int(rows[0]["n"])
+
+    @staticmethod
+    def _lead_where(query: LeadQuery) -> tuple[list[str], list[Any]]:
         where: list[str] = []
         params: list[Any] = []
         if query.statuses:
@@ -1451,20 +1502,7 @@ class SqliteStore:
                 "OR contact_id IN (SELECT contact_id FROM identities WHERE instr(hub_fold(value), ?) > 0))"
             )
             params.extend([needle, needle, needle])
-        if cursor is not None:
-            if not cursor.isdigit():
-                raise ValueError(f"invalid cursor {cursor!r}")
-            where.append("number < ?")
-            params.append(int(cursor))
-        sql = f"SELECT {_LEAD_COLUMNS} FROM leads"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY number DESC LIMIT ?"
-        params.append(limit + 1)
-        rows = await self._read(sql, params)
-        leads = [_lead(r) for r in rows[:limit]]
-        next_cursor = str(leads[-1].number) if len(rows) > limit and leads else None
-        return Page(items=leads, next_cursor=next_cursor)
+        return where, params
 
     async def count_active_by_assignee(self, manager_ids: list[str]) -> dict[str, int]:
         counts = dict.fromkeys(manager_ids, 0)

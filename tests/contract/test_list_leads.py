@@ -119,3 +119,34 @@ async def test_filters_follow_updates(store: Store) -> None:
     await store.update_lead(lead.number, LeadChanges(assignee="olena", status=LeadStatus.OPEN))
     assert await numbers(store, LeadQuery(assignee="olena", statuses=(LeadStatus.OPEN,))) == [lead.number]
     assert await numbers(store, LeadQuery(unassigned=True)) == []
+
+
+async def test_due_order_puts_the_soonest_due_first_before_the_limit(store: Store) -> None:
+    active = (LeadStatus.NEW, LeadStatus.OPEN, LeadStatus.WAITING_CUSTOMER)
+    # Created oldest-due last, so "newest first" and "soonest due first" disagree.
+    late = [
+        await new_lead(store, first_response_due=at(hours=10 - i), updated_at=at(minutes=i)) for i in range(6)
+    ]
+    answered_old = await new_lead(
+        store, first_response_due=at(hours=-5), first_response_at=at(hours=-6), updated_at=at(minutes=1)
+    )
+    answered_new = await new_lead(
+        store, first_response_due=at(hours=-5), first_response_at=at(hours=-6), updated_at=at(minutes=9)
+    )
+    no_due = await new_lead(store, updated_at=at(minutes=5))
+    await new_lead(store, status=LeadStatus.RESOLVED, first_response_due=at(hours=-20))
+    query = LeadQuery(statuses=active, order="due")
+
+    assert await numbers(store, query, 3) == [late[5].number, late[4].number, late[3].number]
+    assert await numbers(store, query, 20) == [
+        *(lead.number for lead in reversed(late)),
+        answered_new.number,
+        no_due.number,
+        answered_old.number,
+    ]
+    assert await numbers(store, LeadQuery(statuses=active, order="due", assignee="nobody"), 5) == []
+    assert await store.count_leads(query) == 9
+    assert await store.count_leads(LeadQuery()) == 10
+    assert await store.count_leads(LeadQuery(statuses=(LeadStatus.RESOLVED,))) == 1
+    page = await store.list_leads(query, 3)
+    assert page.next_cursor is None  # one page; count_leads says how many there are

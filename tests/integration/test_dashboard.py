@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import html
 import io
+import re
 import sqlite3
 import statistics
 from collections.abc import AsyncIterator, Callable
@@ -17,8 +18,10 @@ import pytest
 
 from hub.app import Hub
 from hub.config import Settings
-from hub.domain import Identity, IdentityKind, Inbound, LeadKind
+from hub.domain import Identity, IdentityKind, Inbound, LeadKind, utcnow
 from hub.web.dashboard.auth import login_link, mint_login_token
+from hub.web.dashboard.views import QUEUE_LIMIT
+from tests.contract.builders import lead as build_lead
 from tests.support.dashboard import PASSWORDS, csrf_from, managers_with_passwords, sign_in
 
 KYIV = ZoneInfo("Europe/Kyiv")
@@ -246,6 +249,25 @@ async def test_merge_and_reply_on_a_lead_whose_contact_was_erased_are_refused(
     assert "error=reply_erased" in str(reply.url), reply.url
     assert "Відповідь не можна надіслати" in await reply.text()
     assert await hub.store.list_messages(int(a[2:])) == []
+
+
+async def test_the_queue_keeps_the_most_urgent_leads_when_more_are_open_than_it_shows(
+    hub: Hub, base_url: str, olena
+) -> None:
+    session, _ = olena
+    now = utcnow()
+    total = QUEUE_LIMIT + 10
+    async with hub.store.deferred_commit():
+        # The oldest leads are the most overdue: a newest-first cut would drop exactly them.
+        for number in range(1, total + 1):
+            await hub.store.create_lead(
+                build_lead(number, "c-queue", first_response_due=now + timedelta(minutes=number - 20))
+            )
+    for path in ("/dashboard", "/dashboard/queue/rows"):
+        text = await (await session.get(f"{base_url}{path}", params={"lang": "en"})).text()
+        shown = [int(ref) for ref in re.findall(r'data-lead="L-(\d+)"', text)]
+        assert shown == list(range(1, QUEUE_LIMIT + 1)), (path, shown[:5], shown[-5:])
+        assert f"Showing the {QUEUE_LIMIT} most urgent of {total} leads" in text
 
 
 # --- reports --------------------------------------------------------------------------------

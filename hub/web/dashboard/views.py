@@ -114,13 +114,15 @@ def _sort_key(lead: Lead) -> tuple[int, float, int]:
     return (1, -lead.updated_at.timestamp(), lead.number)
 
 
-async def _queue_leads(request: web.Request, filters: QueueFilters) -> list[Lead]:
+async def _queue_leads(request: web.Request, filters: QueueFilters) -> tuple[list[Lead], int]:
+    """The first QUEUE_LIMIT matching leads in queue order, and how many match in all."""
     hub = hub_of(request)
     viewer = viewer_of(request)
     number = parse_lead_number(filters.q) if filters.q else None
     if number is not None:
         lead = await hub.store.get_lead(number)
-        return [lead] if lead is not None and may_open(viewer, lead) else []
+        found = [lead] if lead is not None and may_open(viewer, lead) else []
+        return found, len(found)
     if filters.status == "all":
         statuses: tuple[LeadStatus, ...] | None = None
     elif filters.status:
@@ -133,6 +135,9 @@ async def _queue_leads(request: web.Request, filters: QueueFilters) -> list[Lead
         team=filters.team or None,
         channel=filters.channel or None,
         text=filters.q or None,
+        # The store orders by due time before it cuts the page: the most urgent leads are
+        # never the ones left out, however many are open.
+        order="due",
     )
     assignee = viewer.id if filters.assignee == "me" else filters.assignee
     queries: list[LeadQuery]
@@ -146,14 +151,16 @@ async def _queue_leads(request: web.Request, filters: QueueFilters) -> list[Lead
         # An agent's queue: own leads plus the unassigned ones, whatever the filters say.
         allowed = {viewer.id, "none"}
         if assignee and assignee not in allowed:
-            return []
+            return [], 0
         if not assignee:
             queries = [_with(base, assignee=viewer.id), _with(base, unassigned=True)]
     leads: dict[int, Lead] = {}
-    for query in queries:
+    total = 0
+    for query in queries:  # several queries never overlap (own leads, unassigned ones)
         page = await hub.store.list_leads(query, QUEUE_LIMIT)
         leads.update((lead.number, lead) for lead in page.items)
-    return sorted(leads.values(), key=_sort_key)
+        total += await hub.store.count_leads(query)
+    return sorted(leads.values(), key=_sort_key)[:QUEUE_LIMIT], total
 
 
 def _with(query: LeadQuery, **changes: Any) -> LeadQuery:
@@ -162,10 +169,10 @@ def _with(query: LeadQuery, **changes: Any) -> LeadQuery:
     return LeadQuery(**fields)
 
 
-async def _rows(request: web.Request, filters: QueueFilters) -> list[QueueRow]:
+async def _rows(request: web.Request, filters: QueueFilters) -> tuple[list[QueueRow], int]:
     hub = hub_of(request)
     now = utcnow()
-    leads = await _queue_leads(request, filters)
+    leads, total = await _queue_leads(request, filters)
     names: dict[str, str] = {}
     rows = []
     for lead in leads:
@@ -173,7 +180,7 @@ async def _rows(request: web.Request, filters: QueueFilters) -> list[QueueRow]:
             contact = await hub.store.get_contact(lead.contact_id)
             names[lead.contact_id] = contact.name if contact else ""
         rows.append(QueueRow(lead, names[lead.contact_id], _row_state(lead, now)))
-    return rows
+    return rows, total
 
 
 def _queue_context(request: web.Request, filters: QueueFilters) -> dict[str, Any]:
@@ -193,18 +200,23 @@ def _queue_context(request: web.Request, filters: QueueFilters) -> dict[str, Any
 async def queue(request: web.Request) -> web.Response:
     """GET /dashboard: open leads, soonest breach first, updated live."""
     filters = QueueFilters.from_query(request.query)
-    rows = await _rows(request, filters)
+    rows, total = await _rows(request, filters)
     rows_url = f"{PREFIX}/queue/rows?{urlencode(filters.as_params())}"
     return render_page(
-        request, "dashboard/queue.html", rows=rows, rows_url=rows_url, **_queue_context(request, filters)
+        request,
+        "dashboard/queue.html",
+        rows=rows,
+        total=total,
+        rows_url=rows_url,
+        **_queue_context(request, filters),
     )
 
 
 async def queue_rows(request: web.Request) -> web.Response:
     """GET /dashboard/queue/rows: the queue's table body (the page re-fetches it on live events)."""
     filters = QueueFilters.from_query(request.query)
-    rows = await _rows(request, filters)
-    return render_page(request, "dashboard/queue_rows.html", rows=rows)
+    rows, total = await _rows(request, filters)
+    return render_page(request, "dashboard/queue_rows.html", rows=rows, total=total)
 
 
 async def events(request: web.Request) -> web.StreamResponse:
