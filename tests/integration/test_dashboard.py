@@ -18,9 +18,9 @@ import pytest
 
 from hub.app import Hub
 from hub.config import Settings
-from hub.domain import Identity, IdentityKind, Inbound, LeadKind, utcnow
+from hub.domain import Identity, IdentityKind, Inbound, LeadKind, LeadStatus, utcnow
 from hub.web.dashboard.auth import login_link, mint_login_token
-from hub.web.dashboard.views import QUEUE_LIMIT
+from hub.web.dashboard.views import BREACHES_LIMIT, QUEUE_LIMIT
 from tests.contract.builders import lead as build_lead
 from tests.support.dashboard import PASSWORDS, csrf_from, managers_with_passwords, sign_in
 
@@ -268,6 +268,25 @@ async def test_the_queue_keeps_the_most_urgent_leads_when_more_are_open_than_it_
         shown = [int(ref) for ref in re.findall(r'data-lead="L-(\d+)"', text)]
         assert shown == list(range(1, QUEUE_LIMIT + 1)), (path, shown[:5], shown[-5:])
         assert f"Showing the {QUEUE_LIMIT} most urgent of {total} leads" in text
+
+
+async def test_breaches_page_counts_every_breach_and_lists_the_most_overdue_first(
+    hub: Hub, base_url: str, olena
+) -> None:
+    session, _ = olena
+    now = utcnow()
+    total = BREACHES_LIMIT + 5
+    async with hub.store.deferred_commit():
+        for number in range(1, total + 1):
+            due = now - timedelta(hours=total - number + 1)  # L-1 is the most overdue
+            await hub.store.create_lead(
+                build_lead(number, "c-late", first_response_due=due, breached_at=due, status=LeadStatus.OPEN)
+            )
+    text = await (await session.get(f"{base_url}/dashboard/breaches", params={"lang": "en"})).text()
+    current = text[: text.index("Past")]
+    shown = [int(ref) for ref in re.findall(r'href="/dashboard/leads/L-(\d+)"', current)]
+    assert shown == list(range(1, BREACHES_LIMIT + 1)), (shown[:5], shown[-5:])
+    assert f"Current (still open) ({total}) · the first {BREACHES_LIMIT} shown" in current
 
 
 # --- reports --------------------------------------------------------------------------------

@@ -38,11 +38,13 @@ from hub.web.dashboard.common import (
     viewer_of,
     zone_of,
 )
-from storage.base import ContactMissing, LeadQuery
+from storage.base import ContactMissing, LeadOrder, LeadQuery
 
 log = logging.getLogger(__name__)
 
 QUEUE_LIMIT = 300
+BREACHES_LIMIT = 200
+PAST_BREACHES_LIMIT = 100
 #: Action errors the lead page shows as localized texts (`dash.error.<code>`).
 ERROR_CODES = frozenset({"confirm", "merge_erased", "reply_erased"})
 STATUS_ORDER = [s.value for s in LeadStatus]
@@ -395,10 +397,19 @@ class BreachRow:
     steps: list[Event]
 
 
-async def _breach_rows(request: web.Request, statuses: tuple[LeadStatus, ...], limit: int) -> list[BreachRow]:
+@dataclass(frozen=True, slots=True)
+class BreachTable:
+    rows: list[BreachRow]
+    total: int  # all matching breaches; `rows` holds the first `limit` of them
+
+
+async def _breach_rows(
+    request: web.Request, statuses: tuple[LeadStatus, ...], limit: int, order: LeadOrder
+) -> BreachTable:
     hub = hub_of(request)
     now = utcnow()
-    page = await hub.store.list_leads(LeadQuery(statuses=statuses, breached=True), limit)
+    query = LeadQuery(statuses=statuses, breached=True, order=order)
+    page = await hub.store.list_leads(query, limit)
     steps_types = [
         EventType.SLA_WARNING.value,
         EventType.SLA_BREACHED.value,
@@ -416,15 +427,18 @@ async def _breach_rows(request: web.Request, statuses: tuple[LeadStatus, ...], l
         late = ((lead.first_response_at or now) - due).total_seconds()
         steps = [e for e in lead_events if breach is None or e.at >= breach.at or e.type.startswith("sla.")]
         rows.append(BreachRow(lead, holder if isinstance(holder, str) else None, late, steps))
-    return rows
+    return BreachTable(rows, await hub.store.count_leads(query))
 
 
 async def breaches(request: web.Request) -> web.Response:
     """GET /dashboard/breaches: leads past their first-response due time, current and past."""
     if not sees_all(viewer_of(request)):
         return error_page(request, 403, "dash.error.forbidden")
-    current = await _breach_rows(request, tuple(sorted(ACTIVE_STATUSES)), 200)
-    past = await _breach_rows(request, (LeadStatus.RESOLVED, LeadStatus.CLOSED), 100)
+    # Open breaches most overdue first (the ones to act on); past ones most recent first.
+    current = await _breach_rows(request, tuple(sorted(ACTIVE_STATUSES)), BREACHES_LIMIT, "due")
+    past = await _breach_rows(
+        request, (LeadStatus.RESOLVED, LeadStatus.CLOSED), PAST_BREACHES_LIMIT, "newest"
+    )
     return render_page(request, "dashboard/breaches.html", current=current, past=past)
 
 
