@@ -15,6 +15,7 @@ import pytest
 
 from hub.app import Hub
 from hub.config import Settings
+from hub.domain import Identity, IdentityKind, Inbound, ThreadHints, utcnow
 from tests.browser.conftest import screenshot_path
 from tests.support.dashboard import PASSWORDS, managers_with_passwords
 
@@ -174,3 +175,47 @@ async def test_manager_marks_themselves_away_and_back_from_the_header(
     await page.get_by_role("button", name="Я на місці").click()
     await page.wait_for_selector('#my-availability[data-away="0"]')
     assert not await hub.availability.is_away("taras")
+
+
+async def test_long_names_subjects_and_preformatted_mail_never_widen_the_page(
+    hub: Hub, browser: Any, base_url: str
+) -> None:
+    ref = await _submit_form(
+        base_url,
+        name="Д" * 150,
+        subject="Тема" + "x" * 240,
+        message="Повідомлення-без-пробілів-" * 40,
+    )
+    long_line = "ЛогПомилки:" + "0123456789" * 60
+    inbound = Inbound(
+        channel="email",
+        external_id="wide-mail",
+        sender=Identity(IdentityKind.EMAIL, "maria@example.com", "Марія"),
+        text=long_line,
+        html=f"<p>Журнал:</p><pre>{long_line}\n{long_line}</pre><table><tr><td>{long_line}</td></tr></table>",
+        received_at=utcnow(),
+        thread=ThreadHints(lead_number=int(ref[2:])),
+    )
+    await hub.intake.accept(inbound)
+    widths = "() => [document.documentElement.scrollWidth, window.innerWidth]"
+    for name, viewport in (("phone", PHONE), ("desktop", {"width": 1366, "height": 900})):
+        page = await _sign_in(browser, base_url, "olena", viewport=viewport)
+        for path in ("", f"/leads/{ref}", "/team", "/breaches"):
+            await page.goto(f"{base_url}/dashboard{path}")
+            scroll_width, inner_width = await page.evaluate(widths)
+            assert scroll_width == inner_width, (name, path, scroll_width)
+        # The queue table itself fits: a long name wraps instead of pushing columns off-screen.
+        await page.goto(f"{base_url}/dashboard")
+        table = await page.evaluate("() => document.querySelector('table.queue').scrollWidth")
+        assert table <= viewport["width"], (name, table)
+        await page.goto(f"{base_url}/dashboard/leads/{ref}")
+        # Preformatted mail stays inside its message bubble.
+        inside = await page.evaluate(
+            """() => [...document.querySelectorAll('.msg .body.html pre')].every(pre => {
+                const bubble = pre.closest('.msg').getBoundingClientRect();
+                const box = pre.getBoundingClientRect();
+                return box.left >= bubble.left && box.right <= bubble.right;
+            })"""
+        )
+        assert inside, name
+        await _shot(page, f"long-lead-{name}")
