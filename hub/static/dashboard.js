@@ -2,7 +2,9 @@
 // No inline scripts anywhere: the CSP only allows files from /static.
 "use strict";
 (function () {
+  // Every page carries its language's words on <body>: the lead page has no queue table.
   var units = (document.body.dataset.units || "d,h,m,s").split(",");
+  var overdue = document.body.dataset.overdue || "overdue", left = document.body.dataset.left || "left";
   function fmt(ms) {
     var s = Math.floor(Math.abs(ms) / 1000), d = Math.floor(s / 86400), h = Math.floor(s % 86400 / 3600),
         m = Math.floor(s % 3600 / 60), sec = s % 60, pad = function (n) { return (n < 10 ? "0" : "") + n; };
@@ -12,8 +14,7 @@
     return sec + units[3];
   }
   function tick() {
-    var now = Date.now(), table = document.querySelector("table.queue");
-    var overdue = table ? table.dataset.overdue : "overdue", left = table ? table.dataset.left : "left";
+    var now = Date.now();
     document.querySelectorAll("[data-due]").forEach(function (cell) {
       var due = Date.parse(cell.dataset.due), warn = cell.dataset.warn ? Date.parse(cell.dataset.warn) : null;
       var out = cell.querySelector(".countdown");

@@ -219,3 +219,12 @@ async def test_long_names_subjects_and_preformatted_mail_never_widen_the_page(
         )
         assert inside, name
         await _shot(page, f"long-lead-{name}")
+
+
+async def test_the_lead_page_counts_down_in_the_pages_language(hub: Hub, browser: Any, base_url: str) -> None:
+    ref = await _submit_form(base_url)  # a message breaches 2 s after arrival
+    page = await _sign_in(browser, base_url, "olena")
+    await page.goto(f"{base_url}/dashboard/leads/{ref}")
+    countdown = page.locator(".due .countdown")
+    await countdown.filter(has_text="прострочено на").wait_for()
+    assert "overdue" not in (await countdown.inner_text())

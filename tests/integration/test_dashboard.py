@@ -289,6 +289,20 @@ async def test_breaches_page_counts_every_breach_and_lists_the_most_overdue_firs
     assert f"Current (still open) ({total}) · the first {BREACHES_LIMIT} shown" in current
 
 
+async def test_live_queue_rows_keep_the_language_chosen_with_lang(http, base_url: str, olena) -> None:
+    session, _ = olena
+    await _form_lead(http, base_url)
+    page = await session.get(
+        f"{base_url}/dashboard", params={"lang": "en"}, headers={"Accept-Language": "uk"}
+    )
+    match = re.search(r'data-rows-url="([^"]+)"', await page.text())
+    assert match is not None
+    rows_url = match.group(1).replace("&amp;", "&")
+    rows = await session.get(f"{base_url}{rows_url}", headers={"Accept-Language": "uk"})
+    text = await rows.text()
+    assert "message" in text and "повідомлення" not in text, text
+
+
 # --- reports --------------------------------------------------------------------------------
 
 

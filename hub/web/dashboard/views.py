@@ -12,6 +12,7 @@ import nh3
 from aiohttp import web
 from markupsafe import Markup
 
+from hub import i18n
 from hub.config import ManagerSettings
 from hub.domain import (
     ACTIVE_STATUSES,
@@ -203,7 +204,11 @@ async def queue(request: web.Request) -> web.Response:
     """GET /dashboard: open leads, soonest breach first, updated live."""
     filters = QueueFilters.from_query(request.query)
     rows, total = await _rows(request, filters)
-    rows_url = f"{PREFIX}/queue/rows?{urlencode(filters.as_params())}"
+    params = filters.as_params()
+    if request.query.get("lang") in i18n.SUPPORTED:
+        # The live refresh renders rows in the page's language, not the cookie's or browser's.
+        params["lang"] = request.query["lang"]
+    rows_url = f"{PREFIX}/queue/rows?{urlencode(params)}"
     return render_page(
         request,
         "dashboard/queue.html",
