@@ -303,6 +303,43 @@ async def test_live_queue_rows_keep_the_language_chosen_with_lang(http, base_url
     assert "message" in text and "повідомлення" not in text, text
 
 
+async def test_action_errors_and_notices_are_localized_codes_never_text_from_the_url(
+    http, base_url: str, olena
+) -> None:
+    session, csrf = olena
+    ref = await _form_lead(http, base_url)
+    lead_url = f"{base_url}/dashboard/leads/{ref}"
+
+    async def act(action: str, **data: str) -> str:
+        resp = await session.post(f"{lead_url}/{action}", data={"csrf": csrf, **data})
+        assert resp.status == 200
+        return f"{resp.url.query.get('error')}|{await resp.text()}"
+
+    assert (await act("resolve")).startswith("None|")
+    for (action, data), code, text in (
+        (("reply", {"text": "  "}), "empty_text", "Спершу напишіть текст."),
+        (("note", {"text": ""}), "empty_text", "Спершу напишіть текст."),
+        (("assign", {"manager": ""}), "no_manager", "Такого менеджера немає."),
+        (("resolve", {}), "already_resolved", "Це звернення вже вирішене."),
+        (("merge", {"other": "garbage"}), "no_other_lead", "Звернення з таким номером немає."),
+        (("merge", {"other": ref}), "same_contact", "Це звернення вже належить цьому контакту."),
+    ):
+        result = await act(action, **data)
+        assert result.startswith(f"{code}|") and text in result, (action, result[:200])
+        assert "is already" not in result and "unknown manager" not in result
+
+    phishing = "Your session expired. Sign in again at https://evil.example/login"
+    page = await (await session.get(lead_url, params={"error": phishing, "done": "foo"})).text()
+    assert "Your session expired" not in page and 'role="alert"' not in page
+    assert "dash.done" not in page and 'class="notice"' not in page
+
+    erased = await session.post(f"{lead_url}/erase", data={"csrf": csrf, "confirm": "yes"})
+    assert (
+        erased.url.path == "/dashboard"
+        and 'class="notice" role="status">Контакт стерто.' in await erased.text()
+    )
+
+
 # --- reports --------------------------------------------------------------------------------
 
 

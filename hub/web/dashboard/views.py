@@ -24,7 +24,8 @@ from hub.domain import (
     parse_lead_number,
     utcnow,
 )
-from hub.errors import HubError
+from hub.errors import ConflictError, HubError, NotFoundError, ValidationFailed
+from hub.replies import MAX_REPLY_CHARS
 from hub.web.dashboard.common import (
     PREFIX,
     error_page,
@@ -46,8 +47,50 @@ log = logging.getLogger(__name__)
 QUEUE_LIMIT = 300
 BREACHES_LIMIT = 200
 PAST_BREACHES_LIMIT = 100
-#: Action errors the lead page shows as localized texts (`dash.error.<code>`).
-ERROR_CODES = frozenset({"confirm", "merge_erased", "reply_erased"})
+#: What an action's redirect may name in ?error= (`dash.error.<code>`) and ?done=
+#: (`dash.done.<code>`). Only these codes are shown: free text from the URL would let anyone
+#: link a manager to a page that says whatever they like in its alert box.
+ERROR_CODES = frozenset(
+    {
+        "confirm", "merge_erased", "reply_erased", "empty_text", "too_long", "no_manager",
+        "already_resolved", "already_open", "closed", "no_other_lead", "same_contact", "no_lead",
+        "invalid", "conflict", "failed",
+    }
+)  # fmt: skip
+DONE_CODES = frozenset({"reply", "note", "assign", "resolve", "reopen", "merge"})
+QUEUE_DONE_CODES = frozenset({"erased"})
+
+
+class ActionRefused(HubError):
+    """A dashboard action refused for a reason the lead page names by `code`."""
+
+    def __init__(self, code: str) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+def _error_code(action: str, exc: HubError) -> str:
+    """The ERROR_CODES entry that tells the manager why `action` failed."""
+    if isinstance(exc, ActionRefused):
+        return exc.code
+    if isinstance(exc, ContactMissing):
+        # The contact was erased: nobody is left to reply to, and nothing may be merged with it.
+        return "reply_erased" if action == "reply" else "merge_erased"
+    if isinstance(exc, ValidationFailed):
+        return "no_manager" if "manager" in exc.fields else "invalid"
+    if isinstance(exc, ConflictError):
+        return {"resolve": "already_resolved", "reopen": "already_open", "note": "closed"}.get(
+            action, "conflict"
+        )
+    if isinstance(exc, NotFoundError):
+        return "no_lead"
+    return "failed"
+
+
+def _known(value: str, codes: frozenset[str]) -> str:
+    return value if value in codes else ""
+
+
 STATUS_ORDER = [s.value for s in LeadStatus]
 
 
@@ -212,6 +255,7 @@ async def queue(request: web.Request) -> web.Response:
     return render_page(
         request,
         "dashboard/queue.html",
+        notice=_known(request.query.get("done", ""), QUEUE_DONE_CODES),
         rows=rows,
         total=total,
         rows_url=rows_url,
@@ -299,9 +343,8 @@ async def lead_page(request: web.Request) -> web.Response:
         reason_text=reason_text,
         state=_row_state(lead, now),
         managers=hub.settings.managers,
-        notice=request.query.get("done", ""),
-        error=request.query.get("error", "")[:300],
-        error_codes=ERROR_CODES,
+        notice=_known(request.query.get("done", ""), DONE_CODES),
+        error=_known(request.query.get("error", ""), ERROR_CODES),
         now_iso=now.isoformat(),
     )
 
@@ -318,6 +361,11 @@ async def lead_action(request: web.Request) -> web.Response:
     form = await request.post()
     back = f"{PREFIX}/leads/{lead.ref}"
     try:
+        text = str(form.get("text", "")).strip()
+        if action in ("reply", "note") and not text:
+            raise ActionRefused("empty_text")
+        if action == "reply" and len(text) > MAX_REPLY_CHARS:
+            raise ActionRefused("too_long")
         if action == "reply":
             if await hub.store.get_contact(lead.contact_id) is None:
                 raise ContactMissing(lead.contact_id)
@@ -348,12 +396,10 @@ async def lead_action(request: web.Request) -> web.Response:
             return redirect(f"{PREFIX}?{urlencode({'done': 'erased'})}")
         else:
             return error_page(request, 404, "dash.error.no_action")
-    except ContactMissing:
-        # The contact was erased: nobody is left to reply to, and nothing may be merged with it.
-        code = "reply_erased" if action == "reply" else "merge_erased"
-        return redirect(f"{back}?{urlencode({'error': code})}")
     except HubError as exc:
-        return redirect(f"{back}?{urlencode({'error': str(exc)[:300]})}")
+        code = _error_code(action, exc)
+        log.info("dashboard: %s on %s by %s refused (%s): %s", action, lead.ref, viewer.id, code, exc)
+        return redirect(f"{back}?{urlencode({'error': code})}")
     return redirect(f"{back}?{urlencode({'done': action})}")
 
 
@@ -362,9 +408,9 @@ async def _merge(request: web.Request, lead: Lead, other_ref: str, viewer: Manag
     number = parse_lead_number(other_ref)
     other = await hub.store.get_lead(number) if number is not None else None
     if other is None:
-        raise HubError(f"lead {other_ref!r} does not exist")
+        raise ActionRefused("no_other_lead")
     if other.contact_id == lead.contact_id:
-        raise HubError(f"{other.ref} already belongs to this contact")
+        raise ActionRefused("same_contact")
     await hub.store.merge_contacts(lead.contact_id, other.contact_id)
     now = utcnow()
     event = Event(
