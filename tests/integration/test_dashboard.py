@@ -497,6 +497,22 @@ async def test_large_period_report_says_its_percentiles_are_approximate_and_keep
     assert 'id="percentiles-approximate"' in await page.text()
 
 
+async def test_bad_report_parameters_get_a_localized_html_page_on_the_report_and_its_csv(
+    base_url: str, olena
+) -> None:
+    session, _ = olena
+    for path in ("/dashboard/reports", "/dashboard/reports/csv"):
+        for params, text in (
+            ({"from": "2026-12-05", "to": "2026-12-01"}, "Період має закінчуватися після початку."),
+            ({"from": "garbage"}, "«З»: потрібна дата (2026-11-01) або мітка часу ISO."),
+            ({"kind": "nonsense"}, "Такого типу звернень немає."),
+        ):
+            resp = await session.get(f"{base_url}{path}", params={**params, "table": "summary"})
+            body = await resp.text()
+            assert resp.status == 422 and resp.content_type == "text/html", (path, params, body[:200])
+            assert text in body and "{" not in body.split("<main", 1)[1], (path, params)
+
+
 async def test_kpi_api_needs_the_token_and_validates_dates(http, base_url: str, auth) -> None:
     assert (await http.get(f"{base_url}/api/v1/reports/kpi")).status == 401
     bad = await http.get(f"{base_url}/api/v1/reports/kpi", params={"from": "yesterday"}, headers=auth)

@@ -8,6 +8,7 @@ from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
+from hub import i18n
 from hub.domain import LeadKind, utcnow
 from hub.errors import ValidationFailed
 from hub.reports import (
@@ -26,10 +27,28 @@ from hub.reports import (
     table_csv,
     to_csv,
 )
-from hub.web.dashboard.common import PREFIX, error_page, hub_of, render_page, sees_all, viewer_of, zone_of
+from hub.web.dashboard.common import (
+    PREFIX,
+    error_page,
+    hub_of,
+    language_of,
+    render_page,
+    sees_all,
+    viewer_of,
+    zone_of,
+)
 
 API_PATH = "/api/v1/reports/kpi"
 MAX_DAYS = 3660
+
+
+class BadReportRequest(ValidationFailed):
+    """A report parameter is wrong; `code` and `values` name it for the dashboard's own texts."""
+
+    def __init__(self, message: str, fields: dict[str, str], code: str, **values: Any) -> None:
+        super().__init__(message, fields)
+        self.code = code
+        self.values = values
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +68,7 @@ def parse_report_request(query: Any, zone: ZoneInfo) -> ReportRequest:
         try:
             return parse_bound(raw, zone, end)
         except ValueError as exc:
-            raise ValidationFailed(f"bad {name}", {name: _BOUND_HINT}) from exc
+            raise BadReportRequest(f"bad {name}", {name: _BOUND_HINT}, "bad_date", field=name) from exc
 
     start, end = bound("from", False), bound("to", True)
     fallback = default_period(utcnow(), zone)
@@ -57,7 +76,9 @@ def parse_report_request(query: Any, zone: ZoneInfo) -> ReportRequest:
     _check(period, "to")
     kind_raw = str(query.get("kind", "")).strip()
     if kind_raw and kind_raw not in {k.value for k in LeadKind}:
-        raise ValidationFailed("bad kind", {"kind": f"one of: {', '.join(k.value for k in LeadKind)}"})
+        raise BadReportRequest(
+            "bad kind", {"kind": f"one of: {', '.join(k.value for k in LeadKind)}"}, "bad_kind"
+        )
     filters = Filters(
         team=str(query.get("team", "")).strip() or None,
         assignee=str(query.get("assignee", "")).strip() or None,
@@ -84,16 +105,22 @@ def _previous(period: Period, field: str) -> Period:
     try:
         return previous_period(period)
     except ValueError as exc:
-        raise ValidationFailed(
-            f"no period to compare with: {exc}", {field: "the period before this one is out of range"}
+        raise BadReportRequest(
+            f"no period to compare with: {exc}",
+            {field: "the period before this one is out of range"},
+            "no_previous",
         ) from exc
 
 
 def _check(period: Period, field: str) -> None:
     if period.end <= period.start:
-        raise ValidationFailed("the period ends before it starts", {field: "must be after the start"})
+        raise BadReportRequest(
+            "the period ends before it starts", {field: "must be after the start"}, "ends_before_start"
+        )
     if (period.end - period.start).days > MAX_DAYS:
-        raise ValidationFailed("the period is too long", {field: f"at most {MAX_DAYS} days"})
+        raise BadReportRequest(
+            "the period is too long", {field: f"at most {MAX_DAYS} days"}, "too_long", days=MAX_DAYS
+        )
 
 
 async def _reports(request: web.Request) -> tuple[ReportRequest, Report, Report | None]:
@@ -115,11 +142,8 @@ async def reports_page(request: web.Request) -> web.Response:
     zone = zone_of(hub)
     try:
         _, report, before = await _reports(request)
-    except ValidationFailed as exc:
-        return render_page(
-            request, "dashboard/error.html", status=422, status_code=422, key="dash.error.bad_report",
-            detail=f"{exc}: {exc.fields}",
-        )  # fmt: skip
+    except BadReportRequest as exc:
+        return _bad_report(request, exc)
     params = {k: v for k, v in request.query.items() if k in _PARAMS and v}
     chart = {
         "days": [day for day, _ in report.daily],
@@ -156,6 +180,18 @@ async def reports_page(request: web.Request) -> web.Response:
     )
 
 
+def _bad_report(request: web.Request, exc: BadReportRequest) -> web.Response:
+    """The report's error page: what is wrong, in the viewer's language."""
+    language = language_of(request)
+    values = dict(exc.values)
+    if "field" in values:
+        values["field"] = i18n.text(f"dash.reports.param.{values['field']}", language)
+    return render_page(
+        request, "dashboard/error.html", status=422, status_code=422, key="dash.error.bad_report",
+        detail=i18n.text(f"dash.reports.error.{exc.code}", language, **values),
+    )  # fmt: skip
+
+
 _PARAMS = ("from", "to", "team", "assignee", "channel", "kind", "compare", "compare_from", "compare_to")
 
 
@@ -183,7 +219,10 @@ async def reports_csv(request: web.Request) -> web.Response:
     if not sees_all(viewer_of(request)):
         return error_page(request, 403, "dash.error.forbidden")
     table = request.query.get("table", "summary")
-    wanted, report, before = await _reports(request)
+    try:
+        wanted, report, before = await _reports(request)
+    except BadReportRequest as exc:
+        return _bad_report(request, exc)
     if table == "compare":
         if before is None:
             before_period = _previous(report.period, "table")
