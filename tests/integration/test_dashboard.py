@@ -193,7 +193,7 @@ async def test_lead_page_shows_sanitized_html_and_actions_work(hub: Hub, http, b
     messages = await hub.store.list_messages(number)
     assert [m.direction.value for m in messages][-2:] == ["out", "note"]
     page = await (await session.get(f"{base_url}/dashboard/leads/{ref}")).text()
-    assert "Відповідаємо" in page and "manual" in page  # the assignment history shows the reason
+    assert "Відповідаємо" in page and "призначено вручну" in page  # the history shows the reason
 
 
 async def test_erase_contact_leaves_no_personal_data(hub: Hub, http, base_url: str, olena, settings) -> None:
@@ -338,6 +338,21 @@ async def test_action_errors_and_notices_are_localized_codes_never_text_from_the
         erased.url.path == "/dashboard"
         and 'class="notice" role="status">Контакт стерто.' in await erased.text()
     )
+
+
+async def test_the_lead_page_names_events_channels_identities_and_routing_in_the_ui_language(
+    http, base_url: str, olena
+) -> None:
+    session, _ = olena
+    ref = await _form_lead(http, base_url)
+    page = await (await session.get(f"{base_url}/dashboard/leads/{ref}")).text()
+    audit = page[page.index('class="history small"') :]
+    assert "створено" in audit and "lead.created" not in audit
+    assert "<dd>вебформа</dd>" in page and "· webform ·" not in page
+    assert '<span class="muted">ел. пошта:</span>' in page
+    history = page[page.index('id="assign-h"') : page.index('id="contact-h"')]
+    summary = history[: history.index("<details")]
+    assert "автоматичний розподіл" in summary and "strategy" not in summary
 
 
 # --- reports --------------------------------------------------------------------------------

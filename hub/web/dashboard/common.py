@@ -128,6 +128,13 @@ def render_page(request: web.Request, template: str, status: int = 200, **contex
             return "—"
         return value.astimezone(zone).strftime("%d.%m.%Y %H:%M" if language == "uk" else "%Y-%m-%d %H:%M")
 
+    def label(group: str, value: str) -> str:
+        # Ids from data (channels, event types, identity kinds) read as words; one the
+        # catalogue does not know (a custom channel) shows as it is.
+        key = f"dash.{group}.{value}"
+        found = i18n.text(key, language)
+        return value if found == key else found
+
     def url(path: str, **params: Any) -> str:
         clean = {k: v for k, v in params.items() if v not in (None, "")}
         return f"{path}?{urlencode(clean)}" if clean else path
@@ -138,6 +145,7 @@ def render_page(request: web.Request, template: str, status: int = 200, **contex
         .render(
             lang=language,
             t=t,
+            label=label,
             when=when,
             duration=lambda seconds: fmt_duration(seconds, language),
             url=url,

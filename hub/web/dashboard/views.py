@@ -311,6 +311,28 @@ def _assignment_history(events: list[Event]) -> list[Event]:
     return [e for e in events if e.type in kinds]
 
 
+def reason_key(reason: Any) -> str:
+    """The `dash.reason.*` text that sums up a router decision log (or a manual assignment)."""
+    if not isinstance(reason, dict):
+        return "dash.reason.other"
+    if "manual" in reason:
+        return "dash.reason.manual"
+    if reason.get("taken"):
+        return "dash.reason.taken"
+    if "nobody eligible" in str(reason.get("result", "")):
+        return "dash.reason.nobody"
+    chosen = [step for step in reason.get("teams", []) if isinstance(step, dict) and step.get("chosen")]
+    why = str(chosen[-1].get("why", "")) if chosen else ""
+    for phrase, key in (
+        ("sticky:", "sticky"),
+        ("round robin", "round_robin"),
+        ("least loaded", "least_loaded"),
+    ):
+        if phrase in why:
+            return f"dash.reason.{key}"
+    return "dash.reason.other"
+
+
 def reason_text(reason: Any) -> str:
     """A router decision log (nested dicts) as one readable line."""
     if isinstance(reason, dict):
@@ -341,6 +363,7 @@ async def lead_page(request: web.Request) -> web.Response:
         history=_assignment_history(lead_events),
         events=lead_events,
         reason_text=reason_text,
+        reason_key=reason_key,
         state=_row_state(lead, now),
         managers=hub.settings.managers,
         notice=_known(request.query.get("done", ""), DONE_CODES),
