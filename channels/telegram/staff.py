@@ -26,7 +26,7 @@ from channels.telegram.api import TelegramApi
 from channels.telegram.desk import StaffDesk
 from channels.telegram.sender import COPY_PREFIX, relay_key
 from channels.telegram.texts import esc, staff
-from channels.telegram.updates import command_of, content_of
+from channels.telegram.updates import command_of, content_of, is_relayable, is_service
 from hub.config import ManagerSettings
 from hub.domain import ACTIVE_STATUSES, Attachment, Event, LeadKind, utcnow
 from hub.errors import (
@@ -99,9 +99,8 @@ class StaffSide:
             return None
         if await self.leave_if_stranger(message.chat.id, message.chat.type):
             return None
-        if message.new_chat_members or message.left_chat_member or message.forum_topic_created:
-            return None
-        if message.forum_topic_closed or message.forum_topic_reopened or message.forum_topic_edited:
+        if is_service(message):
+            # Pins, members joining, topic and video chat changes: nobody wrote to the customer.
             return None
         chat, thread = message.chat.id, message.message_thread_id if message.is_topic_message else None
         manager = self.manager(user.id)
@@ -133,6 +132,9 @@ class StaffSide:
                 return lead_number
             if command:
                 return lead_number  # some other bot command: not a message for the customer
+            if not is_relayable(message):
+                await self._say(chat, thread, staff("tg.staff.not_relayed"), message.message_id)
+                return lead_number
             await self._reply(manager, lead_number, message, text)
         except (ValidationFailed, NotFoundError, ConflictError) as exc:
             await self._say(chat, thread, staff("tg.staff.error", error=str(exc)), message.message_id)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
+from aiogram.enums import ContentType
 from aiogram.types import Message, Update
 
 from hub import i18n
@@ -122,6 +123,51 @@ def private_sender(data: dict[str, Any], staff: frozenset[int]) -> int | None:
     if message.get("contact") or emails_in(text) or (command == "/start" and argument):
         return None
     return user
+
+
+#: What a person's message may carry that the hub passes on (media as a copy of the message).
+RELAYABLE = frozenset(
+    {
+        ContentType.TEXT,
+        ContentType.PHOTO,
+        ContentType.DOCUMENT,
+        ContentType.VIDEO,
+        ContentType.VOICE,
+        ContentType.AUDIO,
+        ContentType.VIDEO_NOTE,
+        ContentType.ANIMATION,
+        ContentType.STICKER,
+        ContentType.LOCATION,
+        ContentType.VENUE,
+        ContentType.CONTACT,
+    }
+)
+#: What a person may send that the hub cannot pass on; every other type is a service message.
+UNRELAYABLE = frozenset(
+    {
+        ContentType.DICE,
+        ContentType.POLL,
+        ContentType.GAME,
+        ContentType.STORY,
+        ContentType.INVOICE,
+        ContentType.PAID_MEDIA,
+        ContentType.GIVEAWAY,
+        ContentType.CHECKLIST,
+        ContentType.LIVE_PHOTO,
+    }
+)
+
+
+def is_service(message: Message) -> bool:
+    """True for Telegram's service messages (pins, topic changes, video chats, chat photo...)."""
+    # Unknown types count as service: Telegram adds new service messages far more often than
+    # new kinds of content, and relaying a service message to a customer is the worse mistake.
+    return message.content_type not in RELAYABLE | UNRELAYABLE
+
+
+def is_relayable(message: Message) -> bool:
+    """True when the hub can pass this message on (text, media, a location or a contact)."""
+    return message.content_type in RELAYABLE
 
 
 @dataclass(frozen=True, slots=True)

@@ -710,3 +710,27 @@ async def test_a_stop_during_the_batch_lease_keepers_end_is_not_swallowed(env: E
     done, _ = await asyncio.wait({task}, timeout=5.0)
     assert task in done, "the poller kept polling after it was cancelled"
     assert task.cancelled()
+
+
+async def test_service_messages_and_unrelayable_staff_messages_do_not_reach_the_customer(env: Env) -> None:
+    """A pin in a lead's topic is Telegram's service message, not a reply; a manager's dice or
+    poll cannot be relayed, so the manager is told and the customer gets nothing."""
+    user = customer()
+    thread = await open_lead(env, user)
+    await env.emu.wait_for(lambda: env.emu.texts_to(user["id"]), what="ack")
+    card = env.emu.sent_to(STAFF, thread)[0]
+    pinned = {"message_id": card.message_id, "date": 0, "chat": env.emu._chat_of(STAFF, OLENA), "text": "x"}
+    env.emu.enqueue("message", env.emu.message(STAFF, OLENA, None, thread=thread, pinned_message=pinned))
+    env.emu.enqueue("message", env.emu.message(STAFF, OLENA, None, thread=thread, video_chat_started={}))
+    env.emu.enqueue(
+        "message", env.emu.message(STAFF, OLENA, None, thread=thread, dice={"emoji": "🎲", "value": 3})
+    )
+    env.emu.send_text(STAFF, OLENA, "marker reply", thread=thread)
+    await env.emu.wait_for(lambda: "marker reply" in env.emu.texts_to(user["id"]), what="marker")
+    assert env.emu.texts_to(user["id"])[1:] == ["marker reply"]
+    hints = [t for t in env.emu.texts_to(STAFF, thread) if "кубик" in t]
+    assert len(hints) == 1  # for the dice only
+    messages = await env.hub.store.list_messages(1)
+    assert [m.text for m in messages if m.direction == Direction.OUT and m.author != "bot"] == [
+        "marker reply"
+    ]
