@@ -314,12 +314,16 @@ class StaffDesk:
             case EventType.LEAD_CREATED | EventType.MESSAGE_ADDED:
                 pass
             case EventType.LEAD_ASSIGNED:
-                if by == "router":
-                    # Routing happens as the lead opens, before its card is rendered.
+                if by == "router" and "previous" not in data:
+                    # A new lead's first routing: its card, not rendered yet, shows the assignee.
                     return
                 manager = self._hub.settings.manager(str(data.get("assignee") or ""))
                 who = mention(manager.telegram_id, manager.name) if manager else esc(data.get("assignee"))
-                notices.append("👤 " + raw_staff("tg.event.assigned", who=who, by=esc(by)))
+                author = staff("tg.event.by_router") if by == "router" else esc(by)
+                notices.append("👤 " + raw_staff("tg.event.assigned", who=who, by=author))
+                pending.refresh_card = True
+            case EventType.LEAD_UNASSIGNED:
+                # The router took the lead from someone away and nobody else could have it.
                 pending.refresh_card = True
             case EventType.LEAD_RESOLVED:
                 notices.append("✅ " + staff("tg.event.resolved", by=by))

@@ -734,3 +734,36 @@ async def test_service_messages_and_unrelayable_staff_messages_do_not_reach_the_
     assert [m.text for m in messages if m.direction == Direction.OUT and m.author != "bot"] == [
         "marker reply"
     ]
+
+
+async def test_router_reassignment_updates_the_card_and_tags_the_new_assignee(
+    emu: TelegramEmulator, settings_factory: Callable[..., Settings]
+) -> None:
+    """/away hands the lead to someone else: the card shows them and the topic tags them."""
+    settings = settings_factory(telegram=telegram_config(emu), routing={"reassign_when_away": True})
+    hub = Hub(settings)
+    await hub.start()
+    try:
+        env = Env(emu, hub)
+        thread = await open_lead(env, customer())
+        lead = await hub.store.get_lead(1)
+        assert lead is not None and lead.assignee is not None
+        first = hub.settings.manager(lead.assignee)
+        assert first is not None and first.telegram_id is not None
+        other = next(m for m in hub.settings.managers if m.id != first.id and "support" in m.teams)
+        me = {"id": first.telegram_id, "is_bot": False, "first_name": first.name, "language_code": "uk"}
+        card = emu.sent_to(STAFF, thread)[0]
+        assert f"Відповідальний: {first.name}" in card.text
+        emu.send_text(first.telegram_id, me, "/away")
+        notice = await emu.wait_for(
+            lambda: [t for t in emu.texts_to(STAFF, thread)[1:] if f"tg://user?id={other.telegram_id}" in t],
+            what="a notice tagging the new assignee",
+        )
+        assert "автоматичний розподіл" in notice[0]
+        await emu.wait_for(lambda: f"Відповідальний: {other.name}" in card.text, what="card updated")
+        # Nobody else in the team is left: the lead goes back to the queue, and the card says so.
+        assert other.telegram_id is not None
+        emu.send_text(other.telegram_id, {**me, "id": other.telegram_id}, "/away")
+        await emu.wait_for(lambda: "Відповідальний: не призначено" in card.text, what="card unassigned")
+    finally:
+        await hub.stop()
