@@ -44,6 +44,7 @@ from hub.domain import (
     utcnow,
 )
 from hub.errors import PermanentError, TransientError
+from hub.sla import NEXT_RESPONSE, RESOLUTION
 from hub.tasks import stop_task
 from storage.base import LeadQuery
 
@@ -131,6 +132,25 @@ def notices_key(lead_number: int) -> str:
 def posts_key(chat: int) -> str:
     """State key: plain posts (alerts) still to send to a chat."""
     return f"tg.posts.{chat}"
+
+
+def deadline_of(lead: Lead, data: dict[str, Any]) -> datetime | None:
+    """The deadline an SLA mark (an sla.* event's data) is about, not the time of the mark."""
+    mark: datetime | None = None
+    if isinstance(data.get("due"), str):
+        with contextlib.suppress(ValueError):
+            mark = datetime.fromisoformat(data["due"])
+    if data.get("level") == "breach" and mark is not None:
+        return mark  # a breach is marked at the deadline itself
+    # A warning is marked before the deadline and an escalation after it: the lead has the deadline.
+    target = data.get("target")
+    if target == RESOLUTION:
+        deadline = lead.resolution_due
+    elif target == NEXT_RESPONSE:
+        deadline = lead.sla_due if lead.sla_target == NEXT_RESPONSE else None
+    else:
+        deadline = lead.first_response_due
+    return deadline or mark
 
 
 class StaffDesk:
@@ -366,11 +386,7 @@ class StaffDesk:
         managers = [m for m in (self._hub.settings.manager(i) for i in ids) if m is not None]
         who = ", ".join(mention(m.telegram_id, m.name) for m in managers)
         key = "tg.event.breached" if breached else "tg.event.warning"
-        due_at = lead.first_response_due
-        if isinstance(data.get("due"), str):
-            with contextlib.suppress(ValueError):
-                due_at = datetime.fromisoformat(data["due"])
-        due = esc(local_time(due_at, self._hub.settings.sla.calendar.timezone))
+        due = esc(local_time(deadline_of(lead, data), self._hub.settings.sla.calendar.timezone))
         text = ("🔥 " if breached else "⚠️ ") + raw_staff(key, lead=esc(lead.ref), due=due, who=who)
         if data.get("level") == "escalation":
             text = "⏫ " + text

@@ -6,10 +6,12 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import pytest
 
+from channels.telegram.texts import local_time
 from hub.app import Hub
 from hub.config import Settings
 from hub.domain import Direction, LeadStatus
@@ -767,3 +769,17 @@ async def test_router_reassignment_updates_the_card_and_tags_the_new_assignee(
         await emu.wait_for(lambda: "Відповідальний: не призначено" in card.text, what="card unassigned")
     finally:
         await hub.stop()
+
+
+async def test_sla_warning_states_the_deadline_not_the_time_of_the_warning(env: Env) -> None:
+    thread = await open_lead(env, customer())
+    lead = await env.hub.store.get_lead(1)
+    assert lead is not None and lead.warn_due is not None and lead.first_response_due is not None
+    tz = env.hub.settings.sla.calendar.timezone
+    deadline, warned = local_time(lead.first_response_due, tz), local_time(lead.warn_due, tz)
+    assert deadline != warned
+    await env.hub.sweeper.sweep(lead.warn_due + timedelta(seconds=1))
+    alert = (await env.emu.wait_for(lambda: env.emu.texts_to(ALERTS), what="alert"))[0]
+    notice = (await env.emu.wait_for(lambda: env.emu.texts_to(STAFF, thread)[1:], what="notice"))[0]
+    for text in (alert, notice):
+        assert f"до {deadline}" in text and warned not in text
