@@ -44,7 +44,7 @@ from hub.domain import (
     utcnow,
 )
 from hub.errors import PermanentError, TransientError
-from hub.sla import NEXT_RESPONSE, RESOLUTION
+from hub.sla import FIRST_RESPONSE, NEXT_RESPONSE, RESOLUTION
 from hub.tasks import stop_task
 from storage.base import LeadQuery
 
@@ -151,6 +151,21 @@ def deadline_of(lead: Lead, data: dict[str, Any]) -> datetime | None:
     else:
         deadline = lead.first_response_due
     return deadline or mark
+
+
+def open_target(lead: Lead) -> tuple[str, datetime] | None:
+    """The lead's SLA target still running that is due first, and its due time (None: none)."""
+    running: list[tuple[datetime, str]] = []
+    if lead.sla_target is not None and lead.sla_due is not None:
+        running.append((lead.sla_due, lead.sla_target))
+    elif lead.first_response_at is None and lead.first_response_due is not None:
+        running.append((lead.first_response_due, FIRST_RESPONSE))
+    if lead.resolution_due is not None and lead.sla_paused_at is None and lead.is_active:
+        running.append((lead.resolution_due, RESOLUTION))
+    if not running:
+        return None
+    due, target = min(running)
+    return target, due
 
 
 class StaffDesk:
@@ -386,6 +401,8 @@ class StaffDesk:
         managers = [m for m in (self._hub.settings.manager(i) for i in ids) if m is not None]
         who = ", ".join(mention(m.telegram_id, m.name) for m in managers)
         key = "tg.event.breached" if breached else "tg.event.warning"
+        if data.get("target") in (NEXT_RESPONSE, RESOLUTION):
+            key += f".{data['target']}"
         due = esc(local_time(deadline_of(lead, data), self._hub.settings.sla.calendar.timezone))
         text = ("🔥 " if breached else "⚠️ ") + raw_staff(key, lead=esc(lead.ref), due=due, who=who)
         if data.get("level") == "escalation":

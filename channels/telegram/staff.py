@@ -23,7 +23,7 @@ from aiogram.types import (
 )
 
 from channels.telegram.api import TelegramApi
-from channels.telegram.desk import StaffDesk
+from channels.telegram.desk import StaffDesk, open_target
 from channels.telegram.sender import COPY_PREFIX, relay_key
 from channels.telegram.texts import esc, staff
 from channels.telegram.updates import command_of, content_of, is_relayable, is_service
@@ -266,16 +266,20 @@ class StaffSide:
         if not page.items:
             return staff("tg.staff.my_empty")
         far = now.replace(year=now.year + 100)
+        targets = {lead.number: open_target(lead) for lead in page.items}
         lines = [f"<b>{staff('tg.staff.my_title')}</b>"]
-        for lead in sorted(page.items, key=lambda lead: lead.first_response_due or far):
-            if lead.first_response_at is not None or lead.first_response_due is None:
+        for lead in sorted(page.items, key=lambda lead: (targets[lead.number] or ("", far))[1]):
+            target = targets[lead.number]
+            if target is None:
                 left = "✓"
             else:
-                seconds = int((lead.first_response_due - now).total_seconds())
+                seconds = int((target[1] - now).total_seconds())
                 sign = "-" if seconds < 0 else ""
                 seconds = abs(seconds)
-                left = f"{sign}{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-            lines.append(f"{esc(lead.ref)} · {esc(lead.status.value)} · {esc(left)}")
+                left = (
+                    f"{staff(f'tg.target.{target[0]}')} {sign}{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+                )
+            lines.append(f"{esc(lead.ref)} · {esc(lead.status.value)} · {left}")
         return "\n".join(lines)
 
     # --- card buttons -----------------------------------------------------------------------------

@@ -783,3 +783,37 @@ async def test_sla_warning_states_the_deadline_not_the_time_of_the_warning(env: 
     notice = (await env.emu.wait_for(lambda: env.emu.texts_to(STAFF, thread)[1:], what="notice"))[0]
     for text in (alert, notice):
         assert f"до {deadline}" in text and warned not in text
+
+
+async def test_next_response_alerts_and_my_leads_name_the_next_response(
+    emu: TelegramEmulator, settings_factory: Callable[..., Settings]
+) -> None:
+    """The customer wrote again after an answer: the alerts and /my are about the next response."""
+    policy = {"first_response": "4h", "next_response": "1h"}
+    sla = {"policies": {"message": policy, "service_request": policy}}
+    hub = Hub(settings_factory(telegram=telegram_config(emu), sla=sla))
+    await hub.start()
+    try:
+        env = Env(emu, hub)
+        user = customer()
+        thread = await open_lead(env, user)
+        emu.send_text(STAFF, OLENA, "First answer", thread=thread)
+        await emu.wait_for(lambda: "First answer" in emu.texts_to(user["id"]), what="answer")
+        emu.send_text(user["id"], user, "One more thing")
+        await emu.wait_for(
+            lambda: _lead_matches(env, lambda lead: lead.sla_target == "next_response"), what="next due"
+        )
+        lead = await hub.store.get_lead(1)
+        assert lead is not None and lead.sla_due is not None and lead.assignee is not None
+        manager = hub.settings.manager(lead.assignee)
+        assert manager is not None
+        mine = await _channel(hub).staff.my_leads(manager, lead.sla_due + timedelta(minutes=10))
+        assert "наступна відповідь -0h10m" in mine and "✓" not in mine
+        await hub.sweeper.sweep(lead.sla_due + timedelta(seconds=1))
+        deadline = local_time(lead.sla_due, hub.settings.sla.calendar.timezone)
+        await emu.wait_for(lambda: any("ПОРУШЕНО" in t for t in emu.texts_to(STAFF, thread)), what="breach")
+        alerts = [n for t in emu.texts_to(STAFF, thread) for n in t.split("\n\n") if "SLA" in n]
+        assert len(alerts) == 2 and all("наступну відповідь" in t for t in alerts)
+        assert all(f"до {deadline}" in t for t in alerts)
+    finally:
+        await hub.stop()
