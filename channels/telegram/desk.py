@@ -31,7 +31,16 @@ from aiogram.methods import (
 from aiogram.types import InlineKeyboardButton, InlineKeyboardMarkup, LinkPreviewOptions
 
 from channels.telegram.api import TelegramApi, thread_not_found
-from channels.telegram.texts import MAX_TEXT, esc, local_time, mention, raw_staff, split_html_escaped, staff
+from channels.telegram.texts import (
+    MAX_TEXT,
+    esc,
+    local_time,
+    mention,
+    raw_staff,
+    split_html_escaped,
+    staff,
+    truncate_html,
+)
 from hub.domain import (
     ACTIVE_STATUSES,
     Contact,
@@ -602,7 +611,8 @@ class StaffDesk:
                 break
             card_units.append(unit)
             size += 2 + len(unit.html)
-        html = "\n\n".join([header, *(u.html for u in card_units)])
+        # A long subject can make the header alone exceed one message.
+        html = truncate_html("\n\n".join([header, *(u.html for u in card_units)]))
         ids = [i for u in card_units for i in u.ids]
         sent = await self._send(topic.chat, topic.thread, html, self._card_keyboard(lead))
         topic.card = sent
@@ -761,7 +771,7 @@ class StaffDesk:
     async def _post_notices(self, topic: Topic, notices: list[str]) -> None:
         """Notices in as few posts as fit (each notice is far below the limit by construction)."""
         chunk: list[str] = []
-        for notice in [n[:MAX_TEXT] for n in notices]:
+        for notice in [truncate_html(n) for n in notices]:
             if chunk and sum(len(c) + 2 for c in chunk) + len(notice) > MAX_TEXT:
                 await self._send(topic.chat, topic.thread, "\n\n".join(chunk))
                 chunk = []
@@ -813,7 +823,7 @@ class StaffDesk:
                 blocks.append(await self._block(message))
         card = isinstance(info, dict) and bool(info.get("card"))
         parts = ([self._card_header(lead, contact)] if card else []) + blocks
-        return "\n\n".join(parts)[:MAX_TEXT]
+        return truncate_html("\n\n".join(parts))
 
     async def _apply_edits(self, lead: Lead, contact: Contact | None, topic: Topic, edited: set[str]) -> None:
         posts: set[tuple[int, int]] = set()

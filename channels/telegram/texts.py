@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import re
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -83,3 +84,45 @@ def split_html_escaped(text: str, limit: int = MAX_TEXT) -> list[str]:
                 half = len(piece) // 2
                 pending[0:0] = [piece[:half], piece[half:]]
     return parts
+
+
+_HTML_TOKEN = re.compile(r"<[^>]*>|&#?\w+;|[^<&]+|[<&]")
+#: Shows that a text was cut to fit one message.
+CUT_MARKER = "…"
+
+
+def truncate_html(text: str, limit: int = MAX_TEXT) -> str:
+    """Cut well-formed HTML to at most `limit` characters, ending in "…" and closing open tags.
+
+    Cuts fall only between characters of text, never inside a tag or an entity.
+    """
+    if len(text) <= limit:
+        return text
+    out: list[str] = []
+    stack: list[str] = []
+    size = 0
+
+    def closing(names: list[str]) -> int:
+        return sum(len(name) + 3 for name in names)
+
+    for match in _HTML_TOKEN.finditer(text):
+        token = match.group()
+        if token.startswith("</"):
+            stack.pop()
+            out.append(token)  # its length was reserved when the tag opened
+            size += len(token)
+            continue
+        if token.startswith("<") and len(token) > 1:
+            name = token[1:-1].split(maxsplit=1)[0].lower()
+            if size + len(token) + len(CUT_MARKER) + closing([*stack, name]) > limit:
+                break
+            stack.append(name)
+        else:
+            room = limit - size - len(CUT_MARKER) - closing(stack)
+            if len(token) > room:
+                if not token.startswith("&"):
+                    out.append(token[: max(room, 0)])
+                break
+        out.append(token)
+        size += len(token)
+    return "".join(out) + CUT_MARKER + "".join(f"</{name}>" for name in reversed(stack))

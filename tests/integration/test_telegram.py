@@ -16,6 +16,7 @@ from hub.app import Hub
 from hub.config import Settings
 from hub.domain import Direction, LeadStatus
 from tests.support.telegram_emulator import TelegramEmulator, running_emulator
+from tests.support.telegram_html import html_problems
 
 STAFF = -100100
 ALERTS = -100200
@@ -817,3 +818,16 @@ async def test_next_response_alerts_and_my_leads_name_the_next_response(
         assert all(f"до {deadline}" in t for t in alerts)
     finally:
         await hub.stop()
+
+
+async def test_an_edit_that_makes_the_card_too_long_is_cut_as_valid_html(env: Env) -> None:
+    env.emu.strict_html = True
+    user = customer()
+    thread = await open_lead(env, user, "a" * 3700)
+    card = env.emu.sent_to(STAFF, thread)[0]
+    edited = env.emu.message(user["id"], user, "&" * 4000 + " END")
+    edited["message_id"], edited["edit_date"] = 1, edited["date"]
+    env.emu.enqueue("edited_message", edited)
+    await env.emu.wait_for(lambda: card.edits, what="the card re-rendered")
+    assert html_problems(card.text) == [] and len(card.text) <= 4096
+    assert card.text.endswith("&amp;…") and env.emu.rejected_html == []

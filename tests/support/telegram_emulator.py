@@ -4,7 +4,8 @@ URL shape `/bot<token>/<method>` like api.telegram.org (aiogram sends multipart 
 bodies work too). It serves queued updates to getUpdates (long polling, confirming by
 offset) or POSTs them to the webhook with the secret token, keeps chats, messages and forum
 topics, can answer 429 (retry_after) and 5xx on demand, says "message thread not found"
-for topics deleted by hand, and can enforce Telegram's flood limits (time scaled down).
+for topics deleted by hand, and can enforce Telegram's flood limits (time scaled down);
+with `strict_html` it refuses HTML that Telegram's parser would refuse.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+
+from tests.support.telegram_html import html_problems
 
 _STRING_FIELDS = {"text", "caption", "name", "url", "secret_token", "callback_query_id", "data", "parse_mode"}
 SENDING = {"sendMessage", "copyMessage", "createForumTopic", "sendPhoto", "sendDocument"}
@@ -86,6 +89,9 @@ class TelegramEmulator:
         self.webhook_secret = ""
         self.faults: dict[str, deque[tuple[int, float | None, int | None]]] = {}
         self.too_many = 0
+        # Off by default: on, HTML that Telegram's parser would refuse is answered with a 400.
+        self.strict_html = False
+        self.rejected_html: list[str] = []
         self.limits: tuple[float, float, float] | None = None  # per chat/s, group/min, global/s
         self._windows: dict[Any, _Window] = {}
         self._msg_ids: dict[int, int] = {}
@@ -396,7 +402,15 @@ class TelegramEmulator:
             result["is_topic_message"] = True
         return result
 
+    def _check_html(self, params: dict[str, Any]) -> None:
+        if self.strict_html and params.get("parse_mode") == "HTML":
+            problems = html_problems(str(params.get("text", "")))
+            if problems:
+                self.rejected_html.append(str(params.get("text", "")))
+                raise _ApiError(400, f"Bad Request: can't parse entities: {problems[0]}")
+
     async def _m_sendMessage(self, params: dict[str, Any]) -> Any:
+        self._check_html(params)
         chat_id = int(params["chat_id"])
         thread = self._check_thread(chat_id, params.get("message_thread_id"))
         text = str(params.get("text", ""))
@@ -421,6 +435,7 @@ class TelegramEmulator:
         return {"message_id": sent.message_id}
 
     async def _m_editMessageText(self, params: dict[str, Any]) -> Any:
+        self._check_html(params)
         chat_id = int(params["chat_id"])
         message_id = int(params["message_id"])
         for sent in self.sent:

@@ -5,16 +5,18 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
 from datetime import UTC, datetime
 from types import SimpleNamespace
 
 from channels.telegram import links
 from channels.telegram.ratelimit import JITTER, TelegramRateLimiter
-from channels.telegram.texts import MAX_TEXT, esc, split_html_escaped, split_text
+from channels.telegram.texts import MAX_TEXT, esc, split_html_escaped, split_text, truncate_html
 from channels.telegram.transport import Ingest
 from channels.telegram.updates import CONTROL, CUSTOMER, CustomerDecoder, classify, private_sender
 from hub.config import TelegramLimits
 from hub.domain import IdentityKind, InboxItem, LeadKind
+from tests.support.telegram_html import html_problems
 
 
 class FakeClock:
@@ -240,3 +242,13 @@ def test_decoder_turns_media_and_locations_into_inbounds() -> None:
         _item(_private(None, contact={"phone_number": "48601234567", "first_name": "I", "user_id": 42}))
     )
     assert [i.value for i in polish.other_identities if i.kind == IdentityKind.PHONE] == ["+48601234567"]
+
+
+def test_truncate_html_never_cuts_inside_a_tag_or_an_entity() -> None:
+    head = '<b>L-1</b> · <a href="tg://user?id=1">Mar&amp;ia</a>\n\n<b>Марія</b> <i>15:53</i>\n'
+    html = head + esc("x<y&" * 1000) + "\n\n<b>Марія</b> <i>15:54</i>\nlast"
+    for limit in [*range(20, 200), *range(200, len(html) + 10, 97)]:
+        cut = truncate_html(html, limit)
+        assert len(cut) <= limit or cut == html
+        assert html_problems(cut) == [], (limit, cut[-40:])
+        assert cut == html or re.sub(r"(</\w+>)+$", "", cut).endswith("…")
