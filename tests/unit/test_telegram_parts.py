@@ -14,6 +14,7 @@ from channels.telegram.ratelimit import JITTER, TelegramRateLimiter
 from channels.telegram.texts import MAX_TEXT, esc, split_html_escaped, split_text, truncate_html
 from channels.telegram.transport import Ingest
 from channels.telegram.updates import CONTROL, CUSTOMER, CustomerDecoder, classify, private_sender
+from hub import i18n
 from hub.config import TelegramLimits
 from hub.domain import IdentityKind, InboxItem, LeadKind
 from tests.support.telegram_html import html_problems
@@ -252,3 +253,17 @@ def test_truncate_html_never_cuts_inside_a_tag_or_an_entity() -> None:
         assert len(cut) <= limit or cut == html
         assert html_problems(cut) == [], (limit, cut[-40:])
         assert cut == html or re.sub(r"(</\w+>)+$", "", cut).endswith("…")
+
+
+class _Filled(dict[str, str]):
+    def __missing__(self, key: str) -> str:
+        return "x"
+
+
+def test_every_telegram_template_is_valid_html_in_both_languages() -> None:
+    """Bot texts go out in HTML parse mode: a stray '<' or '&' makes Telegram refuse the message."""
+    for language in i18n.SUPPORTED:
+        templates = {k: v for k, v in i18n._catalog(language).items() if k.startswith("tg.")}
+        assert templates
+        for key, template in templates.items():
+            assert html_problems(template.format_map(_Filled())) == [], (language, key)
