@@ -201,7 +201,13 @@ def content_of(message: Message) -> Content:
         mime = getattr(media, "mime_type", None) or default_type
         attachments.append(Attachment(name, mime, media.file_size or 0, f"tg-file:{media.file_id}"))
     if message.sticker:
-        text = text or f"[sticker {message.sticker.emoji or ''}]".strip()
+        sticker = message.sticker
+        mime = "video/webm" if sticker.is_video else "image/webp"
+        if sticker.is_animated:
+            mime = "application/x-tgsticker"
+        # A file like any other: staff stickers reach the customer as a copy, not as a word.
+        attachments.append(Attachment("sticker", mime, sticker.file_size or 0, f"tg-file:{sticker.file_id}"))
+        text = text or f"[sticker {sticker.emoji or ''}]".strip()
     if message.location:
         loc = message.location
         text = (text + "\n" if text else "") + f"📍 {loc.latitude:.6f}, {loc.longitude:.6f}"

@@ -831,3 +831,15 @@ async def test_an_edit_that_makes_the_card_too_long_is_cut_as_valid_html(env: En
     await env.emu.wait_for(lambda: card.edits, what="the card re-rendered")
     assert html_problems(card.text) == [] and len(card.text) <= 4096
     assert card.text.endswith("&amp;…") and env.emu.rejected_html == []
+
+
+async def test_a_managers_sticker_reaches_the_customer_as_a_sticker(env: Env) -> None:
+    user = customer()
+    thread = await open_lead(env, user)
+    await env.emu.wait_for(lambda: env.emu.texts_to(user["id"]), what="ack")
+    sticker = {"file_id": "s1", "file_unique_id": "s1u", "type": "regular", "width": 512, "height": 512}
+    sticker |= {"is_animated": False, "is_video": False, "emoji": "👍"}
+    env.emu.enqueue("message", env.emu.message(STAFF, OLENA, None, thread=thread, sticker=sticker))
+    copies = await env.emu.wait_for(lambda: env.emu.calls_of("copyMessage"), what="a copy of the sticker")
+    assert copies[0].params["chat_id"] in (user["id"], str(user["id"]))
+    assert all("sticker" not in t for t in env.emu.texts_to(user["id"]))
