@@ -43,6 +43,8 @@ class LeadActions:
             raise ValidationFailed(f"unknown manager {manager_id!r}", {"manager": f"not one of: {known}"})
         lead = await self._lead(number)
         team = lead.team if lead.team in manager.teams else (manager.teams[0] if manager.teams else lead.team)
+        if lead.assignee == manager.id and lead.team == team:
+            return lead  # already theirs: no second notice, no second event
         changes = LeadChanges(assignee=manager.id, team=team, updated_at=now)
         # Another team may have its own SLA policy.
         changes = merge_changes(changes, self._clock.retarget(lead, team=team))

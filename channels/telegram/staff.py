@@ -209,6 +209,9 @@ class StaffSide:
         actions = self._hub.actions
         by = manager.id
         if command == "/take":
+            if await self._is_assignee(number, manager):
+                await self._say(chat, thread, staff("tg.staff.already_yours", lead=f"L-{number}"))
+                return
             await actions.assign(number, manager.id, by)
         elif command == "/assign":
             target = argument.strip().lstrip("@")
@@ -229,6 +232,10 @@ class StaffSide:
                 await self._say(chat, thread, staff("tg.staff.usage_kind"))
                 return
             await actions.set_kind(number, kinds[value], by)
+
+    async def _is_assignee(self, number: int, manager: ManagerSettings) -> bool:
+        lead = await self._hub.store.get_lead(number)
+        return lead is not None and lead.assignee == manager.id
 
     def _manager_id(self, target: str) -> str:
         """A manager by id, or by Telegram id, or by (a unique prefix of) name."""
@@ -298,6 +305,9 @@ class StaffSide:
                 rest, _, target = rest.partition(":")
             number = int(rest)
             actions = self._hub.actions
+            if action == "take" and await self._is_assignee(number, manager):
+                answer = staff("tg.staff.already_yours", lead=f"L-{number}")
+                return number
             if action == "take":
                 await actions.assign(number, manager.id, manager.id)
             elif action == "resolve":

@@ -843,3 +843,22 @@ async def test_a_managers_sticker_reaches_the_customer_as_a_sticker(env: Env) ->
     copies = await env.emu.wait_for(lambda: env.emu.calls_of("copyMessage"), what="a copy of the sticker")
     assert copies[0].params["chat_id"] in (user["id"], str(user["id"]))
     assert all("sticker" not in t for t in env.emu.texts_to(user["id"]))
+
+
+async def test_take_by_the_current_assignee_is_a_no_op(env: Env) -> None:
+    thread = await open_lead(env, customer())
+    lead = await env.hub.store.get_lead(1)
+    assert lead is not None and lead.assignee is not None
+    owner = env.hub.settings.manager(lead.assignee)
+    assert owner is not None and owner.telegram_id is not None
+    me = {"id": owner.telegram_id, "is_bot": False, "first_name": owner.name, "language_code": "uk"}
+    before = [e for e in await env.hub.store.list_events(1) if e.type == "lead.assigned"]
+    card = env.emu.sent_to(STAFF, thread)[0]
+    env.emu.press(STAFF, me, card.message_id, "take:1")
+    await env.emu.wait_for(lambda: env.emu.callback_answers, what="callback answer")
+    assert "L-1 уже ваше" in (env.emu.callback_answers[0].get("text") or "")
+    env.emu.send_text(STAFF, me, "/take", thread=thread)
+    await env.emu.wait_for(lambda: "L-1 уже ваше." in env.emu.texts_to(STAFF, thread), what="/take answer")
+    after = [e for e in await env.hub.store.list_events(1) if e.type == "lead.assigned"]
+    assert len(after) == len(before)
+    assert not any("Призначено" in t for t in env.emu.texts_to(STAFF, thread))
