@@ -25,7 +25,7 @@ from aiogram.types import (
 from channels.telegram.api import TelegramApi
 from channels.telegram.desk import StaffDesk, open_target
 from channels.telegram.sender import COPY_PREFIX, relay_key
-from channels.telegram.texts import esc, staff
+from channels.telegram.texts import esc, plain_staff, staff
 from channels.telegram.updates import command_of, content_of, is_relayable, is_service
 from hub.config import ManagerSettings
 from hub.domain import ACTIVE_STATUSES, Attachment, Event, LeadKind, utcnow
@@ -297,7 +297,7 @@ class StaffSide:
         number: int | None = None
         try:
             if manager is None:
-                answer = staff("tg.staff.hint", user_id=query.from_user.id)
+                answer = plain_staff("tg.staff.hint", user_id=query.from_user.id)
                 return None
             action, _, rest = (query.data or "").partition(":")
             target = ""
@@ -306,7 +306,7 @@ class StaffSide:
             number = int(rest)
             actions = self._hub.actions
             if action == "take" and await self._is_assignee(number, manager):
-                answer = staff("tg.staff.already_yours", lead=f"L-{number}")
+                answer = plain_staff("tg.staff.already_yours", lead=f"L-{number}")
                 return number
             if action == "take":
                 await actions.assign(number, manager.id, manager.id)
@@ -318,11 +318,11 @@ class StaffSide:
                 await self._spam(number, manager.id)
             elif action == "reassign":
                 await self._pick_manager(number, query)
-            answer = staff("tg.staff.done", action=action, lead=f"L-{number}")
+            answer = plain_staff("tg.staff.done", action=action, lead=f"L-{number}")
         except ValueError:
             answer = "?"
         except HubError as exc:
-            answer = staff("tg.staff.error", error=str(exc))
+            answer = plain_staff("tg.staff.error", error=str(exc))
         finally:
             try:
                 await self._api.call(

@@ -31,6 +31,11 @@ def staff(key: str, **values: Any) -> str:
     return t(key, STAFF_LANGUAGE, **values)
 
 
+def plain_staff(key: str, **values: Any) -> str:
+    """A staff-facing plain text (callback answers, which Telegram shows without parsing HTML)."""
+    return i18n.text(key, STAFF_LANGUAGE, **values)
+
+
 def raw_staff(key: str, **values: Any) -> str:
     """A staff-facing text whose values are already HTML (mentions, links)."""
     return i18n.text(key, STAFF_LANGUAGE, **values)

@@ -862,3 +862,13 @@ async def test_take_by_the_current_assignee_is_a_no_op(env: Env) -> None:
     after = [e for e in await env.hub.store.list_events(1) if e.type == "lead.assigned"]
     assert len(after) == len(before)
     assert not any("Призначено" in t for t in env.emu.texts_to(STAFF, thread))
+
+
+async def test_callback_answers_are_plain_text(env: Env) -> None:
+    """Telegram shows a callback answer as it is: an escaped quote would show as &#x27;."""
+    thread = await open_lead(env, customer())
+    card = env.emu.sent_to(STAFF, thread)[0]
+    env.emu.press(STAFF, OLENA, card.message_id, "assign:1:o'ghost")
+    answer = (await env.emu.wait_for(lambda: env.emu.callback_answers, what="callback answer"))[0]
+    text = answer.get("text") or ""
+    assert "o'ghost" in text and "&#x27;" not in text and "&quot;" not in text
