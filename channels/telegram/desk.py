@@ -333,6 +333,11 @@ class StaffDesk:
             queued = list(await self._hub.store.get_state(key) or [])
             await self._hub.store.set_state(key, queued[count:] or None)
 
+    async def notice(self, lead: Lead, html: str) -> None:
+        """Post a notice in the lead's topic (for what no bus event announces)."""
+        await self._add_notices(lead.number, [html])
+        await self._mark(lead)
+
     async def customer_edited(self, lead: Lead, message_id: str) -> None:
         """A customer edited a message: update its copy in the topic."""
         self._pending_for(lead.number).edited.add(message_id)

@@ -340,6 +340,7 @@ class StaffSide:
         tags = sorted({*lead.tags, "spam"})
         await self._hub.store.update_lead(number, LeadChanges(tags=tags, updated_at=utcnow()))
         await self._hub.store.append_event(Event("lead.tagged", utcnow(), number, {"tags": tags, "by": by}))
+        await self._desk.notice(lead, "🚫 " + staff("tg.event.spam", by=by))
         if lead.is_active:
             await self._hub.actions.resolve(number, by)
 

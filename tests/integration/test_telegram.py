@@ -872,3 +872,12 @@ async def test_callback_answers_are_plain_text(env: Env) -> None:
     answer = (await env.emu.wait_for(lambda: env.emu.callback_answers, what="callback answer"))[0]
     text = answer.get("text") or ""
     assert "o'ghost" in text and "&#x27;" not in text and "&quot;" not in text
+
+
+async def test_spam_button_says_so_in_the_topic(env: Env) -> None:
+    thread = await open_lead(env, customer())
+    card = env.emu.sent_to(STAFF, thread)[0]
+    env.emu.press(STAFF, OLENA, card.message_id, "spam:1")
+    await env.emu.wait_for(
+        lambda: any("Позначено як спам (olena)" in t for t in env.emu.texts_to(STAFF, thread)), what="notice"
+    )
