@@ -42,11 +42,16 @@ _BLOCK_TAGS = {
     "footer",
 }
 _SKIP_TAGS = {"script", "style", "head", "title", "template", "noscript"}
+# Elements whose text a browser never shows in the page: nh3 keeps the text of a tag it drops
+# unless the tag is named here (a message's <title> came out as its first line). Passing the
+# set replaces nh3's default, so script and style are named too.
+_CLEAN_CONTENT_TAGS = _SKIP_TAGS
 
 
 def sanitize_html(html: str) -> str:
-    """HTML safe to show in the dashboard: no scripts, handlers, javascript: links or images."""
-    return nh3.clean(html, tags=_ALLOWED_TAGS)
+    """HTML safe to show in the dashboard: no scripts, handlers, javascript: links or images,
+    and no text of elements a browser does not show (title, style, noscript)."""
+    return nh3.clean(html, tags=_ALLOWED_TAGS, clean_content_tags=_CLEAN_CONTENT_TAGS)
 
 
 class _TextExtractor(HTMLParser):

@@ -246,3 +246,17 @@ def test_fetch_response_parsing_and_uid_sets() -> None:
     assert [(f.uid, f.raw) for f in parse_fetch(lines)] == [(7, b"hello"), (9, b"abc")]
     assert _uid_set([1, 2, 3, 7, 9, 10]) == "1:3,7,9:10"
     assert _uid_set([5]) == "5"
+
+
+def test_sanitized_html_keeps_no_text_of_elements_a_browser_does_not_show() -> None:
+    html = (
+        "<html><head><title>Замовлення №5</title><style>p{color:red}</style>"
+        "<script>alert(1)</script></head><body><p>Доброго дня</p>"
+        "<noscript>Увімкніть JavaScript</noscript></body></html>"
+    )
+    raw = (
+        "From: o@example.com\r\nSubject: x\r\nContent-Type: text/html; charset=utf-8\r\n\r\n" + html
+    ).encode()
+    parsed = parse_email(raw)
+    assert parsed.html == "<p>Доброго дня</p>"
+    assert parsed.text == "Доброго дня"
