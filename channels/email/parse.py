@@ -199,6 +199,11 @@ def _fix_8bit(text: str, hint: str = "") -> str:
         return decode_bytes(data, hint)
 
 
+_ENCODED_WORD = r"=\?[^?]*\?[qQbB]\?.*?\?="
+# Encoded words with only whitespace between them: RFC 2047 drops that whitespace.
+_ENCODED_RUN = re.compile(rf"{_ENCODED_WORD}(?:\s*{_ENCODED_WORD})*")
+
+
 def decode_header_value(raw: str, hint: str = "") -> str:
     """A raw header value as text: unfolded, 8-bit bytes recovered, RFC 2047 words decoded.
 
@@ -206,19 +211,29 @@ def decode_header_value(raw: str, hint: str = "") -> str:
     text = _fix_8bit(re.sub(r"\r?\n[ \t]+", " ", raw), hint)
     if "=?" not in text:
         return text.strip()
+    # Only the encoded words go through the stdlib: it hands back the text around them as
+    # raw-unicode-escape bytes, and decoding those turns C:\Users into garbage.
+    pieces: list[str] = []
+    end = 0
+    for match in _ENCODED_RUN.finditer(text):
+        pieces.append(text[end : match.start()])
+        pieces.append(_decode_words(match.group()))
+        end = match.end()
+    pieces.append(text[end:])
+    return "".join(pieces).strip()
+
+
+def _decode_words(run: str) -> str:
+    """Adjacent encoded words as text (one run, so a character split across words is whole);
+    the run verbatim when it does not decode."""
     try:
-        parts = decode_header(text)
+        parts = decode_header(run)
     except PARSE_ERRORS:
-        return text.strip()
-    decoded: list[str] = []
-    for value, charset in parts:
-        if isinstance(value, str):
-            decoded.append(value)
-        elif charset is None:
-            decoded.append(value.decode("raw-unicode-escape", "replace"))
-        else:
-            decoded.append(decode_bytes(value, charset))
-    return "".join(decoded).strip()
+        return run
+    return "".join(
+        decode_bytes(value, charset or "") if isinstance(value, bytes) else str(value)
+        for value, charset in parts
+    )
 
 
 class _Headers:

@@ -260,3 +260,11 @@ def test_sanitized_html_keeps_no_text_of_elements_a_browser_does_not_show() -> N
     parsed = parse_email(raw)
     assert parsed.html == "<p>Доброго дня</p>"
     assert parsed.text == "Доброго дня"
+
+
+def test_backslashes_next_to_an_encoded_word_are_kept_verbatim() -> None:
+    raw = (
+        b"From: o@example.com\r\n"
+        b"Subject: =?UTF-8?B?0J/QvtC80LjQu9C60LA=?= C:\\Users\\olena\\Documents \\u0041\r\n\r\nhi\r\n"
+    )
+    assert parse_email(raw).subject == "Помилка C:\\Users\\olena\\Documents \\u0041"
