@@ -389,9 +389,21 @@ def _is_attachment(part: Message) -> bool:
     return part.get_content_maintype() not in ("text", "multipart", "message")
 
 
+def _params_readable(part: Message) -> Message:
+    """The part, or a stand-in with its Content-Disposition and Content-Type only, their raw
+    8-bit bytes (RFC 6532 filenames) read as text: compat32 would turn them into U+FFFD."""
+    raw = [(k, str(v)) for k, v in part.raw_items() if k.lower() in ("content-disposition", "content-type")]
+    if not any(_has_8bit(value) for _, value in raw):
+        return part
+    readable = Message()
+    for key, value in raw:
+        readable[key] = _fix_8bit(re.sub(r"\r?\n[ \t]+", " ", value))
+    return readable
+
+
 def _filename(part: Message, index: int) -> str:
     try:
-        name = part.get_filename() or ""
+        name = _params_readable(part).get_filename() or ""
     except PARSE_ERRORS:
         name = ""
     name = decode_header_value(name).replace("/", "_").replace("\\", "_").strip()

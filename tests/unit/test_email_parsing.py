@@ -268,3 +268,16 @@ def test_backslashes_next_to_an_encoded_word_are_kept_verbatim() -> None:
         b"Subject: =?UTF-8?B?0J/QvtC80LjQu9C60LA=?= C:\\Users\\olena\\Documents \\u0041\r\n\r\nhi\r\n"
     )
     assert parse_email(raw).subject == "Помилка C:\\Users\\olena\\Documents \\u0041"
+
+
+@pytest.mark.parametrize("charset", ["utf-8", "windows-1251"])
+def test_a_raw_8bit_attachment_filename_is_read_as_text(charset: str) -> None:
+    raw = (
+        b'From: o@example.com\r\nSubject: x\r\nContent-Type: multipart/mixed; boundary="b"\r\n\r\n'
+        b"--b\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nhi\r\n"
+        b'--b\r\nContent-Type: application/msword; name="' + "Рахунок.doc".encode(charset) + b'"\r\n'
+        b'Content-Disposition: attachment;\r\n filename="' + "Рахунок.doc".encode(charset) + b'"\r\n'
+        b"Content-Transfer-Encoding: base64\r\n\r\nAAAA\r\n--b--\r\n"
+    )
+    (attachment,) = parse_email(raw).attachments
+    assert (attachment.name, attachment.content_type) == ("Рахунок.doc", "application/msword")
