@@ -413,12 +413,81 @@ def _filename(part: Message, index: int) -> str:
     return name[:255]
 
 
+_ICS_UNFOLD = re.compile(r"\r?\n[ \t]")
+_ICS_ESCAPE = re.compile(r"\\([\\;,nN])")
+_ICS_DATE = re.compile(r"^(\d{4})(\d{2})(\d{2})(?:T(\d{2})(\d{2})\d{2}(Z?))?$")
+_ICS_FIELDS = {"SUMMARY": "Event", "DTSTART": "Starts", "LOCATION": "Location"}
+_ICS_METHODS = {
+    "REQUEST": "Calendar invitation",
+    "CANCEL": "Calendar cancellation",
+    "REPLY": "Calendar reply",
+}
+
+
+def _ics_property(line: str) -> tuple[str, dict[str, str], str]:
+    """(NAME, {PARAM: value}, value) of one unfolded iCalendar content line (RFC 5545 3.1)."""
+    quoted = False
+    for index, char in enumerate(line):
+        if char == '"':
+            quoted = not quoted
+        elif char == ":" and not quoted:
+            head, value = line[:index], line[index + 1 :]
+            break
+    else:
+        return "", {}, ""
+    name, *raw_params = head.split(";")
+    params = {k.upper(): v.strip('"') for k, _, v in (p.partition("=") for p in raw_params)}
+    return name.strip().upper(), params, value
+
+
+def _ics_when(value: str, params: dict[str, str]) -> str:
+    """`2026-12-01 10:00 Europe/Kyiv` for a DATE-TIME value (the value itself when it is not one)."""
+    match = _ICS_DATE.match(value.strip())
+    if match is None:
+        return value
+    year, month, day, hour, minute, utc = match.groups()
+    when = f"{year}-{month}-{day}" + (f" {hour}:{minute}" if hour else "")
+    zone = "UTC" if utc else params.get("TZID", "")
+    return f"{when} {zone}".strip()
+
+
+def calendar_text(ics: str) -> str:
+    """A few readable lines for an iCalendar invitation: what kind, and its first event's
+    summary, start and location; '' when there is no event."""
+    method = ""
+    found: dict[str, str] = {}
+    depth = 0  # inside the first VEVENT (its VALARMs are nested deeper), 0 outside
+    for line in _ICS_UNFOLD.sub("", ics).splitlines():
+        name, params, value = _ics_property(line)
+        if name == "BEGIN":
+            if value.strip().upper() == "VEVENT" and not found and depth == 0:
+                depth = 1
+            elif depth:
+                depth += 1
+        elif name == "END" and depth:
+            depth -= 1
+            if depth == 0:
+                break
+        elif name == "METHOD" and not depth:
+            method = value.strip().upper()
+        elif depth == 1 and name in _ICS_FIELDS and name not in found:
+            text = one_line(_ICS_ESCAPE.sub(lambda m: " " if m.group(1) in "nN" else m.group(1), value))
+            found[name] = _ics_when(text, params) if name == "DTSTART" else text[:200]
+    if not found:
+        return ""
+    lines = [_ICS_METHODS.get(method, "Calendar event")]
+    lines += [f"{label}: {found[key]}" for key, label in _ICS_FIELDS.items() if found.get(key)]
+    return "\n".join(lines)
+
+
 @dataclass(slots=True)
 class _Bodies:
     plain: list[str] = field(default_factory=list)
     html: list[str] = field(default_factory=list)
     attachments: list[RawAttachment] = field(default_factory=list)
     forwards: list[tuple[str, _Bodies]] = field(default_factory=list)
+    # Readable lines of calendar parts: the text of a mail that is nothing but an invitation.
+    calendars: list[str] = field(default_factory=list)
 
 
 def _forward_line(inner: Message) -> str:
@@ -450,7 +519,15 @@ def _collect(part: Message, found: _Bodies, in_report: bool) -> None:
         for child in children:
             _collect(child, found, in_report or ctype == "multipart/report")
         return
-    if _is_attachment(part):
+    if ctype == "text/calendar":
+        # An invitation is kept whole as the .ics staff can open, inline or not.
+        payload_bytes = part.get_payload(decode=True)
+        data = payload_bytes if isinstance(payload_bytes, bytes) else b""
+        name = _filename(part, 0) if part.get_filename() else "invite.ics"
+        found.attachments.append(RawAttachment(name, ctype, data))
+        if summary := calendar_text(part_text(part)):
+            found.calendars.append(summary)
+    elif _is_attachment(part):
         payload_bytes = part.get_payload(decode=True)
         data = payload_bytes if isinstance(payload_bytes, bytes) else b""
         found.attachments.append(RawAttachment(_filename(part, len(found.attachments) + 1), ctype, data))
@@ -462,10 +539,11 @@ def _collect(part: Message, found: _Bodies, in_report: bool) -> None:
 
 def _joined(found: _Bodies) -> tuple[str, str]:
     """(text, raw html): text parts joined in order (Apple Mail splits text around inline
-    images), else the html's text; each forwarded message's text follows under its line."""
+    images), else the html's text, else what the calendar parts describe; each forwarded
+    message's text follows under its line."""
     plain = "\n\n".join(p.strip("\r\n") for p in found.plain).strip()
     raw_html = "\n".join(found.html)
-    text = plain or (html_to_text(raw_html) if raw_html else "")
+    text = plain or (html_to_text(raw_html) if raw_html else "") or "\n\n".join(found.calendars)
     for line, forwarded in found.forwards:
         inner_text, inner_html = _joined(forwarded)
         text = f"{text}\n\n{line}\n\n{inner_text}".strip()

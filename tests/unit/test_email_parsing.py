@@ -281,3 +281,40 @@ def test_a_raw_8bit_attachment_filename_is_read_as_text(charset: str) -> None:
     )
     (attachment,) = parse_email(raw).attachments
     assert (attachment.name, attachment.content_type) == ("Рахунок.doc", "application/msword")
+
+
+_INVITE = (
+    "BEGIN:VCALENDAR\r\nMETHOD:REQUEST\r\nBEGIN:VTIMEZONE\r\nTZID:Europe/Kyiv\r\n"
+    "BEGIN:STANDARD\r\nDTSTART:19701025T040000\r\nEND:STANDARD\r\nEND:VTIMEZONE\r\n"
+    'BEGIN:VEVENT\r\nORGANIZER;CN="Олена: офіс":mailto:o@example.com\r\n'
+    "DTSTART;TZID=Europe/Kyiv:20261201T100000\r\nSUMMARY:Заміна лічильника\\, квартира 5\r\n"
+    "LOCATION:вул. Хрещатик 1\\; \r\n під'їзд 2\r\nBEGIN:VALARM\r\nSUMMARY:nag\r\nEND:VALARM\r\n"
+    "END:VEVENT\r\nEND:VCALENDAR\r\n"
+)
+
+
+def test_a_calendar_invitation_is_kept_as_an_attachment_with_readable_text() -> None:
+    decoder = EmailDecoder(EmailSettings())
+    raw = (
+        "From: o@example.com\r\nSubject: Запрошення\r\n"
+        "Content-Type: text/calendar; charset=utf-8; method=REQUEST\r\n\r\n" + _INVITE
+    ).encode()
+    inbound = decoder(_item(raw))
+    assert inbound.text == (
+        "Calendar invitation\nEvent: Заміна лічильника, квартира 5\n"
+        "Starts: 2026-12-01 10:00 Europe/Kyiv\nLocation: вул. Хрещатик 1; під'їзд 2"
+    )
+    (invite,) = inbound.attachments
+    assert (invite.name, invite.content_type, invite.size) == (
+        "invite.ics",
+        "text/calendar",
+        len(_INVITE.encode()),
+    )
+    alongside = (
+        'From: o@example.com\r\nSubject: Re: Запрошення\r\nContent-Type: multipart/alternative; boundary="a"\r\n'
+        "\r\n--a\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nЗустрінемось у вівторок.\r\n"
+        "--a\r\nContent-Type: text/calendar; charset=utf-8; method=REQUEST\r\n\r\n" + _INVITE + "--a--\r\n"
+    ).encode()
+    inbound = decoder(_item(alongside))
+    assert inbound.text == "Зустрінемось у вівторок."
+    assert [(a.name, a.content_type) for a in inbound.attachments] == [("invite.ics", "text/calendar")]
