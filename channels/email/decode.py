@@ -11,6 +11,8 @@ from .parse import ParsedEmail, has_reply_prefix, parse_email
 from .text import guess_language, strip_quoted
 
 CHANNEL = "email"
+# The inbox row's meta key for the message's idempotency key in intake (see ingest.intake_key).
+INTAKE_KEY = "intake_key"
 MAX_TEXT = 50_000
 
 
@@ -92,7 +94,7 @@ class EmailDecoder:
         language = parsed.content_language or guess_language(f"{parsed.subject}\n{text}")
         return Inbound(
             channel=CHANNEL,
-            external_id=item.external_id,
+            external_id=str(item.meta.get(INTAKE_KEY) or item.external_id),
             sender=Identity(IdentityKind.EMAIL, parsed.sender, parsed.sender_name),
             text=(text or parsed.subject)[:MAX_TEXT],
             received_at=item.received_at,

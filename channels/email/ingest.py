@@ -23,7 +23,7 @@ from hub.inbox import CLAIM_SECONDS
 from storage.base import StoreError
 
 from .attachments import AttachmentStore
-from .decode import CHANNEL, EmailDecoder
+from .decode import CHANNEL, INTAKE_KEY, EmailDecoder
 from .imap import Fetched, MailboxPosition
 from .parse import ParsedEmail, parse_email, redact
 from .parse_pool import Parsed, ParsePool, parse_all
@@ -48,6 +48,23 @@ def _seen_key(position: MailboxPosition, digest: str) -> str:
 def external_id(position: MailboxPosition, uid: int, digest: str) -> str:
     """Unique by construction: (account, mailbox, UIDVALIDITY, UID) plus a hash of the bytes."""
     return f"{position.account}/{position.mailbox}/{position.uidvalidity}/{uid}/{digest[:16]}"
+
+
+def intake_key(parsed: ParsedEmail, digest: str) -> str:
+    """The message's idempotency key in intake, from its content: the same mail delivered again
+    (another UID, other Received lines) is one message. Without a Message-ID, only the same bytes."""
+    if not parsed.message_id:
+        return f"bytes:{digest}"
+    content = "\0".join(
+        [
+            parsed.message_id,
+            parsed.sender,
+            parsed.subject,
+            " ".join(parsed.text.split()),  # line endings and re-wrapping are transport, not content
+            *(attachment.sha256 for attachment in parsed.attachments),
+        ]
+    )
+    return "mid:" + hashlib.sha256(content.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 _Stored = tuple[InboxItem, ParsedEmail | None]
@@ -195,6 +212,11 @@ class EmailIngest:
             "uid": fetched.uid,
             "sha256": digest,
         }
+        if parsed is not None:
+            # Kept with the raw row, so a replay after an upgrade that parses differently still
+            # finds the message under the key it was stored with. Rows without it (stored before
+            # this key existed) keep their own id as the key: their message may be stored under it.
+            meta[INTAKE_KEY] = intake_key(parsed, digest)
         item, _ = await store.inbox_put(
             CHANNEL,
             ext_id,
@@ -234,6 +256,13 @@ class EmailIngest:
 
     async def after_intake(self, item: InboxItem, result: IntakeResult) -> None:
         """Acknowledge a new lead, whether the poller or the crash replay processed its mail."""
+        if result.duplicate:
+            log.info(
+                "%s email: inbox %s holds message %s, stored before (a copy delivered again, or a replay)",
+                result.lead.ref,
+                item.id,
+                result.message.id,
+            )
         if not result.created_lead:
             return
         parsed = self._parsed.pop(item.external_id, None)

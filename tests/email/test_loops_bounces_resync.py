@@ -3,15 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Callable
+from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from channels.email.imap import Fetched, MailboxPosition
+from channels.email.ingest import external_id
 from hub.app import Hub
 from hub.config import Settings
+from hub.domain import InboxItem, Message
 from tests.email.conftest import email_config
-from tests.email.helpers import header_ids, leads, make_mail, wait_for, wait_leads, wait_messages
+from tests.email.helpers import (
+    header_ids,
+    inbound_messages,
+    leads,
+    make_mail,
+    wait_for,
+    wait_leads,
+    wait_messages,
+)
 from tests.support.dovecot import ImapAccount, ImapClient
 from tests.support.smtp import SmtpServer
 
@@ -323,3 +338,75 @@ async def test_mail_replayed_from_the_inbox_still_gets_its_acknowledgement(
     await email_hub.inbox.replay_once()
     await asyncio.sleep(1.0)
     assert len(await _acks(smtp_server)) == 1
+
+
+async def _email_messages(hub: Hub) -> list[Message]:
+    return [m for lead in await leads(hub) for m in await inbound_messages(hub, lead.number)]
+
+
+async def test_the_same_mail_delivered_again_is_one_message(
+    email_hub: Hub, imap: ImapClient, mailbox: str, smtp_server: SmtpServer
+) -> None:
+    raw, mid = make_mail(subject="Замовлення 1234", text="Де моє замовлення?")
+    # A server's re-delivery after a timeout (another Received line), and a byte-identical copy.
+    again = b"Received: from mx2.example.net by mx.example.com; Tue, 1 Dec 2026 10:00:05 +0000\r\n" + raw
+    await imap.append(raw, mailbox)
+    await wait_leads(email_hub, 1)
+    # Later, in the poller's normal mode: a first sight of a mailbox recognises identical bytes.
+    for copy in (again, raw):
+        await imap.append(copy, mailbox)
+    # The same Message-ID with another body, or from another sender, is another message.
+    other_text, _ = make_mail(subject="Замовлення 1234", text="Це вже інше питання.", message_id=mid)
+    other_sender, _ = make_mail(
+        sender="petro@example.com", subject="Замовлення 1234", text="Де моє замовлення?", message_id=mid
+    )
+    await imap.append(other_text, mailbox)
+    await imap.append(other_sender, mailbox)
+
+    async def all_seen() -> list[int] | None:
+        seen = await imap.uids_with_flag(mailbox, "\\Seen")
+        return seen if len(seen) == 5 else None
+
+    await wait_for(all_seen, what="every copy flagged \\Seen")
+    await asyncio.sleep(1.0)  # give a second message or acknowledgement the time to appear
+    messages = await _email_messages(email_hub)
+    assert sorted((m.author, m.text) for m in messages) == [
+        ("Olena", "Де моє замовлення?"),
+        ("Olena", "Це вже інше питання."),
+        ("petro@example.com", "Де моє замовлення?"),
+    ]
+    acks = [m for m in await _acks(smtp_server) if "olena@example.com" in m["To"]]
+    assert len(acks) == len({m.lead_number for m in messages if m.author == "Olena"})
+    assert len(await email_hub.store.inbox_list("done")) == 5
+
+
+async def test_mail_stored_before_content_keys_is_not_stored_again(
+    make_hub: Callable[..., Any], imap_account: ImapAccount, tmp_path: Path
+) -> None:
+    hub = await make_hub(email=email_config(imap_account, "INBOX", 1, tmp_path))
+    channel = next(c for c in hub.channels if c.name == "email")
+    old = MailboxPosition("acct", "INBOX", 1, resync=False)
+
+    async def stored_the_old_way(uid: int, raw: bytes) -> tuple[InboxItem, int]:
+        # An older version: no intake key in the row's meta, the message keyed by the row's id.
+        digest = hashlib.sha256(raw).hexdigest()
+        item, _ = await hub.store.inbox_put("email", external_id(old, uid, digest), raw, hub.now(), {})
+        await hub.store.set_state(f"email:seen:acct:INBOX:{digest}", item.external_id)
+        inbound = replace(channel.decoder(item), external_id=item.external_id)  # type: ignore[attr-defined]
+        result = await hub.intake.accept(inbound)
+        return item, result.lead.number
+
+    # Processed and marked done, then the mailbox is rebuilt: the re-sync recognises the bytes.
+    first, _ = make_mail(subject="Old", text="Stored by an older version")
+    done, number = await stored_the_old_way(1, first)
+    await hub.store.inbox_done(done.id, number)
+    await channel.ingest([Fetched(7, first)], MailboxPosition("acct", "INBOX", 2, resync=True))  # type: ignore[attr-defined]
+    # A crash lost the done mark of another one: the replay finds its message under the old key.
+    second, _ = make_mail(subject="Old too", text="Also stored by an older version")
+    pending, _ = await stored_the_old_way(2, second)
+    await hub.inbox.replay_once(now=hub.now() + timedelta(minutes=5))
+
+    texts = sorted(m.text for m in await _email_messages(hub))
+    assert texts == ["Also stored by an older version", "Stored by an older version"]
+    replayed = await hub.store.inbox_get(pending.id)
+    assert replayed is not None and replayed.status == "done"

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from channels.email.decode import EmailDecoder, pick_kind
+from channels.email.ingest import intake_key
 from channels.email.parse import clean_subject, decode_bytes, lead_token, message_ids, parse_email
 from channels.email.smtp import compose, outbox_id_of, reply_subject
 from channels.email.text import _reply_parser, guess_language, latest_reply, strip_quoted
@@ -318,3 +320,18 @@ def test_a_calendar_invitation_is_kept_as_an_attachment_with_readable_text() -> 
     inbound = decoder(_item(alongside))
     assert inbound.text == "Зустрінемось у вівторок."
     assert [(a.name, a.content_type) for a in inbound.attachments] == [("invite.ics", "text/calendar")]
+
+
+def test_intake_key_is_the_content_with_a_message_id_else_the_bytes() -> None:
+    mail = b"From: o@example.com\r\nSubject: x\r\nMessage-ID: <1@example.com>\r\n\r\nHello\r\n"
+    received = b"Received: from mx2.example.net by mx.example.com\r\n"
+
+    def key(raw: bytes) -> str:
+        return intake_key(parse_email(raw), hashlib.sha256(raw).hexdigest())
+
+    assert key(received + mail) == key(mail) == key(mail.replace(b"\r\n", b"\n"))
+    assert key(mail).startswith("mid:")
+    assert key(mail) != key(mail.replace(b"Hello", b"Hello again"))
+    assert key(mail) != key(mail.replace(b"o@example.com", b"p@example.com"))
+    bare = mail.replace(b"Message-ID: <1@example.com>\r\n", b"")
+    assert key(bare).startswith("bytes:") and key(bare) != key(received + bare)
