@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 import aiohttp
 import pytest
 
+from hub import i18n
 from hub.app import Hub
 from hub.config import Settings
 from hub.domain import Identity, IdentityKind, Inbound, LeadKind, LeadStatus, utcnow
@@ -557,8 +558,20 @@ async def test_report_dates_out_of_range_are_422_naming_the_field(
     body = await resp.json()
     assert body["error"] == "validation_failed" and field in body["fields"], body
     session, _ = olena
-    page = await session.get(f"{base_url}/dashboard/reports", params=params)
-    assert page.status == 422 and f"'{field}'" in html.unescape(await page.text())
+    page = await session.get(
+        f"{base_url}/dashboard/reports", params=params, headers={"Accept-Language": "en"}
+    )
+    text = html.unescape(await page.text())
+    assert page.status == 422, text
+    if field == "compare":
+        assert i18n.text("dash.reports.error.no_previous", "en") in text
+    else:
+        assert (
+            i18n.text(
+                "dash.reports.error.bad_date", "en", field=i18n.text(f"dash.reports.param.{field}", "en")
+            )
+            in text
+        )
 
 
 async def test_report_dates_near_the_ends_of_the_calendar_still_work(
