@@ -115,8 +115,22 @@ class CustomerSide:
             await self._hub.store.set_state(f"tg.kind.{user.id}", None)
         await self._merge(result.contact, inbound.other_identities)
         if message.contact is not None and not result.duplicate:
-            await self._say(message.chat.id, t("tg.contact.thanks", language))
+            await self._answer_contact(message, inbound.other_identities, language)
         return result.lead.number
+
+    async def _answer_contact(
+        self, message: Message, identities: tuple[Identity, ...], language: str
+    ) -> None:
+        """Thank for a saved number; say why someone else's contact card saved nothing."""
+        if any(ident.kind == IdentityKind.PHONE for ident in identities):
+            await self._say(message.chat.id, t("tg.contact.thanks", language))
+            return
+        user, card = message.from_user, message.contact
+        if user is not None and card is not None and card.user_id != user.id:
+            # Only the sender's own card proves the number is theirs (see updates.sender_identities).
+            await self._say(message.chat.id, t("tg.contact.not_own", language), language)
+            return
+        log.info("telegram: a shared own number could not be read as a phone number; nothing saved")
 
     async def _apply_kind_to_open_lead(self, user_id: int, kind: LeadKind) -> None:
         """A customer who already has an open lead says what it is: the lead takes that kind."""

@@ -400,6 +400,27 @@ async def test_shared_phone_merges_with_web_contact(env: Env, http: Any) -> None
     assert {"phone", "telegram"} <= kinds
 
 
+async def test_someone_elses_contact_card_is_not_thanked_for(env: Env) -> None:
+    """Only the sender's own number is saved: a card of someone else gets a note saying so."""
+    user = customer(8002, "Petro")
+    card = {"phone_number": "+380501112233", "first_name": "Friend", "user_id": 8999}
+    env.emu.enqueue("message", env.emu.message(8002, user, None, contact=card))
+    answer = await env.emu.wait_for(
+        lambda: [t for t in env.emu.texts_to(8002) if "номер" in t], what="the note"
+    )
+    assert "лише ваш власний номер" in answer[0]
+    assert not any("Дякуємо, ми зберегли" in t for t in env.emu.texts_to(8002))
+    own = {"phone_number": "380501112244", "first_name": "Petro", "user_id": 8002}
+    env.emu.enqueue("message", env.emu.message(8002, user, None, contact=own))
+    await env.emu.wait_for(
+        lambda: any("Дякуємо, ми зберегли" in t for t in env.emu.texts_to(8002)), what="thanks"
+    )
+    lead = await env.hub.store.get_lead(1)
+    contact = await env.hub.store.get_contact(lead.contact_id) if lead else None
+    assert contact is not None
+    assert [i.value for i in contact.identities if i.kind.value == "phone"] == ["+380501112244"]
+
+
 async def test_sla_breach_is_posted_to_topic_and_alerts(env: Env) -> None:
     user = customer()
     thread = await open_lead(env, user)
