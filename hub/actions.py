@@ -40,7 +40,9 @@ class LeadActions:
         manager = self._settings.manager(manager_id)
         if manager is None:
             known = ", ".join(m.id for m in self._settings.managers) or "none configured"
-            raise ValidationFailed(f"unknown manager {manager_id!r}", {"manager": f"not one of: {known}"})
+            raise ValidationFailed(
+                f"unknown manager {manager_id!r}", {"manager": f"not one of: {known}"}, code="no_manager"
+            )
         lead = await self._lead(number)
         team = lead.team if lead.team in manager.teams else (manager.teams[0] if manager.teams else lead.team)
         if lead.assignee == manager.id and lead.team == team:
@@ -62,7 +64,7 @@ class LeadActions:
         now = now or utcnow()
         lead = await self._lead(number)
         if lead.status in (LeadStatus.RESOLVED, LeadStatus.CLOSED):
-            raise ConflictError(f"{lead.ref} is already {lead.status.value}")
+            raise ConflictError(f"{lead.ref} is already {lead.status.value}", code="already_resolved")
         changes = LeadChanges(status=LeadStatus.RESOLVED, resolved_at=now, updated_at=now)
         lead = await self._store.update_lead(number, changes) or lead
         await self._record(lead, EventType.LEAD_RESOLVED, now, {"by": by})
@@ -73,7 +75,7 @@ class LeadActions:
         now = now or utcnow()
         lead = await self._lead(number)
         if lead.is_active:
-            raise ConflictError(f"{lead.ref} is already {lead.status.value}")
+            raise ConflictError(f"{lead.ref} is already {lead.status.value}", code="already_open")
         changes = LeadChanges(status=LeadStatus.OPEN, clear_resolved_at=True, updated_at=now)
         changes = merge_changes(changes, self._clock.on_reopen(lead, now))
         lead = await self._store.update_lead(number, changes) or lead

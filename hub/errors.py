@@ -4,18 +4,32 @@ from __future__ import annotations
 
 
 class HubError(Exception):
-    """Base of the hub's own errors."""
+    """Base of the hub's own errors; `code` names the reason for staff (see hub/refusals.py)."""
+
+    code = "failed"
+
+    def __init__(self, message: str = "", *, code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
 
 
 class NotFoundError(HubError):
     """The lead, manager or form named does not exist."""
 
+    # What a staff action misses is its lead; forms and inbox items are API-only.
+    code = "no_lead"
+
 
 class ValidationFailed(HubError):
     """Input is malformed; `fields` maps each bad field to what is wrong with it."""
 
-    def __init__(self, message: str, fields: dict[str, str] | None = None) -> None:
-        super().__init__(message)
+    code = "invalid"
+
+    def __init__(
+        self, message: str, fields: dict[str, str] | None = None, *, code: str | None = None
+    ) -> None:
+        super().__init__(message, code=code)
         self.fields = fields or {}
 
 
@@ -26,6 +40,8 @@ class IdempotencyKeyReused(ValidationFailed):
 
 class ConflictError(HubError):
     """The action does not fit the lead's current state (e.g. resolving a closed lead)."""
+
+    code = "conflict"
 
 
 class DecodeError(HubError):

@@ -139,9 +139,11 @@ class Replies:
         now = now or utcnow()
         text = text.strip()
         if not text and not attachments:
-            raise ValidationFailed("a reply needs text", {"text": "must not be empty"})
+            raise ValidationFailed("a reply needs text", {"text": "must not be empty"}, code="empty_text")
         if len(text) > MAX_REPLY_CHARS:
-            raise ValidationFailed("reply too long", {"text": f"at most {MAX_REPLY_CHARS} characters"})
+            raise ValidationFailed(
+                "reply too long", {"text": f"at most {MAX_REPLY_CHARS} characters"}, code="too_long"
+            )
         lead = await self._store.get_lead(lead_number)
         if lead is None:
             raise NotFoundError(f"lead L-{lead_number} does not exist")
@@ -253,12 +255,12 @@ class Replies:
         now = now or utcnow()
         text = text.strip()
         if not text:
-            raise ValidationFailed("a note needs text", {"text": "must not be empty"})
+            raise ValidationFailed("a note needs text", {"text": "must not be empty"}, code="empty_text")
         lead = await self._store.get_lead(lead_number)
         if lead is None:
             raise NotFoundError(f"lead L-{lead_number} does not exist")
         if lead.status == LeadStatus.CLOSED:
-            raise ConflictError(f"{lead.ref} is closed")
+            raise ConflictError(f"{lead.ref} is closed", code="closed")
         message = Message(
             id=new_id(),
             lead_number=lead.number,

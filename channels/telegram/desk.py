@@ -39,6 +39,7 @@ from channels.telegram.texts import (
     raw_staff,
     split_html_escaped,
     staff,
+    staff_label,
     truncate_html,
 )
 from hub.domain import (
@@ -397,7 +398,8 @@ class StaffDesk:
                 message = await self._hub.store.get_message(str(data.get("message_id")))
                 if message is None:
                     return
-                head = staff("tg.event.reply", who=message.author, channel=message.channel)
+                channel = staff_label("channel", message.channel)
+                head = staff("tg.event.reply", who=message.author, channel=channel)
                 notices.append(f"💬 <i>{head}</i>\n{esc(message.text[:3500])}")
             case _:
                 return
@@ -579,7 +581,7 @@ class StaffDesk:
     # --- creating the topic and the card -------------------------------------------------
     def _topic_name(self, lead: Lead, contact: Contact | None) -> str:
         name = (contact.name if contact else "") or "?"
-        return f"{lead.ref} · {name} · {lead.channel}"[:128]
+        return f"{lead.ref} · {name} · {staff_label('channel', lead.channel)}"[:128]
 
     async def _create_topic(self, lead: Lead, contact: Contact | None, chat: int) -> Topic:
         thread: int | None = None
@@ -644,9 +646,9 @@ class StaffDesk:
         lines = [
             f"<b>{esc(lead.ref)}</b> · {staff(f'tg.kind.name.{lead.kind.value}')}",
             f"{staff('tg.card.contact')}: {name}" + (f" ({', '.join(reach)})" if reach else ""),
-            f"{staff('tg.card.channel')}: {esc(lead.channel)}",
+            f"{staff('tg.card.channel')}: {esc(staff_label('channel', lead.channel))}",
             f"{staff('tg.card.assignee')}: {assignee}",
-            f"{staff('tg.card.status')}: {esc(lead.status.value)}",
+            f"{staff('tg.card.status')}: {esc(staff_label('status', lead.status.value))}",
             f"{staff('tg.card.due')}: {esc(local_time(lead.first_response_due, tz))}",
         ]
         if lead.subject:

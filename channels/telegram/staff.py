@@ -25,7 +25,7 @@ from aiogram.types import (
 from channels.telegram.api import TelegramApi
 from channels.telegram.desk import StaffDesk, open_target
 from channels.telegram.sender import COPY_PREFIX, relay_key
-from channels.telegram.texts import esc, plain_staff, staff
+from channels.telegram.texts import esc, plain_staff, staff, staff_label, staff_refusal
 from channels.telegram.updates import command_of, content_of, is_relayable, is_service
 from hub.config import ManagerSettings
 from hub.domain import ACTIVE_STATUSES, Attachment, Event, LeadKind, utcnow
@@ -37,6 +37,7 @@ from hub.errors import (
     TransientError,
     ValidationFailed,
 )
+from hub.refusals import refusal_code
 from hub.web.dashboard.auth import login_link
 from storage.base import LeadChanges, LeadQuery
 
@@ -137,8 +138,19 @@ class StaffSide:
                 return lead_number
             await self._reply(manager, lead_number, message, text)
         except (ValidationFailed, NotFoundError, ConflictError) as exc:
-            await self._say(chat, thread, staff("tg.staff.error", error=str(exc)), message.message_id)
+            asked = argument.strip().lstrip("@") if command == "/assign" else ""
+            await self._say(chat, thread, esc(self._refusal(exc, asked)), message.message_id)
         return lead_number
+
+    def _refusal(self, exc: HubError, asked: str = "") -> str:
+        """Why a staff action failed, as plain text in the staff's language (never the core's English)."""
+        code = refusal_code(exc)
+        log.info("telegram: a staff action was refused (%s): %s", code, exc)
+        if code == "no_manager" and asked:
+            # The id was typed (or a stale button carries it): say which one, and who there is.
+            managers = ", ".join(m.id for m in self._hub.settings.managers)
+            return plain_staff("tg.staff.no_manager", manager=asked, managers=managers)
+        return plain_staff("tg.staff.error", error=staff_refusal(code))
 
     async def _lead_of(self, message: Message) -> int | None:
         chat = message.chat.id
@@ -283,10 +295,11 @@ class StaffSide:
                 seconds = int((target[1] - now).total_seconds())
                 sign = "-" if seconds < 0 else ""
                 seconds = abs(seconds)
-                left = (
-                    f"{staff(f'tg.target.{target[0]}')} {sign}{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-                )
-            lines.append(f"{esc(lead.ref)} · {esc(lead.status.value)} · {left}")
+                hours, minutes = seconds // 3600, f"{seconds % 3600 // 60:02d}"
+                time_left = staff("tg.staff.my_left", sign=sign, hours=hours, minutes=minutes)
+                left = f"{staff(f'tg.target.{target[0]}')} {time_left}"
+            status = staff_label("status", lead.status.value)
+            lines.append(f"{esc(lead.ref)} · {esc(status)} · {left}")
         return "\n".join(lines)
 
     # --- card buttons -----------------------------------------------------------------------------
@@ -295,34 +308,43 @@ class StaffSide:
         manager = self.manager(query.from_user.id)
         answer = ""
         number: int | None = None
+        target = ""
         try:
             if manager is None:
                 answer = plain_staff("tg.staff.hint", user_id=query.from_user.id)
                 return None
             action, _, rest = (query.data or "").partition(":")
-            target = ""
             if action == "assign":
                 rest, _, target = rest.partition(":")
             number = int(rest)
+            ref = f"L-{number}"
             actions = self._hub.actions
             if action == "take" and await self._is_assignee(number, manager):
-                answer = plain_staff("tg.staff.already_yours", lead=f"L-{number}")
+                answer = plain_staff("tg.staff.already_yours", lead=ref)
                 return number
             if action == "take":
                 await actions.assign(number, manager.id, manager.id)
+                answer = plain_staff("tg.staff.done.take", lead=ref)
             elif action == "resolve":
                 await actions.resolve(number, manager.id)
+                answer = plain_staff("tg.staff.done.resolve", lead=ref)
             elif action == "assign":
-                await actions.assign(number, target, manager.id)
+                lead = await actions.assign(number, target, manager.id)
+                assignee = self._hub.settings.manager(lead.assignee or "")
+                name = assignee.name if assignee else target
+                answer = plain_staff("tg.staff.done.assign", lead=ref, manager=name)
             elif action == "spam":
                 await self._spam(number, manager.id)
+                answer = plain_staff("tg.staff.done.spam", lead=ref)
             elif action == "reassign":
                 await self._pick_manager(number, query)
-            answer = plain_staff("tg.staff.done", action=action, lead=f"L-{number}")
+                answer = plain_staff("tg.staff.done.reassign", lead=ref)
+            else:
+                answer = "?"  # a button of some other (older) bot: nothing was done
         except ValueError:
             answer = "?"
         except HubError as exc:
-            answer = plain_staff("tg.staff.error", error=str(exc))
+            answer = self._refusal(exc, target)
         finally:
             try:
                 await self._api.call(

@@ -9,6 +9,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from hub import i18n
+from hub.refusals import refusal_text
 
 #: Telegram's limit for one text message (after entity parsing; we count the source text).
 MAX_TEXT = 4096
@@ -39,6 +40,18 @@ def plain_staff(key: str, **values: Any) -> str:
 def raw_staff(key: str, **values: Any) -> str:
     """A staff-facing text whose values are already HTML (mentions, links)."""
     return i18n.text(key, STAFF_LANGUAGE, **values)
+
+
+def staff_refusal(code: str) -> str:
+    """Why the core refused a staff action (a `hub.refusals` code), as plain staff-language text."""
+    return refusal_text(code, STAFF_LANGUAGE)
+
+
+def staff_label(group: str, value: str) -> str:
+    """A status or channel id as a plain word in the staff's language (an unknown id as it is)."""
+    key = f"dash.{group}.{value}"
+    found = i18n.text(key, STAFF_LANGUAGE)
+    return value if found == key else found
 
 
 def local_time(value: datetime | None, timezone: str) -> str:

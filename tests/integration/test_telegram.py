@@ -83,7 +83,7 @@ async def test_customer_dm_becomes_lead_with_topic_card_and_ack(env: Env) -> Non
     user = customer()
     env.emu.send_text(user["id"], user, "Котел не працює <b>терміново</b>")
     topic = (await env.emu.wait_for(lambda: env.emu.topics_in(STAFF), what="topic"))[0]
-    assert topic.name.startswith("L-1 · Марія · telegram")
+    assert topic.name.startswith("L-1 · Марія · Telegram")
     card = (await env.emu.wait_for(lambda: env.emu.sent_to(STAFF, topic.thread), what="card"))[0]
     assert "L-1" in card.text and "Котел не працює &lt;b&gt;терміново&lt;/b&gt;" in card.text
     buttons = [b["callback_data"] for row in card.reply_markup["inline_keyboard"] for b in row]
@@ -181,7 +181,7 @@ async def test_commands_and_buttons(env: Env) -> None:
     lead = await env.hub.store.get_lead(1)
     assert lead is not None and lead.status == LeadStatus.RESOLVED
     # The card shows the new state.
-    assert "resolved" in env.emu.sent_to(STAFF, thread)[0].text
+    assert "Статус: вирішене" in env.emu.sent_to(STAFF, thread)[0].text
     # A new customer message reopens the lead and its topic.
     env.emu.send_text(user["id"], user, "It broke again")
     await env.emu.wait_for(lambda: not topic.closed, what="topic reopened")
@@ -830,7 +830,7 @@ async def test_next_response_alerts_and_my_leads_name_the_next_response(
         manager = hub.settings.manager(lead.assignee)
         assert manager is not None
         mine = await _channel(hub).staff.my_leads(manager, lead.sla_due + timedelta(minutes=10))
-        assert "наступна відповідь -0h10m" in mine and "✓" not in mine
+        assert "наступна відповідь -0 год 10 хв" in mine and "✓" not in mine
         await hub.sweeper.sweep(lead.sla_due + timedelta(seconds=1))
         deadline = local_time(lead.sla_due, hub.settings.sla.calendar.timezone)
         await emu.wait_for(lambda: any("ПОРУШЕНО" in t for t in emu.texts_to(STAFF, thread)), what="breach")
@@ -893,6 +893,50 @@ async def test_callback_answers_are_plain_text(env: Env) -> None:
     answer = (await env.emu.wait_for(lambda: env.emu.callback_answers, what="callback answer"))[0]
     text = answer.get("text") or ""
     assert "o'ghost" in text and "&#x27;" not in text and "&quot;" not in text
+
+
+async def test_staff_failures_answers_and_statuses_are_in_the_staff_language(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The core's English never reaches the group: refusals, button answers and statuses are localized."""
+    thread = await open_lead(env, customer())
+    card = env.emu.sent_to(STAFF, thread)[0]
+    assert "Статус: нове" in card.text and "Канал: Telegram" in card.text
+    lead = await env.hub.store.get_lead(1)
+    owner = env.hub.settings.manager(lead.assignee or "") if lead else None
+    assert lead is not None and owner is not None
+    mine = await _channel(env.hub).staff.my_leads(owner, lead.created_at)
+    assert "L-1 · нове · перша відповідь" in mine, mine
+    other = TARAS if owner.id == "olena" else OLENA
+    env.emu.press(STAFF, other, card.message_id, "take:1")
+    answer = (await env.emu.wait_for(lambda: env.emu.callback_answers, what="callback answer"))[0]
+    assert answer.get("text") == "Ви взяли L-1."
+    env.emu.press(STAFF, other, card.message_id, "reassign:1")
+    await env.emu.wait_for(lambda: len(env.emu.callback_answers) > 1, what="second answer")
+    assert env.emu.callback_answers[1].get("text") == "Оберіть нижче, кому передати L-1."
+
+    for command in ("/note", "/assign ghost", "/resolve", "/resolve"):
+        env.emu.send_text(STAFF, OLENA, command, thread=thread)
+    expected = [
+        "Не вдалося: Спершу напишіть текст.",
+        "Менеджера «ghost» немає. Менеджери: ",
+        "Не вдалося: Це звернення вже вирішене.",
+    ]
+    await env.emu.wait_for(
+        lambda: any(expected[2] in t for t in env.emu.texts_to(STAFF, thread)), what="second /resolve"
+    )
+    everything = "\n".join(env.emu.texts_to(STAFF, thread))
+    assert all(e in everything for e in expected), everything
+    for english in ("needs text", "unknown manager", "is already", "must not be empty"):
+        assert english not in everything, english
+
+    monkeypatch.setattr("channels.telegram.texts.STAFF_LANGUAGE", "en")
+    refused = "Could not do that: This lead is already resolved."
+    env.emu.send_text(STAFF, OLENA, "/resolve", thread=thread)
+    await env.emu.wait_for(lambda: refused in env.emu.texts_to(STAFF, thread), what="English refusal")
+    env.emu.press(STAFF, OLENA, card.message_id, "resolve:1")
+    await env.emu.wait_for(lambda: len(env.emu.callback_answers) > 2, what="third answer")
+    assert env.emu.callback_answers[2].get("text") == refused
 
 
 async def test_spam_button_says_so_in_the_topic(env: Env) -> None:

@@ -24,8 +24,8 @@ from hub.domain import (
     parse_lead_number,
     utcnow,
 )
-from hub.errors import ConflictError, HubError, NotFoundError, ValidationFailed
-from hub.replies import MAX_REPLY_CHARS
+from hub.errors import HubError
+from hub.refusals import REFUSALS, refusal_code
 from hub.web.dashboard.common import (
     PREFIX,
     error_page,
@@ -50,13 +50,7 @@ PAST_BREACHES_LIMIT = 100
 #: What an action's redirect may name in ?error= (`dash.error.<code>`) and ?done=
 #: (`dash.done.<code>`). Only these codes are shown: free text from the URL would let anyone
 #: link a manager to a page that says whatever they like in its alert box.
-ERROR_CODES = frozenset(
-    {
-        "confirm", "merge_erased", "reply_erased", "empty_text", "too_long", "no_manager",
-        "already_resolved", "already_open", "closed", "no_other_lead", "same_contact", "no_lead",
-        "invalid", "conflict", "failed",
-    }
-)  # fmt: skip
+ERROR_CODES = REFUSALS | {"confirm", "merge_erased", "reply_erased", "no_other_lead", "same_contact"}
 DONE_CODES = frozenset({"reply", "note", "assign", "resolve", "reopen", "merge"})
 QUEUE_DONE_CODES = frozenset({"erased"})
 
@@ -65,8 +59,7 @@ class ActionRefused(HubError):
     """A dashboard action refused for a reason the lead page names by `code`."""
 
     def __init__(self, code: str) -> None:
-        super().__init__(code)
-        self.code = code
+        super().__init__(code, code=code)
 
 
 def _error_code(action: str, exc: HubError) -> str:
@@ -76,15 +69,8 @@ def _error_code(action: str, exc: HubError) -> str:
     if isinstance(exc, ContactMissing):
         # The contact was erased: nobody is left to reply to, and nothing may be merged with it.
         return "reply_erased" if action == "reply" else "merge_erased"
-    if isinstance(exc, ValidationFailed):
-        return "no_manager" if "manager" in exc.fields else "invalid"
-    if isinstance(exc, ConflictError):
-        return {"resolve": "already_resolved", "reopen": "already_open", "note": "closed"}.get(
-            action, "conflict"
-        )
-    if isinstance(exc, NotFoundError):
-        return "no_lead"
-    return "failed"
+    # The core's own reasons read the same on every staff channel (hub/refusals.py).
+    return refusal_code(exc)
 
 
 def _known(value: str, codes: frozenset[str]) -> str:
@@ -384,11 +370,6 @@ async def lead_action(request: web.Request) -> web.Response:
     form = await request.post()
     back = f"{PREFIX}/leads/{lead.ref}"
     try:
-        text = str(form.get("text", "")).strip()
-        if action in ("reply", "note") and not text:
-            raise ActionRefused("empty_text")
-        if action == "reply" and len(text) > MAX_REPLY_CHARS:
-            raise ActionRefused("too_long")
         if action == "reply":
             if await hub.store.get_contact(lead.contact_id) is None:
                 raise ContactMissing(lead.contact_id)
