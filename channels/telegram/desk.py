@@ -79,6 +79,7 @@ class Topic:
     card: int | None = None
     seen: int = 0  # how many of the lead's messages (in order) have been looked at
     closed: bool = False
+    shown: str = ""  # the card's status and deadline lines as last posted (see `card_state`)
 
 
 @dataclass(slots=True)
@@ -393,14 +394,13 @@ class StaffDesk:
             case EventType.DELIVERY_FAILED:
                 notices.append("❗ " + staff("tg.event.delivery_failed", error=data.get("error", "")))
             case EventType.REPLY_RECORDED:
-                if data.get("source") == "telegram":
-                    return
+                # A reply written in the topic is shown there already, but it still stops a
+                # deadline the card names, so the lead is synced either way.
                 message = await self._hub.store.get_message(str(data.get("message_id")))
-                if message is None:
-                    return
-                channel = staff_label("channel", message.channel)
-                head = staff("tg.event.reply", who=message.author, channel=channel)
-                notices.append(f"💬 <i>{head}</i>\n{esc(message.text[:3500])}")
+                if message is not None and data.get("source") != "telegram":
+                    channel = staff_label("channel", message.channel)
+                    head = staff("tg.event.reply", who=message.author, channel=channel)
+                    notices.append(f"💬 <i>{head}</i>\n{esc(message.text[:3500])}")
             case _:
                 return
         if notices:
@@ -545,7 +545,10 @@ class StaffDesk:
             if notices:
                 await self._post_notices(topic, notices)
                 await self._drop_first(notices_key(number), len(notices))
-            if pending.refresh_card and topic.card is not None:
+            stale = topic.shown != self.card_state(lead)
+            if (pending.refresh_card or stale) and topic.card is not None:
+                # A reply or a customer's message moves the running deadline without an event
+                # that asks for the card; it is edited only when what it shows has changed.
                 await self._refresh_card(lead, contact, topic)
                 pending.refresh_card = False
             if pending.close and not topic.closed and lead.status.value in ("resolved", "closed"):
@@ -623,6 +626,7 @@ class StaffDesk:
         ids = [i for u in card_units for i in u.ids]
         sent = await self._send(topic.chat, topic.thread, html, self._card_keyboard(lead))
         topic.card = sent
+        topic.shown = self.card_state(lead)
         if card_units:
             topic.seen = max(topic.seen, card_units[-1].last_index + 1)
         await self._remember_post(lead.number, topic.chat, sent, ids, card=True)
@@ -630,7 +634,6 @@ class StaffDesk:
         self.coalesced_messages += len(ids)
 
     def _card_header(self, lead: Lead, contact: Contact | None) -> str:
-        tz = self._hub.settings.sla.calendar.timezone
         manager = self._hub.settings.manager(lead.assignee or "")
         assignee = esc(manager.name) if manager else esc(staff("tg.card.unassigned"))
         reach: list[str] = []
@@ -648,12 +651,25 @@ class StaffDesk:
             f"{staff('tg.card.contact')}: {name}" + (f" ({', '.join(reach)})" if reach else ""),
             f"{staff('tg.card.channel')}: {esc(staff_label('channel', lead.channel))}",
             f"{staff('tg.card.assignee')}: {assignee}",
-            f"{staff('tg.card.status')}: {esc(staff_label('status', lead.status.value))}",
-            f"{staff('tg.card.due')}: {esc(local_time(lead.first_response_due, tz))}",
+            *self._state_lines(lead),
         ]
         if lead.subject:
             lines.insert(1, f"<b>{esc(lead.subject)}</b>")
         return "\n".join(lines)
+
+    def _state_lines(self, lead: Lead) -> list[str]:
+        """The card's status line and the line naming the deadline that runs now, if one does."""
+        status = f"{staff('tg.card.status')}: {esc(staff_label('status', lead.status.value))}"
+        running = open_target(lead)
+        if running is None:
+            return [status, f"{staff('tg.card.due')}: {staff('tg.card.due_none')}"]
+        target, due = running
+        when = esc(local_time(due, self._hub.settings.sla.calendar.timezone))
+        return [status, f"{staff('tg.card.due')} ({staff(f'tg.target.{target}')}): {when}"]
+
+    def card_state(self, lead: Lead) -> str:
+        """What of the card changes without an event asking for it: the status and the deadline."""
+        return "\n".join(self._state_lines(lead))
 
     def _card_keyboard(self, lead: Lead) -> InlineKeyboardMarkup:
         n = lead.number
@@ -687,6 +703,11 @@ class StaffDesk:
         except TelegramBadRequest as exc:
             if "not modified" not in exc.message.lower():
                 log.warning("%s telegram: could not update the card: %s", lead.ref, exc.message)
+        # Also after a refused edit: retrying it on every sync of the lead would not help.
+        state = self.card_state(lead)
+        if topic.shown != state:
+            topic.shown = state
+            await self._save(lead.number, topic)
 
     # --- mirroring customer messages -----------------------------------------------------
     async def _block(self, message: Message) -> str:

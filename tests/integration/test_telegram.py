@@ -841,6 +841,36 @@ async def test_next_response_alerts_and_my_leads_name_the_next_response(
         await hub.stop()
 
 
+async def test_the_card_names_the_deadline_that_runs_now(
+    emu: TelegramEmulator, settings_factory: Callable[..., Settings]
+) -> None:
+    """First response, then none while the customer is owed nothing, then the next response."""
+    policy = {"first_response": "4h", "next_response": "1h"}
+    sla = {"policies": {"message": policy, "service_request": policy}}
+    hub = Hub(settings_factory(telegram=telegram_config(emu), sla=sla))
+    await hub.start()
+    try:
+        env = Env(emu, hub)
+        user = customer()
+        thread = await open_lead(env, user)
+        card = emu.sent_to(STAFF, thread)[0]
+        tz = hub.settings.sla.calendar.timezone
+        lead = await hub.store.get_lead(1)
+        assert lead is not None
+        assert f"Термін (перша відповідь): {local_time(lead.first_response_due, tz)}" in card.text
+        emu.send_text(STAFF, OLENA, "First answer", thread=thread)
+        await emu.wait_for(lambda: "Термін: немає" in card.text, what="the card without a deadline")
+        assert "Статус: чекаємо клієнта" in card.text
+        emu.send_text(user["id"], user, "One more thing")
+        await emu.wait_for(lambda: "наступна відповідь" in card.text, what="the next-response deadline")
+        lead = await hub.store.get_lead(1)
+        assert lead is not None and lead.sla_target == "next_response"
+        assert f"Термін (наступна відповідь): {local_time(lead.sla_due, tz)}" in card.text
+        assert "перша відповідь" not in card.text and "Статус: відкрите" in card.text
+    finally:
+        await hub.stop()
+
+
 async def test_an_edit_that_makes_the_card_too_long_is_cut_as_valid_html(env: Env) -> None:
     env.emu.strict_html = True
     user = customer()
