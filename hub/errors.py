@@ -44,6 +44,12 @@ class ConflictError(HubError):
     code = "conflict"
 
 
+class ContactErased(ConflictError):
+    """A reply to a lead whose contact was erased: there is nobody left to deliver it to."""
+
+    code = "reply_erased"
+
+
 class DecodeError(HubError):
     """Raw input cannot become an `Inbound`; it is quarantined with this reason."""
 

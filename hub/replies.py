@@ -26,7 +26,13 @@ from hub.domain import (
     new_id,
     utcnow,
 )
-from hub.errors import ConflictError, IdempotencyKeyReused, NotFoundError, ValidationFailed
+from hub.errors import (
+    ConflictError,
+    ContactErased,
+    IdempotencyKeyReused,
+    NotFoundError,
+    ValidationFailed,
+)
 from hub.events import EventBus
 from storage.base import DuplicateError, LeadChanges, Store
 
@@ -148,6 +154,11 @@ class Replies:
         if lead is None:
             raise NotFoundError(f"lead L-{lead_number} does not exist")
         contact = await self._store.get_contact(lead.contact_id)
+        if contact is None:
+            # Recorded, it would only fail delivery later: refuse it while someone is there to read why.
+            raise ContactErased(
+                f"{lead.ref}: its contact was erased, so there is nobody to deliver a reply to"
+            )
         candidates = delivery_channels(lead, contact)
         available = set(self._available())
         channel = next((c for c in candidates if c in available), candidates[0] if candidates else None)

@@ -485,6 +485,11 @@ def _paths() -> dict[str, Any]:
                         _ref("Message"), "Already recorded with this key on this lead: the first reply"
                     ),
                     **_errors(400, 401, 404, 409, 413, 415, 422, 503),
+                    "409": _json(
+                        _ref("Error"),
+                        "`contact_erased`: the lead's contact was erased, so there is nobody to deliver "
+                        "a reply to; nothing is recorded",
+                    ),
                 },
             }
         },

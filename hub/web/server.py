@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import hdrs, web
 from multidict import CIMultiDict
 
-from hub.errors import ConflictError, IdempotencyKeyReused, NotFoundError, ValidationFailed
+from hub.errors import ConflictError, ContactErased, IdempotencyKeyReused, NotFoundError, ValidationFailed
 from hub.web.api import require_token, setup_api
 from hub.web.dashboard import setup_dashboard
 from hub.web.keys import HUB_KEY
@@ -39,6 +39,8 @@ async def translate_errors(request: web.Request, handler: Any) -> web.StreamResp
         return _json_error(422, "validation_failed", str(exc), fields=exc.fields)
     except NotFoundError as exc:
         return _json_error(404, "not_found", str(exc))
+    except ContactErased as exc:
+        return _json_error(409, "contact_erased", str(exc))
     except ConflictError as exc:
         return _json_error(409, "conflict", str(exc))
     except StoreError as exc:

@@ -348,3 +348,22 @@ async def test_a_reply_stored_under_an_unscoped_key_is_a_retry_only_on_its_own_l
     assert [m.text for m in await hub.store.list_messages(2) if m.direction is Direction.OUT] == [
         body["text"]
     ]
+
+
+async def test_a_reply_to_a_lead_whose_contact_was_erased_is_409_and_records_nothing(
+    hub: Hub, http, base_url, auth
+) -> None:
+    resp = await _submit(http, base_url, "contact", name="Gone", email="gone@example.com", message="Hi")
+    assert resp.status == 201
+    lead = await hub.store.get_lead(1)
+    assert lead is not None
+    await hub.store.erase_contact(lead.contact_id)
+    url = f"{base_url}/api/v1/leads/L-1/replies"
+    body = {"text": "Відповідь", "author": "olena"}
+    for headers in (auth, {**auth, "Idempotency-Key": "reply-to-gone-1"}):
+        refused = await http.post(url, json=body, headers=headers)
+        assert refused.status == 409, await refused.text()
+        error = await refused.json()
+        assert error["error"] == "contact_erased" and "erased" in error["detail"], error
+    assert await hub.store.list_messages(1) == []
+    assert await hub.store.list_events(types=["reply.recorded", "delivery.failed"]) == []

@@ -969,6 +969,20 @@ async def test_staff_failures_answers_and_statuses_are_in_the_staff_language(
     assert env.emu.callback_answers[2].get("text") == refused
 
 
+async def test_a_reply_in_the_topic_of_an_erased_contact_is_refused_with_a_hint(env: Env) -> None:
+    user = customer()
+    thread = await open_lead(env, user)
+    lead = await env.hub.store.get_lead(1)
+    assert lead is not None
+    await env.hub.store.erase_contact(lead.contact_id)
+    env.emu.send_text(STAFF, OLENA, "Ось відповідь", thread=thread)
+    hint = "Не вдалося: Відповідь не можна надіслати: контакт цього звернення стерто"
+    await env.emu.wait_for(lambda: any(hint in t for t in env.emu.texts_to(STAFF, thread)), what="the hint")
+    assert [m for m in await env.hub.store.list_messages(1) if m.direction == Direction.OUT] == []
+    assert await env.hub.store.list_events(types=["delivery.failed"]) == []
+    assert "Ось відповідь" not in env.emu.texts_to(user["id"])
+
+
 async def test_spam_button_says_so_in_the_topic(env: Env) -> None:
     thread = await open_lead(env, customer())
     card = env.emu.sent_to(STAFF, thread)[0]

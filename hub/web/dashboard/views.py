@@ -50,7 +50,7 @@ PAST_BREACHES_LIMIT = 100
 #: What an action's redirect may name in ?error= (`dash.error.<code>`) and ?done=
 #: (`dash.done.<code>`). Only these codes are shown: free text from the URL would let anyone
 #: link a manager to a page that says whatever they like in its alert box.
-ERROR_CODES = REFUSALS | {"confirm", "merge_erased", "reply_erased", "no_other_lead", "same_contact"}
+ERROR_CODES = REFUSALS | {"confirm", "merge_erased", "no_other_lead", "same_contact"}
 DONE_CODES = frozenset({"reply", "note", "assign", "resolve", "reopen", "merge"})
 QUEUE_DONE_CODES = frozenset({"erased"})
 
@@ -62,13 +62,13 @@ class ActionRefused(HubError):
         super().__init__(code, code=code)
 
 
-def _error_code(action: str, exc: HubError) -> str:
-    """The ERROR_CODES entry that tells the manager why `action` failed."""
+def _error_code(exc: HubError) -> str:
+    """The ERROR_CODES entry that tells the manager why an action failed."""
     if isinstance(exc, ActionRefused):
         return exc.code
     if isinstance(exc, ContactMissing):
-        # The contact was erased: nobody is left to reply to, and nothing may be merged with it.
-        return "reply_erased" if action == "reply" else "merge_erased"
+        # The contact was erased: nothing may be merged with it (a reply is refused by the core).
+        return "merge_erased"
     # The core's own reasons read the same on every staff channel (hub/refusals.py).
     return refusal_code(exc)
 
@@ -371,8 +371,6 @@ async def lead_action(request: web.Request) -> web.Response:
     back = f"{PREFIX}/leads/{lead.ref}"
     try:
         if action == "reply":
-            if await hub.store.get_contact(lead.contact_id) is None:
-                raise ContactMissing(lead.contact_id)
             await hub.replies.record_reply(
                 lead.number, str(form.get("text", "")), viewer.name, source="dashboard"
             )
@@ -401,7 +399,7 @@ async def lead_action(request: web.Request) -> web.Response:
         else:
             return error_page(request, 404, "dash.error.no_action")
     except HubError as exc:
-        code = _error_code(action, exc)
+        code = _error_code(exc)
         log.info("dashboard: %s on %s by %s refused (%s): %s", action, lead.ref, viewer.id, code, exc)
         return redirect(f"{back}?{urlencode({'error': code})}")
     return redirect(f"{back}?{urlencode({'done': action})}")
