@@ -213,7 +213,9 @@ async def test_api_lead_lifecycle(hub: Hub, http, base_url, auth) -> None:
     assert [m.text for m in await hub.store.list_messages(1)] == ["From the website backend"]
 
     # The router gave the service request to iryna; staff hand it to andrii.
-    assigned = await http.post(f"{base_url}/api/v1/leads/L-1/assign", json={"manager": "andrii"}, headers=auth)
+    assigned = await http.post(
+        f"{base_url}/api/v1/leads/L-1/assign", json={"manager": "andrii"}, headers=auth
+    )
     assert assigned.status == 200 and (await assigned.json())["assignee"] == "andrii"
     bad_manager = await http.post(
         f"{base_url}/api/v1/leads/L-1/assign", json={"manager": "ghost"}, headers=auth
