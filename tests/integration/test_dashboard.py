@@ -520,7 +520,10 @@ async def test_bad_report_parameters_get_a_localized_html_page_on_the_report_and
     for path in ("/dashboard/reports", "/dashboard/reports/csv"):
         for params, text in (
             ({"from": "2026-12-05", "to": "2026-12-01"}, "Період має закінчуватися після початку."),
-            ({"from": "garbage"}, "«З»: потрібна дата (2026-11-01) або мітка часу ISO."),
+            (
+                {"from": "garbage"},
+                "«З»: потрібна дата (2026-11-01) або мітка часу ISO, від 0001-01-03 до 9999-12-29.",
+            ),
             ({"kind": "nonsense"}, "Такого типу звернень немає."),
         ):
             resp = await session.get(f"{base_url}{path}", params={**params, "table": "summary"})
