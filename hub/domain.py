@@ -222,6 +222,13 @@ class Lead:
     resolution_due: datetime | None = None
     resolution_warn_due: datetime | None = None
     sla_paused_at: datetime | None = None
+    # Marks already claimed in the current episode of the response target (a new customer
+    # message starts a new one) and of the resolution target (a reopen starts a new one): a
+    # recomputed due time must not arm them again.
+    sla_warned_at: datetime | None = None
+    sla_breached_at: datetime | None = None
+    res_warned_at: datetime | None = None
+    res_breached_at: datetime | None = None
 
     @property
     def ref(self) -> str:

@@ -159,30 +159,47 @@ class SlaClock:
         if (old == new and not force) or not lead.is_active:
             return None
         changes = LeadChanges()
+        # A mark already claimed in the target's current episode is not armed again: a breach
+        # keeps the due time it was reported against, a warning sent is not sent twice.
         if lead.sla_target == FIRST_RESPONSE or (lead.sla_target is None and lead.first_response_at is None):
-            if lead.breached_at is None and lead.first_response_at is None:
-                due, warn = self._due(new, FIRST_RESPONSE, lead.created_at)
-                # A warning already sent is not sent again for the same target.
+            breached = lead.breached_at is not None or lead.sla_breached_at is not None
+            warned = lead.warned_at is not None or lead.sla_warned_at is not None
+            if not breached and lead.first_response_at is None:
+                start = lead.sla_started_at or lead.created_at
+                due, warn = self._due(new, FIRST_RESPONSE, start)
+                changes = replace(
+                    changes, sla_target=FIRST_RESPONSE, sla_due=due, sla_warn_due=None if warned else warn
+                )
+                if start == lead.created_at:
+                    changes = replace(changes, first_response_due=due, warn_due=None if warned else warn)
+                if lead.sla_started_at is None:
+                    # A lead from before the generalised clock: this is its first episode.
+                    changes = replace(changes, sla_started_at=lead.created_at)
+        elif lead.sla_target == NEXT_RESPONSE and lead.sla_started_at is not None:
+            if NEXT_RESPONSE not in new.targets:
+                changes = replace(changes, clear_sla=True)
+            elif lead.sla_breached_at is None:
+                due, warn = self._due(new, NEXT_RESPONSE, lead.sla_started_at)
                 changes = replace(
                     changes,
-                    first_response_due=due,
-                    warn_due=warn if lead.warned_at is None else None,
-                    sla_target=FIRST_RESPONSE,
-                    sla_started_at=lead.created_at,
+                    sla_target=NEXT_RESPONSE,
                     sla_due=due,
-                    sla_warn_due=warn if lead.warned_at is None else None,
+                    sla_warn_due=None if lead.sla_warned_at is not None else warn,
                 )
-        elif lead.sla_target == NEXT_RESPONSE and lead.sla_started_at is not None:
-            if NEXT_RESPONSE in new.targets:
-                due, warn = self._due(new, NEXT_RESPONSE, lead.sla_started_at)
-                changes = replace(changes, sla_target=NEXT_RESPONSE, sla_due=due, sla_warn_due=warn)
-            else:
-                changes = replace(changes, clear_sla=True)
         # Resolution is recomputed from creation only while it has never paused (before the
         # first reply); afterwards the paused spans are not on record and the old due stands.
-        if RESOLUTION in new.targets and lead.first_response_at is None and lead.sla_paused_at is None:
+        if (
+            RESOLUTION in new.targets
+            and lead.first_response_at is None
+            and lead.sla_paused_at is None
+            and lead.res_breached_at is None
+        ):
             due, warn = self._due(new, RESOLUTION, lead.created_at)
-            changes = replace(changes, resolution_due=due, resolution_warn_due=warn)
+            changes = replace(
+                changes,
+                resolution_due=due,
+                resolution_warn_due=None if lead.res_warned_at is not None else warn,
+            )
         elif RESOLUTION not in new.targets and lead.resolution_due is not None:
             changes = replace(changes, clear_resolution=True)
         return changes
@@ -193,7 +210,9 @@ class SlaClock:
         if RESOLUTION not in policy.targets:
             return LeadChanges(clear_sla_paused=True) if lead.sla_paused_at else None
         due, warn = self._due(policy, RESOLUTION, now)
-        return LeadChanges(resolution_due=due, resolution_warn_due=warn, clear_sla_paused=True)
+        return LeadChanges(
+            resolution_due=due, resolution_warn_due=warn, clear_sla_paused=True, restart_resolution=True
+        )
 
     def on_customer_message(self, lead: Lead, now: datetime) -> LeadChanges | None:
         """A customer wrote on an existing lead: reopen, resume the clock, owe a next response."""
@@ -215,7 +234,11 @@ class SlaClock:
             if reopening:
                 due, warn = self._due(policy, RESOLUTION, now)
                 changes = replace(
-                    changes, resolution_due=due, resolution_warn_due=warn, clear_sla_paused=True
+                    changes,
+                    resolution_due=due,
+                    resolution_warn_due=warn,
+                    clear_sla_paused=True,
+                    restart_resolution=True,
                 )
                 changed = True
             elif lead.sla_paused_at is not None and lead.resolution_due is not None:

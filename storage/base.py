@@ -91,6 +91,8 @@ class LeadChanges:
     # stopping a clock (resolved / closed status, first_response_at, clear_sla, pause_sla)
     # disarms its marks, so a lead that is answered or resolved raises no alert after that.
     sla_target: str | None = None
+    # Setting sla_started_at starts a new episode of the response target: its claimed marks
+    # (sla_warned_at, sla_breached_at) are forgotten, so its warning and breach may fire again.
     sla_started_at: datetime | None = None
     sla_due: datetime | None = None
     sla_warn_due: datetime | None = None  # with sla_due; None = no warning for this target
@@ -100,6 +102,7 @@ class LeadChanges:
     resolution_warn_due: datetime | None = None  # with resolution_due; None = no warning
     clear_sla_paused: bool = False  # the clock runs again (set with the new resolution due)
     clear_resolution: bool = False  # the policy no longer has a resolution target
+    restart_resolution: bool = False  # a new resolution episode (reopen): forget its claimed marks
     escalate_at: datetime | None = None  # arm the next escalation step of a breached target
     escalate_target: str | None = None
 

@@ -91,13 +91,25 @@ PING_TIMEOUT_SECONDS = 3.0
 TEXT_MATCH_CONTACTS_CAP = 5000
 
 _ACTIVE = sorted(s.value for s in ACTIVE_STATUSES)
-#: Armed SLA marks: (pending field, mark field, level, event), warnings before breaches.
+#: Armed SLA marks: (pending field, mark fields set by its claim, level, event), warnings
+#: before breaches. The target's own mark records that its episode fired (see hub.sla retarget).
 _MARKS = (
-    ("warn_pending_at", "warned_at", "warning", EventType.SLA_WARNING),
-    ("res_warn_pending_at", "warned_at", "warning", EventType.SLA_WARNING),
-    ("breach_pending_at", "breached_at", "breach", EventType.SLA_BREACHED),
-    ("res_breach_pending_at", "breached_at", "breach", EventType.SLA_BREACHED),
-    ("escalate_pending_at", "escalated_at", "escalation", EventType.SLA_ESCALATED),
+    ("warn_pending_at", ("warned_at", "sla_warned_at"), "warning", EventType.SLA_WARNING),
+    ("res_warn_pending_at", ("warned_at", "res_warned_at"), "warning", EventType.SLA_WARNING),
+    ("breach_pending_at", ("breached_at", "sla_breached_at"), "breach", EventType.SLA_BREACHED),
+    ("res_breach_pending_at", ("breached_at", "res_breached_at"), "breach", EventType.SLA_BREACHED),
+    ("escalate_pending_at", ("escalated_at",), "escalation", EventType.SLA_ESCALATED),
+)
+#: Leads from before the per-target marks: a mark whose due time is set but no longer armed on
+#: an active lead was claimed, so its target's episode is marked (same rule as the SQLite
+#: adapter's backfill). (mark field, the shared mark it was claimed with, due field, pending
+#: field, extra condition).
+_RUNNING = {"sla_paused_at": {"$exists": False}}
+_EPISODE_MARKS_BACKFILL = (
+    ("sla_warned_at", "warned_at", "sla_warn_due", "warn_pending_at", {"sla_target": {"$type": "string"}}),
+    ("sla_breached_at", "breached_at", "sla_due", "breach_pending_at", {"sla_target": {"$type": "string"}}),
+    ("res_warned_at", "warned_at", "resolution_warn_due", "res_warn_pending_at", _RUNNING),
+    ("res_breached_at", "breached_at", "resolution_due", "res_breach_pending_at", _RUNNING),
 )
 _DUPLICATE_KEY = 11000
 #: Up to this many leads in a report period the report is exact; above, from the KPI rollups.
@@ -185,6 +197,10 @@ def _add_sla_fields(doc: Doc, lead: Lead, pending: bool) -> None:
         sla_warn_due=lead.sla_warn_due,
         resolution_due=lead.resolution_due,
         resolution_warn_due=lead.resolution_warn_due,
+        sla_warned_at=lead.sla_warned_at,
+        sla_breached_at=lead.sla_breached_at,
+        res_warned_at=lead.res_warned_at,
+        res_breached_at=lead.res_breached_at,
     )
     running = lead.sla_paused_at is None and lead.is_active
     if lead.sla_paused_at is not None:
@@ -230,6 +246,10 @@ def _lead(doc: Mapping[str, Any]) -> Lead:
         resolution_due=_utc(doc.get("resolution_due")),
         resolution_warn_due=_utc(doc.get("resolution_warn_due")),
         sla_paused_at=_utc(doc.get("sla_paused_at")),
+        sla_warned_at=_utc(doc.get("sla_warned_at")),
+        sla_breached_at=_utc(doc.get("sla_breached_at")),
+        res_warned_at=_utc(doc.get("res_warned_at")),
+        res_breached_at=_utc(doc.get("res_breached_at")),
     )
 
 
@@ -395,6 +415,9 @@ def _sla_values(changes: LeadChanges, values: Doc) -> None:
         values["sla_target"] = changes.sla_target
     if changes.sla_started_at is not None:
         values["sla_started_at"] = changes.sla_started_at
+        values["sla_warned_at"] = values["sla_breached_at"] = None
+    if changes.restart_resolution:
+        values["res_warned_at"] = values["res_breached_at"] = None
     if changes.sla_due is not None:
         values["sla_due"] = values["breach_pending_at"] = changes.sla_due
         values["sla_warn_due"] = values["warn_pending_at"] = changes.sla_warn_due
@@ -453,6 +476,7 @@ class MongoStore:
             self._transactions = "setName" in hello or hello.get("msg") == "isdbgrid"
             self._client, self._db = client, db
             await self._ensure_indexes()
+            await self._backfill_episode_marks()
             for name in ("lead", "inbox", "event", "message"):
                 await self._ensure_counter(name)
             # The first open of a database without the KPI rollups fills them from its leads.
@@ -467,6 +491,26 @@ class MongoStore:
                 "run a replica set in production",
                 db.name,
             )
+
+    async def _backfill_episode_marks(self) -> None:
+        """Once per database: mark the target episodes whose marks fired before the fields existed."""
+        key = "storage.episode_marks"
+        if await self.get_state(key):
+            return
+        leads = self._col("leads")
+        for mark, claimed, due, pending, condition in _EPISODE_MARKS_BACKFILL:
+            # Old-style pending fields are absent when disarmed, resolution ones null.
+            await leads.update_many(
+                {
+                    mark: {"$exists": False},
+                    due: {"$type": "date"},
+                    pending: {"$not": {"$type": "date"}},
+                    "status": {"$in": _ACTIVE},
+                    **condition,
+                },
+                [{"$set": {mark: {"$ifNull": [f"${claimed}", f"${due}"]}}}],
+            )
+        await self.set_state(key, True)
 
     async def _ensure_indexes(self) -> None:
         leads = self._col("leads")
@@ -1089,7 +1133,7 @@ class MongoStore:
             # processes racing, exactly one matches each lead. `$exists` repeats the partial
             # index's filter so the planner may use it (the sweep stays O(due leads)).
             doc = await self._claim_one(
-                {pending: {"$exists": True, "$lte": now}}, pending, mark, now, after=True
+                {pending: {"$exists": True, "$lte": now}}, pending, (mark,), now, after=True
             )
             if doc is None:
                 break
@@ -1111,14 +1155,16 @@ class MongoStore:
             )
         return sorted(claimed, key=lambda lead: lead.number)
 
-    async def _claim_one(self, match: Doc, pending: str, mark: str, now: datetime, after: bool) -> Doc | None:
-        """Set `mark` on the earliest lead matching `match` and drop its `pending` field; returns
+    async def _claim_one(
+        self, match: Doc, pending: str, marks: tuple[str, ...], now: datetime, after: bool
+    ) -> Doc | None:
+        """Set `marks` on the earliest lead matching `match` and drop its `pending` field; returns
         the lead as it is after (`after`) or as it was before the claim.
 
         A breach mark counts in the KPI rollups, so that claim also moves the lead's share,
         from the pre-image of the claim, in the same transaction when there is one.
         """
-        update: Doc = {"$set": {mark: now}, "$unset": {pending: ""}}
+        update: Doc = {"$set": dict.fromkeys(marks, now), "$unset": {pending: ""}}
         if not mongo_kpi.touches_kpi(update):
             return await self._col("leads").find_one_and_update(
                 match,
@@ -1135,7 +1181,7 @@ class MongoStore:
             return before
         # What AFTER would have returned: the mark as BSON stores it, the pending field gone.
         doc = {k: v for k, v in before.items() if k != pending}
-        doc[mark] = mongo_kpi.bson_datetime(now)
+        doc.update(dict.fromkeys(marks, mongo_kpi.bson_datetime(now)))
         return doc
 
     @_translated
@@ -1152,7 +1198,7 @@ class MongoStore:
     async def claim_sla_marks(self, now: datetime, limit: int) -> list[SlaClaim]:
         """Atomically claim warning and breach marks due by `now` on every target; once each."""
         claims: list[SlaClaim] = []
-        for pending, mark, level, event in _MARKS:
+        for pending, marks, level, event in _MARKS:
             # Old-style marks are absent when disarmed, resolution marks null: each filter
             # repeats its partial index's condition so the planner may use it.
             armed: Doc = (
@@ -1164,7 +1210,7 @@ class MongoStore:
                 # The mark is in the filter and removed by the same update: of any number of
                 # racing processes exactly one matches. BEFORE returns the due time it had.
                 doc = await self._claim_one(
-                    {pending: {**armed, "$lte": now}}, pending, mark, now, after=False
+                    {pending: {**armed, "$lte": now}}, pending, marks, now, after=False
                 )
                 if doc is None:
                     break
@@ -1182,10 +1228,9 @@ class MongoStore:
                         if due in (lead.first_response_due, lead.warn_due)
                         else "next_response"
                     )
-                if level == "warning":
-                    lead.warned_at = now
-                elif level == "breach":
-                    lead.breached_at = now
+                for m in marks:
+                    if m != "escalated_at":
+                        setattr(lead, m, now)
                 claim = SlaClaim(lead=lead, target=target, level=level, due=due)
                 claims.append(claim)
                 # Window: a crash between the claim and this insert loses the event, never

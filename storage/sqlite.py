@@ -168,6 +168,23 @@ _SLA_COLUMNS = (
     "escalate_pending_at REAL",
     "escalate_target TEXT",
     "escalated_at REAL",
+    "sla_warned_at REAL",
+    "sla_breached_at REAL",
+    "res_warned_at REAL",
+    "res_breached_at REAL",
+)
+#: Files from before the per-target marks: a mark whose due time is set but no longer armed on
+#: an active lead was claimed (nothing else disarms it while the target runs), so the target's
+#: episode is marked and a recomputed due time does not arm it again.
+_EPISODE_MARKS_BACKFILL = (
+    "UPDATE leads SET sla_warned_at = COALESCE(warned_at, sla_warn_due) WHERE sla_target IS NOT NULL "
+    "AND sla_warn_due IS NOT NULL AND warn_pending_at IS NULL AND status IN {active}",
+    "UPDATE leads SET sla_breached_at = COALESCE(breached_at, sla_due) WHERE sla_target IS NOT NULL "
+    "AND sla_due IS NOT NULL AND breach_pending_at IS NULL AND status IN {active}",
+    "UPDATE leads SET res_warned_at = COALESCE(warned_at, resolution_warn_due) WHERE sla_paused_at IS NULL "
+    "AND resolution_warn_due IS NOT NULL AND res_warn_pending_at IS NULL AND status IN {active}",
+    "UPDATE leads SET res_breached_at = COALESCE(breached_at, resolution_due) WHERE sla_paused_at IS NULL "
+    "AND resolution_due IS NOT NULL AND res_breach_pending_at IS NULL AND status IN {active}",
 )
 # Partial indexes hold only armed marks, so the sweep reads O(due) rows however many are open.
 _SLA_INDEXES = """
@@ -278,7 +295,8 @@ _LEAD_COLUMNS = (
     "number, kind, channel, contact_id, status, subject, form_id, assignee, team, priority, tags, "
     "origin_external_id, created_at, updated_at, first_response_at, resolved_at, "
     "first_response_due, warn_due, warned_at, breached_at, "
-    "sla_target, sla_started_at, sla_due, sla_warn_due, resolution_due, resolution_warn_due, sla_paused_at"
+    "sla_target, sla_started_at, sla_due, sla_warn_due, resolution_due, resolution_warn_due, sla_paused_at, "
+    "sla_warned_at, sla_breached_at, res_warned_at, res_breached_at"
 )
 
 _ASSIGNEE_AT = [c.strip() for c in _LEAD_COLUMNS.split(",")].index("assignee")
@@ -313,6 +331,10 @@ def _lead(row: sqlite3.Row) -> Lead:
         resolution_due=_dt(row["resolution_due"]),
         resolution_warn_due=_dt(row["resolution_warn_due"]),
         sla_paused_at=_dt(row["sla_paused_at"]),
+        sla_warned_at=_dt(row["sla_warned_at"]),
+        sla_breached_at=_dt(row["sla_breached_at"]),
+        res_warned_at=_dt(row["res_warned_at"]),
+        res_breached_at=_dt(row["res_breached_at"]),
     )
 
 
@@ -375,13 +397,14 @@ def _event(row: sqlite3.Row) -> Event:
     )
 
 
-#: Armed SLA marks: (pending column, mark column, level, event), warnings before breaches.
+#: Armed SLA marks: (pending column, mark columns set by its claim, level, event), warnings
+#: before breaches. The target's own mark records that its episode fired (see hub.sla retarget).
 _MARKS = (
-    ("warn_pending_at", "warned_at", "warning", EventType.SLA_WARNING),
-    ("res_warn_pending_at", "warned_at", "warning", EventType.SLA_WARNING),
-    ("breach_pending_at", "breached_at", "breach", EventType.SLA_BREACHED),
-    ("res_breach_pending_at", "breached_at", "breach", EventType.SLA_BREACHED),
-    ("escalate_pending_at", "escalated_at", "escalation", EventType.SLA_ESCALATED),
+    ("warn_pending_at", ("warned_at", "sla_warned_at"), "warning", EventType.SLA_WARNING),
+    ("res_warn_pending_at", ("warned_at", "res_warned_at"), "warning", EventType.SLA_WARNING),
+    ("breach_pending_at", ("breached_at", "sla_breached_at"), "breach", EventType.SLA_BREACHED),
+    ("res_breach_pending_at", ("breached_at", "res_breached_at"), "breach", EventType.SLA_BREACHED),
+    ("escalate_pending_at", ("escalated_at",), "escalation", EventType.SLA_ESCALATED),
 )
 
 #: KPI measure -> (timestamp column, the partial index that keeps leads sorted by it - created_at).
@@ -664,6 +687,9 @@ class SqliteStore:
         for column in _SLA_COLUMNS:
             if column.split()[0] not in have:
                 await self._db.execute(f"ALTER TABLE leads ADD COLUMN {column}")
+        if have and "sla_breached_at" not in have:
+            for statement in _EPISODE_MARKS_BACKFILL:
+                await self._db.execute(statement.format(active=_LOAD_ACTIVE))
         for statement in _SLA_INDEXES.split(";"):
             if statement.strip():
                 await self._db.execute(statement)
@@ -1248,6 +1274,10 @@ class SqliteStore:
             _ts(lead.resolution_due),
             _ts(lead.resolution_warn_due),
             _ts(lead.sla_paused_at),
+            _ts(lead.sla_warned_at),
+            _ts(lead.sla_breached_at),
+            _ts(lead.res_warned_at),
+            _ts(lead.res_breached_at),
             _ts(response_due) if pending and running else None,
             _ts(response_warn) if pending and running and lead.warned_at is None else None,
             _ts(lead.resolution_due) if running else None,
@@ -1354,6 +1384,11 @@ class SqliteStore:
             put("sla_target", changes.sla_target)
         if changes.sla_started_at is not None:
             put("sla_started_at", _ts(changes.sla_started_at))
+            put("sla_warned_at", None)
+            put("sla_breached_at", None)
+        if changes.restart_resolution:
+            put("res_warned_at", None)
+            put("res_breached_at", None)
         if changes.sla_due is not None:
             put("sla_due", _ts(changes.sla_due))
             put("breach_pending_at", _ts(changes.sla_due))
@@ -1567,7 +1602,7 @@ class SqliteStore:
             return []
         claims: list[SlaClaim] = []
         async with self._unit() as db:
-            for column, mark, level, event in _MARKS:
+            for column, marks, level, event in _MARKS:
                 room = limit - len(claims)
                 if room <= 0:
                     break
@@ -1584,9 +1619,9 @@ class SqliteStore:
                     continue
                 numbers = [r["number"] for r in rows]
                 await db.execute(
-                    f"UPDATE leads SET {column} = NULL, {mark} = ? "
+                    f"UPDATE leads SET {column} = NULL, {', '.join(f'{m} = ?' for m in marks)} "
                     f"WHERE number IN ({','.join('?' * len(numbers))})",
-                    (now_ts, *numbers),
+                    (*[now_ts] * len(marks), *numbers),
                 )
                 batch = []
                 for row in rows:
@@ -1604,10 +1639,9 @@ class SqliteStore:
                             if due in (lead.first_response_due, lead.warn_due)
                             else "next_response"
                         )
-                    if level == "warning":
-                        lead.warned_at = now
-                    elif level == "breach":
-                        lead.breached_at = now
+                    for m in marks:
+                        if m != "escalated_at":
+                            setattr(lead, m, now)
                     batch.append(SlaClaim(lead=lead, target=target, level=level, due=due))
                 await db.executemany(
                     "INSERT INTO events (lead_number, type, at, data) VALUES (?, ?, ?, ?)",

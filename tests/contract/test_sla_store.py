@@ -218,3 +218,70 @@ async def test_sync_makes_unwaited_writes_durable(stores: tuple[Store, Store]) -
     done = await b.inbox_get(item.id)
     assert done is not None and done.status == "done"
     await a.sync()  # nothing pending: returns at once
+
+
+async def test_claims_record_each_targets_episode_marks_and_a_new_episode_forgets_them(
+    stores: tuple[Store, Store],
+) -> None:
+    a, b = stores
+    await a.create_lead(
+        lead(
+            1,
+            timedelta(hours=1),
+            resolution_due=T0 + timedelta(hours=2),
+            resolution_warn_due=T0 + timedelta(minutes=90),
+        )
+    )
+    fresh = await b.get_lead(1)
+    assert fresh is not None
+    assert (fresh.sla_warned_at, fresh.sla_breached_at, fresh.res_warned_at, fresh.res_breached_at) == (
+        None,
+        None,
+        None,
+        None,
+    )
+    now = T0 + timedelta(hours=3)
+    claims = await a.claim_sla_marks(now, 100)
+    assert sorted((c.target, c.level) for c in claims) == [
+        ("first_response", "breach"),
+        ("first_response", "warning"),
+        ("resolution", "breach"),
+        ("resolution", "warning"),
+    ]
+    marked = await b.get_lead(1)
+    assert marked is not None
+    assert (marked.sla_warned_at, marked.sla_breached_at, marked.res_warned_at, marked.res_breached_at) == (
+        now,
+        now,
+        now,
+        now,
+    )
+    # A recomputed due time (no new episode) keeps the episode's marks on record.
+    again = T0 + timedelta(hours=4)
+    same = await a.update_lead(1, LeadChanges(sla_due=again, sla_warn_due=None, updated_at=now))
+    assert same is not None and same.sla_breached_at == now and same.sla_warned_at == now
+    # A new episode of each target starts with no marks.
+    started = await b.update_lead(
+        1,
+        LeadChanges(
+            sla_target="next_response",
+            sla_started_at=now,
+            sla_due=again,
+            sla_warn_due=None,
+            resolution_due=again,
+            restart_resolution=True,
+            updated_at=now,
+        ),
+    )
+    assert started is not None
+    assert (
+        started.sla_warned_at,
+        started.sla_breached_at,
+        started.res_warned_at,
+        started.res_breached_at,
+    ) == (
+        None,
+        None,
+        None,
+        None,
+    )

@@ -78,3 +78,19 @@ def test_escalation_step_is_armed_and_disarmed_by_a_reply() -> None:
     assert armed["$set"]["escalate_pending_at"] == at and armed["$set"]["escalate_target"] == "resolution"
     replied = lead_update(LeadChanges(clear_sla=True, updated_at=T0))
     assert replied["$set"]["escalate_pending_at"] is None
+
+
+def test_episode_marks_round_trip_and_a_new_episode_forgets_them() -> None:
+    lead = sla_lead(sla_warned_at=T0, sla_breached_at=T0, res_warned_at=T0, res_breached_at=T0)
+    assert _lead(bson.decode(bson.encode(_lead_doc(lead)), codec_options=CODEC)) == lead
+    recomputed = lead_update(LeadChanges(sla_due=T0 + timedelta(hours=5), updated_at=T0))
+    assert not {"sla_warned_at", "sla_breached_at", "res_warned_at", "res_breached_at"} & set(
+        recomputed["$set"]
+    )
+    started = lead_update(
+        LeadChanges(
+            sla_started_at=T0, sla_due=T0 + timedelta(hours=2), restart_resolution=True, updated_at=T0
+        )
+    )
+    for mark in ("sla_warned_at", "sla_breached_at", "res_warned_at", "res_breached_at"):
+        assert started["$set"][mark] is None

@@ -266,3 +266,88 @@ async def test_team_lead_hears_only_after_the_escalation_delay(make_hub: Callabl
     assert "olena" in escalated.data["notify"] and escalated.data["target"] == "first_response"
     assert (await _lead(hub, ignored.number)).assignee != ignored.assignee  # reassigned at this step
     await hub.store.close()
+
+
+REARM_POLICIES = {
+    "message": {
+        "first_response": "4h",
+        "next_response": {"after": "2h", "warn_at": 0.5},
+        "resolution": "8h",
+        "teams": {"service": {"next_response": "1h"}},
+    },
+    "service_request": {"first_response": "12h", "next_response": "3h"},
+}
+
+
+async def _next_response_breached(hub: Hub, email: str) -> tuple[int, datetime]:
+    """A lead answered at once, then written to again at `back` and left past its next response."""
+    lead = (await hub.intake.accept(inbound(email, T0), now=T0)).lead
+    await hub.replies.record_reply(lead.number, "Відповідь", "olena", now=T0 + timedelta(minutes=10))
+    back = T0 + timedelta(hours=1)
+    await hub.intake.accept(inbound(email, back, text="ще питання"), now=back)
+    assert (await _lead(hub, lead.number)).sla_due == back + timedelta(hours=2)
+    assert await hub.sweeper.sweep(back + timedelta(hours=3)) == (1, 1)
+    return lead.number, back
+
+
+async def test_a_claimed_next_response_breach_is_not_armed_again_by_a_team_or_kind_change(
+    make_hub: Callable[..., Any],
+) -> None:
+    hub: Hub = await make_hub(sla={"policies": REARM_POLICIES})
+    number, back = await _next_response_breached(hub, "nr@example.com")
+    # The service team's 1h (and service_request's 3h) next response is already past too.
+    await hub.actions.assign(number, "iryna", "olena", now=back + timedelta(hours=3, minutes=1))
+    assert await hub.sweeper.sweep(back + timedelta(hours=3, minutes=2)) == (0, 0)
+    await hub.actions.set_kind(
+        number, LeadKind.SERVICE_REQUEST, "olena", now=back + timedelta(hours=3, minutes=3)
+    )
+    assert await hub.sweeper.sweep(back + timedelta(hours=3, minutes=4)) == (0, 0)
+    assert len(await _events(hub, number, "sla.breached")) == 1
+    # A new customer message after a reply is a new episode: it may breach again.
+    await hub.replies.record_reply(number, "Ось", "iryna", now=back + timedelta(hours=4))
+    again = back + timedelta(hours=5)
+    await hub.intake.accept(inbound("nr@example.com", again, text="і ще"), now=again)
+    assert await hub.sweeper.sweep(again + timedelta(hours=4)) == (1, 1)
+
+
+async def test_a_sent_next_response_warning_is_not_sent_again_after_a_team_change(
+    make_hub: Callable[..., Any],
+) -> None:
+    hub: Hub = await make_hub(sla={"policies": REARM_POLICIES})
+    lead = (await hub.intake.accept(inbound("nw@example.com", T0), now=T0)).lead
+    await hub.replies.record_reply(lead.number, "Відповідь", "olena", now=T0 + timedelta(minutes=10))
+    back = T0 + timedelta(hours=1)
+    await hub.intake.accept(inbound("nw@example.com", back, text="ще"), now=back)
+    assert await hub.sweeper.sweep(back + timedelta(hours=1, minutes=10)) == (1, 0)
+    await hub.actions.assign(lead.number, "iryna", "olena", now=back + timedelta(hours=1, minutes=11))
+    moved = await _lead(hub, lead.number)
+    assert moved.sla_due == back + timedelta(hours=1) and moved.sla_warn_due is None
+    assert await hub.sweeper.sweep(back + timedelta(hours=1, minutes=12)) == (0, 1)
+    assert len(await _events(hub, lead.number, "sla.warning")) == 1
+
+
+async def test_a_changed_policy_does_not_repeat_claimed_next_response_or_resolution_marks(
+    make_hub: Callable[..., Any],
+) -> None:
+    before: Hub = await make_hub(sla={"policies": REARM_POLICIES})
+    await retarget_after_config_change(before.store, before.sla, "a", T0)
+    number, _back = await _next_response_breached(before, "pc@example.com")
+    unanswered = (await before.intake.accept(inbound("res@example.com", T0), now=T0)).lead
+    # Unanswered: first response warns and breaches at 4h, resolution at 8h (the first lead's
+    # resolution, running since T0, warns and breaches too).
+    assert await before.sweeper.sweep(T0 + timedelta(hours=9)) == (3, 3)
+    await before.store.close()
+    message = {**REARM_POLICIES["message"], "next_response": "90m", "resolution": "6h"}
+    after: Hub = await make_hub(sla={"policies": {**REARM_POLICIES, "message": message}})
+    now = T0 + timedelta(hours=10)
+    assert await retarget_after_config_change(after.store, after.sla, "b", now) >= 0
+    assert await after.sweeper.sweep(now + timedelta(seconds=1)) == (0, 0)
+    breaches = await _events(after, number, "sla.breached")
+    assert sorted(e.data["target"] for e in breaches) == ["next_response", "resolution"]
+    marks = await _events(after, unanswered.number, "sla.breached", "sla.warning")
+    assert sorted((e.type, e.data["target"]) for e in marks) == [
+        ("sla.breached", "first_response"),
+        ("sla.breached", "resolution"),
+        ("sla.warning", "first_response"),
+        ("sla.warning", "resolution"),
+    ]
