@@ -91,15 +91,30 @@ PING_TIMEOUT_SECONDS = 3.0
 TEXT_MATCH_CONTACTS_CAP = 5000
 
 _ACTIVE = sorted(s.value for s in ACTIVE_STATUSES)
-#: Armed SLA marks: (pending field, mark fields set by its claim, level, event), warnings
-#: before breaches. The target's own mark records that its episode fired (see hub.sla retarget).
-_MARKS = (
-    ("warn_pending_at", ("warned_at", "sla_warned_at"), "warning", EventType.SLA_WARNING),
-    ("res_warn_pending_at", ("warned_at", "res_warned_at"), "warning", EventType.SLA_WARNING),
-    ("breach_pending_at", ("breached_at", "sla_breached_at"), "breach", EventType.SLA_BREACHED),
-    ("res_breach_pending_at", ("breached_at", "res_breached_at"), "breach", EventType.SLA_BREACHED),
-    ("escalate_pending_at", ("escalated_at",), "escalation", EventType.SLA_ESCALATED),
+#: Armed SLA marks: (pending field, condition, mark fields set by its claim, level, event),
+#: warnings before breaches. The target's own mark records that its episode fired (see hub.sla
+#: retarget); warned_at / breached_at are the first-response target's marks only (the KPI's
+#: breaches, the breached-open gauge, the queue's state), so the response marks are claimed
+#: in two passes, split by the target on the clock.
+_FIRST_RESPONSE: Doc = {"sla_target": {"$ne": "next_response"}}
+_NEXT_RESPONSE: Doc = {"sla_target": "next_response"}
+_MARKS: tuple[tuple[str, Doc, tuple[str, ...], str, EventType], ...] = (
+    ("warn_pending_at", _FIRST_RESPONSE, ("warned_at", "sla_warned_at"), "warning", EventType.SLA_WARNING),
+    ("warn_pending_at", _NEXT_RESPONSE, ("sla_warned_at",), "warning", EventType.SLA_WARNING),
+    ("res_warn_pending_at", {}, ("res_warned_at",), "warning", EventType.SLA_WARNING),
+    (
+        "breach_pending_at",
+        _FIRST_RESPONSE,
+        ("breached_at", "sla_breached_at"),
+        "breach",
+        EventType.SLA_BREACHED,
+    ),
+    ("breach_pending_at", _NEXT_RESPONSE, ("sla_breached_at",), "breach", EventType.SLA_BREACHED),
+    ("res_breach_pending_at", {}, ("res_breached_at",), "breach", EventType.SLA_BREACHED),
+    ("escalate_pending_at", {}, ("escalated_at",), "escalation", EventType.SLA_ESCALATED),
 )
+#: Databases from before that held the last mark of any target in warned_at / breached_at.
+_FIRST_RESPONSE_MARKS_KEY = "storage.first_response_marks"
 #: Leads from before the per-target marks: a mark whose due time is set but no longer armed on
 #: an active lead was claimed, so its target's episode is marked (same rule as the SQLite
 #: adapter's backfill). (mark field, the shared mark it was claimed with, due field, pending
@@ -477,6 +492,7 @@ class MongoStore:
             self._client, self._db = client, db
             await self._ensure_indexes()
             await self._backfill_episode_marks()
+            await self._migrate_first_response_marks()
             for name in ("lead", "inbox", "event", "message"):
                 await self._ensure_counter(name)
             # The first open of a database without the KPI rollups fills them from its leads.
@@ -511,6 +527,43 @@ class MongoStore:
                 [{"$set": {mark: {"$ifNull": [f"${claimed}", f"${due}"]}}}],
             )
         await self.set_state(key, True)
+
+    async def _migrate_first_response_marks(self) -> None:
+        """Once per database: warned_at / breached_at keep only first-response marks.
+
+        The sla.* events say which target fired; a lead without any (a claim's event can be lost
+        in a crash) falls back to its first-response due time. The rollups are rebuilt after
+        (mongo_kpi.ROLLUP_VERSION).
+        """
+        if await self.get_state(_FIRST_RESPONSE_MARKS_KEY):
+            return
+        leads, events = self._col("leads"), self._col("events")
+        marks = (
+            ("breached_at", EventType.SLA_BREACHED, "first_response_due"),
+            ("warned_at", EventType.SLA_WARNING, "warn_due"),
+        )
+        query: Doc = {"$or": [{"breached_at": {"$type": "date"}}, {"warned_at": {"$type": "date"}}]}
+        async for doc in leads.find(query):
+            values: Doc = {}
+            for mark, event, due in marks:
+                at = doc.get(mark)
+                if at is None:
+                    continue
+                fired = [e async for e in events.find({"lead_number": doc["_id"], "type": event.value})]
+                if fired:
+                    first = [
+                        e["at"]
+                        for e in fired
+                        if e.get("data", {}).get("target", "first_response") == "first_response"
+                    ]
+                    values[mark] = max(first) if first else None
+                else:
+                    due_at, answered = doc.get(due), doc.get("first_response_at")
+                    late = due_at is not None and due_at <= at and (answered is None or answered > due_at)
+                    values[mark] = at if late else None
+            if any(values[k] != doc.get(k) for k in values):
+                await leads.update_one({"_id": doc["_id"]}, {"$set": values})
+        await self.set_state(_FIRST_RESPONSE_MARKS_KEY, True)
 
     async def _ensure_indexes(self) -> None:
         leads = self._col("leads")
@@ -1198,7 +1251,7 @@ class MongoStore:
     async def claim_sla_marks(self, now: datetime, limit: int) -> list[SlaClaim]:
         """Atomically claim warning and breach marks due by `now` on every target; once each."""
         claims: list[SlaClaim] = []
-        for pending, marks, level, event in _MARKS:
+        for pending, condition, marks, level, event in _MARKS:
             # Old-style marks are absent when disarmed, resolution marks null: each filter
             # repeats its partial index's condition so the planner may use it.
             armed: Doc = (
@@ -1210,7 +1263,7 @@ class MongoStore:
                 # The mark is in the filter and removed by the same update: of any number of
                 # racing processes exactly one matches. BEFORE returns the due time it had.
                 doc = await self._claim_one(
-                    {pending: {**armed, "$lte": now}}, pending, marks, now, after=False
+                    {pending: {**armed, "$lte": now}, **condition}, pending, marks, now, after=False
                 )
                 if doc is None:
                     break

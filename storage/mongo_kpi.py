@@ -68,7 +68,8 @@ HOURLY = "kpi_hourly"
 HIST = "kpi_hist"
 META = "kpi_meta"
 #: Bump when what the rollups hold changes: the next open fills them again from `leads`.
-ROLLUP_VERSION = 1
+#: 2: breaches count first-response breaches only (they counted a breach of any target).
+ROLLUP_VERSION = 2
 #: A rebuild that has not finished after this long is taken to have died; another may start.
 REBUILD_STALE = timedelta(hours=1)
 #: Lead fields the rollups read (the projection of every read that feeds them).

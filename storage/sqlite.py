@@ -400,12 +400,29 @@ def _event(row: sqlite3.Row) -> Event:
 #: Armed SLA marks: (pending column, mark columns set by its claim, level, event), warnings
 #: before breaches. The target's own mark records that its episode fired (see hub.sla retarget).
 _MARKS = (
-    ("warn_pending_at", ("warned_at", "sla_warned_at"), "warning", EventType.SLA_WARNING),
-    ("res_warn_pending_at", ("warned_at", "res_warned_at"), "warning", EventType.SLA_WARNING),
-    ("breach_pending_at", ("breached_at", "sla_breached_at"), "breach", EventType.SLA_BREACHED),
-    ("res_breach_pending_at", ("breached_at", "res_breached_at"), "breach", EventType.SLA_BREACHED),
+    ("warn_pending_at", ("sla_warned_at",), "warning", EventType.SLA_WARNING),
+    ("res_warn_pending_at", ("res_warned_at",), "warning", EventType.SLA_WARNING),
+    ("breach_pending_at", ("sla_breached_at",), "breach", EventType.SLA_BREACHED),
+    ("res_breach_pending_at", ("res_breached_at",), "breach", EventType.SLA_BREACHED),
     ("escalate_pending_at", ("escalated_at",), "escalation", EventType.SLA_ESCALATED),
 )
+#: warned_at / breached_at are the first-response target's marks only (the KPI's breaches, the
+#: breached-open gauge, the queue's and the breaches page's state): set by its claims alone.
+_FIRST_RESPONSE_MARK = {"warn_pending_at": "warned_at", "breach_pending_at": "breached_at"}
+
+#: Files from before that: warned_at / breached_at held the last mark of any target. The
+#: recorded sla.* events say exactly which target fired (a claim writes its event in the same
+#: unit); a lead without any such event falls back to its first-response due time.
+_FIRST_RESPONSE_MARKS_KEY = "storage.first_response_marks"
+_FIRST_RESPONSE_MARKS_MIGRATION = """
+UPDATE leads SET {mark} = CASE
+    WHEN EXISTS (SELECT 1 FROM events e WHERE e.lead_number = leads.number AND e.type = '{event}')
+    THEN (SELECT MAX(e.at) FROM events e WHERE e.lead_number = leads.number AND e.type = '{event}'
+          AND COALESCE(json_extract(e.data, '$.target'), 'first_response') = 'first_response')
+    WHEN {due} <= {mark} AND (first_response_at IS NULL OR first_response_at > {due}) THEN {mark}
+    END
+WHERE {mark} IS NOT NULL
+"""
 
 #: KPI measure -> (timestamp column, the partial index that keeps leads sorted by it - created_at).
 _KPI_MEASURES = {"frt": ("first_response_at", "leads_frt"), "rt": ("resolved_at", "leads_rt")}
@@ -690,6 +707,21 @@ class SqliteStore:
         if have and "sla_breached_at" not in have:
             for statement in _EPISODE_MARKS_BACKFILL:
                 await self._db.execute(statement.format(active=_LOAD_ACTIVE))
+        async with self._db.execute("SELECT 1 FROM kv WHERE key = ?", (_FIRST_RESPONSE_MARKS_KEY,)) as cursor:
+            migrated = await cursor.fetchone() is not None
+        if not migrated:
+            # In the open's transaction; the KPI rollup triggers (or their first fill) follow.
+            for mark, event, due in (
+                ("breached_at", EventType.SLA_BREACHED, "first_response_due"),
+                ("warned_at", EventType.SLA_WARNING, "warn_due"),
+            ):
+                await self._db.execute(
+                    _FIRST_RESPONSE_MARKS_MIGRATION.format(mark=mark, event=event.value, due=due)
+                )
+            await self._db.execute(
+                "INSERT INTO kv (key, value) VALUES (?, 'true') ON CONFLICT (key) DO NOTHING",
+                (_FIRST_RESPONSE_MARKS_KEY,),
+            )
         for statement in _SLA_INDEXES.split(";"):
             if statement.strip():
                 await self._db.execute(statement)
@@ -1624,6 +1656,7 @@ class SqliteStore:
                     (*[now_ts] * len(marks), *numbers),
                 )
                 batch = []
+                first_response: list[int] = []
                 for row in rows:
                     lead = _lead(row)
                     due = _req_dt(row["due_mark"])
@@ -1642,7 +1675,16 @@ class SqliteStore:
                     for m in marks:
                         if m != "escalated_at":
                             setattr(lead, m, now)
+                    if column in _FIRST_RESPONSE_MARK and target == "first_response":
+                        setattr(lead, _FIRST_RESPONSE_MARK[column], now)
+                        first_response.append(lead.number)
                     batch.append(SlaClaim(lead=lead, target=target, level=level, due=due))
+                if first_response:
+                    await db.execute(
+                        f"UPDATE leads SET {_FIRST_RESPONSE_MARK[column]} = ? "
+                        f"WHERE number IN ({','.join('?' * len(first_response))})",
+                        (now_ts, *first_response),
+                    )
                 await db.executemany(
                     "INSERT INTO events (lead_number, type, at, data) VALUES (?, ?, ?, ?)",
                     [

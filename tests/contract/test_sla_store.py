@@ -285,3 +285,47 @@ async def test_claims_record_each_targets_episode_marks_and_a_new_episode_forget
         None,
         None,
     )
+
+
+async def test_only_first_response_claims_set_warned_at_and_breached_at(stores: tuple[Store, Store]) -> None:
+    a, b = stores
+    await a.create_lead(lead(1, timedelta(hours=1)))
+    await a.create_lead(
+        lead(
+            2,
+            timedelta(hours=1),
+            first_response_at=T0 + timedelta(minutes=5),
+            resolution_due=T0 + timedelta(hours=2),
+            resolution_warn_due=T0 + timedelta(minutes=90),
+        )
+    )
+    # The customer wrote again: a next response is owed.
+    nr_start = T0 + timedelta(minutes=10)
+    await a.update_lead(
+        2,
+        LeadChanges(
+            sla_target="next_response",
+            sla_started_at=nr_start,
+            sla_due=nr_start + timedelta(hours=1),
+            sla_warn_due=nr_start + timedelta(minutes=50),
+            updated_at=nr_start,
+        ),
+    )
+    now = T0 + timedelta(hours=3)
+    claims = await b.claim_sla_marks(now, 100)
+    assert sorted((c.lead.number, c.target, c.level) for c in claims) == [
+        (1, "first_response", "breach"),
+        (1, "first_response", "warning"),
+        (2, "next_response", "breach"),
+        (2, "next_response", "warning"),
+        (2, "resolution", "breach"),
+        (2, "resolution", "warning"),
+    ]
+    first, other = await a.get_lead(1), await a.get_lead(2)
+    assert first is not None and (first.warned_at, first.breached_at) == (now, now)
+    assert other is not None and (other.warned_at, other.breached_at) == (None, None)
+    assert (other.sla_breached_at, other.res_breached_at) == (now, now)
+    assert sorted((team, breached, n) for team, breached, n in await a.active_counts()) == [
+        (None, False, 1),
+        (None, True, 1),
+    ]

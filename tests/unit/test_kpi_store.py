@@ -5,14 +5,19 @@ from __future__ import annotations
 import random
 import sqlite3
 import statistics
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
 import storage.sqlite as sqlite_module
-from hub.domain import Lead, LeadKind, LeadStatus
+from hub.app import Hub
+from hub.domain import Identity, IdentityKind, Inbound, Lead, LeadKind, LeadStatus
+from hub.reports import Filters, Period, build_report
+from hub.web.metrics import HubMetrics
 from storage.base import PERCENTILE_ERROR, KpiQuery, LeadChanges
 from storage.sqlite import SqliteStore
 from tests.support.kpi import KYIV_DST_2026_MOMENTS
@@ -232,5 +237,88 @@ async def test_one_scan_days_follow_local_midnights_across_dst(tmp_path: Path) -
             ("2026-10-26", 1),
         ]
         assert tables["day"] == await store.kpi_rows(replace(query, group_by="day"))
+    finally:
+        await store.close()
+
+
+_SLA_POLICIES = {
+    "message": {"first_response": "4h", "next_response": "2h", "resolution": "8h"},
+    "service_request": {"first_response": "12h"},
+}
+
+
+async def test_only_a_first_response_breach_counts_as_a_breach(
+    make_hub: Callable[..., Awaitable[Hub]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hub = await make_hub(sla={"policies": _SLA_POLICIES})
+    sender = Identity(IdentityKind.EMAIL, "k1@example.com")
+    at = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
+    lead = (await hub.intake.accept(Inbound("webform", "k-1", sender, "Привіт", received_at=at), now=at)).lead
+    await hub.replies.record_reply(lead.number, "Так", "olena", now=at + timedelta(minutes=30))
+    back = at + timedelta(hours=1)
+    await hub.intake.accept(Inbound("webform", "k-2", sender, "ще", received_at=back), now=back)
+    # Answered in 30 min; then its next response and its resolution breach.
+    assert await hub.sweeper.sweep(back + timedelta(hours=9)) == (2, 2)
+    marked = await hub.store.get_lead(lead.number)
+    assert marked is not None and marked.breached_at is None and marked.warned_at is None
+    assert marked.sla_breached_at is not None and marked.res_breached_at is not None
+    metrics = HubMetrics()
+    await metrics.refresh(hub)
+    gauge = next(m for m in metrics._snapshot.metrics if m.name == "hub_leads_breached_open")
+    assert sum(s.value for s in gauge.samples) == 0
+    period = Period(at - timedelta(hours=1), at + timedelta(days=1))
+    for sort_limit in (sqlite_module._KPI_SORT_LIMIT, 0):  # exact, then from the rollups
+        monkeypatch.setattr(sqlite_module, "_KPI_SORT_LIMIT", sort_limit)
+        summary = (await build_report(hub.store, period, Filters(), ZoneInfo("Europe/Kyiv"))).summary
+        figures = summary.as_dict()
+        assert (figures["within_target"], figures["breached"]) == (1, 0)
+
+
+async def test_an_older_file_keeps_only_first_response_breaches(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(sqlite_module, "_KPI_SORT_LIMIT", 0)
+    path = tmp_path / "old.db"
+    store = SqliteStore(path)
+    await store.open()
+    due = T0 + timedelta(hours=4)
+    for number in (1, 2, 3, 4):
+        await store.create_lead(
+            Lead(
+                number=number,
+                kind=LeadKind.MESSAGE,
+                channel="webform",
+                contact_id=f"c{number}",
+                status=LeadStatus.OPEN,
+                created_at=T0,
+                updated_at=T0,
+                origin_external_id=f"o{number}",
+                first_response_due=due,
+                warn_due=due,
+                first_response_at=T0 + timedelta(minutes=5) if number in (1, 4) else None,
+            )
+        )
+    await store.close()
+    late = (T0 + timedelta(hours=9)).timestamp()
+    with sqlite3.connect(path) as db:  # what the adapter wrote before: any target's last mark
+        db.execute("UPDATE leads SET breached_at = ?, warned_at = ?", (late, late))
+        db.execute("DELETE FROM kv WHERE key = 'storage.first_response_marks'")
+        for number, target in ((1, "resolution"), (2, "first_response"), (2, "resolution")):
+            for kind in ("sla.warning", "sla.breached"):
+                db.execute(
+                    "INSERT INTO events (lead_number, type, at, data) VALUES (?, ?, ?, ?)",
+                    (number, kind, late, f'{{"target": "{target}"}}'),
+                )
+        # Leads 3 (unanswered) and 4 (answered in time) have no events: their due time decides.
+    store = SqliteStore(path)
+    await store.open()
+    try:
+        marks = {
+            n: (lead.breached_at, lead.warned_at) for n in (1, 2, 3, 4) if (lead := await store.get_lead(n))
+        }
+        at = datetime.fromtimestamp(late, UTC)
+        assert marks == {1: (None, None), 2: (at, at), 3: (at, at), 4: (None, None)}
+        rows = (await store.kpi_breakdowns(KpiQuery(T0, T0 + timedelta(days=1)), (None,)))[None]
+        assert rows[0].breached == 2
+        active = await store.active_counts()
+        assert sorted((b, n) for _, b, n in active) == [(False, 2), (True, 2)]
     finally:
         await store.close()
