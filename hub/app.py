@@ -86,7 +86,7 @@ class Hub:
         self.bus = EventBus()
         self.sla = SlaClock(settings.sla, build_calendar(settings))
         self.availability = Availability(self.store, on_change=self._availability_changed)
-        self.router = ConfigRouter(settings, self.store, self.availability, self.bus)
+        self.router = ConfigRouter(settings, self.store, self.availability, self.bus, self.sla)
         self.queue = QueueDrainer(self.store, self.router)
         self.queue.subscribe(self.bus, lambda: self.now())
         self.intake = Intake(self.store, self.sla, self.router, self.bus)

@@ -22,6 +22,7 @@ process as soon as they are applied, and the caller hears of the decision once t
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Sequence
 from datetime import datetime
@@ -31,6 +32,7 @@ from hub.config import ManagerSettings, Settings
 from hub.domain import Event, EventType, Lead
 from hub.events import EventBus
 from hub.ports import ApplyDecision, CreateRouted, RoutingDecision, RoutingRequest
+from hub.sla import SlaClock
 from routing.availability import Availability, why_not_eligible
 from routing.rules import first_match
 from storage.base import LeadChanges, Store
@@ -82,11 +84,13 @@ class ConfigRouter:
         store: Store,
         availability: Availability,
         bus: EventBus | None = None,
+        clock: SlaClock | None = None,
     ) -> None:
         self._settings = settings
         self._store = store
         self._availability = availability
         self._bus = bus
+        self._clock = clock
         self._lock = asyncio.Lock()
         for manager in settings.managers:
             availability.shift(manager)  # bad working hours stop start-up, naming the key
@@ -247,6 +251,14 @@ class ConfigRouter:
                 )
             return None, False
         updated = await self._store.get_lead(lead.number) or lead
+        if self._clock is not None and chosen_team is not None and chosen_team != lead.team:
+            # Another team may have its own policy; claimed marks stay claimed (see retarget).
+            retarget = self._clock.retarget(dataclasses.replace(updated, team=lead.team), team=chosen_team)
+            if retarget is not None:
+                updated = (
+                    await self._store.update_lead(lead.number, dataclasses.replace(retarget, updated_at=now))
+                    or updated
+                )
         await self._record(
             updated,
             EventType.LEAD_ASSIGNED,

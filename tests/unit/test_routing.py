@@ -351,3 +351,52 @@ async def test_two_hubs_draining_the_queue_at_once_assign_each_lead_once(
     assert {n for n, _ in loads.values()} == {4}
     await first.store.close()
     await second.store.close()
+
+
+_FALLBACK_POLICIES = {
+    "message": {"first_response": "4h", "teams": {"service": {"first_response": "1h"}}},
+    "service_request": {"first_response": "12h"},
+}
+_FALLBACK_TEAMS = {
+    "support": {"strategy": "least_loaded", "fallback": "service"},
+    "service": {"strategy": "least_loaded"},
+}
+
+
+async def test_a_queue_drain_into_the_fallback_team_applies_its_sla_policy(
+    make_hub: Callable[..., Any],
+) -> None:
+    hub: Hub = await make_hub(sla={"policies": _FALLBACK_POLICIES}, teams=_FALLBACK_TEAMS)
+    for manager in ("olena", "taras", "iryna", "andrii"):
+        await hub.store.set_state(hub.availability.away_key(manager), True)
+    lead = (await hub.intake.accept(inbound("f1@example.com"), now=T0)).lead
+    assert lead.assignee is None and lead.first_response_due == T0 + timedelta(hours=4)
+    hub.now = lambda: T0 + timedelta(minutes=5)
+    await hub.availability.set_away("iryna", False)
+    drained = await hub.store.get_lead(lead.number)
+    assert drained is not None and (drained.team, drained.assignee) == ("service", "iryna")
+    assert drained.first_response_due == drained.sla_due == T0 + timedelta(hours=1)
+
+
+async def test_an_away_reassignment_into_the_fallback_team_applies_its_policy_without_repeating_marks(
+    make_hub: Callable[..., Any],
+) -> None:
+    hub: Hub = await make_hub(
+        sla={"policies": _FALLBACK_POLICIES}, teams=_FALLBACK_TEAMS, routing={"reassign_when_away": True}
+    )
+    await hub.store.set_state(hub.availability.away_key("taras"), True)
+    first = (await hub.intake.accept(inbound("f2@example.com"), now=T0)).lead
+    late = (await hub.intake.accept(inbound("f3@example.com"), now=T0)).lead
+    assert (first.assignee, late.assignee) == ("olena", "olena")
+    # The second lead's first response already warned and breached in support's 4h.
+    assert await hub.sweeper.sweep(T0 + timedelta(hours=5)) == (2, 2)
+    await hub.replies.record_reply(first.number, "Так", "olena", now=T0 + timedelta(hours=5))
+    at = T0 + timedelta(hours=5)
+    fresh = (await hub.intake.accept(inbound("f4@example.com", at), now=at)).lead
+    hub.now = lambda: T0 + timedelta(hours=5, minutes=5)
+    await hub.availability.set_away("olena", True)  # nobody left in support: the fallback team
+    moved, breached = await hub.store.get_lead(fresh.number), await hub.store.get_lead(late.number)
+    assert moved is not None and moved.team == "service"
+    assert moved.first_response_due == at + timedelta(hours=1)
+    assert breached is not None and breached.team == "service"
+    assert await hub.sweeper.sweep(T0 + timedelta(hours=5, minutes=10)) == (0, 0)
