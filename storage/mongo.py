@@ -112,6 +112,9 @@ _MARKS: tuple[tuple[str, Doc, tuple[str, ...], str, EventType], ...] = (
     ("breach_pending_at", _NEXT_RESPONSE, ("sla_breached_at",), "breach", EventType.SLA_BREACHED),
     ("res_breach_pending_at", {}, ("res_breached_at",), "breach", EventType.SLA_BREACHED),
     ("escalate_pending_at", {}, ("escalated_at",), "escalation", EventType.SLA_ESCALATED),
+    # The resolution target's escalation has a slot of its own: a response breach's step
+    # (escalate_pending_at) and a resolution breach's can both be pending.
+    ("res_escalate_pending_at", {}, ("escalated_at",), "escalation", EventType.SLA_ESCALATED),
 )
 #: Databases from before that held the last mark of any target in warned_at / breached_at.
 _FIRST_RESPONSE_MARKS_KEY = "storage.first_response_marks"
@@ -369,6 +372,7 @@ def lead_update(changes: LeadChanges) -> Doc:
             values["breach_pending_at"] = values["warn_pending_at"] = None
             values["res_breach_pending_at"] = values["res_warn_pending_at"] = None
             values["sla_target"] = values["escalate_pending_at"] = None
+            values["res_escalate_pending_at"] = None
     _sla_values(changes, values)
     if changes.kind is not None:
         values["kind"] = changes.kind.value
@@ -421,7 +425,9 @@ def _sla_values(changes: LeadChanges, values: Doc) -> None:
     if changes.clear_sla:
         values["breach_pending_at"] = values["warn_pending_at"] = None
         values["sla_target"] = values["escalate_pending_at"] = None
-    if changes.escalate_at is not None:
+    if changes.escalate_at is not None and changes.escalate_target == "resolution":
+        values["res_escalate_pending_at"] = changes.escalate_at
+    elif changes.escalate_at is not None:
         values["escalate_pending_at"] = changes.escalate_at
         values["escalate_target"] = changes.escalate_target
     if changes.pause_sla:
@@ -581,7 +587,12 @@ class MongoStore:
             name="lead_warn_pending",
             partialFilterExpression={"warn_pending_at": {"$exists": True}},
         )
-        for res in ("res_breach_pending_at", "res_warn_pending_at", "escalate_pending_at"):
+        for res in (
+            "res_breach_pending_at",
+            "res_warn_pending_at",
+            "escalate_pending_at",
+            "res_escalate_pending_at",
+        ):
             await leads.create_index(
                 [(res, ASCENDING)], name=f"lead_{res}", partialFilterExpression={res: {"$type": "date"}}
             )

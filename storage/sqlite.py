@@ -172,6 +172,7 @@ _SLA_COLUMNS = (
     "sla_breached_at REAL",
     "res_warned_at REAL",
     "res_breached_at REAL",
+    "res_escalate_pending_at REAL",
 )
 #: Files from before the per-target marks: a mark whose due time is set but no longer armed on
 #: an active lead was claimed (nothing else disarms it while the target runs), so the target's
@@ -194,6 +195,8 @@ CREATE INDEX IF NOT EXISTS leads_res_warn_pending ON leads (res_warn_pending_at)
     WHERE res_warn_pending_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS leads_escalate_pending ON leads (escalate_pending_at)
     WHERE escalate_pending_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS leads_res_escalate_pending ON leads (res_escalate_pending_at)
+    WHERE res_escalate_pending_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS leads_unassigned ON leads (number) WHERE assignee IS NULL AND status IN
     ('new', 'open', 'waiting_customer');
 """
@@ -405,6 +408,9 @@ _MARKS = (
     ("breach_pending_at", ("sla_breached_at",), "breach", EventType.SLA_BREACHED),
     ("res_breach_pending_at", ("res_breached_at",), "breach", EventType.SLA_BREACHED),
     ("escalate_pending_at", ("escalated_at",), "escalation", EventType.SLA_ESCALATED),
+    # The resolution target's escalation has a slot of its own: a response breach's step
+    # (escalate_pending_at) and a resolution breach's can both be pending.
+    ("res_escalate_pending_at", ("escalated_at",), "escalation", EventType.SLA_ESCALATED),
 )
 #: warned_at / breached_at are the first-response target's marks only (the KPI's breaches, the
 #: breached-open gauge, the queue's and the breaches page's state): set by its claims alone.
@@ -1401,12 +1407,14 @@ class SqliteStore:
             put("status", changes.status.value)
             if changes.status not in ACTIVE_STATUSES:
                 disarm("breach_pending_at", "warn_pending_at", "res_breach_pending_at", "res_warn_pending_at")
-                disarm("escalate_pending_at")
+                disarm("escalate_pending_at", "res_escalate_pending_at")
                 sets.append("sla_target = NULL")
         if changes.clear_sla:
             disarm("breach_pending_at", "warn_pending_at", "escalate_pending_at")
             sets.append("sla_target = NULL")
-        if changes.escalate_at is not None:
+        if changes.escalate_at is not None and changes.escalate_target == "resolution":
+            put("res_escalate_pending_at", _ts(changes.escalate_at))
+        elif changes.escalate_at is not None:
             put("escalate_pending_at", _ts(changes.escalate_at))
             put("escalate_target", changes.escalate_target)
         if changes.pause_sla:

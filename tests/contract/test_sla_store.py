@@ -329,3 +329,23 @@ async def test_only_first_response_claims_set_warned_at_and_breached_at(stores: 
         (None, False, 1),
         (None, True, 1),
     ]
+
+
+async def test_a_resolution_escalation_does_not_replace_a_response_one(stores: tuple[Store, Store]) -> None:
+    a, b = stores
+    await a.create_lead(lead(1, timedelta(hours=1)))
+    at = T0 + timedelta(hours=2)
+    await a.update_lead(1, LeadChanges(escalate_at=at, escalate_target="first_response", updated_at=T0))
+    await b.update_lead(1, LeadChanges(escalate_at=at, escalate_target="resolution", updated_at=T0))
+    claims = await b.claim_sla_marks(T0 + timedelta(hours=3), 100)
+    assert sorted(c.target for c in claims if c.level == "escalation") == ["first_response", "resolution"]
+    assert await a.claim_sla_marks(T0 + timedelta(hours=4), 100) == []
+    # A reply stops the response target's step only; resolving stops both.
+    for n in (2, 3):
+        await a.create_lead(lead(n, timedelta(hours=1)))
+        for target in ("first_response", "resolution"):
+            await a.update_lead(n, LeadChanges(escalate_at=at, escalate_target=target, updated_at=T0))
+    await a.update_lead(2, LeadChanges(clear_sla=True, updated_at=T0))
+    await a.update_lead(3, LeadChanges(status=LeadStatus.RESOLVED, updated_at=T0))
+    claims = await b.claim_sla_marks(T0 + timedelta(hours=3), 100)
+    assert [(c.lead.number, c.target) for c in claims if c.level == "escalation"] == [(2, "resolution")]

@@ -74,10 +74,20 @@ def test_resume_sets_new_due_times_and_unsets_the_pause() -> None:
 
 def test_escalation_step_is_armed_and_disarmed_by_a_reply() -> None:
     at = T0 + timedelta(hours=2)
-    armed = lead_update(LeadChanges(escalate_at=at, escalate_target="resolution", updated_at=T0))
-    assert armed["$set"]["escalate_pending_at"] == at and armed["$set"]["escalate_target"] == "resolution"
+    armed = lead_update(LeadChanges(escalate_at=at, escalate_target="next_response", updated_at=T0))
+    assert armed["$set"]["escalate_pending_at"] == at and armed["$set"]["escalate_target"] == "next_response"
+    # The resolution target's step has its own slot: it does not replace a response step.
+    resolution = lead_update(LeadChanges(escalate_at=at, escalate_target="resolution", updated_at=T0))
+    assert resolution["$set"]["res_escalate_pending_at"] == at
+    assert "escalate_pending_at" not in resolution["$set"]
     replied = lead_update(LeadChanges(clear_sla=True, updated_at=T0))
     assert replied["$set"]["escalate_pending_at"] is None
+    assert "res_escalate_pending_at" not in replied["$set"]
+    resolved = lead_update(LeadChanges(status=LeadStatus.RESOLVED, updated_at=T0))
+    assert (
+        resolved["$set"]["escalate_pending_at"] is None
+        and resolved["$set"]["res_escalate_pending_at"] is None
+    )
 
 
 def test_episode_marks_round_trip_and_a_new_episode_forgets_them() -> None:

@@ -351,3 +351,24 @@ async def test_a_changed_policy_does_not_repeat_claimed_next_response_or_resolut
         ("sla.warning", "first_response"),
         ("sla.warning", "resolution"),
     ]
+
+
+async def test_each_breached_target_gets_its_own_escalation_step(make_hub: Callable[..., Any]) -> None:
+    policies = {
+        "message": {"first_response": "4h", "resolution": "255m", "escalation": {"team_lead_after": "30m"}},
+        "service_request": {"first_response": "12h"},
+    }
+    hub: Hub = await make_hub(sla={"policies": policies})
+    lead = (await hub.intake.accept(inbound("esc2@example.com", T0), now=T0)).lead
+    # Swept every minute: the resolution breach (4h15) comes before the first response's step.
+    for minute in range(6 * 60):
+        await hub.sweeper.sweep(T0 + timedelta(minutes=minute, seconds=30))
+    steps = await _events(hub, lead.number, "sla.escalated")
+    assert sorted(e.data["target"] for e in steps) == ["first_response", "resolution"]
+    # After downtime both breaches and both steps are reported, once each.
+    other = (await hub.intake.accept(inbound("esc3@example.com", T0), now=T0)).lead
+    later = T0 + timedelta(days=2)
+    for second in range(3):
+        await hub.sweeper.sweep(later + timedelta(seconds=second))
+    steps = await _events(hub, other.number, "sla.escalated")
+    assert sorted(e.data["target"] for e in steps) == ["first_response", "resolution"]
