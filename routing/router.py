@@ -1,9 +1,10 @@
 """The config-driven router: rules pick a team, the team's strategy picks a manager.
 
 Strategies (`teams.<name>.strategy`):
-- `round_robin`: a cursor per team, kept in the store, walks the team roster in config order
-  and skips whoever is not eligible; fair across restarts and across processes (the cursor
-  is incremented atomically, so every decision gets its own turn).
+- `round_robin`: a cursor per team, kept in the store, walks the team's eligible members in
+  config order, so an away or inactive member's turns are shared by everyone, not handed to
+  the next in the roster; fair across restarts and across processes (the cursor is
+  incremented atomically, so every decision gets its own turn).
 - `least_loaded`: the eligible manager with the smallest priority-weighted load (each active
   lead counts 1 + its priority); ties are broken by the round-robin cursor.
 - `sticky`: a returning customer goes back to the manager who served their last lead, if that
@@ -45,7 +46,7 @@ _NOBODY_ELIGIBLE = "unassigned: nobody eligible"
 
 
 def rotate(members: Sequence[ManagerSettings], turn: int) -> list[ManagerSettings]:
-    """The roster starting at position `turn` (1-based cursor), wrapping around."""
+    """The members starting at position `turn` (1-based cursor), wrapping around."""
     if not members:
         return []
     start = (turn - 1) % len(members)
@@ -61,7 +62,9 @@ def choose(
     sticky_id: str | None = None,
 ) -> tuple[ManagerSettings | None, str]:
     """Pick a manager from the roster by strategy; returns (manager, why) (pure function)."""
-    order = [m for m in rotate(roster, turn) if m.id in eligible_ids]
+    # The eligible members are rotated, not the whole roster: rotating the roster and then
+    # skipping the ineligible gave each skipped member's turns to the one after them.
+    order = rotate([m for m in roster if m.id in eligible_ids], turn)
     if not order:
         return None, "nobody eligible"
     if strategy == "sticky" and sticky_id is not None and sticky_id in eligible_ids:

@@ -76,10 +76,11 @@ def manager(mid: str, **fields: Any) -> ManagerSettings:
 ROSTER = [manager("a"), manager("b"), manager("c")]
 
 
-def test_round_robin_walks_the_roster_and_skips_the_ineligible() -> None:
+def test_round_robin_walks_the_eligible_members_in_turn() -> None:
     loads = dict.fromkeys("abc", (0, 0))
     picks = [choose("round_robin", ROSTER, {"a", "c"}, loads, turn)[0] for turn in range(1, 7)]
-    assert [m.id for m in picks if m] == ["a", "c", "c", "a", "c", "c"]
+    # b's turns are shared, not handed to c (a, c, c, a, c, c before)
+    assert [m.id for m in picks if m] == ["a", "c", "a", "c", "a", "c"]
 
 
 def test_least_loaded_weights_priority_and_breaks_ties_by_turn() -> None:
@@ -233,6 +234,27 @@ async def test_round_robin_is_fair_across_restarts(make_hub: Callable[..., Any])
     ]
     assert picks == ["m1", "m2", "m3", "m1", "m2", "m3"]
     await restarted.store.close()
+
+
+@pytest.mark.parametrize("unavailable", ["away", "inactive"])
+async def test_round_robin_shares_an_unavailable_members_turns_evenly(
+    make_hub: Callable[..., Any], unavailable: str
+) -> None:
+    config = team("round_robin", "a", "b", "c", "d", capacity=1000)
+    if unavailable == "inactive":
+        config["managers"][1]["active"] = False
+    hub: Hub = await make_hub(**config)
+    if unavailable == "away":
+        await hub.store.set_state(hub.availability.away_key("b"), True)
+    got: Counter[str | None] = Counter()
+    for i in range(300):
+        at = T0 + timedelta(seconds=i)
+        got[
+            (await hub.intake.accept(inbound(f"rr-{unavailable}{i}@example.com", at), now=at)).lead.assignee
+        ] += 1
+    # b's turns went to c before: c 150, a 75, d 75
+    assert got == {"a": 100, "c": 100, "d": 100}
+    await hub.store.close()
 
 
 async def test_sticky_returns_a_customer_to_the_last_manager(make_hub: Callable[..., Any]) -> None:
