@@ -90,6 +90,8 @@ class LeadChanges:
     # The generalised SLA clock (see hub.sla). Setting a due time arms its mark for the sweep;
     # stopping a clock (resolved / closed status, first_response_at, clear_sla, pause_sla)
     # disarms its marks, so a lead that is answered or resolved raises no alert after that.
+    # A pause disarms only the resolution marks still ahead of it: one already passed fell due
+    # while the clock ran and is reported by the next sweep.
     sla_target: str | None = None
     # Setting sla_started_at starts a new episode of the response target: its claimed marks
     # (sla_warned_at, sla_breached_at) are forgotten, so its warning and breach may fire again.

@@ -130,6 +130,8 @@ _EPISODE_MARKS_BACKFILL = (
     ("res_breached_at", "breached_at", "resolution_due", "res_breach_pending_at", _RUNNING),
 )
 _DUPLICATE_KEY = 11000
+#: Tries of a pausing lead update whose resolution marks a concurrent claim changed meanwhile.
+_PAUSE_ATTEMPTS = 10
 #: Up to this many leads in a report period the report is exact; above, from the KPI rollups.
 _KPI_SORT_LIMIT = KPI_SORT_LIMIT
 
@@ -362,8 +364,27 @@ def _event(doc: Mapping[str, Any]) -> Event:
     )
 
 
-def lead_update(changes: LeadChanges) -> Doc:
-    """The `$set` / `$unset` update that applies `changes` to a lead document."""
+#: The resolution target's armed marks, which a pause cancels only while they are still ahead.
+_RESOLUTION_MARKS = ("res_breach_pending_at", "res_warn_pending_at")
+
+
+def marks_kept_by_pause(current: Mapping[str, Any], paused_at: datetime) -> dict[str, datetime]:
+    """Of the lead's armed resolution marks (`current`), those a pause at `paused_at` keeps.
+
+    A mark already passed fell due while the clock ran: it stays armed for the next sweep."""
+    kept: dict[str, datetime] = {}
+    for field in _RESOLUTION_MARKS:
+        value = current.get(field)
+        if isinstance(value, datetime) and _req_utc(value) <= paused_at:
+            kept[field] = value
+    return kept
+
+
+def lead_update(changes: LeadChanges, kept_marks: Mapping[str, datetime] | None = None) -> Doc:
+    """The `$set` / `$unset` update that applies `changes` to a lead document.
+
+    `kept_marks`: with `pause_sla`, the resolution marks the pause leaves armed (see
+    `marks_kept_by_pause`); without it a pause disarms both."""
     # Later entries override earlier ones, the same precedence as the SQLite adapter.
     values: Doc = {}
     if changes.status is not None:
@@ -373,7 +394,8 @@ def lead_update(changes: LeadChanges) -> Doc:
             values["res_breach_pending_at"] = values["res_warn_pending_at"] = None
             values["sla_target"] = values["escalate_pending_at"] = None
             values["res_escalate_pending_at"] = None
-    _sla_values(changes, values)
+            kept_marks = None  # a stopped lead keeps no mark, passed or not
+    _sla_values(changes, values, kept_marks or {})
     if changes.kind is not None:
         values["kind"] = changes.kind.value
     if changes.clear_assignee:
@@ -420,7 +442,7 @@ def lead_update(changes: LeadChanges) -> Doc:
     return update
 
 
-def _sla_values(changes: LeadChanges, values: Doc) -> None:
+def _sla_values(changes: LeadChanges, values: Doc, kept_marks: Mapping[str, datetime]) -> None:
     """The generalised SLA fields of `changes` (same precedence as the SQLite adapter)."""
     if changes.clear_sla:
         values["breach_pending_at"] = values["warn_pending_at"] = None
@@ -431,7 +453,8 @@ def _sla_values(changes: LeadChanges, values: Doc) -> None:
         values["escalate_pending_at"] = changes.escalate_at
         values["escalate_target"] = changes.escalate_target
     if changes.pause_sla:
-        values["res_breach_pending_at"] = values["res_warn_pending_at"] = None
+        for field in _RESOLUTION_MARKS:
+            values[field] = kept_marks.get(field)
     if changes.sla_target is not None:
         values["sla_target"] = changes.sla_target
     if changes.sla_started_at is not None:
@@ -1066,22 +1089,45 @@ class MongoStore:
     @_translated
     async def update_lead(self, number: int, changes: LeadChanges) -> Lead | None:
         """Apply changes and return the updated lead (None if there is no such lead)."""
-        update = lead_update(changes)
-        if not mongo_kpi.touches_kpi(update):
-            doc = await self._col("leads").find_one_and_update(
-                {"_id": number}, update, return_document=ReturnDocument.AFTER
-            )
+        if not changes.pause_sla:
+            doc = await self._apply_lead_update({"_id": number}, lead_update(changes))
             return _lead(doc) if doc else None
+        # A pause keeps the resolution marks already passed (see marks_kept_by_pause): which
+        # ones is read first, and the write matches only while they are still as read, so a
+        # sweep claiming one meanwhile is never undone by arming it again. Each mark changes
+        # once per claim or due time, so a retry is rare and the loop short.
+        paused_at = changes.updated_at or datetime.now(UTC)
+        changes = replace(changes, updated_at=paused_at)
+        for _ in range(_PAUSE_ATTEMPTS):
+            current = await self._col("leads").find_one(
+                {"_id": number}, projection=dict.fromkeys(_RESOLUTION_MARKS, 1)
+            )
+            if current is None:
+                return None
+            match: Doc = {"_id": number, **{f: current.get(f) for f in _RESOLUTION_MARKS}}
+            kept = marks_kept_by_pause(current, paused_at)
+            doc = await self._apply_lead_update(match, lead_update(changes, kept))
+            if doc is not None:
+                return _lead(doc)
+        raise StoreError(f"lead {number}: its SLA marks kept changing while pausing its clock")
+
+    async def _apply_lead_update(self, match: Doc, update: Doc) -> Doc | None:
+        """One atomic update of the lead `match` selects; the lead after it (None: no match)."""
+        if not mongo_kpi.touches_kpi(update):
+            doc: Doc | None = await self._col("leads").find_one_and_update(
+                match, update, return_document=ReturnDocument.AFTER
+            )
+            return doc
 
         async def write(session: AsyncClientSession | None) -> Doc | None:
-            if await self._update_lead_doc({"_id": number}, update, session, mongo_kpi.PROJECTION) is None:
+            if await self._update_lead_doc(match, update, session, mongo_kpi.PROJECTION) is None:
                 return None
             # In a transaction this is the lead as this write left it; on a standalone server
             # a concurrent writer's later change may show too.
-            return await self._col("leads").find_one({"_id": number}, session=session)
+            return await self._col("leads").find_one({"_id": match["_id"]}, session=session)
 
-        doc = await self._atomic(write)
-        return _lead(doc) if doc else None
+        result: Doc | None = await self._atomic(write)
+        return result
 
     async def _lead_query(self, query: LeadQuery) -> Doc:
         conditions: list[Doc] = []

@@ -1418,7 +1418,15 @@ class SqliteStore:
             put("escalate_pending_at", _ts(changes.escalate_at))
             put("escalate_target", changes.escalate_target)
         if changes.pause_sla:
-            disarm("res_breach_pending_at", "res_warn_pending_at")
+            stopped = changes.status is not None and changes.status not in ACTIVE_STATUSES
+            for col in ("res_breach_pending_at", "res_warn_pending_at"):
+                if stopped:
+                    disarm(col)
+                else:
+                    # Pausing cancels only the resolution marks still ahead: one already passed
+                    # fell due while the clock ran and stays armed for the next sweep (a reply
+                    # between the due time and the sweep lost the breach).
+                    sets.append(f"{col} = CASE WHEN {col} <= {now_ts!r} THEN {col} END")
             sets.append(f"sla_paused_at = COALESCE(sla_paused_at, {now_ts!r})")
         if changes.sla_target is not None:
             put("sla_target", changes.sla_target)

@@ -90,6 +90,35 @@ async def test_a_reply_stops_the_response_target_and_pauses_resolution(stores: t
     assert claim.due == T0 + timedelta(days=2)
 
 
+async def test_a_pause_cancels_only_the_resolution_marks_still_ahead(stores: tuple[Store, Store]) -> None:
+    a, b = stores
+    res = {"resolution_due": T0 + timedelta(hours=1), "resolution_warn_due": T0 + timedelta(minutes=50)}
+    await a.create_lead(lead(1, timedelta(hours=5), **res))
+    await a.create_lead(lead(2, timedelta(hours=5), **res))
+
+    def reply(at: datetime) -> LeadChanges:
+        return LeadChanges(
+            status=LeadStatus.WAITING_CUSTOMER,
+            clear_sla=True,
+            pause_sla=True,
+            first_response_at=at,
+            updated_at=at,
+        )
+
+    # Lead 1 pauses between its resolution warning and breach, lead 2 after both, unswept.
+    await a.update_lead(1, reply(T0 + timedelta(minutes=55)))
+    await a.update_lead(2, reply(T0 + timedelta(hours=2)))
+    claims = await b.claim_sla_marks(T0 + timedelta(days=1), 100)
+    assert sorted((c.lead.number, c.target, c.level, c.due) for c in claims) == [
+        (1, "resolution", "warning", T0 + timedelta(minutes=50)),
+        (2, "resolution", "breach", T0 + timedelta(hours=1)),
+        (2, "resolution", "warning", T0 + timedelta(minutes=50)),
+    ]
+    # Another reply while paused arms nothing again.
+    await a.update_lead(2, reply(T0 + timedelta(days=1, hours=1)))
+    assert await b.claim_sla_marks(T0 + timedelta(days=2), 100) == []
+
+
 async def test_create_lead_with_an_expected_load_is_a_compare_and_set(stores: tuple[Store, Store]) -> None:
     a, b = stores
     first, created = await a.create_lead(lead(0, timedelta(hours=1), assignee="m1", team="s"), (0, 0))

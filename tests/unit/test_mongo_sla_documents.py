@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -9,8 +10,9 @@ import bson
 from bson.codec_options import CodecOptions
 
 from hub.domain import Lead, LeadKind, LeadStatus
+from storage import mongo_kpi
 from storage.base import LeadChanges
-from storage.mongo import _lead, _lead_doc, lead_update
+from storage.mongo import MongoStore, _lead, _lead_doc, lead_update, marks_kept_by_pause
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 CODEC: CodecOptions[dict[str, Any]] = CodecOptions(tz_aware=True, tzinfo=UTC)
@@ -62,6 +64,65 @@ def test_reply_clears_the_response_target_and_pauses_with_min() -> None:
     assert set(update["$unset"]) == {"breach_pending_at", "warn_pending_at"}
     assert update["$min"] == {"sla_paused_at": T0}
     bson.encode(update)
+
+
+def test_a_pause_keeps_the_resolution_marks_already_passed() -> None:
+    current = {"res_breach_pending_at": T0, "res_warn_pending_at": T0 - timedelta(hours=1)}
+    assert marks_kept_by_pause(current, T0) == current
+    assert marks_kept_by_pause(current, T0 - timedelta(minutes=1)) == {
+        "res_warn_pending_at": current["res_warn_pending_at"]
+    }
+    assert marks_kept_by_pause({"res_breach_pending_at": None}, T0) == {}
+    kept = {"res_warn_pending_at": T0 - timedelta(hours=1)}
+    update = lead_update(LeadChanges(pause_sla=True, updated_at=T0), kept)
+    assert update["$set"]["res_warn_pending_at"] == kept["res_warn_pending_at"]
+    assert update["$set"]["res_breach_pending_at"] is None
+    # A lead that stops (resolved) keeps no mark, passed or not.
+    stopped = lead_update(LeadChanges(status=LeadStatus.RESOLVED, pause_sla=True, updated_at=T0), kept)
+    assert stopped["$set"]["res_warn_pending_at"] is None
+
+
+class _Leads:
+    """One lead document with just enough of a collection for a pausing update_lead."""
+
+    def __init__(self, doc: dict[str, Any]) -> None:
+        self.doc = doc
+        self.before_write: list[dict[str, Any]] = []  # changes "another process" makes first
+
+    async def find_one(self, match: Mapping[str, Any], projection: Any = None) -> dict[str, Any] | None:
+        return dict(self.doc) if self.doc["_id"] == match["_id"] else None
+
+    async def find_one_and_update(
+        self, match: Mapping[str, Any], update: Mapping[str, Any], return_document: Any = None
+    ) -> dict[str, Any] | None:
+        if self.before_write:
+            self.doc.update(self.before_write.pop(0))
+        if any(self.doc.get(k) != v for k, v in match.items()):
+            return None
+        self.doc.update(update["$set"])
+        for key in update.get("$unset", {}):
+            self.doc.pop(key, None)
+        for key, value in update.get("$min", {}).items():
+            self.doc[key] = min(self.doc.get(key, value), value)
+        return dict(self.doc)
+
+
+async def test_a_pause_never_arms_a_mark_a_sweep_claimed_meanwhile() -> None:
+    breach = T0 + timedelta(hours=1)
+    base = {**_lead_doc(sla_lead(resolution_due=breach)), "res_warn_pending_at": None}
+    leads = _Leads(dict(base))
+    # Between the adapter's read and its write a sweep claims the passed breach.
+    leads.before_write.append({"res_breach_pending_at": None, "res_breached_at": breach})
+    store = MongoStore("mongodb://127.0.0.1:1/hub")
+    store._db = {"leads": leads}  # type: ignore[assignment]
+    assert not mongo_kpi.touches_kpi(lead_update(LeadChanges(pause_sla=True, updated_at=T0)))
+    await store.update_lead(7, LeadChanges(pause_sla=True, updated_at=T0 + timedelta(hours=2)))
+    assert leads.doc["res_breach_pending_at"] is None  # not armed again: it was reported once
+    assert leads.doc["sla_paused_at"] == T0 + timedelta(hours=2)
+    # Unclaimed, the passed mark stays armed for the next sweep.
+    leads.doc = dict(base)
+    await store.update_lead(7, LeadChanges(pause_sla=True, updated_at=T0 + timedelta(hours=2)))
+    assert leads.doc["res_breach_pending_at"] == breach
 
 
 def test_resume_sets_new_due_times_and_unsets_the_pause() -> None:

@@ -147,6 +147,39 @@ async def test_an_answered_lead_raises_no_late_alert(make_hub: Callable[..., Any
     await hub.store.close()
 
 
+async def test_a_resolution_mark_passed_before_a_reply_is_still_reported(
+    make_hub: Callable[..., Any],
+) -> None:
+    hub: Hub = await make_hub(sla={"policies": POLICIES})
+    lead = (await hub.intake.accept(inbound("lost@example.com", T0), now=T0)).lead
+    assert await hub.sweeper.sweep(T0 + timedelta(hours=7)) == (2, 1)  # first response; resolution warned
+    # Resolution was due at 8h; the reply lands 10 s later and the customer writes back, both
+    # before the next sweep: the pause must not cancel a breach that already happened.
+    await hub.replies.record_reply(lead.number, "Вибачте", "olena", now=T0 + timedelta(hours=8, seconds=10))
+    back = T0 + timedelta(hours=9)
+    await hub.intake.accept(inbound("lost@example.com", back, text="і?"), now=back)
+    assert (await _lead(hub, lead.number)).sla_paused_at is None
+    await hub.sweeper.sweep(back + timedelta(seconds=1))
+    (breach,) = [
+        e for e in await _events(hub, lead.number, "sla.breached") if e.data["target"] == "resolution"
+    ]
+    assert breach.data["due"] == (T0 + timedelta(hours=8)).isoformat()
+    # Reported once, however many sweeps and replies follow.
+    await hub.replies.record_reply(lead.number, "Ось", "olena", now=back + timedelta(minutes=5))
+    await hub.sweeper.sweep(back + timedelta(days=10))
+    breaches = await _events(hub, lead.number, "sla.breached")
+    assert [e.data["target"] for e in breaches].count("resolution") == 1
+    # A passed resolution warning is kept the same way; the breach still ahead is cancelled.
+    other = (await hub.intake.accept(inbound("warned@example.com", T0), now=T0)).lead
+    replied = T0 + timedelta(hours=7)
+    await hub.replies.record_reply(other.number, "Вибачте", "olena", now=replied)
+    assert await hub.sweeper.sweep(replied + timedelta(seconds=1)) == (1, 0)
+    (warning,) = await _events(hub, other.number, "sla.warning")
+    assert warning.data["target"] == "resolution"
+    assert await hub.sweeper.sweep(replied + timedelta(days=10)) == (0, 0)
+    await hub.store.close()
+
+
 async def test_kind_change_recomputes_the_running_target(make_hub: Callable[..., Any]) -> None:
     hub: Hub = await make_hub()
     lead = (await hub.intake.accept(inbound("g@example.com", T0), now=T0)).lead
