@@ -1,7 +1,8 @@
 """The SLA clock: due times for leads and the sweep that marks warnings and breaches.
 
 Targets per policy (`sla.policies.<kind>`, optionally overridden per team and per priority):
-`first_response` (from the lead's first message to the first public reply), `next_response`
+`first_response` (from the lead's first message to the first public reply; again from the
+customer's message that reopens a lead resolved unanswered), `next_response`
 (from a customer message on an answered, still active lead to the next public reply) and
 `resolution` (from creation to resolved, paused while the lead waits for the customer).
 
@@ -215,7 +216,9 @@ class SlaClock:
         )
 
     def on_customer_message(self, lead: Lead, now: datetime) -> LeadChanges | None:
-        """A customer wrote on an existing lead: reopen, resume the clock, owe a next response."""
+        """A customer wrote on an existing lead: reopen, resume the clock, owe a reply.
+
+        The reply owed is a next response, or a first response on a lead resolved unanswered."""
         policy = self.effective(lead.kind, lead.team, lead.priority)
         changes = LeadChanges(updated_at=now)
         changed = False
@@ -228,6 +231,14 @@ class SlaClock:
             due, warn = self._due(policy, NEXT_RESPONSE, now)
             changes = replace(
                 changes, sla_target=NEXT_RESPONSE, sla_started_at=now, sla_due=due, sla_warn_due=warn
+            )
+            changed = True
+        elif reopening and lead.first_response_at is None and FIRST_RESPONSE in policy.targets:
+            # Resolved without ever answering: the customer is still owed a first response, a
+            # new episode timed from this message (no clock ran, so it could never breach).
+            due, warn = self._due(policy, FIRST_RESPONSE, now)
+            changes = replace(
+                changes, sla_target=FIRST_RESPONSE, sla_started_at=now, sla_due=due, sla_warn_due=warn
             )
             changed = True
         if RESOLUTION in policy.targets:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from itertools import count
 from typing import Any
@@ -11,7 +12,7 @@ import pytest
 
 from hub.app import Hub
 from hub.config import ConfigError, Settings
-from hub.domain import Event, Identity, IdentityKind, Inbound, Lead, LeadKind, LeadStatus
+from hub.domain import Event, Identity, IdentityKind, Inbound, Lead, LeadKind, LeadStatus, ThreadHints
 from hub.intake import IntakeResult
 from hub.sla import retarget_after_config_change
 
@@ -257,6 +258,33 @@ async def test_resolve_stops_every_clock_and_reopen_restarts_resolution(make_hub
     reopened = await hub.actions.reopen(lead.number, "olena", now=reopened_at)
     assert reopened.resolution_due == reopened_at + timedelta(hours=8)
     assert await hub.sweeper.sweep(reopened_at + timedelta(hours=8, seconds=1)) == (1, 1)
+    await hub.store.close()
+
+
+async def test_a_customer_reopening_an_unanswered_lead_is_owed_a_first_response(
+    make_hub: Callable[..., Any],
+) -> None:
+    hub: Hub = await make_hub(sla={"policies": POLICIES})
+    lead = (await hub.intake.accept(inbound("silent@example.com", T0), now=T0)).lead
+    await hub.actions.resolve(lead.number, "olena", now=T0 + timedelta(minutes=10))
+    back = T0 + timedelta(days=1)
+    message = replace(
+        inbound("silent@example.com", back, text=f"Re: [#L-{lead.number}] Ви мене чуєте?"),
+        thread=ThreadHints(lead_number=lead.number),
+    )
+    result = await hub.intake.accept(message, now=back)
+    assert result.lead.number == lead.number and not result.created_lead
+    lead = await _lead(hub, lead.number)
+    assert lead.status == LeadStatus.OPEN and lead.first_response_at is None
+    # Resolved without a word to the customer: a first response is owed, timed from this message.
+    assert lead.sla_target == "first_response"
+    assert (lead.sla_started_at, lead.sla_due) == (back, back + timedelta(hours=4))
+    assert lead.sla_warn_due == back + timedelta(hours=3, minutes=12)
+    assert await hub.sweeper.sweep(back + timedelta(hours=4, seconds=1)) == (1, 1)
+    breaches = await _events(hub, lead.number, "sla.breached")
+    assert [(e.data["target"], e.data["due"]) for e in breaches] == [
+        ("first_response", (back + timedelta(hours=4)).isoformat())
+    ]
     await hub.store.close()
 
 
