@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from hub import i18n
 from hub.app import Hub
 from hub.config import Settings
 from tests.email.conftest import email_config
@@ -55,7 +56,9 @@ async def test_email_lead_topic_reply_goes_out_by_smtp(
     topic = await emu.wait_for(
         lambda: next(iter(emu.topics_in(STAFF)), None), what="topic for the email lead"
     )
-    assert topic.name.startswith(f"{lead.ref} · ") and topic.name.endswith("email")
+    assert topic.name.startswith(f"{lead.ref} · ") and topic.name.endswith(
+        i18n.text("dash.channel.email", "uk")
+    )
     await emu.wait_for(
         lambda: any("Надішліть, будь ласка, рахунок." in t for t in emu.texts_to(STAFF, topic.thread)),
         what="card",
