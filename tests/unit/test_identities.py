@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from email_validator import EmailNotValidError, validate_email
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hub.identities import normalize_email, normalize_phone, normalize_typed_email
 
@@ -99,3 +102,25 @@ def test_typed_addresses_never_carry_header_syntax(typed: str) -> None:
 def test_mail_headers_keep_the_lenient_check() -> None:
     # Such an address breaks the RFC, but mail from it arrived: its sender must stay reachable.
     assert normalize_email("a..b@example.com") == "a..b@example.com"
+
+
+def _library_only(value: str) -> str | None:
+    """What normalize_typed_email answers without its per-domain shortcut."""
+    value = value.strip()
+    if len(value) > 254:
+        return None
+    try:
+        checked = validate_email(value, check_deliverability=False)
+    except EmailNotValidError:
+        return None
+    address = f"{checked.local_part}@{checked.ascii_domain}"
+    return address.lower() if normalize_email(address) == address.lower() else None
+
+
+_ADDRESS_CHARS = st.sampled_from([*"abcXYZ019.-_+'@!{}~", "а", "ї", "@", "."])
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.emails() | st.text(_ADDRESS_CHARS, max_size=30))
+def test_the_per_domain_shortcut_answers_as_the_library_does(value: str) -> None:
+    assert normalize_typed_email(value) == _library_only(value)
