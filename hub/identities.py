@@ -13,7 +13,9 @@ _EMAIL = re.compile(r"^[^@\s\x00-\x1f\x7f-\x9f<>()\[\],;:\"\\]+@[A-Za-z0-9.-]+\.
 _USERNAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{3,31}$")
 #: An ASCII dot-atom local part (RFC 5322 atext), the form nearly every address has.
 _ASCII_LOCAL = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*\Z")
-_PHONE_CHARS = re.compile(r"\+?[\d\s().-]{7,25}")
+_PHONE_CHARS = re.compile(r"\+?[\d \t\u00a0().-]{7,25}")  # no line breaks
+_UA_INTERNATIONAL = re.compile(r"380([1-9]\d{8})")
+_UA_NATIONAL = re.compile(r"(?:00380|380|0)([1-9]\d{8})")
 #: Where a number typed without a country code is assumed to be (customers write `067 123 45 67`).
 DEFAULT_PHONE_REGION = "UA"
 
@@ -70,14 +72,30 @@ def normalize_phone(value: str, region: str = DEFAULT_PHONE_REGION) -> str | Non
     if region == "UA" and not value.startswith("+") and re.fullmatch(r"80\d{9}", digits):
         # The old trunk prefix: many still write 8 067 123 45 67 for 067 123 45 67.
         value = digits[1:]
-    try:
-        number = phonenumbers.parse(value, region)
-    except phonenumbers.NumberParseException:
-        return None
+    number = _ukrainian(value, digits, region)
+    if number is None:
+        try:
+            number = phonenumbers.parse(value, region)
+        except phonenumbers.NumberParseException:
+            return None
     # Valid, not just possible: a digit too few or too many makes a contact nobody can call.
     if not phonenumbers.is_valid_number(number):
         return None
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def _ukrainian(value: str, digits: str, region: str) -> phonenumbers.PhoneNumber | None:
+    """A Ukrainian number in one of its usual forms, without `phonenumbers.parse` (~26 µs, most of
+    a form's phone check); None for anything else, which the parser reads."""
+    if value.startswith("+"):
+        match = _UA_INTERNATIONAL.fullmatch(digits)
+    elif region == "UA":
+        match = _UA_NATIONAL.fullmatch(digits)
+    else:
+        return None
+    if match is None:
+        return None
+    return phonenumbers.PhoneNumber(country_code=380, national_number=int(match.group(1)))
 
 
 def normalize_telegram_username(value: str) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import phonenumbers
 import pytest
 from email_validator import EmailNotValidError, validate_email
 from hypothesis import given, settings
@@ -124,3 +125,36 @@ _ADDRESS_CHARS = st.sampled_from([*"abcXYZ019.-_+'@!{}~", "а", "ї", "@", "."])
 @given(st.emails() | st.text(_ADDRESS_CHARS, max_size=30))
 def test_the_per_domain_shortcut_answers_as_the_library_does(value: str) -> None:
     assert normalize_typed_email(value) == _library_only(value)
+
+
+def _parser_only(value: str, region: str) -> str | None:
+    """What normalize_phone answers with phonenumbers.parse alone."""
+    value = value.strip()
+    digits = "".join(c for c in value if c.isdigit())
+    if region == "UA" and not value.startswith("+") and len(digits) == 11 and digits.startswith("80"):
+        value = digits[1:]
+    try:
+        number = phonenumbers.parse(value, region)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_valid_number(number):
+        return None
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+_PREFIXES = st.sampled_from(["+380", "380", "00380", "0", "+38 0", "8 0", "+48", "", "+3800", "+1"])
+_SEPARATORS = st.sampled_from(["", " ", "-", "(", ")", "."])
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    _PREFIXES,
+    st.lists(st.tuples(_SEPARATORS, st.integers(0, 9)), min_size=7, max_size=11),
+    st.sampled_from(["UA", "PL"]),
+)
+def test_the_ukrainian_shortcut_answers_as_the_parser_does(
+    prefix: str, parts: list[tuple[str, int]], region: str
+) -> None:
+    typed = prefix + "".join(f"{sep}{digit}" for sep, digit in parts)
+    if normalize_phone(typed, region) is not None or _parser_only(typed, region) is not None:
+        assert normalize_phone(typed, region) == _parser_only(typed, region), typed
