@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 
 from aiohttp import web
@@ -114,6 +115,8 @@ class Hub:
             channel.attach(self)
         self._scheduler: AsyncIOScheduler | None = None
         self._runner: web.AppRunner | None = None
+        self._jobs: set[asyncio.Task[None]] = set()  # scheduler jobs running now
+        self._stopping = False
         self.web_port: int | None = None
 
     def telegram_link(self, lead: Lead) -> str:
@@ -169,19 +172,48 @@ class Hub:
             await channel.start()
         log.info("hub %s started (storage: %s)", self.instance_id, self.store.backend)
 
+    @contextlib.asynccontextmanager
+    async def _job(self) -> AsyncIterator[None]:
+        """A scheduler job's run: `stop()` waits for it (the store must outlive it), and a job
+        cancelled by the stop ends quietly (APScheduler logs any exception as an ERROR)."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._jobs.add(task)
+        try:
+            yield
+        except asyncio.CancelledError:
+            if not self._stopping:
+                raise
+            log.info("%s: cancelled by the stop", task.get_name())
+        finally:
+            self._jobs.discard(task)
+
     async def sweep_sla(self) -> None:
         """One SLA sweep at the current time (the scheduler's job)."""
-        try:
-            await self.sweeper.sweep(self.now())
-        except StoreError as exc:
-            log.warning("sla sweep: store unavailable, next sweep will catch up: %s", exc)
+        async with self._job():
+            try:
+                await self.sweeper.sweep(self.now())
+            except StoreError as exc:
+                log.warning("sla sweep: store unavailable, next sweep will catch up: %s", exc)
 
     async def drain_queue(self) -> None:
         """Hand the unassigned queue to whoever is eligible now (shift starts; the timer job)."""
-        try:
-            await self.queue.drain(self.now())
-        except StoreError as exc:
-            log.warning("routing drain: store unavailable, will retry: %s", exc)
+        async with self._job():
+            try:
+                await self.queue.drain(self.now())
+            except StoreError as exc:
+                log.warning("routing drain: store unavailable, will retry: %s", exc)
+
+    async def _finish_jobs(self, grace: float = 10.0) -> None:
+        """Let running scheduler jobs end (bounded), then cancel what is left."""
+        self._stopping = True
+        jobs = set(self._jobs)
+        if jobs:
+            _, late = await asyncio.wait(jobs, timeout=grace)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late, timeout=grace)
 
     async def _availability_changed(self, manager_id: str, away: bool) -> None:
         if away and self.settings.routing.reassign_when_away:
@@ -200,6 +232,9 @@ class Hub:
             await self._runner.cleanup()
             self._runner = None
         if self._scheduler is not None:
+            # Paused, not shut down, while running jobs finish: the shutdown cancels them.
+            self._scheduler.pause()
+            await self._finish_jobs()
             self._scheduler.shutdown(wait=False)
             self._scheduler = None
         if self.webhook is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import signal
 from pathlib import Path
 
@@ -66,3 +68,27 @@ async def test_a_cpu_the_process_may_not_use_is_a_config_error(tmp_path: Path) -
     assert hub.proc is not None
     assert hub.proc.wait(timeout=30) == 2
     assert "process.cpus: CPU 4096 is not available to this process" in hub.log()
+
+
+async def test_a_stop_right_after_the_start_waits_for_running_jobs(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hub.app import Hub
+    from tests.support.settings import make_settings
+
+    hub = Hub(make_settings(tmp_path))
+    started, finished = asyncio.Event(), []
+
+    async def slow_sweep(now: object) -> None:
+        started.set()
+        await asyncio.sleep(0.3)
+        finished.append("sweep")
+
+    monkeypatch.setattr(hub.sweeper, "sweep", slow_sweep)
+    await hub.start()
+    await asyncio.wait_for(started.wait(), 10)  # the scheduler runs the first sweep at once
+    await hub.stop()
+    # The stop waited for the sweep (its store is closed after it), and nothing was cancelled
+    # under APScheduler, which would log it as an ERROR.
+    assert finished == ["sweep"]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
