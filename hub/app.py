@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import socket
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
@@ -26,6 +27,7 @@ from hub.notify_webhook import WebhookNotifier
 from hub.outbox import OutboxDispatcher
 from hub.replies import Replies
 from hub.sla import SlaClock, SlaSweeper, retarget_after_config_change, team_leads_from
+from hub.tasks import cancel_until_done
 from hub.web.ratelimit import SlidingWindowLimiter
 from hub.web.server import create_web_app
 from routing.availability import Availability
@@ -35,6 +37,19 @@ from storage import Store, store_from_url
 from storage.base import StoreError
 
 log = logging.getLogger(__name__)
+
+_URL_PASSWORD = re.compile(r"(//[^:/@\s]+:)[^@\s]+@")
+
+
+class StartError(Exception):
+    """The hub could not start; the message is one line for the operator (what failed, where)."""
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception as one short line (pymongo's errors carry a whole topology description)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
 
 WebSetup = Callable[[web.Application], None]
 
@@ -117,6 +132,7 @@ class Hub:
         self._runner: web.AppRunner | None = None
         self._jobs: set[asyncio.Task[None]] = set()  # scheduler jobs running now
         self._stopping = False
+        self._started_channels: list[Channel] = []
         self.web_port: int | None = None
 
     def telegram_link(self, lead: Lead) -> str:
@@ -127,9 +143,38 @@ class Hub:
                 return str(make_link(lead))
         return ""
 
-    async def start(self) -> None:
-        """Open the store, replay unfinished input, start sweeps, delivery, web and channels."""
-        await self.store.open()
+    async def start(self, *, undo: bool = True) -> None:
+        """Open the store, replay unfinished input, start sweeps, delivery, web and channels.
+
+        A start that fails (or is cancelled) stops whatever it started before it raises: an
+        open store keeps aiosqlite's thread alive, and the process would never exit. With
+        `undo=False` the caller does that by calling `stop()`.
+        """
+        try:
+            await self._start()
+        except BaseException:
+            if undo:
+                await self.stop()
+            raise
+
+    async def _start(self) -> None:
+        try:
+            await self.store.open()
+        except (StoreError, OSError, ValueError) as exc:
+            url = _URL_PASSWORD.sub(r"\1***@", self.settings.storage.url)
+            raise StartError(
+                f"storage.url {url}: cannot open the store: {_one_line(exc)}; "
+                "check that the database is reachable and the path is a writable file"
+            ) from exc
+        except Exception as exc:
+            # MongoDB's driver errors (server selection timed out, auth failed) are not StoreErrors.
+            url = _URL_PASSWORD.sub(r"\1***@", self.settings.storage.url)
+            if type(exc).__module__.split(".")[0] not in ("pymongo", "bson"):
+                raise
+            raise StartError(
+                f"storage.url {url}: cannot open the store: {_one_line(exc)}; "
+                "check that the database is reachable and the credentials are right"
+            ) from exc
         await retarget_after_config_change(self.store, self.sla, self.instance_id, self.now())
         await self.inbox.start()
         await self.outbox.start()
@@ -156,20 +201,37 @@ class Hub:
         if self.settings.web.enabled:
             self._runner = web.AppRunner(create_web_app(self), access_log=None, shutdown_timeout=10)
             await self._runner.setup()
+            host, port = self.settings.web.host, self.settings.web.port
             site = web.TCPSite(
                 self._runner,
-                self.settings.web.host,
-                self.settings.web.port,
+                host,
+                port,
                 reuse_address=True,
                 reuse_port=self.settings.web.reuse_port or None,
             )
-            await site.start()
+            try:
+                await site.start()
+            except OSError as exc:
+                # uvloop/asyncio say "error while attempting to bind on address (...): <reason>".
+                reason = (exc.strerror or str(exc)).rsplit(": ", 1)[-1].lower()
+                raise StartError(
+                    f"web: cannot listen on {host}:{port}: {reason}; "
+                    "stop what uses it or change web.port / web.host"
+                ) from exc
             server = site._server
             sockets = getattr(server, "sockets", None) or []
-            self.web_port = sockets[0].getsockname()[1] if sockets else self.settings.web.port
-            log.info("web: listening on http://%s:%s", self.settings.web.host, self.web_port)
+            self.web_port = sockets[0].getsockname()[1] if sockets else port
+            log.info("web: listening on http://%s:%s", host, self.web_port)
         for channel in self.channels:
-            await channel.start()
+            # Counted before its start: a channel that fails halfway is stopped too.
+            self._started_channels.append(channel)
+            try:
+                await channel.start()
+            except (StartError, StoreError):
+                raise
+            except Exception as exc:
+                log.debug("channel %s failed to start", channel.name, exc_info=True)
+                raise StartError(f"{channel.name}: cannot start: {_one_line(exc)}") from exc
         log.info("hub %s started (storage: %s)", self.instance_id, self.store.backend)
 
     @contextlib.asynccontextmanager
@@ -222,33 +284,55 @@ class Hub:
             await self.queue.drain(self.now())
 
     async def stop(self) -> None:
-        """Stop taking input, finish in-flight requests, then close the store."""
-        for channel in reversed(self.channels):
+        """Stop taking input, finish in-flight requests, then close the store.
+
+        Safe after a partial start: each part stops only if it started, and a part that fails
+        to stop does not keep the store open (its thread would keep the process alive).
+        """
+        while self._started_channels:
+            channel = self._started_channels.pop()
             try:
                 await channel.stop()
             except Exception:
                 log.exception("channel %s failed to stop cleanly", channel.name)
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-        if self._scheduler is not None:
-            # Paused, not shut down, while running jobs finish: the shutdown cancels them.
-            self._scheduler.pause()
-            await self._finish_jobs()
-            self._scheduler.shutdown(wait=False)
-            self._scheduler = None
-        if self.webhook is not None:
-            await self.webhook.close()
-        await self.outbox.stop()
-        await self.inbox.stop()
-        await self.store.close()
+        try:
+            if self._runner is not None:
+                runner, self._runner = self._runner, None
+                await runner.cleanup()
+            if self._scheduler is not None:
+                scheduler, self._scheduler = self._scheduler, None
+                # Paused, not shut down, while running jobs finish: the shutdown cancels them.
+                scheduler.pause()
+                await self._finish_jobs()
+                scheduler.shutdown(wait=False)
+            if self.webhook is not None:
+                await self.webhook.close()
+            await self.outbox.stop()
+            await self.inbox.stop()
+        finally:
+            await self.store.close()
         log.info("hub %s stopped", self.instance_id)
 
 
 async def run_until_stopped(hub: Hub, stop: asyncio.Event) -> None:
-    """Start the hub, wait for `stop`, then shut down cleanly."""
-    await hub.start()
+    """Start the hub, wait for `stop`, then shut down cleanly.
+
+    `stop` is honoured during the start too (a store may take 30 s to answer): the start is
+    cancelled and undoes itself. A failed start raises (StartError: one line for the operator).
+    """
+    starting = asyncio.create_task(hub.start(undo=False), name="hub-start")
+    stopping = asyncio.create_task(stop.wait(), name="hub-stop-signal")
     try:
-        await stop.wait()
+        try:
+            await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            if not starting.done():
+                log.info("hub: stop requested while starting; stopping")
+                await cancel_until_done(starting)
+        if not starting.cancelled():
+            starting.result()  # a failed start raises here (after the stop below)
+            await stop.wait()
     finally:
+        # Also after a failed or cancelled start: it stops only the parts that started.
         await hub.stop()

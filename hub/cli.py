@@ -36,17 +36,18 @@ def _secrets(settings: Settings) -> list[str]:
 
 
 async def _run(settings: Settings) -> int:
-    from hub.app import Hub, run_until_stopped
-
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    # Signals first: a SIGINT/SIGTERM during the (slow) imports and the start stops cleanly.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    from hub.app import Hub, run_until_stopped
+
     log.info(
         "process: %s event loop, CPUs %s",
         type(loop).__module__.split(".")[0],
         ",".join(map(str, sorted(os.sched_getaffinity(0)))) if hasattr(os, "sched_getaffinity") else "any",
     )
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     hub = Hub(settings)
     await run_until_stopped(hub, stop)
     return 0
@@ -96,11 +97,23 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(masked_dump(settings), indent=2, ensure_ascii=False))
         return 0
     configure_logging(settings.log_level, _secrets(settings))
+    # Until the event loop takes over SIGTERM, it stops the process like SIGINT (nothing is
+    # open yet), instead of killing it without a word.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    from hub.app import StartError
+
     try:
         return process.run(_run(settings), settings.process)
     except ConfigError as exc:
         print(f"hub: bad configuration: {exc}", file=sys.stderr)
         return 2
+    except StartError as exc:
+        # One line, through the redacting log handler: the message may quote a storage URL.
+        log.critical("hub cannot start: %s", exc)
+        return 1
+    except KeyboardInterrupt:
+        log.info("hub stopped before it started")
+        return 130
     except Exception:
         # Through logging, not Python's default hook: the traceback may quote a storage URL or
         # a token, and only the log handler redacts them.

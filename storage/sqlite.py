@@ -647,12 +647,37 @@ class SqliteStore:
 
     # --- lifecycle ------------------------------------------------------------------------
     async def open(self) -> None:
+        """Open (creating if need be) the file; a file that cannot be used is a StoreError
+        naming it, and nothing is left running (no database thread outlives a failed open)."""
         if self._db is not None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # isolation_level=None: we open transactions ourselves with BEGIN IMMEDIATE, so two
-        # processes never deadlock upgrading a read lock (SQLITE_BUSY_SNAPSHOT in WAL mode).
-        self._db = await aiosqlite.connect(self.path, isolation_level=None)
+        try:
+            await asyncio.to_thread(self.path.parent.mkdir, parents=True, exist_ok=True)
+            if await asyncio.to_thread(self.path.is_dir):
+                raise StoreError(f"SQLite {self.path}: is a directory; name a database file")
+            # isolation_level=None: we open transactions ourselves with BEGIN IMMEDIATE, so two
+            # processes never deadlock upgrading a read lock (SQLITE_BUSY_SNAPSHOT in WAL mode).
+            connection = aiosqlite.connect(self.path, isolation_level=None)
+            try:
+                self._db = await connection
+            except BaseException:
+                # aiosqlite stops its thread without waiting for it: wait here, or the thread
+                # reports to an event loop that is closed by then ("Event loop is closed").
+                await asyncio.to_thread(connection._thread.join, 5.0)
+                raise
+            await self._prepare()
+        except BaseException as exc:
+            if self._db is not None:
+                db, self._db = self._db, None
+                with contextlib.suppress(Exception):
+                    await db.close()
+            if isinstance(exc, (sqlite3.Error, OSError)):
+                raise StoreError(f"SQLite {self.path}: cannot open: {exc}") from exc
+            raise
+
+    async def _prepare(self) -> None:
+        """Pragmas, schema and migrations of a freshly opened connection."""
+        assert self._db is not None
         self._db.row_factory = sqlite3.Row
         await self._db.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
         await self._enable_wal()

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import subprocess
+import time
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from tests.support.process import HubProcess
+from tests.support.process import HubProcess, free_port
 from tests.support.settings import base_config
 
 
@@ -92,3 +94,93 @@ async def test_a_stop_right_after_the_start_waits_for_running_jobs(
     # under APScheduler, which would log it as an ERROR.
     assert finished == ["sweep"]
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def _logged(hub: HubProcess, text: str, every: float = 0.05) -> None:
+    """Wait (bounded) until the hub's log shows `text`."""
+    deadline = time.monotonic() + 60
+    for _ in iter(lambda: text in hub.log() or time.monotonic() > deadline, True):
+        await asyncio.sleep(every)
+
+
+def _exits(hub: HubProcess, timeout: float = 30.0) -> int:
+    """The exit code of a hub that must end on its own (SIGKILL and fail if it hangs)."""
+    assert hub.proc is not None
+    try:
+        return hub.proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        hub.kill()
+        raise AssertionError(f"the hub hung instead of exiting:\n{hub.log()}") from None
+
+
+@pytest.mark.parametrize("event_loop", ["uvloop", "asyncio"])
+async def test_a_port_in_use_ends_the_start_with_one_line(tmp_path: Path, event_loop: str) -> None:
+    config = base_config(tmp_path)
+    config["process"] = {"event_loop": event_loop}
+    first = HubProcess(tmp_path, config, name="first")
+    second = HubProcess(tmp_path, config, name="second")
+    second.port = first.port
+    second.config_path.write_text(first.config_path.read_text(encoding="utf-8"), encoding="utf-8")
+    try:
+        first.start()
+        await first.wait_ready()
+        second.start()
+        # It stops what it started (the store's thread kept the process alive) and exits.
+        assert _exits(second) == 1, second.log()
+        log = second.log()
+        assert f"web: cannot listen on 127.0.0.1:{first.port}: address already in use" in log
+        assert "Traceback" not in log and "unexpected error" not in log
+    finally:
+        second.stop()
+        assert first.stop() == 0, first.log()
+
+
+@pytest.mark.parametrize("path", ["/proc/hub.db", "DIR"])
+async def test_an_unusable_sqlite_path_is_one_line_naming_storage_url(tmp_path: Path, path: str) -> None:
+    config = base_config(tmp_path)
+    path = str(tmp_path) if path == "DIR" else path
+    config["storage"] = {"url": f"sqlite:///{path}"}
+    hub = HubProcess(tmp_path, config)
+    hub.start()
+    assert _exits(hub) == 1, hub.log()
+    log = hub.log()
+    assert f"storage.url sqlite:///{path}: cannot open the store" in log, log
+    assert "Traceback" not in log and "Event loop is closed" not in log, log
+
+
+async def test_an_unreachable_mongodb_is_one_line_with_the_password_masked(tmp_path: Path) -> None:
+    config = base_config(tmp_path)
+    url = f"mongodb://hub:s3cr3t-pw@127.0.0.1:{free_port()}/hub?serverSelectionTimeoutMS=300"
+    config["storage"] = {"url": url}
+    hub = HubProcess(tmp_path, config)
+    hub.start()
+    assert _exits(hub) == 1, hub.log()
+    log = hub.log()
+    assert "storage.url mongodb://hub:***@127.0.0.1:" in log, log
+    assert "cannot open the store" in log and "Traceback" not in log and "s3cr3t-pw" not in log
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_a_signal_during_the_start_stops_promptly(tmp_path: Path, sig: int) -> None:
+    config = base_config(tmp_path)
+    # Nothing listens there: the start waits for server selection for a minute.
+    config["storage"] = {"url": f"mongodb://127.0.0.1:{free_port()}/hub?serverSelectionTimeoutMS=60000"}
+    hub = HubProcess(tmp_path, config)
+    hub.start()
+    await _logged(hub, "process: ")
+    await asyncio.sleep(0.5)
+    assert hub.proc is not None
+    hub.proc.send_signal(sig)
+    assert _exits(hub, timeout=15) == 0, hub.log()
+    log = hub.log()
+    assert "stopped" in log and "Traceback" not in log and "unexpected error" not in log, log
+
+
+async def test_a_signal_early_in_the_start_stops_without_a_traceback(tmp_path: Path) -> None:
+    hub = HubProcess(tmp_path, base_config(tmp_path))
+    hub.start()
+    await _logged(hub, "process: ", every=0.01)
+    assert hub.proc is not None
+    hub.proc.send_signal(signal.SIGINT)
+    assert _exits(hub) in (0, 130), hub.log()
+    assert "Traceback" not in hub.log(), hub.log()

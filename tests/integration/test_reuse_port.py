@@ -8,7 +8,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from hub.app import Hub
+from hub.app import Hub, StartError
 from hub.config import settings_from_dict
 from storage.base import LeadQuery
 from tests.support.settings import base_config, deep_merge
@@ -41,7 +41,9 @@ async def test_two_hubs_share_a_port_only_with_reuse_port(tmp_path: Path) -> Non
             await second.stop()
         # Without the option the port stays taken: a second hub must fail loudly, not share.
         alone = Hub(settings_from_dict(deep_merge(base_config(tmp_path), {"web": {"port": port}}), env={}))
-        with pytest.raises(OSError):
+        with pytest.raises(
+            StartError, match=f"web: cannot listen on 127.0.0.1:{port}: address already in use"
+        ):
             await alone.start()
         await alone.stop()
     finally:
