@@ -882,8 +882,19 @@ class SqliteStore:
             for waiter in deferred.waiters:
                 waiter.add_done_callback(self._log_unwaited_commit)
             return
-        for waiter in deferred.waiters:
-            await waiter
+        waiters = deferred.waiters
+        try:
+            if waiters:
+                # All of them, not one by one: after the first error the others (a disk-full
+                # COMMIT fails them all) were never retrieved and flooded the log.
+                await asyncio.wait(waiters)
+        except BaseException:
+            for waiter in waiters:
+                waiter.add_done_callback(lambda f: f.cancelled() or f.exception())
+            raise
+        errors = [e for w in waiters if not w.cancelled() and (e := w.exception()) is not None]
+        if errors:
+            raise errors[0]
 
     async def sync(self) -> None:
         """Return once every write issued so far is committed: the COMMIT this joins is queued

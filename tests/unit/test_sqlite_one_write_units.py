@@ -45,3 +45,36 @@ async def test_a_failed_one_write_unit_keeps_the_other_units_of_its_transaction(
         assert await other.next_lead_number() == 1  # the failed insert left the counter alone
     finally:
         await other.close()
+
+
+async def test_a_failed_commit_of_a_deferred_block_raises_once_and_leaves_no_error_unretrieved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    from storage.base import StoreError
+
+    store = SqliteStore(tmp_path / "hub.db")
+    await store.open()
+    joined: list[asyncio.Future[None]] = []
+    join = store._join_commit
+
+    def spy() -> asyncio.Future[None]:
+        joined.append(join())
+        return joined[-1]
+
+    try:
+        # Disk full at COMMIT: every unit the COMMIT covered fails with it.
+        monkeypatch.setattr(store, "_join_commit", spy)
+        monkeypatch.setattr(
+            store, "_commit_in_thread", lambda conn: StoreError("SQLite hub.db: database or disk is full")
+        )
+        with pytest.raises(StoreError, match="disk is full"):
+            async with store.deferred_commit():
+                for n in range(5):
+                    await store.inbox_put("webform", f"form:{n}", b"{}", T0)
+    finally:
+        await store.close()  # the disk is still full
+    assert len(joined) == 5 and all(w.done() for w in joined)
+    # Each one's error was retrieved ("Future exception was never retrieved" flooded the log).
+    assert not [w for w in joined if w._log_traceback]  # type: ignore[attr-defined]
