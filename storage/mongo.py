@@ -43,7 +43,7 @@ from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument, Upd
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError, WriteConcernError, WriteError
 
 from hub.domain import (
     ACTIVE_STATUSES,
@@ -141,10 +141,19 @@ def _translated(method: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coro
 
     @functools.wraps(method)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        store = args[0] if args and isinstance(args[0], MongoStore) else None
         try:
-            return await method(*args, **kwargs)
+            result = await method(*args, **kwargs)
         except PyMongoError as exc:
-            raise StoreError(f"MongoDB: {method.__name__} failed: {exc}") from exc
+            error = f"MongoDB: {method.__name__} failed: {exc}"
+            refused = isinstance(exc, (WriteError, WriteConcernError, BulkWriteError))
+            if store is not None and refused and not isinstance(exc, DuplicateKeyError):
+                # The server answers pings but refuses writes (disk full): /healthz degraded.
+                store._write_error = (method.__name__, error)
+            raise StoreError(error) from exc
+        if store is not None and store._write_error is not None and store._write_error[0] == method.__name__:
+            store._write_error = None  # the write that failed succeeds again
+        return result
 
     return wrapper
 
@@ -495,6 +504,8 @@ class MongoStore:
         self._client: AsyncMongoClient[Doc] | None = None
         self._db: AsyncDatabase[Doc] | None = None
         self._transactions = False
+        # The last write the server refused (method, message), until that write succeeds again.
+        self._write_error: tuple[str, str] | None = None
 
     @classmethod
     def from_url(cls, url: str) -> MongoStore:
@@ -707,7 +718,7 @@ class MongoStore:
                 await self._client.admin.command("ping")
         except PyMongoError:
             return False
-        return True
+        return self._write_error is None
 
     @contextlib.asynccontextmanager
     async def deferred_commit(self, wait: bool = True) -> AsyncIterator[None]:

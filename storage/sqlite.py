@@ -14,6 +14,7 @@ import contextvars
 import functools
 import json
 import logging
+import os
 import random
 import sqlite3
 import urllib.parse
@@ -623,6 +624,13 @@ class SqliteStore:
         self._commit_scheduled = False
         self._flush_handle: asyncio.Handle | None = None
         self._flush_task: asyncio.Future[None] | None = None
+        # /healthz must say "degraded" when a submission would be lost or refused: the last
+        # write failure (kept until a COMMIT succeeds), and the file we have open no longer
+        # being the file at our path (deleted or replaced: writes would go to a lost inode).
+        self._write_error: str | None = None
+        self._file_id: tuple[int, int] | None = None
+        self._file_gone: str | None = None
+        self._file_checked = 0.0
 
     @classmethod
     def from_url(cls, url: str) -> SqliteStore:
@@ -666,6 +674,9 @@ class SqliteStore:
                 await asyncio.to_thread(connection._thread.join, 5.0)
                 raise
             await self._prepare()
+            st = await asyncio.to_thread(os.stat, self.path)
+            self._file_id = (st.st_dev, st.st_ino)
+            self._file_gone = self._write_error = None
         except BaseException as exc:
             if self._db is not None:
                 db, self._db = self._db, None
@@ -793,11 +804,43 @@ class SqliteStore:
         await self._db.close()
         self._db = None
 
+    def _file_state(self) -> str | None:
+        """Why the open file is not the file at our path any more (None: it still is)."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return "the database file was deleted while the hub had it open"
+        except OSError as exc:
+            return f"the database file cannot be checked: {exc}"
+        if self._file_id is not None and (st.st_dev, st.st_ino) != self._file_id:
+            return "the database file was replaced while the hub had it open"
+        return None
+
+    async def _check_file(self) -> None:
+        """Refresh `_file_gone`, at most once a second (a stat, off the event loop)."""
+        now = monotonic()
+        if now - self._file_checked < 1.0:
+            return
+        self._file_checked = now
+        gone = await asyncio.to_thread(self._file_state)
+        if gone is not None and self._file_gone is None:
+            log.error("SQLite %s: %s; writes are refused: restart the hub", self.path, gone)
+        self._file_gone = gone
+
+    async def _writable(self) -> None:
+        """Refuse a write (StoreError: 503) that would go into a deleted or replaced file."""
+        await self._check_file()
+        if self._file_gone is not None:
+            raise StoreError(f"SQLite {self.path}: {self._file_gone}; restart the hub")
+
     async def ping(self) -> bool:
         try:
             await self._conn.execute_fetchall("SELECT 1")
         except (sqlite3.Error, ValueError, StoreError):
             return False
+        await self._check_file()
+        if self._file_gone is not None or self._write_error is not None:
+            return False  # a submission would be lost or refused now
         if monotonic() - self._last_commit < 2.0:
             return True  # we wrote a moment ago
         # Reads work even while another connection holds the write lock (WAL), so ask for the
@@ -807,7 +850,9 @@ class SqliteStore:
 
     def _can_write(self) -> bool:
         try:
-            conn = sqlite3.connect(self.path, timeout=0.5, isolation_level=None)
+            # mode=rw: never create a new, empty file where ours was deleted.
+            uri = self.path.resolve().as_uri() + "?mode=rw"
+            conn = sqlite3.connect(uri, timeout=0.5, isolation_level=None, uri=True)
         except sqlite3.Error:
             return False
         try:
@@ -829,6 +874,7 @@ class SqliteStore:
     @contextlib.asynccontextmanager
     async def _unit(self) -> AsyncIterator[_UnitDb]:
         """Run statements as one all-or-nothing unit, then wait until they are committed."""
+        await self._writable()
         db = _UnitDb(self, self._conn)
         self._queued += 1
         try:
@@ -843,7 +889,8 @@ class SqliteStore:
                 if isinstance(exc, sqlite3.IntegrityError):
                     raise  # a unique key: the caller decides whether that is idempotency
                 # Locked, read-only, disk full: transient for the caller (HTTP 503, retry later).
-                raise StoreError(f"SQLite {self.path}: write failed: {exc}") from exc
+                self._write_error = f"SQLite {self.path}: write failed: {exc}"
+                raise StoreError(self._write_error) from exc
             except BaseException:
                 await db.rollback()
                 raise
@@ -1002,8 +1049,10 @@ class SqliteStore:
                 # COMMIT also releases the last unit's savepoint.
                 conn.execute("COMMIT")
                 self._last_commit = monotonic()
+                self._write_error = None
         except sqlite3.Error as exc:
             error = StoreError(f"SQLite {self.path}: commit failed: {exc}")
+            self._write_error = str(error)
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
         finally:
@@ -1035,6 +1084,7 @@ class SqliteStore:
         Units therefore pipeline instead of each holding the lock for a round trip. The job
         runs whole even if the caller is cancelled (all or nothing, decided in that thread).
         """
+        await self._writable()
         db = self._conn
         async with self._lock:
             loop = asyncio.get_running_loop()
@@ -1047,7 +1097,8 @@ class SqliteStore:
         except sqlite3.IntegrityError:
             raise  # a unique key: the caller decides whether that is idempotency
         except sqlite3.Error as exc:
-            raise StoreError(f"SQLite {self.path}: write failed: {exc}") from exc
+            self._write_error = f"SQLite {self.path}: write failed: {exc}"
+            raise StoreError(self._write_error) from exc
         waiter = self._join_commit()
         deferred = _DEFERRED.get()
         if deferred is not None and deferred.open and deferred.store is self:

@@ -78,3 +78,28 @@ async def test_a_failed_commit_of_a_deferred_block_raises_once_and_leaves_no_err
     assert len(joined) == 5 and all(w.done() for w in joined)
     # Each one's error was retrieved ("Future exception was never retrieved" flooded the log).
     assert not [w for w in joined if w._log_traceback]  # type: ignore[attr-defined]
+
+
+async def test_a_failed_write_is_unhealthy_until_a_write_commits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from storage.base import StoreError
+
+    store = SqliteStore(tmp_path / "hub.db")
+    await store.open()
+    try:
+        assert await store.ping()
+
+        def disk_full(conn: sqlite3.Connection, savepoint: bool = True) -> None:
+            raise sqlite3.OperationalError("database or disk is full")
+
+        monkeypatch.setattr(store, "_begin_unit_in_thread", disk_full)
+        with pytest.raises(StoreError, match="disk is full"):
+            await store.inbox_put("webform", "form:a", b"{}", T0)
+        # Reads still work, but a submission would fail: degraded, not ok.
+        assert not await store.ping()
+        monkeypatch.undo()
+        await store.inbox_put("webform", "form:b", b"{}", T0)
+        assert await store.ping()
+    finally:
+        await store.close()
