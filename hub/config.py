@@ -33,6 +33,10 @@ class ConfigError(Exception):
     """The configuration cannot be used; the message names the key and what to fix."""
 
 
+#: The longest duration a setting may have (ten years).
+MAX_DURATION = timedelta(days=3650)
+
+
 def parse_duration(value: Any) -> timedelta:
     """`90s`, `15m`, `4h`, `2d` (or a number of seconds) -> timedelta."""
     if isinstance(value, timedelta):
@@ -43,8 +47,11 @@ def parse_duration(value: Any) -> timedelta:
         seconds = float(match.group(1)) * _UNITS[match.group(2)]
     else:
         raise ValueError(f"invalid duration {value!r}: use a number with s, m, h or d, e.g. 90s, 15m, 4h, 2d")
-    if seconds <= 0:
+    if seconds != seconds or seconds <= 0:  # NaN compares unequal to itself
         raise ValueError(f"duration {value!r} must be positive")
+    if seconds > MAX_DURATION.total_seconds():
+        # Due times are now + duration: past this, datetime overflows (500 on every form).
+        raise ValueError(f"duration {value!r} is too long: use at most {MAX_DURATION.days}d")
     return timedelta(seconds=seconds)
 
 

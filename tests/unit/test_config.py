@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from datetime import timedelta
@@ -175,3 +176,26 @@ def test_every_secret_is_handed_to_the_log_redaction() -> None:
     assert set(env.values()) <= set(_secrets(settings))
     dumped = str(masked_dump(settings))
     assert not [value for value in env.values() if value in dumped]
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("check_every", "9999999999d"),
+        ("check_every", ".inf"),
+        ("first_response", "3000000d"),
+        ("check_every", ".nan"),
+    ],
+)
+def test_a_duration_too_long_to_compute_with_is_a_config_error(tmp_path: Path, key: str, value: str) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"sla:\n  {key}: {value}\n", encoding="utf-8")
+    failed = subprocess.run(
+        [sys.executable, "-m", "hub", "check-config", "--config", str(bad)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=60,
+    )
+    assert failed.returncode == 2, failed.stderr
+    assert f"sla.{key}" in failed.stderr and "Traceback" not in failed.stderr
