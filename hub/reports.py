@@ -224,12 +224,15 @@ def parse_bound(raw: str, zone: ZoneInfo, end: bool) -> datetime:
     except ValueError:
         moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
         return _within_range(moment if moment.tzinfo else moment.replace(tzinfo=zone))
-    start_of_day = _within_range(datetime.combine(day, time(0), tzinfo=zone))
-    if not end:
-        return start_of_day
-    # An end date is inclusive: the period ends when the next local day begins (checked first, as
-    # the day after 9999-12-31 does not exist).
-    return _within_range(datetime.combine(day + timedelta(days=1), time(0), tzinfo=zone))
+    # The limits are local days, as the error states them: a day's local midnight may lie before
+    # EARLIEST in UTC (Kyiv was +02:02 in year 1), which the arithmetic still has room for.
+    if not EARLIEST.date() <= day <= LATEST.date():
+        raise ValueError(
+            f"{raw} is outside the dates a report can cover "
+            f"({EARLIEST.date().isoformat()} to {LATEST.date().isoformat()})"
+        )
+    # An end date is inclusive: the period ends when the next local day begins.
+    return datetime.combine(day + timedelta(days=1) if end else day, time(0), tzinfo=zone)
 
 
 def default_period(now: datetime, zone: ZoneInfo, days: int = 30) -> Period:

@@ -225,7 +225,10 @@ async def reports_csv(request: web.Request) -> web.Response:
         return _bad_report(request, exc)
     if table == "compare":
         if before is None:
-            before_period = _previous(report.period, "table")
+            try:
+                before_period = _previous(report.period, "table")
+            except BadReportRequest as exc:
+                return _bad_report(request, exc)
             zone = zone_of(hub_of(request))
             before = await build_report(hub_of(request).store, before_period, wanted.filters, zone, False)
         rows = comparison(before.summary, report.summary)
