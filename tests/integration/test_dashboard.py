@@ -290,6 +290,27 @@ async def test_breaches_page_counts_every_breach_and_lists_the_most_overdue_firs
     assert f"Current (still open) ({total}) · the first {BREACHES_LIMIT} shown" in current
 
 
+async def test_a_breach_resolved_unanswered_is_as_late_as_it_was_when_resolved(
+    hub: Hub, base_url: str, olena
+) -> None:
+    session, _ = olena
+    now = utcnow()
+    due = now - timedelta(hours=3)
+    await hub.store.create_lead(
+        build_lead(
+            1,
+            "c-gone",
+            first_response_due=due,
+            breached_at=due,
+            status=LeadStatus.RESOLVED,
+            resolved_at=due + timedelta(hours=2),
+        )
+    )
+    text = await (await session.get(f"{base_url}/dashboard/breaches", params={"lang": "en"})).text()
+    past = text[text.index("Past") :]
+    assert "2h 00m" in past and "3h 00m" not in past, past[:2000]
+
+
 async def test_live_queue_rows_keep_the_language_chosen_with_lang(http, base_url: str, olena) -> None:
     session, _ = olena
     await _form_lead(http, base_url)

@@ -477,7 +477,8 @@ async def _breach_rows(
         breach = next((e for e in lead_events if e.type == EventType.SLA_BREACHED.value), None)
         holder = breach.data.get("assignee") if breach else lead.assignee
         due = lead.first_response_due or lead.breached_at or now
-        late = ((lead.first_response_at or now) - due).total_seconds()
+        # Lateness stops with the answer, or with the resolution of a lead never answered.
+        late = ((lead.first_response_at or lead.resolved_at or now) - due).total_seconds()
         steps = [e for e in lead_events if breach is None or e.at >= breach.at or e.type.startswith("sla.")]
         rows.append(BreachRow(lead, holder if isinstance(holder, str) else None, late, steps))
     return BreachTable(rows, await hub.store.count_leads(query))
