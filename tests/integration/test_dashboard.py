@@ -311,6 +311,14 @@ async def test_a_breach_resolved_unanswered_is_as_late_as_it_was_when_resolved(
     assert "2h 00m" in past and "3h 00m" not in past, past[:2000]
 
 
+async def test_the_queue_finds_a_customer_by_the_phone_number_as_typed(http, base_url: str, olena) -> None:
+    session, _ = olena
+    ref = await _form_lead(http, base_url, email="", phone="+380 67 111 22 33")
+    for typed in ("0671112233", "380671112233", "+380671112233", ref):
+        text = await (await session.get(f"{base_url}/dashboard", params={"q": typed})).text()
+        assert f'data-lead="{ref}"' in text, typed
+
+
 async def test_live_queue_rows_keep_the_language_chosen_with_lang(http, base_url: str, olena) -> None:
     session, _ = olena
     await _form_lead(http, base_url)

@@ -151,10 +151,14 @@ async def _queue_leads(request: web.Request, filters: QueueFilters) -> tuple[lis
     hub = hub_of(request)
     viewer = viewer_of(request)
     number = parse_lead_number(filters.q) if filters.q else None
+    by_number: list[Lead] = []
     if number is not None:
         lead = await hub.store.get_lead(number)
-        found = [lead] if lead is not None and may_open(viewer, lead) else []
-        return found, len(found)
+        by_number = [lead] if lead is not None and may_open(viewer, lead) else []
+        digits = filters.q.strip()
+        # Seven digits or more may as well be a phone number (0671112233): search for it too.
+        if not (digits.isdigit() and len(digits) >= 7):
+            return by_number, len(by_number)
     if filters.status == "all":
         statuses: tuple[LeadStatus, ...] | None = None
     elif filters.status:
@@ -192,7 +196,9 @@ async def _queue_leads(request: web.Request, filters: QueueFilters) -> tuple[lis
         page = await hub.store.list_leads(query, QUEUE_LIMIT)
         leads.update((lead.number, lead) for lead in page.items)
         total += await hub.store.count_leads(query)
-    return sorted(leads.values(), key=_sort_key)[:QUEUE_LIMIT], total
+    found = sorted(leads.values(), key=_sort_key)
+    extra = [lead for lead in by_number if lead.number not in leads]
+    return (extra + found)[:QUEUE_LIMIT], total + len(extra)
 
 
 def _with(query: LeadQuery, **changes: Any) -> LeadQuery:
