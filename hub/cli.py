@@ -11,7 +11,7 @@ import signal
 import sys
 
 from hub import process
-from hub.config import ConfigError, Settings, load_settings, masked_dump
+from hub.config import ConfigError, Settings, check_startable, load_settings, masked_dump
 from hub.logs import configure_logging
 
 log = logging.getLogger("hub")
@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         return _hash_password(args.stdin)
     try:
         settings = load_settings(args.config)
+        check_startable(settings)
     except ConfigError as exc:
         print(f"hub: bad configuration: {exc}", file=sys.stderr)
         return 2

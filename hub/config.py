@@ -575,6 +575,36 @@ def _check_calendars(settings: Settings) -> None:
                 raise ConfigError(f"{key}.timezone: unknown time zone {hours.timezone!r}") from exc
 
 
+def check_startable(settings: Settings) -> None:
+    """What `hub run` would refuse at start-up, checked up front: `hub check-config` and
+    `hub run` both call this, so a config that passes one is not refused by the other.
+
+    Raises ConfigError naming the key. Some checks depend on this host (process.cpus).
+    """
+    url = settings.storage.url
+    if settings.storage.backend == "sqlite" and not url.removeprefix("sqlite:///").partition("?")[0]:
+        raise ConfigError(f"storage.url: {url!r} has no file path (use e.g. sqlite:///data/hub.db)")
+    telegram = settings.telegram
+    if telegram.enabled:
+        token = telegram.token.get_secret_value().strip() if telegram.token is not None else ""
+        if not token:
+            raise ConfigError("telegram.token: set HUB_TELEGRAM_TOKEN (telegram.enabled is true)")
+        if not token.split(":", 1)[0].isdigit():
+            raise ConfigError("telegram.token: not a bot token (expected <bot id>:<secret>)")
+        if telegram.mode == "webhook" and not (
+            telegram.webhook_secret and telegram.webhook_secret.get_secret_value()
+        ):
+            raise ConfigError("telegram.webhook_secret: webhook mode needs HUB_TELEGRAM_WEBHOOK_SECRET")
+    if settings.email.enabled:
+        if not settings.email.imap.host.strip():
+            raise ConfigError("email.imap.host: empty (set the IMAP server's host name, or HUB_IMAP_HOST)")
+        if not settings.email.smtp.host.strip():
+            raise ConfigError("email.smtp.host: empty (set the SMTP server's host name, or HUB_SMTP_HOST)")
+    from hub.process import check_cpus  # hub.process builds on this module
+
+    check_cpus(settings.process.cpus)
+
+
 def _deep_copy(data: Any) -> Any:
     if isinstance(data, dict):
         return {k: _deep_copy(v) for k, v in data.items()}

@@ -27,10 +27,11 @@ def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     raise ConfigError(f"process.event_loop: unknown event loop {name!r} (use uvloop or asyncio)")
 
 
-def pin_to_cpus(cpus: Collection[int]) -> None:
-    """Keep every thread of this process, and those it starts later, on `cpus` (empty: no-op)."""
+def check_cpus(cpus: Collection[int]) -> set[int]:
+    """The CPUs this process may use; a ConfigError naming `process.cpus` when `cpus` (not
+    empty) cannot be had here. `hub check-config` and `hub run` both ask."""
     if not cpus:
-        return
+        return set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else set()
     if not hasattr(os, "sched_setaffinity"):
         raise ConfigError("process.cpus: this system cannot pin a process to CPUs; leave it empty")
     allowed = os.sched_getaffinity(0)
@@ -40,6 +41,14 @@ def pin_to_cpus(cpus: Collection[int]) -> None:
             f"process.cpus: CPU {', '.join(map(str, missing))} is not available to this process "
             f"(it may use {', '.join(map(str, sorted(allowed)))})"
         )
+    return allowed
+
+
+def pin_to_cpus(cpus: Collection[int]) -> None:
+    """Keep every thread of this process, and those it starts later, on `cpus` (empty: no-op)."""
+    if not cpus:
+        return
+    allowed = check_cpus(cpus)
     global _allowed_at_start
     if _allowed_at_start is None:
         _allowed_at_start = frozenset(allowed)

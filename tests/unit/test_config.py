@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -199,3 +200,60 @@ def test_a_duration_too_long_to_compute_with_is_a_config_error(tmp_path: Path, k
     )
     assert failed.returncode == 2, failed.stderr
     assert f"sla.{key}" in failed.stderr and "Traceback" not in failed.stderr
+
+
+@pytest.mark.parametrize(
+    ("data", "env", "message"),
+    [
+        ({"telegram": {"enabled": True}}, {}, "telegram.token: set HUB_TELEGRAM_TOKEN"),
+        (
+            {"telegram": {"enabled": True}},
+            {"HUB_TELEGRAM_TOKEN": "nodigits"},
+            "telegram.token: not a bot token",
+        ),
+        (
+            {"telegram": {"enabled": True, "mode": "webhook"}},
+            {"HUB_TELEGRAM_TOKEN": "123:abc"},
+            "telegram.webhook_secret: webhook mode needs",
+        ),
+        ({"process": {"cpus": [99999]}}, {}, "process.cpus: CPU 99999 is not available"),
+        ({"storage": {"url": "sqlite:///"}}, {}, "storage.url: 'sqlite:///' has no file path"),
+        ({"storage": {"url": "sqlite:///?busy_timeout=5s"}}, {}, "storage.url: "),
+        ({"email": {"enabled": True, "imap": {"host": ""}}}, {}, "email.imap.host: empty"),
+        ({"email": {"enabled": True, "smtp": {"host": " "}}}, {}, "email.smtp.host: empty"),
+    ],
+)
+def test_what_run_refuses_check_config_refuses(
+    tmp_path: Path, data: dict[str, object], env: dict[str, str], message: str
+) -> None:
+    from hub.config import check_startable
+
+    settings = settings_from_dict(data, env=env)  # valid as far as the schema goes
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        check_startable(settings)
+    # The same in `hub check-config`: exit 2, the key named, no traceback.
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(json.dumps(data), encoding="utf-8")
+    failed = subprocess.run(
+        [sys.executable, "-m", "hub", "check-config", "--config", str(bad)],
+        capture_output=True,
+        text=True,
+        env={
+            **{k: v for k, v in os.environ.items() if not k.startswith("HUB_")},
+            **env,
+            "PYTHONPATH": str(ROOT),
+        },
+        timeout=60,
+    )
+    assert failed.returncode == 2, failed.stderr
+    assert message in failed.stderr and "Traceback" not in failed.stderr
+
+
+def test_email_and_telegram_with_what_they_need_pass_the_start_checks() -> None:
+    from hub.config import check_startable
+
+    settings = settings_from_dict(
+        {"telegram": {"enabled": True, "mode": "webhook"}, "email": {"enabled": True}},
+        env={"HUB_TELEGRAM_TOKEN": "123:abc", "HUB_TELEGRAM_WEBHOOK_SECRET": "s3cret"},
+    )
+    check_startable(settings)
