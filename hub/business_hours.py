@@ -228,18 +228,34 @@ def parse_holidays(raw: dict[str, Any], key: str) -> tuple[str | None, str | Non
         raise ConfigError(f"{key}: unknown key(s) {', '.join(unknown)} (use country, subdivision, dates)")
     country = raw.get("country")
     subdivision = raw.get("subdivision")
+    if subdivision is not None:
+        subdivision = str(subdivision)
+        if country is None:
+            raise ConfigError(f"{key}.subdivision: needs a country (e.g. country: UA)")
     if country is not None:
         country = str(country).upper()
         try:
-            holidays_lib.country_holidays(country, subdiv=subdivision, years=2026)
+            known = holidays_lib.country_holidays(country, years=2026)
         except NotImplementedError as exc:
             raise ConfigError(
                 f"{key}.country: {country!r} is not a country the holidays package knows"
             ) from exc
-        except ValueError as exc:
-            raise ConfigError(f"{key}.subdivision: {exc}") from exc
+        if subdivision is not None:
+            try:
+                holidays_lib.country_holidays(country, subdiv=subdivision, years=2026)
+            except (NotImplementedError, ValueError) as exc:
+                choices = ", ".join(sorted(known.subdivisions)) or "none"
+                raise ConfigError(
+                    f"{key}.subdivision: {subdivision!r} is not a subdivision of {country} "
+                    f"the holidays package knows (known: {choices})"
+                ) from exc
+    raw_dates = raw.get("dates")
+    if raw_dates is None:
+        raw_dates = []
+    if not isinstance(raw_dates, list):
+        raise ConfigError(f"{key}.dates: {raw_dates!r} is not a list of dates like [2026-12-25, 2026-12-31]")
     dates: set[date] = set()
-    for i, item in enumerate(raw.get("dates") or []):
+    for i, item in enumerate(raw_dates):
         if isinstance(item, datetime):
             dates.add(item.date())
         elif isinstance(item, date):

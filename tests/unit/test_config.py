@@ -257,3 +257,35 @@ def test_email_and_telegram_with_what_they_need_pass_the_start_checks() -> None:
         env={"HUB_TELEGRAM_TOKEN": "123:abc", "HUB_TELEGRAM_WEBHOOK_SECRET": "s3cret"},
     )
     check_startable(settings)
+
+
+@pytest.mark.parametrize(
+    ("holidays", "message"),
+    [
+        (
+            {"country": "UA", "subdivision": "ZZ"},
+            "sla.calendar.holidays.subdivision: 'ZZ' is not a subdivision of UA",
+        ),
+        ({"country": "US", "subdivision": "ZZ"}, "sla.calendar.holidays.subdivision: 'ZZ' "),
+        ({"country": "XX", "subdivision": "ZZ"}, "sla.calendar.holidays.country: 'XX' is not a country"),
+        ({"subdivision": "CA"}, "sla.calendar.holidays.subdivision: needs a country"),
+        ({"dates": "2026-12-25"}, "sla.calendar.holidays.dates: '2026-12-25' is not a list of dates"),
+        ({"dates": {"xmas": "2026-12-25"}}, "sla.calendar.holidays.dates: {'xmas'"),
+    ],
+)
+def test_holiday_errors_name_the_key_at_fault(holidays: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        settings_from_dict({"sla": {"calendar": {"holidays": holidays}}}, env={})
+    assert str(info.value).startswith(message), str(info.value)
+
+
+def test_a_single_unquoted_holiday_date_is_refused_as_not_a_list(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("sla:\n  calendar:\n    holidays:\n      dates: 2026-12-25\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"^sla\.calendar\.holidays\.dates: .* is not a list of dates"):
+        load_settings(config, env={})
+    settings = settings_from_dict(
+        {"sla": {"calendar": {"holidays": {"country": "US", "subdivision": "CA", "dates": ["2026-12-31"]}}}},
+        env={},
+    )
+    assert settings.sla.calendar.holidays["subdivision"] == "CA"
