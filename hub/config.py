@@ -621,6 +621,16 @@ def load_settings(path: str | Path | None = None, env: dict[str, str] | None = N
         text = config_path.read_text(encoding="utf-8")
     except FileNotFoundError as exc:
         raise ConfigError(f"config file {config_path} not found (pass --config PATH)") from exc
+    except IsADirectoryError as exc:
+        raise ConfigError(
+            f"config file {config_path} is a directory (pass --config PATH to a YAML file)"
+        ) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config file {config_path} is not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8"
+        ) from exc
+    except OSError as exc:
+        raise ConfigError(f"config file {config_path} cannot be read: {exc.strerror or exc}") from exc
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:

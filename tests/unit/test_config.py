@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from datetime import timedelta
@@ -289,3 +290,31 @@ def test_a_single_unquoted_holiday_date_is_refused_as_not_a_list(tmp_path: Path)
         env={},
     )
     assert settings.sla.calendar.holidays["subdivision"] == "CA"
+
+
+@pytest.mark.parametrize("kind", ["directory", "latin-1", "unreadable"])
+def test_a_config_path_that_cannot_be_read_is_a_config_error(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "config.yaml"
+    if kind == "directory":
+        path.mkdir()
+        expected = "is a directory"
+    elif kind == "latin-1":
+        path.write_bytes("web:\n  public_url: https://caf\u00e9.example\n".encode("latin-1"))
+        expected = "is not UTF-8 text"
+    else:
+        if os.geteuid() == 0:
+            pytest.skip("root reads any file")
+        path.write_text("{}\n", encoding="utf-8")
+        path.chmod(0)
+        expected = "cannot be read"
+    with pytest.raises(ConfigError, match="^" + re.escape(f"config file {path} {expected}")):
+        load_settings(path, env={})
+    failed = subprocess.run(
+        [sys.executable, "-m", "hub", "check-config", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=60,
+    )
+    assert failed.returncode == 2, failed.stderr
+    assert f"config file {path} {expected}" in failed.stderr and "Traceback" not in failed.stderr
