@@ -59,13 +59,20 @@ def _hash_password(from_stdin: bool) -> int:
 
     from hub.web.dashboard.auth import hash_password
 
-    if from_stdin or not sys.stdin.isatty():
-        password = sys.stdin.readline().rstrip("\r\n")
-    else:
-        password = getpass.getpass("Password: ")
-        if getpass.getpass("Again: ") != password:
-            print("hub: the passwords do not match", file=sys.stderr)
-            return 2
+    try:
+        if from_stdin or not sys.stdin.isatty():
+            password = sys.stdin.readline().rstrip("\r\n")
+        else:
+            password = getpass.getpass("Password: ")
+            if getpass.getpass("Again: ") != password:
+                print("hub: the passwords do not match", file=sys.stderr)
+                return 2
+    except EOFError:  # Ctrl-D at the prompt
+        print("\nhub: no password given", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # Ctrl-C at the prompt
+        print("\nhub: cancelled", file=sys.stderr)
+        return 130
     if len(password) < 8:
         print("hub: use a password of at least 8 characters", file=sys.stderr)
         return 2

@@ -318,3 +318,62 @@ def test_a_config_path_that_cannot_be_read_is_a_config_error(tmp_path: Path, kin
     )
     assert failed.returncode == 2, failed.stderr
     assert f"config file {path} {expected}" in failed.stderr and "Traceback" not in failed.stderr
+
+
+@pytest.mark.parametrize(
+    ("raised", "code", "message"), [(EOFError, 1, "no password given"), (KeyboardInterrupt, 130, "cancelled")]
+)
+def test_hash_password_prompt_ended_by_ctrl_d_or_ctrl_c_exits_quietly(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    raised: type[BaseException],
+    code: int,
+    message: str,
+) -> None:
+    import getpass
+
+    from hub.cli import main
+
+    def interrupted(prompt: str = "") -> str:
+        raise raised
+
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: True)
+    monkeypatch.setattr(getpass, "getpass", interrupted)
+    assert main(["hash-password"]) == code
+    captured = capsys.readouterr()
+    assert captured.out == "" and f"hub: {message}" in captured.err
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs a pseudo-terminal")
+@pytest.mark.parametrize(
+    ("keys", "code", "message"), [(b"\x04", 1, b"no password given"), (b"\x03", 130, b"cancelled")]
+)
+def test_hash_password_at_a_terminal_ctrl_d_and_ctrl_c(keys: bytes, code: int, message: bytes) -> None:
+    import pty
+    import select
+    import time
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: its controlling terminal is the pty
+        os.environ["PYTHONPATH"] = str(ROOT)
+        os.execv(sys.executable, [sys.executable, "-m", "hub", "hash-password"])
+    output = b""
+    deadline = time.monotonic() + 60
+    sent = False
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.5)
+        if ready:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            output += chunk
+        if not sent and b"Password: " in output:
+            os.write(fd, keys)
+            sent = True
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == code, output
+    assert message in output and b"Traceback" not in output
