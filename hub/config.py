@@ -644,6 +644,10 @@ def masked_dump(settings: Settings) -> dict[str, Any]:
     """The effective settings as plain data, every secret replaced by `***`."""
     raw = settings.model_dump(mode="json", by_alias=True)
     _mask(raw)
+    webhook = raw["notify"].get("webhook")
+    if webhook is not None:
+        # Header values are often credentials (Authorization, API keys): names only.
+        webhook["headers"] = {name: "***" for name in webhook["headers"]}
     url = settings.storage.url
     raw["storage"]["url"] = re.sub(r"//([^:/@]+):([^@]+)@", r"//\1:***@", url)
     return raw

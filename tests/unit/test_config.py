@@ -377,3 +377,36 @@ def test_hash_password_at_a_terminal_ctrl_d_and_ctrl_c(keys: bytes, code: int, m
     os.close(fd)
     assert os.waitstatus_to_exitcode(status) == code, output
     assert message in output and b"Traceback" not in output
+
+
+def test_check_config_masks_every_notify_webhook_header_value(tmp_path: Path) -> None:
+    data = {
+        "notify": {
+            "webhook": {
+                "url": "https://alerts.example.com/hook",
+                "headers": {
+                    "Authorization": "Bearer hdr-secret-777",
+                    "X-Api-Key": "key-888",
+                    "X-Team": "ops-999",
+                },
+            }
+        }
+    }
+    dumped = masked_dump(settings_from_dict(data, env={}))
+    assert dumped["notify"]["webhook"]["headers"] == {
+        "Authorization": "***",
+        "X-Api-Key": "***",
+        "X-Team": "***",
+    }
+    config = tmp_path / "config.yaml"
+    config.write_text(json.dumps(data), encoding="utf-8")
+    ok = subprocess.run(
+        [sys.executable, "-m", "hub", "check-config", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=60,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert '"Authorization": "***"' in ok.stdout
+    assert not [value for value in ("hdr-secret-777", "key-888", "ops-999") if value in ok.stdout]
