@@ -267,6 +267,11 @@ class Replies:
         text = text.strip()
         if not text:
             raise ValidationFailed("a note needs text", {"text": "must not be empty"}, code="empty_text")
+        if len(text) > MAX_REPLY_CHARS:
+            # Refused like a reply: a cut note would lose what staff wrote without telling them.
+            raise ValidationFailed(
+                "note too long", {"text": f"at most {MAX_REPLY_CHARS} characters"}, code="too_long"
+            )
         lead = await self._store.get_lead(lead_number)
         if lead is None:
             raise NotFoundError(f"lead L-{lead_number} does not exist")
@@ -278,7 +283,7 @@ class Replies:
             direction=Direction.NOTE,
             channel="internal",
             author=author,
-            text=text[:MAX_REPLY_CHARS],
+            text=text,
             created_at=now,
         )
         await self._store.add_outbound(message, None)

@@ -197,6 +197,22 @@ async def test_lead_page_shows_sanitized_html_and_actions_work(hub: Hub, http, b
     assert "Відповідаємо" in page and "призначено вручну" in page  # the history shows the reason
 
 
+async def test_a_note_over_the_limit_is_refused_not_cut(hub: Hub, http, base_url: str, olena) -> None:
+    session, csrf = olena
+    ref = await _form_lead(http, base_url)
+    resp = await session.post(
+        f"{base_url}/dashboard/leads/{ref}/note", data={"csrf": csrf, "text": "x" * 20_001}
+    )
+    assert "error=too_long" in str(resp.url), resp.url
+    assert [m for m in await hub.store.list_messages(int(ref[2:])) if m.direction.value == "note"] == []
+    kept = await session.post(
+        f"{base_url}/dashboard/leads/{ref}/note", data={"csrf": csrf, "text": "y" * 20_000}
+    )
+    assert "done=note" in str(kept.url), kept.url
+    notes = [m for m in await hub.store.list_messages(int(ref[2:])) if m.direction.value == "note"]
+    assert [len(m.text) for m in notes] == [20_000]
+
+
 async def test_erase_contact_leaves_no_personal_data(hub: Hub, http, base_url: str, olena, settings) -> None:
     session, csrf = olena
     ref = await _form_lead(http, base_url, name="Секретна Особа", email="secret.person@example.com")
