@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 import aiohttp
 
 from hub.app import Hub
-from hub.domain import DeliveryState, Direction, Message, new_id, utcnow
+from hub.domain import DeliveryState, Direction, Identity, IdentityKind, Message, new_id, utcnow
 
 
 async def _submit(
@@ -369,3 +369,27 @@ async def test_a_reply_to_a_lead_whose_contact_was_erased_is_409_and_records_not
         assert error["error"] == "contact_erased" and "erased" in error["detail"], error
     assert await hub.store.list_messages(1) == []
     assert await hub.store.list_events(types=["reply.recorded", "delivery.failed"]) == []
+
+
+async def test_a_keyed_reply_retried_after_the_contact_got_an_email_is_not_sent_again(
+    hub: Hub, http, base_url, auth
+) -> None:
+    resp = await _submit(
+        http, base_url, "contact", name="Phone Only", phone="+380 67 123 45 67", message="Hi"
+    )
+    assert resp.status == 201
+    url = f"{base_url}/api/v1/leads/L-1/replies"
+    headers = {**auth, "Idempotency-Key": "reply-channel-1"}
+    body = {"text": "Передзвонимо", "author": "olena"}
+    first = await http.post(url, json=body, headers=headers)
+    assert first.status == 201, await first.text()
+    # Between the attempts the contact gains an email (a dashboard merge): the reply would now go there.
+    lead = await hub.store.get_lead(1)
+    assert lead is not None
+    await hub.store.add_identity(lead.contact_id, Identity(IdentityKind.EMAIL, "phone.only@example.com"))
+    retry = await http.post(url, json=body, headers=headers)
+    assert retry.status == 200, await retry.text()
+    assert (await retry.json())["id"] == (await first.json())["id"]
+    out = [m for m in await hub.store.list_messages(1) if m.direction is Direction.OUT]
+    assert [m.text for m in out] == ["Передзвонимо"]
+    assert (await hub.store.outbox_counts()).get("queued", 0) == 0
