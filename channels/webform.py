@@ -193,8 +193,16 @@ async def submit(
 ) -> IntakeResult | None:
     """Store a validated submission raw, then turn it into a lead; None if quarantined.
     Raises IdempotencyKeyReused when the key was used before for another submission."""
-    # Only unique, not secret: new_id's pooled randomness spares a getrandom() per submission.
-    key = idempotency_key or new_id()
+    if idempotency_key is None:
+        # Only unique, not secret: new_id's pooled randomness spares a getrandom() per submission.
+        external_id = f"{form_id}:{new_id()}"
+    else:
+        # A key is unique per source whatever the form, so another form under it meets the stored
+        # item and is refused. Items stored before carry `form:key`: a retry of one is found there.
+        external_id = f"key:{idempotency_key}"
+        legacy = f"{form_id}:{idempotency_key}"
+        if await hub.store.inbox_find(channel, legacy) is not None:
+            external_id = legacy
     payload = stored_payload(form_id, kind, submission, language, ip, team)
     raw = json.dumps(payload, ensure_ascii=False).encode("utf-8")
     # The new item's Inbound comes from the validated submission itself: reading back and
@@ -202,7 +210,7 @@ async def submit(
     # holds the two to that). A replay still decodes the stored bytes.
     _, result = await hub.inbox.submit(
         channel,
-        f"{form_id}:{key}",
+        external_id,
         raw,
         {"ip": ip},
         decoder=lambda item: _inbound(item, submission, payload),

@@ -237,6 +237,9 @@ class Store(Protocol):
     async def inbox_get(self, item_id: int) -> InboxItem | None:
         """One inbox item by id."""
 
+    async def inbox_find(self, channel: str, external_id: str) -> InboxItem | None:
+        """The inbox item stored under (channel, external_id), if any."""
+
     async def inbox_done(self, item_id: int, lead_number: int | None) -> None:
         """Mark an item processed (it produced, or joined, that lead)."""
 

@@ -852,6 +852,12 @@ class MongoStore:
         return _inbox(doc) if doc else None
 
     @_translated
+    async def inbox_find(self, channel: str, external_id: str) -> InboxItem | None:
+        """The inbox item stored under (channel, external_id), if any."""
+        doc = await self._col("inbox").find_one({"channel": channel, "external_id": external_id})
+        return _inbox(doc) if doc else None
+
+    @_translated
     async def inbox_done(self, item_id: int, lead_number: int | None) -> None:
         """Mark an item processed (it produced, or joined, that lead)."""
         await self._col("inbox").update_one(

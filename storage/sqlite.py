@@ -1215,6 +1215,12 @@ class SqliteStore:
         row = await self._read_one("SELECT * FROM inbox WHERE id = ?", (item_id,))
         return _inbox(row) if row else None
 
+    async def inbox_find(self, channel: str, external_id: str) -> InboxItem | None:
+        row = await self._read_one(
+            "SELECT * FROM inbox WHERE channel = ? AND external_id = ?", (channel, external_id)
+        )
+        return _inbox(row) if row else None
+
     async def inbox_done(self, item_id: int, lead_number: int | None) -> None:
         await self._write(
             lambda conn: conn.execute(

@@ -30,6 +30,14 @@ async def test_put_is_idempotent_on_channel_and_external_id(store: Store) -> Non
     assert await store.inbox_get(987654321) is None
 
 
+async def test_find_looks_an_item_up_by_channel_and_external_id(store: Store) -> None:
+    item, _ = await store.inbox_put("webform", "contact:k-1", b"{}", at(0))
+    found = await store.inbox_find("webform", "contact:k-1")
+    assert found is not None and found.id == item.id and found.payload == b"{}"
+    assert await store.inbox_find("api", "contact:k-1") is None
+    assert await store.inbox_find("webform", "key:k-1") is None
+
+
 async def test_put_with_holder_claims_until_the_lease_lapses(store: Store) -> None:
     item, _ = await store.inbox_put("webform", "f-1", b"{}", at(0), holder="proc-a", lease_seconds=60)
     assert await store.inbox_claim("proc-b", at(30), 60, 10) == []

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta
 
 import aiohttp
 
+from channels.webform import stored_payload, validate_submission
 from hub.app import Hub
-from hub.domain import DeliveryState, Direction, Identity, IdentityKind, Message, new_id, utcnow
+from hub.domain import (
+    DeliveryState,
+    Direction,
+    Identity,
+    IdentityKind,
+    LeadKind,
+    Message,
+    new_id,
+    utcnow,
+)
 
 
 async def _submit(
@@ -393,3 +404,36 @@ async def test_a_keyed_reply_retried_after_the_contact_got_an_email_is_not_sent_
     out = [m for m in await hub.store.list_messages(1) if m.direction is Direction.OUT]
     assert [m.text for m in out] == ["Передзвонимо"]
     assert (await hub.store.outbox_counts()).get("queued", 0) == 0
+
+
+async def test_an_api_idempotency_key_reused_for_another_form_is_422(hub: Hub, http, base_url, auth) -> None:
+    headers = {**auth, "Idempotency-Key": "lead-key-form-01"}
+    fields = {"email": "forms@example.com", "message": "one request"}
+    url = f"{base_url}/api/v1/leads"
+    first = await http.post(url, json={**fields, "form": "landing"}, headers=headers)
+    assert first.status == 201, await first.text()
+    other = await http.post(url, json={**fields, "form": "partner"}, headers=headers)
+    assert other.status == 422 and (await other.json())["error"] == "idempotency_key_reused"
+    retry = await http.post(url, json={**fields, "form": "landing"}, headers=headers)
+    assert retry.status == 200 and (await retry.json())["number"] == (await first.json())["number"]
+    assert [m.text for m in await hub.store.list_messages(1)] == ["one request"]
+    assert len(await hub.store.list_events(types=["message.added"])) == 1
+
+
+async def test_a_submission_stored_under_a_form_scoped_key_is_still_found_by_its_retry(
+    hub: Hub, http, base_url
+) -> None:
+    # How form submissions were keyed before keys were unique per source: `form:key`.
+    fields = {"email": "legacy@example.com", "message": "stored long ago"}
+    submission, _ = validate_submission(fields, "en")
+    assert submission is not None
+    payload = stored_payload("contact", LeadKind.MESSAGE, submission, "en", "", None)
+    await hub.inbox.submit("webform", "contact:legacy-key-0001", json.dumps(payload).encode())
+    headers = {"Idempotency-Key": "legacy-key-0001"}
+    retry = await http.post(f"{base_url}/forms/contact", json=fields, headers=headers)
+    assert retry.status == 200 and (await retry.json())["lead"] == "L-1"
+    changed = await http.post(
+        f"{base_url}/forms/contact", json={**fields, "message": "other"}, headers=headers
+    )
+    assert changed.status == 422
+    assert [m.text for m in await hub.store.list_messages(1)] == ["stored long ago"]
