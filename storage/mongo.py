@@ -1213,7 +1213,13 @@ class MongoStore:
         base = await self._lead_query(query)
         # Two reads, as in SQLite: the owed part is read in lead_status_due order and stops
         # after `limit` matches; only a short page leaves room for the answered ones.
-        owed: Doc = {"first_response_at": None, "first_response_due": {"$type": "date"}}
+        # Only an active lead is still owed an answer: a resolved or closed one never answered
+        # sorts with the rest, or it would crowd the urgent ones out of the limit.
+        owed: Doc = {
+            "status": {"$in": _ACTIVE},
+            "first_response_at": None,
+            "first_response_due": {"$type": "date"},
+        }
         found = (
             self._col("leads")
             .find({"$and": [base, owed]} if base else owed)
@@ -1222,7 +1228,13 @@ class MongoStore:
         )
         docs = [doc async for doc in found]
         if len(docs) < limit:
-            rest: Doc = {"$or": [{"first_response_at": {"$type": "date"}}, {"first_response_due": None}]}
+            rest: Doc = {
+                "$or": [
+                    {"status": {"$nin": _ACTIVE}},
+                    {"first_response_at": {"$type": "date"}},
+                    {"first_response_due": None},
+                ]
+            }
             more = (
                 self._col("leads")
                 .find({"$and": [base, rest]} if base else rest)

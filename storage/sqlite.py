@@ -1621,14 +1621,17 @@ class SqliteStore:
         # The filters' index (leads_status_number for the queue's active statuses) finds the
         # matches and a top-`limit` sorter keeps the soonest: O(matching leads), no extra index
         # for every write to keep. The answered part is read only when the owed part is short.
-        owed = [*where, "first_response_at IS NULL", "first_response_due IS NOT NULL"]
+        # Only an active lead is still owed an answer: a resolved or closed one never answered
+        # sorts with the rest, or it would crowd the urgent ones out of the limit.
+        owed_if = f"status IN {_ACTIVE_SQL} AND first_response_at IS NULL AND first_response_due IS NOT NULL"
+        owed = [*where, owed_if]
         rows = await self._read(
             f"SELECT {_LEAD_COLUMNS} FROM leads WHERE {' AND '.join(owed)} "
             "ORDER BY first_response_due, number LIMIT ?",
             [*params, limit],
         )
         if len(rows) < limit:
-            rest = [*where, "(first_response_at IS NOT NULL OR first_response_due IS NULL)"]
+            rest = [*where, f"NOT ({owed_if})"]
             rows += await self._read(
                 f"SELECT {_LEAD_COLUMNS} FROM leads WHERE {' AND '.join(rest)} "
                 "ORDER BY updated_at DESC, number LIMIT ?",

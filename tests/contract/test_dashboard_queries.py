@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 
 from hub.domain import LeadKind, LeadStatus
-from storage.base import ContactMissing, KpiQuery, KpiRow, LeadChanges, Store
+from storage.base import ContactMissing, KpiQuery, KpiRow, LeadChanges, LeadQuery, Store
 from tests.contract.builders import T0, at, contact, email, message, new_lead, outbound
 
 
@@ -166,3 +166,36 @@ def _same(a: KpiRow, b: KpiRow) -> bool:
         elif x != y:
             return False
     return True
+
+
+async def test_due_order_puts_only_active_unanswered_leads_first(store: Store) -> None:
+    # A queue of every status: a lead resolved or closed without a reply owes nothing any more.
+    owed = [await new_lead(store, first_response_due=at(hours=h), updated_at=at(minutes=1)) for h in (3, 1)]
+    resolved = await new_lead(
+        store, status=LeadStatus.RESOLVED, first_response_due=at(hours=-30), updated_at=at(minutes=9)
+    )
+    closed = await new_lead(
+        store, status=LeadStatus.CLOSED, first_response_due=at(hours=-40), updated_at=at(minutes=2)
+    )
+    answered = await new_lead(
+        store, first_response_due=at(hours=-5), first_response_at=at(hours=-6), updated_at=at(minutes=5)
+    )
+    everything = LeadQuery(order="due")
+    page = await store.list_leads(everything, 10)
+    assert [lead.number for lead in page.items] == [
+        owed[1].number,
+        owed[0].number,
+        resolved.number,
+        answered.number,
+        closed.number,
+    ]
+    # The inactive ones never take an owed lead's place under the limit.
+    assert [lead.number for lead in (await store.list_leads(everything, 2)).items] == [
+        owed[1].number,
+        owed[0].number,
+    ]
+    only_resolved = LeadQuery(statuses=(LeadStatus.RESOLVED, LeadStatus.CLOSED), order="due")
+    assert [lead.number for lead in (await store.list_leads(only_resolved, 10)).items] == [
+        resolved.number,
+        closed.number,
+    ]

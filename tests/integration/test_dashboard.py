@@ -287,6 +287,28 @@ async def test_the_queue_keeps_the_most_urgent_leads_when_more_are_open_than_it_
         assert f"Showing the {QUEUE_LIMIT} most urgent of {total} leads" in text
 
 
+async def test_a_queue_of_every_status_puts_resolved_unanswered_leads_after_the_owed_ones(
+    hub: Hub, base_url: str, olena
+) -> None:
+    session, _ = olena
+    now = utcnow()
+    async with hub.store.deferred_commit():
+        await hub.store.create_lead(
+            build_lead(1, "c-all", status=LeadStatus.RESOLVED, first_response_due=now - timedelta(days=3))
+        )
+        await hub.store.create_lead(build_lead(2, "c-all", first_response_due=now + timedelta(hours=1)))
+    for path in ("/dashboard", "/dashboard/queue/rows"):
+        text = await (await session.get(f"{base_url}{path}", params={"lang": "en", "status": "all"})).text()
+        shown = [int(ref) for ref in re.findall(r'data-lead="L-(\d+)"', text)]
+        assert shown == [2, 1], (path, shown)
+        resolved_row = text[text.index('data-lead="L-1"') :]
+        resolved_row = resolved_row[: resolved_row.index("</tr>")]
+        assert "not answered" in resolved_row and "answered</span>" not in resolved_row.replace(
+            "not answered", ""
+        )
+        assert "data-due" not in resolved_row
+
+
 async def test_breaches_page_counts_every_breach_and_lists_the_most_overdue_first(
     hub: Hub, base_url: str, olena
 ) -> None:

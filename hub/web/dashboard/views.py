@@ -130,8 +130,10 @@ class QueueRow:
 
 
 def _row_state(lead: Lead, now: datetime) -> str:
-    if not lead.is_active or lead.first_response_at is not None:
+    if lead.first_response_at is not None:
         return "done"
+    if not lead.is_active:
+        return "unanswered"  # resolved or closed without a reply: nothing is owed, nor was it answered
     if lead.breached_at is not None or (lead.first_response_due and lead.first_response_due <= now):
         return "breached"
     if lead.warned_at is not None or (lead.warn_due and lead.warn_due <= now):
@@ -140,8 +142,9 @@ def _row_state(lead: Lead, now: datetime) -> str:
 
 
 def _sort_key(lead: Lead) -> tuple[int, float, int]:
-    # Unanswered leads by due time (soonest and overdue first), then answered ones, newest first.
-    if lead.first_response_at is None and lead.first_response_due is not None:
+    # Active leads owed an answer by due time (soonest and overdue first), then the rest, most
+    # recently updated first (as the store's due order has them).
+    if lead.is_active and lead.first_response_at is None and lead.first_response_due is not None:
         return (0, lead.first_response_due.timestamp(), lead.number)
     return (1, -lead.updated_at.timestamp(), lead.number)
 
