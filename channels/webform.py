@@ -196,9 +196,14 @@ async def submit(
     if idempotency_key is None:
         # Only unique, not secret: new_id's pooled randomness spares a getrandom() per submission.
         external_id = f"{form_id}:{new_id()}"
+    elif channel == "webform":
+        # Each form is an endpoint of its own (its URL), and keys are scoped to their endpoint, as
+        # the Idempotency-Key draft allows: no lookup of older key forms on the hot path.
+        external_id = f"{form_id}:{idempotency_key}"
     else:
-        # A key is unique per source whatever the form, so another form under it meets the stored
-        # item and is refused. Items stored before carry `form:key`: a retry of one is found there.
+        # One API endpoint takes every form: a key is unique whatever the form, so another form
+        # under it meets the stored item and is refused. Items stored before carry `form:key`: a
+        # retry of one is found there.
         external_id = f"key:{idempotency_key}"
         legacy = f"{form_id}:{idempotency_key}"
         if await hub.store.inbox_find(channel, legacy) is not None:
