@@ -930,18 +930,16 @@ class SqliteStore:
                 waiter.add_done_callback(self._log_unwaited_commit)
             return
         waiters = deferred.waiters
-        try:
-            if waiters:
-                # All of them, not one by one: after the first error the others (a disk-full
-                # COMMIT fails them all) were never retrieved and flooded the log.
-                await asyncio.wait(waiters)
-        except BaseException:
-            for waiter in waiters:
-                waiter.add_done_callback(lambda f: f.cancelled() or f.exception())
-            raise
-        errors = [e for w in waiters if not w.cancelled() and (e := w.exception()) is not None]
-        if errors:
-            raise errors[0]
+        for waiter in waiters:
+            try:
+                await waiter
+            except BaseException:
+                # The others are retrieved when they end: a disk-full COMMIT fails them all, and
+                # unretrieved they flooded the log. (asyncio.wait on all of them cost ~4% of a
+                # lead's CPU: this is the hot path of every write.)
+                for other in waiters:
+                    other.add_done_callback(lambda f: f.cancelled() or f.exception())
+                raise
 
     async def sync(self) -> None:
         """Return once every write issued so far is committed: the COMMIT this joins is queued
