@@ -23,6 +23,7 @@ import aiohttp
 import aiosqlite
 import pytest
 
+from hub.inbox import CLAIM_SECONDS
 from tests.conftest import require_server
 from tests.email.helpers import make_mail
 from tests.integration.test_telegram import ALERTS, STAFF, telegram_config
@@ -153,6 +154,12 @@ async def _scalar(db: Path, sql: str) -> Any:
         return row[0] if row else None
 
 
+async def _rows(db: Path, sql: str) -> list[Any]:
+    async with aiosqlite.connect(db) as conn:
+        cursor = await conn.execute(sql)
+        return list(await cursor.fetchall())
+
+
 def _breach_alerts(emu: TelegramEmulator) -> Counter[int]:
     refs: Counter[int] = Counter()
     for text in emu.texts_to(ALERTS):
@@ -258,8 +265,19 @@ async def test_three_processes_survive_lease_holders_killed_at_random(
         doubled = sum(n - 1 for n in alerts.values())
         # Only the relay killed between Telegram's answer and its cursor write repeats one alert.
         assert doubled <= alert_holder_kills, alerts
-        pending = await _scalar(cluster.db, "SELECT count(*) FROM inbox WHERE status != 'done'")
-        assert pending == 0
+        # A done mark is not waited for (InboxProcessor.process): a kill right after intake's
+        # commit loses it, and a live process's replay marks the row once its claim lapses.
+        left: list[Any] = []
+        deadline = time.monotonic() + CLAIM_SECONDS + 20
+        while time.monotonic() < deadline:
+            left = await _rows(
+                cluster.db,
+                "SELECT channel, external_id, status, reason, claimed_by FROM inbox WHERE status != 'done'",
+            )
+            if not left or any(row[2] == "quarantined" for row in left):
+                break
+            await asyncio.sleep(0.5)
+        assert left == [], left
         print(
             f"\n{len(cluster.alive())} alive after {KILLS} kills; takeovers (s): "
             + ", ".join(f"{name} {secs:.1f}" for name, secs in takeovers)
