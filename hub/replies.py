@@ -39,8 +39,6 @@ from storage.base import DuplicateError, LeadChanges, Store
 log = logging.getLogger(__name__)
 
 MAX_REPLY_CHARS = 20_000
-# Where a reply can go out besides the lead's own channel (see `delivery_channels`).
-_REPLY_CHANNELS = ("email", "telegram")
 
 
 def delivery_channels(lead: Lead, contact: Contact | None) -> list[str]:
@@ -168,7 +166,7 @@ class Replies:
         if external_id is not None:
             # A retried request (same key from the same source, on the same lead) returns the first reply.
             key = _reply_key(lead.number, source, external_id)
-            known = await self._find_keyed(lead, channel or lead.channel, source, external_id)
+            known = await self._find_keyed(lead, source, external_id)
             if known is not None:
                 return _same_request(known, text, author), True
         message = Message(
@@ -250,26 +248,17 @@ class Replies:
         log.info("%s: reply %s by %s queued on %s", lead.ref, message.id, author, channel or "(none)")
         return message, False
 
-    async def _find_keyed(self, lead: Lead, channel: str, source: str, external_id: str) -> Message | None:
+    async def _find_keyed(self, lead: Lead, source: str, external_id: str) -> Message | None:
         """The reply a key already recorded on this lead, whichever channel it went out on.
 
-        The channel is chosen per attempt from the contact's addresses, which can change between a
-        request and its retry (a merge adds an email, a channel is switched off): looking in today's
-        channel only would record and send the reply twice.
-        """
-        channels = [channel, *(c for c in _REPLY_CHANNELS if c != channel)]
-        if lead.channel not in channels:
-            channels.append(lead.channel)
-        for candidate in channels:
-            known = await self._store.find_message(candidate, _reply_key(lead.number, source, external_id))
-            if known is not None:
-                return known
-        # Replies stored before keys were scoped to their lead carry `source:key`: such a one is
-        # still this request's retry on its own lead, and never the answer for another lead.
-        for candidate in channels:
-            legacy = await self._store.find_message(candidate, f"{source}:{external_id}")
-            if legacy is not None and legacy.lead_number == lead.number:
-                return legacy
+        The key belongs to the lead, so the lead's own messages are where to look: the channel is
+        chosen per attempt from the contact's addresses, which can change between a request and
+        its retry (a merge adds an email). Replies stored before keys were scoped to their lead
+        carry `source:key`; on their own lead they are still this request's retry."""
+        keys = {_reply_key(lead.number, source, external_id), f"{source}:{external_id}"}
+        for message in await self._store.list_messages(lead.number):
+            if message.direction == Direction.OUT and message.external_id in keys:
+                return message
         return None
 
     async def add_note(
