@@ -331,7 +331,9 @@ def bench(
         f"  by thread    event loop {loop_cpu / total * 1000:.2f} ms per lead, other threads {(hub_cpu - loop_cpu) / total * 1000:.2f} ms"
     )
     # The generator shares the two cores with the hub: what it takes is not the hub's to use.
-    print(f"generator CPU  {result['cpu']:.1f} s ({result['cpu'] / total * 1000:.2f} ms per request, {client} client)")
+    print(
+        f"generator CPU  {result['cpu']:.1f} s ({result['cpu'] / total * 1000:.2f} ms per request, {client} client)"
+    )
     print(f"leads stored   {count} (expected {total + warmup})")
     if profile:
         print(f"profile        {profile}")

@@ -78,6 +78,8 @@ async def run_load(
     """Send `total` requests (built up front) with `concurrency` in flight; latencies in seconds."""
     requests = [make_request(i) for i in range(total)]
     parts = urllib.parse.urlsplit(url)
+    if parts.hostname is None or parts.port is None:
+        raise ValueError(f"the hub's URL needs a host and a port: {url}")
     loop = asyncio.get_running_loop()
     connections = [
         (await loop.create_connection(_Connection, parts.hostname, parts.port))[1] for _ in range(concurrency)
