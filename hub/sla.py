@@ -263,6 +263,10 @@ class SlaClock:
                             lead.sla_paused_at, lead.resolution_warn_due
                         )
                         warn_at = self.calendar.add(now, warn_left)
+                    elif lead.resolution_warn_due is not None and lead.res_warned_at is None:
+                        # The warning fell due while the clock ran and no sweep has claimed it
+                        # yet: it stays armed at its own time, as the pause left it.
+                        warn_at = lead.resolution_warn_due
                     changes = replace(
                         changes, resolution_due=self.calendar.add(now, left), resolution_warn_due=warn_at
                     )

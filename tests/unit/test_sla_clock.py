@@ -181,6 +181,31 @@ async def test_a_resolution_mark_passed_before_a_reply_is_still_reported(
     await hub.store.close()
 
 
+async def test_a_resolution_warning_passed_before_a_pause_survives_the_customer_writing_back(
+    make_hub: Callable[..., Any],
+) -> None:
+    hub: Hub = await make_hub(sla={"policies": POLICIES})
+    lead = (await hub.intake.accept(inbound("back@example.com", T0), now=T0)).lead
+    assert lead.resolution_warn_due == T0 + timedelta(hours=6, minutes=24)
+    # Reply after the resolution warning time, customer back before any sweep ran.
+    await hub.replies.record_reply(lead.number, "Вибачте", "olena", now=T0 + timedelta(hours=7))
+    back = T0 + timedelta(hours=7, minutes=30)
+    await hub.intake.accept(inbound("back@example.com", back, text="Дякую, але ще питання"), now=back)
+    resumed = await _lead(hub, lead.number)
+    assert resumed.sla_paused_at is None and resumed.resolution_due == back + timedelta(hours=1)
+    await hub.sweeper.sweep(back + timedelta(seconds=1))
+    warnings = [e for e in await _events(hub, lead.number, "sla.warning") if e.data["target"] == "resolution"]
+    assert [e.data["due"] for e in warnings] == [(T0 + timedelta(hours=6, minutes=24)).isoformat()]
+    # Once: a later pause and resume does not arm it again.
+    await hub.replies.record_reply(lead.number, "Ось", "olena", now=back + timedelta(minutes=10))
+    again = back + timedelta(minutes=20)
+    await hub.intake.accept(inbound("back@example.com", again, text="ще"), now=again)
+    await hub.sweeper.sweep(again + timedelta(days=1))
+    warnings = [e for e in await _events(hub, lead.number, "sla.warning") if e.data["target"] == "resolution"]
+    assert len(warnings) == 1
+    await hub.store.close()
+
+
 async def test_kind_change_recomputes_the_running_target(make_hub: Callable[..., Any]) -> None:
     hub: Hub = await make_hub()
     lead = (await hub.intake.accept(inbound("g@example.com", T0), now=T0)).lead
