@@ -5,11 +5,23 @@ from __future__ import annotations
 from datetime import datetime
 
 from hub.config import Settings
-from hub.domain import Event, EventType, Lead, LeadKind, LeadStatus, utcnow
+from hub.domain import AUTO_AUTHOR, Direction, Event, EventType, Lead, LeadKind, LeadStatus, Message, utcnow
 from hub.errors import ConflictError, NotFoundError, ValidationFailed
 from hub.events import EventBus
 from hub.sla import SlaClock, merge_changes
 from storage.base import LeadChanges, Store
+
+
+def customer_waiting(messages: list[Message]) -> bool:
+    """True when the customer's last message came after the last reply to them.
+
+    Automatic messages (an email acknowledgement, author `auto`) answer nothing."""
+    last_in = max((m.created_at for m in messages if m.direction == Direction.IN), default=None)
+    if last_in is None:
+        return False
+    replies = (m.created_at for m in messages if m.direction == Direction.OUT and m.author != AUTO_AUTHOR)
+    last_reply = max(replies, default=None)
+    return last_reply is None or last_in > last_reply
 
 
 class LeadActions:
@@ -77,7 +89,10 @@ class LeadActions:
         if lead.is_active:
             raise ConflictError(f"{lead.ref} is already {lead.status.value}", code="already_open")
         changes = LeadChanges(status=LeadStatus.OPEN, clear_resolved_at=True, updated_at=now)
-        changes = merge_changes(changes, self._clock.on_reopen(lead, now))
+        waiting = lead.first_response_at is not None and customer_waiting(
+            await self._store.list_messages(number)
+        )
+        changes = merge_changes(changes, self._clock.on_reopen(lead, now, customer_waiting=waiting))
         lead = await self._store.update_lead(number, changes) or lead
         await self._record(lead, EventType.LEAD_REOPENED, now, {"by": by})
         return lead

@@ -205,15 +205,33 @@ class SlaClock:
             changes = replace(changes, clear_resolution=True)
         return changes
 
-    def on_reopen(self, lead: Lead, now: datetime) -> LeadChanges | None:
-        """Staff reopened a resolved lead: its resolution target starts again from `now`."""
+    def on_reopen(self, lead: Lead, now: datetime, customer_waiting: bool = False) -> LeadChanges | None:
+        """Staff reopened a resolved lead: its resolution target starts again from `now`.
+
+        A response is owed as when the customer reopens it: a first response on a lead never
+        answered, a next response when the customer's last message (`customer_waiting`) came
+        after the last reply; each a new episode timed from `now` (no clock ran while resolved).
+        Reopening a lead whose last word was ours owes no response."""
         policy = self.effective(lead.kind, lead.team, lead.priority)
-        if RESOLUTION not in policy.targets:
-            return LeadChanges(clear_sla_paused=True) if lead.sla_paused_at else None
-        due, warn = self._due(policy, RESOLUTION, now)
-        return LeadChanges(
-            resolution_due=due, resolution_warn_due=warn, clear_sla_paused=True, restart_resolution=True
-        )
+        changes = LeadChanges(clear_sla_paused=lead.sla_paused_at is not None)
+        owed = None
+        if lead.first_response_at is None:
+            owed = FIRST_RESPONSE
+        elif customer_waiting:
+            owed = NEXT_RESPONSE
+        if owed is not None and owed in policy.targets:
+            due, warn = self._due(policy, owed, now)
+            changes = replace(changes, sla_target=owed, sla_started_at=now, sla_due=due, sla_warn_due=warn)
+        if RESOLUTION in policy.targets:
+            due, warn = self._due(policy, RESOLUTION, now)
+            changes = replace(
+                changes,
+                resolution_due=due,
+                resolution_warn_due=warn,
+                clear_sla_paused=True,
+                restart_resolution=True,
+            )
+        return None if changes == LeadChanges() else changes
 
     def on_customer_message(self, lead: Lead, now: datetime) -> LeadChanges | None:
         """A customer wrote on an existing lead: reopen, resume the clock, owe a reply.

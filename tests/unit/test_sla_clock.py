@@ -282,7 +282,8 @@ async def test_resolve_stops_every_clock_and_reopen_restarts_resolution(make_hub
     reopened_at = T0 + timedelta(days=2)
     reopened = await hub.actions.reopen(lead.number, "olena", now=reopened_at)
     assert reopened.resolution_due == reopened_at + timedelta(hours=8)
-    assert await hub.sweeper.sweep(reopened_at + timedelta(hours=8, seconds=1)) == (1, 1)
+    # Never answered: the first response is owed again too (warning and breach of each).
+    assert await hub.sweeper.sweep(reopened_at + timedelta(hours=8, seconds=1)) == (2, 2)
     await hub.store.close()
 
 
@@ -310,6 +311,39 @@ async def test_a_customer_reopening_an_unanswered_lead_is_owed_a_first_response(
     assert [(e.data["target"], e.data["due"]) for e in breaches] == [
         ("first_response", (back + timedelta(hours=4)).isoformat())
     ]
+    await hub.store.close()
+
+
+async def test_a_staff_reopen_owes_the_response_a_customer_reopen_would(make_hub: Callable[..., Any]) -> None:
+    hub: Hub = await make_hub(sla={"policies": POLICIES})
+    reopened_at = T0 + timedelta(days=1)
+    # Never answered: a first response is owed again, timed from the reopen.
+    silent = (await hub.intake.accept(inbound("never@example.com", T0), now=T0)).lead
+    await hub.actions.resolve(silent.number, "olena", now=T0 + timedelta(minutes=10))
+    lead = await hub.actions.reopen(silent.number, "olena", now=reopened_at)
+    assert (lead.sla_target, lead.sla_started_at) == ("first_response", reopened_at)
+    assert lead.sla_due == reopened_at + timedelta(hours=4)
+    # Answered, then the customer wrote again and the lead was resolved unanswered: a next response.
+    asked = (await hub.intake.accept(inbound("again@example.com", T0), now=T0)).lead
+    await hub.replies.record_reply(asked.number, "Так", "olena", now=T0 + timedelta(minutes=5))
+    later = T0 + timedelta(minutes=30)
+    await hub.intake.accept(inbound("again@example.com", later, text="А ще?"), now=later)
+    await hub.actions.resolve(asked.number, "olena", now=later + timedelta(minutes=1))
+    lead = await hub.actions.reopen(asked.number, "olena", now=reopened_at)
+    assert (lead.sla_target, lead.sla_due) == ("next_response", reopened_at + timedelta(hours=2))
+    # Answered and our word was the last: nothing is owed but the resolution.
+    done = (await hub.intake.accept(inbound("done@example.com", T0), now=T0)).lead
+    await hub.replies.record_reply(done.number, "Готово", "olena", now=T0 + timedelta(minutes=5))
+    await hub.actions.resolve(done.number, "olena", now=T0 + timedelta(minutes=6))
+    lead = await hub.actions.reopen(done.number, "olena", now=reopened_at)
+    assert lead.sla_target is None and lead.sla_paused_at is None
+    assert lead.resolution_due == reopened_at + timedelta(hours=8)
+
+    await hub.sweeper.sweep(reopened_at + timedelta(hours=4, seconds=1))
+    breached = {
+        (e.lead_number, e.data["target"]) for e in await hub.store.list_events(types=["sla.breached"])
+    }
+    assert breached == {(silent.number, "first_response"), (asked.number, "next_response")}
     await hub.store.close()
 
 
