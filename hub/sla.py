@@ -24,8 +24,9 @@ from typing import Any
 from hub.calendar import Calendar
 from hub.config import SlaEscalation, SlaPolicy, SlaSettings
 from hub.domain import ACTIVE_STATUSES, Event, EventType, Lead, LeadKind, LeadStatus, Role
+from hub.errors import NotFoundError
 from hub.events import EventBus
-from storage.base import LeadChanges, LeadQuery, SlaClaim, Store
+from storage.base import LeadChanges, LeadQuery, SlaClaim, Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -294,6 +295,35 @@ class SlaClock:
         return changes if changed else None
 
 
+#: How often a clock update is recomputed when the lead's SLA state keeps moving under it.
+#: Each retry follows a real change (a claim, a reply, a pause), so a few are plenty.
+CLOCK_WRITE_ATTEMPTS = 10
+
+
+async def update_clock(
+    store: Store, lead: Lead, compute: Callable[[Lead], LeadChanges | None]
+) -> tuple[Lead, Lead]:
+    """Write `compute(lead)` only while the lead's SLA state is still as read; else read again.
+
+    A due time recomputed from a lead read before a sweep claimed one of its marks would arm
+    that mark again (a second alert), so the write is a compare-and-set on the state it was
+    computed from (`Store.update_lead(expected=...)`). Returns (the lead the changes were
+    computed from, the lead after them); nothing to write returns the lead twice."""
+    current = lead
+    for _ in range(CLOCK_WRITE_ATTEMPTS):
+        changes = compute(current)
+        if changes is None:
+            return current, current
+        updated = await store.update_lead(current.number, changes, expected=current)
+        if updated is not None:
+            return current, updated
+        fresh = await store.get_lead(current.number)
+        if fresh is None:
+            raise NotFoundError(f"{current.ref} does not exist")
+        current = fresh
+    raise StoreError(f"{lead.ref}: its SLA state kept changing while its due times were updated")
+
+
 Reassign = Callable[[Lead, datetime, str], Awaitable[str | None]]
 
 
@@ -447,10 +477,15 @@ async def retarget_after_config_change(
         while True:
             page = await store.list_leads(LeadQuery(statuses=tuple(ACTIVE_STATUSES)), batch, cursor)
             for lead in page.items:
-                changes = clock.retarget(lead, force=True)
-                if changes is not None and not _same_due_times(lead, changes):
-                    await store.update_lead(lead.number, replace(changes, updated_at=lead.updated_at))
-                    done += 1
+
+                def recompute(current: Lead) -> LeadChanges | None:
+                    changes = clock.retarget(current, force=True)
+                    if changes is None or _same_due_times(current, changes):
+                        return None
+                    return replace(changes, updated_at=current.updated_at)
+
+                before, after = await update_clock(store, lead, recompute)
+                done += after is not before
             await store.acquire_lease("sla.retarget", holder, now, ttl_seconds=600)
             cursor = page.next_cursor
             if cursor is None:

@@ -67,6 +67,7 @@ from storage import mongo_kpi
 from storage.base import (
     KPI_GROUPS,
     LEAD_ORDERS,
+    SLA_STATE_FIELDS,
     ContactMissing,
     DuplicateError,
     KpiQuery,
@@ -387,6 +388,20 @@ def marks_kept_by_pause(current: Mapping[str, Any], paused_at: datetime) -> dict
         if isinstance(value, datetime) and _req_utc(value) <= paused_at:
             kept[field] = value
     return kept
+
+
+def sla_state_match(expected: Lead | None) -> Doc:
+    """The filter matching a lead whose SLA state (SLA_STATE_FIELDS) is still `expected`'s.
+
+    Dates are compared as stored (BSON keeps milliseconds, so a lead read back from this store
+    matches itself); a null also matches an absent field, as `sla_paused_at` is while running."""
+    if expected is None:
+        return {}
+    match: Doc = {}
+    for name in SLA_STATE_FIELDS:
+        value = getattr(expected, name)
+        match[name] = value.value if isinstance(value, LeadStatus) else value
+    return match
 
 
 def lead_update(changes: LeadChanges, kept_marks: Mapping[str, datetime] | None = None) -> Doc:
@@ -1104,10 +1119,15 @@ class MongoStore:
         return _lead(doc) if doc else None
 
     @_translated
-    async def update_lead(self, number: int, changes: LeadChanges) -> Lead | None:
-        """Apply changes and return the updated lead (None if there is no such lead)."""
+    async def update_lead(
+        self, number: int, changes: LeadChanges, expected: Lead | None = None
+    ) -> Lead | None:
+        """Apply changes and return the updated lead (None if there is no such lead).
+
+        With `expected`, only while the lead's SLA state is still `expected`'s (None if not)."""
+        state = sla_state_match(expected)
         if not changes.pause_sla:
-            doc = await self._apply_lead_update({"_id": number}, lead_update(changes))
+            doc = await self._apply_lead_update({"_id": number, **state}, lead_update(changes))
             return _lead(doc) if doc else None
         # A pause keeps the resolution marks already passed (see marks_kept_by_pause): which
         # ones is read first, and the write matches only while they are still as read, so a
@@ -1116,12 +1136,14 @@ class MongoStore:
         paused_at = changes.updated_at or datetime.now(UTC)
         changes = replace(changes, updated_at=paused_at)
         for _ in range(_PAUSE_ATTEMPTS):
+            # The SLA state is part of the read's filter: a lead no longer as expected is left
+            # alone (None), while a mark that moved only makes the loop read again.
             current = await self._col("leads").find_one(
-                {"_id": number}, projection=dict.fromkeys(_RESOLUTION_MARKS, 1)
+                {"_id": number, **state}, projection=dict.fromkeys(_RESOLUTION_MARKS, 1)
             )
             if current is None:
                 return None
-            match: Doc = {"_id": number, **{f: current.get(f) for f in _RESOLUTION_MARKS}}
+            match: Doc = {"_id": number, **state, **{f: current.get(f) for f in _RESOLUTION_MARKS}}
             kept = marks_kept_by_pause(current, paused_at)
             doc = await self._apply_lead_update(match, lead_update(changes, kept))
             if doc is not None:

@@ -51,6 +51,7 @@ from storage import sqlite_kpi
 from storage.base import (
     KPI_GROUPS,
     LEAD_ORDERS,
+    SLA_STATE_FIELDS,
     ContactMissing,
     DuplicateError,
     KpiQuery,
@@ -399,6 +400,25 @@ def _event(row: sqlite3.Row) -> Event:
         lead_number=row["lead_number"],
         data=json.loads(row["data"]),
     )
+
+
+def _sla_state_condition(expected: Lead | None) -> tuple[str, list[Any]]:
+    """The WHERE clause (and its parameters) matching a lead whose SLA state is `expected`'s."""
+    if expected is None:
+        return "", []
+    where: list[str] = []
+    params: list[Any] = []
+    for name in SLA_STATE_FIELDS:
+        value = getattr(expected, name)
+        where.append(f" AND {name} IS ?")
+        params.append(
+            value.value
+            if isinstance(value, LeadStatus)
+            else _ts(value)
+            if isinstance(value, datetime)
+            else value
+        )
+    return "".join(where), params
 
 
 #: Armed SLA marks: (pending column, mark columns set by its claim, level, event), warnings
@@ -1480,7 +1500,9 @@ class SqliteStore:
         row = await self._read_one(sql + " ORDER BY number DESC LIMIT 1", params)
         return _lead(row) if row else None
 
-    async def update_lead(self, number: int, changes: LeadChanges) -> Lead | None:
+    async def update_lead(
+        self, number: int, changes: LeadChanges, expected: Lead | None = None
+    ) -> Lead | None:
         sets: list[str] = []
         params: list[Any] = []
 
@@ -1582,7 +1604,15 @@ class SqliteStore:
                 row = conn.execute("SELECT extra FROM leads WHERE number = ?", (number,)).fetchone()
                 merged = {**(json.loads(row["extra"]) if row else {}), **changes.extra}
                 put("extra", _to_json(merged))
-            conn.execute(f"UPDATE leads SET {', '.join(sets)} WHERE number = ?", [*params, number]).close()
+            where, where_params = _sla_state_condition(expected)
+            cursor = conn.execute(
+                f"UPDATE leads SET {', '.join(sets)} WHERE number = ?{where}",
+                [*params, number, *where_params],
+            )
+            applied = cursor.rowcount > 0
+            cursor.close()
+            if not applied:
+                return None
             found: sqlite3.Row | None = conn.execute(
                 f"SELECT {_LEAD_COLUMNS} FROM leads WHERE number = ?", (number,)
             ).fetchone()
