@@ -130,6 +130,20 @@ _EPISODE_MARKS_BACKFILL = (
     ("res_warned_at", "warned_at", "resolution_warn_due", "res_warn_pending_at", _RUNNING),
     ("res_breached_at", "breached_at", "resolution_due", "res_breach_pending_at", _RUNNING),
 )
+#: Databases from before a pause kept passed resolution marks: a reply unset a resolution
+#: warning or breach already due, so it was never reported. (pending field, due field, the
+#: episode's mark, its event, more conditions), the same rule as the SQLite adapter's.
+_PAUSED_MARKS_KEY = "storage.paused_resolution_marks"
+_PAUSED_MARKS: tuple[tuple[str, str, str, EventType, Doc], ...] = (
+    ("res_breach_pending_at", "resolution_due", "res_breached_at", EventType.SLA_BREACHED, {}),
+    (
+        "res_warn_pending_at",
+        "resolution_warn_due",
+        "res_warned_at",
+        EventType.SLA_WARNING,
+        {"res_breached_at": None},
+    ),
+)
 _DUPLICATE_KEY = 11000
 #: Tries of a pausing lead update whose resolution marks a concurrent claim changed meanwhile.
 _PAUSE_ATTEMPTS = 10
@@ -548,6 +562,7 @@ class MongoStore:
             await self._ensure_indexes()
             await self._backfill_episode_marks()
             await self._migrate_first_response_marks()
+            await self._restore_paused_resolution_marks()
             for name in ("lead", "inbox", "event", "message"):
                 await self._ensure_counter(name)
             # The first open of a database without the KPI rollups fills them from its leads.
@@ -619,6 +634,37 @@ class MongoStore:
             if any(values[k] != doc.get(k) for k in values):
                 await leads.update_one({"_id": doc["_id"]}, {"$set": values})
         await self.set_state(_FIRST_RESPONSE_MARKS_KEY, True)
+
+    async def _restore_paused_resolution_marks(self) -> None:
+        """Once per database: arm again the resolution marks an old pause unset though due.
+
+        A mark is restored when it fell due while the clock ran (before the pause, if any), is
+        not armed, was not claimed in its episode and has no claim event at or after its due
+        time. The write matches only while it is still unarmed and unclaimed, so a process
+        sweeping meanwhile is not undone."""
+        if await self.get_state(_PAUSED_MARKS_KEY):
+            return
+        leads, events = self._col("leads"), self._col("events")
+        for pending, due, mark, event, extra in _PAUSED_MARKS:
+            unarmed: Doc = {pending: {"$not": {"$type": "date"}}, mark: None, **extra}
+            query: Doc = {
+                "status": {"$in": _ACTIVE},
+                due: {"$type": "date"},
+                **unarmed,
+                "$or": [{"sla_paused_at": None}, {"$expr": {"$lte": [f"${due}", "$sla_paused_at"]}}],
+            }
+            async for doc in leads.find(query, projection={due: 1}):
+                claimed = await events.find_one(
+                    {
+                        "lead_number": doc["_id"],
+                        "type": event.value,
+                        "data.target": "resolution",
+                        "at": {"$gte": doc[due]},
+                    }
+                )
+                if claimed is None:
+                    await leads.update_one({"_id": doc["_id"], **unarmed}, {"$set": {pending: doc[due]}})
+        await self.set_state(_PAUSED_MARKS_KEY, True)
 
     async def _ensure_indexes(self) -> None:
         leads = self._col("leads")
