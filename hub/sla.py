@@ -429,14 +429,33 @@ class SlaSweeper:
         await self._bus.publish(event, lead)
         if claim.level == "breach" and delayed and escalation.team_lead_after is not None:
             # Window: a crash between the claim and this write skips the escalation step only.
-            at = claim.due + escalation.team_lead_after
-            await self._store.update_lead(
-                lead.number, LeadChanges(escalate_at=at, escalate_target=claim.target, updated_at=now)
+            step = LeadChanges(
+                escalate_at=claim.due + escalation.team_lead_after,
+                escalate_target=claim.target,
+                updated_at=now,
+            )
+            # Publishing can take a while (a batch after downtime): a reply that answered the
+            # target meanwhile disarmed the step before it was armed, so it must not arm it now.
+            await update_clock(
+                self._store, lead, lambda current: step if _still_breached(current, claim.target) else None
             )
         if leads_step and escalation.reassign and self._reassign is not None:
             new_owner = await self._reassign(lead, now, f"sla breach: {claim.target}")
             if new_owner:
                 log.info("%s %s: reassigned to %s after the breach", lead.ref, lead.channel, new_owner)
+
+
+def _still_breached(lead: Lead, target: str) -> bool:
+    """True while the breached `target` is still the lead's open breach (its step may follow).
+
+    A response target stays breached until a reply answers it or a new episode starts; the
+    resolution target until the lead is resolved or reopened."""
+    if not lead.is_active:
+        return False
+    if target == RESOLUTION:
+        return lead.res_breached_at is not None
+    legacy = target == FIRST_RESPONSE and lead.sla_target is None and lead.first_response_at is None
+    return lead.sla_breached_at is not None and (lead.sla_target == target or legacy)
 
 
 def _same_due_times(lead: Lead, changes: LeadChanges) -> bool:

@@ -388,6 +388,33 @@ async def test_team_lead_hears_only_after_the_escalation_delay(make_hub: Callabl
     await hub.store.close()
 
 
+async def test_a_reply_while_the_sweep_reports_a_breach_cancels_its_escalation_step(
+    make_hub: Callable[..., Any],
+) -> None:
+    policies = {
+        "message": {"first_response": "1h", "resolution": "2h", "escalation": {"team_lead_after": "30m"}},
+        "service_request": {"first_response": "12h"},
+    }
+    hub: Hub = await make_hub(sla={"policies": policies})
+    published: list[Event] = []
+    lead = (await hub.intake.accept(inbound("race@example.com", T0), now=T0)).lead
+    breached = T0 + timedelta(hours=2, seconds=1)
+
+    async def answer_meanwhile(event: Event, _: Lead | None) -> None:
+        # The claim is written; the sweep is still publishing it when the answer lands.
+        published.append(event)
+        if event.type == "sla.breached" and event.data["target"] == "first_response":
+            await hub.replies.record_reply(lead.number, "Вибачте, ось відповідь", "olena", now=breached)
+
+    hub.bus.subscribe("test", answer_meanwhile)
+    assert await hub.sweeper.sweep(breached) == (2, 2)
+    # Answered before its step was written: the first response does not escalate. The
+    # resolution breach stands until the lead is resolved, so its step follows as ever.
+    await hub.sweeper.sweep(T0 + timedelta(hours=3))
+    assert [e.data["target"] for e in published if e.type == "sla.escalated"] == ["resolution"]
+    await hub.store.close()
+
+
 REARM_POLICIES = {
     "message": {
         "first_response": "4h",
