@@ -275,7 +275,10 @@ class SlaClock:
                 changes = replace(changes, clear_sla_paused=True)
                 changed = True
                 left = self.calendar.working_time_between(lead.sla_paused_at, lead.resolution_due)
-                if left > timedelta(0):
+                # A due time still ahead at the pause was disarmed by it: it is armed again even
+                # when no working time is left (a holiday or new hours since), due at once.
+                # One already passed stayed armed through the pause and keeps its time.
+                if lead.resolution_due > lead.sla_paused_at:
                     warn_at: datetime | None = None
                     if lead.resolution_warn_due is not None and lead.resolution_warn_due > lead.sla_paused_at:
                         warn_left = self.calendar.working_time_between(

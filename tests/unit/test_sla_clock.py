@@ -206,6 +206,40 @@ async def test_a_resolution_warning_passed_before_a_pause_survives_the_customer_
     await hub.store.close()
 
 
+async def test_a_paused_resolution_left_no_working_time_by_a_new_holiday_is_due_on_resume(
+    make_hub: Callable[..., Any],
+) -> None:
+    office = {"timezone": "Europe/Kyiv", "hours": {"mon-fri": ["09:00-18:00"]}}
+    policies = {
+        "message": {"first_response": "4h", "resolution": "10h"},
+        "service_request": {"first_response": "12h"},
+    }
+    before: Hub = await make_hub(sla={"calendar": office, "policies": policies})
+    lead = (await before.intake.accept(inbound("holiday@example.com", T0), now=T0)).lead  # Mon 10:00 Kyiv
+    assert lead.resolution_due == datetime(2026, 11, 24, 9, 0, tzinfo=UTC)  # Tue 11:00 Kyiv
+    # Answered after hours on Monday: 2 working hours of resolution are left, all on Tuesday.
+    await before.replies.record_reply(
+        lead.number, "Дивимось", "olena", now=datetime(2026, 11, 23, 16, 30, tzinfo=UTC)
+    )
+    await before.store.close()
+    # Tuesday is declared a day off; the customer writes back on Wednesday.
+    after: Hub = await make_hub(
+        sla={"calendar": {**office, "holidays": {"dates": ["2026-11-24"]}}, "policies": policies}
+    )
+    wednesday = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
+    await retarget_after_config_change(after.store, after.sla, "b", wednesday)
+    await after.intake.accept(inbound("holiday@example.com", wednesday, text="Є новини?"), now=wednesday)
+    resumed = await _lead(after, lead.number)
+    # No working time was left before the old due time: the resolution is due as it resumes.
+    assert resumed.sla_paused_at is None and resumed.resolution_due == wednesday
+    await after.sweeper.sweep(wednesday + timedelta(seconds=1))
+    breaches = [
+        e for e in await _events(after, lead.number, "sla.breached") if e.data["target"] == "resolution"
+    ]
+    assert [e.data["due"] for e in breaches] == [wednesday.isoformat()]
+    await after.store.close()
+
+
 async def test_kind_change_recomputes_the_running_target(make_hub: Callable[..., Any]) -> None:
     hub: Hub = await make_hub()
     lead = (await hub.intake.accept(inbound("g@example.com", T0), now=T0)).lead
