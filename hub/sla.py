@@ -164,8 +164,12 @@ class SlaClock:
         # A mark already claimed in the target's current episode is not armed again: a breach
         # keeps the due time it was reported against, a warning sent is not sent twice.
         if lead.sla_target == FIRST_RESPONSE or (lead.sla_target is None and lead.first_response_at is None):
-            breached = lead.breached_at is not None or lead.sla_breached_at is not None
-            warned = lead.warned_at is not None or lead.sla_warned_at is not None
+            if lead.sla_target == FIRST_RESPONSE:
+                # This episode's own marks: a reopened lead's earlier breach (breached_at, kept
+                # for the KPI) does not hold the new episode to the old policy.
+                breached, warned = lead.sla_breached_at is not None, lead.sla_warned_at is not None
+            else:  # a lead from before the generalised clock has only the first-response marks
+                breached, warned = lead.breached_at is not None, lead.warned_at is not None
             if not breached and lead.first_response_at is None:
                 start = lead.sla_started_at or lead.created_at
                 due, warn = self._due(new, FIRST_RESPONSE, start)

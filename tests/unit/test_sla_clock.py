@@ -381,6 +381,28 @@ async def test_a_staff_reopen_owes_the_response_a_customer_reopen_would(make_hub
     await hub.store.close()
 
 
+async def test_a_team_change_retargets_a_reopened_first_response_despite_an_earlier_breach(
+    make_hub: Callable[..., Any],
+) -> None:
+    hub: Hub = await make_hub(sla={"policies": POLICIES})
+    lead = (await hub.intake.accept(inbound("twice@example.com", T0), now=T0)).lead
+    assert await hub.sweeper.sweep(T0 + timedelta(hours=4, seconds=1)) == (1, 1)  # first response breached
+    await hub.actions.resolve(lead.number, "olena", now=T0 + timedelta(hours=5))
+    reopened_at = T0 + timedelta(days=1)
+    reopened = await hub.actions.reopen(lead.number, "olena", now=reopened_at)
+    assert (reopened.sla_target, reopened.sla_due) == ("first_response", reopened_at + timedelta(hours=4))
+    # The earlier episode's breach is history: the new episode moves to the service team's 1h.
+    moved = await hub.actions.assign(lead.number, "iryna", "olena", now=reopened_at + timedelta(minutes=5))
+    assert moved.team == "service" and moved.sla_due == reopened_at + timedelta(hours=1)
+    assert moved.breached_at == T0 + timedelta(hours=4, seconds=1)  # the KPI's breach stays on record
+    await hub.sweeper.sweep(reopened_at + timedelta(hours=1, seconds=1))
+    breaches = await _events(hub, lead.number, "sla.breached")
+    assert ("first_response", (reopened_at + timedelta(hours=1)).isoformat()) in [
+        (e.data["target"], e.data["due"]) for e in breaches if e.at > reopened_at
+    ]
+    await hub.store.close()
+
+
 async def test_manual_assignment_to_another_team_applies_its_policy(make_hub: Callable[..., Any]) -> None:
     hub: Hub = await make_hub(sla={"policies": POLICIES})
     lead = (await hub.intake.accept(inbound("l@example.com", T0), now=T0)).lead
