@@ -192,15 +192,17 @@ class SlaClock:
                     sla_due=due,
                     sla_warn_due=None if lead.sla_warned_at is not None else warn,
                 )
-        # Resolution is recomputed from creation only while it has never paused (before the
-        # first reply); afterwards the paused spans are not on record and the old due stands.
+        # Resolution is recomputed only while it has never paused (before the first reply);
+        # afterwards the paused spans are not on record and the old due stands. Unanswered, its
+        # episode started with the first-response one: at creation, or at the reopen that
+        # restarted both (a reopened lead timed from creation would be overdue at once).
         if (
             RESOLUTION in new.targets
             and lead.first_response_at is None
             and lead.sla_paused_at is None
             and lead.res_breached_at is None
         ):
-            due, warn = self._due(new, RESOLUTION, lead.created_at)
+            due, warn = self._due(new, RESOLUTION, lead.sla_started_at or lead.created_at)
             changes = replace(
                 changes,
                 resolution_due=due,

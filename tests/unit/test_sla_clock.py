@@ -395,10 +395,12 @@ async def test_a_team_change_retargets_a_reopened_first_response_despite_an_earl
     moved = await hub.actions.assign(lead.number, "iryna", "olena", now=reopened_at + timedelta(minutes=5))
     assert moved.team == "service" and moved.sla_due == reopened_at + timedelta(hours=1)
     assert moved.breached_at == T0 + timedelta(hours=4, seconds=1)  # the KPI's breach stays on record
+    # Resolution restarted at the reopen too: it is not timed from creation (overdue at once).
+    assert moved.resolution_due == reopened_at + timedelta(hours=8)
     await hub.sweeper.sweep(reopened_at + timedelta(hours=1, seconds=1))
     breaches = await _events(hub, lead.number, "sla.breached")
-    assert ("first_response", (reopened_at + timedelta(hours=1)).isoformat()) in [
-        (e.data["target"], e.data["due"]) for e in breaches if e.at > reopened_at
+    assert [(e.data["target"], e.data["due"]) for e in breaches if e.at > reopened_at] == [
+        ("first_response", (reopened_at + timedelta(hours=1)).isoformat())
     ]
     await hub.store.close()
 
