@@ -449,7 +449,12 @@ class SlaSweeper:
                 self._store, lead, lambda current: step if _still_breached(current, claim.target) else None
             )
         if leads_step and escalation.reassign and self._reassign is not None:
-            new_owner = await self._reassign(lead, now, f"sla breach: {claim.target}")
+            # Read again: an answer that landed while the sweep was publishing ends the breach,
+            # and the lead stays with whoever answered it.
+            current = await self._store.get_lead(lead.number)
+            if current is None or not _still_breached(current, claim.target):
+                return
+            new_owner = await self._reassign(current, now, f"sla breach: {claim.target}")
             if new_owner:
                 log.info("%s %s: reassigned to %s after the breach", lead.ref, lead.channel, new_owner)
 

@@ -473,6 +473,30 @@ async def test_a_reply_while_the_sweep_reports_a_breach_cancels_its_escalation_s
     await hub.store.close()
 
 
+async def test_a_breach_answered_while_the_sweep_reports_it_is_not_reassigned(
+    make_hub: Callable[..., Any],
+) -> None:
+    policies = {
+        "message": {"first_response": "1h", "escalation": {"reassign": True}},
+        "service_request": {"first_response": "12h"},
+    }
+    hub: Hub = await make_hub(sla={"policies": policies})
+    lead = (await hub.intake.accept(inbound("kept@example.com", T0), now=T0)).lead
+    owner = lead.assignee
+    assert owner is not None
+    breached = T0 + timedelta(hours=1, seconds=1)
+
+    async def answer_meanwhile(event: Event, _: Lead | None) -> None:
+        if event.type == "sla.breached":
+            await hub.replies.record_reply(lead.number, "Ось відповідь", owner, now=breached)
+
+    hub.bus.subscribe("test", answer_meanwhile)
+    assert await hub.sweeper.sweep(breached) == (1, 1)
+    # The owner answered before the reassignment step ran: the lead stays theirs.
+    assert (await _lead(hub, lead.number)).assignee == owner
+    await hub.store.close()
+
+
 REARM_POLICIES = {
     "message": {
         "first_response": "4h",
