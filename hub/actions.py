@@ -5,11 +5,23 @@ from __future__ import annotations
 from datetime import datetime
 
 from hub.config import Settings
-from hub.domain import Event, EventType, Lead, LeadKind, LeadStatus, utcnow
+from hub.domain import AUTO_AUTHOR, Direction, Event, EventType, Lead, LeadKind, LeadStatus, Message, utcnow
 from hub.errors import ConflictError, NotFoundError, ValidationFailed
 from hub.events import EventBus
-from hub.sla import SlaClock, merge_changes
+from hub.sla import SlaClock, merge_changes, update_clock
 from storage.base import LeadChanges, Store
+
+
+def customer_waiting(messages: list[Message]) -> bool:
+    """True when the customer's last message came after the last reply to them.
+
+    Automatic messages (an email acknowledgement, author `auto`) answer nothing."""
+    last_in = max((m.created_at for m in messages if m.direction == Direction.IN), default=None)
+    if last_in is None:
+        return False
+    replies = (m.created_at for m in messages if m.direction == Direction.OUT and m.author != AUTO_AUTHOR)
+    last_reply = max(replies, default=None)
+    return last_reply is None or last_in > last_reply
 
 
 class LeadActions:
@@ -49,8 +61,11 @@ class LeadActions:
             return lead  # already theirs: no second notice, no second event
         changes = LeadChanges(assignee=manager.id, team=team, updated_at=now)
         # Another team may have its own SLA policy.
-        changes = merge_changes(changes, self._clock.retarget(lead, team=team))
-        lead = await self._store.update_lead(number, changes) or lead
+        _, lead = await update_clock(
+            self._store,
+            lead,
+            lambda current: merge_changes(changes, self._clock.retarget(current, team=team)),
+        )
         await self._record(
             lead,
             EventType.LEAD_ASSIGNED,
@@ -77,8 +92,16 @@ class LeadActions:
         if lead.is_active:
             raise ConflictError(f"{lead.ref} is already {lead.status.value}", code="already_open")
         changes = LeadChanges(status=LeadStatus.OPEN, clear_resolved_at=True, updated_at=now)
-        changes = merge_changes(changes, self._clock.on_reopen(lead, now))
-        lead = await self._store.update_lead(number, changes) or lead
+        waiting = lead.first_response_at is not None and customer_waiting(
+            await self._store.list_messages(number)
+        )
+
+        def reopened(current: Lead) -> LeadChanges:
+            if current.is_active:
+                raise ConflictError(f"{current.ref} is already {current.status.value}", code="already_open")
+            return merge_changes(changes, self._clock.on_reopen(current, now, customer_waiting=waiting))
+
+        _, lead = await update_clock(self._store, lead, reopened)
         await self._record(lead, EventType.LEAD_REOPENED, now, {"by": by})
         return lead
 
@@ -89,7 +112,11 @@ class LeadActions:
         if lead.kind == kind:
             return lead
         # The new kind's policy moves the due times of the targets still running.
-        changes = merge_changes(LeadChanges(kind=kind, updated_at=now), self._clock.retarget(lead, kind=kind))
-        lead = await self._store.update_lead(number, changes) or lead
+        changes = LeadChanges(kind=kind, updated_at=now)
+        _, lead = await update_clock(
+            self._store,
+            lead,
+            lambda current: merge_changes(changes, self._clock.retarget(current, kind=kind)),
+        )
         await self._record(lead, EventType.LEAD_STATUS, now, {"kind": kind.value, "by": by})
         return lead

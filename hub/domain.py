@@ -43,6 +43,10 @@ class IdentityKind(StrEnum):
     PHONE = "phone"
 
 
+#: The author of automatic outbound messages (an email acknowledgement): they answer nothing.
+AUTO_AUTHOR = "auto"
+
+
 class Direction(StrEnum):
     IN = "in"
     OUT = "out"

@@ -28,7 +28,7 @@ from hub.domain import (
 )
 from hub.events import EventBus
 from hub.ports import Router, RoutingDecision, RoutingRequest
-from hub.sla import SlaClock, merge_changes
+from hub.sla import SlaClock, merge_changes, update_clock
 from storage.base import DuplicateError, LeadChanges, Store
 
 log = logging.getLogger(__name__)
@@ -316,7 +316,16 @@ class Intake:
                 updated_at=now,
             )
         else:
-            updated = await self._store.update_lead(lead.number, merge_changes(changes, retarget)) or lead
+
+            def recompute(current: Lead) -> LeadChanges:
+                # The router's compare-and-set may have written the team and priority already:
+                # the policy they replace is the one the lead had before routing.
+                before = replace(current, team=lead.team, priority=lead.priority)
+                return merge_changes(
+                    changes, self._clock.retarget(before, team=decision.team, priority=decision.priority)
+                )
+
+            _, updated = await update_clock(self._store, lead, recompute)
         return updated, self._assignment_event(decision, lead.number, now)
 
     async def _route(
@@ -339,13 +348,16 @@ class Intake:
     ) -> tuple[Lead, list[Event]]:
         """A customer message on an existing lead reopens it, resumes its clock, owes a reply."""
         # SLA time runs from when the customer wrote (a replay after downtime keeps it honest).
-        changes = self._clock.on_customer_message(lead, min(received_at or now, now))
-        if changes is not None:
-            changes = replace(changes, updated_at=now)
-        if changes is None:
-            return lead, []
-        previous = lead.status
-        updated = await self._store.update_lead(lead.number, changes) or lead
+        at = min(received_at or now, now)
+
+        def resumed(current: Lead) -> LeadChanges | None:
+            changes = self._clock.on_customer_message(current, at)
+            return None if changes is None else replace(changes, updated_at=now)
+
+        before, updated = await update_clock(self._store, lead, resumed)
+        if updated is before:
+            return updated, []
+        previous = before.status
         if previous in (LeadStatus.NEW, LeadStatus.OPEN):
             return updated, []
         event_type = (

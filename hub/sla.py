@@ -24,8 +24,9 @@ from typing import Any
 from hub.calendar import Calendar
 from hub.config import SlaEscalation, SlaPolicy, SlaSettings
 from hub.domain import ACTIVE_STATUSES, Event, EventType, Lead, LeadKind, LeadStatus, Role
+from hub.errors import NotFoundError
 from hub.events import EventBus
-from storage.base import LeadChanges, LeadQuery, SlaClaim, Store
+from storage.base import LeadChanges, LeadQuery, SlaClaim, Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -163,8 +164,12 @@ class SlaClock:
         # A mark already claimed in the target's current episode is not armed again: a breach
         # keeps the due time it was reported against, a warning sent is not sent twice.
         if lead.sla_target == FIRST_RESPONSE or (lead.sla_target is None and lead.first_response_at is None):
-            breached = lead.breached_at is not None or lead.sla_breached_at is not None
-            warned = lead.warned_at is not None or lead.sla_warned_at is not None
+            if lead.sla_target == FIRST_RESPONSE:
+                # This episode's own marks: a reopened lead's earlier breach (breached_at, kept
+                # for the KPI) does not hold the new episode to the old policy.
+                breached, warned = lead.sla_breached_at is not None, lead.sla_warned_at is not None
+            else:  # a lead from before the generalised clock has only the first-response marks
+                breached, warned = lead.breached_at is not None, lead.warned_at is not None
             if not breached and lead.first_response_at is None:
                 start = lead.sla_started_at or lead.created_at
                 due, warn = self._due(new, FIRST_RESPONSE, start)
@@ -187,15 +192,17 @@ class SlaClock:
                     sla_due=due,
                     sla_warn_due=None if lead.sla_warned_at is not None else warn,
                 )
-        # Resolution is recomputed from creation only while it has never paused (before the
-        # first reply); afterwards the paused spans are not on record and the old due stands.
+        # Resolution is recomputed only while it has never paused (before the first reply);
+        # afterwards the paused spans are not on record and the old due stands. Unanswered, its
+        # episode started with the first-response one: at creation, or at the reopen that
+        # restarted both (a reopened lead timed from creation would be overdue at once).
         if (
             RESOLUTION in new.targets
             and lead.first_response_at is None
             and lead.sla_paused_at is None
             and lead.res_breached_at is None
         ):
-            due, warn = self._due(new, RESOLUTION, lead.created_at)
+            due, warn = self._due(new, RESOLUTION, lead.sla_started_at or lead.created_at)
             changes = replace(
                 changes,
                 resolution_due=due,
@@ -205,15 +212,33 @@ class SlaClock:
             changes = replace(changes, clear_resolution=True)
         return changes
 
-    def on_reopen(self, lead: Lead, now: datetime) -> LeadChanges | None:
-        """Staff reopened a resolved lead: its resolution target starts again from `now`."""
+    def on_reopen(self, lead: Lead, now: datetime, customer_waiting: bool = False) -> LeadChanges | None:
+        """Staff reopened a resolved lead: its resolution target starts again from `now`.
+
+        A response is owed as when the customer reopens it: a first response on a lead never
+        answered, a next response when the customer's last message (`customer_waiting`) came
+        after the last reply; each a new episode timed from `now` (no clock ran while resolved).
+        Reopening a lead whose last word was ours owes no response."""
         policy = self.effective(lead.kind, lead.team, lead.priority)
-        if RESOLUTION not in policy.targets:
-            return LeadChanges(clear_sla_paused=True) if lead.sla_paused_at else None
-        due, warn = self._due(policy, RESOLUTION, now)
-        return LeadChanges(
-            resolution_due=due, resolution_warn_due=warn, clear_sla_paused=True, restart_resolution=True
-        )
+        changes = LeadChanges(clear_sla_paused=lead.sla_paused_at is not None)
+        owed = None
+        if lead.first_response_at is None:
+            owed = FIRST_RESPONSE
+        elif customer_waiting:
+            owed = NEXT_RESPONSE
+        if owed is not None and owed in policy.targets:
+            due, warn = self._due(policy, owed, now)
+            changes = replace(changes, sla_target=owed, sla_started_at=now, sla_due=due, sla_warn_due=warn)
+        if RESOLUTION in policy.targets:
+            due, warn = self._due(policy, RESOLUTION, now)
+            changes = replace(
+                changes,
+                resolution_due=due,
+                resolution_warn_due=warn,
+                clear_sla_paused=True,
+                restart_resolution=True,
+            )
+        return None if changes == LeadChanges() else changes
 
     def on_customer_message(self, lead: Lead, now: datetime) -> LeadChanges | None:
         """A customer wrote on an existing lead: reopen, resume the clock, owe a reply.
@@ -256,13 +281,20 @@ class SlaClock:
                 changes = replace(changes, clear_sla_paused=True)
                 changed = True
                 left = self.calendar.working_time_between(lead.sla_paused_at, lead.resolution_due)
-                if left > timedelta(0):
+                # A due time still ahead at the pause was disarmed by it: it is armed again even
+                # when no working time is left (a holiday or new hours since), due at once.
+                # One already passed stayed armed through the pause and keeps its time.
+                if lead.resolution_due > lead.sla_paused_at:
                     warn_at: datetime | None = None
                     if lead.resolution_warn_due is not None and lead.resolution_warn_due > lead.sla_paused_at:
                         warn_left = self.calendar.working_time_between(
                             lead.sla_paused_at, lead.resolution_warn_due
                         )
                         warn_at = self.calendar.add(now, warn_left)
+                    elif lead.resolution_warn_due is not None and lead.res_warned_at is None:
+                        # The warning fell due while the clock ran and no sweep has claimed it
+                        # yet: it stays armed at its own time, as the pause left it.
+                        warn_at = lead.resolution_warn_due
                     changes = replace(
                         changes, resolution_due=self.calendar.add(now, left), resolution_warn_due=warn_at
                     )
@@ -270,6 +302,35 @@ class SlaClock:
             changes = replace(changes, clear_sla_paused=True)
             changed = True
         return changes if changed else None
+
+
+#: How often a clock update is recomputed when the lead's SLA state keeps moving under it.
+#: Each retry follows a real change (a claim, a reply, a pause), so a few are plenty.
+CLOCK_WRITE_ATTEMPTS = 10
+
+
+async def update_clock(
+    store: Store, lead: Lead, compute: Callable[[Lead], LeadChanges | None]
+) -> tuple[Lead, Lead]:
+    """Write `compute(lead)` only while the lead's SLA state is still as read; else read again.
+
+    A due time recomputed from a lead read before a sweep claimed one of its marks would arm
+    that mark again (a second alert), so the write is a compare-and-set on the state it was
+    computed from (`Store.update_lead(expected=...)`). Returns (the lead the changes were
+    computed from, the lead after them); nothing to write returns the lead twice."""
+    current = lead
+    for _ in range(CLOCK_WRITE_ATTEMPTS):
+        changes = compute(current)
+        if changes is None:
+            return current, current
+        updated = await store.update_lead(current.number, changes, expected=current)
+        if updated is not None:
+            return current, updated
+        fresh = await store.get_lead(current.number)
+        if fresh is None:
+            raise NotFoundError(f"{current.ref} does not exist")
+        current = fresh
+    raise StoreError(f"{lead.ref}: its SLA state kept changing while its due times were updated")
 
 
 Reassign = Callable[[Lead, datetime, str], Awaitable[str | None]]
@@ -377,14 +438,38 @@ class SlaSweeper:
         await self._bus.publish(event, lead)
         if claim.level == "breach" and delayed and escalation.team_lead_after is not None:
             # Window: a crash between the claim and this write skips the escalation step only.
-            at = claim.due + escalation.team_lead_after
-            await self._store.update_lead(
-                lead.number, LeadChanges(escalate_at=at, escalate_target=claim.target, updated_at=now)
+            step = LeadChanges(
+                escalate_at=claim.due + escalation.team_lead_after,
+                escalate_target=claim.target,
+                updated_at=now,
+            )
+            # Publishing can take a while (a batch after downtime): a reply that answered the
+            # target meanwhile disarmed the step before it was armed, so it must not arm it now.
+            await update_clock(
+                self._store, lead, lambda current: step if _still_breached(current, claim.target) else None
             )
         if leads_step and escalation.reassign and self._reassign is not None:
-            new_owner = await self._reassign(lead, now, f"sla breach: {claim.target}")
+            # Read again: an answer that landed while the sweep was publishing ends the breach,
+            # and the lead stays with whoever answered it.
+            current = await self._store.get_lead(lead.number)
+            if current is None or not _still_breached(current, claim.target):
+                return
+            new_owner = await self._reassign(current, now, f"sla breach: {claim.target}")
             if new_owner:
                 log.info("%s %s: reassigned to %s after the breach", lead.ref, lead.channel, new_owner)
+
+
+def _still_breached(lead: Lead, target: str) -> bool:
+    """True while the breached `target` is still the lead's open breach (its step may follow).
+
+    A response target stays breached until a reply answers it or a new episode starts; the
+    resolution target until the lead is resolved or reopened."""
+    if not lead.is_active:
+        return False
+    if target == RESOLUTION:
+        return lead.res_breached_at is not None
+    legacy = target == FIRST_RESPONSE and lead.sla_target is None and lead.first_response_at is None
+    return lead.sla_breached_at is not None and (lead.sla_target == target or legacy)
 
 
 def _same_due_times(lead: Lead, changes: LeadChanges) -> bool:
@@ -425,10 +510,15 @@ async def retarget_after_config_change(
         while True:
             page = await store.list_leads(LeadQuery(statuses=tuple(ACTIVE_STATUSES)), batch, cursor)
             for lead in page.items:
-                changes = clock.retarget(lead, force=True)
-                if changes is not None and not _same_due_times(lead, changes):
-                    await store.update_lead(lead.number, replace(changes, updated_at=lead.updated_at))
-                    done += 1
+
+                def recompute(current: Lead) -> LeadChanges | None:
+                    changes = clock.retarget(current, force=True)
+                    if changes is None or _same_due_times(current, changes):
+                        return None
+                    return replace(changes, updated_at=current.updated_at)
+
+                before, after = await update_clock(store, lead, recompute)
+                done += after is not before
             await store.acquire_lease("sla.retarget", holder, now, ttl_seconds=600)
             cursor = page.next_cursor
             if cursor is None:

@@ -33,7 +33,7 @@ from hub.config import ManagerSettings, Settings
 from hub.domain import Event, EventType, Lead
 from hub.events import EventBus
 from hub.ports import ApplyDecision, CreateRouted, RoutingDecision, RoutingRequest
-from hub.sla import SlaClock
+from hub.sla import SlaClock, update_clock
 from routing.availability import Availability, why_not_eligible
 from routing.rules import first_match
 from storage.base import LeadChanges, Store
@@ -256,12 +256,13 @@ class ConfigRouter:
         updated = await self._store.get_lead(lead.number) or lead
         if self._clock is not None and chosen_team is not None and chosen_team != lead.team:
             # Another team may have its own policy; claimed marks stay claimed (see retarget).
-            retarget = self._clock.retarget(dataclasses.replace(updated, team=lead.team), team=chosen_team)
-            if retarget is not None:
-                updated = (
-                    await self._store.update_lead(lead.number, dataclasses.replace(retarget, updated_at=now))
-                    or updated
-                )
+            clock = self._clock
+
+            def retarget(current: Lead) -> LeadChanges | None:
+                changes = clock.retarget(dataclasses.replace(current, team=lead.team), team=chosen_team)
+                return None if changes is None else dataclasses.replace(changes, updated_at=now)
+
+            _, updated = await update_clock(self._store, updated, retarget)
         await self._record(
             updated,
             EventType.LEAD_ASSIGNED,

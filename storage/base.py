@@ -109,6 +109,30 @@ class LeadChanges:
     escalate_target: str | None = None
 
 
+#: The lead fields an SLA decision reads: its status, its clock (target, episode, due times,
+#: pause) and the marks sweeps claim. `update_lead(..., expected=lead)` writes only while all
+#: of them are still as `lead` holds them, so a claim, reply or pause in between is never undone.
+SLA_STATE_FIELDS = (
+    "status",
+    "first_response_at",
+    "first_response_due",
+    "warn_due",
+    "warned_at",
+    "breached_at",
+    "sla_target",
+    "sla_started_at",
+    "sla_due",
+    "sla_warn_due",
+    "resolution_due",
+    "resolution_warn_due",
+    "sla_paused_at",
+    "sla_warned_at",
+    "sla_breached_at",
+    "res_warned_at",
+    "res_breached_at",
+)
+
+
 @dataclass(frozen=True, slots=True)
 class RoutingSnapshot:
     """What one routing decision reads, fetched together: loads, state values, its turn."""
@@ -297,8 +321,14 @@ class Store(Protocol):
     async def find_active_lead(self, contact_id: str, channel: str | None) -> Lead | None:
         """The contact's most recent active lead (on that channel when given)."""
 
-    async def update_lead(self, number: int, changes: LeadChanges) -> Lead | None:
-        """Apply changes and return the updated lead (None if there is no such lead)."""
+    async def update_lead(
+        self, number: int, changes: LeadChanges, expected: Lead | None = None
+    ) -> Lead | None:
+        """Apply changes and return the updated lead (None if there is no such lead).
+
+        With `expected` (the lead as the changes were computed from), a compare-and-set: the
+        changes apply only while the lead's SLA_STATE_FIELDS still hold `expected`'s values,
+        in one atomic write; otherwise nothing is written and None is returned."""
 
     async def list_leads(self, query: LeadQuery, limit: int, cursor: str | None = None) -> Page[Lead]:
         """Leads matching the query in `query.order` (newest first by default), cursor-paginated."""

@@ -67,6 +67,7 @@ from storage import mongo_kpi
 from storage.base import (
     KPI_GROUPS,
     LEAD_ORDERS,
+    SLA_STATE_FIELDS,
     ContactMissing,
     DuplicateError,
     KpiQuery,
@@ -128,6 +129,20 @@ _EPISODE_MARKS_BACKFILL = (
     ("sla_breached_at", "breached_at", "sla_due", "breach_pending_at", {"sla_target": {"$type": "string"}}),
     ("res_warned_at", "warned_at", "resolution_warn_due", "res_warn_pending_at", _RUNNING),
     ("res_breached_at", "breached_at", "resolution_due", "res_breach_pending_at", _RUNNING),
+)
+#: Databases from before a pause kept passed resolution marks: a reply unset a resolution
+#: warning or breach already due, so it was never reported. (pending field, due field, the
+#: episode's mark, its event, more conditions), the same rule as the SQLite adapter's.
+_PAUSED_MARKS_KEY = "storage.paused_resolution_marks"
+_PAUSED_MARKS: tuple[tuple[str, str, str, EventType, Doc], ...] = (
+    ("res_breach_pending_at", "resolution_due", "res_breached_at", EventType.SLA_BREACHED, {}),
+    (
+        "res_warn_pending_at",
+        "resolution_warn_due",
+        "res_warned_at",
+        EventType.SLA_WARNING,
+        {"res_breached_at": None},
+    ),
 )
 _DUPLICATE_KEY = 11000
 #: Tries of a pausing lead update whose resolution marks a concurrent claim changed meanwhile.
@@ -389,6 +404,20 @@ def marks_kept_by_pause(current: Mapping[str, Any], paused_at: datetime) -> dict
     return kept
 
 
+def sla_state_match(expected: Lead | None) -> Doc:
+    """The filter matching a lead whose SLA state (SLA_STATE_FIELDS) is still `expected`'s.
+
+    Dates are compared as stored (BSON keeps milliseconds, so a lead read back from this store
+    matches itself); a null also matches an absent field, as `sla_paused_at` is while running."""
+    if expected is None:
+        return {}
+    match: Doc = {}
+    for name in SLA_STATE_FIELDS:
+        value = getattr(expected, name)
+        match[name] = value.value if isinstance(value, LeadStatus) else value
+    return match
+
+
 def lead_update(changes: LeadChanges, kept_marks: Mapping[str, datetime] | None = None) -> Doc:
     """The `$set` / `$unset` update that applies `changes` to a lead document.
 
@@ -533,6 +562,7 @@ class MongoStore:
             await self._ensure_indexes()
             await self._backfill_episode_marks()
             await self._migrate_first_response_marks()
+            await self._restore_paused_resolution_marks()
             for name in ("lead", "inbox", "event", "message"):
                 await self._ensure_counter(name)
             # The first open of a database without the KPI rollups fills them from its leads.
@@ -604,6 +634,37 @@ class MongoStore:
             if any(values[k] != doc.get(k) for k in values):
                 await leads.update_one({"_id": doc["_id"]}, {"$set": values})
         await self.set_state(_FIRST_RESPONSE_MARKS_KEY, True)
+
+    async def _restore_paused_resolution_marks(self) -> None:
+        """Once per database: arm again the resolution marks an old pause unset though due.
+
+        A mark is restored when it fell due while the clock ran (before the pause, if any), is
+        not armed, was not claimed in its episode and has no claim event at or after its due
+        time. The write matches only while it is still unarmed and unclaimed, so a process
+        sweeping meanwhile is not undone."""
+        if await self.get_state(_PAUSED_MARKS_KEY):
+            return
+        leads, events = self._col("leads"), self._col("events")
+        for pending, due, mark, event, extra in _PAUSED_MARKS:
+            unarmed: Doc = {pending: {"$not": {"$type": "date"}}, mark: None, **extra}
+            query: Doc = {
+                "status": {"$in": _ACTIVE},
+                due: {"$type": "date"},
+                **unarmed,
+                "$or": [{"sla_paused_at": None}, {"$expr": {"$lte": [f"${due}", "$sla_paused_at"]}}],
+            }
+            async for doc in leads.find(query, projection={due: 1}):
+                claimed = await events.find_one(
+                    {
+                        "lead_number": doc["_id"],
+                        "type": event.value,
+                        "data.target": "resolution",
+                        "at": {"$gte": doc[due]},
+                    }
+                )
+                if claimed is None:
+                    await leads.update_one({"_id": doc["_id"], **unarmed}, {"$set": {pending: doc[due]}})
+        await self.set_state(_PAUSED_MARKS_KEY, True)
 
     async def _ensure_indexes(self) -> None:
         leads = self._col("leads")
@@ -1104,10 +1165,15 @@ class MongoStore:
         return _lead(doc) if doc else None
 
     @_translated
-    async def update_lead(self, number: int, changes: LeadChanges) -> Lead | None:
-        """Apply changes and return the updated lead (None if there is no such lead)."""
+    async def update_lead(
+        self, number: int, changes: LeadChanges, expected: Lead | None = None
+    ) -> Lead | None:
+        """Apply changes and return the updated lead (None if there is no such lead).
+
+        With `expected`, only while the lead's SLA state is still `expected`'s (None if not)."""
+        state = sla_state_match(expected)
         if not changes.pause_sla:
-            doc = await self._apply_lead_update({"_id": number}, lead_update(changes))
+            doc = await self._apply_lead_update({"_id": number, **state}, lead_update(changes))
             return _lead(doc) if doc else None
         # A pause keeps the resolution marks already passed (see marks_kept_by_pause): which
         # ones is read first, and the write matches only while they are still as read, so a
@@ -1116,12 +1182,14 @@ class MongoStore:
         paused_at = changes.updated_at or datetime.now(UTC)
         changes = replace(changes, updated_at=paused_at)
         for _ in range(_PAUSE_ATTEMPTS):
+            # The SLA state is part of the read's filter: a lead no longer as expected is left
+            # alone (None), while a mark that moved only makes the loop read again.
             current = await self._col("leads").find_one(
-                {"_id": number}, projection=dict.fromkeys(_RESOLUTION_MARKS, 1)
+                {"_id": number, **state}, projection=dict.fromkeys(_RESOLUTION_MARKS, 1)
             )
             if current is None:
                 return None
-            match: Doc = {"_id": number, **{f: current.get(f) for f in _RESOLUTION_MARKS}}
+            match: Doc = {"_id": number, **state, **{f: current.get(f) for f in _RESOLUTION_MARKS}}
             kept = marks_kept_by_pause(current, paused_at)
             doc = await self._apply_lead_update(match, lead_update(changes, kept))
             if doc is not None:

@@ -51,6 +51,7 @@ from storage import sqlite_kpi
 from storage.base import (
     KPI_GROUPS,
     LEAD_ORDERS,
+    SLA_STATE_FIELDS,
     ContactMissing,
     DuplicateError,
     KpiQuery,
@@ -401,6 +402,25 @@ def _event(row: sqlite3.Row) -> Event:
     )
 
 
+def _sla_state_condition(expected: Lead | None) -> tuple[str, list[Any]]:
+    """The WHERE clause (and its parameters) matching a lead whose SLA state is `expected`'s."""
+    if expected is None:
+        return "", []
+    where: list[str] = []
+    params: list[Any] = []
+    for name in SLA_STATE_FIELDS:
+        value = getattr(expected, name)
+        where.append(f" AND {name} IS ?")
+        params.append(
+            value.value
+            if isinstance(value, LeadStatus)
+            else _ts(value)
+            if isinstance(value, datetime)
+            else value
+        )
+    return "".join(where), params
+
+
 #: Armed SLA marks: (pending column, mark columns set by its claim, level, event), warnings
 #: before breaches. The target's own mark records that its episode fired (see hub.sla retarget).
 _MARKS = (
@@ -430,6 +450,32 @@ UPDATE leads SET {mark} = CASE
     END
 WHERE {mark} IS NOT NULL
 """
+
+#: Files from before a pause kept passed resolution marks: a reply disarmed a resolution warning
+#: or breach that had already fallen due, so a lead paused then (or resumed with nothing left)
+#: never reported it. Such a mark is due while the clock ran (before the pause, if any), not
+#: armed, not claimed in its episode (no mark) and has no claim event at or after its due time
+#: (a claim records its event in the same unit): it is armed again for the next sweep.
+_PAUSED_MARKS_KEY = "storage.paused_resolution_marks"
+_PAUSED_MARKS_MIGRATION = """
+UPDATE leads SET {pending} = {due}
+WHERE status IN {active} AND {due} IS NOT NULL AND {pending} IS NULL AND {mark} IS NULL{extra}
+    AND (sla_paused_at IS NULL OR {due} <= sla_paused_at)
+    AND NOT EXISTS (SELECT 1 FROM events e WHERE e.lead_number = leads.number AND e.type = '{event}'
+        AND json_extract(e.data, '$.target') = 'resolution' AND e.at >= leads.{due})
+"""
+#: (pending column, due column, the episode's mark, its event, more conditions): a warning is
+#: not restored once the breach it warns of was reported.
+_PAUSED_MARKS = (
+    ("res_breach_pending_at", "resolution_due", "res_breached_at", EventType.SLA_BREACHED, ""),
+    (
+        "res_warn_pending_at",
+        "resolution_warn_due",
+        "res_warned_at",
+        EventType.SLA_WARNING,
+        " AND res_breached_at IS NULL",
+    ),
+)
 
 #: KPI measure -> (timestamp column, the partial index that keeps leads sorted by it - created_at).
 _KPI_MEASURES = {"frt": ("first_response_at", "leads_frt"), "rt": ("resolved_at", "leads_rt")}
@@ -763,6 +809,24 @@ class SqliteStore:
             await self._db.execute(
                 "INSERT INTO kv (key, value) VALUES (?, 'true') ON CONFLICT (key) DO NOTHING",
                 (_FIRST_RESPONSE_MARKS_KEY,),
+            )
+        async with self._db.execute("SELECT 1 FROM kv WHERE key = ?", (_PAUSED_MARKS_KEY,)) as cursor:
+            restored = await cursor.fetchone() is not None
+        if not restored:
+            for pending, due, mark, event, extra in _PAUSED_MARKS:
+                await self._db.execute(
+                    _PAUSED_MARKS_MIGRATION.format(
+                        pending=pending,
+                        due=due,
+                        mark=mark,
+                        event=event.value,
+                        active=_LOAD_ACTIVE,
+                        extra=extra,
+                    )
+                )
+            await self._db.execute(
+                "INSERT INTO kv (key, value) VALUES (?, 'true') ON CONFLICT (key) DO NOTHING",
+                (_PAUSED_MARKS_KEY,),
             )
         for statement in _SLA_INDEXES.split(";"):
             if statement.strip():
@@ -1480,7 +1544,9 @@ class SqliteStore:
         row = await self._read_one(sql + " ORDER BY number DESC LIMIT 1", params)
         return _lead(row) if row else None
 
-    async def update_lead(self, number: int, changes: LeadChanges) -> Lead | None:
+    async def update_lead(
+        self, number: int, changes: LeadChanges, expected: Lead | None = None
+    ) -> Lead | None:
         sets: list[str] = []
         params: list[Any] = []
 
@@ -1582,7 +1648,15 @@ class SqliteStore:
                 row = conn.execute("SELECT extra FROM leads WHERE number = ?", (number,)).fetchone()
                 merged = {**(json.loads(row["extra"]) if row else {}), **changes.extra}
                 put("extra", _to_json(merged))
-            conn.execute(f"UPDATE leads SET {', '.join(sets)} WHERE number = ?", [*params, number]).close()
+            where, where_params = _sla_state_condition(expected)
+            cursor = conn.execute(
+                f"UPDATE leads SET {', '.join(sets)} WHERE number = ?{where}",
+                [*params, number, *where_params],
+            )
+            applied = cursor.rowcount > 0
+            cursor.close()
+            if not applied:
+                return None
             found: sqlite3.Row | None = conn.execute(
                 f"SELECT {_LEAD_COLUMNS} FROM leads WHERE number = ?", (number,)
             ).fetchone()

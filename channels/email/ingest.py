@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, TypeVar
 from zoneinfo import ZoneInfo
 
 from hub import i18n
-from hub.domain import Event, EventType, InboxItem, Lead
+from hub.domain import AUTO_AUTHOR, Event, EventType, InboxItem, Lead
 from hub.errors import DecodeError
 from hub.inbox import CLAIM_SECONDS
 from storage.base import StoreError
@@ -367,7 +367,7 @@ class EmailIngest:
         await self._hub.replies.record_reply(
             lead.number,
             text,
-            author="auto",
+            author=AUTO_AUTHOR,
             now=now,
             source="email-ack",
             counts_as_response=False,

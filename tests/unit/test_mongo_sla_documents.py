@@ -165,3 +165,26 @@ def test_episode_marks_round_trip_and_a_new_episode_forgets_them() -> None:
     )
     for mark in ("sla_warned_at", "sla_breached_at", "res_warned_at", "res_breached_at"):
         assert started["$set"][mark] is None
+
+
+async def test_an_update_with_expected_matches_the_sla_state_it_was_computed_from() -> None:
+    leads = _Leads(_lead_doc(sla_lead()))
+    read = _lead(bson.decode(bson.encode(leads.doc), codec_options=CODEC))
+    # A sweep in another process claims the breach between the read and the write.
+    claimed = T0 + timedelta(hours=5)
+    leads.before_write.append({"sla_breached_at": claimed, "breached_at": claimed})
+    store = MongoStore("mongodb://127.0.0.1:1/hub")
+    store._db = {"leads": leads}  # type: ignore[assignment]
+    later = LeadChanges(sla_due=T0 + timedelta(hours=8), sla_warn_due=None, updated_at=claimed)
+    assert await store.update_lead(7, later, expected=read) is None
+    assert leads.doc["sla_due"] == T0 + timedelta(hours=4) and leads.doc[
+        "breach_pending_at"
+    ] == T0 + timedelta(hours=4)
+    # Computed from the lead as it now is, the write applies.
+    fresh = _lead(leads.doc)
+    written = await store.update_lead(7, later, expected=fresh)
+    assert (
+        written is not None
+        and written.sla_due == T0 + timedelta(hours=8)
+        and written.sla_breached_at == claimed
+    )

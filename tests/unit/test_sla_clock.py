@@ -181,6 +181,65 @@ async def test_a_resolution_mark_passed_before_a_reply_is_still_reported(
     await hub.store.close()
 
 
+async def test_a_resolution_warning_passed_before_a_pause_survives_the_customer_writing_back(
+    make_hub: Callable[..., Any],
+) -> None:
+    hub: Hub = await make_hub(sla={"policies": POLICIES})
+    lead = (await hub.intake.accept(inbound("back@example.com", T0), now=T0)).lead
+    assert lead.resolution_warn_due == T0 + timedelta(hours=6, minutes=24)
+    # Reply after the resolution warning time, customer back before any sweep ran.
+    await hub.replies.record_reply(lead.number, "Вибачте", "olena", now=T0 + timedelta(hours=7))
+    back = T0 + timedelta(hours=7, minutes=30)
+    await hub.intake.accept(inbound("back@example.com", back, text="Дякую, але ще питання"), now=back)
+    resumed = await _lead(hub, lead.number)
+    assert resumed.sla_paused_at is None and resumed.resolution_due == back + timedelta(hours=1)
+    await hub.sweeper.sweep(back + timedelta(seconds=1))
+    warnings = [e for e in await _events(hub, lead.number, "sla.warning") if e.data["target"] == "resolution"]
+    assert [e.data["due"] for e in warnings] == [(T0 + timedelta(hours=6, minutes=24)).isoformat()]
+    # Once: a later pause and resume does not arm it again.
+    await hub.replies.record_reply(lead.number, "Ось", "olena", now=back + timedelta(minutes=10))
+    again = back + timedelta(minutes=20)
+    await hub.intake.accept(inbound("back@example.com", again, text="ще"), now=again)
+    await hub.sweeper.sweep(again + timedelta(days=1))
+    warnings = [e for e in await _events(hub, lead.number, "sla.warning") if e.data["target"] == "resolution"]
+    assert len(warnings) == 1
+    await hub.store.close()
+
+
+async def test_a_paused_resolution_left_no_working_time_by_a_new_holiday_is_due_on_resume(
+    make_hub: Callable[..., Any],
+) -> None:
+    office = {"timezone": "Europe/Kyiv", "hours": {"mon-fri": ["09:00-18:00"]}}
+    policies = {
+        "message": {"first_response": "4h", "resolution": "10h"},
+        "service_request": {"first_response": "12h"},
+    }
+    before: Hub = await make_hub(sla={"calendar": office, "policies": policies})
+    lead = (await before.intake.accept(inbound("holiday@example.com", T0), now=T0)).lead  # Mon 10:00 Kyiv
+    assert lead.resolution_due == datetime(2026, 11, 24, 9, 0, tzinfo=UTC)  # Tue 11:00 Kyiv
+    # Answered after hours on Monday: 2 working hours of resolution are left, all on Tuesday.
+    await before.replies.record_reply(
+        lead.number, "Дивимось", "olena", now=datetime(2026, 11, 23, 16, 30, tzinfo=UTC)
+    )
+    await before.store.close()
+    # Tuesday is declared a day off; the customer writes back on Wednesday.
+    after: Hub = await make_hub(
+        sla={"calendar": {**office, "holidays": {"dates": ["2026-11-24"]}}, "policies": policies}
+    )
+    wednesday = datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
+    await retarget_after_config_change(after.store, after.sla, "b", wednesday)
+    await after.intake.accept(inbound("holiday@example.com", wednesday, text="Є новини?"), now=wednesday)
+    resumed = await _lead(after, lead.number)
+    # No working time was left before the old due time: the resolution is due as it resumes.
+    assert resumed.sla_paused_at is None and resumed.resolution_due == wednesday
+    await after.sweeper.sweep(wednesday + timedelta(seconds=1))
+    breaches = [
+        e for e in await _events(after, lead.number, "sla.breached") if e.data["target"] == "resolution"
+    ]
+    assert [e.data["due"] for e in breaches] == [wednesday.isoformat()]
+    await after.store.close()
+
+
 async def test_kind_change_recomputes_the_running_target(make_hub: Callable[..., Any]) -> None:
     hub: Hub = await make_hub()
     lead = (await hub.intake.accept(inbound("g@example.com", T0), now=T0)).lead
@@ -257,7 +316,8 @@ async def test_resolve_stops_every_clock_and_reopen_restarts_resolution(make_hub
     reopened_at = T0 + timedelta(days=2)
     reopened = await hub.actions.reopen(lead.number, "olena", now=reopened_at)
     assert reopened.resolution_due == reopened_at + timedelta(hours=8)
-    assert await hub.sweeper.sweep(reopened_at + timedelta(hours=8, seconds=1)) == (1, 1)
+    # Never answered: the first response is owed again too (warning and breach of each).
+    assert await hub.sweeper.sweep(reopened_at + timedelta(hours=8, seconds=1)) == (2, 2)
     await hub.store.close()
 
 
@@ -284,6 +344,63 @@ async def test_a_customer_reopening_an_unanswered_lead_is_owed_a_first_response(
     breaches = await _events(hub, lead.number, "sla.breached")
     assert [(e.data["target"], e.data["due"]) for e in breaches] == [
         ("first_response", (back + timedelta(hours=4)).isoformat())
+    ]
+    await hub.store.close()
+
+
+async def test_a_staff_reopen_owes_the_response_a_customer_reopen_would(make_hub: Callable[..., Any]) -> None:
+    hub: Hub = await make_hub(sla={"policies": POLICIES})
+    reopened_at = T0 + timedelta(days=1)
+    # Never answered: a first response is owed again, timed from the reopen.
+    silent = (await hub.intake.accept(inbound("never@example.com", T0), now=T0)).lead
+    await hub.actions.resolve(silent.number, "olena", now=T0 + timedelta(minutes=10))
+    lead = await hub.actions.reopen(silent.number, "olena", now=reopened_at)
+    assert (lead.sla_target, lead.sla_started_at) == ("first_response", reopened_at)
+    assert lead.sla_due == reopened_at + timedelta(hours=4)
+    # Answered, then the customer wrote again and the lead was resolved unanswered: a next response.
+    asked = (await hub.intake.accept(inbound("again@example.com", T0), now=T0)).lead
+    await hub.replies.record_reply(asked.number, "Так", "olena", now=T0 + timedelta(minutes=5))
+    later = T0 + timedelta(minutes=30)
+    await hub.intake.accept(inbound("again@example.com", later, text="А ще?"), now=later)
+    await hub.actions.resolve(asked.number, "olena", now=later + timedelta(minutes=1))
+    lead = await hub.actions.reopen(asked.number, "olena", now=reopened_at)
+    assert (lead.sla_target, lead.sla_due) == ("next_response", reopened_at + timedelta(hours=2))
+    # Answered and our word was the last: nothing is owed but the resolution.
+    done = (await hub.intake.accept(inbound("done@example.com", T0), now=T0)).lead
+    await hub.replies.record_reply(done.number, "Готово", "olena", now=T0 + timedelta(minutes=5))
+    await hub.actions.resolve(done.number, "olena", now=T0 + timedelta(minutes=6))
+    lead = await hub.actions.reopen(done.number, "olena", now=reopened_at)
+    assert lead.sla_target is None and lead.sla_paused_at is None
+    assert lead.resolution_due == reopened_at + timedelta(hours=8)
+
+    await hub.sweeper.sweep(reopened_at + timedelta(hours=4, seconds=1))
+    breached = {
+        (e.lead_number, e.data["target"]) for e in await hub.store.list_events(types=["sla.breached"])
+    }
+    assert breached == {(silent.number, "first_response"), (asked.number, "next_response")}
+    await hub.store.close()
+
+
+async def test_a_team_change_retargets_a_reopened_first_response_despite_an_earlier_breach(
+    make_hub: Callable[..., Any],
+) -> None:
+    hub: Hub = await make_hub(sla={"policies": POLICIES})
+    lead = (await hub.intake.accept(inbound("twice@example.com", T0), now=T0)).lead
+    assert await hub.sweeper.sweep(T0 + timedelta(hours=4, seconds=1)) == (1, 1)  # first response breached
+    await hub.actions.resolve(lead.number, "olena", now=T0 + timedelta(hours=5))
+    reopened_at = T0 + timedelta(days=1)
+    reopened = await hub.actions.reopen(lead.number, "olena", now=reopened_at)
+    assert (reopened.sla_target, reopened.sla_due) == ("first_response", reopened_at + timedelta(hours=4))
+    # The earlier episode's breach is history: the new episode moves to the service team's 1h.
+    moved = await hub.actions.assign(lead.number, "iryna", "olena", now=reopened_at + timedelta(minutes=5))
+    assert moved.team == "service" and moved.sla_due == reopened_at + timedelta(hours=1)
+    assert moved.breached_at == T0 + timedelta(hours=4, seconds=1)  # the KPI's breach stays on record
+    # Resolution restarted at the reopen too: it is not timed from creation (overdue at once).
+    assert moved.resolution_due == reopened_at + timedelta(hours=8)
+    await hub.sweeper.sweep(reopened_at + timedelta(hours=1, seconds=1))
+    breaches = await _events(hub, lead.number, "sla.breached")
+    assert [(e.data["target"], e.data["due"]) for e in breaches if e.at > reopened_at] == [
+        ("first_response", (reopened_at + timedelta(hours=1)).isoformat())
     ]
     await hub.store.close()
 
@@ -326,6 +443,57 @@ async def test_team_lead_hears_only_after_the_escalation_delay(make_hub: Callabl
     assert escalated.lead_number == ignored.number
     assert "olena" in escalated.data["notify"] and escalated.data["target"] == "first_response"
     assert (await _lead(hub, ignored.number)).assignee != ignored.assignee  # reassigned at this step
+    await hub.store.close()
+
+
+async def test_a_reply_while_the_sweep_reports_a_breach_cancels_its_escalation_step(
+    make_hub: Callable[..., Any],
+) -> None:
+    policies = {
+        "message": {"first_response": "1h", "resolution": "2h", "escalation": {"team_lead_after": "30m"}},
+        "service_request": {"first_response": "12h"},
+    }
+    hub: Hub = await make_hub(sla={"policies": policies})
+    published: list[Event] = []
+    lead = (await hub.intake.accept(inbound("race@example.com", T0), now=T0)).lead
+    breached = T0 + timedelta(hours=2, seconds=1)
+
+    async def answer_meanwhile(event: Event, _: Lead | None) -> None:
+        # The claim is written; the sweep is still publishing it when the answer lands.
+        published.append(event)
+        if event.type == "sla.breached" and event.data["target"] == "first_response":
+            await hub.replies.record_reply(lead.number, "Вибачте, ось відповідь", "olena", now=breached)
+
+    hub.bus.subscribe("test", answer_meanwhile)
+    assert await hub.sweeper.sweep(breached) == (2, 2)
+    # Answered before its step was written: the first response does not escalate. The
+    # resolution breach stands until the lead is resolved, so its step follows as ever.
+    await hub.sweeper.sweep(T0 + timedelta(hours=3))
+    assert [e.data["target"] for e in published if e.type == "sla.escalated"] == ["resolution"]
+    await hub.store.close()
+
+
+async def test_a_breach_answered_while_the_sweep_reports_it_is_not_reassigned(
+    make_hub: Callable[..., Any],
+) -> None:
+    policies = {
+        "message": {"first_response": "1h", "escalation": {"reassign": True}},
+        "service_request": {"first_response": "12h"},
+    }
+    hub: Hub = await make_hub(sla={"policies": policies})
+    lead = (await hub.intake.accept(inbound("kept@example.com", T0), now=T0)).lead
+    owner = lead.assignee
+    assert owner is not None
+    breached = T0 + timedelta(hours=1, seconds=1)
+
+    async def answer_meanwhile(event: Event, _: Lead | None) -> None:
+        if event.type == "sla.breached":
+            await hub.replies.record_reply(lead.number, "Ось відповідь", owner, now=breached)
+
+    hub.bus.subscribe("test", answer_meanwhile)
+    assert await hub.sweeper.sweep(breached) == (1, 1)
+    # The owner answered before the reassignment step ran: the lead stays theirs.
+    assert (await _lead(hub, lead.number)).assignee == owner
     await hub.store.close()
 
 
