@@ -307,6 +307,8 @@ def _message_doc(message: Message, seq: int) -> Doc:
         "created_at": message.created_at,
         "seq": seq,
     }
+    if message.subject:
+        doc["subject"] = message.subject
     # Absent, not null: the unique (channel, external_id) index is partial on its existence,
     # so notes and replies without an external id never collide.
     if message.external_id is not None:
@@ -328,6 +330,7 @@ def _message(doc: Mapping[str, Any]) -> Message:
         refs=list(doc.get("refs", [])),
         delivery=DeliveryState(doc["delivery"]) if doc.get("delivery") else None,
         created_at=_req_utc(doc["created_at"]),
+        subject=doc.get("subject", ""),
     )
 
 

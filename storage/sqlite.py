@@ -127,7 +127,7 @@ CREATE TABLE IF NOT EXISTS messages (
     channel TEXT NOT NULL, author TEXT NOT NULL, text TEXT NOT NULL,
     html TEXT NOT NULL DEFAULT '', attachments TEXT NOT NULL DEFAULT '[]',
     external_id TEXT, refs TEXT NOT NULL DEFAULT '[]', delivery TEXT,
-    created_at REAL NOT NULL, seq INTEGER NOT NULL,
+    created_at REAL NOT NULL, seq INTEGER NOT NULL, subject TEXT NOT NULL DEFAULT '',
     UNIQUE (channel, external_id)
 );
 CREATE INDEX IF NOT EXISTS messages_lead ON messages (lead_number, seq);
@@ -356,6 +356,7 @@ def _message(row: sqlite3.Row) -> Message:
         refs=json.loads(row["refs"]),
         delivery=DeliveryState(row["delivery"]) if row["delivery"] else None,
         created_at=_req_dt(row["created_at"]),
+        subject=row["subject"],
     )
 
 
@@ -456,7 +457,7 @@ def _local_days(start: datetime, end: datetime, zone_name: str) -> list[Any]:
 
 _INSERT_MESSAGE = (
     "INSERT INTO messages (id, lead_number, direction, channel, author, text, html, attachments, "
-    "external_id, refs, delivery, created_at, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+    "external_id, refs, delivery, created_at, subject, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
     "(SELECT COALESCE(MAX(seq), 0) + 1 FROM messages WHERE lead_number = ?)) "
     "ON CONFLICT (channel, external_id) DO NOTHING"
 )
@@ -746,6 +747,9 @@ class SqliteStore:
         for column in _SLA_COLUMNS:
             if column.split()[0] not in have:
                 await self._db.execute(f"ALTER TABLE leads ADD COLUMN {column}")
+        async with self._db.execute("PRAGMA table_info(messages)") as cursor:
+            if "subject" not in {row[1] for row in await cursor.fetchall()}:
+                await self._db.execute("ALTER TABLE messages ADD COLUMN subject TEXT NOT NULL DEFAULT ''")
         if have and "sla_breached_at" not in have:
             for statement in _EPISODE_MARKS_BACKFILL:
                 await self._db.execute(statement.format(active=_LOAD_ACTIVE))
@@ -1956,6 +1960,7 @@ class SqliteStore:
             _to_json(message.refs),
             message.delivery.value if message.delivery else None,
             message.created_at.timestamp(),
+            message.subject,
             message.lead_number,
         )
 
