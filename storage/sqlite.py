@@ -47,10 +47,12 @@ from hub.domain import (
     OutboxItem,
     Page,
 )
+from hub.identities import renormalized_phone
 from storage import sqlite_kpi
 from storage.base import (
     KPI_GROUPS,
     LEAD_ORDERS,
+    PHONE_RENORMALIZED_KEY,
     ContactMissing,
     DuplicateError,
     KpiQuery,
@@ -61,6 +63,7 @@ from storage.base import (
     SlaClaim,
     StoreError,
     interpolated_percentiles,
+    phone_conflict_line,
 )
 from storage.kpi_rollup import KPI_SORT_LIMIT
 
@@ -768,6 +771,7 @@ class SqliteStore:
                 "INSERT INTO kv (key, value) VALUES (?, 'true') ON CONFLICT (key) DO NOTHING",
                 (_FIRST_RESPONSE_MARKS_KEY,),
             )
+        await self._renormalize_phones()
         for statement in _SLA_INDEXES.split(";"):
             if statement.strip():
                 await self._db.execute(statement)
@@ -790,6 +794,42 @@ class SqliteStore:
             if statement.strip():
                 await self._db.execute(statement + "END;")
         await sqlite_kpi.create_rollups(self._db)
+
+    async def _renormalize_phones(self) -> None:
+        """Once per file, in the open's transaction: phone identities stored in the old form
+        take today's (`renormalized_phone`), so their customer is found again. One whose new
+        value another contact has is left as it was and logged, for staff to merge."""
+        assert self._db is not None
+        async with self._db.execute(
+            "SELECT 1 FROM kv WHERE key = ? AND value = 'true'", (PHONE_RENORMALIZED_KEY,)
+        ) as cursor:
+            if await cursor.fetchone() is not None:
+                return
+        async with self._db.execute(
+            "SELECT value, contact_id FROM identities WHERE kind = 'phone' "
+            "AND (value LIKE '+0%' OR value LIKE '+8%') ORDER BY rowid"
+        ) as cursor:
+            rows = [(row[0], row[1]) for row in await cursor.fetchall()]
+        for old, contact_id in rows:
+            new = renormalized_phone(old)
+            if new is None:
+                continue
+            async with self._db.execute(
+                "SELECT contact_id FROM identities WHERE kind = 'phone' AND value = ?", (new,)
+            ) as cursor:
+                owner = await cursor.fetchone()
+            if owner is None:
+                await self._db.execute(
+                    "UPDATE identities SET value = ? WHERE kind = 'phone' AND value = ?", (new, old)
+                )
+            elif owner[0] == contact_id:
+                await self._db.execute("DELETE FROM identities WHERE kind = 'phone' AND value = ?", (old,))
+            else:
+                log.warning("%s", phone_conflict_line(contact_id, owner[0]))
+        await self._db.execute(
+            "INSERT INTO kv (key, value) VALUES (?, 'true') ON CONFLICT (key) DO UPDATE SET value = 'true'",
+            (PHONE_RENORMALIZED_KEY,),
+        )
 
     async def close(self) -> None:
         if self._db is None:

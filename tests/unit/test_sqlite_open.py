@@ -6,6 +6,9 @@ import asyncio
 import sqlite3
 from pathlib import Path
 
+from hub.domain import Identity, IdentityKind
+from hub.identities import normalize_phone
+from storage.base import PHONE_RENORMALIZED_KEY
 from storage.sqlite import CACHE_KIB, WAL_CHECKPOINT_PAGES, SqliteStore
 from tests.contract.builders import message
 
@@ -76,5 +79,29 @@ async def test_opening_a_file_whose_messages_have_no_subject_adds_the_column(tmp
             ("старе", ""),
             ("нове", "Друга тема"),
         ]
+    finally:
+        await store.close()
+
+
+async def test_a_customer_stored_with_an_old_form_phone_is_found_again_after_the_upgrade(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "old.db"
+    store = SqliteStore(path)
+    await store.open()
+    await store.close()
+    with sqlite3.connect(path) as conn:  # a file the code before 2026-12-02 wrote
+        conn.execute("DELETE FROM kv WHERE key = ?", (PHONE_RENORMALIZED_KEY,))
+        conn.execute("INSERT INTO contacts (id, name, created_at) VALUES ('c-old', 'Петро', 0)")
+        conn.execute(
+            "INSERT INTO identities (kind, value, contact_id) VALUES ('phone', '+0671234567', 'c-old')"
+        )
+    store = SqliteStore(path)
+    await store.open()
+    try:
+        typed = normalize_phone("067 123 45 67")
+        assert typed == "+380671234567"
+        found = await store.find_contact(Identity(IdentityKind.PHONE, typed))
+        assert found is not None and found.id == "c-old"
     finally:
         await store.close()
