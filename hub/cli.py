@@ -1,20 +1,44 @@
-"""`hub run`, `hub check-config` and `hub hash-password`."""
+"""`hub run`, `hub check-config` and `hub hash-password`.
+
+Only the standard library is imported up front: `main` takes SIGTERM first, then loads the
+rest (pydantic, the config), which can take a second on a busy machine.
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import logging
 import os
 import signal
 import sys
+from types import FrameType
+from typing import TYPE_CHECKING
 
-from hub import process
-from hub.config import ConfigError, Settings, check_startable, load_settings, masked_dump
-from hub.logs import configure_logging
+if TYPE_CHECKING:
+    from hub.config import Settings
 
 log = logging.getLogger("hub")
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM before the event loop took it over: unwinds like Ctrl-C, with its own exit code."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _stop(signum: int, frame: FrameType | None) -> None:
+    raise Stopped(signum)
+
+
+def _signal_of(exc: KeyboardInterrupt) -> signal.Signals:
+    return signal.Signals(exc.signum) if isinstance(exc, Stopped) else signal.SIGINT
+
+
+def _exit_code(exc: KeyboardInterrupt) -> int:
+    """128 + the signal's number, as a shell reports a process a signal ended."""
+    return 128 + _signal_of(exc)
 
 
 def _secrets(settings: Settings) -> list[str]:
@@ -36,6 +60,8 @@ def _secrets(settings: Settings) -> list[str]:
 
 
 async def _run(settings: Settings) -> int:
+    import asyncio
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     # Signals first: a SIGINT/SIGTERM during the (slow) imports and the start stops cleanly.
@@ -70,9 +96,9 @@ def _hash_password(from_stdin: bool) -> int:
     except EOFError:  # Ctrl-D at the prompt
         print("\nhub: no password given", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:  # Ctrl-C at the prompt
+    except KeyboardInterrupt as exc:  # Ctrl-C at the prompt (or SIGTERM)
         print("\nhub: cancelled", file=sys.stderr)
-        return 130
+        return _exit_code(exc)
     if len(password) < 8:
         print("hub: use a password of at least 8 characters", file=sys.stderr)
         return 2
@@ -82,6 +108,21 @@ def _hash_password(from_stdin: bool) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `hub` console script and `python -m hub`."""
+    # First of all: SIGTERM's default action would end the process without a word (and a
+    # config read from a pipe or a slow disk can keep it here for long).
+    previous = signal.signal(signal.SIGTERM, _stop)
+    try:
+        return _main(argv)
+    except KeyboardInterrupt as exc:
+        # Stopped before logging was set up (which `_main` handles itself from then on).
+        print(f"hub: stopped by {_signal_of(exc).name} before it started", file=sys.stderr)
+        return _exit_code(exc)
+    finally:
+        if previous is not None:  # for callers in the same process (tests)
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="hub", description="Omnichannel inbound-request hub")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="start everything enabled in the config until SIGINT/SIGTERM")
@@ -95,6 +136,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "hash-password":
         return _hash_password(args.stdin)
+    from hub import process
+    from hub.config import ConfigError, check_startable, load_settings, masked_dump
+    from hub.logs import configure_logging
+
     try:
         settings = load_settings(args.config)
         check_startable(settings)
@@ -102,12 +147,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hub: bad configuration: {exc}", file=sys.stderr)
         return 2
     if args.command == "check-config":
+        import json
+
         print(json.dumps(masked_dump(settings), indent=2, ensure_ascii=False))
         return 0
     configure_logging(settings.log_level, _secrets(settings))
-    # Until the event loop takes over SIGTERM, it stops the process like SIGINT (nothing is
-    # open yet), instead of killing it without a word.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
     from hub.app import StartError
 
     try:
@@ -119,9 +163,9 @@ def main(argv: list[str] | None = None) -> int:
         # One line, through the redacting log handler: the message may quote a storage URL.
         log.critical("hub cannot start: %s", exc)
         return 1
-    except KeyboardInterrupt:
-        log.info("hub stopped before it started")
-        return 130
+    except KeyboardInterrupt as exc:
+        log.info("hub stopped by %s before it started", _signal_of(exc).name)
+        return _exit_code(exc)
     except Exception:
         # Through logging, not Python's default hook: the traceback may quote a storage URL or
         # a token, and only the log handler redacts them.

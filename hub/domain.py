@@ -257,6 +257,8 @@ class Message:
     external_id: str | None = None
     refs: list[str] = field(default_factory=list)
     delivery: DeliveryState | None = None
+    # A follow-up's own subject when it differs from its lead's (the lead shows the first one).
+    subject: str = ""
 
 
 @dataclass(slots=True)

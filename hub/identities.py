@@ -84,6 +84,20 @@ def normalize_phone(value: str, region: str = DEFAULT_PHONE_REGION) -> str | Non
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
+def renormalized_phone(stored: str) -> str | None:
+    """The value a phone identity stored before 2026-12-02 has under `normalize_phone`, or None
+    when it needs no rewrite (or cannot be read).
+
+    The old code stored `+` and the digits as typed, so the national forms a customer types
+    (`067…`, `8 067…`, `00380 67…`) became `+0671234567`, `+80671234567`, `+00380671234567`:
+    those are read again as typed without the `+`. A value valid as it stands (`+380…`,
+    `+44…`) is left alone, and so is anything else, which a person has to look at."""
+    if not stored.startswith(("+0", "+8")) or normalize_phone(stored) == stored:
+        return None
+    fresh = normalize_phone(stored[1:])
+    return fresh if fresh != stored else None
+
+
 def _ukrainian(value: str, digits: str, region: str) -> phonenumbers.PhoneNumber | None:
     """A Ukrainian number in one of its usual forms, without `phonenumbers.parse` (~26 µs, most of
     a form's phone check); None for anything else, which the parser reads."""

@@ -29,6 +29,7 @@ from hub.domain import (
 from hub.events import EventBus
 from hub.ports import Router, RoutingDecision, RoutingRequest
 from hub.sla import SlaClock, merge_changes, update_clock
+from hub.subjects import follow_up_subject
 from storage.base import DuplicateError, LeadChanges, Store
 
 log = logging.getLogger(__name__)
@@ -119,6 +120,7 @@ class Intake:
             external_id=inbound.external_id,
             refs=list(inbound.own_refs),
             created_at=inbound.received_at,
+            subject="" if created else follow_up_subject(inbound.subject, lead.subject),
         )
         message, stored = await self._store.add_message(message)
         if inbound.own_refs:

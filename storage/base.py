@@ -155,6 +155,19 @@ class SlaClaim:
 #: Dimensions a KPI report can be broken down by (`KpiQuery.group_by`).
 KPI_GROUPS = ("team", "assignee", "channel", "kind", "day")
 
+#: State key set once a store's phone identities were rewritten to today's E.164 form
+#: (`hub.identities.renormalized_phone`), which both adapters do once at open.
+PHONE_RENORMALIZED_KEY = "storage.phone_e164"
+
+
+def phone_conflict_line(contact_id: str, owner_id: str) -> str:
+    """The one log line naming two contacts that a phone rewrite found to share a number (the
+    number itself stays out of the log, as every identity value does)."""
+    return (
+        f"contacts {contact_id} and {owner_id} have the same phone number (contact {contact_id} "
+        f"in its old form, left as it was): merge them in the dashboard if they are one person"
+    )
+
 
 @dataclass(frozen=True, slots=True)
 class KpiQuery:

@@ -63,10 +63,12 @@ from hub.domain import (
     OutboxItem,
     Page,
 )
+from hub.identities import renormalized_phone
 from storage import mongo_kpi
 from storage.base import (
     KPI_GROUPS,
     LEAD_ORDERS,
+    PHONE_RENORMALIZED_KEY,
     SLA_STATE_FIELDS,
     ContactMissing,
     DuplicateError,
@@ -77,6 +79,7 @@ from storage.base import (
     RoutingSnapshot,
     SlaClaim,
     StoreError,
+    phone_conflict_line,
 )
 from storage.kpi_rollup import KPI_SORT_LIMIT, LeadFacts, check_groupings, rollup_delta
 
@@ -322,6 +325,8 @@ def _message_doc(message: Message, seq: int) -> Doc:
         "created_at": message.created_at,
         "seq": seq,
     }
+    if message.subject:
+        doc["subject"] = message.subject
     # Absent, not null: the unique (channel, external_id) index is partial on its existence,
     # so notes and replies without an external id never collide.
     if message.external_id is not None:
@@ -343,6 +348,7 @@ def _message(doc: Mapping[str, Any]) -> Message:
         refs=list(doc.get("refs", [])),
         delivery=DeliveryState(doc["delivery"]) if doc.get("delivery") else None,
         created_at=_req_utc(doc["created_at"]),
+        subject=doc.get("subject", ""),
     )
 
 
@@ -563,6 +569,7 @@ class MongoStore:
             await self._backfill_episode_marks()
             await self._migrate_first_response_marks()
             await self._restore_paused_resolution_marks()
+            await self._renormalize_phones()
             for name in ("lead", "inbox", "event", "message"):
                 await self._ensure_counter(name)
             # The first open of a database without the KPI rollups fills them from its leads.
@@ -597,6 +604,34 @@ class MongoStore:
                 [{"$set": {mark: {"$ifNull": [f"${claimed}", f"${due}"]}}}],
             )
         await self.set_state(key, True)
+
+    async def _renormalize_phones(self) -> None:
+        """Once per database: phone identities stored in the old form take today's
+        (`renormalized_phone`), so their customer is found again. One whose new value another
+        contact has is left as it was and logged, for staff to merge."""
+        if await self.get_state(PHONE_RENORMALIZED_KEY):
+            return
+        identities = self._col("identities")
+        old_form = {"kind": "phone", "value": {"$regex": r"^\+[08]"}}
+        async for doc in identities.find(old_form).sort("_id", ASCENDING):
+            new = renormalized_phone(doc["value"])
+            if new is None:
+                continue
+            owner = await identities.find_one({"kind": "phone", "value": new})
+            if owner is None:
+                try:
+                    await identities.update_one({"_id": doc["_id"]}, {"$set": {"value": new}})
+                    continue
+                except DuplicateKeyError:
+                    # Another process (a customer writing, or its own migration) took it meanwhile.
+                    owner = await identities.find_one({"kind": "phone", "value": new})
+            if owner is None or owner["_id"] == doc["_id"]:
+                continue  # another process's migration rewrote this one meanwhile
+            if owner["contact_id"] == doc["contact_id"]:
+                await identities.delete_one({"_id": doc["_id"]})
+            else:
+                log.warning("%s", phone_conflict_line(doc["contact_id"], owner["contact_id"]))
+        await self.set_state(PHONE_RENORMALIZED_KEY, True)
 
     async def _migrate_first_response_marks(self) -> None:
         """Once per database: warned_at / breached_at keep only first-response marks.

@@ -47,10 +47,12 @@ from hub.domain import (
     OutboxItem,
     Page,
 )
+from hub.identities import renormalized_phone
 from storage import sqlite_kpi
 from storage.base import (
     KPI_GROUPS,
     LEAD_ORDERS,
+    PHONE_RENORMALIZED_KEY,
     SLA_STATE_FIELDS,
     ContactMissing,
     DuplicateError,
@@ -62,6 +64,7 @@ from storage.base import (
     SlaClaim,
     StoreError,
     interpolated_percentiles,
+    phone_conflict_line,
 )
 from storage.kpi_rollup import KPI_SORT_LIMIT
 
@@ -128,7 +131,7 @@ CREATE TABLE IF NOT EXISTS messages (
     channel TEXT NOT NULL, author TEXT NOT NULL, text TEXT NOT NULL,
     html TEXT NOT NULL DEFAULT '', attachments TEXT NOT NULL DEFAULT '[]',
     external_id TEXT, refs TEXT NOT NULL DEFAULT '[]', delivery TEXT,
-    created_at REAL NOT NULL, seq INTEGER NOT NULL,
+    created_at REAL NOT NULL, seq INTEGER NOT NULL, subject TEXT NOT NULL DEFAULT '',
     UNIQUE (channel, external_id)
 );
 CREATE INDEX IF NOT EXISTS messages_lead ON messages (lead_number, seq);
@@ -357,6 +360,7 @@ def _message(row: sqlite3.Row) -> Message:
         refs=json.loads(row["refs"]),
         delivery=DeliveryState(row["delivery"]) if row["delivery"] else None,
         created_at=_req_dt(row["created_at"]),
+        subject=row["subject"],
     )
 
 
@@ -502,7 +506,7 @@ def _local_days(start: datetime, end: datetime, zone_name: str) -> list[Any]:
 
 _INSERT_MESSAGE = (
     "INSERT INTO messages (id, lead_number, direction, channel, author, text, html, attachments, "
-    "external_id, refs, delivery, created_at, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+    "external_id, refs, delivery, created_at, subject, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
     "(SELECT COALESCE(MAX(seq), 0) + 1 FROM messages WHERE lead_number = ?)) "
     "ON CONFLICT (channel, external_id) DO NOTHING"
 )
@@ -792,6 +796,9 @@ class SqliteStore:
         for column in _SLA_COLUMNS:
             if column.split()[0] not in have:
                 await self._db.execute(f"ALTER TABLE leads ADD COLUMN {column}")
+        async with self._db.execute("PRAGMA table_info(messages)") as cursor:
+            if "subject" not in {row[1] for row in await cursor.fetchall()}:
+                await self._db.execute("ALTER TABLE messages ADD COLUMN subject TEXT NOT NULL DEFAULT ''")
         if have and "sla_breached_at" not in have:
             for statement in _EPISODE_MARKS_BACKFILL:
                 await self._db.execute(statement.format(active=_LOAD_ACTIVE))
@@ -828,6 +835,7 @@ class SqliteStore:
                 "INSERT INTO kv (key, value) VALUES (?, 'true') ON CONFLICT (key) DO NOTHING",
                 (_PAUSED_MARKS_KEY,),
             )
+        await self._renormalize_phones()
         for statement in _SLA_INDEXES.split(";"):
             if statement.strip():
                 await self._db.execute(statement)
@@ -850,6 +858,42 @@ class SqliteStore:
             if statement.strip():
                 await self._db.execute(statement + "END;")
         await sqlite_kpi.create_rollups(self._db)
+
+    async def _renormalize_phones(self) -> None:
+        """Once per file, in the open's transaction: phone identities stored in the old form
+        take today's (`renormalized_phone`), so their customer is found again. One whose new
+        value another contact has is left as it was and logged, for staff to merge."""
+        assert self._db is not None
+        async with self._db.execute(
+            "SELECT 1 FROM kv WHERE key = ? AND value = 'true'", (PHONE_RENORMALIZED_KEY,)
+        ) as cursor:
+            if await cursor.fetchone() is not None:
+                return
+        async with self._db.execute(
+            "SELECT value, contact_id FROM identities WHERE kind = 'phone' "
+            "AND (value LIKE '+0%' OR value LIKE '+8%') ORDER BY rowid"
+        ) as cursor:
+            rows = [(row[0], row[1]) for row in await cursor.fetchall()]
+        for old, contact_id in rows:
+            new = renormalized_phone(old)
+            if new is None:
+                continue
+            async with self._db.execute(
+                "SELECT contact_id FROM identities WHERE kind = 'phone' AND value = ?", (new,)
+            ) as cursor:
+                owner = await cursor.fetchone()
+            if owner is None:
+                await self._db.execute(
+                    "UPDATE identities SET value = ? WHERE kind = 'phone' AND value = ?", (new, old)
+                )
+            elif owner[0] == contact_id:
+                await self._db.execute("DELETE FROM identities WHERE kind = 'phone' AND value = ?", (old,))
+            else:
+                log.warning("%s", phone_conflict_line(contact_id, owner[0]))
+        await self._db.execute(
+            "INSERT INTO kv (key, value) VALUES (?, 'true') ON CONFLICT (key) DO UPDATE SET value = 'true'",
+            (PHONE_RENORMALIZED_KEY,),
+        )
 
     async def close(self) -> None:
         if self._db is None:
@@ -2030,6 +2074,7 @@ class SqliteStore:
             _to_json(message.refs),
             message.delivery.value if message.delivery else None,
             message.created_at.timestamp(),
+            message.subject,
             message.lead_number,
         )
 

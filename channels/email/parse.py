@@ -24,14 +24,12 @@ from email.utils import getaddresses
 
 from hub.errors import DecodeError
 from hub.identities import normalize_email
+from hub.subjects import LEAD_TOKEN, REPLY_PREFIX
+from hub.subjects import clean_subject as clean_subject  # re-exported: the mail modules use it
 
 from .text import html_to_text, sanitize_html
 
 _MSGID = re.compile(r"<([^<>\s]{1,500})>")
-_LEAD_TOKEN = re.compile(r"\[\s*#?\s*L-?(\d{1,12})\s*\]", re.IGNORECASE)
-_REPLY_PREFIX = re.compile(
-    r"^\s*((re|fw|fwd|aw|wg|sv|vs|ответ|отв|відп|на)\s*(\[\d+\])?\s*:\s*)+", re.IGNORECASE
-)
 _CHARSET_ALIASES = {
     "win-1251": "cp1251",
     "windows1251": "cp1251",
@@ -116,19 +114,13 @@ def message_ids(value: str) -> list[str]:
 
 def lead_token(subject: str) -> int | None:
     """The lead number of a `[#L-1042]` token in a subject, if any."""
-    match = _LEAD_TOKEN.search(subject or "")
+    match = LEAD_TOKEN.search(subject or "")
     return int(match.group(1)) if match else None
 
 
 def has_reply_prefix(subject: str) -> bool:
     """Whether a subject starts with a reply or forward prefix (`Re:`, `Відп:`, `Fwd:`)."""
-    return bool(_REPLY_PREFIX.match(subject or ""))
-
-
-def clean_subject(subject: str) -> str:
-    """A subject without reply prefixes and lead tokens (for `Re: <subject> [#L-n]`)."""
-    subject = _LEAD_TOKEN.sub("", subject or "")
-    return re.sub(r"\s+", " ", _REPLY_PREFIX.sub("", subject)).strip()
+    return bool(REPLY_PREFIX.match(subject or ""))
 
 
 def _charset(declared: str) -> str:

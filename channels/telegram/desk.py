@@ -719,6 +719,9 @@ class StaffDesk:
         if edited is not None:
             head += f" <i>({esc(staff('tg.event.edited'))})</i>"
         body = esc(text)
+        if message.subject:
+            line = staff("tg.message.subject", subject=message.subject)
+            body = f"{line}\n{body}" if body else line
         files = [a for a in message.attachments if not a.ref.startswith("tg-file:")]
         if files:
             body += "\n" + "\n".join(f"📎 {esc(a.name)} ({a.size} B)" for a in files)

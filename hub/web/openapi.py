@@ -136,6 +136,10 @@ def _schemas() -> dict[str, Any]:
             "direction": {"type": "string", "enum": ["in", "out", "note"]},
             "channel": {"type": "string"},
             "author": {"type": "string"},
+            "subject": {
+                **_NULLABLE_STRING,
+                "description": "a follow-up's own subject when it differs from its lead's",
+            },
             "text": {"type": "string"},
             "html": _NULLABLE_STRING,
             "attachments": {

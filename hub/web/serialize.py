@@ -60,6 +60,7 @@ def message_json(message: Message) -> dict[str, Any]:
         "direction": message.direction.value,
         "channel": message.channel,
         "author": message.author,
+        "subject": message.subject or None,
         "text": message.text,
         "html": message.html or None,
         "attachments": [

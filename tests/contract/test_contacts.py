@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
-from hub.domain import Identity, IdentityKind, LeadStatus
-from storage.base import DuplicateError, Store
+from hub.domain import Contact, Identity, IdentityKind, LeadStatus
+from storage.base import PHONE_RENORMALIZED_KEY, DuplicateError, Store
 from tests.contract.builders import contact, email, new_lead
+from tests.contract.conftest import StoreFactory
 
 
 async def test_create_find_and_get(store: Store) -> None:
@@ -103,3 +106,42 @@ async def test_find_contact_of_takes_the_first_identity_that_has_one(store: Stor
     assert found is not None and found.id == a.id and found.identities == a.identities
     assert await store.find_contact_of([email("nobody@example.com")]) is None
     assert await store.find_contact_of([]) is None
+
+
+async def test_phones_stored_in_the_old_form_take_todays_at_open_without_merging_anyone(
+    store_factory: StoreFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    def phone(value: str) -> Identity:
+        return Identity(IdentityKind.PHONE, value)
+
+    first = await store_factory()
+    # What the code before 2026-12-02 stored for `067 123 45 67`, `8 050 111 22 33`, `093…`.
+    old = contact(phone("+0671234567"), name="Old only")
+    both = contact(phone("+80501112233"), phone("+380501112233"), name="Old and new")
+    clash = contact(phone("+0931234567"), name="Old, new taken")
+    taken = contact(phone("+380931234567"), name="Wrote since")
+    foreign = contact(phone("+442079460958"), phone("+0123"), name="Valid or unreadable")
+    for person in (old, both, clash, taken, foreign):
+        await first.create_contact(person)
+    await first.set_state(PHONE_RENORMALIZED_KEY, False)  # a store the old code wrote
+    await first.close()
+
+    with caplog.at_level(logging.WARNING, logger="storage"):
+        store = await store_factory()
+
+    async def phones(person: Contact) -> list[str]:
+        got = await store.get_contact(person.id)
+        assert got is not None
+        return [i.value for i in got.identities]
+
+    assert await phones(old) == ["+380671234567"]
+    found = await store.find_contact(phone("+380671234567"))
+    assert found is not None and found.id == old.id
+    assert await phones(both) == ["+380501112233"]
+    assert await phones(clash) == ["+0931234567"]  # not merged into `taken`
+    assert await phones(taken) == ["+380931234567"]
+    assert await phones(foreign) == ["+442079460958", "+0123"]
+    (line,) = [r.getMessage() for r in caplog.records if "same phone number" in r.getMessage()]
+    assert clash.id in line and taken.id in line
+    assert "+380931234567" not in line and "+0931234567" not in line  # no identity values in logs
+    assert await store.get_state(PHONE_RENORMALIZED_KEY) is True

@@ -73,3 +73,15 @@ async def test_refs_find_the_lead_and_the_most_recent_lead_wins(store: Store) ->
     assert await store.find_lead_by_refs(["<a@x>", "<c@x>"]) == 8
     assert await store.find_lead_by_refs(["<zzz@x>"]) is None
     assert await store.find_lead_by_refs([]) is None
+
+
+async def test_a_follow_ups_own_subject_round_trips(store: Store) -> None:
+    follow_up = message(4, external_id="api:k1", text="ще одне питання", subject="Рахунок за грудень")
+    await store.add_message(follow_up)
+    plain = message(4, external_id="api:k2", text="без теми")
+    await store.add_message(plain)
+    assert [(m.subject, m.text) for m in await store.list_messages(4)] == [
+        ("Рахунок за грудень", "ще одне питання"),
+        ("", "без теми"),
+    ]
+    assert await store.get_message(follow_up.id) == follow_up

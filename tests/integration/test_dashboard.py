@@ -778,3 +778,25 @@ async def test_an_agent_cannot_change_someone_elses_availability(hub: Hub, base_
         assert unknown.status == 404
     finally:
         await taras.close()
+
+
+async def test_a_follow_ups_own_subject_shows_on_the_lead_page_and_in_the_api(
+    http: aiohttp.ClientSession,
+    base_url: str,
+    auth: dict[str, str],
+    olena: tuple[aiohttp.ClientSession, str],
+) -> None:
+    session, _ = olena
+    ref = await _form_lead(http, base_url, subject="Котел не гріє")
+    again = await _form_lead(http, base_url, subject="Рахунок за грудень", message="І ще питання")
+    same = await _form_lead(http, base_url, subject="Re: котел НЕ гріє", message="Досі не гріє")
+    assert ref == again == same
+    page = await (await session.get(f"{base_url}/dashboard/leads/{ref}")).text()
+    assert "Рахунок за грудень" in page
+    assert "Re: котел НЕ гріє" not in page  # says no more than the lead's subject
+    lead = await (await http.get(f"{base_url}/api/v1/leads/{ref}", headers=auth)).json()
+    assert [(m["subject"], m["text"]) for m in lead["messages"]] == [
+        (None, "Добрий день!"),
+        ("Рахунок за грудень", "І ще питання"),
+        (None, "Досі не гріє"),
+    ]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import os
 import signal
 import subprocess
 import time
@@ -184,3 +186,33 @@ async def test_a_signal_early_in_the_start_stops_without_a_traceback(tmp_path: P
     hub.proc.send_signal(signal.SIGINT)
     assert _exits(hub) in (0, 130), hub.log()
     assert "Traceback" not in hub.log(), hub.log()
+
+
+def _open_writer_once_read(fifo: Path) -> int:
+    """The write end of `fifo`, opened (bounded wait) as soon as a reader has it open."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as exc:
+            if exc.errno != errno.ENXIO or time.monotonic() > deadline:
+                raise
+        time.sleep(0.01)
+
+
+def test_sigterm_while_the_config_is_still_being_read_is_a_clean_exit(tmp_path: Path) -> None:
+    # A config read from a pipe (`--config <(...)`) or a slow disk: the hub waits in its read,
+    # its config not loaded, when the service manager stops it.
+    fifo = tmp_path / "config.yaml"
+    os.mkfifo(fifo)
+    hub = HubProcess(tmp_path, base_config(tmp_path))
+    hub.config_path = fifo
+    hub.start()
+    writer = _open_writer_once_read(fifo)
+    try:
+        assert hub.proc is not None
+        hub.proc.send_signal(signal.SIGTERM)
+        assert _exits(hub) == 128 + signal.SIGTERM, hub.log()
+    finally:
+        os.close(writer)
+    assert hub.log().strip() == "hub: stopped by SIGTERM before it started", hub.log()

@@ -990,3 +990,21 @@ async def test_spam_button_says_so_in_the_topic(env: Env) -> None:
     await env.emu.wait_for(
         lambda: any("Позначено як спам (olena)" in t for t in env.emu.texts_to(STAFF, thread)), what="notice"
     )
+
+
+async def test_a_web_follow_ups_own_subject_is_shown_in_the_topic(env: Env, http: Any) -> None:
+    url = f"http://127.0.0.1:{env.hub.web_port}/forms/contact"
+    first = {"name": "Petro", "email": "petro@example.com", "subject": "Котел", "message": "Не гріє"}
+    async with http.post(url, json=first) as resp:
+        assert resp.status == 201
+    topic = (await env.emu.wait_for(lambda: env.emu.topics_in(STAFF), what="topic"))[0]
+    follow_up = {**first, "subject": "Рахунок <за> грудень", "message": "І ще питання"}
+    async with http.post(url, json=follow_up) as resp:
+        assert resp.status == 201
+        assert (await resp.json())["lead"] == "L-1"
+    post = await env.emu.wait_for(
+        lambda: next((t for t in env.emu.texts_to(STAFF, topic.thread) if "І ще питання" in t), None),
+        what="follow-up in the topic",
+    )
+    assert "Тема: <b>Рахунок &lt;за&gt; грудень</b>\nІ ще питання" in post
+    assert not html_problems(post)

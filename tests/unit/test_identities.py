@@ -8,7 +8,7 @@ from email_validator import EmailNotValidError, validate_email
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hub.identities import normalize_email, normalize_phone, normalize_typed_email
+from hub.identities import normalize_email, normalize_phone, normalize_typed_email, renormalized_phone
 
 
 @pytest.mark.parametrize(
@@ -158,3 +158,20 @@ def test_the_ukrainian_shortcut_answers_as_the_parser_does(
     typed = prefix + "".join(f"{sep}{digit}" for sep, digit in parts)
     if normalize_phone(typed, region) is not None or _parser_only(typed, region) is not None:
         assert normalize_phone(typed, region) == _parser_only(typed, region), typed
+
+
+@pytest.mark.parametrize(
+    ("stored", "now"),
+    [
+        ("+0671234567", "+380671234567"),  # typed 067 123 45 67
+        ("+80671234567", "+380671234567"),  # typed 8 067 123 45 67
+        ("+00380671234567", "+380671234567"),  # typed 00380 67 123 45 67
+        ("+380671234567", None),  # right already
+        ("+442079460958", None),  # valid abroad
+        ("+8613812345678", None),  # valid abroad, starts like the trunk prefix
+        ("+0123", None),  # unreadable either way: a person has to look
+        ("+4412", None),
+    ],
+)
+def test_an_old_form_phone_is_read_again_as_typed(stored: str, now: str | None) -> None:
+    assert renormalized_phone(stored) == now
