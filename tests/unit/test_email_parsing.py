@@ -112,6 +112,25 @@ def test_strip_quoted_cuts_history_and_signatures() -> None:
     )
     assert strip_quoted("Нове\nУ вт, 24 лист. Support пише:\n> старе") == "Нове"
     assert strip_quoted("Hi\n--\nBob\n+1 555") == "Hi"
+    assert (
+        strip_quoted("Так\n\n1 груд. 2026 р. о 10:00 Support <s@example.com> написав(ла):\n\nстаре") == "Так"
+    )
+    assert strip_quoted("Да\n\n01.12.2026 10:00, Support писал(а):\n> старое") == "Да"
+
+
+def test_an_html_only_ios_reply_in_ukrainian_loses_its_quoted_history() -> None:
+    # iOS Mail's Ukrainian attribution: the whole quoted history was kept as the customer's text.
+    html = (
+        '<html><body dir="auto">Так, підходить.<br><br><div dir="ltr">Надіслано з iPhone</div>'
+        '<div dir="ltr"><br><blockquote type="cite">1 груд. 2026 р. о 10:00 Support '
+        "&lt;support@example.com&gt; написав(ла):<br><br></blockquote></div>"
+        '<blockquote type="cite"><div dir="ltr">Наш майстер прийде в четвер.</div></blockquote></body></html>'
+    )
+    raw = (
+        "From: o@example.com\r\nSubject: Re: Лічильник [#L-5]\r\nIn-Reply-To: <a@b>\r\n"
+        "Content-Type: text/html; charset=utf-8\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+    ).encode() + base64.encodebytes(html.encode())
+    assert EmailDecoder(EmailSettings())(_item(raw)).text == "Так, підходить."
 
 
 @pytest.mark.parametrize("reply", [True, False])
