@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from email.errors import MessageError
-from email.header import decode_header
+from email.header import Header, decode_header
 from email.message import EmailMessage, Message
 from email.parser import HeaderParser
 from email.utils import collapse_rfc2231_value, getaddresses
@@ -666,8 +666,26 @@ def might_have_attachments(raw: bytes) -> bool:
     return b"multipart/" in head or b"filename" in head or b"attachment" in head
 
 
+def encoded_words(name: str, text: str) -> str:
+    """`text` as RFC 2047 encoded words, folded to fit a `name:` header line.
+
+    The modern policy's folder (Python 3.11) puts the space between two words at a fold outside
+    the encoded words, where RFC 2047 decoders drop it: one in five long Cyrillic subjects reached
+    the customer as "майстер—12". The legacy encoder keeps every space inside a word."""
+    return Header(text, "utf-8", header_name=name).encode(linesep="\n")
+
+
+def set_text_header(msg: EmailMessage, name: str, text: str) -> None:
+    """Add a header of free text (a subject) that keeps every space in any mail client."""
+    if text.isascii():
+        msg[name] = text
+    else:
+        # A raw value whose lines all fit is sent as it is; the policy never refolds it.
+        msg.set_raw(name, encoded_words(name, text))
+
+
 def new_message(subject: str) -> EmailMessage:
     """An empty outgoing message (the modern policy, so headers are encoded correctly)."""
     msg = EmailMessage(policy=email.policy.SMTP)
-    msg["Subject"] = subject
+    set_text_header(msg, "Subject", subject)
     return msg

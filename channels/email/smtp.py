@@ -24,7 +24,7 @@ from hub.domain import Contact, Direction, IdentityKind, Lead, OutboxItem, utcno
 from hub.errors import PermanentError, TransientError, UncertainDelivery
 from storage.base import Store
 
-from .parse import clean_subject, new_message, one_line, redact
+from .parse import clean_subject, encoded_words, new_message, one_line, redact
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,12 @@ def compose(
     local, _, domain = to_addr.partition("@")
     # Names stored before names were cleaned at parsing may still hold CR/LF.
     to_name = one_line(to_name)
-    msg["To"] = Address(display_name=to_name, username=local, domain=domain) if to_name else to_addr
+    if to_name and not to_name.isascii() and to_addr.isascii():
+        # Encoded here for the reason `encoded_words` gives; the address gets a line of its own,
+        # so no line is long enough for the policy to refold it.
+        msg.set_raw("To", f"{encoded_words('To', to_name)}\n <{to_addr}>")
+    else:
+        msg["To"] = Address(display_name=to_name, username=local, domain=domain) if to_name else to_addr
     msg["Date"] = format_datetime(utcnow())
     msg["Message-ID"] = f"<{our_message_id(item.id, sender_domain(from_header))}>"
     if thread_refs:
