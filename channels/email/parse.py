@@ -619,6 +619,15 @@ def parse_email(raw: bytes) -> ParsedEmail:
         raise DecodeError("unparseable MIME: nesting too deep") from exc
 
 
+def _unquoted(name: str) -> str:
+    """A display name without the one pair of quotes some clients leave around it; quotes that
+    belong to the name stay (`ТОВ "Ромашка"` is a company's name, not `ТОВ "Ромашка`)."""
+    name = name.strip()
+    if len(name) >= 2 and name[0] == name[-1] == '"' and '"' not in name[1:-1]:
+        return name[1:-1].strip()
+    return name
+
+
 def _parse(msg: Message) -> ParsedEmail:
     if not msg.keys():
         raise DecodeError("no headers: this is not an email message")
@@ -644,7 +653,7 @@ def _parse(msg: Message) -> ParsedEmail:
     bounce = _bounce(msg)
     return ParsedEmail(
         sender=sender,
-        sender_name=sender_name.strip().strip('"')[:200],
+        sender_name=_unquoted(sender_name)[:200],
         recipients=list(dict.fromkeys(recipients)),
         subject=subject,
         message_id=own_ids[0] if own_ids else "",

@@ -470,3 +470,22 @@ def test_outgoing_cyrillic_subjects_and_names_keep_every_space() -> None:
         assert (_rfc2047_text(display).strip(), address) == (name, "olena@example.com>")
         assert all(len(line) <= 78 for line in raw.split(b"\r\n\r\n")[0].split(b"\r\n"))
         assert parse_email(raw).subject == reply_subject(lead)
+
+
+@pytest.mark.parametrize(
+    ("header", "name"),
+    [
+        ('"ТОВ \\"Ромашка\\"" <o@example.com>', 'ТОВ "Ромашка"'),
+        (
+            "=?utf-8?B?" + base64.b64encode('ТОВ "Ромашка"'.encode()).decode() + "?= <o@example.com>",
+            'ТОВ "Ромашка"',
+        ),
+        ('"\\"Олена\\"" <o@example.com>', "Олена"),
+        ('"Олена" <o@example.com>', "Олена"),
+    ],
+    ids=["escaped-quotes", "encoded-word", "quoted-twice", "quoted"],
+)
+def test_quotes_that_belong_to_a_sender_name_are_kept(header: str, name: str) -> None:
+    # A company name ending in a quote lost it: 'ТОВ "Ромашка' in the card and in our replies.
+    raw = f"From: {header}\r\nSubject: x\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nhi\r\n"
+    assert parse_email(raw.encode()).sender_name == name
