@@ -271,6 +271,59 @@ async def test_permanent_smtp_rejection_marks_the_reply_failed_once(
     assert smtp_server.raw == []
 
 
+async def test_a_refused_sender_address_is_retried_not_failed(
+    settings_factory: Callable[..., Settings],
+    imap_account: ImapAccount,
+    mailbox: str,
+    imap: ImapClient,
+    smtp_server: SmtpServer,
+    tmp_path: Path,
+) -> None:
+    # A From the SMTP account may not use is the operator's to fix: every reply queued meanwhile
+    # failed for good at its first attempt, so staff had to resend each one.
+    settings = settings_factory(
+        email=email_config(imap_account, mailbox, smtp_server.port, tmp_path, ack=False),
+        outbox={"poll_every": "1s", "backoff_base": "1s", "backoff_max": "1s"},
+    )
+    hub = Hub(settings)
+    await hub.start()
+    try:
+        smtp_server.refuse_sender(
+            "553 5.7.1 <support@example.com>: Sender address rejected: not owned by user"
+        )
+        raw, _ = make_mail(subject="Refused", text="Hello?")
+        await imap.append(raw, mailbox)
+        (lead,) = await wait_leads(hub, 1)
+        reply = await hub.replies.record_reply(lead.number, "Відповідь", "olena")
+
+        async def retried() -> bool:
+            return smtp_server.senders_refused >= 2
+
+        await wait_for(retried, what="a second attempt")
+        assert await hub.store.list_events(lead.number, ["delivery.failed"]) == []
+        smtp_server.refuse_sender("")
+
+        async def sent() -> bool:
+            message = await hub.store.get_message(reply.id)
+            return message is not None and message.delivery is not None and message.delivery.value == "sent"
+
+        await wait_for(sent, what="delivery once the sender is accepted")
+        assert len(smtp_server.raw) == 1
+
+        # Refused for its size (RFC 1870 SIZE at MAIL FROM), a message fails for good.
+        smtp_server.refuse_sender("552 5.3.4 Message size exceeds fixed limit")
+        large = await hub.replies.record_reply(lead.number, "Великий лист", "olena")
+
+        async def failed() -> list[Any]:
+            events = await hub.store.list_events(lead.number, ["delivery.failed"])
+            return [e for e in events if e.data.get("message_id") == large.id]
+
+        (event,) = await wait_for(failed, what="the size refusal")
+        assert "552" in event.data["error"]
+    finally:
+        await hub.stop()
+
+
 async def test_only_the_lease_holder_polls_the_mailbox(
     email_settings: Settings, imap: ImapClient, mailbox: str
 ) -> None:
