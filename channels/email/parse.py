@@ -53,6 +53,8 @@ _CHARSET_ALIASES = {
     "default": "",
 }
 MAX_REFS = 50
+# Local parts of the senders of bounces.
+_DAEMONS = ("mailer-daemon", "postmaster")
 ATTACHMENT_REF_PREFIX = "sha256:"
 
 # Errors the stdlib raises on mail it cannot make sense of; anything else is a bug of ours.
@@ -334,7 +336,7 @@ def automatic_reason(msg: Message | _Headers, senders: list[tuple[str, str]] | N
         if headers.raw(name):
             return name
     sender = _addresses(headers, "From") if senders is None else senders
-    if sender and sender[0][1].split("@")[0] in ("mailer-daemon", "postmaster"):
+    if sender and sender[0][1].split("@")[0] in _DAEMONS:
         return "mailer daemon"
     return ""
 
@@ -385,6 +387,27 @@ def _bounce(msg: Message) -> Bounce | None:
         recipients=recipients,
         status=", ".join(statuses),
         diagnostic="; ".join(diagnostics)[:1000],
+    )
+
+
+# The Message-ID of a message we sent (see smtp.our_message_id), as it appears in a bounce.
+_OUR_MESSAGE_ID = re.compile(r"message-id:\s*<(hub\.[0-9a-f]{32}@[^<>\s]+)>", re.IGNORECASE)
+_OUR_MESSAGE_ID_BYTES = re.compile(_OUR_MESSAGE_ID.pattern.encode(), re.IGNORECASE)
+
+
+def _plain_bounce(raw: bytes, text: str) -> Bounce | None:
+    """A bounce without an RFC 3464 report (qmail, older Exim): a mailer daemon's message that
+    quotes the headers of one of ours. None when it quotes none of ours."""
+    found = [m.decode("ascii", "replace") for m in _OUR_MESSAGE_ID_BYTES.findall(raw[:1_000_000])]
+    found += _OUR_MESSAGE_ID.findall(text)
+    if not found:
+        return None
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return Bounce(
+        original_ids=list(dict.fromkeys(found)),
+        recipients=[],
+        status="",
+        diagnostic=" ".join(lines[:6])[:1000],
     )
 
 
@@ -610,7 +633,7 @@ def parse_email(raw: bytes) -> ParsedEmail:
         # compat32 parsing is several times faster than the modern policy's header objects; the
         # headers we read are decoded here (RFC 2047, 8-bit recovery), which is what we need anyway.
         msg = email.message_from_bytes(raw, policy=email.policy.compat32)
-        return _parse(msg)
+        return _parse(msg, raw)
     except DecodeError:
         raise
     except PARSE_ERRORS as exc:
@@ -628,7 +651,7 @@ def _unquoted(name: str) -> str:
     return name
 
 
-def _parse(msg: Message) -> ParsedEmail:
+def _parse(msg: Message, raw: bytes) -> ParsedEmail:
     if not msg.keys():
         raise DecodeError("no headers: this is not an email message")
     headers = _Headers(msg)
@@ -650,7 +673,7 @@ def _parse(msg: Message) -> ParsedEmail:
         payload = msg.get_payload()
         leftover = payload if isinstance(payload, str) else (msg.preamble or "")
         text = _fix_8bit(leftover).strip()
-    bounce = _bounce(msg)
+    bounce = _bounce(msg) or (_plain_bounce(raw, text) if sender.split("@")[0] in _DAEMONS else None)
     return ParsedEmail(
         sender=sender,
         sender_name=_unquoted(sender_name)[:200],
