@@ -320,6 +320,10 @@ class ImapSettings(_Section):
     # aioimaplib parses a received chunk recursively (a frame per line): many tiny messages in one
     # FETCH can exceed Python's recursion limit, so batches stay small.
     fetch_batch: int = Field(100, ge=1, le=200)
+    # First sight of a mailbox: unread mail older than this stays where it is (a shared mailbox
+    # with months of unread mail would become that many leads, acknowledgements and breaches);
+    # null takes every unread message.
+    first_sync_max_age: Duration | None = Field(default_factory=lambda: timedelta(days=7))
 
 
 class SmtpSettings(_Section):

@@ -437,6 +437,25 @@ class ImapPoller:
                     uids.extend(int(t) for t in tokens)
         return sorted(set(uids))
 
+    async def _first_sync_uids(self, client: aioimaplib.IMAP4) -> list[int]:
+        """The unread mail a first start takes: only what arrived within `first_sync_max_age`."""
+        unseen = await self._search(client, "UNSEEN")
+        max_age = self._imap.first_sync_max_age
+        if max_age is None or not unseen:
+            return unseen
+        # SINCE compares the server's arrival date (day granularity), not the sender's Date header.
+        recent = set(await self._search(client, "UNSEEN", "SINCE", imap_date(self._now() - max_age)))
+        left = len(unseen) - len(recent)
+        if left:
+            log.warning(
+                "email %s: first start: %d unread message(s) older than %s left in the mailbox, "
+                "unread (email.imap.first_sync_max_age)",
+                self.mailbox,
+                left,
+                max_age,
+            )
+        return [uid for uid in unseen if uid in recent]
+
     async def sync(self, client: aioimaplib.IMAP4, uidvalidity: int) -> int:
         """Fetch and hand over everything new; returns how many messages were handed over."""
         last_uid, mode = await self._position(uidvalidity)
@@ -445,7 +464,7 @@ class ImapPoller:
             # First sight of this mailbox: take what nobody has read, not years of history.
             everything = await self._search(client, "ALL")
             floor = max(everything, default=0)
-            uids = await self._search(client, "UNSEEN")
+            uids = await self._first_sync_uids(client)
         elif mode == "resync":
             uids = [u for u in await self._search(client, "ALL") if u > last_uid]
         else:
@@ -555,6 +574,14 @@ class ImapPoller:
                 len(uids),
                 _text(response.lines),
             )
+
+
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def imap_date(moment: datetime) -> str:
+    """`1-Mar-2025`: an IMAP SEARCH date (RFC 3501 date), English month names whatever the locale."""
+    return f"{moment.day}-{_MONTHS[moment.month - 1]}-{moment.year}"
 
 
 def _text(lines: list[Any]) -> str:

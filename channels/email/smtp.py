@@ -24,20 +24,25 @@ from hub.domain import Contact, Direction, IdentityKind, Lead, OutboxItem, utcno
 from hub.errors import PermanentError, TransientError, UncertainDelivery
 from storage.base import Store
 
-from .parse import clean_subject, new_message, one_line, redact
+from .parse import clean_subject, encoded_words, new_message, one_line, redact
 
 log = logging.getLogger(__name__)
 
 CHANNEL = "email"
 OUR_ID = re.compile(r"^hub\.([0-9a-f]{32})@")
 MAX_REFERENCES = 20
+SIZE_EXCEEDED = 552  # RFC 1870: the message is larger than the server takes
+
+
+def sender_address(from_header: str) -> str:
+    """The address of the configured From header."""
+    pairs = getaddresses([from_header])
+    return pairs[0][1] if pairs else ""
 
 
 def sender_domain(from_header: str) -> str:
     """The domain of the configured From address (for our Message-IDs)."""
-    pairs = getaddresses([from_header])
-    addr = pairs[0][1] if pairs else ""
-    return addr.rpartition("@")[2] or "hub.invalid"
+    return sender_address(from_header).rpartition("@")[2] or "hub.invalid"
 
 
 def our_message_id(item_id: str, domain: str) -> str:
@@ -79,7 +84,12 @@ def compose(
     local, _, domain = to_addr.partition("@")
     # Names stored before names were cleaned at parsing may still hold CR/LF.
     to_name = one_line(to_name)
-    msg["To"] = Address(display_name=to_name, username=local, domain=domain) if to_name else to_addr
+    if to_name and not to_name.isascii() and to_addr.isascii():
+        # Encoded here for the reason `encoded_words` gives; the address gets a line of its own,
+        # so no line is long enough for the policy to refold it.
+        msg.set_raw("To", f"{encoded_words('To', to_name)}\n <{to_addr}>")
+    else:
+        msg["To"] = Address(display_name=to_name, username=local, domain=domain) if to_name else to_addr
     msg["Date"] = format_datetime(utcnow())
     msg["Message-ID"] = f"<{our_message_id(item.id, sender_domain(from_header))}>"
     if thread_refs:
@@ -170,6 +180,17 @@ class SmtpSender:
             if codes and all(c >= 500 for c in codes):
                 raise PermanentError(f"{lead.ref}: the recipient was refused: {detail}") from exc
             raise TransientError(f"{lead.ref}: the recipient was deferred: {detail}") from exc
+        except aiosmtplib.SMTPSenderRefused as exc:
+            text = f"{exc.code} {redact(exc.message)}"
+            if exc.code == SIZE_EXCEEDED:
+                # Refused for this message's size (RFC 1870 SIZE): no retry will pass.
+                raise PermanentError(f"{lead.ref}: the SMTP server refused the message: {text}") from exc
+            # Our own sender address refused (a From the account may not use, a blocked account):
+            # the operator's to fix, like a wrong password; failing every queued reply would lose them.
+            raise TransientError(
+                f"the SMTP server refused our sender address {sender_address(smtp.from_)!r} "
+                f"(email.smtp.from): {text}"
+            ) from exc
         except aiosmtplib.SMTPAuthenticationError as exc:
             # A wrong password is the operator's to fix; failing every queued reply would lose them.
             raise TransientError(

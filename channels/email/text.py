@@ -100,9 +100,11 @@ _QUOTE_SEPARATOR = re.compile(
     re.IGNORECASE,
 )
 # "On Tue, Bob wrote:" — also ordinary prose ("майстер написав:"), so it starts a quote only
-# with an address, a time or a year in it, or with a quote block right after it.
+# with an address, a time or a year in it, or with a quote block right after it. Clients that
+# do not know the writer's gender say "написав(ла)" (iOS in Ukrainian), "писал(а)" (K-9 Mail).
 _ATTRIBUTION = re.compile(
-    r"^.{0,200}\b(wrote|пишет|написал|написал\(а\)|пише|написав|написала)\s*:\s*$", re.IGNORECASE
+    r"^.{0,200}\b(wrote|пишет|пише|(на)?писал|(на)?писала|(на)?писав)(\s*\((а|ла)\))?\s*:\s*$",
+    re.IGNORECASE,
 )
 _ATTRIBUTION_DETAIL = re.compile(r"@|\d{1,2}:\d{2}|\b\d{4}\b")
 _OUTLOOK_RULE = re.compile(r"^_{10,}\s*$")

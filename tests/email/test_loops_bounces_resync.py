@@ -166,6 +166,49 @@ async def test_bounce_attaches_to_its_lead_as_delivery_failure(
     assert done.lead_number == lead.number
 
 
+def _qmail_bounce(original_id: str, recipient: str) -> bytes:
+    """A bounce as qmail sends it: plain text, no RFC 3464 report, our headers quoted in the body."""
+    return (
+        "From: MAILER-DAEMON@mx.example.net\r\nTo: support@example.com\r\n"
+        "Subject: failure notice\r\nMessage-ID: <qmail-1@mx.example.net>\r\n\r\n"
+        "Hi. This is the qmail-send program at mx.example.net.\r\n"
+        "I'm afraid I wasn't able to deliver your message to the following addresses.\r\n"
+        "This is a permanent error; I've given up. Sorry it didn't work out.\r\n\r\n"
+        f"<{recipient}>:\r\nSorry, no mailbox here by that name. (#5.1.1)\r\n\r\n"
+        "--- Below this line is a copy of the message.\r\n\r\n"
+        f"From: Support <support@example.com>\r\nTo: {recipient}\r\nSubject: Re: Help [#L-1]\r\n"
+        f"Message-ID: <{original_id}>\r\n\r\nHere is the answer.\r\n"
+    ).encode()
+
+
+async def test_a_plain_text_bounce_quoting_our_reply_marks_it_failed(
+    email_hub: Hub, imap: ImapClient, mailbox: str, smtp_server: SmtpServer
+) -> None:
+    # Without a delivery-status report, a bounce opened a lead of its own ("failure notice" from
+    # MAILER-DAEMON) and the reply it bounced stayed "sent": nobody knew the customer never got it.
+    raw, _ = make_mail(subject="Help", text="Help me")
+    await imap.append(raw, mailbox)
+    (lead,) = await wait_leads(email_hub, 1)
+    reply = await email_hub.replies.record_reply(lead.number, "Here is the answer.", "olena")
+
+    async def staff() -> list:  # type: ignore[type-arg]
+        return [m for m in smtp_server.parsed() if m["Auto-Submitted"] is None]
+
+    (sent,) = await wait_for(staff, what="the staff reply")
+    (sent_id,) = header_ids(sent["Message-ID"])
+    await imap.append(_qmail_bounce(sent_id, "olena@example.com"), mailbox)
+
+    async def bounced() -> list:  # type: ignore[type-arg]
+        events = await email_hub.store.list_events(lead.number, ["delivery.failed"])
+        return [e for e in events if e.data.get("bounce")]
+
+    (event,) = await wait_for(bounced, what="the bounce event")
+    assert event.data["message_id"] == reply.id and "qmail-send" in event.data["error"]
+    message = await email_hub.store.get_message(reply.id)
+    assert message is not None and message.delivery is not None and message.delivery.value == "failed"
+    assert len(await leads(email_hub)) == 1
+
+
 async def test_uidvalidity_change_resyncs_without_duplicates(
     email_hub: Hub, imap: ImapClient, mailbox: str
 ) -> None:
@@ -269,6 +312,59 @@ async def test_permanent_smtp_rejection_marks_the_reply_failed_once(
     await asyncio.sleep(1.5)  # no retry follows a permanent failure
     assert len(await failed()) == 1
     assert smtp_server.raw == []
+
+
+async def test_a_refused_sender_address_is_retried_not_failed(
+    settings_factory: Callable[..., Settings],
+    imap_account: ImapAccount,
+    mailbox: str,
+    imap: ImapClient,
+    smtp_server: SmtpServer,
+    tmp_path: Path,
+) -> None:
+    # A From the SMTP account may not use is the operator's to fix: every reply queued meanwhile
+    # failed for good at its first attempt, so staff had to resend each one.
+    settings = settings_factory(
+        email=email_config(imap_account, mailbox, smtp_server.port, tmp_path, ack=False),
+        outbox={"poll_every": "1s", "backoff_base": "1s", "backoff_max": "1s"},
+    )
+    hub = Hub(settings)
+    await hub.start()
+    try:
+        smtp_server.refuse_sender(
+            "553 5.7.1 <support@example.com>: Sender address rejected: not owned by user"
+        )
+        raw, _ = make_mail(subject="Refused", text="Hello?")
+        await imap.append(raw, mailbox)
+        (lead,) = await wait_leads(hub, 1)
+        reply = await hub.replies.record_reply(lead.number, "Відповідь", "olena")
+
+        async def retried() -> bool:
+            return smtp_server.senders_refused >= 2
+
+        await wait_for(retried, what="a second attempt")
+        assert await hub.store.list_events(lead.number, ["delivery.failed"]) == []
+        smtp_server.refuse_sender("")
+
+        async def sent() -> bool:
+            message = await hub.store.get_message(reply.id)
+            return message is not None and message.delivery is not None and message.delivery.value == "sent"
+
+        await wait_for(sent, what="delivery once the sender is accepted")
+        assert len(smtp_server.raw) == 1
+
+        # Refused for its size (RFC 1870 SIZE at MAIL FROM), a message fails for good.
+        smtp_server.refuse_sender("552 5.3.4 Message size exceeds fixed limit")
+        large = await hub.replies.record_reply(lead.number, "Великий лист", "olena")
+
+        async def failed() -> list[Any]:
+            events = await hub.store.list_events(lead.number, ["delivery.failed"])
+            return [e for e in events if e.data.get("message_id") == large.id]
+
+        (event,) = await wait_for(failed, what="the size refusal")
+        assert "552" in event.data["error"]
+    finally:
+        await hub.stop()
 
 
 async def test_only_the_lease_holder_polls_the_mailbox(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import aiohttp
 import pytest
 
@@ -236,3 +238,49 @@ async def test_poller_reconnects_after_the_server_drops_it(
 
 async def _is_set(event) -> bool:  # type: ignore[no-untyped-def]
     return bool(event.is_set())
+
+
+async def test_first_start_leaves_months_old_unread_mail_alone(
+    settings_factory,  # type: ignore[no-untyped-def]
+    imap_account,  # type: ignore[no-untyped-def]
+    mailbox: str,
+    imap: ImapClient,
+    smtp_server: SmtpServer,
+    tmp_path,  # type: ignore[no-untyped-def]
+) -> None:
+    from tests.email.conftest import email_config
+
+    # A shared mailbox nobody marked read: each of these became a lead with a fresh 4 h clock
+    # and an acknowledgement to a customer who wrote months ago.
+    arrived = datetime.now(UTC) - timedelta(days=200)
+    for number in range(5):
+        raw, _ = make_mail(sender=f"old{number}@example.com", subject=f"Old {number}", text="old")
+        response = await imap.imap.append(raw, mailbox=mailbox, date=arrived + timedelta(hours=number))
+        assert response.result == "OK"
+    raw, _ = make_mail(sender="recent@example.com", subject="Recent", text="still waiting")
+    response = await imap.imap.append(raw, mailbox=mailbox, date=datetime.now(UTC) - timedelta(days=2))
+    assert response.result == "OK"
+    hub = Hub(settings_factory(email=email_config(imap_account, mailbox, smtp_server.port, tmp_path)))
+    await hub.start()
+    try:
+        (lead,) = await wait_leads(hub, 1)
+        assert lead.subject == "Recent"
+        raw, _ = make_mail(sender="new@example.com", subject="New", text="hello")
+        await imap.append(raw, mailbox)
+        found = await wait_leads(hub, 2)
+        assert [one.subject for one in found] == ["Recent", "New"]
+        # The old mail stays unread, for people to see.
+        await wait_for(lambda: _seen_exactly(imap, mailbox, [6, 7]), what="\\Seen on the new mail only")
+        acks = await wait_for(lambda: _acks_to(smtp_server, 2), what="two acknowledgements")
+        assert sorted(acks) == ["new@example.com", "recent@example.com"]
+    finally:
+        await hub.stop()
+
+
+async def _seen_exactly(imap: ImapClient, mailbox: str, uids: list[int]) -> bool:
+    return await _seen(imap, mailbox) == uids
+
+
+async def _acks_to(smtp_server: SmtpServer, count: int) -> list[str] | None:
+    found = [rcpt for rcpts in smtp_server.recipients for rcpt in rcpts]
+    return found if len(found) >= count else None

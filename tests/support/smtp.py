@@ -21,6 +21,18 @@ class _Capture:
         self.messages: list[tuple[list[str], bytes]] = []
         self.lock = threading.Lock()
         self.reject: set[str] = set()  # recipients refused with 550 (a permanent failure)
+        self.refuse_sender = ""  # an SMTP reply to every MAIL FROM while set
+        self.senders_refused = 0
+
+    async def handle_MAIL(
+        self, server: Any, session: Any, envelope: Any, address: str, mail_options: list[str]
+    ) -> str:
+        if self.refuse_sender:
+            self.senders_refused += 1
+            return self.refuse_sender
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
 
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
@@ -91,6 +103,15 @@ class SmtpServer:
         if self._controller is not None:
             self._controller.stop()
             self._controller = None
+
+    def refuse_sender(self, reply: str) -> None:
+        """Answer every MAIL FROM with `reply` (e.g. "553 5.7.1 ..."); "" accepts again."""
+        self._capture.refuse_sender = reply
+
+    @property
+    def senders_refused(self) -> int:
+        """How many MAIL FROM commands `refuse_sender` has answered."""
+        return self._capture.senders_refused
 
     def reject(self, address: str) -> None:
         """Refuse mail to `address` with a permanent 550 from now on."""
