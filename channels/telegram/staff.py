@@ -150,7 +150,7 @@ class StaffSide:
             # The id was typed (or a stale button carries it): say which one, and who there is.
             managers = ", ".join(m.id for m in self._hub.settings.managers)
             return plain_staff("tg.staff.no_manager", manager=asked, managers=managers)
-        return plain_staff("tg.staff.error", error=staff_refusal(code))
+        return staff_refusal(code)
 
     async def _lead_of(self, message: Message) -> int | None:
         chat = message.chat.id

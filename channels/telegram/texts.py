@@ -42,9 +42,18 @@ def raw_staff(key: str, **values: Any) -> str:
     return i18n.text(key, STAFF_LANGUAGE, **values)
 
 
-def staff_refusal(code: str) -> str:
-    """Why the core refused a staff action (a `hub.refusals` code), as plain staff-language text."""
-    return refusal_text(code, STAFF_LANGUAGE)
+def staff_refusal(code: str, language: str | None = None) -> str:
+    """Why the core refused a staff action (a `hub.refusals` code), as plain staff-language text.
+
+    Each refusal is a whole sentence (some with a colon of their own), so it is shown after a
+    sign rather than after "Could not do that:". Where the dashboard's wording speaks of pages
+    and forms, `tg.error.<code>` says it in Telegram's terms.
+    """
+    language = language or STAFF_LANGUAGE
+    key = f"tg.error.{code}"
+    own = i18n.text(key, language)
+    reason = own if own != key else refusal_text(code, language)
+    return i18n.text("tg.staff.error", language, error=reason)
 
 
 def staff_label(group: str, value: str) -> str:

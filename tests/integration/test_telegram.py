@@ -948,9 +948,9 @@ async def test_staff_failures_answers_and_statuses_are_in_the_staff_language(
     for command in ("/note", "/assign ghost", "/resolve", "/resolve"):
         env.emu.send_text(STAFF, OLENA, command, thread=thread)
     expected = [
-        "Не вдалося: Спершу напишіть текст.",
+        "⚠️ Спершу напишіть текст.",
         "Менеджера «ghost» немає. Менеджери: ",
-        "Не вдалося: Це звернення вже вирішене.",
+        "⚠️ Це звернення вже вирішене.",
     ]
     await env.emu.wait_for(
         lambda: any(expected[2] in t for t in env.emu.texts_to(STAFF, thread)), what="second /resolve"
@@ -961,7 +961,7 @@ async def test_staff_failures_answers_and_statuses_are_in_the_staff_language(
         assert english not in everything, english
 
     monkeypatch.setattr("channels.telegram.texts.STAFF_LANGUAGE", "en")
-    refused = "Could not do that: This lead is already resolved."
+    refused = "⚠️ This lead is already resolved."
     env.emu.send_text(STAFF, OLENA, "/resolve", thread=thread)
     await env.emu.wait_for(lambda: refused in env.emu.texts_to(STAFF, thread), what="English refusal")
     env.emu.press(STAFF, OLENA, card.message_id, "resolve:1")
@@ -976,7 +976,7 @@ async def test_a_reply_in_the_topic_of_an_erased_contact_is_refused_with_a_hint(
     assert lead is not None
     await env.hub.store.erase_contact(lead.contact_id)
     env.emu.send_text(STAFF, OLENA, "Ось відповідь", thread=thread)
-    hint = "Не вдалося: Відповідь не можна надіслати: контакт цього звернення стерто"
+    hint = "⚠️ Відповідь не можна надіслати: контакт цього звернення стерто"
     await env.emu.wait_for(lambda: any(hint in t for t in env.emu.texts_to(STAFF, thread)), what="the hint")
     assert [m for m in await env.hub.store.list_messages(1) if m.direction == Direction.OUT] == []
     assert await env.hub.store.list_events(types=["delivery.failed"]) == []
