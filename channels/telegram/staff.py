@@ -340,9 +340,9 @@ class StaffSide:
                 await self._pick_manager(number, query)
                 answer = plain_staff("tg.staff.done.reassign", lead=ref)
             else:
-                answer = "?"  # a button of some other (older) bot: nothing was done
+                answer = self._stale_button(query)
         except ValueError:
-            answer = "?"
+            answer = self._stale_button(query)
         except HubError as exc:
             answer = self._refusal(exc, target)
         finally:
@@ -354,6 +354,12 @@ class StaffSide:
                 # Old queries cannot be answered any more; the action itself was done.
                 log.info("telegram: callback answer failed: %s", exc)
         return number
+
+    def _stale_button(self, query: CallbackQuery) -> str:
+        """A button this hub does not know (an older version's card, another bot's): nothing is
+        done, and the manager is told to use the lead's current card."""
+        log.info("telegram: a button with unknown data %r was pressed; nothing done", query.data)
+        return plain_staff("tg.staff.stale_button")
 
     async def _spam(self, number: int, by: str) -> None:
         lead = await self._hub.store.get_lead(number)

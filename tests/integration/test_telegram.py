@@ -990,3 +990,28 @@ async def test_spam_button_says_so_in_the_topic(env: Env) -> None:
     await env.emu.wait_for(
         lambda: any("Позначено як спам (olena)" in t for t in env.emu.texts_to(STAFF, thread)), what="notice"
     )
+
+
+async def test_an_unknown_or_outdated_button_says_so_in_the_staff_language(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A button of an older card or another bot does nothing and says what to do instead ("?" before)."""
+    thread = await open_lead(env, customer())
+    card = env.emu.sent_to(STAFF, thread)[0]
+    caplog.set_level("INFO", logger="channels.telegram.staff")
+    for data in ("snooze:1", "take:L-1", "resolve:"):
+        env.emu.press(STAFF, OLENA, card.message_id, data)
+    answers = await env.emu.wait_for(
+        lambda: env.emu.callback_answers if len(env.emu.callback_answers) >= 3 else None, what="answers"
+    )
+    stale = "Ця кнопка застаріла, нічого не зроблено. Відкрийте картку звернення"
+    assert all((a.get("text") or "").startswith(stale) for a in answers), answers
+    assert all(len(a.get("text") or "") <= 200 for a in answers)
+    logged = [r.getMessage() for r in caplog.records if "unknown data" in r.getMessage()]
+    assert [d for d in ("'snooze:1'", "'take:L-1'", "'resolve:'") if any(d in m for m in logged)] == [
+        "'snooze:1'",
+        "'take:L-1'",
+        "'resolve:'",
+    ]
+    lead = await env.hub.store.get_lead(1)
+    assert lead is not None and lead.status == LeadStatus.NEW
