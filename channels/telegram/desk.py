@@ -39,6 +39,7 @@ from channels.telegram.texts import (
     raw_staff,
     split_html_escaped,
     staff,
+    staff_delivery_failure,
     staff_label,
     truncate_html,
 )
@@ -392,7 +393,13 @@ class StaffDesk:
             case EventType.SLA_WARNING | EventType.SLA_BREACHED | EventType.SLA_ESCALATED:
                 await self._alert(lead, event.type != EventType.SLA_WARNING, data, notices)
             case EventType.DELIVERY_FAILED:
-                notices.append("❗ " + staff("tg.event.delivery_failed", error=data.get("error", "")))
+                # The channel's own English stays in the event and the log; staff read the reason.
+                reason = staff_delivery_failure(str(data.get("reason") or ""))
+                if data.get("channel"):
+                    channel = staff_label("channel", str(data["channel"]))
+                    notices.append("❗ " + staff("tg.event.delivery_failed", channel=channel, reason=reason))
+                else:
+                    notices.append("❗ " + staff("tg.event.delivery_failed_nowhere", reason=reason))
             case EventType.REPLY_RECORDED:
                 # A reply written in the topic is shown there already, but it still stops a
                 # deadline the card names, so the lead is synced either way.

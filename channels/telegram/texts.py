@@ -9,6 +9,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from hub import i18n
+from hub.delivery_failures import failure_text
 from hub.refusals import refusal_text
 
 #: Telegram's limit for one text message (after entity parsing; we count the source text).
@@ -54,6 +55,11 @@ def staff_refusal(code: str, language: str | None = None) -> str:
     own = i18n.text(key, language)
     reason = own if own != key else refusal_text(code, language)
     return i18n.text("tg.staff.error", language, error=reason)
+
+
+def staff_delivery_failure(reason: str) -> str:
+    """Why a reply was not delivered (a `hub.delivery_failures` code), as plain staff-language text."""
+    return failure_text(reason, STAFF_LANGUAGE)
 
 
 def staff_label(group: str, value: str) -> str:

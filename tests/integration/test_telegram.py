@@ -14,7 +14,7 @@ import pytest
 from channels.telegram.texts import local_time
 from hub.app import Hub
 from hub.config import Settings
-from hub.domain import Direction, LeadStatus
+from hub.domain import Direction, Identity, IdentityKind, Inbound, LeadStatus, utcnow
 from tests.support.telegram_emulator import TelegramEmulator, running_emulator
 from tests.support.telegram_html import html_problems
 
@@ -1015,3 +1015,48 @@ async def test_an_unknown_or_outdated_button_says_so_in_the_staff_language(
     ]
     lead = await env.hub.store.get_lead(1)
     assert lead is not None and lead.status == LeadStatus.NEW
+
+
+async def test_a_customer_who_blocked_the_bot_gets_staff_a_localized_reason(env: Env) -> None:
+    """A 403 "bot was blocked by the user" is told in the topic in the staff's words, with what to
+    do; Telegram's English stays in the event and the log (it was the notice's whole text)."""
+    user = customer()
+    thread = await open_lead(env, user)
+    await env.emu.wait_for(lambda: env.emu.texts_to(user["id"]), what="ack")
+    env.emu.blocked.add(user["id"])
+    env.emu.send_text(STAFF, OLENA, "Майстер прийде завтра", thread=thread)
+    notice = await env.emu.wait_for(
+        lambda: [t for t in env.emu.texts_to(STAFF, thread) if "доставити" in t], what="failure notice"
+    )
+    assert notice == [
+        "❗ Не вдалося доставити відповідь клієнту (Telegram). Клієнт заблокував бота або видалив свій "
+        "акаунт Telegram. Зв&#x27;яжіться з ним інакше (телефон, email)."
+    ], notice
+    assert "Forbidden" not in "\n".join(env.emu.texts_to(STAFF, thread))
+    failures = await env.hub.store.list_events(types=["delivery.failed"])
+    assert len(failures) == 1 and failures[0].data["reason"] == "unreachable"
+    assert "bot was blocked by the user" in failures[0].data["error"]
+
+
+async def test_a_reply_to_a_phone_only_customer_tells_staff_to_call(env: Env) -> None:
+    """A web-form customer who left only a phone number: the reply in the topic cannot go
+    anywhere, and the topic says so in the staff's words (it showed the core's English)."""
+    result = await env.hub.intake.accept(
+        Inbound(
+            "webform", "f-1", Identity(IdentityKind.PHONE, "+380671234567", "Петро"), "Передзвоніть", utcnow()
+        )
+    )
+    thread = await env.emu.wait_for(
+        lambda: next((t.thread for t in env.emu.topics_in(STAFF) if "Петро" in t.name), None), what="topic"
+    )
+    await env.emu.wait_for(lambda: env.emu.texts_to(STAFF, thread), what="card")
+    env.emu.send_text(STAFF, OLENA, "Добрий день, ми вам передзвонимо", thread=thread)
+    notice = await env.emu.wait_for(
+        lambda: [t for t in env.emu.texts_to(STAFF, thread) if t.startswith("❗")], what="notice"
+    )
+    assert notice == [
+        "❗ Відповідь клієнту не надіслано. Немає адреси, за якою можна написати цьому контакту. "
+        "Зв&#x27;яжіться з клієнтом інакше (наприклад, телефоном)."
+    ], notice
+    (event,) = await env.hub.store.list_events(result.lead.number, ["delivery.failed"])
+    assert event.data["reason"] == "no_address"

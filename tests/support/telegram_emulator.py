@@ -85,6 +85,8 @@ class TelegramEmulator:
         self.topics: dict[tuple[int, int], Topic] = {}
         self.left_chats: list[int] = []
         self.callback_answers: list[dict[str, Any]] = []
+        #: Users who blocked the bot: sending to their private chat is a 403, as on Telegram.
+        self.blocked: set[int] = set()
         self.webhook_url = ""
         self.webhook_secret = ""
         self.faults: dict[str, deque[tuple[int, float | None, int | None]]] = {}
@@ -409,9 +411,14 @@ class TelegramEmulator:
                 self.rejected_html.append(str(params.get("text", "")))
                 raise _ApiError(400, f"Bad Request: can't parse entities: {problems[0]}")
 
+    def _check_blocked(self, chat_id: int) -> None:
+        if chat_id in self.blocked:
+            raise _ApiError(403, "Forbidden: bot was blocked by the user")
+
     async def _m_sendMessage(self, params: dict[str, Any]) -> Any:
         self._check_html(params)
         chat_id = int(params["chat_id"])
+        self._check_blocked(chat_id)
         thread = self._check_thread(chat_id, params.get("message_thread_id"))
         text = str(params.get("text", ""))
         if not text:
@@ -426,6 +433,7 @@ class TelegramEmulator:
 
     async def _m_copyMessage(self, params: dict[str, Any]) -> Any:
         chat_id = int(params["chat_id"])
+        self._check_blocked(chat_id)
         thread = self._check_thread(chat_id, params.get("message_thread_id"))
         origin = (int(params["from_chat_id"]), int(params["message_id"]))
         sent = Sent(
