@@ -24,6 +24,7 @@ from aiogram.methods import (
     CloseForumTopic,
     CopyMessage,
     CreateForumTopic,
+    EditMessageCaption,
     EditMessageText,
     ReopenForumTopic,
     SendMessage,
@@ -65,6 +66,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 NO_PREVIEW = LinkPreviewOptions(is_disabled=True)
+#: Telegram's limit for a media caption.
+MAX_CAPTION = 1024
 FAR_FUTURE = 1e12
 ANSWERED = 1e11
 LEAD_LEASE_SECONDS = 120.0
@@ -791,7 +794,7 @@ class StaffDesk:
                 )
                 self.posts += 1
                 self.coalesced_messages += 1
-                await self._remember_post(lead.number, topic.chat, copied.message_id, unit.ids)
+                await self._remember_post(lead.number, topic.chat, copied.message_id, unit.ids, copy=True)
                 topic.seen = unit.last_index + 1
                 await self._save(lead.number, topic)
                 continue
@@ -839,11 +842,18 @@ class StaffDesk:
         return sent.message_id
 
     async def _remember_post(
-        self, lead_number: int, chat: int, post_id: int, ids: list[str], card: bool = False
+        self,
+        lead_number: int,
+        chat: int,
+        post_id: int,
+        ids: list[str],
+        card: bool = False,
+        copy: bool = False,
     ) -> None:
-        await self._hub.store.set_state(
-            post_key(chat, post_id), {"lead": lead_number, "ids": ids, "card": card}
-        )
+        info: dict[str, Any] = {"lead": lead_number, "ids": ids, "card": card}
+        if copy:
+            info["copy"] = True  # a copy of the customer's media: it has a caption, not text
+        await self._hub.store.set_state(post_key(chat, post_id), info)
         for message_id in ids:
             await self._hub.store.set_state(copy_key(message_id), [chat, post_id])
 
@@ -868,19 +878,50 @@ class StaffDesk:
                 posts.add((int(where[0]), int(where[1])))
         for chat, post_id in sorted(posts):
             info = await self._hub.store.get_state(post_key(chat, post_id))
-            html = await self._render_post(lead, contact, chat, post_id)
             card = isinstance(info, dict) and bool(info.get("card"))
-            try:
-                await self._api.call(
-                    EditMessageText(
-                        chat_id=chat,
-                        message_id=post_id,
-                        text=html,
-                        reply_markup=self._card_keyboard(lead) if card else None,
-                        link_preview_options=NO_PREVIEW,
-                    ),
-                    chat,
+            method: EditMessageText | EditMessageCaption
+            if await self._is_media_copy(info):
+                # Telegram refuses editMessageText on a photo or a document: the copy's caption
+                # is what carries the customer's words (staff never saw an edited caption).
+                method = EditMessageCaption(
+                    chat_id=chat, message_id=post_id, caption=await self._edited_caption(info)
                 )
+            else:
+                html = await self._render_post(lead, contact, chat, post_id)
+                method = EditMessageText(
+                    chat_id=chat,
+                    message_id=post_id,
+                    text=html,
+                    reply_markup=self._card_keyboard(lead) if card else None,
+                    link_preview_options=NO_PREVIEW,
+                )
+            try:
+                await self._api.call(method, chat)
             except TelegramBadRequest as exc:
-                # A media copy has a caption, not text; the edit is recorded in the store anyway.
+                # The edit is recorded in the store (and shown on the dashboard) anyway.
                 log.info("%s telegram: could not update an edited copy: %s", lead.ref, exc.message)
+
+    async def _is_media_copy(self, info: Any) -> bool:
+        """True when a staff-group post is a copy of a customer's media message."""
+        if not isinstance(info, dict):
+            return False
+        if info.get("copy"):
+            return True
+        ids = list(info.get("ids", []))
+        if info.get("card") or len(ids) != 1:
+            return False
+        # Posts remembered before copies were flagged: a copy shows one Telegram media message.
+        message = await self._hub.store.get_message(str(ids[0]))
+        return (
+            message is not None
+            and self._telegram_origin(message) is not None
+            and any(a.ref.startswith("tg-file:") for a in message.attachments)
+        )
+
+    async def _edited_caption(self, info: dict[str, Any]) -> str:
+        """The caption of a media copy after the customer edited it, marked as edited."""
+        ids = list(info.get("ids", []))
+        edited = await self._hub.store.get_state(edit_key(str(ids[0]))) if ids else None
+        text = str(edited) if isinstance(edited, str) else ""
+        mark = f"<i>({esc(staff('tg.event.edited'))})</i>"
+        return truncate_html(f"{mark}\n{esc(text)}" if text else mark, MAX_CAPTION)

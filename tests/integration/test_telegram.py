@@ -1060,3 +1060,28 @@ async def test_a_reply_to_a_phone_only_customer_tells_staff_to_call(env: Env) ->
     ], notice
     (event,) = await env.hub.store.list_events(result.lead.number, ["delivery.failed"])
     assert event.data["reason"] == "no_address"
+
+
+async def test_a_customers_edited_caption_is_shown_on_the_media_copy(env: Env) -> None:
+    """Telegram refuses editMessageText on a photo: the copy's caption is edited instead (staff
+    never saw a customer's corrected caption, e.g. a new address under the photo)."""
+    user = customer()
+    photo = [{"file_id": "ph1", "file_unique_id": "u1", "width": 800, "height": 600, "file_size": 5000}]
+    update = env.emu.enqueue(
+        "message", env.emu.message(user["id"], user, None, photo=photo, caption="Адреса: Хрещатик 1")
+    )
+    topic = (await env.emu.wait_for(lambda: env.emu.topics_in(STAFF), what="topic"))[0]
+    copy = (
+        await env.emu.wait_for(
+            lambda: [s for s in env.emu.sent_to(STAFF, topic.thread) if s.method == "copyMessage"],
+            what="media copy",
+        )
+    )[0]
+    env.emu.strict_html = True
+    edited = dict(
+        update["message"], caption="Адреса: Хрещатик 10, кв. 5 <b>", edit_date=update["message"]["date"]
+    )
+    env.emu.enqueue("edited_message", edited)
+    await env.emu.wait_for(lambda: copy.caption, what="caption edited")
+    assert copy.caption == "<i>(змінено)</i>\nАдреса: Хрещатик 10, кв. 5 &lt;b&gt;"
+    assert not [c for c in env.emu.calls_of("editMessageText") if c.status == 400]

@@ -48,6 +48,7 @@ class Sent:
     reply_markup: Any = None
     copied_from: tuple[int, int] | None = None
     edits: list[str] = field(default_factory=list)
+    caption: str = ""  # of a copy, once edited (the original's caption is not emulated)
 
 
 @dataclass
@@ -442,12 +443,32 @@ class TelegramEmulator:
         self.sent.append(sent)
         return {"message_id": sent.message_id}
 
+    async def _m_editMessageCaption(self, params: dict[str, Any]) -> Any:
+        chat_id = int(params["chat_id"])
+        message_id = int(params["message_id"])
+        caption = str(params.get("caption", ""))
+        if self.strict_html and params.get("parse_mode") == "HTML" and html_problems(caption):
+            raise _ApiError(400, f"Bad Request: can't parse entities: {html_problems(caption)[0]}")
+        if len(caption) > 1024 * 2:
+            raise _ApiError(400, "Bad Request: message caption is too long")
+        for sent in self.sent:
+            if sent.chat_id == chat_id and sent.message_id == message_id:
+                if sent.method != "copyMessage":
+                    raise _ApiError(400, "Bad Request: there is no caption in the message to edit")
+                sent.edits.append(sent.caption)
+                sent.caption = caption
+                return self._message_result(sent)
+        raise _ApiError(400, "Bad Request: message to edit not found")
+
     async def _m_editMessageText(self, params: dict[str, Any]) -> Any:
         self._check_html(params)
         chat_id = int(params["chat_id"])
         message_id = int(params["message_id"])
         for sent in self.sent:
             if sent.chat_id == chat_id and sent.message_id == message_id:
+                if sent.method == "copyMessage":
+                    # The hub copies only media (photos, documents, voice...), which have no text.
+                    raise _ApiError(400, "Bad Request: there is no text in the message to edit")
                 if sent.text == params.get("text") and sent.reply_markup == params.get("reply_markup"):
                     raise _ApiError(400, "Bad Request: message is not modified")
                 sent.edits.append(sent.text)
