@@ -60,6 +60,8 @@ class StaffSide:
         self._desk = desk
         self._hinted: dict[int, float] = {}
         self._managers = {m.telegram_id: m for m in hub.settings.managers if m.telegram_id is not None}
+        #: The bot's @username (without @), once known: `/cmd@other_bot` is another bot's command.
+        self.bot_username = ""
 
     def manager(self, user_id: int | None) -> ManagerSettings | None:
         """The configured, active manager with this Telegram id."""
@@ -132,7 +134,13 @@ class StaffSide:
                 await self._lead_command(manager, lead_number, command, argument, chat, thread)
                 return lead_number
             if command:
-                return lead_number  # some other bot command: not a message for the customer
+                # Not a message for the customer either way; a typo ("/resolv") must not be
+                # dropped without a word, while another bot's command is none of ours.
+                if self._addressed_to_us(text):
+                    await self._say(
+                        chat, thread, staff("tg.staff.unknown_command", command=command), message.message_id
+                    )
+                return lead_number
             if not is_relayable(message):
                 await self._say(chat, thread, staff("tg.staff.not_relayed"), message.message_id)
                 return lead_number
@@ -141,6 +149,12 @@ class StaffSide:
             asked = argument.strip().lstrip("@") if command == "/assign" else ""
             await self._say(chat, thread, esc(self._refusal(exc, asked)), message.message_id)
         return lead_number
+
+    def _addressed_to_us(self, text: str) -> bool:
+        """True for `/cmd` and `/cmd@<this bot>`; False for `/cmd@another_bot`."""
+        head = text.split(maxsplit=1)[0]
+        _, at, username = head.partition("@")
+        return not at or (bool(self.bot_username) and username.lower() == self.bot_username.lower())
 
     def _refusal(self, exc: HubError, asked: str = "") -> str:
         """Why a staff action failed, as plain text in the staff's language (never the core's English)."""

@@ -1085,3 +1085,26 @@ async def test_a_customers_edited_caption_is_shown_on_the_media_copy(env: Env) -
     await env.emu.wait_for(lambda: copy.caption, what="caption edited")
     assert copy.caption == "<i>(змінено)</i>\nАдреса: Хрещатик 10, кв. 5 &lt;b&gt;"
     assert not [c for c in env.emu.calls_of("editMessageText") if c.status == 400]
+
+
+async def test_a_mistyped_command_in_a_topic_gets_the_list_of_commands(env: Env) -> None:
+    """ "/resolv" did nothing and said nothing; another bot's command is still left alone."""
+    user = customer()
+    thread = await open_lead(env, user)
+    env.emu.send_text(STAFF, OLENA, "/resolv", thread=thread)
+    env.emu.send_text(STAFF, OLENA, "/poll@other_bot Where?", thread=thread)
+    env.emu.send_text(STAFF, OLENA, "/stats@hub_test_bot", thread=thread)
+    hints = await env.emu.wait_for(
+        lambda: (
+            [t for t in env.emu.texts_to(STAFF, thread) if t.startswith("Команди ")]
+            if sum(t.startswith("Команди ") for t in env.emu.texts_to(STAFF, thread)) >= 2
+            else None
+        ),
+        what="hints",
+    )
+    assert hints[0].startswith("Команди /resolv немає. У темі звернення: /take,") and "/stats" in hints[1]
+    assert not any("/poll" in t for t in env.emu.texts_to(STAFF, thread))
+    assert not html_problems(hints[0])
+    assert env.emu.texts_to(user["id"])[1:] == []
+    lead = await env.hub.store.get_lead(1)
+    assert lead is not None and lead.status == LeadStatus.NEW
