@@ -197,6 +197,8 @@ class TelegramChannel:
         if update.callback_query is not None:
             return await self.staff.on_callback(update.callback_query)
         if update.my_chat_member is not None:
+            if update.my_chat_member.chat.type == "private":
+                return await self.customer.on_membership(update.my_chat_member)
             await self.staff.on_membership(update.my_chat_member)
             return None
         if update.message is not None:

@@ -1108,3 +1108,46 @@ async def test_a_mistyped_command_in_a_topic_gets_the_list_of_commands(env: Env)
     assert env.emu.texts_to(user["id"])[1:] == []
     lead = await env.hub.store.get_lead(1)
     assert lead is not None and lead.status == LeadStatus.NEW
+
+
+def _bot_status_change(emu: TelegramEmulator, user: dict[str, Any], status: str) -> None:
+    """Telegram's my_chat_member update when a user blocks ("kicked") or restarts ("member") the bot."""
+    bot = {"id": emu.bot_id, "is_bot": True, "first_name": "Hub", "username": emu.username}
+    old = "member" if status == "kicked" else "kicked"
+    emu.enqueue(
+        "my_chat_member",
+        {
+            "chat": {"id": user["id"], "type": "private", "first_name": user["first_name"]},
+            "from": user,
+            "date": 1_800_000_000,
+            "old_chat_member": {"status": old, "user": bot, **({"until_date": 0} if old == "kicked" else {})},
+            "new_chat_member": {
+                "status": status,
+                "user": bot,
+                **({"until_date": 0} if status == "kicked" else {}),
+            },
+        },
+    )
+
+
+async def test_a_customer_blocking_the_bot_is_told_in_the_topic_at_once(env: Env) -> None:
+    """Telegram says when a user blocks the bot; staff learned it only from a failed reply."""
+    user = customer()
+    thread = await open_lead(env, user)
+    _bot_status_change(env.emu, user, "kicked")
+    blocked = "🚫 Клієнт заблокував бота: відповіді в Telegram до нього не дійдуть."
+    await env.emu.wait_for(
+        lambda: any(t.startswith(blocked) for t in env.emu.texts_to(STAFF, thread)), what="blocked notice"
+    )
+    _bot_status_change(env.emu, user, "member")
+    await env.emu.wait_for(
+        lambda: any(t.startswith("✅ Клієнт знову відкрив чат") for t in env.emu.texts_to(STAFF, thread)),
+        what="unblocked notice",
+    )
+    events = [e.type for e in await env.hub.store.list_events(1, ["telegram.blocked", "telegram.unblocked"])]
+    assert events == ["telegram.blocked", "telegram.unblocked"]
+    # Someone with no open lead blocking the bot posts nothing anywhere.
+    _bot_status_change(env.emu, customer(5999, "Інший"), "kicked")
+    env.emu.send_text(user["id"], user, "marker")
+    await env.emu.wait_for(lambda: any("marker" in t for t in env.emu.texts_to(STAFF, thread)), what="marker")
+    assert len(env.emu.topics_in(STAFF)) == 1
