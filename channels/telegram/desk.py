@@ -720,7 +720,8 @@ class StaffDesk:
             await self._save(lead.number, topic)
 
     # --- mirroring customer messages -----------------------------------------------------
-    async def _block(self, message: Message) -> str:
+    async def _head(self, message: Message) -> tuple[str, str]:
+        """The HTML line naming a customer message's author and time, and its (edited) text."""
         edited = await self._hub.store.get_state(edit_key(message.id))
         text = str(edited) if isinstance(edited, str) else message.text
         when = local_time(message.created_at, self._hub.settings.sla.calendar.timezone)[11:]
@@ -728,11 +729,21 @@ class StaffDesk:
         head = f"{icon}<b>{esc(message.author)}</b> <i>{esc(when)}</i>"
         if edited is not None:
             head += f" <i>({esc(staff('tg.event.edited'))})</i>"
+        return head, text
+
+    async def _block(self, message: Message) -> str:
+        head, text = await self._head(message)
         body = esc(text)
-        files = [a for a in message.attachments if not a.ref.startswith("tg-file:")]
+        files = self._files(message)
         if files:
-            body += "\n" + "\n".join(f"📎 {esc(a.name)} ({a.size} B)" for a in files)
+            body += "\n" + files
         return f"{head}\n{body}" if body else head
+
+    @staticmethod
+    def _files(message: Message) -> str:
+        """The lines naming a message's files that are not shown as a Telegram copy."""
+        files = [a for a in message.attachments if not a.ref.startswith("tg-file:")]
+        return "\n".join(f"📎 {esc(a.name)} ({a.size} B)" for a in files)
 
     async def _units(self, lead: Lead, messages: list[Message], start: int) -> list[_Unit]:
         units: list[_Unit] = []
@@ -748,10 +759,17 @@ class StaffDesk:
             if len(block) <= MAX_TEXT:
                 units.append(_Unit(block, [message.id], index))
             else:
-                parts = split_html_escaped(message.text, MAX_TEXT - 200)
-                for number, part in enumerate(parts, 1):
-                    final = number == len(parts)
-                    units.append(_Unit(part, [message.id], index if final else index - 1, partial=not final))
+                # Every part says whose message it is and which part: several customers'
+                # long texts in a row must not read as one anonymous wall of text.
+                head, text = await self._head(message)
+                head = truncate_html(head, 300)
+                parts = split_html_escaped(text, MAX_TEXT - len(head) - 40)
+                pieces = [f"{head} <i>({n}/{len(parts)})</i>\n{part}" for n, part in enumerate(parts, 1)]
+                if files := self._files(message):
+                    pieces.append(truncate_html(f"{head}\n{files}"))
+                for number, html in enumerate(pieces, 1):
+                    final = number == len(pieces)
+                    units.append(_Unit(html, [message.id], index if final else index - 1, partial=not final))
         return units
 
     @staticmethod

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -14,7 +15,7 @@ import pytest
 from channels.telegram.texts import local_time
 from hub.app import Hub
 from hub.config import Settings
-from hub.domain import Direction, Identity, IdentityKind, Inbound, LeadStatus, utcnow
+from hub.domain import Attachment, Direction, Identity, IdentityKind, Inbound, LeadStatus, utcnow
 from tests.support.telegram_emulator import TelegramEmulator, running_emulator
 from tests.support.telegram_html import html_problems
 
@@ -1151,3 +1152,50 @@ async def test_a_customer_blocking_the_bot_is_told_in_the_topic_at_once(env: Env
     env.emu.send_text(user["id"], user, "marker")
     await env.emu.wait_for(lambda: any("marker" in t for t in env.emu.texts_to(STAFF, thread)), what="marker")
     assert len(env.emu.topics_in(STAFF)) == 1
+
+
+async def test_every_part_of_a_long_customer_message_names_its_author_and_part(env: Env) -> None:
+    """A message longer than one post was split into bare text (no author, no time, no "1/2"),
+    and a long email's attachment list was lost from the topic."""
+    user = customer()
+    text = "Tom & Jerry <script> " * 195 + "END"  # 4,098 characters, ~6,000 once escaped
+    env.emu.send_text(user["id"], user, text)
+    topic = (await env.emu.wait_for(lambda: env.emu.topics_in(STAFF), what="topic"))[0]
+    posts = await env.emu.wait_for(
+        lambda: (
+            env.emu.texts_to(STAFF, topic.thread)[1:]
+            if any("END" in t for t in env.emu.texts_to(STAFF, topic.thread))
+            else None
+        ),
+        what="every part",
+    )
+    assert all(len(post) <= 4096 and not html_problems(post) for post in posts)
+    pieces = "\n\n".join(posts).split("<b>Марія</b> <i>")[1:]
+    total = len(pieces)
+    assert total >= 2 and [re.search(r"</i> <i>\((\d+)/(\d+)\)</i>\n", p).groups() for p in pieces] == [  # type: ignore[union-attr]
+        (str(n), str(total)) for n in range(1, total + 1)
+    ], pieces
+    body = "".join(piece.split("\n", 1)[1].removesuffix("\n\n") for piece in pieces)
+    assert body.replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">").replace(
+        " ", ""
+    ) == text.replace(" ", "")
+
+    files = (Attachment("акт.pdf", "application/pdf", 1200, "sha256:aa"),)
+    await env.hub.intake.accept(
+        Inbound(
+            "email",
+            "<m1@x>",
+            Identity(IdentityKind.EMAIL, "p@example.com", "Петро"),
+            "Лист. " * 1000,
+            utcnow(),
+            subject="Довгий лист",
+            attachments=files,
+        )
+    )
+    thread = await env.emu.wait_for(
+        lambda: next((t.thread for t in env.emu.topics_in(STAFF) if "Петро" in t.name), None), what="topic"
+    )
+    mail = await env.emu.wait_for(
+        lambda: [t for t in env.emu.texts_to(STAFF, thread) if "акт.pdf" in t], what="the file list"
+    )
+    assert mail[0].startswith("✉️ <b>Петро</b>")
