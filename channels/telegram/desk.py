@@ -91,6 +91,7 @@ class _Pending:
     refresh_card: bool = False
     close: bool = False
     reopen: bool = False
+    closed_by_hand: bool = False
     edited: set[str] = field(default_factory=set)
 
 
@@ -344,6 +345,13 @@ class StaffDesk:
         await self._add_notices(lead.number, [html])
         await self._mark(lead)
 
+    async def closed_by_hand(self, lead: Lead) -> None:
+        """Staff closed an active lead's topic in Telegram: closing a topic resolves nothing, so
+        say how to resolve it; the customer's next message opens the topic again."""
+        self._pending_for(lead.number).closed_by_hand = True
+        await self._add_notices(lead.number, ["📌 " + staff("tg.event.closed_by_hand", lead=lead.ref)])
+        await self._mark(lead)
+
     async def customer_edited(self, lead: Lead, message_id: str) -> None:
         """A customer edited a message: update its copy in the topic."""
         self._pending_for(lead.number).edited.add(message_id)
@@ -366,8 +374,12 @@ class StaffDesk:
         data = event.data
         by = str(data.get("by") or "")
         match event.type:
-            case EventType.LEAD_CREATED | EventType.MESSAGE_ADDED:
+            case EventType.LEAD_CREATED:
                 pass
+            case EventType.MESSAGE_ADDED:
+                # A customer writing into a topic staff closed by hand opens it again (a lead
+                # the hub resolved is reopened by its own event).
+                pending.reopen = pending.reopen or data.get("direction") == "in"
             case EventType.LEAD_ASSIGNED:
                 if by == "router" and "previous" not in data:
                     # A new lead's first routing: its card, not rendered yet, shows the assignee.
@@ -543,7 +555,11 @@ class StaffDesk:
             if topic.card is None:
                 await self._post_card(lead, contact, topic, messages)
                 pending.refresh_card = False
-            if pending.reopen and topic.closed:
+            if pending.closed_by_hand and not topic.closed:
+                topic.closed = True
+                await self._save(number, topic)
+            pending.closed_by_hand = False
+            if pending.reopen and topic.closed and lead.is_active:
                 await self._topic_call(topic, reopen=True)
                 topic.closed = False
                 await self._save(number, topic)
@@ -567,13 +583,20 @@ class StaffDesk:
                 await self._save(number, topic)
             pending.close = pending.reopen = False
         finally:
-            if pending.refresh_card or pending.edited or pending.close or pending.reopen:
+            if (
+                pending.refresh_card
+                or pending.edited
+                or pending.close
+                or pending.reopen
+                or pending.closed_by_hand
+            ):
                 # Not done (an error): keep the work for the next attempt.
                 mine = self._pending_for(number)
                 mine.refresh_card |= pending.refresh_card
                 mine.edited |= pending.edited
                 mine.close |= pending.close
                 mine.reopen |= pending.reopen
+                mine.closed_by_hand |= pending.closed_by_hand
 
     async def _topic_call(self, topic: Topic, reopen: bool) -> None:
         if topic.thread is None:

@@ -12,6 +12,7 @@ import time
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from aiogram.enums import ContentType
 from aiogram.exceptions import TelegramBadRequest
 from aiogram.methods import AnswerCallbackQuery, EditMessageText, LeaveChat, SendMessage
 from aiogram.types import (
@@ -102,6 +103,8 @@ class StaffSide:
             return None
         if await self.leave_if_stranger(message.chat.id, message.chat.type):
             return None
+        if message.content_type == ContentType.FORUM_TOPIC_CLOSED and message.is_topic_message:
+            return await self._topic_closed_by_hand(message)
         if is_service(message):
             # Pins, members joining, topic and video chat changes: nobody wrote to the customer.
             return None
@@ -149,6 +152,19 @@ class StaffSide:
             asked = argument.strip().lstrip("@") if command == "/assign" else ""
             await self._say(chat, thread, esc(self._refusal(exc, asked)), message.message_id)
         return lead_number
+
+    async def _topic_closed_by_hand(self, message: Message) -> int | None:
+        """Someone closed a lead's topic in Telegram (the bot's own closes are not reported)."""
+        thread = message.message_thread_id
+        number = await self._desk.lead_for_thread(message.chat.id, thread) if thread is not None else None
+        lead = await self._hub.store.get_lead(number) if number is not None else None
+        if lead is None or not lead.is_active:
+            return number
+        log.info(
+            "%s telegram: its topic was closed by hand while the lead is %s", lead.ref, lead.status.value
+        )
+        await self._desk.closed_by_hand(lead)
+        return lead.number
 
     def _addressed_to_us(self, text: str) -> bool:
         """True for `/cmd` and `/cmd@<this bot>`; False for `/cmd@another_bot`."""

@@ -1199,3 +1199,39 @@ async def test_every_part_of_a_long_customer_message_names_its_author_and_part(e
         lambda: [t for t in env.emu.texts_to(STAFF, thread) if "акт.pdf" in t], what="the file list"
     )
     assert mail[0].startswith("✉️ <b>Петро</b>")
+
+
+async def test_a_topic_closed_by_hand_says_the_lead_is_still_open_and_reopens_for_the_customer(
+    env: Env,
+) -> None:
+    """Closing a topic in Telegram resolved nothing and said nothing (the deadline ran on), and
+    the customer's next message went into the closed topic."""
+    user = customer()
+    thread = await open_lead(env, user)
+    topic = env.emu.topics[(STAFF, thread)]
+    topic.closed = True
+    env.emu.enqueue("message", env.emu.message(STAFF, OLENA, None, thread=thread, forum_topic_closed={}))
+    hint = "📌 Тему закрито, але звернення L-1 не вирішене: його термін іде далі."
+    await env.emu.wait_for(
+        lambda: any(t.startswith(hint) for t in env.emu.texts_to(STAFF, thread)), what="the hint"
+    )
+    lead = await env.hub.store.get_lead(1)
+    assert lead is not None and lead.is_active
+    env.emu.send_text(user["id"], user, "Є новини?")
+    await env.emu.wait_for(
+        lambda: any("Є новини?" in t for t in env.emu.texts_to(STAFF, thread)), what="the message"
+    )
+    assert not topic.closed
+    assert env.emu.calls_of("reopenForumTopic")
+    # The hub's own close (/resolve) is not "by hand", and a resolved lead's topic stays closed
+    # when nobody writes.
+    env.emu.send_text(STAFF, OLENA, "/resolve", thread=thread)
+    await env.emu.wait_for(lambda: topic.closed, what="closed by /resolve")
+    env.emu.enqueue("message", env.emu.message(STAFF, OLENA, None, thread=thread, forum_topic_closed={}))
+    env.emu.send_text(STAFF, OLENA, "// marker", thread=thread)
+
+    async def noted() -> bool:
+        return any(m.text == "marker" for m in await env.hub.store.list_messages(1))
+
+    await env.emu.wait_for(noted, what="the note")
+    assert sum(t.startswith(hint) for t in env.emu.texts_to(STAFF, thread)) == 1
