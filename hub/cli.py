@@ -51,9 +51,17 @@ def _secrets(settings: Settings) -> list[str]:
         settings.telegram.token,
         settings.telegram.webhook_secret,
     ]
-    if settings.notify.webhook is not None:
-        values.append(settings.notify.webhook.secret)
     found = [v.get_secret_value() for v in values if v is not None]
+    if settings.notify.webhook is not None:
+        if settings.notify.webhook.secret is not None:
+            found.append(settings.notify.webhook.secret.get_secret_value())
+        # Header values are often credentials (check-config masks them too); a line may quote
+        # the whole value or only the credential after its scheme ("Bearer <token>").
+        for value in settings.notify.webhook.headers.values():
+            found.append(value)
+            scheme, _, credential = value.strip().partition(" ")
+            if scheme and credential.strip():
+                found.append(credential.strip())
     if settings.storage.backend == "mongo":
         found.append(settings.storage.url)
     return found

@@ -57,8 +57,8 @@ class DecodeError(HubError):
 class TransientError(HubError):
     """Try again later: a server is down, a rate limit applies, a connection dropped."""
 
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, retry_after: float | None = None, *, code: str | None = None) -> None:
+        super().__init__(message, code=code)
         self.retry_after = retry_after
 
 

@@ -14,6 +14,7 @@ import random
 from datetime import datetime, timedelta
 
 from hub.config import OutboxSettings
+from hub.delivery_failures import FAILED, GAVE_UP, MAYBE_SENT, failure_reason
 from hub.domain import Event, EventType, OutboxItem, utcnow
 from hub.errors import PermanentError, TransientError, UncertainDelivery
 from hub.events import EventBus
@@ -99,7 +100,14 @@ class OutboxDispatcher:
     async def _deliver(self, item: OutboxItem) -> None:
         lead = await self._store.get_lead(item.lead_number)
         if lead is None:
+            # Nobody left to tell in the lead's topic: the failure is on the row and in the log.
             await self._store.outbox_failed(item.id, "the lead no longer exists")
+            log.error(
+                "L-%s %s: delivery of %s failed: the lead no longer exists",
+                item.lead_number,
+                item.channel,
+                item.message_id,
+            )
             return
         contact = await self._store.get_contact(lead.contact_id)
         sender = self._senders[item.channel]
@@ -107,7 +115,7 @@ class OutboxDispatcher:
             external_ref = await sender.send(item, lead, contact)
         except PermanentError as exc:
             await self._store.outbox_failed(item.id, str(exc))
-            await self._failed(item, str(exc))
+            await self._failed(item, str(exc), failure_reason(exc))
             return
         except UncertainDelivery as exc:
             await self._uncertain(item, str(exc))
@@ -133,7 +141,7 @@ class OutboxDispatcher:
             )
             message = f"the {item.channel} sender failed unexpectedly: {type(exc).__name__}: {exc}"
             await self._store.outbox_failed(item.id, message)
-            await self._failed(item, message)
+            await self._failed(item, message, FAILED)
             return
         now = utcnow()
         await self._store.outbox_sent(item.id, now, external_ref)
@@ -155,7 +163,7 @@ class OutboxDispatcher:
         if seen > 1:
             message = f"uncertain twice, not retried again (it may have been delivered): {error}"
             await self._store.outbox_failed(item.id, message)
-            await self._failed(item, message)
+            await self._failed(item, message, MAYBE_SENT)
             return
         log.warning("L-%s %s: delivery uncertain, retrying once: %s", item.lead_number, item.channel, error)
         delay = backoff_delay(item.attempts, self._settings.backoff_base, self._settings.backoff_max)
@@ -165,7 +173,7 @@ class OutboxDispatcher:
         if item.attempts >= self._settings.max_attempts:
             message = f"gave up after {item.attempts} attempts: {error}"
             await self._store.outbox_failed(item.id, message)
-            await self._failed(item, message)
+            await self._failed(item, message, GAVE_UP)
             return
         delay = backoff_delay(item.attempts, self._settings.backoff_base, self._settings.backoff_max)
         if retry_after is not None:
@@ -180,20 +188,23 @@ class OutboxDispatcher:
         )
         await self._store.outbox_retry(item.id, utcnow() + delay, error)
 
-    async def _failed(self, item: OutboxItem, error: str) -> None:
+    async def _failed(self, item: OutboxItem, error: str, reason: str) -> None:
+        """Record a delivery that failed for good: `reason` (hub.delivery_failures) is what staff
+        read; `error`, the channel's own words, stays in the event and the log."""
         lead = await self._store.get_lead(item.lead_number)
         event = Event(
             EventType.DELIVERY_FAILED.value,
             utcnow(),
             item.lead_number,
-            {"message_id": item.message_id, "channel": item.channel, "error": error},
+            {"message_id": item.message_id, "channel": item.channel, "reason": reason, "error": error},
         )
         await self._store.append_event(event)
         await self._bus.publish(event, lead)
         log.error(
-            "L-%s %s: delivery of %s failed for good: %s",
+            "L-%s %s: delivery of %s failed for good (%s): %s",
             item.lead_number,
             item.channel,
             item.message_id,
+            reason,
             error,
         )

@@ -11,6 +11,7 @@ from collections.abc import Callable, Collection
 from datetime import datetime
 from typing import Any
 
+from hub.delivery_failures import NO_ADDRESS
 from hub.domain import (
     Attachment,
     Contact,
@@ -236,6 +237,7 @@ class Replies:
                     lead.number,
                     {
                         "message_id": message.id,
+                        "reason": NO_ADDRESS,
                         "error": "the contact has no address on any channel",
                     },
                 )

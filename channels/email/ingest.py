@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, TypeVar
 from zoneinfo import ZoneInfo
 
 from hub import i18n
+from hub.delivery_failures import BOUNCED, RECIPIENT_REFUSED
 from hub.domain import AUTO_AUTHOR, Event, EventType, InboxItem, Lead
 from hub.errors import DecodeError
 from hub.inbox import CLAIM_SECONDS
@@ -324,6 +325,8 @@ class EmailIngest:
             {
                 "message_id": message_id,
                 "channel": CHANNEL,
+                # 5.1.x: the address does not exist (RFC 3463); anything else: it came back.
+                "reason": RECIPIENT_REFUSED if (bounce.status or "").startswith("5.1.") else BOUNCED,
                 "error": reason,
                 "bounce": True,
                 "inbox_id": item.id,

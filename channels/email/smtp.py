@@ -20,6 +20,7 @@ from typing import Any
 import aiosmtplib
 
 from hub.config import EmailSettings
+from hub.delivery_failures import NO_ADDRESS, RECIPIENT_REFUSED, REJECTED
 from hub.domain import Contact, Direction, IdentityKind, Lead, OutboxItem, utcnow
 from hub.errors import PermanentError, TransientError, UncertainDelivery
 from storage.base import Store
@@ -147,7 +148,7 @@ class SmtpSender:
         """Send one row; TransientError to retry later, PermanentError when it cannot succeed."""
         identity = contact.identity(IdentityKind.EMAIL) if contact else None
         if identity is None:
-            raise PermanentError(f"{lead.ref}: the contact has no email address to reply to")
+            raise PermanentError(f"{lead.ref}: the contact has no email address to reply to", code=NO_ADDRESS)
         msg = compose(
             item,
             lead,
@@ -178,7 +179,9 @@ class SmtpSender:
             # The dispatcher logs this text: keep the customer's address out of it.
             detail = "; ".join(f"{r.code} {redact(r.message)}" for r in exc.recipients)
             if codes and all(c >= 500 for c in codes):
-                raise PermanentError(f"{lead.ref}: the recipient was refused: {detail}") from exc
+                raise PermanentError(
+                    f"{lead.ref}: the recipient was refused: {detail}", code=RECIPIENT_REFUSED
+                ) from exc
             raise TransientError(f"{lead.ref}: the recipient was deferred: {detail}") from exc
         except aiosmtplib.SMTPSenderRefused as exc:
             text = f"{exc.code} {redact(exc.message)}"
@@ -199,7 +202,9 @@ class SmtpSender:
         except aiosmtplib.SMTPResponseException as exc:
             text = f"{exc.code} {redact(exc.message)}"
             if 500 <= exc.code < 600:
-                raise PermanentError(f"{lead.ref}: the SMTP server rejected the message: {text}") from exc
+                raise PermanentError(
+                    f"{lead.ref}: the SMTP server rejected the message: {text}", code=REJECTED
+                ) from exc
             raise TransientError(f"{lead.ref}: the SMTP server deferred the message: {text}") from exc
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             if client.data_started:

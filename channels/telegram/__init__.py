@@ -80,6 +80,7 @@ class TelegramChannel:
         decoder = CustomerDecoder(settings.russian_fallback)
         self.customer = CustomerSide(hub, self.api, self.desk, decoder)
         self.staff = StaffSide(hub, self.api, self.desk)
+        self.staff.bot_username = self.bot_username
         self.ingest = Ingest(hub, lambda: self.bot_id)
         hub.inbox.register(CUSTOMER, decoder)
         hub.inbox.register_handler(CONTROL, self.handle_control)
@@ -134,6 +135,8 @@ class TelegramChannel:
         try:
             me = await self.api.bot(GetMe(), request_timeout=STARTUP_TIMEOUT)
             self.bot_username = self.bot_username or (me.username or "")
+            if self.staff is not None:
+                self.staff.bot_username = self.bot_username
         except (TelegramAPIError, HubError, OSError) as exc:
             # Telegram unreachable at start: polling retries on its own; links use the config.
             log.warning("telegram: getMe failed, continuing: %s", exc)
@@ -194,6 +197,8 @@ class TelegramChannel:
         if update.callback_query is not None:
             return await self.staff.on_callback(update.callback_query)
         if update.my_chat_member is not None:
+            if update.my_chat_member.chat.type == "private":
+                return await self.customer.on_membership(update.my_chat_member)
             await self.staff.on_membership(update.my_chat_member)
             return None
         if update.message is not None:

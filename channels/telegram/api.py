@@ -28,6 +28,7 @@ from aiogram.exceptions import (
 from aiogram.methods import Response, TelegramMethod
 
 from channels.telegram.ratelimit import TelegramRateLimiter
+from hub.delivery_failures import TOO_LARGE, UNREACHABLE
 from hub.errors import PermanentError, TransientError
 
 log = logging.getLogger(__name__)
@@ -120,7 +121,9 @@ class TelegramApi:
                 if wait > MAX_INLINE_RETRY_AFTER:
                     raise TransientError(f"Telegram flood control: retry after {wait}s", wait) from exc
             except TelegramEntityTooLarge as exc:
-                raise PermanentError(f"Telegram {method.__api_method__}: too large: {exc}") from exc
+                raise PermanentError(
+                    f"Telegram {method.__api_method__}: too large: {exc}", code=TOO_LARGE
+                ) from exc
             except (TelegramServerError, TelegramNetworkError) as exc:
                 network_failures += 1
                 if network_failures >= NETWORK_ATTEMPTS:
@@ -136,7 +139,12 @@ class TelegramApi:
                     delay,
                 )
                 await asyncio.sleep(delay)
-            except (TelegramForbiddenError, TelegramUnauthorizedError) as exc:
+            except TelegramForbiddenError as exc:
+                # Blocked by the user, a deleted account, or a chat the bot was removed from.
+                raise PermanentError(
+                    f"Telegram refused {method.__api_method__}: {exc}", code=UNREACHABLE
+                ) from exc
+            except TelegramUnauthorizedError as exc:
                 raise PermanentError(f"Telegram refused {method.__api_method__}: {exc}") from exc
             finally:
                 if slot is not None:

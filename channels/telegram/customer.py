@@ -11,12 +11,12 @@ import logging
 from typing import TYPE_CHECKING
 
 from aiogram.methods import SendMessage
-from aiogram.types import KeyboardButton, Message, ReplyKeyboardMarkup
+from aiogram.types import ChatMemberUpdated, KeyboardButton, Message, ReplyKeyboardMarkup
 
 from channels.telegram import links
 from channels.telegram.api import TelegramApi
 from channels.telegram.desk import StaffDesk, edit_key
-from channels.telegram.texts import local_time, t
+from channels.telegram.texts import local_time, staff, t
 from channels.telegram.updates import (
     CustomerDecoder,
     command_of,
@@ -48,6 +48,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MESSAGE_EDITED = "message.edited"
+BOT_BLOCKED = "telegram.blocked"
+BOT_UNBLOCKED = "telegram.unblocked"
 
 
 class CustomerSide:
@@ -195,6 +197,28 @@ class CustomerSide:
             )
         )
         log.info("%s telegram: chat linked to the lead's contact by a signed link", lead.ref)
+
+    # --- blocking -------------------------------------------------------------------------
+    async def on_membership(self, update: ChatMemberUpdated) -> int | None:
+        """A customer blocked (or unblocked) the bot: say so in their open lead's topic at once,
+        before a reply fails on it, and record it on the lead."""
+        status = update.new_chat_member.status
+        if status not in ("kicked", "member"):
+            return None
+        blocked = status == "kicked"
+        contact = await self._hub.store.find_contact(Identity(IdentityKind.TELEGRAM, str(update.chat.id)))
+        lead = await self._hub.store.find_active_lead(contact.id, "telegram") if contact else None
+        if lead is None:
+            log.info(
+                "telegram: a customer without an open lead %s the bot", "blocked" if blocked else "unblocked"
+            )
+            return None
+        event = BOT_BLOCKED if blocked else BOT_UNBLOCKED
+        await self._hub.store.append_event(Event(event, utcnow(), lead.number, {"channel": "telegram"}))
+        key = "tg.event.customer_blocked" if blocked else "tg.event.customer_unblocked"
+        await self._desk.notice(lead, ("🚫 " if blocked else "✅ ") + staff(key))
+        log.info("%s telegram: the customer %s the bot", lead.ref, "blocked" if blocked else "unblocked")
+        return lead.number
 
     # --- edits -----------------------------------------------------------------------------
     async def on_edit(self, message: Message) -> int | None:

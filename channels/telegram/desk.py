@@ -24,6 +24,7 @@ from aiogram.methods import (
     CloseForumTopic,
     CopyMessage,
     CreateForumTopic,
+    EditMessageCaption,
     EditMessageText,
     ReopenForumTopic,
     SendMessage,
@@ -39,6 +40,7 @@ from channels.telegram.texts import (
     raw_staff,
     split_html_escaped,
     staff,
+    staff_delivery_failure,
     staff_label,
     truncate_html,
 )
@@ -64,6 +66,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 NO_PREVIEW = LinkPreviewOptions(is_disabled=True)
+#: Telegram's limit for a media caption.
+MAX_CAPTION = 1024
 FAR_FUTURE = 1e12
 ANSWERED = 1e11
 LEAD_LEASE_SECONDS = 120.0
@@ -87,6 +91,7 @@ class _Pending:
     refresh_card: bool = False
     close: bool = False
     reopen: bool = False
+    closed_by_hand: bool = False
     edited: set[str] = field(default_factory=set)
 
 
@@ -340,6 +345,13 @@ class StaffDesk:
         await self._add_notices(lead.number, [html])
         await self._mark(lead)
 
+    async def closed_by_hand(self, lead: Lead) -> None:
+        """Staff closed an active lead's topic in Telegram: closing a topic resolves nothing, so
+        say how to resolve it; the customer's next message opens the topic again."""
+        self._pending_for(lead.number).closed_by_hand = True
+        await self._add_notices(lead.number, ["📌 " + staff("tg.event.closed_by_hand", lead=lead.ref)])
+        await self._mark(lead)
+
     async def customer_edited(self, lead: Lead, message_id: str) -> None:
         """A customer edited a message: update its copy in the topic."""
         self._pending_for(lead.number).edited.add(message_id)
@@ -362,8 +374,12 @@ class StaffDesk:
         data = event.data
         by = str(data.get("by") or "")
         match event.type:
-            case EventType.LEAD_CREATED | EventType.MESSAGE_ADDED:
+            case EventType.LEAD_CREATED:
                 pass
+            case EventType.MESSAGE_ADDED:
+                # A customer writing into a topic staff closed by hand opens it again (a lead
+                # the hub resolved is reopened by its own event).
+                pending.reopen = pending.reopen or data.get("direction") == "in"
             case EventType.LEAD_ASSIGNED:
                 if by == "router" and "previous" not in data:
                     # A new lead's first routing: its card, not rendered yet, shows the assignee.
@@ -392,7 +408,13 @@ class StaffDesk:
             case EventType.SLA_WARNING | EventType.SLA_BREACHED | EventType.SLA_ESCALATED:
                 await self._alert(lead, event.type != EventType.SLA_WARNING, data, notices)
             case EventType.DELIVERY_FAILED:
-                notices.append("❗ " + staff("tg.event.delivery_failed", error=data.get("error", "")))
+                # The channel's own English stays in the event and the log; staff read the reason.
+                reason = staff_delivery_failure(str(data.get("reason") or ""))
+                if data.get("channel"):
+                    channel = staff_label("channel", str(data["channel"]))
+                    notices.append("❗ " + staff("tg.event.delivery_failed", channel=channel, reason=reason))
+                else:
+                    notices.append("❗ " + staff("tg.event.delivery_failed_nowhere", reason=reason))
             case EventType.REPLY_RECORDED:
                 # A reply written in the topic is shown there already, but it still stops a
                 # deadline the card names, so the lead is synced either way.
@@ -533,7 +555,11 @@ class StaffDesk:
             if topic.card is None:
                 await self._post_card(lead, contact, topic, messages)
                 pending.refresh_card = False
-            if pending.reopen and topic.closed:
+            if pending.closed_by_hand and not topic.closed:
+                topic.closed = True
+                await self._save(number, topic)
+            pending.closed_by_hand = False
+            if pending.reopen and topic.closed and lead.is_active:
                 await self._topic_call(topic, reopen=True)
                 topic.closed = False
                 await self._save(number, topic)
@@ -557,13 +583,20 @@ class StaffDesk:
                 await self._save(number, topic)
             pending.close = pending.reopen = False
         finally:
-            if pending.refresh_card or pending.edited or pending.close or pending.reopen:
+            if (
+                pending.refresh_card
+                or pending.edited
+                or pending.close
+                or pending.reopen
+                or pending.closed_by_hand
+            ):
                 # Not done (an error): keep the work for the next attempt.
                 mine = self._pending_for(number)
                 mine.refresh_card |= pending.refresh_card
                 mine.edited |= pending.edited
                 mine.close |= pending.close
                 mine.reopen |= pending.reopen
+                mine.closed_by_hand |= pending.closed_by_hand
 
     async def _topic_call(self, topic: Topic, reopen: bool) -> None:
         if topic.thread is None:
@@ -710,7 +743,8 @@ class StaffDesk:
             await self._save(lead.number, topic)
 
     # --- mirroring customer messages -----------------------------------------------------
-    async def _block(self, message: Message) -> str:
+    async def _head(self, message: Message) -> tuple[str, str]:
+        """The HTML line naming a customer message's author and time, and its (edited) text."""
         edited = await self._hub.store.get_state(edit_key(message.id))
         text = str(edited) if isinstance(edited, str) else message.text
         when = local_time(message.created_at, self._hub.settings.sla.calendar.timezone)[11:]
@@ -718,14 +752,24 @@ class StaffDesk:
         head = f"{icon}<b>{esc(message.author)}</b> <i>{esc(when)}</i>"
         if edited is not None:
             head += f" <i>({esc(staff('tg.event.edited'))})</i>"
+        return head, text
+
+    async def _block(self, message: Message) -> str:
+        head, text = await self._head(message)
         body = esc(text)
         if message.subject:
             line = staff("tg.message.subject", subject=message.subject)
             body = f"{line}\n{body}" if body else line
-        files = [a for a in message.attachments if not a.ref.startswith("tg-file:")]
+        files = self._files(message)
         if files:
-            body += "\n" + "\n".join(f"📎 {esc(a.name)} ({a.size} B)" for a in files)
+            body += "\n" + files
         return f"{head}\n{body}" if body else head
+
+    @staticmethod
+    def _files(message: Message) -> str:
+        """The lines naming a message's files that are not shown as a Telegram copy."""
+        files = [a for a in message.attachments if not a.ref.startswith("tg-file:")]
+        return "\n".join(f"📎 {esc(a.name)} ({a.size} B)" for a in files)
 
     async def _units(self, lead: Lead, messages: list[Message], start: int) -> list[_Unit]:
         units: list[_Unit] = []
@@ -741,10 +785,19 @@ class StaffDesk:
             if len(block) <= MAX_TEXT:
                 units.append(_Unit(block, [message.id], index))
             else:
-                parts = split_html_escaped(message.text, MAX_TEXT - 200)
-                for number, part in enumerate(parts, 1):
-                    final = number == len(parts)
-                    units.append(_Unit(part, [message.id], index if final else index - 1, partial=not final))
+                # Every part says whose message it is and which part: several customers'
+                # long texts in a row must not read as one anonymous wall of text.
+                head, text = await self._head(message)
+                if message.subject:
+                    head += "\n" + staff("tg.message.subject", subject=message.subject)
+                head = truncate_html(head, 300)
+                parts = split_html_escaped(text, MAX_TEXT - len(head) - 40)
+                pieces = [f"{head} <i>({n}/{len(parts)})</i>\n{part}" for n, part in enumerate(parts, 1)]
+                if files := self._files(message):
+                    pieces.append(truncate_html(f"{head}\n{files}"))
+                for number, html in enumerate(pieces, 1):
+                    final = number == len(pieces)
+                    units.append(_Unit(html, [message.id], index if final else index - 1, partial=not final))
         return units
 
     @staticmethod
@@ -787,7 +840,7 @@ class StaffDesk:
                 )
                 self.posts += 1
                 self.coalesced_messages += 1
-                await self._remember_post(lead.number, topic.chat, copied.message_id, unit.ids)
+                await self._remember_post(lead.number, topic.chat, copied.message_id, unit.ids, copy=True)
                 topic.seen = unit.last_index + 1
                 await self._save(lead.number, topic)
                 continue
@@ -835,11 +888,18 @@ class StaffDesk:
         return sent.message_id
 
     async def _remember_post(
-        self, lead_number: int, chat: int, post_id: int, ids: list[str], card: bool = False
+        self,
+        lead_number: int,
+        chat: int,
+        post_id: int,
+        ids: list[str],
+        card: bool = False,
+        copy: bool = False,
     ) -> None:
-        await self._hub.store.set_state(
-            post_key(chat, post_id), {"lead": lead_number, "ids": ids, "card": card}
-        )
+        info: dict[str, Any] = {"lead": lead_number, "ids": ids, "card": card}
+        if copy:
+            info["copy"] = True  # a copy of the customer's media: it has a caption, not text
+        await self._hub.store.set_state(post_key(chat, post_id), info)
         for message_id in ids:
             await self._hub.store.set_state(copy_key(message_id), [chat, post_id])
 
@@ -864,19 +924,50 @@ class StaffDesk:
                 posts.add((int(where[0]), int(where[1])))
         for chat, post_id in sorted(posts):
             info = await self._hub.store.get_state(post_key(chat, post_id))
-            html = await self._render_post(lead, contact, chat, post_id)
             card = isinstance(info, dict) and bool(info.get("card"))
-            try:
-                await self._api.call(
-                    EditMessageText(
-                        chat_id=chat,
-                        message_id=post_id,
-                        text=html,
-                        reply_markup=self._card_keyboard(lead) if card else None,
-                        link_preview_options=NO_PREVIEW,
-                    ),
-                    chat,
+            method: EditMessageText | EditMessageCaption
+            if await self._is_media_copy(info):
+                # Telegram refuses editMessageText on a photo or a document: the copy's caption
+                # is what carries the customer's words (staff never saw an edited caption).
+                method = EditMessageCaption(
+                    chat_id=chat, message_id=post_id, caption=await self._edited_caption(info)
                 )
+            else:
+                html = await self._render_post(lead, contact, chat, post_id)
+                method = EditMessageText(
+                    chat_id=chat,
+                    message_id=post_id,
+                    text=html,
+                    reply_markup=self._card_keyboard(lead) if card else None,
+                    link_preview_options=NO_PREVIEW,
+                )
+            try:
+                await self._api.call(method, chat)
             except TelegramBadRequest as exc:
-                # A media copy has a caption, not text; the edit is recorded in the store anyway.
+                # The edit is recorded in the store (and shown on the dashboard) anyway.
                 log.info("%s telegram: could not update an edited copy: %s", lead.ref, exc.message)
+
+    async def _is_media_copy(self, info: Any) -> bool:
+        """True when a staff-group post is a copy of a customer's media message."""
+        if not isinstance(info, dict):
+            return False
+        if info.get("copy"):
+            return True
+        ids = list(info.get("ids", []))
+        if info.get("card") or len(ids) != 1:
+            return False
+        # Posts remembered before copies were flagged: a copy shows one Telegram media message.
+        message = await self._hub.store.get_message(str(ids[0]))
+        return (
+            message is not None
+            and self._telegram_origin(message) is not None
+            and any(a.ref.startswith("tg-file:") for a in message.attachments)
+        )
+
+    async def _edited_caption(self, info: dict[str, Any]) -> str:
+        """The caption of a media copy after the customer edited it, marked as edited."""
+        ids = list(info.get("ids", []))
+        edited = await self._hub.store.get_state(edit_key(str(ids[0]))) if ids else None
+        text = str(edited) if isinstance(edited, str) else ""
+        mark = f"<i>({esc(staff('tg.event.edited'))})</i>"
+        return truncate_html(f"{mark}\n{esc(text)}" if text else mark, MAX_CAPTION)

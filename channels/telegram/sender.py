@@ -18,6 +18,7 @@ from aiogram.methods import CopyMessage, SendMessage
 
 from channels.telegram.api import TelegramApi
 from channels.telegram.texts import split_html_escaped
+from hub.delivery_failures import NO_ADDRESS, REJECTED, UNREACHABLE
 from hub.domain import Contact, IdentityKind, Lead, OutboxItem
 from hub.errors import PermanentError, TransientError
 from storage.base import Store
@@ -53,7 +54,9 @@ class TelegramSender:
         """Send the row's text (split when long) and copies of staff media; returns `chat:msg`."""
         identity = contact.identity(IdentityKind.TELEGRAM) if contact else None
         if identity is None:
-            raise PermanentError(f"{lead.ref}: the contact has no Telegram account to write to")
+            raise PermanentError(
+                f"{lead.ref}: the contact has no Telegram account to write to", code=NO_ADDRESS
+            )
         chat_id = int(identity.value)
         message = await self._store.get_message(item.message_id)
         steps: list[tuple[str, str]] = []
@@ -83,7 +86,12 @@ class TelegramSender:
                     )
                     sent.append(copied.message_id)
             except (TelegramBadRequest, TelegramNotFound) as exc:
-                raise PermanentError(f"{lead.ref}: Telegram rejected the reply: {exc.message}") from exc
+                # "chat not found": the customer deleted their account (or never wrote to the bot).
+                gone = "chat not found" in exc.message.lower() or "user not found" in exc.message.lower()
+                raise PermanentError(
+                    f"{lead.ref}: Telegram rejected the reply: {exc.message}",
+                    code=UNREACHABLE if gone else REJECTED,
+                ) from exc
             except (TelegramAPIError, ClientDecodeError) as exc:
                 # Anything else from the Bot API (a conflict, an unreadable answer): try later.
                 raise TransientError(f"{lead.ref}: Telegram did not take the reply: {exc}") from exc

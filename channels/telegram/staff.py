@@ -12,6 +12,7 @@ import time
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from aiogram.enums import ContentType
 from aiogram.exceptions import TelegramBadRequest
 from aiogram.methods import AnswerCallbackQuery, EditMessageText, LeaveChat, SendMessage
 from aiogram.types import (
@@ -60,6 +61,8 @@ class StaffSide:
         self._desk = desk
         self._hinted: dict[int, float] = {}
         self._managers = {m.telegram_id: m for m in hub.settings.managers if m.telegram_id is not None}
+        #: The bot's @username (without @), once known: `/cmd@other_bot` is another bot's command.
+        self.bot_username = ""
 
     def manager(self, user_id: int | None) -> ManagerSettings | None:
         """The configured, active manager with this Telegram id."""
@@ -100,6 +103,8 @@ class StaffSide:
             return None
         if await self.leave_if_stranger(message.chat.id, message.chat.type):
             return None
+        if message.content_type == ContentType.FORUM_TOPIC_CLOSED and message.is_topic_message:
+            return await self._topic_closed_by_hand(message)
         if is_service(message):
             # Pins, members joining, topic and video chat changes: nobody wrote to the customer.
             return None
@@ -132,7 +137,13 @@ class StaffSide:
                 await self._lead_command(manager, lead_number, command, argument, chat, thread)
                 return lead_number
             if command:
-                return lead_number  # some other bot command: not a message for the customer
+                # Not a message for the customer either way; a typo ("/resolv") must not be
+                # dropped without a word, while another bot's command is none of ours.
+                if self._addressed_to_us(text):
+                    await self._say(
+                        chat, thread, staff("tg.staff.unknown_command", command=command), message.message_id
+                    )
+                return lead_number
             if not is_relayable(message):
                 await self._say(chat, thread, staff("tg.staff.not_relayed"), message.message_id)
                 return lead_number
@@ -142,6 +153,25 @@ class StaffSide:
             await self._say(chat, thread, esc(self._refusal(exc, asked)), message.message_id)
         return lead_number
 
+    async def _topic_closed_by_hand(self, message: Message) -> int | None:
+        """Someone closed a lead's topic in Telegram (the bot's own closes are not reported)."""
+        thread = message.message_thread_id
+        number = await self._desk.lead_for_thread(message.chat.id, thread) if thread is not None else None
+        lead = await self._hub.store.get_lead(number) if number is not None else None
+        if lead is None or not lead.is_active:
+            return number
+        log.info(
+            "%s telegram: its topic was closed by hand while the lead is %s", lead.ref, lead.status.value
+        )
+        await self._desk.closed_by_hand(lead)
+        return lead.number
+
+    def _addressed_to_us(self, text: str) -> bool:
+        """True for `/cmd` and `/cmd@<this bot>`; False for `/cmd@another_bot`."""
+        head = text.split(maxsplit=1)[0]
+        _, at, username = head.partition("@")
+        return not at or (bool(self.bot_username) and username.lower() == self.bot_username.lower())
+
     def _refusal(self, exc: HubError, asked: str = "") -> str:
         """Why a staff action failed, as plain text in the staff's language (never the core's English)."""
         code = refusal_code(exc)
@@ -150,7 +180,7 @@ class StaffSide:
             # The id was typed (or a stale button carries it): say which one, and who there is.
             managers = ", ".join(m.id for m in self._hub.settings.managers)
             return plain_staff("tg.staff.no_manager", manager=asked, managers=managers)
-        return plain_staff("tg.staff.error", error=staff_refusal(code))
+        return staff_refusal(code)
 
     async def _lead_of(self, message: Message) -> int | None:
         chat = message.chat.id
@@ -340,9 +370,9 @@ class StaffSide:
                 await self._pick_manager(number, query)
                 answer = plain_staff("tg.staff.done.reassign", lead=ref)
             else:
-                answer = "?"  # a button of some other (older) bot: nothing was done
+                answer = self._stale_button(query)
         except ValueError:
-            answer = "?"
+            answer = self._stale_button(query)
         except HubError as exc:
             answer = self._refusal(exc, target)
         finally:
@@ -354,6 +384,12 @@ class StaffSide:
                 # Old queries cannot be answered any more; the action itself was done.
                 log.info("telegram: callback answer failed: %s", exc)
         return number
+
+    def _stale_button(self, query: CallbackQuery) -> str:
+        """A button this hub does not know (an older version's card, another bot's): nothing is
+        done, and the manager is told to use the lead's current card."""
+        log.info("telegram: a button with unknown data %r was pressed; nothing done", query.data)
+        return plain_staff("tg.staff.stale_button")
 
     async def _spam(self, number: int, by: str) -> None:
         lead = await self._hub.store.get_lead(number)

@@ -9,6 +9,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from hub import i18n
+from hub.delivery_failures import failure_text
 from hub.refusals import refusal_text
 
 #: Telegram's limit for one text message (after entity parsing; we count the source text).
@@ -42,9 +43,23 @@ def raw_staff(key: str, **values: Any) -> str:
     return i18n.text(key, STAFF_LANGUAGE, **values)
 
 
-def staff_refusal(code: str) -> str:
-    """Why the core refused a staff action (a `hub.refusals` code), as plain staff-language text."""
-    return refusal_text(code, STAFF_LANGUAGE)
+def staff_refusal(code: str, language: str | None = None) -> str:
+    """Why the core refused a staff action (a `hub.refusals` code), as plain staff-language text.
+
+    Each refusal is a whole sentence (some with a colon of their own), so it is shown after a
+    sign rather than after "Could not do that:". Where the dashboard's wording speaks of pages
+    and forms, `tg.error.<code>` says it in Telegram's terms.
+    """
+    language = language or STAFF_LANGUAGE
+    key = f"tg.error.{code}"
+    own = i18n.text(key, language)
+    reason = own if own != key else refusal_text(code, language)
+    return i18n.text("tg.staff.error", language, error=reason)
+
+
+def staff_delivery_failure(reason: str) -> str:
+    """Why a reply was not delivered (a `hub.delivery_failures` code), as plain staff-language text."""
+    return failure_text(reason, STAFF_LANGUAGE)
 
 
 def staff_label(group: str, value: str) -> str:

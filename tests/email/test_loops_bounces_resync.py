@@ -150,6 +150,7 @@ async def test_bounce_attaches_to_its_lead_as_delivery_failure(
     (event,) = await wait_for(bounced, what="the bounce event")
     assert event.data["message_id"] == reply.id
     assert "5.1.1" in event.data["error"] and "Recipient address rejected" in event.data["error"]
+    assert event.data["reason"] == "recipient_refused"  # 5.1.x: the address does not exist
     message = await email_hub.store.get_message(reply.id)
     assert message is not None and message.delivery is not None and message.delivery.value == "failed"
     assert len(await leads(email_hub)) == 1  # the bounce opened no lead
@@ -307,6 +308,7 @@ async def test_permanent_smtp_rejection_marks_the_reply_failed_once(
 
     (event,) = await wait_for(failed, what="the permanent failure")
     assert "550" in event.data["error"] and "gone@example.com" not in event.data["error"]
+    assert event.data["reason"] == "recipient_refused"
     message = await email_hub.store.get_message(reply.id)
     assert message is not None and message.delivery is not None and message.delivery.value == "failed"
     await asyncio.sleep(1.5)  # no retry follows a permanent failure

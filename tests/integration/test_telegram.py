@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -14,7 +15,7 @@ import pytest
 from channels.telegram.texts import local_time
 from hub.app import Hub
 from hub.config import Settings
-from hub.domain import Direction, LeadStatus
+from hub.domain import Attachment, Direction, Identity, IdentityKind, Inbound, LeadStatus, utcnow
 from tests.support.telegram_emulator import TelegramEmulator, running_emulator
 from tests.support.telegram_html import html_problems
 
@@ -948,9 +949,9 @@ async def test_staff_failures_answers_and_statuses_are_in_the_staff_language(
     for command in ("/note", "/assign ghost", "/resolve", "/resolve"):
         env.emu.send_text(STAFF, OLENA, command, thread=thread)
     expected = [
-        "Не вдалося: Спершу напишіть текст.",
+        "⚠️ Спершу напишіть текст.",
         "Менеджера «ghost» немає. Менеджери: ",
-        "Не вдалося: Це звернення вже вирішене.",
+        "⚠️ Це звернення вже вирішене.",
     ]
     await env.emu.wait_for(
         lambda: any(expected[2] in t for t in env.emu.texts_to(STAFF, thread)), what="second /resolve"
@@ -961,7 +962,7 @@ async def test_staff_failures_answers_and_statuses_are_in_the_staff_language(
         assert english not in everything, english
 
     monkeypatch.setattr("channels.telegram.texts.STAFF_LANGUAGE", "en")
-    refused = "Could not do that: This lead is already resolved."
+    refused = "⚠️ This lead is already resolved."
     env.emu.send_text(STAFF, OLENA, "/resolve", thread=thread)
     await env.emu.wait_for(lambda: refused in env.emu.texts_to(STAFF, thread), what="English refusal")
     env.emu.press(STAFF, OLENA, card.message_id, "resolve:1")
@@ -976,7 +977,7 @@ async def test_a_reply_in_the_topic_of_an_erased_contact_is_refused_with_a_hint(
     assert lead is not None
     await env.hub.store.erase_contact(lead.contact_id)
     env.emu.send_text(STAFF, OLENA, "Ось відповідь", thread=thread)
-    hint = "Не вдалося: Відповідь не можна надіслати: контакт цього звернення стерто"
+    hint = "⚠️ Відповідь не можна надіслати: контакт цього звернення стерто"
     await env.emu.wait_for(lambda: any(hint in t for t in env.emu.texts_to(STAFF, thread)), what="the hint")
     assert [m for m in await env.hub.store.list_messages(1) if m.direction == Direction.OUT] == []
     assert await env.hub.store.list_events(types=["delivery.failed"]) == []
@@ -1008,3 +1009,247 @@ async def test_a_web_follow_ups_own_subject_is_shown_in_the_topic(env: Env, http
     )
     assert "Тема: <b>Рахунок &lt;за&gt; грудень</b>\nІ ще питання" in post
     assert not html_problems(post)
+
+
+async def test_an_unknown_or_outdated_button_says_so_in_the_staff_language(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A button of an older card or another bot does nothing and says what to do instead ("?" before)."""
+    thread = await open_lead(env, customer())
+    card = env.emu.sent_to(STAFF, thread)[0]
+    caplog.set_level("INFO", logger="channels.telegram.staff")
+    for data in ("snooze:1", "take:L-1", "resolve:"):
+        env.emu.press(STAFF, OLENA, card.message_id, data)
+    answers = await env.emu.wait_for(
+        lambda: env.emu.callback_answers if len(env.emu.callback_answers) >= 3 else None, what="answers"
+    )
+    stale = "Ця кнопка застаріла, нічого не зроблено. Відкрийте картку звернення"
+    assert all((a.get("text") or "").startswith(stale) for a in answers), answers
+    assert all(len(a.get("text") or "") <= 200 for a in answers)
+    logged = [r.getMessage() for r in caplog.records if "unknown data" in r.getMessage()]
+    assert [d for d in ("'snooze:1'", "'take:L-1'", "'resolve:'") if any(d in m for m in logged)] == [
+        "'snooze:1'",
+        "'take:L-1'",
+        "'resolve:'",
+    ]
+    lead = await env.hub.store.get_lead(1)
+    assert lead is not None and lead.status == LeadStatus.NEW
+
+
+async def test_a_customer_who_blocked_the_bot_gets_staff_a_localized_reason(env: Env) -> None:
+    """A 403 "bot was blocked by the user" is told in the topic in the staff's words, with what to
+    do; Telegram's English stays in the event and the log (it was the notice's whole text)."""
+    user = customer()
+    thread = await open_lead(env, user)
+    await env.emu.wait_for(lambda: env.emu.texts_to(user["id"]), what="ack")
+    env.emu.blocked.add(user["id"])
+    env.emu.send_text(STAFF, OLENA, "Майстер прийде завтра", thread=thread)
+    notice = await env.emu.wait_for(
+        lambda: [t for t in env.emu.texts_to(STAFF, thread) if "доставити" in t], what="failure notice"
+    )
+    assert notice == [
+        "❗ Не вдалося доставити відповідь клієнту (Telegram). Клієнт заблокував бота або видалив свій "
+        "акаунт Telegram. Зв&#x27;яжіться з ним інакше (телефон, email)."
+    ], notice
+    assert "Forbidden" not in "\n".join(env.emu.texts_to(STAFF, thread))
+    failures = await env.hub.store.list_events(types=["delivery.failed"])
+    assert len(failures) == 1 and failures[0].data["reason"] == "unreachable"
+    assert "bot was blocked by the user" in failures[0].data["error"]
+
+
+async def test_a_reply_to_a_phone_only_customer_tells_staff_to_call(env: Env) -> None:
+    """A web-form customer who left only a phone number: the reply in the topic cannot go
+    anywhere, and the topic says so in the staff's words (it showed the core's English)."""
+    result = await env.hub.intake.accept(
+        Inbound(
+            "webform", "f-1", Identity(IdentityKind.PHONE, "+380671234567", "Петро"), "Передзвоніть", utcnow()
+        )
+    )
+    thread = await env.emu.wait_for(
+        lambda: next((t.thread for t in env.emu.topics_in(STAFF) if "Петро" in t.name), None), what="topic"
+    )
+    await env.emu.wait_for(lambda: env.emu.texts_to(STAFF, thread), what="card")
+    env.emu.send_text(STAFF, OLENA, "Добрий день, ми вам передзвонимо", thread=thread)
+    notice = await env.emu.wait_for(
+        lambda: [t for t in env.emu.texts_to(STAFF, thread) if t.startswith("❗")], what="notice"
+    )
+    assert notice == [
+        "❗ Відповідь клієнту не надіслано. Немає адреси, за якою можна написати цьому контакту. "
+        "Зв&#x27;яжіться з клієнтом інакше (наприклад, телефоном)."
+    ], notice
+    (event,) = await env.hub.store.list_events(result.lead.number, ["delivery.failed"])
+    assert event.data["reason"] == "no_address"
+
+
+async def test_a_customers_edited_caption_is_shown_on_the_media_copy(env: Env) -> None:
+    """Telegram refuses editMessageText on a photo: the copy's caption is edited instead (staff
+    never saw a customer's corrected caption, e.g. a new address under the photo)."""
+    user = customer()
+    photo = [{"file_id": "ph1", "file_unique_id": "u1", "width": 800, "height": 600, "file_size": 5000}]
+    update = env.emu.enqueue(
+        "message", env.emu.message(user["id"], user, None, photo=photo, caption="Адреса: Хрещатик 1")
+    )
+    topic = (await env.emu.wait_for(lambda: env.emu.topics_in(STAFF), what="topic"))[0]
+    copy = (
+        await env.emu.wait_for(
+            lambda: [s for s in env.emu.sent_to(STAFF, topic.thread) if s.method == "copyMessage"],
+            what="media copy",
+        )
+    )[0]
+    env.emu.strict_html = True
+    edited = dict(
+        update["message"], caption="Адреса: Хрещатик 10, кв. 5 <b>", edit_date=update["message"]["date"]
+    )
+    env.emu.enqueue("edited_message", edited)
+    await env.emu.wait_for(lambda: copy.caption, what="caption edited")
+    assert copy.caption == "<i>(змінено)</i>\nАдреса: Хрещатик 10, кв. 5 &lt;b&gt;"
+    assert not [c for c in env.emu.calls_of("editMessageText") if c.status == 400]
+
+
+async def test_a_mistyped_command_in_a_topic_gets_the_list_of_commands(env: Env) -> None:
+    """ "/resolv" did nothing and said nothing; another bot's command is still left alone."""
+    user = customer()
+    thread = await open_lead(env, user)
+    env.emu.send_text(STAFF, OLENA, "/resolv", thread=thread)
+    env.emu.send_text(STAFF, OLENA, "/poll@other_bot Where?", thread=thread)
+    env.emu.send_text(STAFF, OLENA, "/stats@hub_test_bot", thread=thread)
+    hints = await env.emu.wait_for(
+        lambda: (
+            [t for t in env.emu.texts_to(STAFF, thread) if t.startswith("Команди ")]
+            if sum(t.startswith("Команди ") for t in env.emu.texts_to(STAFF, thread)) >= 2
+            else None
+        ),
+        what="hints",
+    )
+    assert hints[0].startswith("Команди /resolv немає. У темі звернення: /take,") and "/stats" in hints[1]
+    assert not any("/poll" in t for t in env.emu.texts_to(STAFF, thread))
+    assert not html_problems(hints[0])
+    assert env.emu.texts_to(user["id"])[1:] == []
+    lead = await env.hub.store.get_lead(1)
+    assert lead is not None and lead.status == LeadStatus.NEW
+
+
+def _bot_status_change(emu: TelegramEmulator, user: dict[str, Any], status: str) -> None:
+    """Telegram's my_chat_member update when a user blocks ("kicked") or restarts ("member") the bot."""
+    bot = {"id": emu.bot_id, "is_bot": True, "first_name": "Hub", "username": emu.username}
+    old = "member" if status == "kicked" else "kicked"
+    emu.enqueue(
+        "my_chat_member",
+        {
+            "chat": {"id": user["id"], "type": "private", "first_name": user["first_name"]},
+            "from": user,
+            "date": 1_800_000_000,
+            "old_chat_member": {"status": old, "user": bot, **({"until_date": 0} if old == "kicked" else {})},
+            "new_chat_member": {
+                "status": status,
+                "user": bot,
+                **({"until_date": 0} if status == "kicked" else {}),
+            },
+        },
+    )
+
+
+async def test_a_customer_blocking_the_bot_is_told_in_the_topic_at_once(env: Env) -> None:
+    """Telegram says when a user blocks the bot; staff learned it only from a failed reply."""
+    user = customer()
+    thread = await open_lead(env, user)
+    _bot_status_change(env.emu, user, "kicked")
+    blocked = "🚫 Клієнт заблокував бота: відповіді в Telegram до нього не дійдуть."
+    await env.emu.wait_for(
+        lambda: any(t.startswith(blocked) for t in env.emu.texts_to(STAFF, thread)), what="blocked notice"
+    )
+    _bot_status_change(env.emu, user, "member")
+    await env.emu.wait_for(
+        lambda: any(t.startswith("✅ Клієнт знову відкрив чат") for t in env.emu.texts_to(STAFF, thread)),
+        what="unblocked notice",
+    )
+    events = [e.type for e in await env.hub.store.list_events(1, ["telegram.blocked", "telegram.unblocked"])]
+    assert events == ["telegram.blocked", "telegram.unblocked"]
+    # Someone with no open lead blocking the bot posts nothing anywhere.
+    _bot_status_change(env.emu, customer(5999, "Інший"), "kicked")
+    env.emu.send_text(user["id"], user, "marker")
+    await env.emu.wait_for(lambda: any("marker" in t for t in env.emu.texts_to(STAFF, thread)), what="marker")
+    assert len(env.emu.topics_in(STAFF)) == 1
+
+
+async def test_every_part_of_a_long_customer_message_names_its_author_and_part(env: Env) -> None:
+    """A message longer than one post was split into bare text (no author, no time, no "1/2"),
+    and a long email's attachment list was lost from the topic."""
+    user = customer()
+    text = "Tom & Jerry <script> " * 195 + "END"  # 4,098 characters, ~6,000 once escaped
+    env.emu.send_text(user["id"], user, text)
+    topic = (await env.emu.wait_for(lambda: env.emu.topics_in(STAFF), what="topic"))[0]
+    posts = await env.emu.wait_for(
+        lambda: (
+            env.emu.texts_to(STAFF, topic.thread)[1:]
+            if any("END" in t for t in env.emu.texts_to(STAFF, topic.thread))
+            else None
+        ),
+        what="every part",
+    )
+    assert all(len(post) <= 4096 and not html_problems(post) for post in posts)
+    pieces = "\n\n".join(posts).split("<b>Марія</b> <i>")[1:]
+    total = len(pieces)
+    assert total >= 2 and [re.search(r"</i> <i>\((\d+)/(\d+)\)</i>\n", p).groups() for p in pieces] == [  # type: ignore[union-attr]
+        (str(n), str(total)) for n in range(1, total + 1)
+    ], pieces
+    body = "".join(piece.split("\n", 1)[1].removesuffix("\n\n") for piece in pieces)
+    assert body.replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">").replace(
+        " ", ""
+    ) == text.replace(" ", "")
+
+    files = (Attachment("акт.pdf", "application/pdf", 1200, "sha256:aa"),)
+    await env.hub.intake.accept(
+        Inbound(
+            "email",
+            "<m1@x>",
+            Identity(IdentityKind.EMAIL, "p@example.com", "Петро"),
+            "Лист. " * 1000,
+            utcnow(),
+            subject="Довгий лист",
+            attachments=files,
+        )
+    )
+    thread = await env.emu.wait_for(
+        lambda: next((t.thread for t in env.emu.topics_in(STAFF) if "Петро" in t.name), None), what="topic"
+    )
+    mail = await env.emu.wait_for(
+        lambda: [t for t in env.emu.texts_to(STAFF, thread) if "акт.pdf" in t], what="the file list"
+    )
+    assert mail[0].startswith("✉️ <b>Петро</b>")
+
+
+async def test_a_topic_closed_by_hand_says_the_lead_is_still_open_and_reopens_for_the_customer(
+    env: Env,
+) -> None:
+    """Closing a topic in Telegram resolved nothing and said nothing (the deadline ran on), and
+    the customer's next message went into the closed topic."""
+    user = customer()
+    thread = await open_lead(env, user)
+    topic = env.emu.topics[(STAFF, thread)]
+    topic.closed = True
+    env.emu.enqueue("message", env.emu.message(STAFF, OLENA, None, thread=thread, forum_topic_closed={}))
+    hint = "📌 Тему закрито, але звернення L-1 не вирішене: його термін іде далі."
+    await env.emu.wait_for(
+        lambda: any(t.startswith(hint) for t in env.emu.texts_to(STAFF, thread)), what="the hint"
+    )
+    lead = await env.hub.store.get_lead(1)
+    assert lead is not None and lead.is_active
+    env.emu.send_text(user["id"], user, "Є новини?")
+    await env.emu.wait_for(
+        lambda: any("Є новини?" in t for t in env.emu.texts_to(STAFF, thread)), what="the message"
+    )
+    assert not topic.closed
+    assert env.emu.calls_of("reopenForumTopic")
+    # The hub's own close (/resolve) is not "by hand", and a resolved lead's topic stays closed
+    # when nobody writes.
+    env.emu.send_text(STAFF, OLENA, "/resolve", thread=thread)
+    await env.emu.wait_for(lambda: topic.closed, what="closed by /resolve")
+    env.emu.enqueue("message", env.emu.message(STAFF, OLENA, None, thread=thread, forum_topic_closed={}))
+    env.emu.send_text(STAFF, OLENA, "// marker", thread=thread)
+
+    async def noted() -> bool:
+        return any(m.text == "marker" for m in await env.hub.store.list_messages(1))
+
+    await env.emu.wait_for(noted, what="the note")
+    assert sum(t.startswith(hint) for t in env.emu.texts_to(STAFF, thread)) == 1

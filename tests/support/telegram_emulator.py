@@ -48,6 +48,7 @@ class Sent:
     reply_markup: Any = None
     copied_from: tuple[int, int] | None = None
     edits: list[str] = field(default_factory=list)
+    caption: str = ""  # of a copy, once edited (the original's caption is not emulated)
 
 
 @dataclass
@@ -85,6 +86,8 @@ class TelegramEmulator:
         self.topics: dict[tuple[int, int], Topic] = {}
         self.left_chats: list[int] = []
         self.callback_answers: list[dict[str, Any]] = []
+        #: Users who blocked the bot: sending to their private chat is a 403, as on Telegram.
+        self.blocked: set[int] = set()
         self.webhook_url = ""
         self.webhook_secret = ""
         self.faults: dict[str, deque[tuple[int, float | None, int | None]]] = {}
@@ -409,9 +412,14 @@ class TelegramEmulator:
                 self.rejected_html.append(str(params.get("text", "")))
                 raise _ApiError(400, f"Bad Request: can't parse entities: {problems[0]}")
 
+    def _check_blocked(self, chat_id: int) -> None:
+        if chat_id in self.blocked:
+            raise _ApiError(403, "Forbidden: bot was blocked by the user")
+
     async def _m_sendMessage(self, params: dict[str, Any]) -> Any:
         self._check_html(params)
         chat_id = int(params["chat_id"])
+        self._check_blocked(chat_id)
         thread = self._check_thread(chat_id, params.get("message_thread_id"))
         text = str(params.get("text", ""))
         if not text:
@@ -426,6 +434,7 @@ class TelegramEmulator:
 
     async def _m_copyMessage(self, params: dict[str, Any]) -> Any:
         chat_id = int(params["chat_id"])
+        self._check_blocked(chat_id)
         thread = self._check_thread(chat_id, params.get("message_thread_id"))
         origin = (int(params["from_chat_id"]), int(params["message_id"]))
         sent = Sent(
@@ -434,12 +443,32 @@ class TelegramEmulator:
         self.sent.append(sent)
         return {"message_id": sent.message_id}
 
+    async def _m_editMessageCaption(self, params: dict[str, Any]) -> Any:
+        chat_id = int(params["chat_id"])
+        message_id = int(params["message_id"])
+        caption = str(params.get("caption", ""))
+        if self.strict_html and params.get("parse_mode") == "HTML" and html_problems(caption):
+            raise _ApiError(400, f"Bad Request: can't parse entities: {html_problems(caption)[0]}")
+        if len(caption) > 1024 * 2:
+            raise _ApiError(400, "Bad Request: message caption is too long")
+        for sent in self.sent:
+            if sent.chat_id == chat_id and sent.message_id == message_id:
+                if sent.method != "copyMessage":
+                    raise _ApiError(400, "Bad Request: there is no caption in the message to edit")
+                sent.edits.append(sent.caption)
+                sent.caption = caption
+                return self._message_result(sent)
+        raise _ApiError(400, "Bad Request: message to edit not found")
+
     async def _m_editMessageText(self, params: dict[str, Any]) -> Any:
         self._check_html(params)
         chat_id = int(params["chat_id"])
         message_id = int(params["message_id"])
         for sent in self.sent:
             if sent.chat_id == chat_id and sent.message_id == message_id:
+                if sent.method == "copyMessage":
+                    # The hub copies only media (photos, documents, voice...), which have no text.
+                    raise _ApiError(400, "Bad Request: there is no text in the message to edit")
                 if sent.text == params.get("text") and sent.reply_markup == params.get("reply_markup"):
                     raise _ApiError(400, "Bad Request: message is not modified")
                 sent.edits.append(sent.text)

@@ -180,6 +180,34 @@ def test_every_secret_is_handed_to_the_log_redaction() -> None:
     assert not [value for value in env.values() if value in dumped]
 
 
+def test_webhook_header_values_are_masked_in_the_log() -> None:
+    """check-config masks notify.webhook.headers values; a log line quoting them is masked too."""
+    from hub.cli import _secrets
+    from hub.logs import RedactSecrets
+
+    settings = settings_from_dict(
+        {
+            "notify": {
+                "webhook": {
+                    "url": "https://alerts.example.com/hook",
+                    "headers": {"Authorization": "Bearer hdr-token-9f3a", "X-Api-Key": "apikey-77c1"},
+                }
+            }
+        },
+        env={"HUB_TELEGRAM_WEBHOOK_SECRET": "tg-secret-token-header-1"},
+    )
+    redact = RedactSecrets(_secrets(settings))
+    lines = [
+        "notify: POST https://alerts.example.com/hook with Authorization: Bearer hdr-token-9f3a",
+        "notify: the receiver echoed token hdr-token-9f3a and key apikey-77c1",
+        "telegram: webhook call with X-Telegram-Bot-Api-Secret-Token: tg-secret-token-header-1",
+    ]
+    cleaned = [redact.clean(line) for line in lines]
+    for secret in ("hdr-token-9f3a", "apikey-77c1", "tg-secret-token-header-1"):
+        assert not [line for line in cleaned if secret in line], cleaned
+    assert cleaned[0].endswith("Authorization: ***") and "***" in cleaned[2]
+
+
 @pytest.mark.parametrize(
     ("key", "value"),
     [

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from hub import i18n
 from hub.app import Hub
+from hub.delivery_failures import DELIVERY_FAILURES, failure_text
 from hub.domain import Contact, Identity, IdentityKind, Inbound, Lead, OutboxItem
-from hub.errors import PermanentError, TransientError
+from hub.errors import PermanentError, TransientError, UncertainDelivery
 from hub.outbox import backoff_delay
 
 T0 = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
@@ -133,3 +136,39 @@ async def test_a_sender_bug_fails_its_row_and_the_loop_delivers_the_others(core:
     assert sorted(states) == ["failed", "sent"]
     failures = await core.store.list_events(types=["delivery.failed"])
     assert len(failures) == 1 and "ValueError" in failures[0].data["error"]
+
+
+@pytest.mark.parametrize(
+    ("failures", "reason"),
+    [
+        ([PermanentError("550 5.1.1 no such user", code="recipient_refused")], "recipient_refused"),
+        ([PermanentError("Forbidden: bot was blocked by the user", code="unreachable")], "unreachable"),
+        ([PermanentError("something new", code="not a delivery code")], "failed"),
+        ([TransientError("421 try later", code="unreachable")] * 10, "gave_up"),
+        ([UncertainDelivery("dropped after DATA")] * 3, "maybe_sent"),
+        ([ValueError("a sender bug")], "failed"),
+    ],
+)
+async def test_a_failed_delivery_names_a_reason_staff_can_read(
+    core: Hub, failures: list[Exception], reason: str
+) -> None:
+    """Staff read the reason's text in their language; the channel's words stay in `error`."""
+    words = str(failures[0])
+    core.outbox.register(ScriptedSender(failures))
+    await _lead_with_reply(core)
+    when = datetime.now(UTC)
+    for _ in range(6):
+        await core.outbox.dispatch_once(now=when)
+        when += timedelta(hours=1)
+    events = await core.store.list_events(types=["delivery.failed"])
+    assert len(events) == 1 and events[0].data["reason"] == reason
+    assert words in events[0].data["error"]
+
+
+def test_every_delivery_failure_reads_in_both_languages() -> None:
+    for code in DELIVERY_FAILURES:
+        texts = {language: failure_text(code, language) for language in i18n.SUPPORTED}
+        assert all(t and not t.startswith("delivery.") and t.endswith(".") for t in texts.values()), code
+        assert texts["uk"] != texts["en"], code
+        assert not re.search(r"[A-Za-z]{3}", texts["uk"].replace("Telegram", "").replace("email", "")), texts
+    assert failure_text("no such code", "uk") == failure_text("failed", "uk")

@@ -8,15 +8,27 @@ import random
 import re
 from datetime import UTC, datetime
 from types import SimpleNamespace
+from typing import Any, cast
+
+import pytest
 
 from channels.telegram import links
 from channels.telegram.ratelimit import JITTER, TelegramRateLimiter
-from channels.telegram.texts import MAX_TEXT, esc, split_html_escaped, split_text, truncate_html
+from channels.telegram.staff import StaffSide
+from channels.telegram.texts import (
+    MAX_TEXT,
+    esc,
+    split_html_escaped,
+    split_text,
+    truncate_html,
+)
 from channels.telegram.transport import Ingest
 from channels.telegram.updates import CONTROL, CUSTOMER, CustomerDecoder, classify, private_sender
 from hub import i18n
 from hub.config import TelegramLimits
 from hub.domain import IdentityKind, InboxItem, LeadKind
+from hub.errors import HubError
+from hub.refusals import REFUSALS
 from tests.support.telegram_html import html_problems
 
 
@@ -267,3 +279,25 @@ def test_every_telegram_template_is_valid_html_in_both_languages() -> None:
         assert templates
         for key, template in templates.items():
             assert html_problems(template.format_map(_Filled())) == [], (language, key)
+
+
+def test_every_refusal_reads_as_one_sentence_in_telegram_in_both_languages(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A refusal is a whole sentence: it is not put after another "...:" (two colons in a row
+    of clauses), says nothing of pages or forms, and is never the word "failed" twice."""
+    hub: Any = SimpleNamespace(settings=SimpleNamespace(managers=[]))
+    side = StaffSide(hub, cast(Any, None), cast(Any, None))
+    for language in i18n.SUPPORTED:
+        monkeypatch.setattr("channels.telegram.texts.STAFF_LANGUAGE", language)
+        for code in sorted(REFUSALS):
+            text = side._refusal(HubError("the core's English", code=code))
+            assert text.count(":") <= 1, (language, code, text)
+            reason = text.removeprefix("⚠️ ")
+            assert reason != text, (language, code, text)
+            assert reason[:1].isupper() and reason.endswith("."), (language, code, text)
+            lowered = text.lower()
+            for dashboard_only in ("сторінк", "форм", "page", "form "):
+                assert dashboard_only not in lowered, (language, code, text)
+            assert lowered.count("не вдалося") <= 1 and lowered.count("could not") <= 1, text
+            assert not html_problems(esc(text)), text
