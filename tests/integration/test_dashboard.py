@@ -893,3 +893,29 @@ async def test_an_agent_cannot_change_someone_elses_availability(hub: Hub, base_
         assert unknown.status == 404
     finally:
         await taras.close()
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("application/x-www-form-urlencoded", b"csrf={csrf}&text=\xff\xfe"),
+        ("multipart/form-data", b"--x\r\nContent-Disposition: form-data\r\n\r\nhi\r\n--x--\r\n"),
+        ("multipart/form-data; boundary=x", b"--x\r\nContent-Disposition: form-data\r\n\r\nhi\r\n--x--\r\n"),
+        ("multipart/form-data; boundary=x", b'--x\r\nContent-Disposition: form-data; name="text"\r\n'
+         b"Content-Type: text/plain; charset=nope\r\n\r\nhi\r\n--x--\r\n"),
+    ],
+)  # fmt: skip
+async def test_a_dashboard_post_body_that_cannot_be_read_is_a_400_page_not_a_500(
+    hub: Hub, base_url: str, olena, content_type: str, body: bytes
+) -> None:
+    session, csrf = olena
+    ref = await _form_lead(session, base_url)
+    for headers in ({}, {"X-CSRF-Token": csrf}):
+        resp = await session.post(
+            f"{base_url}/dashboard/leads/{ref}/reply",
+            data=body.replace(b"{csrf}", csrf.encode()),
+            headers={"Content-Type": content_type, "Accept-Language": "en", **headers},
+        )
+        assert resp.status == 400, (headers, resp.status)
+        assert "The form could not be read" in await resp.text()
+    assert [m for m in await hub.store.list_messages(int(ref[2:])) if m.direction.value == "out"] == []
