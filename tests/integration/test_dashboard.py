@@ -919,3 +919,15 @@ async def test_a_dashboard_post_body_that_cannot_be_read_is_a_400_page_not_a_500
         assert resp.status == 400, (headers, resp.status)
         assert "The form could not be read" in await resp.text()
     assert [m for m in await hub.store.list_messages(int(ref[2:])) if m.direction.value == "out"] == []
+
+
+async def test_the_language_switch_works_on_a_page_opened_with_lang(base_url: str, olena) -> None:
+    session, _ = olena
+    page = await (await session.get(f"{base_url}/dashboard", params={"lang": "en", "status": "all"})).text()
+    assert '<html lang="en"' in page
+    link = html.unescape(re.search(r'href="(/dashboard/lang\?[^"]+)"', page).group(1))  # type: ignore[union-attr]
+    switched = await session.get(f"{base_url}{link}")
+    text = await switched.text()
+    assert '<html lang="uk"' in text, switched.url  # the ?lang=en of the page no longer wins
+    assert switched.url.path == "/dashboard" and switched.url.query.get("status") == "all"
+    assert "lang" not in switched.url.query

@@ -14,6 +14,7 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from yarl import URL
 
 from hub.domain import utcnow
 from hub.web.dashboard import auth, reports_view, views
@@ -207,7 +208,9 @@ async def logout(request: web.Request) -> web.StreamResponse:
 async def set_language(request: web.Request) -> web.StreamResponse:
     """GET /dashboard/lang?to=uk&next=...: remember the UI language in a cookie."""
     language = request.query.get("to", "")
-    response = redirect(safe_next(request.query.get("next")))
+    target = URL(safe_next(request.query.get("next")))
+    # A page's ?lang= outranks the cookie: kept, it would show the page in the old language.
+    response = redirect(str(target.with_query([(k, v) for k, v in target.query.items() if k != "lang"])))
     if language in ("uk", "en"):
         response.set_cookie(LANG_COOKIE, language, max_age=365 * 86400, path="/", samesite="Lax")
     return response
