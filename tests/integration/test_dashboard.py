@@ -931,3 +931,16 @@ async def test_the_language_switch_works_on_a_page_opened_with_lang(base_url: st
     assert '<html lang="uk"' in text, switched.url  # the ?lang=en of the page no longer wins
     assert switched.url.path == "/dashboard" and switched.url.query.get("status") == "all"
     assert "lang" not in switched.url.query
+
+
+@pytest.mark.parametrize(
+    "typed",
+    ["067 123 45 67", "+38 (067) 123-45-67", "8 067 123 45 67", "067-123-45-67", "123 45 67", "0671234567"],
+)
+async def test_a_phone_number_is_found_as_people_type_it(hub: Hub, base_url: str, olena, typed: str) -> None:
+    session, _ = olena
+    ref = await _form_lead(session, base_url, name="Телефонний Клієнт", email="", phone="+380671234567")
+    other = await _form_lead(session, base_url, name="Інший", email="other@example.com", phone="0501112233")
+    text = await (await session.get(f"{base_url}/dashboard/queue/rows", params={"q": typed})).text()
+    shown = re.findall(r'data-lead="(L-\d+)"', text)
+    assert shown == [ref], (typed, shown, other)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -25,6 +26,7 @@ from hub.domain import (
     utcnow,
 )
 from hub.errors import HubError
+from hub.identities import normalize_phone
 from hub.refusals import REFUSALS, refusal_code
 from hub.web.dashboard.common import (
     PREFIX,
@@ -241,7 +243,7 @@ async def _queue_leads(request: web.Request, filters: QueueFilters, ask: PageAsk
         kind=LeadKind(filters.kind) if filters.kind else None,
         team=filters.team or None,
         channel=filters.channel or None,
-        text=filters.q or None,
+        text=_search_text(filters.q) or None,
         # The store orders by due time before it cuts the page: the most urgent leads come
         # first, and the next page starts where this one ended however leads change meanwhile.
         order="due",
@@ -263,6 +265,19 @@ async def _queue_leads(request: web.Request, filters: QueueFilters, ask: PageAsk
     # The lead whose number was typed heads the first page (it may not match the filters).
     extra = [lead for lead in by_number if lead.number not in {found.number for found in paged.leads}]
     return replace(paged, leads=extra + paged.leads, total=paged.total + len(extra))
+
+
+#: What people type in a phone number besides digits: "+38 (067) 123-45-67".
+_PHONE_TYPED = re.compile(r"\+?[\d\s().-]+")
+
+
+def _search_text(q: str) -> str:
+    """The text to search for: a phone number typed with spaces, brackets or dashes is searched
+    as it is stored (E.164, `+380671234567`), or by its digits when it is only a part of one
+    ("123 45 67"); anything else as typed."""
+    if not _PHONE_TYPED.fullmatch(q) or q.isdigit() or sum(c.isdigit() for c in q) < 7:
+        return q
+    return normalize_phone(q) or "".join(c for c in q if c.isdigit())
 
 
 def _with(query: LeadQuery, **changes: Any) -> LeadQuery:
