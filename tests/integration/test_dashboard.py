@@ -944,3 +944,19 @@ async def test_a_phone_number_is_found_as_people_type_it(hub: Hub, base_url: str
     text = await (await session.get(f"{base_url}/dashboard/queue/rows", params={"q": typed})).text()
     shown = re.findall(r'data-lead="(L-\d+)"', text)
     assert shown == [ref], (typed, shown, other)
+
+
+async def test_a_phone_capitalizing_the_manager_id_still_signs_in(base_url: str) -> None:
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
+        page = await (await session.get(f"{base_url}/dashboard/login")).text()
+        # Phones capitalize the first letter of a text field unless told not to.
+        field = re.search(r'<input id="username"[^>]*>', page).group(0)  # type: ignore[union-attr]
+        assert 'autocapitalize="none"' in field and 'spellcheck="false"' in field
+        signed = await session.post(
+            f"{base_url}/dashboard/login",
+            data={"csrf": csrf_from(page), "username": " Olena ", "password": PASSWORDS["olena"]},
+            allow_redirects=False,
+        )
+        assert signed.status == 303
+        queue = await (await session.get(f"{base_url}/dashboard")).text()
+        assert "Олена Коваль" in queue

@@ -164,6 +164,10 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
         response.headers["Retry-After"] = str(int(wait) + 1)
         return response
     manager = hub.settings.manager(username)
+    if manager is None:
+        # Phones capitalize the first letter typed ("Olena"): ids differ by more than case.
+        folded = [m for m in hub.settings.managers if m.id.casefold() == username.casefold()]
+        manager = folded[0] if len(folded) == 1 else None
     if not await auth.verify_password(manager, password) or manager is None:
         log.info("dashboard: failed sign-in for manager id %r", username)
         return render_page(
