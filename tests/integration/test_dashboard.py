@@ -960,3 +960,24 @@ async def test_a_phone_capitalizing_the_manager_id_still_signs_in(base_url: str)
         assert signed.status == 303
         queue = await (await session.get(f"{base_url}/dashboard")).text()
         assert "Олена Коваль" in queue
+
+
+async def test_a_lead_is_marked_as_spam_from_the_dashboard(hub: Hub, base_url: str, olena) -> None:
+    session, csrf = olena
+    ref = await _form_lead(session, base_url, message="Купуйте наші дешеві ліки!!!")
+    page = await (await session.get(f"{base_url}/dashboard/leads/{ref}", params={"lang": "en"})).text()
+    assert f'action="/dashboard/leads/{ref}/spam"' in page
+    done = await session.post(f"{base_url}/dashboard/leads/{ref}/spam", data={"csrf": csrf})
+    assert done.status == 200 and "done=spam" in str(done.url)
+    text = await (
+        await session.get(f"{base_url}/dashboard/leads/{ref}", params={"lang": "en", "done": "spam"})
+    ).text()
+    assert "Marked as spam and resolved." in text and "spam</span>" in text
+    lead = await hub.store.get_lead(int(ref[2:]))
+    assert lead is not None and "spam" in lead.tags and lead.status is LeadStatus.RESOLVED
+    types = [e.type for e in await hub.store.list_events(lead_number=lead.number)]
+    assert "lead.tagged" in types and "lead.resolved" in types
+    queue = await (await session.get(f"{base_url}/dashboard/queue/rows")).text()
+    assert f'data-lead="{ref}"' not in queue  # out of the open queue
+    again = await session.post(f"{base_url}/dashboard/leads/{ref}/spam", data={"csrf": csrf})
+    assert "error=already_spam" in str(again.url)

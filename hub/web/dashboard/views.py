@@ -56,7 +56,7 @@ MAX_PAGE_NUMBER = 1_000_000
 #: (`dash.done.<code>`). Only these codes are shown: free text from the URL would let anyone
 #: link a manager to a page that says whatever they like in its alert box.
 ERROR_CODES = REFUSALS | {"confirm", "merge_erased", "no_other_lead", "same_contact"}
-DONE_CODES = frozenset({"reply", "note", "assign", "resolve", "reopen", "merge"})
+DONE_CODES = frozenset({"reply", "note", "assign", "resolve", "reopen", "merge", "spam"})
 QUEUE_DONE_CODES = frozenset({"erased"})
 
 
@@ -461,7 +461,8 @@ async def lead_page(request: web.Request) -> web.Response:
 
 
 async def lead_action(request: web.Request) -> web.Response:
-    """POST /dashboard/leads/{number}/{action}: reply, note, assign, resolve, reopen, merge, erase."""
+    """POST /dashboard/leads/{number}/{action}: reply, note, assign, resolve, reopen, spam, merge,
+    erase."""
     found = await _lead_for(request)
     if isinstance(found, web.Response):
         return found
@@ -487,6 +488,8 @@ async def lead_action(request: web.Request) -> web.Response:
             await hub.actions.resolve(lead.number, by=viewer.id)
         elif action == "reopen":
             await hub.actions.reopen(lead.number, by=viewer.id)
+        elif action == "spam":
+            await hub.actions.mark_spam(lead.number, by=viewer.id)
         elif action == "merge":
             if not sees_all(viewer):
                 return error_page(request, 403, "dash.error.forbidden")
