@@ -981,3 +981,15 @@ async def test_a_lead_is_marked_as_spam_from_the_dashboard(hub: Hub, base_url: s
     assert f'data-lead="{ref}"' not in queue  # out of the open queue
     again = await session.post(f"{base_url}/dashboard/leads/{ref}/spam", data={"csrf": csrf})
     assert "error=already_spam" in str(again.url)
+
+
+async def test_the_reports_page_names_channels_in_the_pages_language(hub: Hub, base_url: str, olena) -> None:
+    session, _ = olena
+    await _form_lead(session, base_url)
+    text = await (await session.get(f"{base_url}/dashboard/reports", params={"lang": "uk"})).text()
+    select = text[text.index('id="r-channel"') : text.index("</select>", text.index('id="r-channel"'))]
+    assert '<option value="webform" >вебформа</option>' in select
+    assert '<option value="email" >ел. пошта</option>' in select
+    table = text[text.index('id="table-channel"') :]
+    table = table[: table.index("</table>")]
+    assert '<th scope="row">вебформа</th>' in table and ">webform<" not in table
