@@ -285,3 +285,33 @@ async def test_the_queue_pages_forward_and_back_keeping_filters_language_and_liv
     assert await shown() == ["L-1", "L-2", "L-3"]
     assert "kind=message" in page.url and "lang=en" in page.url
     assert await page.get_by_role("link", name="‹ Previous page").count() == 0
+
+
+async def test_the_lead_page_says_when_the_customer_writes_again_without_losing_a_draft(
+    hub: Hub, browser: Any, base_url: str
+) -> None:
+    ref = await _submit_form(base_url)
+    other = await _submit_form(base_url, name="Інший Клієнт", email="other@example.com")
+    page = await _sign_in(browser, base_url, "olena")
+    await page.goto(f"{base_url}/dashboard/leads/{ref}")
+    await page.wait_for_selector('#live-status[data-connected="1"]')
+    await page.get_by_label("Відповідь клієнтові").fill("Чернетка відповіді")
+    # Another lead's news is not this page's business.
+    await hub.actions.resolve(int(other[2:]), by="test")
+    inbound = Inbound(
+        channel="email",
+        external_id="follow-up-1",
+        sender=Identity(IdentityKind.EMAIL, "maria@example.com", "Марія"),
+        text="І ще одне питання",
+        received_at=utcnow(),
+        thread=ThreadHints(lead_number=int(ref[2:])),
+    )
+    await hub.intake.accept(inbound)
+    notice = page.locator("#lead-changed")
+    await notice.wait_for()
+    assert "Звернення змінилося" in await notice.inner_text()
+    assert (
+        await page.get_by_label("Відповідь клієнтові").input_value() == "Чернетка відповіді"
+    )  # not reloaded
+    await notice.get_by_role("link", name="Оновити сторінку").click()
+    await page.locator(".msg-in", has_text="І ще одне питання").wait_for()
