@@ -1,4 +1,5 @@
-"""Staff actions on a lead: assign, resolve, reopen, change kind. Each records an event."""
+"""Staff actions on a lead: assign, resolve, reopen, change kind, mark as spam. Each records an
+event."""
 
 from __future__ import annotations
 
@@ -10,6 +11,10 @@ from hub.errors import ConflictError, NotFoundError, ValidationFailed
 from hub.events import EventBus
 from hub.sla import SlaClock, merge_changes, update_clock
 from storage.base import LeadChanges, Store
+
+SPAM_TAG = "spam"
+#: The event a change of tags records (the same type Telegram's Spam button writes).
+LEAD_TAGGED = "lead.tagged"
 
 
 def customer_waiting(messages: list[Message]) -> bool:
@@ -103,6 +108,23 @@ class LeadActions:
 
         _, lead = await update_clock(self._store, lead, reopened)
         await self._record(lead, EventType.LEAD_REOPENED, now, {"by": by})
+        return lead
+
+    async def mark_spam(self, number: int, by: str, now: datetime | None = None) -> Lead:
+        """Tag the lead `spam` and resolve it if it is open (nothing is owed to a spammer); a
+        reopen undoes the resolution, the tag stays as a record."""
+        now = now or utcnow()
+        lead = await self._lead(number)
+        if SPAM_TAG in lead.tags and not lead.is_active:
+            raise ConflictError(f"{lead.ref} is already marked as spam", code="already_spam")
+        if SPAM_TAG not in lead.tags:
+            tags = sorted({*lead.tags, SPAM_TAG})
+            lead = await self._store.update_lead(number, LeadChanges(tags=tags, updated_at=now)) or lead
+            event = Event(LEAD_TAGGED, now, lead.number, {"tags": tags, "by": by})
+            await self._store.append_event(event)
+            await self._bus.publish(event, lead)
+        if lead.is_active:
+            lead = await self.resolve(number, by, now)
         return lead
 
     async def set_kind(self, number: int, kind: LeadKind, by: str, now: datetime | None = None) -> Lead:

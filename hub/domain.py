@@ -308,6 +308,8 @@ class InboxItem:
 class Page(Generic[T]):
     items: list[T]
     next_cursor: str | None
+    #: Where the page before this one ends (None on the first page); only lead listings set it.
+    prev_cursor: str | None = None
 
 
 class EventType(StrEnum):

@@ -13,7 +13,7 @@ from hub.errors import HubError
 REFUSALS = frozenset(
     {
         "empty_text", "too_long", "no_manager", "no_lead", "already_resolved", "already_open",
-        "closed", "reply_erased", "invalid", "conflict", "failed",
+        "already_spam", "closed", "reply_erased", "invalid", "conflict", "failed",
     }
 )  # fmt: skip
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -50,6 +50,71 @@ LEAD_ORDERS: tuple[LeadOrder, ...] = ("newest", "due")
 
 
 @dataclass(frozen=True, slots=True)
+class LeadCursor:
+    """Where a page of `list_leads` starts: after (or, `backward`, before) one lead.
+
+    `owed` says which part of the due order the lead is in, `key` holds its sort value in the
+    adapter's own exact encoding (due time for an owed lead, else the update time; unused for
+    "newest"). The text form goes into URLs, so `parse` refuses anything it did not make.
+    """
+
+    backward: bool
+    number: int
+    owed: bool = False
+    key: str = ""
+
+    def text(self, order: LeadOrder) -> str:
+        if order == "newest" and not self.backward:
+            return str(self.number)  # the API's cursors stay what they were
+        if order == "newest":
+            return f"b{self.number}"
+        return f"{'b' if self.backward else 'a'}{'o' if self.owed else 'r'}{self.key}_{self.number}"
+
+    @classmethod
+    def parse(cls, raw: str, order: LeadOrder) -> LeadCursor:
+        bad = ValueError(f"invalid cursor {raw[:40]!r} for leads in {order} order")
+        if order == "newest":
+            digits = raw[1:] if raw.startswith("b") else raw
+            if not (digits.isascii() and digits.isdigit()) or len(digits) > 18:
+                raise bad
+            return cls(backward=raw.startswith("b"), number=int(digits))
+        key, _, number = raw[2:].rpartition("_")
+        if (
+            len(raw) > 80
+            or raw[:1] not in ("a", "b")
+            or raw[1:2] not in ("o", "r")
+            or not key
+            or not (number.isascii() and number.isdigit())
+            or len(number) > 18
+        ):
+            raise bad
+        return cls(backward=raw[0] == "b", number=int(number), owed=raw[1] == "o", key=key)
+
+
+def lead_page(
+    order: LeadOrder, found: Sequence[tuple[Lead, LeadCursor]], limit: int, at: LeadCursor | None
+) -> Page[Lead] | None:
+    """A page from up to `limit + 1` leads read from `at` in reading order (backward: nearest
+    first), each with its own position (`backward=False`). None when a backward read reached
+    the start: the caller reads the first page instead, so "previous" never shows a short page."""
+    if at is not None and at.backward:
+        if len(found) <= limit:
+            return None
+        found = list(reversed(found[:limit]))
+        return Page(
+            items=[lead for lead, _ in found],
+            next_cursor=found[-1][1].text(order),
+            prev_cursor=replace(found[0][1], backward=True).text(order),
+        )
+    kept = found[:limit]
+    return Page(
+        items=[lead for lead, _ in kept],
+        next_cursor=kept[-1][1].text(order) if len(found) > limit and kept else None,
+        prev_cursor=replace(kept[0][1], backward=True).text(order) if at is not None and kept else None,
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class LeadQuery:
     """Filters for queue and API listings; None means 'any'."""
 
@@ -57,14 +122,17 @@ class LeadQuery:
     kind: LeadKind | None = None
     assignee: str | None = None
     unassigned: bool = False
+    #: With `assignee`: that manager's leads and the unassigned ones (an agent's queue).
+    or_unassigned: bool = False
     team: str | None = None
     channel: str | None = None
     breached: bool | None = None
     contact_id: str | None = None
     text: str | None = None  # matches subject, contact name, identity values
-    #: "newest": number descending, cursor-paginated. "due": the queue's order, one page (no
-    #: cursor): unanswered leads with a first-response due time, soonest (most overdue) first,
-    #: then the others, most recently updated first.
+    #: "newest": number descending. "due": the queue's order: active unanswered leads with a
+    #: first-response due time, soonest (most overdue) first, then the others, most recently
+    #: updated first. Both are keyset-paginated (`Page.next_cursor`, `Page.prev_cursor`), so a
+    #: lead that changes between two page loads does not push another one onto both pages.
     order: LeadOrder = "newest"
 
 
@@ -344,7 +412,10 @@ class Store(Protocol):
         in one atomic write; otherwise nothing is written and None is returned."""
 
     async def list_leads(self, query: LeadQuery, limit: int, cursor: str | None = None) -> Page[Lead]:
-        """Leads matching the query in `query.order` (newest first by default), cursor-paginated."""
+        """Leads matching the query in `query.order` (newest first by default), keyset-paginated:
+        `cursor` is a `next_cursor` or `prev_cursor` of an earlier page of the same query
+        (ValueError for anything else). A page before which fewer than `limit` leads are left
+        is the first page. Each page is read along an index in both directions."""
 
     async def count_leads(self, query: LeadQuery) -> int:
         """How many leads match the query (its order aside)."""

@@ -75,10 +75,12 @@ from storage.base import (
     KpiQuery,
     KpiRow,
     LeadChanges,
+    LeadCursor,
     LeadQuery,
     RoutingSnapshot,
     SlaClaim,
     StoreError,
+    lead_page,
     phone_conflict_line,
 )
 from storage.kpi_rollup import KPI_SORT_LIMIT, LeadFacts, check_groupings, rollup_delta
@@ -95,6 +97,23 @@ PING_TIMEOUT_SECONDS = 3.0
 TEXT_MATCH_CONTACTS_CAP = 5000
 
 _ACTIVE = sorted(s.value for s in ACTIVE_STATUSES)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+
+
+def _cursor_ms(value: datetime) -> str:
+    """A due-order cursor's key: whole milliseconds, exactly what BSON keeps of a datetime."""
+    aware = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    return str((aware - _EPOCH) // _MS)
+
+
+def _cursor_time(at: LeadCursor) -> datetime:
+    key = at.key[1:] if at.key.startswith("-") else at.key
+    if not (key.isascii() and key.isdigit()) or len(key) > 15:
+        raise ValueError(f"invalid cursor key {at.key[:40]!r}")
+    return _EPOCH + int(at.key) * _MS
+
+
 #: Armed SLA marks: (pending field, condition, mark fields set by its claim, level, event),
 #: warnings before breaches. The target's own mark records that its episode fired (see hub.sla
 #: retarget); warned_at / breached_at are the first-response target's marks only (the KPI's
@@ -737,10 +756,15 @@ class MongoStore:
         )
         await leads.create_index([("status", ASCENDING), ("_id", DESCENDING)], name="lead_status_number")
         await leads.create_index([("team", ASCENDING), ("_id", DESCENDING)], name="lead_team_number")
-        # The queue in due order (list_leads order="due"): a SORT_MERGE over the statuses.
+        # The queue in due order (list_leads order="due"): a SORT_MERGE over the statuses,
+        # for the owed leads by due time, for the rest by update time; read from a page's cursor.
         await leads.create_index(
             [("status", ASCENDING), ("first_response_due", ASCENDING), ("_id", ASCENDING)],
             name="lead_status_due",
+        )
+        await leads.create_index(
+            [("status", ASCENDING), ("updated_at", ASCENDING), ("_id", ASCENDING)],
+            name="lead_status_updated",
         )
         await leads.create_index(
             # A compound key (not _id alone, which the default _id index owns) in number order.
@@ -1257,6 +1281,8 @@ class MongoStore:
             conditions.append({"kind": query.kind.value})
         if query.unassigned:
             conditions.append({"assignee": None})
+        elif query.assignee is not None and query.or_unassigned:
+            conditions.append({"assignee": {"$in": [query.assignee, None]}})
         elif query.assignee is not None:
             conditions.append({"assignee": query.assignee})
         if query.team is not None:
@@ -1290,62 +1316,89 @@ class MongoStore:
 
     @_translated
     async def list_leads(self, query: LeadQuery, limit: int, cursor: str | None = None) -> Page[Lead]:
-        """Leads matching the query in `query.order` (newest first by default), cursor-paginated."""
-        if query.order == "due":
-            if cursor is not None:
-                raise ValueError("leads in due order come as one page (no cursor)")
-            return Page(items=await self._leads_by_due(query, limit), next_cursor=None)
-        if query.order != "newest":
+        """Leads matching the query in `query.order` (newest first by default), keyset pages."""
+        if query.order not in LEAD_ORDERS:
             raise ValueError(f"unknown lead order {query.order!r}; use one of {LEAD_ORDERS}")
-        mongo_query = await self._lead_query(query)
-        if cursor is not None:
-            if not cursor.isdigit():
-                raise ValueError(f"invalid cursor {cursor!r}")
-            mongo_query = (
-                {"$and": [mongo_query, {"_id": {"$lt": int(cursor)}}]}
-                if mongo_query
-                else {"_id": {"$lt": int(cursor)}}
-            )
-        found = self._col("leads").find(mongo_query).sort("_id", DESCENDING).limit(limit + 1)
-        docs = [doc async for doc in found]
-        leads = [_lead(d) for d in docs[:limit]]
-        next_cursor = str(leads[-1].number) if len(docs) > limit and leads else None
-        return Page(items=leads, next_cursor=next_cursor)
-
-    async def _leads_by_due(self, query: LeadQuery, limit: int) -> list[Lead]:
-        base = await self._lead_query(query)
-        # Two reads, as in SQLite: the owed part is read in lead_status_due order and stops
-        # after `limit` matches; only a short page leaves room for the answered ones.
-        # Only an active lead is still owed an answer: a resolved or closed one never answered
-        # sorts with the rest, or it would crowd the urgent ones out of the limit.
-        owed: Doc = {
-            "status": {"$in": _ACTIVE},
-            "first_response_at": None,
-            "first_response_due": {"$type": "date"},
-        }
-        found = (
-            self._col("leads")
-            .find({"$and": [base, owed]} if base else owed)
-            .sort([("first_response_due", ASCENDING), ("_id", ASCENDING)])
-            .limit(limit)
-        )
-        docs = [doc async for doc in found]
-        if len(docs) < limit:
-            rest: Doc = {
-                "$or": [
-                    {"status": {"$nin": _ACTIVE}},
-                    {"first_response_at": {"$type": "date"}},
-                    {"first_response_due": None},
-                ]
-            }
-            more = (
+        at = LeadCursor.parse(cursor, query.order) if cursor is not None else None
+        if query.order == "due":
+            found = await self._leads_by_due(query, limit, at)
+        else:
+            mongo_query = await self._lead_query(query)
+            backward = at is not None and at.backward
+            if at is not None:
+                bound: Doc = {"_id": {"$gt" if backward else "$lt": at.number}}
+                mongo_query = {"$and": [mongo_query, bound]} if mongo_query else bound
+            docs = (
                 self._col("leads")
-                .find({"$and": [base, rest]} if base else rest)
-                .sort([("updated_at", DESCENDING), ("_id", ASCENDING)])
-                .limit(limit - len(docs))
+                .find(mongo_query)
+                .sort("_id", ASCENDING if backward else DESCENDING)
+                .limit(limit + 1)
             )
-            docs += [doc async for doc in more]
-        return [_lead(d) for d in docs]
+            found = [(_lead(d), LeadCursor(backward=False, number=d["_id"])) async for d in docs]
+        page = lead_page(query.order, found, limit, at)
+        return page if page is not None else await self.list_leads(query, limit)
+
+    async def _leads_by_due(
+        self, query: LeadQuery, limit: int, at: LeadCursor | None
+    ) -> list[tuple[Lead, LeadCursor]]:
+        """Up to `limit + 1` leads in due order from `at` (backward: nearest first), as in
+        SQLite: the owed part along lead_status_due, then the rest along lead_status_updated,
+        each a SORT_MERGE over the statuses asked for, stopped at the page's end."""
+        base = await self._lead_query(query)
+        backward = at is not None and at.backward
+        parts: tuple[str, ...] = ("rest", "owed") if backward else ("owed", "rest")
+        if at is not None:
+            parts = parts[parts.index("owed" if at.owed else "rest") :]
+        statuses = sorted(s.value for s in (query.statuses if query.statuses is not None else LeadStatus))
+        found: list[tuple[Lead, LeadCursor]] = []
+        for part in parts:
+            want = limit + 1 - len(found)
+            if want <= 0:
+                break
+            if part == "owed":
+                # Only an active lead is still owed an answer: a resolved or closed one never
+                # answered sorts with the rest, or it would crowd the urgent ones out.
+                asked = [s for s in statuses if s in _ACTIVE]
+                if not asked:
+                    continue
+                field, ascending = "first_response_due", not backward
+                cond: Doc = {
+                    "status": {"$in": asked},
+                    "first_response_at": None,
+                    "first_response_due": {"$type": "date"},
+                }
+            else:
+                field, ascending = "updated_at", backward
+                cond = {
+                    # Every status named, so the planner merges one index range per status.
+                    "status": {"$in": statuses},
+                    "$or": [
+                        {"status": {"$nin": _ACTIVE}},
+                        {"first_response_at": {"$type": "date"}},
+                        {"first_response_due": None},
+                    ],
+                }
+            conditions = [c for c in (base, cond) if c]
+            bound = at if at is not None and at.owed == (part == "owed") else None
+            if bound is not None:
+                key = _cursor_time(bound)
+                after, reach = ("$gt", "$gte") if ascending else ("$lt", "$lte")
+                conditions.append({field: {reach: key}})  # the index range; the $or trims its edge
+                conditions.append(
+                    {"$or": [{field: {after: key}}, {field: key, "_id": {after: bound.number}}]}
+                )
+            direction = ASCENDING if ascending else DESCENDING
+            docs = (
+                self._col("leads")
+                .find({"$and": conditions})
+                .sort([(field, direction), ("_id", direction)])
+                .limit(want)
+            )
+            found += [
+                (_lead(d), LeadCursor(False, d["_id"], part == "owed", _cursor_ms(d[field])))
+                async for d in docs
+            ]
+        return found
 
     @_translated
     async def count_leads(self, query: LeadQuery) -> int:

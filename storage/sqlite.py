@@ -14,6 +14,7 @@ import contextvars
 import functools
 import json
 import logging
+import math
 import os
 import random
 import sqlite3
@@ -59,11 +60,13 @@ from storage.base import (
     KpiQuery,
     KpiRow,
     LeadChanges,
+    LeadCursor,
     LeadQuery,
     RoutingSnapshot,
     SlaClaim,
     StoreError,
     interpolated_percentiles,
+    lead_page,
     phone_conflict_line,
 )
 from storage.kpi_rollup import KPI_SORT_LIMIT
@@ -513,6 +516,25 @@ _INSERT_MESSAGE = (
 
 _ACTIVE = tuple(s.value for s in ACTIVE_STATUSES)
 _ACTIVE_SQL = "(" + ",".join(f"'{s}'" for s in sorted(_ACTIVE)) + ")"
+#: An active lead still owed a first answer: the first part of the queue's due order.
+_OWED_SQL = f"status IN {_ACTIVE_SQL} AND first_response_at IS NULL AND first_response_due IS NOT NULL"
+#: The due order's two parts, each paged along its own index from a cursor (list_leads). Made
+#: at every open, so older files get them too.
+_QUEUE_INDEXES = f"""
+CREATE INDEX IF NOT EXISTS leads_owed_due ON leads (first_response_due, number) WHERE {_OWED_SQL};
+CREATE INDEX IF NOT EXISTS leads_status_updated ON leads (status, updated_at, number);
+"""
+
+
+def _cursor_key(at: LeadCursor) -> float:
+    """A due-order cursor's sort value (a REAL this adapter wrote into the cursor with repr)."""
+    try:
+        value = float(at.key)
+    except ValueError:
+        raise ValueError(f"invalid cursor key {at.key[:40]!r}") from None
+    if not math.isfinite(value):
+        raise ValueError(f"invalid cursor key {at.key[:40]!r}")
+    return value
 
 
 _T = TypeVar("_T")
@@ -836,7 +858,7 @@ class SqliteStore:
                 (_PAUSED_MARKS_KEY,),
             )
         await self._renormalize_phones()
-        for statement in _SLA_INDEXES.split(";"):
+        for statement in (_SLA_INDEXES + _QUEUE_INDEXES).split(";"):
             if statement.strip():
                 await self._db.execute(statement)
         for index in _RETIRED_INDEXES:
@@ -1710,50 +1732,101 @@ class SqliteStore:
         return _lead(row) if row else None
 
     async def list_leads(self, query: LeadQuery, limit: int, cursor: str | None = None) -> Page[Lead]:
-        if query.order == "due":
-            if cursor is not None:
-                raise ValueError("leads in due order come as one page (no cursor)")
-            return Page(items=await self._leads_by_due(query, limit), next_cursor=None)
-        if query.order != "newest":
+        if query.order not in LEAD_ORDERS:
             raise ValueError(f"unknown lead order {query.order!r}; use one of {LEAD_ORDERS}")
-        where, params = self._lead_where(query)
-        if cursor is not None:
-            if not cursor.isdigit():
-                raise ValueError(f"invalid cursor {cursor!r}")
-            where.append("number < ?")
-            params.append(int(cursor))
-        sql = f"SELECT {_LEAD_COLUMNS} FROM leads"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY number DESC LIMIT ?"
-        params.append(limit + 1)
-        rows = await self._read(sql, params)
-        leads = [_lead(r) for r in rows[:limit]]
-        next_cursor = str(leads[-1].number) if len(rows) > limit and leads else None
-        return Page(items=leads, next_cursor=next_cursor)
+        at = LeadCursor.parse(cursor, query.order) if cursor is not None else None
+        if query.order == "due":
+            found = await self._leads_by_due(query, limit, at)
+        else:
+            where, params = self._lead_where(query)
+            backward = at is not None and at.backward
+            if at is not None:
+                where.append("number > ?" if backward else "number < ?")
+                params.append(at.number)
+            sql = f"SELECT {_LEAD_COLUMNS} FROM leads"
+            if where:
+                sql += " WHERE " + " AND ".join(where)
+            sql += f" ORDER BY number {'ASC' if backward else 'DESC'} LIMIT ?"
+            rows = await self._read(sql, [*params, limit + 1])
+            found = [(_lead(r), LeadCursor(backward=False, number=r["number"])) for r in rows]
+        page = lead_page(query.order, found, limit, at)
+        return page if page is not None else await self.list_leads(query, limit)
 
-    async def _leads_by_due(self, query: LeadQuery, limit: int) -> list[Lead]:
+    async def _leads_by_due(
+        self, query: LeadQuery, limit: int, at: LeadCursor | None
+    ) -> list[tuple[Lead, LeadCursor]]:
+        """Up to `limit + 1` leads in due order from `at` (backward: nearest first).
+
+        Two parts, each read along an index from the cursor and stopped at the page's end: the
+        owed leads by (due, number) in leads_owed_due (a partial index, so answered leads are
+        never walked), then the rest by (updated_at, number) in leads_status_updated, one range
+        per status merged (as MongoDB's SORT_MERGE does), never a sort of every match.
+        """
+        backward = at is not None and at.backward
+        parts: tuple[str, ...] = ("rest", "owed") if backward else ("owed", "rest")
+        if at is not None:
+            # Begin in the cursor's own part: the other one lies entirely behind it.
+            parts = parts[parts.index("owed" if at.owed else "rest") :]
+        found: list[tuple[Lead, LeadCursor]] = []
+        for part in parts:
+            want = limit + 1 - len(found)
+            if want <= 0:
+                break
+            bound = at if at is not None and at.owed == (part == "owed") else None
+            if part == "owed":
+                rows = await self._owed_rows(query, want, bound, backward)
+                column = "first_response_due"
+            else:
+                rows = await self._rest_rows(query, want, bound, backward)
+                column = "updated_at"
+            found += [
+                (_lead(r), LeadCursor(False, r["number"], part == "owed", repr(float(r[column]))))
+                for r in rows
+            ]
+        return found
+
+    async def _owed_rows(
+        self, query: LeadQuery, limit: int, bound: LeadCursor | None, backward: bool
+    ) -> list[sqlite3.Row]:
+        if query.statuses is not None and not set(query.statuses) & ACTIVE_STATUSES:
+            return []  # nothing asked for can be owed
         where, params = self._lead_where(query)
-        # The filters' index (leads_status_number for the queue's active statuses) finds the
-        # matches and a top-`limit` sorter keeps the soonest: O(matching leads), no extra index
-        # for every write to keep. The answered part is read only when the owed part is short.
-        # Only an active lead is still owed an answer: a resolved or closed one never answered
-        # sorts with the rest, or it would crowd the urgent ones out of the limit.
-        owed_if = f"status IN {_ACTIVE_SQL} AND first_response_at IS NULL AND first_response_due IS NOT NULL"
-        owed = [*where, owed_if]
-        rows = await self._read(
-            f"SELECT {_LEAD_COLUMNS} FROM leads WHERE {' AND '.join(owed)} "
-            "ORDER BY first_response_due, number LIMIT ?",
+        # Written as leads_owed_due's own WHERE, so SQLite can use the partial index.
+        where.append(_OWED_SQL)
+        if bound is not None:
+            where.append(f"(first_response_due, number) {'<' if backward else '>'} (?, ?)")
+            params += [_cursor_key(bound), bound.number]
+        direction = "DESC" if backward else "ASC"
+        # INDEXED BY: the planner would rather take a status index and sort every owed match
+        # (it cannot know the partial index holds only the few owed leads of 1M).
+        return await self._read(
+            f"SELECT {_LEAD_COLUMNS} FROM leads INDEXED BY leads_owed_due WHERE {' AND '.join(where)} "
+            f"ORDER BY first_response_due {direction}, number {direction} LIMIT ?",
             [*params, limit],
         )
-        if len(rows) < limit:
-            rest = [*where, f"NOT ({owed_if})"]
-            rows += await self._read(
-                f"SELECT {_LEAD_COLUMNS} FROM leads WHERE {' AND '.join(rest)} "
-                "ORDER BY updated_at DESC, number LIMIT ?",
-                [*params, limit - len(rows)],
+
+    async def _rest_rows(
+        self, query: LeadQuery, limit: int, bound: LeadCursor | None, backward: bool
+    ) -> list[sqlite3.Row]:
+        where, params = self._lead_where(query)
+        if bound is not None:
+            where.append(f"(updated_at, number) {'>' if backward else '<'} (?, ?)")
+            params += [_cursor_key(bound), bound.number]
+        direction = "ASC" if backward else "DESC"
+        order = f"ORDER BY updated_at {direction}, number {direction}"
+        parts: list[str] = []
+        part_params: list[Any] = []
+        for status in sorted(query.statuses if query.statuses is not None else LeadStatus):
+            # An active lead is here only when nothing is owed on it (the rest are the owed part).
+            answered = " AND (first_response_at IS NOT NULL OR first_response_due IS NULL)"
+            parts.append(
+                f"SELECT * FROM (SELECT {_LEAD_COLUMNS} FROM leads WHERE {' AND '.join([*where, 'status = ?'])}"
+                f"{answered if status in ACTIVE_STATUSES else ''} {order} LIMIT ?)"
             )
-        return [_lead(r) for r in rows]
+            part_params += [*params, status.value, limit]
+        if not parts:
+            return []
+        return await self._read(f"{' UNION ALL '.join(parts)} {order} LIMIT ?", [*part_params, limit])
 
     async def count_leads(self, query: LeadQuery) -> int:
         where, params = self._lead_where(query)
@@ -1773,6 +1846,9 @@ class SqliteStore:
             params.append(query.kind.value)
         if query.unassigned:
             where.append("assignee IS NULL")
+        elif query.assignee is not None and query.or_unassigned:
+            where.append("(assignee = ? OR assignee IS NULL)")
+            params.append(query.assignee)
         elif query.assignee is not None:
             where.append("assignee = ?")
             params.append(query.assignee)

@@ -41,6 +41,23 @@
       })
       .catch(function () { /* the next event or a reload will catch up */ });
   }
+  // The lead page is not reloaded under the manager's hands (a reply being written would be
+  // lost): it says that the lead changed and offers a reload.
+  function leadChanged(status) {
+    if (document.getElementById("lead-changed")) return;
+    var note = document.createElement("p");
+    note.id = "lead-changed";
+    note.className = "notice";
+    note.setAttribute("role", "status");
+    note.appendChild(document.createTextNode(status.dataset.changed + " "));
+    var link = document.createElement("a");
+    // Without ?done= or ?error= (that news is old), with the page's ?lang=.
+    var lang = new URLSearchParams(window.location.search).get("lang");
+    link.href = window.location.pathname + (lang ? "?lang=" + encodeURIComponent(lang) : "");
+    link.textContent = status.dataset.reload;
+    note.appendChild(link);
+    status.parentNode.insertBefore(note, status.nextSibling);
+  }
   function connect() {
     var status = document.getElementById("live-status");
     var table = document.querySelector("table.queue");
@@ -57,6 +74,8 @@
       if (table) {
         clearTimeout(timer);
         timer = setTimeout(function () { refreshRows(table, data.lead); }, 150);
+      } else if (status.dataset.lead) {
+        if (data.lead === status.dataset.lead) leadChanged(status);
       } else if (status.dataset.reload && /^sla\./.test(data.type || "")) {
         window.location.reload();
       }

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -16,7 +16,9 @@ import pytest
 from hub.app import Hub
 from hub.config import Settings
 from hub.domain import Identity, IdentityKind, Inbound, ThreadHints, utcnow
+from hub.web.dashboard import views
 from tests.browser.conftest import screenshot_path
+from tests.contract.builders import new_lead
 from tests.support.dashboard import PASSWORDS, managers_with_passwords
 
 pytestmark = pytest.mark.browser
@@ -228,3 +230,88 @@ async def test_the_lead_page_counts_down_in_the_pages_language(hub: Hub, browser
     countdown = page.locator(".due .countdown")
     await countdown.filter(has_text="прострочено на").wait_for()
     assert "overdue" not in (await countdown.inner_text())
+
+
+@pytest.mark.parametrize("size", ["phone", "desktop"])
+async def test_the_queue_pages_forward_and_back_keeping_filters_language_and_live_rows(
+    hub: Hub, browser: Any, base_url: str, monkeypatch: pytest.MonkeyPatch, size: str
+) -> None:
+    monkeypatch.setattr(views, "QUEUE_PAGE", 3)
+    now = utcnow()
+    async with hub.store.deferred_commit():
+        # Seven overdue leads (L-1 the most overdue), so a form lead arriving later sorts last.
+        for number in range(1, 8):
+            await new_lead(hub.store, "c-pages", first_response_due=now - timedelta(hours=10 - number))
+    viewport = PHONE if size == "phone" else {"width": 1366, "height": 900}
+    page = await _sign_in(browser, base_url, "olena", viewport=viewport)
+    await page.goto(f"{base_url}/dashboard?kind=message&lang=en")
+    await page.wait_for_selector('#live-status[data-connected="1"]')
+
+    async def shown() -> list[str]:
+        refs: list[str] = await page.locator("tr[data-lead]").evaluate_all(
+            "rows => rows.map(r => r.dataset.lead)"
+        )
+        return refs
+
+    async def go(rel: str, label: str) -> None:
+        link = page.get_by_role("link", name=label)
+        box = await link.bounding_box()
+        assert box is not None and box["x"] + box["width"] <= viewport["width"], (rel, box)  # reachable
+        await link.click()
+        await page.wait_for_load_state()
+
+    assert await shown() == ["L-1", "L-2", "L-3"]
+    await go("next", "Next page ›")
+    assert await shown() == ["L-4", "L-5", "L-6"]
+    assert "kind=message" in page.url and "lang=en" in page.url
+    assert await page.get_by_label("Kind").input_value() == "message"
+    await go("next", "Next page ›")
+    assert await shown() == ["L-7"]
+    assert await page.get_by_role("link", name="Next page ›").count() == 0
+    await page.wait_for_selector('#live-status[data-connected="1"]')
+    # A new lead (due in 2 s: the last in due order) shows up live on the last page, in English.
+    ref = await _submit_form(base_url)
+    await page.wait_for_selector(f'tr[data-lead="{ref}"]')
+    assert await shown() == ["L-7", ref]
+    assert "Page 3: 2 of 8" in await page.locator(".pager-status").inner_text()
+    scroll_width, inner_width = await page.evaluate(
+        "() => [document.documentElement.scrollWidth, window.innerWidth]"
+    )
+    assert scroll_width == inner_width, (size, scroll_width)
+    await _shot(page, f"queue-pages-{size}")
+    await go("prev", "‹ Previous page")
+    assert await shown() == ["L-4", "L-5", "L-6"]
+    await go("prev", "‹ Previous page")
+    assert await shown() == ["L-1", "L-2", "L-3"]
+    assert "kind=message" in page.url and "lang=en" in page.url
+    assert await page.get_by_role("link", name="‹ Previous page").count() == 0
+
+
+async def test_the_lead_page_says_when_the_customer_writes_again_without_losing_a_draft(
+    hub: Hub, browser: Any, base_url: str
+) -> None:
+    ref = await _submit_form(base_url)
+    other = await _submit_form(base_url, name="Інший Клієнт", email="other@example.com")
+    page = await _sign_in(browser, base_url, "olena")
+    await page.goto(f"{base_url}/dashboard/leads/{ref}")
+    await page.wait_for_selector('#live-status[data-connected="1"]')
+    await page.get_by_label("Відповідь клієнтові").fill("Чернетка відповіді")
+    # Another lead's news is not this page's business.
+    await hub.actions.resolve(int(other[2:]), by="test")
+    inbound = Inbound(
+        channel="email",
+        external_id="follow-up-1",
+        sender=Identity(IdentityKind.EMAIL, "maria@example.com", "Марія"),
+        text="І ще одне питання",
+        received_at=utcnow(),
+        thread=ThreadHints(lead_number=int(ref[2:])),
+    )
+    await hub.intake.accept(inbound)
+    notice = page.locator("#lead-changed")
+    await notice.wait_for()
+    assert "Звернення змінилося" in await notice.inner_text()
+    assert (
+        await page.get_by_label("Відповідь клієнтові").input_value() == "Чернетка відповіді"
+    )  # not reloaded
+    await notice.get_by_role("link", name="Оновити сторінку").click()
+    await page.locator(".msg-in", has_text="І ще одне питання").wait_for()

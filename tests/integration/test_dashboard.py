@@ -21,7 +21,8 @@ from hub.app import Hub
 from hub.config import Settings
 from hub.domain import Identity, IdentityKind, Inbound, LeadKind, LeadStatus, utcnow
 from hub.web.dashboard.auth import login_link, mint_login_token
-from hub.web.dashboard.views import BREACHES_LIMIT, QUEUE_LIMIT
+from hub.web.dashboard.views import BREACHES_PAGE, PAST_BREACHES_PAGE, QUEUE_PAGE
+from storage.base import LeadQuery
 from tests.contract.builders import lead as build_lead
 from tests.support.dashboard import PASSWORDS, csrf_from, managers_with_passwords, sign_in
 
@@ -268,23 +269,111 @@ async def test_merge_and_reply_on_a_lead_whose_contact_was_erased_are_refused(
     assert await hub.store.list_messages(int(a[2:])) == []
 
 
-async def test_the_queue_keeps_the_most_urgent_leads_when_more_are_open_than_it_shows(
+def _shown(text: str) -> list[int]:
+    return [int(ref) for ref in re.findall(r'data-lead="L-(\d+)"', text)]
+
+
+def _page_link(text: str, rel: str) -> str | None:
+    found = re.search(rf'<a href="([^"]+)" rel="{rel}"', text)
+    return html.unescape(found.group(1)) if found else None
+
+
+async def test_the_queue_pages_through_every_lead_in_due_order_keeping_filters_and_language(
     hub: Hub, base_url: str, olena
 ) -> None:
     session, _ = olena
     now = utcnow()
-    total = QUEUE_LIMIT + 10
+    total = 2 * QUEUE_PAGE + 10
     async with hub.store.deferred_commit():
         # The oldest leads are the most overdue: a newest-first cut would drop exactly them.
         for number in range(1, total + 1):
             await hub.store.create_lead(
-                build_lead(number, "c-queue", first_response_due=now + timedelta(minutes=number - 20))
+                build_lead(
+                    number,
+                    "c-queue",
+                    team="support" if number % 2 else "service",
+                    first_response_due=now + timedelta(minutes=number - 20),
+                )
             )
-    for path in ("/dashboard", "/dashboard/queue/rows"):
-        text = await (await session.get(f"{base_url}{path}", params={"lang": "en"})).text()
-        shown = [int(ref) for ref in re.findall(r'data-lead="L-(\d+)"', text)]
-        assert shown == list(range(1, QUEUE_LIMIT + 1)), (path, shown[:5], shown[-5:])
-        assert f"Showing the {QUEUE_LIMIT} most urgent of {total} leads" in text
+    support = [n for n in range(1, total + 1) if n % 2]
+    pages: list[list[int]] = []
+    url: str | None = f"{base_url}/dashboard?team=support&lang=en"
+    while url is not None:
+        resp = await session.get(url)
+        assert resp.status == 200, url
+        text = await resp.text()
+        pages.append(_shown(text))
+        assert f"Page {len(pages)}: {len(pages[-1])} of {len(support)}" in text
+        assert "selected>support</option>" in text  # the filter is still applied
+        # The live refresh re-reads this same page.
+        rows_url = html.unescape(re.search(r'data-rows-url="([^"]+)"', text).group(1))  # type: ignore[union-attr]
+        assert _shown(await (await session.get(f"{base_url}{rows_url}")).text()) == pages[-1]
+        link = _page_link(text, "next")
+        if link is not None:
+            assert "team=support" in link and "lang=en" in link, link
+        url = f"{base_url}{link}" if link else None
+    assert [n for page in pages for n in page] == support
+    assert [len(page) for page in pages] == [QUEUE_PAGE, len(support) - QUEUE_PAGE]
+    # And back: "previous" on the last page is the first page again.
+    prev = _page_link(text, "prev")
+    assert prev is not None and "lang=en" in prev and "team=support" in prev
+    first = await (await session.get(f"{base_url}{prev}")).text()
+    assert _shown(first) == pages[0]
+    assert _page_link(first, "prev") is None and "Page 1:" in first
+
+
+async def test_a_bad_page_link_shows_the_first_page_never_an_error(hub: Hub, base_url: str, olena) -> None:
+    session, _ = olena
+    now = utcnow()
+    async with hub.store.deferred_commit():
+        for number in range(1, QUEUE_PAGE + 3):
+            await hub.store.create_lead(
+                build_lead(number, "c-bad", first_response_due=now + timedelta(minutes=number))
+            )
+    first = list(range(1, QUEUE_PAGE + 1))
+    for page in ("x", "ao_1", "aonan_1", "b", "9" * 300, "ao1e999_1", "a\u0000", "%ff", "bo1_" + "9" * 30):
+        for path in ("/dashboard", "/dashboard/queue/rows"):
+            resp = await session.get(f"{base_url}{path}", params={"page": page, "page_n": "7", "lang": "en"})
+            assert resp.status == 200, (path, page)
+            text = await resp.text()
+            assert _shown(text) == first, (path, page)
+            if path == "/dashboard":
+                assert "That page link does not work any more" in text
+    for number in ("-1", "0", "x", "99999999999"):
+        cursor = (await hub.store.list_leads(_queue_query(), QUEUE_PAGE)).next_cursor
+        resp = await session.get(f"{base_url}/dashboard", params={"page": cursor or "", "page_n": number})
+        assert resp.status == 200 and _shown(await resp.text()) == [QUEUE_PAGE + 1, QUEUE_PAGE + 2]
+    resp = await session.get(
+        f"{base_url}/dashboard/breaches", params={"page": "zz", "past": "b-1", "lang": "en"}
+    )
+    assert resp.status == 200 and "That page link does not work any more" in await resp.text()
+
+
+def _queue_query() -> LeadQuery:
+    return LeadQuery(statuses=(LeadStatus.NEW, LeadStatus.OPEN, LeadStatus.WAITING_CUSTOMER), order="due")
+
+
+async def test_an_agents_queue_pages_through_own_and_unassigned_leads(hub: Hub, base_url: str) -> None:
+    now = utcnow()
+    async with hub.store.deferred_commit():
+        for number in range(1, 2 * QUEUE_PAGE + 1):
+            owner = ("taras", None, "olena")[number % 3]
+            await hub.store.create_lead(
+                build_lead(
+                    number, "c-agent", assignee=owner, first_response_due=now + timedelta(minutes=number)
+                )
+            )
+    mine = [n for n in range(1, 2 * QUEUE_PAGE + 1) if n % 3 != 2]
+    session, _ = await sign_in(base_url, "taras")
+    try:
+        text = await (await session.get(f"{base_url}/dashboard", params={"lang": "en"})).text()
+        link = _page_link(text, "next")
+        assert link is not None
+        second = await (await session.get(f"{base_url}{link}")).text()
+        assert _shown(text) + _shown(second) == mine
+        assert f"of {len(mine)}" in second
+    finally:
+        await session.close()
 
 
 async def test_a_queue_of_every_status_puts_resolved_unanswered_leads_after_the_owed_ones(
@@ -309,23 +398,49 @@ async def test_a_queue_of_every_status_puts_resolved_unanswered_leads_after_the_
         assert "data-due" not in resolved_row
 
 
-async def test_breaches_page_counts_every_breach_and_lists_the_most_overdue_first(
+async def test_breaches_page_counts_every_breach_and_pages_the_most_overdue_first(
     hub: Hub, base_url: str, olena
 ) -> None:
     session, _ = olena
     now = utcnow()
-    total = BREACHES_LIMIT + 5
+    total = BREACHES_PAGE + 5
     async with hub.store.deferred_commit():
         for number in range(1, total + 1):
             due = now - timedelta(hours=total - number + 1)  # L-1 is the most overdue
             await hub.store.create_lead(
                 build_lead(number, "c-late", first_response_due=due, breached_at=due, status=LeadStatus.OPEN)
             )
+        for number in range(total + 1, total + PAST_BREACHES_PAGE + 3):
+            due = now - timedelta(days=3)
+            await hub.store.create_lead(
+                build_lead(
+                    number, "c-late", first_response_due=due, breached_at=due, status=LeadStatus.CLOSED
+                )
+            )
+
+    def current_of(text: str) -> tuple[list[int], str]:
+        part = text[text.index('id="breaches-current"') : text.index('id="breaches-past"')]
+        return [int(ref) for ref in re.findall(r'href="/dashboard/leads/L-(\d+)"', part)], part
+
     text = await (await session.get(f"{base_url}/dashboard/breaches", params={"lang": "en"})).text()
-    current = text[: text.index("Past")]
-    shown = [int(ref) for ref in re.findall(r'href="/dashboard/leads/L-(\d+)"', current)]
-    assert shown == list(range(1, BREACHES_LIMIT + 1)), (shown[:5], shown[-5:])
-    assert f"Current (still open) ({total}) · the first {BREACHES_LIMIT} shown" in current
+    shown, part = current_of(text)
+    assert shown == list(range(1, BREACHES_PAGE + 1)), (shown[:5], shown[-5:])
+    assert f"Current (still open) ({total})" in part and f"Page 1: {BREACHES_PAGE} of {total}" in part
+    link = _page_link(part, "next")
+    assert link is not None and "lang=en" in link
+    # The past table's next page keeps the current table's page, and the other way round.
+    second = await (await session.get(f"{base_url}{link}")).text()
+    assert current_of(second)[0] == list(range(BREACHES_PAGE + 1, total + 1))
+    past_part = second[second.index('id="breaches-past"') :]
+    past_link = _page_link(past_part, "next")
+    assert past_link is not None and "page=" in past_link
+    third = await (await session.get(f"{base_url}{past_link}")).text()
+    assert current_of(third)[0] == list(range(BREACHES_PAGE + 1, total + 1))
+    past_shown = [
+        int(ref)
+        for ref in re.findall(r'href="/dashboard/leads/L-(\d+)"', third[third.index('id="breaches-past"') :])
+    ]
+    assert past_shown == [total + 2, total + 1]  # newest first: the two oldest past ones
 
 
 async def test_a_breach_resolved_unanswered_is_as_late_as_it_was_when_resolved(
@@ -800,3 +915,103 @@ async def test_a_follow_ups_own_subject_shows_on_the_lead_page_and_in_the_api(
         ("Рахунок за грудень", "І ще питання"),
         (None, "Досі не гріє"),
     ]
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("application/x-www-form-urlencoded", b"csrf={csrf}&text=\xff\xfe"),
+        ("multipart/form-data", b"--x\r\nContent-Disposition: form-data\r\n\r\nhi\r\n--x--\r\n"),
+        ("multipart/form-data; boundary=x", b"--x\r\nContent-Disposition: form-data\r\n\r\nhi\r\n--x--\r\n"),
+        ("multipart/form-data; boundary=x", b'--x\r\nContent-Disposition: form-data; name="text"\r\n'
+         b"Content-Type: text/plain; charset=nope\r\n\r\nhi\r\n--x--\r\n"),
+    ],
+)  # fmt: skip
+async def test_a_dashboard_post_body_that_cannot_be_read_is_a_400_page_not_a_500(
+    hub: Hub, base_url: str, olena, content_type: str, body: bytes
+) -> None:
+    session, csrf = olena
+    ref = await _form_lead(session, base_url)
+    for headers in ({}, {"X-CSRF-Token": csrf}):
+        resp = await session.post(
+            f"{base_url}/dashboard/leads/{ref}/reply",
+            data=body.replace(b"{csrf}", csrf.encode()),
+            headers={"Content-Type": content_type, "Accept-Language": "en", **headers},
+        )
+        assert resp.status == 400, (headers, resp.status)
+        assert "The form could not be read" in await resp.text()
+    assert [m for m in await hub.store.list_messages(int(ref[2:])) if m.direction.value == "out"] == []
+
+
+async def test_the_language_switch_works_on_a_page_opened_with_lang(base_url: str, olena) -> None:
+    session, _ = olena
+    page = await (await session.get(f"{base_url}/dashboard", params={"lang": "en", "status": "all"})).text()
+    assert '<html lang="en"' in page
+    link = html.unescape(re.search(r'href="(/dashboard/lang\?[^"]+)"', page).group(1))  # type: ignore[union-attr]
+    switched = await session.get(f"{base_url}{link}")
+    text = await switched.text()
+    assert '<html lang="uk"' in text, switched.url  # the ?lang=en of the page no longer wins
+    assert switched.url.path == "/dashboard" and switched.url.query.get("status") == "all"
+    assert "lang" not in switched.url.query
+
+
+@pytest.mark.parametrize(
+    "typed",
+    ["067 123 45 67", "+38 (067) 123-45-67", "8 067 123 45 67", "067-123-45-67", "123 45 67", "0671234567"],
+)
+async def test_a_phone_number_is_found_as_people_type_it(hub: Hub, base_url: str, olena, typed: str) -> None:
+    session, _ = olena
+    ref = await _form_lead(session, base_url, name="Телефонний Клієнт", email="", phone="+380671234567")
+    other = await _form_lead(session, base_url, name="Інший", email="other@example.com", phone="0501112233")
+    text = await (await session.get(f"{base_url}/dashboard/queue/rows", params={"q": typed})).text()
+    shown = re.findall(r'data-lead="(L-\d+)"', text)
+    assert shown == [ref], (typed, shown, other)
+
+
+async def test_a_phone_capitalizing_the_manager_id_still_signs_in(base_url: str) -> None:
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
+        page = await (await session.get(f"{base_url}/dashboard/login")).text()
+        # Phones capitalize the first letter of a text field unless told not to.
+        field = re.search(r'<input id="username"[^>]*>', page).group(0)  # type: ignore[union-attr]
+        assert 'autocapitalize="none"' in field and 'spellcheck="false"' in field
+        signed = await session.post(
+            f"{base_url}/dashboard/login",
+            data={"csrf": csrf_from(page), "username": " Olena ", "password": PASSWORDS["olena"]},
+            allow_redirects=False,
+        )
+        assert signed.status == 303
+        queue = await (await session.get(f"{base_url}/dashboard")).text()
+        assert "Олена Коваль" in queue
+
+
+async def test_a_lead_is_marked_as_spam_from_the_dashboard(hub: Hub, base_url: str, olena) -> None:
+    session, csrf = olena
+    ref = await _form_lead(session, base_url, message="Купуйте наші дешеві ліки!!!")
+    page = await (await session.get(f"{base_url}/dashboard/leads/{ref}", params={"lang": "en"})).text()
+    assert f'action="/dashboard/leads/{ref}/spam"' in page
+    done = await session.post(f"{base_url}/dashboard/leads/{ref}/spam", data={"csrf": csrf})
+    assert done.status == 200 and "done=spam" in str(done.url)
+    text = await (
+        await session.get(f"{base_url}/dashboard/leads/{ref}", params={"lang": "en", "done": "spam"})
+    ).text()
+    assert "Marked as spam and resolved." in text and "spam</span>" in text
+    lead = await hub.store.get_lead(int(ref[2:]))
+    assert lead is not None and "spam" in lead.tags and lead.status is LeadStatus.RESOLVED
+    types = [e.type for e in await hub.store.list_events(lead_number=lead.number)]
+    assert "lead.tagged" in types and "lead.resolved" in types
+    queue = await (await session.get(f"{base_url}/dashboard/queue/rows")).text()
+    assert f'data-lead="{ref}"' not in queue  # out of the open queue
+    again = await session.post(f"{base_url}/dashboard/leads/{ref}/spam", data={"csrf": csrf})
+    assert "error=already_spam" in str(again.url)
+
+
+async def test_the_reports_page_names_channels_in_the_pages_language(hub: Hub, base_url: str, olena) -> None:
+    session, _ = olena
+    await _form_lead(session, base_url)
+    text = await (await session.get(f"{base_url}/dashboard/reports", params={"lang": "uk"})).text()
+    select = text[text.index('id="r-channel"') : text.index("</select>", text.index('id="r-channel"'))]
+    assert '<option value="webform" >вебформа</option>' in select
+    assert '<option value="email" >ел. пошта</option>' in select
+    table = text[text.index('id="table-channel"') :]
+    table = table[: table.index("</table>")]
+    assert '<th scope="row">вебформа</th>' in table and ">webform<" not in table

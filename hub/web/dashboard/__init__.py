@@ -13,6 +13,8 @@ from typing import Any
 from urllib.parse import urlencode
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from yarl import URL
 
 from hub.domain import utcnow
 from hub.web.dashboard import auth, reports_view, views
@@ -90,7 +92,9 @@ async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
             # One state read per full page, for the away/back toggle in the header.
             request[VIEWER_AWAY_KEY] = await hub.availability.is_away(manager.id)
     response: web.StreamResponse
-    if request.method not in _SAFE_METHODS and not await _csrf_passes(request, state.key):
+    if request.method not in _SAFE_METHODS and not await _form_readable(request):
+        response = error_page(request, 400, "dash.error.bad_form")
+    elif request.method not in _SAFE_METHODS and not await _csrf_passes(request, state.key):
         log.warning("dashboard: %s %s refused: missing or wrong CSRF token", request.method, request.path)
         response = error_page(request, 403, "dash.error.csrf")
     elif VIEWER_KEY not in request and not request.path.startswith(_PUBLIC):
@@ -106,6 +110,24 @@ async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
         for name, value in SECURITY_HEADERS.items():
             response.headers.setdefault(name, value)
     return response
+
+
+async def _form_readable(request: web.Request) -> bool:
+    """Reads a posted form once (aiohttp keeps it for the handler); False if it cannot be read.
+
+    Only a hand-made request sends one (a raw non-UTF-8 byte, a multipart body without a
+    boundary or with an unknown charset): it gets a 400 page, not a 500 from the CSRF check or
+    the action's own read of the form.
+    """
+    if request.content_type not in _FORM_TYPES:
+        return True
+    try:
+        await request.post()
+    except (UnicodeDecodeError, ValueError, LookupError, RuntimeError, HttpProcessingError) as exc:
+        # aiohttp has no one error type for a malformed body (see channels.webform).
+        log.warning("dashboard: %s %s: unreadable form body: %s", request.method, request.path, exc)
+        return False
+    return True
 
 
 async def _csrf_passes(request: web.Request, key: bytes) -> bool:
@@ -142,6 +164,10 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
         response.headers["Retry-After"] = str(int(wait) + 1)
         return response
     manager = hub.settings.manager(username)
+    if manager is None:
+        # Phones capitalize the first letter typed ("Olena"): ids differ by more than case.
+        folded = [m for m in hub.settings.managers if m.id.casefold() == username.casefold()]
+        manager = folded[0] if len(folded) == 1 else None
     if not await auth.verify_password(manager, password) or manager is None:
         log.info("dashboard: failed sign-in for manager id %r", username)
         return render_page(
@@ -186,7 +212,9 @@ async def logout(request: web.Request) -> web.StreamResponse:
 async def set_language(request: web.Request) -> web.StreamResponse:
     """GET /dashboard/lang?to=uk&next=...: remember the UI language in a cookie."""
     language = request.query.get("to", "")
-    response = redirect(safe_next(request.query.get("next")))
+    target = URL(safe_next(request.query.get("next")))
+    # A page's ?lang= outranks the cookie: kept, it would show the page in the old language.
+    response = redirect(str(target.with_query([(k, v) for k, v in target.query.items() if k != "lang"])))
     if language in ("uk", "en"):
         response.set_cookie(LANG_COOKIE, language, max_age=365 * 86400, path="/", samesite="Lax")
     return response

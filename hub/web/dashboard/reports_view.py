@@ -173,7 +173,8 @@ async def reports_page(request: web.Request) -> web.Response:
         teams=sorted(hub.settings.teams),
         managers=hub.settings.managers,
         kinds=[k.value for k in LeadKind],
-        channels=sorted({"webform", "email", "telegram", "api"}),
+        # The queue's list: a custom channel can be picked here too.
+        channels=sorted({"webform", "email", "telegram", "api", *(c.name for c in hub.channels)}),
         chart=chart,
         csv_url=lambda table: _csv_url(params, table),
         name_of=lambda key: hub_name(hub, key),

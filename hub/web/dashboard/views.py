@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
@@ -25,6 +26,7 @@ from hub.domain import (
     utcnow,
 )
 from hub.errors import HubError
+from hub.identities import normalize_phone
 from hub.refusals import REFUSALS, refusal_code
 from hub.web.dashboard.common import (
     PREFIX,
@@ -44,14 +46,17 @@ from storage.base import ContactMissing, LeadOrder, LeadQuery
 
 log = logging.getLogger(__name__)
 
-QUEUE_LIMIT = 300
-BREACHES_LIMIT = 200
-PAST_BREACHES_LIMIT = 100
+#: Leads per page of the queue and of each breaches table.
+QUEUE_PAGE = 100
+BREACHES_PAGE = 100
+PAST_BREACHES_PAGE = 50
+#: A page number above this in a link is not one the dashboard made (shown, never queried).
+MAX_PAGE_NUMBER = 1_000_000
 #: What an action's redirect may name in ?error= (`dash.error.<code>`) and ?done=
 #: (`dash.done.<code>`). Only these codes are shown: free text from the URL would let anyone
 #: link a manager to a page that says whatever they like in its alert box.
 ERROR_CODES = REFUSALS | {"confirm", "merge_erased", "no_other_lead", "same_contact"}
-DONE_CODES = frozenset({"reply", "note", "assign", "resolve", "reopen", "merge"})
+DONE_CODES = frozenset({"reply", "note", "assign", "resolve", "reopen", "merge", "spam"})
 QUEUE_DONE_CODES = frozenset({"erased"})
 
 
@@ -141,16 +146,81 @@ def _row_state(lead: Lead, now: datetime) -> str:
     return "ok"
 
 
-def _sort_key(lead: Lead) -> tuple[int, float, int]:
-    # Active leads owed an answer by due time (soonest and overdue first), then the rest, most
-    # recently updated first (as the store's due order has them).
-    if lead.is_active and lead.first_response_at is None and lead.first_response_due is not None:
-        return (0, lead.first_response_due.timestamp(), lead.number)
-    return (1, -lead.updated_at.timestamp(), lead.number)
+@dataclass(frozen=True, slots=True)
+class PageAsk:
+    """Which page of a listing a link asks for: the store's cursor and the page's number.
+
+    The number only labels the page (leads move between loads); the cursor says where it starts.
+    """
+
+    cursor: str | None = None
+    number: int = 1
+
+    @classmethod
+    def from_query(cls, query: Any, name: str = "page") -> PageAsk:
+        cursor = str(query.get(name, "")).strip()
+        if not cursor:
+            return cls()
+        raw_number = str(query.get(f"{name}_n", ""))
+        number = (
+            int(raw_number) if raw_number.isascii() and raw_number.isdigit() and len(raw_number) < 8 else 0
+        )
+        return cls(cursor[:100], number if 2 <= number <= MAX_PAGE_NUMBER else 2)
 
 
-async def _queue_leads(request: web.Request, filters: QueueFilters) -> tuple[list[Lead], int]:
-    """The first QUEUE_LIMIT matching leads in queue order, and how many match in all."""
+@dataclass(frozen=True, slots=True)
+class Paged:
+    """One page of leads, the links around it, and how many match in all."""
+
+    leads: list[Lead]
+    total: int
+    number: int = 1
+    next_cursor: str | None = None
+    prev_cursor: str | None = None
+    bad_link: bool = False  # the link's cursor was not one the store made: this is page 1
+
+    def links(self, path: str, params: dict[str, str], name: str = "page") -> dict[str, str]:
+        """URLs of the first, previous and next pages that exist, every other parameter kept."""
+        kept = {k: v for k, v in params.items() if k not in (name, f"{name}_n")}
+
+        def url(extra: dict[str, str]) -> str:
+            query = kept | extra
+            return f"{path}?{urlencode(query)}" if query else path
+
+        found: dict[str, str] = {}
+        if self.prev_cursor is not None:
+            found["first"] = url({})
+            found["prev"] = url({name: self.prev_cursor, f"{name}_n": str(max(self.number - 1, 2))})
+        if self.next_cursor is not None:
+            found["next"] = url({name: self.next_cursor, f"{name}_n": str(self.number + 1)})
+        return found
+
+
+async def _read_page(request: web.Request, query: LeadQuery, size: int, ask: PageAsk) -> Paged:
+    """A page of `query` from the store; a cursor it refuses falls back to the first page."""
+    hub = hub_of(request)
+    bad = False
+    try:
+        page = await hub.store.list_leads(query, size, ask.cursor)
+    except ValueError as exc:
+        if ask.cursor is None:
+            raise
+        log.info("dashboard: page link %r refused, showing the first page: %s", ask.cursor[:40], exc)
+        page = await hub.store.list_leads(query, size)
+        bad = True
+    number = 1 if bad or page.prev_cursor is None else ask.number
+    return Paged(
+        leads=page.items,
+        total=await hub.store.count_leads(query),
+        number=number,
+        next_cursor=page.next_cursor,
+        prev_cursor=page.prev_cursor,
+        bad_link=bad,
+    )
+
+
+async def _queue_leads(request: web.Request, filters: QueueFilters, ask: PageAsk) -> Paged:
+    """A page of the queue (QUEUE_PAGE leads in due order), and how many match in all."""
     hub = hub_of(request)
     viewer = viewer_of(request)
     number = parse_lead_number(filters.q) if filters.q else None
@@ -161,47 +231,53 @@ async def _queue_leads(request: web.Request, filters: QueueFilters) -> tuple[lis
         digits = filters.q.strip()
         # Seven digits or more may as well be a phone number (0671112233): search for it too.
         if not (digits.isdigit() and len(digits) >= 7):
-            return by_number, len(by_number)
+            return Paged(by_number, len(by_number))
     if filters.status == "all":
         statuses: tuple[LeadStatus, ...] | None = None
     elif filters.status:
         statuses = (LeadStatus(filters.status),)
     else:
         statuses = tuple(sorted(ACTIVE_STATUSES))
-    base = LeadQuery(
+    query = LeadQuery(
         statuses=statuses,
         kind=LeadKind(filters.kind) if filters.kind else None,
         team=filters.team or None,
         channel=filters.channel or None,
-        text=filters.q or None,
-        # The store orders by due time before it cuts the page: the most urgent leads are
-        # never the ones left out, however many are open.
+        text=_search_text(filters.q) or None,
+        # The store orders by due time before it cuts the page: the most urgent leads come
+        # first, and the next page starts where this one ended however leads change meanwhile.
         order="due",
     )
     assignee = viewer.id if filters.assignee == "me" else filters.assignee
-    queries: list[LeadQuery]
     if assignee == "none":
-        queries = [_with(base, unassigned=True)]
+        query = _with(query, unassigned=True)
     elif assignee:
-        queries = [_with(base, assignee=assignee)]
-    else:
-        queries = [base]
+        query = _with(query, assignee=assignee)
     if not sees_all(viewer):
         # An agent's queue: own leads plus the unassigned ones, whatever the filters say.
-        allowed = {viewer.id, "none"}
-        if assignee and assignee not in allowed:
-            return [], 0
+        if assignee and assignee not in {viewer.id, "none"}:
+            return Paged([], 0)
         if not assignee:
-            queries = [_with(base, assignee=viewer.id), _with(base, unassigned=True)]
-    leads: dict[int, Lead] = {}
-    total = 0
-    for query in queries:  # several queries never overlap (own leads, unassigned ones)
-        page = await hub.store.list_leads(query, QUEUE_LIMIT)
-        leads.update((lead.number, lead) for lead in page.items)
-        total += await hub.store.count_leads(query)
-    found = sorted(leads.values(), key=_sort_key)
-    extra = [lead for lead in by_number if lead.number not in leads]
-    return (extra + found)[:QUEUE_LIMIT], total + len(extra)
+            query = _with(query, assignee=viewer.id, or_unassigned=True)
+    paged = await _read_page(request, query, QUEUE_PAGE, ask)
+    if paged.number > 1 or not by_number:
+        return paged
+    # The lead whose number was typed heads the first page (it may not match the filters).
+    extra = [lead for lead in by_number if lead.number not in {found.number for found in paged.leads}]
+    return replace(paged, leads=extra + paged.leads, total=paged.total + len(extra))
+
+
+#: What people type in a phone number besides digits: "+38 (067) 123-45-67".
+_PHONE_TYPED = re.compile(r"\+?[\d\s().-]+")
+
+
+def _search_text(q: str) -> str:
+    """The text to search for: a phone number typed with spaces, brackets or dashes is searched
+    as it is stored (E.164, `+380671234567`), or by its digits when it is only a part of one
+    ("123 45 67"); anything else as typed."""
+    if not _PHONE_TYPED.fullmatch(q) or q.isdigit() or sum(c.isdigit() for c in q) < 7:
+        return q
+    return normalize_phone(q) or "".join(c for c in q if c.isdigit())
 
 
 def _with(query: LeadQuery, **changes: Any) -> LeadQuery:
@@ -210,18 +286,33 @@ def _with(query: LeadQuery, **changes: Any) -> LeadQuery:
     return LeadQuery(**fields)
 
 
-async def _rows(request: web.Request, filters: QueueFilters) -> tuple[list[QueueRow], int]:
+async def _rows(request: web.Request, filters: QueueFilters, ask: PageAsk) -> tuple[list[QueueRow], Paged]:
     hub = hub_of(request)
     now = utcnow()
-    leads, total = await _queue_leads(request, filters)
+    paged = await _queue_leads(request, filters, ask)
     names: dict[str, str] = {}
     rows = []
-    for lead in leads:
+    for lead in paged.leads:
         if lead.contact_id not in names:
             contact = await hub.store.get_contact(lead.contact_id)
             names[lead.contact_id] = contact.name if contact else ""
         rows.append(QueueRow(lead, names[lead.contact_id], _row_state(lead, now)))
-    return rows, total
+    return rows, paged
+
+
+def _kept_params(request: web.Request, params: dict[str, str]) -> dict[str, str]:
+    """`params` plus the page's ?lang=: links and the live refresh keep the page's language,
+    not the cookie's or the browser's."""
+    if request.query.get("lang") in i18n.SUPPORTED:
+        return params | {"lang": request.query["lang"]}
+    return params
+
+
+def _asked_params(ask: PageAsk, paged: Paged, name: str = "page") -> dict[str, str]:
+    """The parameters that read this page again (none for the first page)."""
+    if ask.cursor is None or paged.bad_link:
+        return {}
+    return {name: ask.cursor, f"{name}_n": str(ask.number)}
 
 
 def _queue_context(request: web.Request, filters: QueueFilters) -> dict[str, Any]:
@@ -239,20 +330,21 @@ def _queue_context(request: web.Request, filters: QueueFilters) -> dict[str, Any
 
 
 async def queue(request: web.Request) -> web.Response:
-    """GET /dashboard: open leads, soonest breach first, updated live."""
+    """GET /dashboard: open leads, soonest breach first, a page at a time, updated live."""
     filters = QueueFilters.from_query(request.query)
-    rows, total = await _rows(request, filters)
-    params = filters.as_params()
-    if request.query.get("lang") in i18n.SUPPORTED:
-        # The live refresh renders rows in the page's language, not the cookie's or browser's.
-        params["lang"] = request.query["lang"]
-    rows_url = f"{PREFIX}/queue/rows?{urlencode(params)}"
+    ask = PageAsk.from_query(request.query)
+    rows, paged = await _rows(request, filters, ask)
+    params = _kept_params(request, filters.as_params())
+    # The live refresh re-reads this very page (its cursor kept), so a new lead shows on the
+    # page it belongs to and page 2 stays page 2.
+    rows_url = f"{PREFIX}/queue/rows?{urlencode(params | _asked_params(ask, paged))}"
     return render_page(
         request,
         "dashboard/queue.html",
         notice=_known(request.query.get("done", ""), QUEUE_DONE_CODES),
         rows=rows,
-        total=total,
+        paged=paged,
+        links=paged.links(PREFIX, params),
         rows_url=rows_url,
         **_queue_context(request, filters),
     )
@@ -261,8 +353,9 @@ async def queue(request: web.Request) -> web.Response:
 async def queue_rows(request: web.Request) -> web.Response:
     """GET /dashboard/queue/rows: the queue's table body (the page re-fetches it on live events)."""
     filters = QueueFilters.from_query(request.query)
-    rows, total = await _rows(request, filters)
-    return render_page(request, "dashboard/queue_rows.html", rows=rows, total=total)
+    rows, paged = await _rows(request, filters, PageAsk.from_query(request.query))
+    links = paged.links(PREFIX, _kept_params(request, filters.as_params()))
+    return render_page(request, "dashboard/queue_rows.html", rows=rows, paged=paged, links=links)
 
 
 async def events(request: web.Request) -> web.StreamResponse:
@@ -368,7 +461,8 @@ async def lead_page(request: web.Request) -> web.Response:
 
 
 async def lead_action(request: web.Request) -> web.Response:
-    """POST /dashboard/leads/{number}/{action}: reply, note, assign, resolve, reopen, merge, erase."""
+    """POST /dashboard/leads/{number}/{action}: reply, note, assign, resolve, reopen, spam, merge,
+    erase."""
     found = await _lead_for(request)
     if isinstance(found, web.Response):
         return found
@@ -394,6 +488,8 @@ async def lead_action(request: web.Request) -> web.Response:
             await hub.actions.resolve(lead.number, by=viewer.id)
         elif action == "reopen":
             await hub.actions.reopen(lead.number, by=viewer.id)
+        elif action == "spam":
+            await hub.actions.mark_spam(lead.number, by=viewer.id)
         elif action == "merge":
             if not sees_all(viewer):
                 return error_page(request, 403, "dash.error.forbidden")
@@ -462,16 +558,17 @@ class BreachRow:
 @dataclass(frozen=True, slots=True)
 class BreachTable:
     rows: list[BreachRow]
-    total: int  # all matching breaches; `rows` holds the first `limit` of them
+    paged: Paged  # `rows` are its leads; `paged.total` counts every matching breach
+    links: dict[str, str]
 
 
 async def _breach_rows(
-    request: web.Request, statuses: tuple[LeadStatus, ...], limit: int, order: LeadOrder
-) -> BreachTable:
+    request: web.Request, statuses: tuple[LeadStatus, ...], size: int, order: LeadOrder, ask: PageAsk
+) -> tuple[list[BreachRow], Paged]:
     hub = hub_of(request)
     now = utcnow()
     query = LeadQuery(statuses=statuses, breached=True, order=order)
-    page = await hub.store.list_leads(query, limit)
+    paged = await _read_page(request, query, size, ask)
     steps_types = [
         EventType.SLA_WARNING.value,
         EventType.SLA_BREACHED.value,
@@ -481,7 +578,7 @@ async def _breach_rows(
         EventType.LEAD_RESOLVED.value,
     ]
     rows = []
-    for lead in page.items:
+    for lead in paged.leads:
         lead_events = await hub.store.list_events(lead_number=lead.number, types=steps_types, limit=200)
         breach = next((e for e in lead_events if e.type == EventType.SLA_BREACHED.value), None)
         holder = breach.data.get("assignee") if breach else lead.assignee
@@ -490,19 +587,33 @@ async def _breach_rows(
         late = ((lead.first_response_at or lead.resolved_at or now) - due).total_seconds()
         steps = [e for e in lead_events if breach is None or e.at >= breach.at or e.type.startswith("sla.")]
         rows.append(BreachRow(lead, holder if isinstance(holder, str) else None, late, steps))
-    return BreachTable(rows, await hub.store.count_leads(query))
+    return rows, paged
 
 
 async def breaches(request: web.Request) -> web.Response:
-    """GET /dashboard/breaches: leads past their first-response due time, current and past."""
+    """GET /dashboard/breaches: leads past their first-response due time, current and past,
+    each table a page at a time (?page= and ?past=, each link keeping the other table's page)."""
     if not sees_all(viewer_of(request)):
         return error_page(request, 403, "dash.error.forbidden")
+    asks = {name: PageAsk.from_query(request.query, name) for name in ("page", "past")}
     # Open breaches most overdue first (the ones to act on); past ones most recent first.
-    current = await _breach_rows(request, tuple(sorted(ACTIVE_STATUSES)), BREACHES_LIMIT, "due")
-    past = await _breach_rows(
-        request, (LeadStatus.RESOLVED, LeadStatus.CLOSED), PAST_BREACHES_LIMIT, "newest"
+    current_rows, current = await _breach_rows(
+        request, tuple(sorted(ACTIVE_STATUSES)), BREACHES_PAGE, "due", asks["page"]
     )
-    return render_page(request, "dashboard/breaches.html", current=current, past=past)
+    past_rows, past = await _breach_rows(
+        request, (LeadStatus.RESOLVED, LeadStatus.CLOSED), PAST_BREACHES_PAGE, "newest", asks["past"]
+    )
+    path = f"{PREFIX}/breaches"
+    params = _kept_params(request, {})
+    current_params = _asked_params(asks["page"], current, "page")
+    past_params = _asked_params(asks["past"], past, "past")
+    return render_page(
+        request,
+        "dashboard/breaches.html",
+        current=BreachTable(current_rows, current, current.links(path, params | past_params, "page")),
+        past=BreachTable(past_rows, past, past.links(path, params | current_params, "past")),
+        bad_link=current.bad_link or past.bad_link,
+    )
 
 
 @dataclass(frozen=True, slots=True)
