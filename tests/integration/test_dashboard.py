@@ -1015,3 +1015,13 @@ async def test_the_reports_page_names_channels_in_the_pages_language(hub: Hub, b
     table = text[text.index('id="table-channel"') :]
     table = table[: table.index("</table>")]
     assert '<th scope="row">вебформа</th>' in table and ">webform<" not in table
+
+
+async def test_the_any_choice_of_each_filter_agrees_with_its_label_in_ukrainian(base_url: str, olena) -> None:
+    session, _ = olena
+    expected = {"team": "Будь-яка", "assignee": "Будь-хто", "kind": "Будь-який", "channel": "Будь-який"}
+    for path, prefix in (("/dashboard", "f-"), ("/dashboard/reports", "r-")):
+        text = await (await session.get(f"{base_url}{path}", params={"lang": "uk"})).text()
+        for name, word in expected.items():
+            select = text[text.index(f'id="{prefix}{name}"') :]
+            assert select.split("</option>", 1)[0].endswith(f'<option value="">{word}'), (path, name)
