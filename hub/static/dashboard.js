@@ -29,7 +29,12 @@
   }
   function refreshRows(table, leadRef) {
     fetch(table.dataset.rowsUrl, { credentials: "same-origin", headers: { "Accept": "text/html" } })
-      .then(function (r) { if (!r.ok) throw new Error(r.status); return r.text(); })
+      .then(function (r) {
+        // Signed out meanwhile: reloading the page leads to the sign-in page and back here.
+        if (r.status === 401) { window.location.reload(); throw new Error("signed out"); }
+        if (!r.ok) throw new Error(r.status);
+        return r.text();
+      })
       .then(function (html) {
         var body = document.getElementById("queue-rows");
         body.innerHTML = html;

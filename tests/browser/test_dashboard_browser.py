@@ -315,3 +315,19 @@ async def test_the_lead_page_says_when_the_customer_writes_again_without_losing_
     )  # not reloaded
     await notice.get_by_role("link", name="Оновити сторінку").click()
     await page.locator(".msg-in", has_text="І ще одне питання").wait_for()
+
+
+async def test_a_queue_whose_session_ended_goes_to_sign_in_instead_of_showing_it_in_the_table(
+    hub: Hub, browser: Any, base_url: str
+) -> None:
+    page = await _sign_in(browser, base_url, "olena")
+    await page.goto(f"{base_url}/dashboard?kind=message")
+    await page.wait_for_selector('#live-status[data-connected="1"]')
+    await page.context.clear_cookies()  # signed out elsewhere, or the session expired
+    await _submit_form(base_url)  # the live refresh fetches the rows without a session
+    await page.wait_for_url("**/dashboard/login?**")
+    assert await page.locator("table.queue").count() == 0
+    assert "next=%2Fdashboard%3Fkind%3Dmessage" in page.url  # back to the queue, not to a fragment
+    async with aiohttp.ClientSession() as http:
+        rows = await http.get(f"{base_url}/dashboard/queue/rows", allow_redirects=False)
+        assert rows.status == 401

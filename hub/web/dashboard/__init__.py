@@ -98,7 +98,9 @@ async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
         log.warning("dashboard: %s %s refused: missing or wrong CSRF token", request.method, request.path)
         response = error_page(request, 403, "dash.error.csrf")
     elif VIEWER_KEY not in request and not request.path.startswith(_PUBLIC):
-        if request.method in _SAFE_METHODS and not request.path.endswith("/events"):
+        # A page's own fetches (rows, events) get a 401: redirected, they would sign in to a
+        # fragment, or put the sign-in page into the queue's table.
+        if request.method in _SAFE_METHODS and not request.path.endswith(_FRAGMENTS):
             response = redirect(f"{PREFIX}/login?{urlencode({'next': request.path_qs})}")
         else:
             response = error_page(request, 401, "dash.error.signin")
