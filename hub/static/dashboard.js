@@ -81,8 +81,10 @@
         timer = setTimeout(function () { refreshRows(table, data.lead); }, 150);
       } else if (status.dataset.lead) {
         if (data.lead === status.dataset.lead) leadChanged(status);
-      } else if (status.dataset.reload && /^sla\./.test(data.type || "")) {
-        window.location.reload();
+      } else if (status.dataset.reload && /^sla\.(breached|escalated)$/.test(data.type || "")) {
+        // Only what this page lists, and once for a burst: a sweep breaching many leads at
+        // once would otherwise reload the page under the manager's clicks again and again.
+        if (!timer) timer = setTimeout(function () { window.location.reload(); }, 2000);
       }
     });
   }

@@ -15,7 +15,7 @@ import pytest
 
 from hub.app import Hub
 from hub.config import Settings
-from hub.domain import Identity, IdentityKind, Inbound, ThreadHints, utcnow
+from hub.domain import Event, EventType, Identity, IdentityKind, Inbound, ThreadHints, utcnow
 from hub.web.dashboard import views
 from tests.browser.conftest import screenshot_path
 from tests.contract.builders import new_lead
@@ -331,3 +331,25 @@ async def test_a_queue_whose_session_ended_goes_to_sign_in_instead_of_showing_it
     async with aiohttp.ClientSession() as http:
         rows = await http.get(f"{base_url}/dashboard/queue/rows", allow_redirects=False)
         assert rows.status == 401
+
+
+async def test_the_breaches_page_reloads_for_a_breach_not_for_a_warning_and_not_in_a_storm(
+    hub: Hub, browser: Any, base_url: str
+) -> None:
+    ref = await _submit_form(base_url, name="Іван", email="ivan@example.com")
+    lead = await hub.store.get_lead(int(ref[2:]))
+    assert lead is not None
+    page = await _sign_in(browser, base_url, "olena")
+    await page.goto(f"{base_url}/dashboard/breaches")
+    await page.wait_for_selector('#live-status[data-connected="1"]')
+    loads: list[str] = []
+    page.on("load", lambda _: loads.append(page.url))
+    await page.evaluate("() => { window.sameLoad = true; }")
+    await hub.bus.publish(Event(EventType.SLA_WARNING.value, utcnow(), lead.number, {}), lead)
+    await page.wait_for_timeout(1500)
+    assert await page.evaluate("() => window.sameLoad === true")  # a warning changes nothing here
+    for _ in range(20):  # a storm of breaches: one reload, not twenty
+        await hub.bus.publish(Event(EventType.SLA_BREACHED.value, utcnow(), lead.number, {}), lead)
+    await page.wait_for_function("() => window.sameLoad === undefined")
+    await page.wait_for_timeout(3000)
+    assert len(loads) == 1, loads
