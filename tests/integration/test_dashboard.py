@@ -1025,3 +1025,38 @@ async def test_the_any_choice_of_each_filter_agrees_with_its_label_in_ukrainian(
         for name, word in expected.items():
             select = text[text.index(f'id="{prefix}{name}"') :]
             assert select.split("</option>", 1)[0].endswith(f'<option value="">{word}'), (path, name)
+
+
+async def test_a_reply_form_sent_twice_sends_the_customer_one_reply(hub: Hub, base_url: str, olena) -> None:
+    session, csrf = olena
+    ref = await _form_lead(session, base_url)
+    page = await (await session.get(f"{base_url}/dashboard/leads/{ref}")).text()
+    form = page[page.index(f'action="/dashboard/leads/{ref}/reply"') :]
+    form = form[: form.index("</form>")]
+    key = re.search(r'name="key" value="([^"]+)"', form)
+    assert key is not None, form
+    # A double click on "Send" (or a resend after a dropped connection) posts the form twice.
+    for _ in range(2):
+        sent = await session.post(
+            f"{base_url}/dashboard/leads/{ref}/reply",
+            data={"csrf": csrf, "text": "Дякуємо, перевіряємо.", "key": key.group(1)},
+        )
+        assert "done=reply" in str(sent.url)
+    replies = [m for m in await hub.store.list_messages(int(ref[2:])) if m.direction.value == "out"]
+    assert [m.text for m in replies if "перевіряємо" in m.text] == ["Дякуємо, перевіряємо."]
+    # Back to the same page and another text: that is a reply of its own, not a refusal.
+    edited = await session.post(
+        f"{base_url}/dashboard/leads/{ref}/reply",
+        data={"csrf": csrf, "text": "І ще: замовлення вже в дорозі.", "key": key.group(1)},
+    )
+    assert "done=reply" in str(edited.url)
+    texts = [m.text for m in await hub.store.list_messages(int(ref[2:])) if m.direction.value == "out"]
+    assert texts.count("Дякуємо, перевіряємо.") == 1 and "І ще: замовлення вже в дорозі." in texts
+    # A fresh page gives a fresh key: the same words sent again on purpose are a second reply.
+    again = await (await session.get(f"{base_url}/dashboard/leads/{ref}")).text()
+    other = re.search(rf'action="/dashboard/leads/{ref}/reply"[\s\S]*?name="key" value="([^"]+)"', again)
+    assert other is not None and other.group(1) != key.group(1)
+    bad = await session.post(
+        f"{base_url}/dashboard/leads/{ref}/reply", data={"csrf": csrf, "text": "Ще раз", "key": "нема ключа"}
+    )
+    assert "done=reply" in str(bad.url)  # a key the page did not make is ignored, the reply is sent

@@ -22,10 +22,11 @@ from hub.domain import (
     Lead,
     LeadKind,
     LeadStatus,
+    new_id,
     parse_lead_number,
     utcnow,
 )
-from hub.errors import HubError
+from hub.errors import HubError, IdempotencyKeyReused
 from hub.identities import normalize_phone
 from hub.refusals import REFUSALS, refusal_code
 from hub.web.dashboard.common import (
@@ -457,6 +458,7 @@ async def lead_page(request: web.Request) -> web.Response:
         notice=_known(request.query.get("done", ""), DONE_CODES),
         error=_known(request.query.get("error", ""), ERROR_CODES),
         now_iso=now.isoformat(),
+        reply_key=new_id(),
     )
 
 
@@ -474,9 +476,7 @@ async def lead_action(request: web.Request) -> web.Response:
     back = f"{PREFIX}/leads/{lead.ref}"
     try:
         if action == "reply":
-            await hub.replies.record_reply(
-                lead.number, str(form.get("text", "")), viewer.name, source="dashboard"
-            )
+            await _reply(request, lead, str(form.get("text", "")), form.get("key"), viewer)
         elif action == "note":
             await hub.replies.add_note(lead.number, str(form.get("text", "")), viewer.name)
         elif action == "assign":
@@ -508,6 +508,26 @@ async def lead_action(request: web.Request) -> web.Response:
         log.info("dashboard: %s on %s by %s refused (%s): %s", action, lead.ref, viewer.id, code, exc)
         return redirect(f"{back}?{urlencode({'error': code})}")
     return redirect(f"{back}?{urlencode({'done': action})}")
+
+
+#: The key each rendering of a lead page gives its reply form (`new_id()`: 32 hex digits).
+_REPLY_KEY = re.compile(r"[0-9a-f]{32}")
+
+
+async def _reply(request: web.Request, lead: Lead, text: str, key: Any, viewer: ManagerSettings) -> None:
+    """A reply from the lead page, recorded once under the page's key: a double click on Send,
+    or a resend after a dropped connection, must not reach the customer twice."""
+    hub = hub_of(request)
+    if isinstance(key, str) and _REPLY_KEY.fullmatch(key):
+        try:
+            await hub.replies.record_keyed_reply(
+                lead.number, text, viewer.name, "dashboard", f"dashboard:{key}"
+            )
+            return
+        except IdempotencyKeyReused:
+            # The same page sent another text (Back, then a new reply): a reply of its own.
+            log.info("%s: dashboard reply key reused for another text; recorded as a new reply", lead.ref)
+    await hub.replies.record_reply(lead.number, text, viewer.name, source="dashboard")
 
 
 async def _merge(request: web.Request, lead: Lead, other_ref: str, viewer: ManagerSettings) -> None:
