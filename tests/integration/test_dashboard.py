@@ -1060,3 +1060,19 @@ async def test_a_reply_form_sent_twice_sends_the_customer_one_reply(hub: Hub, ba
         f"{base_url}/dashboard/leads/{ref}/reply", data={"csrf": csrf, "text": "Ще раз", "key": "нема ключа"}
     )
     assert "done=reply" in str(bad.url)  # a key the page did not make is ignored, the reply is sent
+
+
+async def test_applying_filters_keeps_the_pages_language(base_url: str, olena) -> None:
+    session, _ = olena
+    for path, action in (
+        ("/dashboard", 'action="/dashboard"'),
+        ("/dashboard/reports", 'action="/dashboard/reports"'),
+    ):
+        text = await (await session.get(f"{base_url}{path}", params={"lang": "en"})).text()
+        form = text[text.index(action) :]
+        form = form[: form.index("</form>")]
+        # The filter form is a GET: only its own fields are sent, so ?lang= must be one of them.
+        assert '<input type="hidden" name="lang" value="en">' in form, path
+        plain = await (await session.get(f"{base_url}{path}")).text()
+        form = plain[plain.index(action) :]
+        assert 'name="lang"' not in form[: form.index("</form>")], path

@@ -156,6 +156,8 @@ def render_page(request: web.Request, template: str, status: int = 200, **contex
             sees_all=sees_all(viewer) if viewer else False,
             prefix=PREFIX,
             path=request.path_qs,
+            # A page opened with ?lang= keeps it in its GET forms (filters), as its links do.
+            page_lang=request.query["lang"] if request.query.get("lang") in i18n.SUPPORTED else "",
             manager_name=lambda mid: _manager_name(hub, mid),
             tojson=lambda data: Markup(json.dumps(data, ensure_ascii=False).replace("<", "\\u003c")),
             **context,
