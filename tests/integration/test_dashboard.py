@@ -420,7 +420,7 @@ async def test_breaches_page_counts_every_breach_and_pages_the_most_overdue_firs
 
     def current_of(text: str) -> tuple[list[int], str]:
         part = text[text.index('id="breaches-current"') : text.index('id="breaches-past"')]
-        return [int(ref) for ref in re.findall(r'href="/dashboard/leads/L-(\d+)"', part)], part
+        return [int(ref) for ref in re.findall(r'href="/dashboard/leads/L-(\d+)[?"]', part)], part
 
     text = await (await session.get(f"{base_url}/dashboard/breaches", params={"lang": "en"})).text()
     shown, part = current_of(text)
@@ -438,7 +438,9 @@ async def test_breaches_page_counts_every_breach_and_pages_the_most_overdue_firs
     assert current_of(third)[0] == list(range(BREACHES_PAGE + 1, total + 1))
     past_shown = [
         int(ref)
-        for ref in re.findall(r'href="/dashboard/leads/L-(\d+)"', third[third.index('id="breaches-past"') :])
+        for ref in re.findall(
+            r'href="/dashboard/leads/L-(\d+)[?"]', third[third.index('id="breaches-past"') :]
+        )
     ]
     assert past_shown == [total + 2, total + 1]  # newest first: the two oldest past ones
 
@@ -988,7 +990,7 @@ async def test_a_lead_is_marked_as_spam_from_the_dashboard(hub: Hub, base_url: s
     session, csrf = olena
     ref = await _form_lead(session, base_url, message="Купуйте наші дешеві ліки!!!")
     page = await (await session.get(f"{base_url}/dashboard/leads/{ref}", params={"lang": "en"})).text()
-    assert f'action="/dashboard/leads/{ref}/spam"' in page
+    assert f'action="/dashboard/leads/{ref}/spam?lang=en"' in page
     done = await session.post(f"{base_url}/dashboard/leads/{ref}/spam", data={"csrf": csrf})
     assert done.status == 200 and "done=spam" in str(done.url)
     text = await (
@@ -1076,3 +1078,27 @@ async def test_applying_filters_keeps_the_pages_language(base_url: str, olena) -
         plain = await (await session.get(f"{base_url}{path}")).text()
         form = plain[plain.index(action) :]
         assert 'name="lang"' not in form[: form.index("</form>")], path
+
+
+async def test_a_page_opened_with_lang_keeps_it_through_its_links_and_actions(
+    hub: Hub, base_url: str, olena
+) -> None:
+    session, csrf = olena
+    ref = await _form_lead(session, base_url)
+    queue = await (await session.get(f"{base_url}/dashboard/queue/rows", params={"lang": "en"})).text()
+    assert f'href="/dashboard/leads/{ref}?lang=en"' in queue
+    page = await (await session.get(f"{base_url}/dashboard/leads/{ref}", params={"lang": "en"})).text()
+    actions = re.findall(r'<form method="post" action="([^"]+)"', page)
+    lead_actions = [a for a in actions if f"/leads/{ref}/" in a]
+    assert lead_actions and all(a.endswith("?lang=en") for a in lead_actions), lead_actions
+    for link in ("/dashboard", "/dashboard/breaches", "/dashboard/team", "/dashboard/reports"):
+        assert f'href="{link}?lang=en"' in page, link
+    done = await session.post(
+        f"{base_url}/dashboard/leads/{ref}/note?lang=en", data={"csrf": csrf, "text": "нотатка"}
+    )
+    assert done.url.query.get("lang") == "en" and done.url.query.get("done") == "note"
+    assert "Note added." in await done.text()
+    refused = await session.post(
+        f"{base_url}/dashboard/leads/{ref}/note?lang=en", data={"csrf": csrf, "text": ""}
+    )
+    assert refused.url.query.get("lang") == "en" and "Write some text first." in await refused.text()

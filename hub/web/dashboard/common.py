@@ -88,6 +88,21 @@ def language_of(request: web.Request) -> str:
     return i18n.from_accept_language(request.headers.get("Accept-Language"))
 
 
+def page_lang(request: web.Request) -> str:
+    """The page's own ?lang= ("" when it has none or an unknown one)."""
+    chosen = request.query.get("lang", "")
+    return chosen if chosen in i18n.SUPPORTED else ""
+
+
+def keep_lang(request: web.Request, target: str) -> str:
+    """`target` (a dashboard URL) with this page's ?lang=, so following it does not switch the
+    language back to the cookie's."""
+    chosen = page_lang(request)
+    if not chosen:
+        return target
+    return f"{target}{'&' if '?' in target else '?'}{urlencode({'lang': chosen})}"
+
+
 def zone_of(hub: Hub) -> ZoneInfo:
     return ZoneInfo(hub.settings.sla.calendar.timezone)
 
@@ -156,8 +171,10 @@ def render_page(request: web.Request, template: str, status: int = 200, **contex
             sees_all=sees_all(viewer) if viewer else False,
             prefix=PREFIX,
             path=request.path_qs,
-            # A page opened with ?lang= keeps it in its GET forms (filters), as its links do.
-            page_lang=request.query["lang"] if request.query.get("lang") in i18n.SUPPORTED else "",
+            # A page opened with ?lang= keeps it in its GET forms (filters), its links and the
+            # actions it posts (see keep_lang).
+            page_lang=page_lang(request),
+            keep_lang=lambda target: keep_lang(request, target),
             manager_name=lambda mid: _manager_name(hub, mid),
             tojson=lambda data: Markup(json.dumps(data, ensure_ascii=False).replace("<", "\\u003c")),
             **context,

@@ -33,6 +33,7 @@ from hub.web.dashboard.common import (
     PREFIX,
     error_page,
     hub_of,
+    keep_lang,
     local_midnight,
     may_open,
     redirect,
@@ -474,6 +475,11 @@ async def lead_action(request: web.Request) -> web.Response:
     action = request.match_info["action"]
     form = await request.post()
     back = f"{PREFIX}/leads/{lead.ref}"
+
+    def after(target: str, **params: str) -> web.Response:
+        # Back in the language the page was in (its forms post with its ?lang=).
+        return redirect(keep_lang(request, f"{target}?{urlencode(params)}"))
+
     try:
         if action == "reply":
             await _reply(request, lead, str(form.get("text", "")), form.get("key"), viewer)
@@ -498,16 +504,16 @@ async def lead_action(request: web.Request) -> web.Response:
             if not sees_all(viewer):
                 return error_page(request, 403, "dash.error.forbidden")
             if form.get("confirm") != "yes":
-                return redirect(f"{back}?{urlencode({'error': 'confirm'})}")
+                return after(back, error="confirm")
             await _erase(request, lead, viewer)
-            return redirect(f"{PREFIX}?{urlencode({'done': 'erased'})}")
+            return after(PREFIX, done="erased")
         else:
             return error_page(request, 404, "dash.error.no_action")
     except HubError as exc:
         code = _error_code(exc)
         log.info("dashboard: %s on %s by %s refused (%s): %s", action, lead.ref, viewer.id, code, exc)
-        return redirect(f"{back}?{urlencode({'error': code})}")
-    return redirect(f"{back}?{urlencode({'done': action})}")
+        return after(back, error=code)
+    return after(back, done=action)
 
 
 #: The key each rendering of a lead page gives its reply form (`new_id()`: 32 hex digits).
