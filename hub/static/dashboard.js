@@ -72,7 +72,21 @@
     var source = new EventSource(url);
     var timer = null;
     source.onopen = function () { status.textContent = status.dataset.ok; status.dataset.connected = "1"; };
-    source.onerror = function () { status.textContent = status.dataset.off; status.dataset.connected = "0"; };
+    source.onerror = function () {
+      status.textContent = status.dataset.off;
+      status.dataset.connected = "0";
+      // EventSource retries a dropped connection itself, but gives up for good on an answer
+      // that is not a stream (a proxy's 502 during a restart, a 401 after signing out).
+      if (source.readyState !== EventSource.CLOSED) return;
+      setTimeout(function () {
+        fetch(window.location.href, { method: "HEAD", credentials: "same-origin", redirect: "manual" })
+          .then(function (r) {
+            if (r.type === "opaqueredirect" || r.status === 401) window.location.reload();  // to sign-in
+            else connect();
+          })
+          .catch(function () { connect(); });
+      }, 5000);
+    };
     source.addEventListener("lead", function (ev) {
       var data = {};
       try { data = JSON.parse(ev.data); } catch (e) { return; }

@@ -353,3 +353,31 @@ async def test_the_breaches_page_reloads_for_a_breach_not_for_a_warning_and_not_
     await page.wait_for_function("() => window.sameLoad === undefined")
     await page.wait_for_timeout(3000)
     assert len(loads) == 1, loads
+
+
+async def test_live_updates_come_back_after_the_event_stream_was_refused(
+    hub: Hub, browser: Any, base_url: str
+) -> None:
+    context = await browser.new_context(viewport={"width": 1280, "height": 900}, locale="uk-UA")
+    context.set_default_timeout(TIMEOUT_MS)
+    refused: list[str] = []
+
+    async def once_bad_gateway(route: Any) -> None:
+        # A proxy's 502 while the hub restarts: EventSource gives up for good on a non-200.
+        if not refused:
+            refused.append(route.request.url)
+            await route.fulfill(status=502, body="bad gateway")
+        else:
+            await route.continue_()
+
+    await context.route("**/dashboard/events", once_bad_gateway)
+    page = await context.new_page()
+    await page.goto(f"{base_url}/dashboard/login")
+    await page.get_by_label("Ідентифікатор менеджера").fill("olena")
+    await page.get_by_label("Пароль").fill(PASSWORDS["olena"])
+    await page.get_by_role("button", name="Увійти").click()
+    await page.wait_for_url(f"{base_url}/dashboard")
+    await page.wait_for_selector('#live-status[data-connected="1"]', timeout=20_000)
+    assert refused
+    ref = await _submit_form(base_url)
+    await page.wait_for_selector(f'tr[data-lead="{ref}"]')
