@@ -1102,3 +1102,20 @@ async def test_a_page_opened_with_lang_keeps_it_through_its_links_and_actions(
         f"{base_url}/dashboard/leads/{ref}/note?lang=en", data={"csrf": csrf, "text": ""}
     )
     assert refused.url.query.get("lang") == "en" and "Write some text first." in await refused.text()
+
+
+async def test_a_report_asked_for_wrongly_shows_the_form_with_what_is_wrong(base_url: str, olena) -> None:
+    session, _ = olena
+    resp = await session.get(
+        f"{base_url}/dashboard/reports",
+        params={"from": "2026-12-02", "to": "2026-11-01", "team": "support", "lang": "en"},
+    )
+    assert resp.status == 422
+    text = await resp.text()
+    assert "The period must end after it starts." in text
+    # The manager corrects the dates in the same form, not on an error page.
+    form = text[text.index('action="/dashboard/reports"') :]
+    form = form[: form.index("</form>")]
+    assert 'name="from" value="2026-12-02"' in form and 'name="to" value="2026-11-01"' in form
+    assert '<option value="support" selected>' in form
+    assert 'id="kpi-summary"' not in text

@@ -143,7 +143,21 @@ async def reports_page(request: web.Request) -> web.Response:
     try:
         _, report, before = await _reports(request)
     except BadReportRequest as exc:
-        return _bad_report(request, exc)
+        # The same form again, filled in as sent, with what is wrong: not an error page that
+        # makes the manager find the report and type the filters again.
+        return render_page(
+            request,
+            "dashboard/reports.html",
+            status=422,
+            report=None,
+            bad_detail=_bad_detail(request, exc),
+            period_label="",
+            form={
+                k: request.query.get(k, "")
+                for k in ("from", "to", "team", "assignee", "channel", "kind", "compare")
+            },
+            **_choices(hub),
+        )
     params = {k: v for k, v in request.query.items() if k in _PARAMS and v}
     chart = {
         "days": [day for day, _ in report.daily],
@@ -170,26 +184,38 @@ async def reports_page(request: web.Request) -> web.Response:
             "to": request.query.get("to") or _last_day(report.period, zone),
             **{k: request.query.get(k, "") for k in ("team", "assignee", "channel", "kind", "compare")},
         },
-        teams=sorted(hub.settings.teams),
-        managers=hub.settings.managers,
-        kinds=[k.value for k in LeadKind],
-        # The queue's list: a custom channel can be picked here too.
-        channels=sorted({"webform", "email", "telegram", "api", *(c.name for c in hub.channels)}),
         chart=chart,
+        **_choices(hub),
         csv_url=lambda table: _csv_url(params, table),
         name_of=lambda key: hub_name(hub, key),
     )
 
 
-def _bad_report(request: web.Request, exc: BadReportRequest) -> web.Response:
-    """The report's error page: what is wrong, in the viewer's language."""
+def _choices(hub: Any) -> dict[str, Any]:
+    """What the report form's selects offer."""
+    return {
+        "teams": sorted(hub.settings.teams),
+        "managers": hub.settings.managers,
+        "kinds": [k.value for k in LeadKind],
+        # The queue's list: a custom channel can be picked here too.
+        "channels": sorted({"webform", "email", "telegram", "api", *(c.name for c in hub.channels)}),
+    }
+
+
+def _bad_detail(request: web.Request, exc: BadReportRequest) -> str:
+    """What is wrong with the report's parameters, in the viewer's language."""
     language = language_of(request)
     values = dict(exc.values)
     if "field" in values:
         values["field"] = i18n.text(f"dash.reports.param.{values['field']}", language)
+    return i18n.text(f"dash.reports.error.{exc.code}", language, **values)
+
+
+def _bad_report(request: web.Request, exc: BadReportRequest) -> web.Response:
+    """The report's error page (for a CSV link): what is wrong, in the viewer's language."""
     return render_page(
         request, "dashboard/error.html", status=422, status_code=422, key="dash.error.bad_report",
-        detail=i18n.text(f"dash.reports.error.{exc.code}", language, **values),
+        detail=_bad_detail(request, exc),
     )  # fmt: skip
 
 
