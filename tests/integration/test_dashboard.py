@@ -1119,3 +1119,25 @@ async def test_a_report_asked_for_wrongly_shows_the_form_with_what_is_wrong(base
     assert 'name="from" value="2026-12-02"' in form and 'name="to" value="2026-11-01"' in form
     assert '<option value="support" selected>' in form
     assert 'id="kpi-summary"' not in text
+
+
+async def test_a_page_whose_leads_all_went_away_links_back_to_the_first_page(
+    hub: Hub, base_url: str, olena
+) -> None:
+    session, _ = olena
+    now = utcnow()
+    async with hub.store.deferred_commit():
+        for number in range(1, QUEUE_PAGE + 3):
+            await hub.store.create_lead(
+                build_lead(number, "c-gone-page", first_response_due=now + timedelta(minutes=number))
+            )
+    first = await (await session.get(f"{base_url}/dashboard", params={"lang": "en"})).text()
+    link = _page_link(first, "next")
+    assert link is not None
+    for number in (QUEUE_PAGE + 1, QUEUE_PAGE + 2):  # page 2's leads are resolved meanwhile
+        await hub.actions.resolve(number, by="test")
+    for path in (link, link.replace("/dashboard?", "/dashboard/queue/rows?")):
+        text = await (await session.get(f"{base_url}{path}")).text()
+        assert _shown(text) == [] and "Nothing here." in text, path
+        back = _page_link(text, "first")
+        assert back is not None and "lang=en" in back, path

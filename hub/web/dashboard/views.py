@@ -190,8 +190,10 @@ class Paged:
             return f"{path}?{urlencode(query)}" if query else path
 
         found: dict[str, str] = {}
-        if self.prev_cursor is not None:
+        if self.prev_cursor is not None or self.number > 1:
+            # Also from a page left empty (its leads went away meanwhile): it has no "previous".
             found["first"] = url({})
+        if self.prev_cursor is not None:
             found["prev"] = url({name: self.prev_cursor, f"{name}_n": str(max(self.number - 1, 2))})
         if self.next_cursor is not None:
             found["next"] = url({name: self.next_cursor, f"{name}_n": str(self.number + 1)})
@@ -210,7 +212,9 @@ async def _read_page(request: web.Request, query: LeadQuery, size: int, ask: Pag
         log.info("dashboard: page link %r refused, showing the first page: %s", ask.cursor[:40], exc)
         page = await hub.store.list_leads(query, size)
         bad = True
-    number = 1 if bad or page.prev_cursor is None else ask.number
+    # A page with nothing before it is the first; an empty one after a cursor is not.
+    first = bad or ask.cursor is None or (page.prev_cursor is None and bool(page.items))
+    number = 1 if first else ask.number
     return Paged(
         leads=page.items,
         total=await hub.store.count_leads(query),
