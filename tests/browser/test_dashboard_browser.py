@@ -381,3 +381,26 @@ async def test_live_updates_come_back_after_the_event_stream_was_refused(
     assert refused
     ref = await _submit_form(base_url)
     await page.wait_for_selector(f'tr[data-lead="{ref}"]')
+
+
+async def test_the_dashboard_pages_load_without_console_errors(hub: Hub, browser: Any, base_url: str) -> None:
+    ref = await _submit_form(base_url)
+    context = await browser.new_context(viewport={"width": 1280, "height": 900}, locale="uk-UA")
+    context.set_default_timeout(TIMEOUT_MS)
+    page = await context.new_page()
+    errors: list[str] = []
+    page.on(
+        "console",
+        lambda message: message.type == "error" and errors.append(f"{message.text} {message.location}"),
+    )
+    page.on("pageerror", lambda exc: errors.append(f"{page.url}: {exc}"))
+    # The first page a fresh browser opens is the sign-in page (it also asks for /favicon.ico).
+    await page.goto(f"{base_url}/dashboard")
+    await page.get_by_label("Ідентифікатор менеджера").fill("olena")
+    await page.get_by_label("Пароль").fill(PASSWORDS["olena"])
+    await page.get_by_role("button", name="Увійти").click()
+    await page.wait_for_url(f"{base_url}/dashboard")
+    for path in ("", f"/leads/{ref}", "/breaches", "/team", "/reports"):
+        await page.goto(f"{base_url}/dashboard{path}")
+        await page.wait_for_load_state("networkidle")
+    assert errors == []
