@@ -1141,3 +1141,15 @@ async def test_a_page_whose_leads_all_went_away_links_back_to_the_first_page(
         assert _shown(text) == [] and "Nothing here." in text, path
         back = _page_link(text, "first")
         assert back is not None and "lang=en" in back, path
+
+
+async def test_the_team_pages_away_toggle_keeps_the_pages_language(hub: Hub, base_url: str, olena) -> None:
+    session, csrf = olena
+    page = await (await session.get(f"{base_url}/dashboard/team", params={"lang": "en"})).text()
+    assert 'action="/dashboard/team/taras/away?lang=en"' in page
+    done = await session.post(
+        f"{base_url}/dashboard/team/taras/away?lang=en", data={"csrf": csrf, "away": "1"}
+    )
+    assert done.url.path == "/dashboard/team" and done.url.query.get("lang") == "en"
+    assert '<html lang="en"' in await done.text()
+    assert await hub.availability.is_away("taras")

@@ -710,7 +710,7 @@ async def set_away(request: web.Request) -> web.Response:
     raw_next = form.get("next")
     if isinstance(raw_next, str) and raw_next:
         return redirect(safe_next(raw_next))
-    return redirect(f"{PREFIX}/team" if sees_all(viewer) else PREFIX)
+    return redirect(keep_lang(request, f"{PREFIX}/team" if sees_all(viewer) else PREFIX))
 
 
 def setup_routes(app: web.Application) -> None:
