@@ -1153,3 +1153,40 @@ async def test_the_team_pages_away_toggle_keeps_the_pages_language(hub: Hub, bas
     assert done.url.path == "/dashboard/team" and done.url.query.get("lang") == "en"
     assert '<html lang="en"' in await done.text()
     assert await hub.availability.is_away("taras")
+
+
+async def test_merging_contacts_asks_to_confirm_whose_contact_is_merged(
+    hub: Hub, base_url: str, olena
+) -> None:
+    session, csrf = olena
+    ref = await _form_lead(session, base_url, name="Петро Іванченко", email="petro@example.com")
+    stranger = await _form_lead(session, base_url, name="Зовсім Інша Людина", email="stranger@example.com")
+    lead = await hub.store.get_lead(int(ref[2:]))
+    other = await hub.store.get_lead(int(stranger[2:]))
+    assert lead is not None and other is not None
+    # A typo in the lead number must not merge a stranger in at once: the page shows whose contact
+    # that is and asks again.
+    asked = await session.post(
+        f"{base_url}/dashboard/leads/{ref}/merge?lang=en", data={"csrf": csrf, "other": stranger}
+    )
+    assert asked.url.query.get("merge") == stranger and asked.url.query.get("lang") == "en"
+    text = await asked.text()
+    box = text[text.index('id="merge-confirm"') :]
+    box = box[: box.index("</form>")]
+    assert "Зовсім Інша Людина" in box and "stranger@example.com" in box and stranger in box
+    assert await hub.store.list_events(types=["contact.merged"]) == []
+    assert (await hub.store.get_lead(other.number)).contact_id == other.contact_id  # type: ignore[union-attr]
+    again = await session.post(
+        f"{base_url}/dashboard/leads/{ref}/merge",
+        data={"csrf": csrf, "other": stranger},
+        allow_redirects=False,
+    )
+    assert again.headers["Location"].endswith("#merge-confirm")  # scrolled to on a phone
+    done = await session.post(
+        f"{base_url}/dashboard/leads/{ref}/merge", data={"csrf": csrf, "other": stranger, "confirm": "yes"}
+    )
+    assert done.url.query.get("done") == "merge"
+    assert (await hub.store.get_lead(other.number)).contact_id == lead.contact_id  # type: ignore[union-attr]
+    # A ?merge= in a link names no lead the viewer may merge: nothing is shown.
+    page = await (await session.get(f"{base_url}/dashboard/leads/{ref}", params={"merge": "L-999"})).text()
+    assert 'id="merge-confirm"' not in page

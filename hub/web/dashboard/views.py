@@ -17,6 +17,7 @@ from hub import i18n
 from hub.config import ManagerSettings
 from hub.domain import (
     ACTIVE_STATUSES,
+    Contact,
     Event,
     EventType,
     Lead,
@@ -464,6 +465,7 @@ async def lead_page(request: web.Request) -> web.Response:
         error=_known(request.query.get("error", ""), ERROR_CODES),
         now_iso=now.isoformat(),
         reply_key=new_id(),
+        merge_offer=await _merge_offer(request, lead),
     )
 
 
@@ -503,7 +505,14 @@ async def lead_action(request: web.Request) -> web.Response:
         elif action == "merge":
             if not sees_all(viewer):
                 return error_page(request, 403, "dash.error.forbidden")
-            await _merge(request, lead, str(form.get("other", "")), viewer)
+            other = await _merge_target(request, lead, str(form.get("other", "")))
+            if form.get("confirm") != "yes":
+                # Irreversible and one typo away from a stranger: show whose contact it is first
+                # (scrolled to, as the contact card is far down a phone's page).
+                return redirect(
+                    keep_lang(request, f"{back}?{urlencode({'merge': other.ref})}") + "#merge-confirm"
+                )
+            await _merge(request, lead, other, viewer)
         elif action == "erase":
             if not sees_all(viewer):
                 return error_page(request, 403, "dash.error.forbidden")
@@ -540,7 +549,8 @@ async def _reply(request: web.Request, lead: Lead, text: str, key: Any, viewer: 
     await hub.replies.record_reply(lead.number, text, viewer.name, source="dashboard")
 
 
-async def _merge(request: web.Request, lead: Lead, other_ref: str, viewer: ManagerSettings) -> None:
+async def _merge_target(request: web.Request, lead: Lead, other_ref: str) -> Lead:
+    """The lead whose contact would be merged into `lead`'s; ActionRefused when there is none."""
     hub = hub_of(request)
     number = parse_lead_number(other_ref)
     other = await hub.store.get_lead(number) if number is not None else None
@@ -548,6 +558,30 @@ async def _merge(request: web.Request, lead: Lead, other_ref: str, viewer: Manag
         raise ActionRefused("no_other_lead")
     if other.contact_id == lead.contact_id:
         raise ActionRefused("same_contact")
+    if (
+        await hub.store.get_contact(lead.contact_id) is None
+        or await hub.store.get_contact(other.contact_id) is None
+    ):
+        raise ActionRefused("merge_erased")
+    return other
+
+
+async def _merge_offer(request: web.Request, lead: Lead) -> tuple[Lead, Contact] | None:
+    """The lead and contact a ?merge= asks to confirm, if the viewer may merge it into `lead`."""
+    hub = hub_of(request)
+    raw = request.query.get("merge", "")
+    if not raw or not sees_all(viewer_of(request)):
+        return None
+    try:
+        other = await _merge_target(request, lead, raw)
+    except ActionRefused:
+        return None
+    contact = await hub.store.get_contact(other.contact_id)
+    return (other, contact) if contact is not None else None
+
+
+async def _merge(request: web.Request, lead: Lead, other: Lead, viewer: ManagerSettings) -> None:
+    hub = hub_of(request)
     await hub.store.merge_contacts(lead.contact_id, other.contact_id)
     now = utcnow()
     event = Event(
