@@ -6,7 +6,7 @@ import asyncio
 import hashlib
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -248,6 +248,58 @@ async def test_uidvalidity_change_resyncs_without_duplicates(
     for lead in found:
         messages = await wait_messages(email_hub, lead.number, 1)
         assert len(messages) == 1, lead.subject
+
+
+async def test_a_resync_leaves_mail_from_before_the_hub_alone(
+    settings_factory: Callable[..., Settings],
+    imap_account: ImapAccount,
+    mailbox: str,
+    imap: ImapClient,
+    smtp_server: SmtpServer,
+    tmp_path: Path,
+) -> None:
+    # A UIDVALIDITY change re-read the whole mailbox: years of mail people had read before the
+    # hub came (never taken at its first start) became that many leads and acknowledgements.
+    long_ago = datetime.now(UTC) - timedelta(days=400)
+    history = [
+        (make_mail(sender=f"h{i}@example.com", subject=f"History {i}", text="old")[0], r"(\Seen)", long_ago)
+        for i in range(3)
+    ]
+    history.append(
+        (make_mail(sender="u@example.com", subject="Unread history", text="old")[0], None, long_ago)
+    )
+    for raw, flags, date in history:
+        assert (await imap.imap.append(raw, mailbox=mailbox, flags=flags, date=date)).result == "OK"
+    current, _ = make_mail(sender="c@example.com", subject="Current", text="new")
+    await imap.append(current, mailbox)
+    hub = Hub(settings_factory(email=email_config(imap_account, mailbox, smtp_server.port, tmp_path)))
+    await hub.start()
+    try:
+        await wait_leads(hub, 1)
+        channel = next(c for c in hub.channels if c.name == "email")
+        poller = channel.poller  # type: ignore[attr-defined]
+        before = await hub.store.get_state(poller.state_key)
+
+        # The mailbox is rebuilt with its flags and arrival dates: new UIDs, a new UIDVALIDITY.
+        await asyncio.sleep(1.1)  # Dovecot derives UIDVALIDITY from the clock (seconds)
+        staging = f"{mailbox}new"
+        await imap.create(staging)
+        for raw, flags, date in [*history, (current, r"(\Seen)", None)]:
+            assert (await imap.imap.append(raw, mailbox=staging, flags=flags, date=date)).result == "OK"
+        later, _ = make_mail(sender="l@example.com", subject="Later", text="newer")
+        await imap.append(later, staging)
+        await imap.delete(mailbox)
+        assert (await imap.imap.rename(staging, mailbox)).result == "OK"
+
+        async def resynced() -> bool:
+            state = await hub.store.get_state(poller.state_key)
+            return bool(state and state["uidvalidity"] != before["uidvalidity"] and state["mode"] == "normal")
+
+        await wait_for(resynced, timeout=30, what="the re-sync")
+        await asyncio.sleep(1.0)
+        assert [lead.subject for lead in await leads(hub)] == ["Current", "Later"]
+    finally:
+        await hub.stop()
 
 
 async def test_smtp_down_then_back_delivers_each_reply_exactly_once(
