@@ -472,6 +472,19 @@ def test_outgoing_cyrillic_subjects_and_names_keep_every_space() -> None:
         assert parse_email(raw).subject == reply_subject(lead)
 
 
+def test_a_long_cyrillic_sender_name_of_ours_keeps_every_space() -> None:
+    name = "Служба підтримки клієнтів ТОВ «Київенергосервіс» відділ обслуговування споживачів"
+    now = datetime(2026, 11, 23, tzinfo=UTC)
+    lead = Lead(12, LeadKind.MESSAGE, "email", "c1", LeadStatus.OPEN, now, now, subject="x")
+    item = OutboxItem("0" * 31 + "1", "m1", 12, "email", {"text": "Добрий день"}, now)
+    raw = compose(item, lead, "olena@example.com", "", f"{name} <support@example.com>", []).as_bytes()
+    parsed = parse_email(raw)
+    assert (parsed.sender_name, parsed.sender) == (name, "support@example.com")
+    head = email.message_from_bytes(raw, policy=email.policy.compat32)
+    display, _, address = head["From"].rpartition("<")
+    assert (_rfc2047_text(display).strip(), address) == (name, "support@example.com>")
+
+
 @pytest.mark.parametrize(
     ("header", "name"),
     [
