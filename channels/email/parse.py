@@ -133,6 +133,16 @@ def has_reply_prefix(subject: str) -> bool:
     return bool(REPLY_PREFIX.match(subject or ""))
 
 
+# Outlook in Ukrainian and Russian forwards as "ПЕРЕСЛ:".
+_FORWARD_PREFIX = re.compile(r"^\s*(fw|fwd|wg|пересл)\s*(\[\d+\])?\s*:", re.IGNORECASE)
+
+
+def is_forward(subject: str) -> bool:
+    """Whether a subject starts with a forward prefix (`Fwd:`, `FW:`, `ПЕРЕСЛ:`): the whole
+    text is what the customer sends us."""
+    return bool(_FORWARD_PREFIX.match(subject or ""))
+
+
 def _charset(declared: str) -> str:
     declared = (declared or "").strip().strip('"').lower()
     return _CHARSET_ALIASES.get(declared, declared)

@@ -502,3 +502,38 @@ def test_quotes_that_belong_to_a_sender_name_are_kept(header: str, name: str) ->
     # A company name ending in a quote lost it: 'ТОВ "Ромашка' in the card and in our replies.
     raw = f"From: {header}\r\nSubject: x\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nhi\r\n"
     assert parse_email(raw.encode()).sender_name == name
+
+
+_FORWARDED = (
+    "Від: Менеджер Магазину <manager@shop.example>\nDate: пн, 23 лист. 2026 р. о 10:00\n"
+    "Subject: Повернення\nTo: <olena@example.com>\n\n"
+    "Олено, гроші за замовлення 1234 повернемо до 30 листопада."
+)
+
+
+@pytest.mark.parametrize(
+    ("subject", "text"),
+    [
+        ("Повернення", f"Пересилаю лист менеджера.\n\n---------- Forwarded message ---------\n{_FORWARDED}"),
+        ("Fwd: Повернення", f"Дивіться нижче\n\n-------- Пересылаемое сообщение --------\n{_FORWARDED}"),
+        ("Повернення", f"Ось лист\n\nBegin forwarded message:\n\n{_FORWARDED}"),
+        ("ПЕРЕСЛ: Повернення", f"Пересилаю\n\n________________________________\n{_FORWARDED}"),
+        ("FW: Повернення", f"-----Original Message-----\n{_FORWARDED}"),
+    ],
+    ids=["gmail", "yandex-fwd", "apple", "outlook-uk", "outlook-old"],
+)
+def test_an_inline_forward_keeps_the_forwarded_text(subject: str, text: str) -> None:
+    # The forwarded manager's promise was cut as if it were quoted history: staff saw only
+    # "Пересилаю лист менеджера." in the card.
+    head = f"From: o@example.com\r\nSubject: {subject}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+    inbound = EmailDecoder(EmailSettings())(_item((head + text).encode()))
+    assert inbound.text == text
+
+
+def test_a_reply_above_an_older_forward_still_loses_its_quoted_history() -> None:
+    text = (
+        "Дякую!\n\nПн, 23 лист. 2026 р. о 10:00 Support <s@example.com> пише:\n"
+        f"> ---------- Forwarded message ---------\n> {_FORWARDED}"
+    )
+    assert strip_quoted(text) == "Дякую!"
+    assert clean_subject("ПЕРЕСЛ: Відп: Рахунок") == "Рахунок"
