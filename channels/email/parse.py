@@ -644,6 +644,25 @@ def parse_email(raw: bytes) -> ParsedEmail:
         raise DecodeError("unparseable MIME: nesting too deep") from exc
 
 
+# From addresses of machines that send on a person's behalf (form relays, notifications).
+_RELAY_LOCAL = re.compile(
+    r"^(no[-_.]?reply|do[-_.]?not[-_.]?reply|wordpress|mailer|robot|bot|forms?|webforms?|"
+    r"contact[-_.]?forms?|notifications?|notify|site|website|www|www-data|apache|nginx)$"
+)
+
+
+def _relayed(name: str, address: str, recipients: list[str]) -> bool:
+    """Whether a From is a relay for the person in Reply-To: a machine's address, a list's
+    "Olena via Support" rewrite, or our own domain (the company's site relaying its form).
+
+    Anyone else's Reply-To stays a wish for where replies go: unlike From, no receiving server
+    checks it (DMARC), so it must not make a stranger's mail a known customer's."""
+    local, _, domain = address.partition("@")
+    if _RELAY_LOCAL.match(local.split("+")[0]) or " via " in f" {name.lower()} ":
+        return True
+    return any(r.partition("@")[2] == domain for r in recipients)
+
+
 def _unquoted(name: str) -> str:
     """A display name without the one pair of quotes some clients leave around it; quotes that
     belong to the name stay (`ТОВ "Ромашка"` is a company's name, not `ТОВ "Ромашка`)."""
@@ -658,11 +677,17 @@ def _parse(msg: Message, raw: bytes) -> ParsedEmail:
         raise DecodeError("no headers: this is not an email message")
     headers = _Headers(msg)
     from_addresses = _addresses(headers, "From")
-    senders = from_addresses or _addresses(headers, "Sender") or _addresses(headers, "Reply-To")
+    reply_to = _addresses(headers, "Reply-To")
+    senders = from_addresses or _addresses(headers, "Sender") or reply_to
     if not senders:
         raise DecodeError(f"no valid sender address (From: {header_text(headers, 'From')[:200]!r})")
     sender_name, sender = senders[0]
+    from_address = sender
     recipients = [a for _, a in _addresses(headers, "To", "Cc", "Delivered-To", "X-Original-To")]
+    if len(reply_to) == 1 and reply_to[0][1] != sender and _relayed(sender_name, sender, recipients):
+        # A site's form relay or a mailing list writes From: itself and Reply-To: the person
+        # (every customer of a site became one contact with one lead, acknowledged at the relay).
+        sender_name, sender = reply_to[0]
     subject = header_text(headers, "Subject")[:1000]
     own_ids = message_ids(header_text(headers, "Message-ID"))
     thread_ids = message_ids(header_text(headers, "In-Reply-To")) + message_ids(
@@ -675,7 +700,7 @@ def _parse(msg: Message, raw: bytes) -> ParsedEmail:
         payload = msg.get_payload()
         leftover = payload if isinstance(payload, str) else (msg.preamble or "")
         text = _fix_8bit(leftover).strip()
-    bounce = _bounce(msg) or (_plain_bounce(raw, text) if sender.split("@")[0] in _DAEMONS else None)
+    bounce = _bounce(msg) or (_plain_bounce(raw, text) if from_address.split("@")[0] in _DAEMONS else None)
     return ParsedEmail(
         sender=sender,
         sender_name=_unquoted(sender_name)[:200],

@@ -537,3 +537,24 @@ def test_a_reply_above_an_older_forward_still_loses_its_quoted_history() -> None
     )
     assert strip_quoted(text) == "Дякую!"
     assert clean_subject("ПЕРЕСЛ: Відп: Рахунок") == "Рахунок"
+
+
+@pytest.mark.parametrize(
+    ("sender", "to", "who"),
+    [
+        ("WordPress <wordpress@shop.example>", "support@example.com", "ivan@example.net"),
+        ("Сайт <no-reply@forms.example>", "support@example.com", "ivan@example.net"),
+        ("'Іван' via Support <support@groups.example>", "support@example.com", "ivan@example.net"),
+        ("Сайт компанії <info@example.com>", "support@example.com", "ivan@example.net"),
+        # A person's own Reply-To is where replies go, not who they are: unlike From, no
+        # receiving server checks it, so it must not make a stranger's mail a known customer's.
+        ("Mallory <mallory@example.org>", "support@example.com", "mallory@example.org"),
+    ],
+    ids=["wordpress", "no-reply", "list-via", "own-domain", "person"],
+)
+def test_reply_to_names_the_customer_only_behind_a_relay(sender: str, to: str, who: str) -> None:
+    raw = (
+        f"From: {sender}\r\nTo: {to}\r\nReply-To: Іван <ivan@example.net>\r\nSubject: x\r\n"
+        "Content-Type: text/plain; charset=utf-8\r\n\r\nЗаявка з сайту\r\n"
+    ).encode()
+    assert parse_email(raw).sender == who
