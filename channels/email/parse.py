@@ -9,6 +9,7 @@ status notifications (RFC 3464), and attachment extraction.
 
 from __future__ import annotations
 
+import codecs
 import email
 import email.policy
 import hashlib
@@ -178,10 +179,33 @@ def guess_8bit(data: bytes) -> str:
     return max((data.decode(c) for c in _CYRILLIC_GUESSES), key=_looks_like_words)
 
 
+def _single_byte(charset: str) -> bool:
+    """Whether a charset maps every byte to one character (so decoding with it never fails)."""
+    try:
+        name = codecs.lookup(charset).name
+    except LookupError:
+        return False
+    return name in _SINGLE_BYTE or name.startswith(("iso8859-", "cp125", "koi8", "mac-"))
+
+
+_SINGLE_BYTE = frozenset({"ascii", "latin-1", "cp866", "cp437", "cp850"})
+
+
 def decode_bytes(data: bytes, declared: str = "") -> str:
     """Bytes -> text with the declared charset, else utf-8, else the likeliest Cyrillic 8-bit
-    charset (never fails)."""
-    for charset in (_charset(declared), "utf-8"):
+    charset (never fails).
+
+    Non-ASCII bytes that are valid UTF-8 are read as UTF-8 even under a declared single-byte
+    charset: web forms and scripts label UTF-8 as windows-1251 or latin-1, and text in those
+    charsets is practically never valid UTF-8 (a Cyrillic letter is never followed by a byte
+    of 0x80-0xBF the way UTF-8 needs)."""
+    declared = _charset(declared)
+    if declared and not data.isascii() and _single_byte(declared):
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            pass
+    for charset in (declared, "utf-8"):
         if not charset:
             continue
         try:

@@ -558,3 +558,29 @@ def test_reply_to_names_the_customer_only_behind_a_relay(sender: str, to: str, w
         "Content-Type: text/plain; charset=utf-8\r\n\r\nЗаявка з сайту\r\n"
     ).encode()
     assert parse_email(raw).sender == who
+
+
+@pytest.mark.parametrize("label", ["windows-1251", "koi8-r", "iso-8859-1", "windows-1252"])
+def test_utf8_labelled_as_a_single_byte_charset_is_read_as_utf8(label: str) -> None:
+    # Web forms and scripts send UTF-8 labelled windows-1251 or latin-1: "Р”РѕР±СЂРёР№ РґРµРЅСЊ".
+    text, subject = "Добрий день! Прошу зателефонувати.", "Замовлення №5"
+    word = base64.b64encode(subject.encode()).decode()
+    raw = (
+        f"From: o@example.com\r\nSubject: =?{label}?B?{word}?=\r\n"
+        f"Content-Type: text/plain; charset={label}\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+    ).encode() + text.encode()
+    parsed = parse_email(raw)
+    assert (parsed.subject, parsed.text) == (subject, text)
+
+
+@pytest.mark.parametrize(
+    ("charset", "text"),
+    [
+        ("windows-1251", "Привіт, як справи? Її ЄҐ «ТОВ» — №5, ЁЂЃ"),
+        ("koi8-u", "Здрастуйте, лічильник не працює"),
+        ("iso-8859-1", "Grüße aus Köln"),
+        ("cp866", "Привет"),
+    ],
+)
+def test_text_in_its_declared_single_byte_charset_stays_as_it_is(charset: str, text: str) -> None:
+    assert decode_bytes(text.encode(charset), charset) == text
