@@ -79,6 +79,9 @@ class Bounce:
     recipients: list[str]
     status: str
     diagnostic: str
+    # False for a notice that delivery is only delayed (Action: delayed, a 4.x.x status) or
+    # went through (relayed, delivered, expanded): the MTA still tries, nothing failed yet.
+    failed: bool = True
 
 
 @dataclass(slots=True)
@@ -379,6 +382,7 @@ def _bounce(msg: Message) -> Bounce | None:
     recipients: list[str] = []
     statuses: list[str] = []
     diagnostics: list[str] = []
+    actions: list[str] = []
     blocks = status_part.get_payload()
     if isinstance(blocks, list):
         for block in blocks:
@@ -389,6 +393,8 @@ def _bounce(msg: Message) -> Bounce | None:
                 recipients.append(recipient.split(";", 1)[-1].strip())
             if status := header_text(block, "Status"):
                 statuses.append(status)
+            if action := header_text(block, "Action").lower():
+                actions.append(action)
             if diagnostic := header_text(block, "Diagnostic-Code"):
                 diagnostics.append(diagnostic.split(";", 1)[-1].strip())
     original_ids: list[str] = []
@@ -408,11 +414,16 @@ def _bounce(msg: Message) -> Bounce | None:
         original_ids = message_ids(header_text(msg, "In-Reply-To")) + message_ids(
             header_text(msg, "References")
         )
+    if actions:
+        failed = "failed" in actions
+    else:
+        failed = not statuses or any(not status.startswith(("2", "4")) for status in statuses)
     return Bounce(
         original_ids=list(dict.fromkeys(original_ids)),
         recipients=recipients,
         status=", ".join(statuses),
         diagnostic="; ".join(diagnostics)[:1000],
+        failed=failed,
     )
 
 

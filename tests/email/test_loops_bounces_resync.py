@@ -101,9 +101,10 @@ async def test_acks_are_rate_limited_per_address(
         await hub.stop()
 
 
-def _dsn(original_id: str, recipient: str) -> bytes:
-    """An RFC 3464 delivery status notification as Postfix sends it."""
+def _dsn(original_id: str, recipient: str, delayed: bool = False) -> bytes:
+    """An RFC 3464 delivery status notification as Postfix sends it (a delay warning with `delayed`)."""
     boundary = "dsn-boundary-42"
+    action = "Action: delayed\r\nStatus: 4.2.2\r\n" if delayed else "Action: failed\r\nStatus: 5.1.1\r\n"
     return (
         "From: MAILER-DAEMON@mx.example.com (Mail Delivery System)\r\n"
         "To: support@example.com\r\n"
@@ -116,7 +117,7 @@ def _dsn(original_id: str, recipient: str) -> bytes:
         "I'm sorry to have to inform you that your message could not be delivered.\r\n\r\n"
         f"--{boundary}\r\nContent-Type: message/delivery-status\r\n\r\n"
         "Reporting-MTA: dns; mx.example.com\r\n\r\n"
-        f"Final-Recipient: rfc822; {recipient}\r\nAction: failed\r\nStatus: 5.1.1\r\n"
+        f"Final-Recipient: rfc822; {recipient}\r\n{action}"
         f"Diagnostic-Code: smtp; 550 5.1.1 <{recipient}>: Recipient address rejected\r\n\r\n"
         f"--{boundary}\r\nContent-Type: text/rfc822-headers\r\n\r\n"
         f"From: Support <support@example.com>\r\nTo: {recipient}\r\nSubject: Re: Help\r\n"
@@ -207,6 +208,34 @@ async def test_a_plain_text_bounce_quoting_our_reply_marks_it_failed(
     assert event.data["message_id"] == reply.id and "qmail-send" in event.data["error"]
     message = await email_hub.store.get_message(reply.id)
     assert message is not None and message.delivery is not None and message.delivery.value == "failed"
+    assert len(await leads(email_hub)) == 1
+
+
+async def test_a_delay_notice_leaves_the_reply_as_it_is(
+    email_hub: Hub, imap: ImapClient, mailbox: str, smtp_server: SmtpServer
+) -> None:
+    # "Delayed Mail (still being retried)" marked the reply failed: staff resent it, and the
+    # customer got it twice once the first copy arrived.
+    raw, _ = make_mail(subject="Help", text="Help me")
+    await imap.append(raw, mailbox)
+    (lead,) = await wait_leads(email_hub, 1)
+    reply = await email_hub.replies.record_reply(lead.number, "Here is the answer.", "olena")
+
+    async def staff() -> list:  # type: ignore[type-arg]
+        return [m for m in smtp_server.parsed() if m["Auto-Submitted"] is None]
+
+    (sent,) = await wait_for(staff, what="the staff reply")
+    (sent_id,) = header_ids(sent["Message-ID"])
+    await imap.append(_dsn(sent_id, "olena@example.com", delayed=True), mailbox)
+
+    async def filed() -> list:  # type: ignore[type-arg]
+        return [i for i in await email_hub.store.inbox_list("done") if b"4.2.2" in i.payload]
+
+    (notice,) = await wait_for(filed, what="the delay notice filed")
+    assert notice.lead_number == lead.number
+    assert await email_hub.store.list_events(lead.number, ["delivery.failed"]) == []
+    message = await email_hub.store.get_message(reply.id)
+    assert message is not None and message.delivery is not None and message.delivery.value == "sent"
     assert len(await leads(email_hub)) == 1
 
 
