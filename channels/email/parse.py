@@ -557,7 +557,9 @@ def calendar_text(data: bytes, charset: str = "", method: str = "") -> str:
         found = Calendar.from_ical(text, multiple=True)
     except (*PARSE_ERRORS, RecursionError) as exc:
         # The library raises AttributeError too (a VTIMEZONE closed by another END).
-        log.info("email: a calendar part could not be read (%s); it is kept as an attachment", exc)
+        log.info(
+            "email: a calendar part could not be read (%s); it is kept as an attachment", type(exc).__name__
+        )
         return f"{_ICS_METHODS.get(method, _ICS_DEFAULT)}\n{ICS_UNREADABLE}"
     calendars = found if isinstance(found, list) else [found]
     if not calendars:

@@ -584,3 +584,13 @@ def test_utf8_labelled_as_a_single_byte_charset_is_read_as_utf8(label: str) -> N
 )
 def test_text_in_its_declared_single_byte_charset_stays_as_it_is(charset: str, text: str) -> None:
     assert decode_bytes(text.encode(charset), charset) == text
+
+
+def test_an_unreadable_calendar_leaves_its_content_out_of_the_log(caplog: pytest.LogCaptureFixture) -> None:
+    # The library's error quotes the line it could not read: a customer's text and address at INFO.
+    ics = b"BEGIN:VCALENDAR\r\nolena@example.com call me at 067 123 45 67\r\nEND:VCALENDAR\r\n"
+    with caplog.at_level("INFO", logger="channels.email.parse"):
+        EmailDecoder(EmailSettings())(_item(_calendar_mail(ics)))
+    logged = " ".join(record.getMessage() for record in caplog.records)
+    assert "calendar part could not be read" in logged
+    assert "olena" not in logged and "067" not in logged
