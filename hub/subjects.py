@@ -6,7 +6,7 @@ import re
 
 LEAD_TOKEN = re.compile(r"\[\s*#?\s*L-?(\d{1,12})\s*\]", re.IGNORECASE)
 REPLY_PREFIX = re.compile(
-    r"^\s*((re|fw|fwd|aw|wg|sv|vs|ответ|отв|відп|на)\s*(\[\d+\])?\s*:\s*)+", re.IGNORECASE
+    r"^\s*((re|fw|fwd|aw|wg|sv|vs|ответ|отв|відп|на|пересл)\s*(\[\d+\])?\s*:\s*)+", re.IGNORECASE
 )
 
 

@@ -7,7 +7,7 @@ from hub.domain import Attachment, Identity, IdentityKind, Inbound, InboxItem, L
 from hub.errors import DecodeError
 
 from .attachments import attachment_ref
-from .parse import ParsedEmail, has_reply_prefix, parse_email
+from .parse import ParsedEmail, has_reply_prefix, is_forward, parse_email
 from .text import guess_language, strip_quoted
 
 CHANNEL = "email"
@@ -86,7 +86,8 @@ class EmailDecoder:
         """The Inbound for one parsed message."""
         # A first message keeps its signature (name, phone): only a reply's history is old news.
         reply = bool(parsed.thread_ids) or parsed.lead_number is not None or has_reply_prefix(parsed.subject)
-        text = strip_quoted(parsed.text, reply=reply) if parsed.text else ""
+        forward = is_forward(parsed.subject)
+        text = strip_quoted(parsed.text, reply=reply, forward=forward) if parsed.text else ""
         attachments = self.attachments(parsed)
         if not text and not parsed.subject and not attachments:
             raise DecodeError("empty message: no text, no subject and no attachments")

@@ -237,6 +237,9 @@ class ImapPoller:
         self.mailbox = settings.imap.mailbox
         self.lease_name = f"email:{self.account}:{self.mailbox}"
         self.state_key = f"email:imap:{self.account}:{self.mailbox}"
+        # When the hub first read this mailbox (IMAP dates `taken_from`, and `unread_from` for
+        # the unread mail it took then), kept in the mailbox's state for a later resync.
+        self._origin: dict[str, str] = {}
         self._client: aioimaplib.IMAP4 | None = None
         self._dropped = asyncio.Event()
         self.connected = asyncio.Event()
@@ -414,6 +417,8 @@ class ImapPoller:
         state = await self._store.get_state(self.state_key)
         if not isinstance(state, dict):
             return 0, "new"
+        origin = state.get("origin")
+        self._origin = {str(k): str(v) for k, v in origin.items()} if isinstance(origin, dict) else {}
         if int(state.get("uidvalidity", 0)) != uidvalidity:
             log.warning(
                 "email %s: UIDVALIDITY changed %s -> %s; re-syncing the mailbox by content",
@@ -456,6 +461,22 @@ class ImapPoller:
             )
         return [uid for uid in unseen if uid in recent]
 
+    async def _resync_uids(self, client: aioimaplib.IMAP4) -> list[int]:
+        """After a UIDVALIDITY change: what the first start would have taken, and everything
+        that arrived since; mail from before the hub read the mailbox stays as it is (a mailbox
+        of years of read mail would become that many leads). Mailboxes first read by an older
+        version have no record of that start: everything."""
+        taken_from = self._origin.get("taken_from")
+        if not taken_from:
+            return await self._search(client, "ALL")
+        unread_from = self._origin.get("unread_from")
+        unread = ("UNSEEN", "SINCE", unread_from) if unread_from else ("UNSEEN",)
+        since = await self._search(client, "SINCE", taken_from)
+        return sorted(set(since) | set(await self._search(client, *unread)))
+
+    def _state(self, uidvalidity: int, last_uid: int, mode: str) -> dict[str, Any]:
+        return {"uidvalidity": uidvalidity, "last_uid": last_uid, "mode": mode, "origin": self._origin}
+
     async def sync(self, client: aioimaplib.IMAP4, uidvalidity: int) -> int:
         """Fetch and hand over everything new; returns how many messages were handed over."""
         last_uid, mode = await self._position(uidvalidity)
@@ -465,15 +486,18 @@ class ImapPoller:
             everything = await self._search(client, "ALL")
             floor = max(everything, default=0)
             uids = await self._first_sync_uids(client)
+            max_age = self._imap.first_sync_max_age
+            self._origin = {
+                "taken_from": imap_date(self._now()),
+                "unread_from": imap_date(self._now() - max_age) if max_age is not None else "",
+            }
         elif mode == "resync":
-            uids = [u for u in await self._search(client, "ALL") if u > last_uid]
+            uids = [u for u in await self._resync_uids(client) if u > last_uid]
         else:
             uids = [u for u in await self._search(client, "UID", f"{last_uid + 1}:*") if u > last_uid]
         if mode != "normal":
             # Remember that this mailbox is being re-synced, so a crash mid-way resumes it.
-            await self._store.set_state(
-                self.state_key, {"uidvalidity": uidvalidity, "last_uid": last_uid, "mode": mode}
-            )
+            await self._store.set_state(self.state_key, self._state(uidvalidity, last_uid, mode))
         position = MailboxPosition(self.account, self.mailbox, uidvalidity, resync=mode != "normal")
         handled = 0
         batch_size = self._imap.fetch_batch
@@ -510,20 +534,12 @@ class ImapPoller:
                     await self._acknowledge(client, [f.uid for f in fetched])
                 last_uid = max(last_uid, *chunk)
                 handled += len(fetched)
-                await self._store.set_state(
-                    self.state_key,
-                    {
-                        "uidvalidity": uidvalidity,
-                        "last_uid": last_uid,
-                        "mode": mode,
-                    },
-                )
+                await self._store.set_state(self.state_key, self._state(uidvalidity, last_uid, mode))
         finally:
             _drop(ahead)  # only set when this round failed: that batch was not acknowledged
         if mode != "normal":
             await self._store.set_state(
-                self.state_key,
-                {"uidvalidity": uidvalidity, "last_uid": max(last_uid, floor), "mode": "normal"},
+                self.state_key, self._state(uidvalidity, max(last_uid, floor), "normal")
             )
         return handled
 

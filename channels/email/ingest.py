@@ -304,6 +304,15 @@ class EmailIngest:
         number = await store.find_lead_by_refs(bounce.original_ids)
         if number is None:
             return False
+        if not bounce.failed:
+            # "Still being retried": a failure, if it comes, comes as its own report.
+            log.info(
+                "L-%s email: a delivery delay notice (status %s); the reply stays as it is",
+                number,
+                bounce.status,
+            )
+            await store.inbox_done(item.id, number)
+            return True
         reason = "bounced"
         if bounce.status:
             reason += f" (status {bounce.status})"

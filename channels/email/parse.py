@@ -9,6 +9,7 @@ status notifications (RFC 3464), and attachment extraction.
 
 from __future__ import annotations
 
+import codecs
 import email
 import email.policy
 import hashlib
@@ -78,6 +79,9 @@ class Bounce:
     recipients: list[str]
     status: str
     diagnostic: str
+    # False for a notice that delivery is only delayed (Action: delayed, a 4.x.x status) or
+    # went through (relayed, delivered, expanded): the MTA still tries, nothing failed yet.
+    failed: bool = True
 
 
 @dataclass(slots=True)
@@ -133,6 +137,16 @@ def has_reply_prefix(subject: str) -> bool:
     return bool(REPLY_PREFIX.match(subject or ""))
 
 
+# Outlook in Ukrainian and Russian forwards as "ПЕРЕСЛ:".
+_FORWARD_PREFIX = re.compile(r"^\s*(fw|fwd|wg|пересл)\s*(\[\d+\])?\s*:", re.IGNORECASE)
+
+
+def is_forward(subject: str) -> bool:
+    """Whether a subject starts with a forward prefix (`Fwd:`, `FW:`, `ПЕРЕСЛ:`): the whole
+    text is what the customer sends us."""
+    return bool(_FORWARD_PREFIX.match(subject or ""))
+
+
 def _charset(declared: str) -> str:
     declared = (declared or "").strip().strip('"').lower()
     return _CHARSET_ALIASES.get(declared, declared)
@@ -168,10 +182,33 @@ def guess_8bit(data: bytes) -> str:
     return max((data.decode(c) for c in _CYRILLIC_GUESSES), key=_looks_like_words)
 
 
+def _single_byte(charset: str) -> bool:
+    """Whether a charset maps every byte to one character (so decoding with it never fails)."""
+    try:
+        name = codecs.lookup(charset).name
+    except LookupError:
+        return False
+    return name in _SINGLE_BYTE or name.startswith(("iso8859-", "cp125", "koi8", "mac-"))
+
+
+_SINGLE_BYTE = frozenset({"ascii", "latin-1", "cp866", "cp437", "cp850"})
+
+
 def decode_bytes(data: bytes, declared: str = "") -> str:
     """Bytes -> text with the declared charset, else utf-8, else the likeliest Cyrillic 8-bit
-    charset (never fails)."""
-    for charset in (_charset(declared), "utf-8"):
+    charset (never fails).
+
+    Non-ASCII bytes that are valid UTF-8 are read as UTF-8 even under a declared single-byte
+    charset: web forms and scripts label UTF-8 as windows-1251 or latin-1, and text in those
+    charsets is practically never valid UTF-8 (a Cyrillic letter is never followed by a byte
+    of 0x80-0xBF the way UTF-8 needs)."""
+    declared = _charset(declared)
+    if declared and not data.isascii() and _single_byte(declared):
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            pass
+    for charset in (declared, "utf-8"):
         if not charset:
             continue
         try:
@@ -345,6 +382,7 @@ def _bounce(msg: Message) -> Bounce | None:
     recipients: list[str] = []
     statuses: list[str] = []
     diagnostics: list[str] = []
+    actions: list[str] = []
     blocks = status_part.get_payload()
     if isinstance(blocks, list):
         for block in blocks:
@@ -355,6 +393,8 @@ def _bounce(msg: Message) -> Bounce | None:
                 recipients.append(recipient.split(";", 1)[-1].strip())
             if status := header_text(block, "Status"):
                 statuses.append(status)
+            if action := header_text(block, "Action").lower():
+                actions.append(action)
             if diagnostic := header_text(block, "Diagnostic-Code"):
                 diagnostics.append(diagnostic.split(";", 1)[-1].strip())
     original_ids: list[str] = []
@@ -374,11 +414,16 @@ def _bounce(msg: Message) -> Bounce | None:
         original_ids = message_ids(header_text(msg, "In-Reply-To")) + message_ids(
             header_text(msg, "References")
         )
+    if actions:
+        failed = "failed" in actions
+    else:
+        failed = not statuses or any(not status.startswith(("2", "4")) for status in statuses)
     return Bounce(
         original_ids=list(dict.fromkeys(original_ids)),
         recipients=recipients,
         status=", ".join(statuses),
         diagnostic="; ".join(diagnostics)[:1000],
+        failed=failed,
     )
 
 
@@ -512,7 +557,9 @@ def calendar_text(data: bytes, charset: str = "", method: str = "") -> str:
         found = Calendar.from_ical(text, multiple=True)
     except (*PARSE_ERRORS, RecursionError) as exc:
         # The library raises AttributeError too (a VTIMEZONE closed by another END).
-        log.info("email: a calendar part could not be read (%s); it is kept as an attachment", exc)
+        log.info(
+            "email: a calendar part could not be read (%s); it is kept as an attachment", type(exc).__name__
+        )
         return f"{_ICS_METHODS.get(method, _ICS_DEFAULT)}\n{ICS_UNREADABLE}"
     calendars = found if isinstance(found, list) else [found]
     if not calendars:
@@ -634,6 +681,25 @@ def parse_email(raw: bytes) -> ParsedEmail:
         raise DecodeError("unparseable MIME: nesting too deep") from exc
 
 
+# From addresses of machines that send on a person's behalf (form relays, notifications).
+_RELAY_LOCAL = re.compile(
+    r"^(no[-_.]?reply|do[-_.]?not[-_.]?reply|wordpress|mailer|robot|bot|forms?|webforms?|"
+    r"contact[-_.]?forms?|notifications?|notify|site|website|www|www-data|apache|nginx)$"
+)
+
+
+def _relayed(name: str, address: str, recipients: list[str]) -> bool:
+    """Whether a From is a relay for the person in Reply-To: a machine's address, a list's
+    "Olena via Support" rewrite, or our own domain (the company's site relaying its form).
+
+    Anyone else's Reply-To stays a wish for where replies go: unlike From, no receiving server
+    checks it (DMARC), so it must not make a stranger's mail a known customer's."""
+    local, _, domain = address.partition("@")
+    if _RELAY_LOCAL.match(local.split("+")[0]) or " via " in f" {name.lower()} ":
+        return True
+    return any(r.partition("@")[2] == domain for r in recipients)
+
+
 def _unquoted(name: str) -> str:
     """A display name without the one pair of quotes some clients leave around it; quotes that
     belong to the name stay (`ТОВ "Ромашка"` is a company's name, not `ТОВ "Ромашка`)."""
@@ -648,11 +714,17 @@ def _parse(msg: Message, raw: bytes) -> ParsedEmail:
         raise DecodeError("no headers: this is not an email message")
     headers = _Headers(msg)
     from_addresses = _addresses(headers, "From")
-    senders = from_addresses or _addresses(headers, "Sender") or _addresses(headers, "Reply-To")
+    reply_to = _addresses(headers, "Reply-To")
+    senders = from_addresses or _addresses(headers, "Sender") or reply_to
     if not senders:
         raise DecodeError(f"no valid sender address (From: {header_text(headers, 'From')[:200]!r})")
     sender_name, sender = senders[0]
+    from_address = sender
     recipients = [a for _, a in _addresses(headers, "To", "Cc", "Delivered-To", "X-Original-To")]
+    if len(reply_to) == 1 and reply_to[0][1] != sender and _relayed(sender_name, sender, recipients):
+        # A site's form relay or a mailing list writes From: itself and Reply-To: the person
+        # (every customer of a site became one contact with one lead, acknowledged at the relay).
+        sender_name, sender = reply_to[0]
     subject = header_text(headers, "Subject")[:1000]
     own_ids = message_ids(header_text(headers, "Message-ID"))
     thread_ids = message_ids(header_text(headers, "In-Reply-To")) + message_ids(
@@ -665,7 +737,7 @@ def _parse(msg: Message, raw: bytes) -> ParsedEmail:
         payload = msg.get_payload()
         leftover = payload if isinstance(payload, str) else (msg.preamble or "")
         text = _fix_8bit(leftover).strip()
-    bounce = _bounce(msg) or (_plain_bounce(raw, text) if sender.split("@")[0] in _DAEMONS else None)
+    bounce = _bounce(msg) or (_plain_bounce(raw, text) if from_address.split("@")[0] in _DAEMONS else None)
     return ParsedEmail(
         sender=sender,
         sender_name=_unquoted(sender_name)[:200],

@@ -70,6 +70,18 @@ def text_to_html(text: str) -> str:
     return f"<!DOCTYPE html><html><body>{body}</body></html>"
 
 
+def _set_address(msg: EmailMessage, header: str, name: str, addr: str) -> None:
+    """`header: name <addr>`, a non-ASCII name encoded for the reason `encoded_words` gives."""
+    if name and not name.isascii() and addr.isascii():
+        # The address gets a line of its own, so no line is long enough for the policy to refold.
+        msg.set_raw(header, f"{encoded_words(header, name)}\n <{addr}>")
+    elif name:
+        local, _, domain = addr.partition("@")
+        msg[header] = Address(display_name=name, username=local, domain=domain)
+    else:
+        msg[header] = addr
+
+
 def compose(
     item: OutboxItem,
     lead: Lead,
@@ -81,16 +93,13 @@ def compose(
     """The email for one outbox row (text plus HTML alternative, threading headers)."""
     payload = item.payload
     msg = new_message(reply_subject(lead))
-    msg["From"] = from_header
-    local, _, domain = to_addr.partition("@")
-    # Names stored before names were cleaned at parsing may still hold CR/LF.
-    to_name = one_line(to_name)
-    if to_name and not to_name.isascii() and to_addr.isascii():
-        # Encoded here for the reason `encoded_words` gives; the address gets a line of its own,
-        # so no line is long enough for the policy to refold it.
-        msg.set_raw("To", f"{encoded_words('To', to_name)}\n <{to_addr}>")
+    from_name, from_addr = next(iter(getaddresses([from_header])), ("", ""))
+    if from_name and not from_name.isascii() and from_addr.isascii():
+        _set_address(msg, "From", one_line(from_name), from_addr)
     else:
-        msg["To"] = Address(display_name=to_name, username=local, domain=domain) if to_name else to_addr
+        msg["From"] = from_header
+    # Names stored before names were cleaned at parsing may still hold CR/LF.
+    _set_address(msg, "To", one_line(to_name), to_addr)
     msg["Date"] = format_datetime(utcnow())
     msg["Message-ID"] = f"<{our_message_id(item.id, sender_domain(from_header))}>"
     if thread_refs:

@@ -89,10 +89,16 @@ def html_to_text(html: str) -> str:
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
 
 
+# A forwarded message's first line: what follows is what the customer sends us, not history.
+_FORWARD_LINE = (
+    r"(-{2,}\s*(пересылаемое сообщение|пересланное сообщение|переслане повідомлення|пересланий лист|"
+    r"forwarded message)\s*-{2,}|begin forwarded message\s*:)"
+)
+_FORWARD_MARKER = re.compile("^" + _FORWARD_LINE, re.IGNORECASE)
+_FORWARD_ANYWHERE = re.compile(r"^[ \t]*" + _FORWARD_LINE, re.IGNORECASE | re.MULTILINE)
 # Lines that start quoted history by themselves: separators no person types as content.
 _QUOTE_SEPARATOR = re.compile(
-    r"^-{2,}\s*(original message|исходное сообщение|оригінальне повідомлення|"
-    r"пересылаемое сообщение|переслане повідомлення|forwarded message)\s*-{2,}"
+    r"^-{2,}\s*(original message|исходное сообщение|оригінальне повідомлення)\s*-{2,}"
     # Yandex, mail.ru: "24.11.2026, 10:00, Support <s@example.com>:"
     r"|^\d{1,2}[./]\d{1,2}[./]\d{2,4}.{0,80}<[^>\s]+@[^>\s]+>\s*:?\s*$"
     # Gmail in ru/uk: "Вт, 24 нояб. 2026 г. в 10:00, Support <s@example.com>:"
@@ -213,12 +219,29 @@ def _trim_end(kept: list[str]) -> list[str]:
     return kept
 
 
-def strip_quoted(text: str, reply: bool = True) -> str:
+def _forwards_before_quoting(text: str) -> bool:
+    """Whether a forwarded message starts before anything our rules take for quoted history."""
+    if not _FORWARD_ANYWHERE.search(text):
+        return False  # the usual case, found without walking the lines
+    lines = text.split("\n")
+    for index, line in enumerate(lines):
+        if _FORWARD_MARKER.match(line.strip()):
+            return True
+        if index and any(k.strip() for k in lines[:index]) and _quote_starts(lines, index):
+            return False
+    return False
+
+
+def strip_quoted(text: str, reply: bool = True, forward: bool = False) -> str:
     """Only what is new in a reply: quoted history, reply headers and signatures cut off.
 
     `reply=False` (a first message): only our strict cut points apply, not the library's
-    looser reply headers ("From: Kyiv / To: Lviv" in a first message is content)."""
+    looser reply headers ("From: Kyiv / To: Lviv" in a first message is content).
+    `forward=True` (a `Fwd:` subject), or a forwarded message's marker before any quoting:
+    nothing is cut, the forwarded text is what the customer sends us."""
     text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if forward or _forwards_before_quoting(text):
+        return text.strip()
     latest: str | None = None
     if reply:
         try:

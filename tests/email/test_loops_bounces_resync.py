@@ -6,7 +6,7 @@ import asyncio
 import hashlib
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -101,9 +101,10 @@ async def test_acks_are_rate_limited_per_address(
         await hub.stop()
 
 
-def _dsn(original_id: str, recipient: str) -> bytes:
-    """An RFC 3464 delivery status notification as Postfix sends it."""
+def _dsn(original_id: str, recipient: str, delayed: bool = False) -> bytes:
+    """An RFC 3464 delivery status notification as Postfix sends it (a delay warning with `delayed`)."""
     boundary = "dsn-boundary-42"
+    action = "Action: delayed\r\nStatus: 4.2.2\r\n" if delayed else "Action: failed\r\nStatus: 5.1.1\r\n"
     return (
         "From: MAILER-DAEMON@mx.example.com (Mail Delivery System)\r\n"
         "To: support@example.com\r\n"
@@ -116,7 +117,7 @@ def _dsn(original_id: str, recipient: str) -> bytes:
         "I'm sorry to have to inform you that your message could not be delivered.\r\n\r\n"
         f"--{boundary}\r\nContent-Type: message/delivery-status\r\n\r\n"
         "Reporting-MTA: dns; mx.example.com\r\n\r\n"
-        f"Final-Recipient: rfc822; {recipient}\r\nAction: failed\r\nStatus: 5.1.1\r\n"
+        f"Final-Recipient: rfc822; {recipient}\r\n{action}"
         f"Diagnostic-Code: smtp; 550 5.1.1 <{recipient}>: Recipient address rejected\r\n\r\n"
         f"--{boundary}\r\nContent-Type: text/rfc822-headers\r\n\r\n"
         f"From: Support <support@example.com>\r\nTo: {recipient}\r\nSubject: Re: Help\r\n"
@@ -210,6 +211,34 @@ async def test_a_plain_text_bounce_quoting_our_reply_marks_it_failed(
     assert len(await leads(email_hub)) == 1
 
 
+async def test_a_delay_notice_leaves_the_reply_as_it_is(
+    email_hub: Hub, imap: ImapClient, mailbox: str, smtp_server: SmtpServer
+) -> None:
+    # "Delayed Mail (still being retried)" marked the reply failed: staff resent it, and the
+    # customer got it twice once the first copy arrived.
+    raw, _ = make_mail(subject="Help", text="Help me")
+    await imap.append(raw, mailbox)
+    (lead,) = await wait_leads(email_hub, 1)
+    reply = await email_hub.replies.record_reply(lead.number, "Here is the answer.", "olena")
+
+    async def staff() -> list:  # type: ignore[type-arg]
+        return [m for m in smtp_server.parsed() if m["Auto-Submitted"] is None]
+
+    (sent,) = await wait_for(staff, what="the staff reply")
+    (sent_id,) = header_ids(sent["Message-ID"])
+    await imap.append(_dsn(sent_id, "olena@example.com", delayed=True), mailbox)
+
+    async def filed() -> list:  # type: ignore[type-arg]
+        return [i for i in await email_hub.store.inbox_list("done") if b"4.2.2" in i.payload]
+
+    (notice,) = await wait_for(filed, what="the delay notice filed")
+    assert notice.lead_number == lead.number
+    assert await email_hub.store.list_events(lead.number, ["delivery.failed"]) == []
+    message = await email_hub.store.get_message(reply.id)
+    assert message is not None and message.delivery is not None and message.delivery.value == "sent"
+    assert len(await leads(email_hub)) == 1
+
+
 async def test_uidvalidity_change_resyncs_without_duplicates(
     email_hub: Hub, imap: ImapClient, mailbox: str
 ) -> None:
@@ -248,6 +277,58 @@ async def test_uidvalidity_change_resyncs_without_duplicates(
     for lead in found:
         messages = await wait_messages(email_hub, lead.number, 1)
         assert len(messages) == 1, lead.subject
+
+
+async def test_a_resync_leaves_mail_from_before_the_hub_alone(
+    settings_factory: Callable[..., Settings],
+    imap_account: ImapAccount,
+    mailbox: str,
+    imap: ImapClient,
+    smtp_server: SmtpServer,
+    tmp_path: Path,
+) -> None:
+    # A UIDVALIDITY change re-read the whole mailbox: years of mail people had read before the
+    # hub came (never taken at its first start) became that many leads and acknowledgements.
+    long_ago = datetime.now(UTC) - timedelta(days=400)
+    history = [
+        (make_mail(sender=f"h{i}@example.com", subject=f"History {i}", text="old")[0], r"(\Seen)", long_ago)
+        for i in range(3)
+    ]
+    history.append(
+        (make_mail(sender="u@example.com", subject="Unread history", text="old")[0], None, long_ago)
+    )
+    for raw, flags, date in history:
+        assert (await imap.imap.append(raw, mailbox=mailbox, flags=flags, date=date)).result == "OK"
+    current, _ = make_mail(sender="c@example.com", subject="Current", text="new")
+    await imap.append(current, mailbox)
+    hub = Hub(settings_factory(email=email_config(imap_account, mailbox, smtp_server.port, tmp_path)))
+    await hub.start()
+    try:
+        await wait_leads(hub, 1)
+        channel = next(c for c in hub.channels if c.name == "email")
+        poller = channel.poller  # type: ignore[attr-defined]
+        before = await hub.store.get_state(poller.state_key)
+
+        # The mailbox is rebuilt with its flags and arrival dates: new UIDs, a new UIDVALIDITY.
+        await asyncio.sleep(1.1)  # Dovecot derives UIDVALIDITY from the clock (seconds)
+        staging = f"{mailbox}new"
+        await imap.create(staging)
+        for raw, flags, date in [*history, (current, r"(\Seen)", None)]:
+            assert (await imap.imap.append(raw, mailbox=staging, flags=flags, date=date)).result == "OK"
+        later, _ = make_mail(sender="l@example.com", subject="Later", text="newer")
+        await imap.append(later, staging)
+        await imap.delete(mailbox)
+        assert (await imap.imap.rename(staging, mailbox)).result == "OK"
+
+        async def resynced() -> bool:
+            state = await hub.store.get_state(poller.state_key)
+            return bool(state and state["uidvalidity"] != before["uidvalidity"] and state["mode"] == "normal")
+
+        await wait_for(resynced, timeout=30, what="the re-sync")
+        await asyncio.sleep(1.0)
+        assert [lead.subject for lead in await leads(hub)] == ["Current", "Later"]
+    finally:
+        await hub.stop()
 
 
 async def test_smtp_down_then_back_delivers_each_reply_exactly_once(

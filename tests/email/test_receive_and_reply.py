@@ -284,3 +284,27 @@ async def _seen_exactly(imap: ImapClient, mailbox: str, uids: list[int]) -> bool
 async def _acks_to(smtp_server: SmtpServer, count: int) -> list[str] | None:
     found = [rcpt for rcpts in smtp_server.recipients for rcpt in rcpts]
     return found if len(found) >= count else None
+
+
+async def test_a_site_form_relay_is_answered_at_each_customers_reply_to(
+    email_hub: Hub, imap: ImapClient, mailbox: str, smtp_server: SmtpServer
+) -> None:
+    # A website's form mails From: itself with Reply-To: the visitor. Every visitor became the
+    # relay's contact: their requests piled into one lead, acknowledged at wordpress@.
+    visitors = [("Іван", "ivan@example.net", "Хочу замовити котел"), ("Марія", "maria@example.org", "Скарга")]
+    for name, address, text in visitors:
+        raw, _ = make_mail(
+            sender="WordPress <wordpress@shop.example>",
+            subject="Нове повідомлення з сайту",
+            text=f"{name}: {text}",
+            headers={"Reply-To": f"{name} <{address}>"},
+        )
+        await imap.append(raw, mailbox)
+    found = await wait_leads(email_hub, 2)
+    for lead, (name, address, _) in zip(found, visitors, strict=True):
+        contact = await email_hub.store.get_contact(lead.contact_id)
+        assert contact is not None and [i.value for i in contact.identities] == [address]
+        (message,) = await inbound_messages(email_hub, lead.number)
+        assert message.author == name
+    acks = await wait_for(lambda: _acks_to(smtp_server, 2), what="two acknowledgements")
+    assert sorted(acks) == ["ivan@example.net", "maria@example.org"]

@@ -472,6 +472,19 @@ def test_outgoing_cyrillic_subjects_and_names_keep_every_space() -> None:
         assert parse_email(raw).subject == reply_subject(lead)
 
 
+def test_a_long_cyrillic_sender_name_of_ours_keeps_every_space() -> None:
+    name = "Служба підтримки клієнтів ТОВ «Київенергосервіс» відділ обслуговування споживачів"
+    now = datetime(2026, 11, 23, tzinfo=UTC)
+    lead = Lead(12, LeadKind.MESSAGE, "email", "c1", LeadStatus.OPEN, now, now, subject="x")
+    item = OutboxItem("0" * 31 + "1", "m1", 12, "email", {"text": "Добрий день"}, now)
+    raw = compose(item, lead, "olena@example.com", "", f"{name} <support@example.com>", []).as_bytes()
+    parsed = parse_email(raw)
+    assert (parsed.sender_name, parsed.sender) == (name, "support@example.com")
+    head = email.message_from_bytes(raw, policy=email.policy.compat32)
+    display, _, address = head["From"].rpartition("<")
+    assert (_rfc2047_text(display).strip(), address) == (name, "support@example.com>")
+
+
 @pytest.mark.parametrize(
     ("header", "name"),
     [
@@ -489,3 +502,95 @@ def test_quotes_that_belong_to_a_sender_name_are_kept(header: str, name: str) ->
     # A company name ending in a quote lost it: 'ТОВ "Ромашка' in the card and in our replies.
     raw = f"From: {header}\r\nSubject: x\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nhi\r\n"
     assert parse_email(raw.encode()).sender_name == name
+
+
+_FORWARDED = (
+    "Від: Менеджер Магазину <manager@shop.example>\nDate: пн, 23 лист. 2026 р. о 10:00\n"
+    "Subject: Повернення\nTo: <olena@example.com>\n\n"
+    "Олено, гроші за замовлення 1234 повернемо до 30 листопада."
+)
+
+
+@pytest.mark.parametrize(
+    ("subject", "text"),
+    [
+        ("Повернення", f"Пересилаю лист менеджера.\n\n---------- Forwarded message ---------\n{_FORWARDED}"),
+        ("Fwd: Повернення", f"Дивіться нижче\n\n-------- Пересылаемое сообщение --------\n{_FORWARDED}"),
+        ("Повернення", f"Ось лист\n\nBegin forwarded message:\n\n{_FORWARDED}"),
+        ("ПЕРЕСЛ: Повернення", f"Пересилаю\n\n________________________________\n{_FORWARDED}"),
+        ("FW: Повернення", f"-----Original Message-----\n{_FORWARDED}"),
+    ],
+    ids=["gmail", "yandex-fwd", "apple", "outlook-uk", "outlook-old"],
+)
+def test_an_inline_forward_keeps_the_forwarded_text(subject: str, text: str) -> None:
+    # The forwarded manager's promise was cut as if it were quoted history: staff saw only
+    # "Пересилаю лист менеджера." in the card.
+    head = f"From: o@example.com\r\nSubject: {subject}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+    inbound = EmailDecoder(EmailSettings())(_item((head + text).encode()))
+    assert inbound.text == text
+
+
+def test_a_reply_above_an_older_forward_still_loses_its_quoted_history() -> None:
+    text = (
+        "Дякую!\n\nПн, 23 лист. 2026 р. о 10:00 Support <s@example.com> пише:\n"
+        f"> ---------- Forwarded message ---------\n> {_FORWARDED}"
+    )
+    assert strip_quoted(text) == "Дякую!"
+    assert clean_subject("ПЕРЕСЛ: Відп: Рахунок") == "Рахунок"
+
+
+@pytest.mark.parametrize(
+    ("sender", "to", "who"),
+    [
+        ("WordPress <wordpress@shop.example>", "support@example.com", "ivan@example.net"),
+        ("Сайт <no-reply@forms.example>", "support@example.com", "ivan@example.net"),
+        ("'Іван' via Support <support@groups.example>", "support@example.com", "ivan@example.net"),
+        ("Сайт компанії <info@example.com>", "support@example.com", "ivan@example.net"),
+        # A person's own Reply-To is where replies go, not who they are: unlike From, no
+        # receiving server checks it, so it must not make a stranger's mail a known customer's.
+        ("Mallory <mallory@example.org>", "support@example.com", "mallory@example.org"),
+    ],
+    ids=["wordpress", "no-reply", "list-via", "own-domain", "person"],
+)
+def test_reply_to_names_the_customer_only_behind_a_relay(sender: str, to: str, who: str) -> None:
+    raw = (
+        f"From: {sender}\r\nTo: {to}\r\nReply-To: Іван <ivan@example.net>\r\nSubject: x\r\n"
+        "Content-Type: text/plain; charset=utf-8\r\n\r\nЗаявка з сайту\r\n"
+    ).encode()
+    assert parse_email(raw).sender == who
+
+
+@pytest.mark.parametrize("label", ["windows-1251", "koi8-r", "iso-8859-1", "windows-1252"])
+def test_utf8_labelled_as_a_single_byte_charset_is_read_as_utf8(label: str) -> None:
+    # Web forms and scripts send UTF-8 labelled windows-1251 or latin-1: "Р”РѕР±СЂРёР№ РґРµРЅСЊ".
+    text, subject = "Добрий день! Прошу зателефонувати.", "Замовлення №5"
+    word = base64.b64encode(subject.encode()).decode()
+    raw = (
+        f"From: o@example.com\r\nSubject: =?{label}?B?{word}?=\r\n"
+        f"Content-Type: text/plain; charset={label}\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+    ).encode() + text.encode()
+    parsed = parse_email(raw)
+    assert (parsed.subject, parsed.text) == (subject, text)
+
+
+@pytest.mark.parametrize(
+    ("charset", "text"),
+    [
+        ("windows-1251", "Привіт, як справи? Її ЄҐ «ТОВ» — №5, ЁЂЃ"),
+        ("koi8-u", "Здрастуйте, лічильник не працює"),
+        ("iso-8859-1", "Grüße aus Köln"),
+        ("cp866", "Привет"),
+    ],
+)
+def test_text_in_its_declared_single_byte_charset_stays_as_it_is(charset: str, text: str) -> None:
+    assert decode_bytes(text.encode(charset), charset) == text
+
+
+def test_an_unreadable_calendar_leaves_its_content_out_of_the_log(caplog: pytest.LogCaptureFixture) -> None:
+    # The library's error quotes the line it could not read: a customer's text and address at INFO.
+    ics = b"BEGIN:VCALENDAR\r\nolena@example.com call me at 067 123 45 67\r\nEND:VCALENDAR\r\n"
+    with caplog.at_level("INFO", logger="channels.email.parse"):
+        EmailDecoder(EmailSettings())(_item(_calendar_mail(ics)))
+    logged = " ".join(record.getMessage() for record in caplog.records)
+    assert "calendar part could not be read" in logged
+    assert "olena" not in logged and "067" not in logged
