@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import html
 import io
@@ -22,6 +23,7 @@ from hub.config import Settings
 from hub.domain import Identity, IdentityKind, Inbound, LeadKind, LeadStatus, utcnow
 from hub.web.dashboard.auth import login_link, mint_login_token
 from hub.web.dashboard.views import BREACHES_LIMIT, QUEUE_LIMIT
+from storage.base import StoreError
 from tests.contract.builders import lead as build_lead
 from tests.support.dashboard import PASSWORDS, csrf_from, managers_with_passwords, sign_in
 
@@ -679,6 +681,30 @@ async def test_metrics_in_prometheus_format(hub: Hub, http, base_url: str) -> No
     assert 'hub_outbox_rows{state="queued"}' in text or 'hub_outbox_rows{state="failed"}' in text
     assert 'hub_channel_connected{channel="email"} 0.0' in text
     assert "hub_store_up 1.0" in text
+
+
+async def test_metrics_answer_with_store_up_0_while_the_store_is_down(
+    hub: Hub, http, base_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def down(*_: object) -> Any:
+        raise StoreError("MongoDB: no server answered within 30 s")
+
+    async def no_pong() -> bool:
+        return False
+
+    # What a store whose server is gone does: its ping says no and its reads raise.
+    for read in ("active_counts", "outbox_counts"):
+        monkeypatch.setattr(hub.store, read, down)
+    monkeypatch.setattr(hub.store, "ping", no_pong)
+    resp = await http.get(f"{base_url}/metrics")
+    assert resp.status == 200, await resp.text()
+    text = await resp.text()
+    assert "hub_store_up 0.0" in text
+    assert "hub_leads_open{" not in text  # nothing made up while the store cannot be read
+    # A store that answers the ping but fails a read is down for the scrape too.
+    monkeypatch.setattr(hub.store, "ping", lambda: asyncio.sleep(0, True))
+    resp = await http.get(f"{base_url}/metrics")
+    assert resp.status == 200 and "hub_store_up 0.0" in await resp.text()
 
 
 async def test_hash_password_cli_prints_a_verifiable_hash(monkeypatch, capsys) -> None:
