@@ -536,12 +536,15 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
-def _format_error(exc: ValidationError) -> str:
+def _format_error(exc: ValidationError, from_env: dict[str, str]) -> str:
+    """`key: problem; ...`, naming the environment variable a value came from (the operator
+    would look for it in config.yaml otherwise)."""
     lines = []
     for err in exc.errors():
         key = ".".join(str(part) for part in err["loc"]) or "(top level)"
         message = err["msg"].removeprefix("Value error, ")
-        lines.append(f"{key}: {message}")
+        source = next((var for var, dotted in from_env.items() if f"{key}.".startswith(f"{dotted}.")), None)
+        lines.append(f"{key} (from {source}): {message}" if source else f"{key}: {message}")
     return "; ".join(lines)
 
 
@@ -549,13 +552,16 @@ def settings_from_dict(data: dict[str, Any], env: dict[str, str] | None = None) 
     """Validate a config mapping, applying `HUB_*` overrides from `env` (default: os.environ)."""
     env = dict(os.environ if env is None else env)
     merged: dict[str, Any] = _deep_copy(data)
+    from_env: dict[str, str] = {}
     for var, dotted in ENV_OVERRIDES.items():
-        if env.get(var):
-            _set_dotted(merged, dotted, env[var])
+        if not env.get(var):
+            continue
+        _set_dotted(merged, dotted, env[var])
+        from_env[var] = dotted
     try:
         settings = Settings.model_validate(merged)
     except ValidationError as exc:
-        raise ConfigError(_format_error(exc)) from exc
+        raise ConfigError(_format_error(exc, from_env)) from exc
     _check_calendars(settings)
     return settings
 

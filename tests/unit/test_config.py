@@ -104,6 +104,28 @@ def test_env_overrides_secrets_and_urls() -> None:
 
 
 @pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"HUB_WEB_PORT": "80a"}, "web.port (from HUB_WEB_PORT): "),
+        ({"HUB_IMAP_PORT": "imap"}, "email.imap.port (from HUB_IMAP_PORT): "),
+        ({"HUB_CPUS": "first"}, "process.cpus.0 (from HUB_CPUS): "),
+        ({"HUB_LOG_LEVEL": "verbose"}, "log_level (from HUB_LOG_LEVEL): "),
+        ({"HUB_STORAGE_URL": "postgres://db/hub"}, "storage.url (from HUB_STORAGE_URL): "),
+    ],
+)
+def test_an_error_in_a_value_from_the_environment_names_the_variable(
+    env: dict[str, str], message: str
+) -> None:
+    # config.yaml's own value is fine: without the variable's name the operator looks there.
+    with pytest.raises(ConfigError) as info:
+        load_settings(ROOT / "config.yaml", env=env)
+    assert message in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        settings_from_dict({"web": {"port": "80a"}}, env={})
+    assert "from HUB_" not in str(info.value)
+
+
+@pytest.mark.parametrize(
     ("data", "key"),
     [
         ({"sla": {"check_every": "often"}}, "sla.check_every"),
