@@ -536,6 +536,20 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
+#: Sections that are off unless config.yaml has them: a secret for one of them in the
+#: environment (a shared .env) configures nothing, so it does not create the section.
+_OPTIONAL_SECTIONS = ("notify.webhook",)
+
+
+def _has_dotted(data: dict[str, Any], dotted: str) -> bool:
+    node: Any = data
+    for key in dotted.split("."):
+        if not isinstance(node, dict) or not isinstance(node.get(key), dict):
+            return False
+        node = node[key]
+    return True
+
+
 def _format_error(exc: ValidationError, from_env: dict[str, str]) -> str:
     """`key: problem; ...`, naming the environment variable a value came from (the operator
     would look for it in config.yaml otherwise)."""
@@ -555,6 +569,9 @@ def settings_from_dict(data: dict[str, Any], env: dict[str, str] | None = None) 
     from_env: dict[str, str] = {}
     for var, dotted in ENV_OVERRIDES.items():
         if not env.get(var):
+            continue
+        section = next((s for s in _OPTIONAL_SECTIONS if dotted.startswith(f"{s}.")), None)
+        if section is not None and not _has_dotted(merged, section):
             continue
         _set_dotted(merged, dotted, env[var])
         from_env[var] = dotted

@@ -125,6 +125,15 @@ def test_an_error_in_a_value_from_the_environment_names_the_variable(
     assert "from HUB_" not in str(info.value)
 
 
+def test_a_notify_webhook_secret_in_the_environment_without_a_webhook_configures_nothing() -> None:
+    # One .env for every deployment: the secret is there, the webhook is not configured here.
+    env = {"HUB_NOTIFY_WEBHOOK_SECRET": "hmac-secret-value"}
+    assert load_settings(ROOT / "config.yaml", env=env).notify.webhook is None
+    hooked = settings_from_dict({"notify": {"webhook": {"url": "https://hooks.example.com/hub"}}}, env=env)
+    assert hooked.notify.webhook is not None and hooked.notify.webhook.secret is not None
+    assert hooked.notify.webhook.secret.get_secret_value() == "hmac-secret-value"
+
+
 @pytest.mark.parametrize(
     ("data", "key"),
     [
