@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -93,6 +94,18 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _http_url(value: str) -> str:
+    """An absolute http(s) URL (what customers, Telegram or a webhook receiver are sent to)."""
+    if not re.match(r"^https?://[^/\s?#]+", value) or any(c.isspace() for c in value):
+        raise ValueError(f"{value!r} is not an http:// or https:// URL")
+    return value
+
+
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
+#: A TCP port to connect to (0 means "any free port" only for a port we listen on).
+RemotePort = Annotated[int, Field(ge=1, le=65535)]
+
+
 class StorageSettings(_Section):
     url: str = "sqlite:///data/hub.db"
 
@@ -123,6 +136,12 @@ class WebSettings(_Section):
     metrics_token: SecretStr | None = None  # HUB_METRICS_TOKEN: when set, /metrics needs it
     # Several hub processes on one host and port (SO_REUSEPORT: the kernel spreads connections).
     reuse_port: bool = False
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str) -> str:
+        # Sign-in links and Telegram's setWebhook are built on it: a bare host name makes both wrong.
+        return _http_url(value) if value else value
 
 
 class ApiSettings(_Section):
@@ -306,7 +325,7 @@ class SlaSettings(_Section):
 
 class ImapSettings(_Section):
     host: str = "127.0.0.1"
-    port: int = 993
+    port: RemotePort = 993
     security: Literal["ssl", "starttls", "plain"] = "ssl"
     username: str = "support"
     password: SecretStr | None = None  # HUB_IMAP_PASSWORD
@@ -324,7 +343,7 @@ class ImapSettings(_Section):
 
 class SmtpSettings(_Section):
     host: str = "127.0.0.1"
-    port: int = 465
+    port: RemotePort = 465
     security: Literal["ssl", "starttls", "plain"] = "ssl"
     username: str | None = "support"
     password: SecretStr | None = None  # HUB_SMTP_PASSWORD
@@ -365,8 +384,8 @@ class TelegramSettings(_Section):
     token: SecretStr | None = None  # HUB_TELEGRAM_TOKEN
     mode: Literal["polling", "webhook"] = "polling"
     webhook_secret: SecretStr | None = None  # HUB_TELEGRAM_WEBHOOK_SECRET
-    webhook_path: str = "/telegram/webhook"
-    api_base: str = "https://api.telegram.org"
+    webhook_path: str = Field("/telegram/webhook", pattern=r"^/[^\s?#]*$")
+    api_base: HttpUrl = "https://api.telegram.org"
     staff_group_id: int | None = None
     alerts_chat_id: int | None = None
     bot_username: str = ""
@@ -388,7 +407,7 @@ class OutboxSettings(_Section):
 class WebhookSettings(_Section):
     """An outgoing JSON POST for alerts (SLA warnings and breaches, unassigned leads)."""
 
-    url: str
+    url: HttpUrl
     events: list[str] = Field(
         default_factory=lambda: ["sla.warning", "sla.breached", "sla.escalated", "routing.nobody_eligible"]
     )
@@ -397,13 +416,6 @@ class WebhookSettings(_Section):
     backoff_base: Duration = Field(default_factory=lambda: timedelta(seconds=1))
     headers: dict[str, str] = Field(default_factory=dict)
     secret: SecretStr | None = None  # HUB_NOTIFY_WEBHOOK_SECRET: HMAC-SHA256 of the body
-
-    @field_validator("url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("must be an http:// or https:// URL")
-        return value
 
 
 class NotifySettings(_Section):

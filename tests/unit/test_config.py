@@ -152,6 +152,13 @@ def test_a_notify_webhook_secret_in_the_environment_without_a_webhook_configures
         ({"process": {"cpus": [0, 0]}}, "process.cpus"),
         ({"process": {"cpus": [-1]}}, "process.cpus"),
         ({"process": {"cpus": "zero"}}, "process.cpus"),
+        # Accepted by check-config, then a traceback at start or a setting that cannot work:
+        ({"telegram": {"webhook_path": "telegram-hook"}}, "telegram.webhook_path"),
+        ({"telegram": {"api_base": "api.telegram.org"}}, "telegram.api_base"),
+        ({"web": {"public_url": "hub.example.com"}}, "web.public_url"),
+        ({"email": {"imap": {"port": 0}}}, "email.imap.port"),
+        ({"email": {"smtp": {"port": 70000}}}, "email.smtp.port"),
+        ({"notify": {"webhook": {"url": "ftp://x"}}}, "notify.webhook.url"),
     ],
 )
 def test_errors_name_the_key(data: dict[str, object], key: str) -> None:
