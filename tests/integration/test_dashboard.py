@@ -826,3 +826,29 @@ async def test_a_follow_ups_own_subject_shows_on_the_lead_page_and_in_the_api(
         ("Рахунок за грудень", "І ще питання"),
         (None, "Досі не гріє"),
     ]
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"compare_from": "2026-10-01"}, "compare_to"),
+        ({"compare_to": "2026-10-31"}, "compare_from"),
+        ({"compare": "yes"}, "compare"),
+    ],
+)
+async def test_half_a_comparison_period_or_an_unknown_compare_is_422(
+    http, base_url: str, auth, olena, params: dict[str, str], field: str
+) -> None:
+    # It answered 200 without the comparison, which reads as "compared, nothing changed".
+    resp = await http.get(f"{base_url}/api/v1/reports/kpi", params=params, headers=auth)
+    assert resp.status == 422, await resp.text()
+    assert list((await resp.json())["fields"]) == [field]
+    session, _ = olena
+    page = await session.get(
+        f"{base_url}/dashboard/reports", params=params, headers={"Accept-Language": "uk"}
+    )
+    assert page.status == 422
+    assert "Бракує" in html.unescape(await page.text()) or "Порівняти" in html.unescape(await page.text())
+    both = {"compare_from": "2026-10-01", "compare_to": "2026-10-31"}
+    resp = await http.get(f"{base_url}/api/v1/reports/kpi", params=both, headers=auth)
+    assert resp.status == 200 and "compare" in await resp.json()

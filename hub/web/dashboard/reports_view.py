@@ -87,12 +87,28 @@ def parse_report_request(query: Any, zone: ZoneInfo) -> ReportRequest:
     )
     compare: Period | None = None
     cmp_start, cmp_end = bound("compare_from", False), bound("compare_to", True)
+    if (cmp_start is None) != (cmp_end is None):
+        # Half a period is no period: comparing with nothing would look like "no change".
+        missing = "compare_to" if cmp_end is None else "compare_from"
+        raise BadReportRequest(
+            f"{missing} is missing", {missing: "give both compare_from and compare_to"}, "half_compare",
+            field=missing,
+        )  # fmt: skip
+    compare_raw = str(query.get("compare", "")).strip()
+    if compare_raw not in ("", *_COMPARE_PREVIOUS):
+        raise BadReportRequest(
+            "bad compare", {"compare": f"one of: {', '.join(_COMPARE_PREVIOUS)}"}, "bad_compare"
+        )
     if cmp_start and cmp_end:
         compare = Period(cmp_start, cmp_end)
         _check(compare, "compare_to")
-    elif str(query.get("compare", "")) in ("previous", "1", "on"):
+    elif compare_raw:
         compare = _previous(period, "compare")
     return ReportRequest(period, filters, compare)
+
+
+#: `compare=` values that ask for the period just before this one.
+_COMPARE_PREVIOUS = ("previous", "1", "on")
 
 
 _BOUND_HINT = (
