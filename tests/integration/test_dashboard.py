@@ -529,7 +529,7 @@ async def test_kpi_report_figures_equal_what_the_leads_say(
     session, _ = olena
     csv_resp = await session.get(
         f"{base_url}/dashboard/reports/csv",
-        params={"from": "2026-03-02", "to": "2026-03-05", "table": "kind"},
+        params={"from": "2026-03-02", "to": "2026-03-05", "table": "kind", "sep": "comma"},
     )
     assert csv_resp.status == 200 and csv_resp.headers["Content-Type"].startswith("text/csv")
     rows = list(csv.DictReader(io.StringIO((await csv_resp.read()).decode("utf-8-sig"))))
@@ -852,3 +852,32 @@ async def test_half_a_comparison_period_or_an_unknown_compare_is_422(
     both = {"compare_from": "2026-10-01", "compare_to": "2026-10-31"}
     resp = await http.get(f"{base_url}/api/v1/reports/kpi", params=both, headers=auth)
     assert resp.status == 200 and "compare" in await resp.json()
+
+
+async def test_csv_opens_as_columns_in_a_ukrainian_excel_and_plain_for_english(
+    hub: Hub, http, base_url: str, olena
+) -> None:
+    await _build_history(hub)
+    session, _ = olena
+    params = {"from": "2026-03-02", "to": "2026-03-05", "table": "summary"}
+
+    async def export(headers: dict[str, str], **extra: str) -> str:
+        resp = await session.get(
+            f"{base_url}/dashboard/reports/csv", params={**params, **extra}, headers=headers
+        )
+        assert resp.status == 200, await resp.text()
+        body = await resp.read()
+        assert body.startswith(b"\xef\xbb\xbf")  # the BOM: Excel reads the file as UTF-8
+        return body.decode("utf-8-sig")
+
+    # A comma file showed as one column in Excel with a Ukrainian locale, and 70.0 became text
+    # (1.5 a date): there the list separator is ";" and the decimal one ",".
+    uk = await export({"Accept-Language": "uk"})
+    (row,) = list(csv.DictReader(io.StringIO(uk), delimiter=";"))
+    assert row["received"] == "10" and row["within_target_pct"] == "70,0"
+    en = await export({"Accept-Language": "en"})
+    (row,) = list(csv.DictReader(io.StringIO(en)))
+    assert row["received"] == "10" and row["within_target_pct"] == "70.0"
+    assert await export({"Accept-Language": "uk"}, sep="comma") == en
+    bad = await session.get(f"{base_url}/dashboard/reports/csv", params={**params, "sep": "tab"})
+    assert bad.status == 422

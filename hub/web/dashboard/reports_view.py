@@ -13,6 +13,7 @@ from hub.domain import LeadKind, utcnow
 from hub.errors import ValidationFailed
 from hub.reports import (
     BREAKDOWNS,
+    CSV_STYLES,
     EARLIEST,
     FIGURES,
     LATEST,
@@ -231,10 +232,19 @@ def hub_name(hub: Any, key: str | None) -> str:
 
 
 async def reports_csv(request: web.Request) -> web.Response:
-    """GET /dashboard/reports/csv?table=summary|daily|team|assignee|channel|kind|compare."""
+    """GET /dashboard/reports/csv?table=summary|daily|team|assignee|channel|kind|compare[&sep=].
+
+    `sep=semicolon` (`;` and decimal commas) is the default for the Ukrainian UI: Excel in a
+    Ukrainian locale opens that by a double click; `sep=comma` for the rest.
+    """
     if not sees_all(viewer_of(request)):
         return error_page(request, 403, "dash.error.forbidden")
     table = request.query.get("table", "summary")
+    sep = request.query.get("sep") or ("semicolon" if language_of(request) == "uk" else "comma")
+    style = CSV_STYLES.get(sep)
+    if style is None:
+        error = BadReportRequest("bad sep", {"sep": "comma or semicolon"}, "bad_sep")
+        return _bad_report(request, error)
     try:
         wanted, report, before = await _reports(request)
     except BadReportRequest as exc:
@@ -251,10 +261,11 @@ async def reports_csv(request: web.Request) -> web.Response:
         text = to_csv(
             ["figure", "before", "after", "change_pct"],
             [[r["figure"], r["before"], r["after"], r["change_pct"]] for r in rows],
+            style,
         )
     else:
         try:
-            text = table_csv(report, table)
+            text = table_csv(report, table, style)
         except KeyError:
             return error_page(request, 404, "dash.error.no_table")
     start = report.period.start.date().isoformat()
