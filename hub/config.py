@@ -102,6 +102,15 @@ def _http_url(value: str) -> str:
 
 
 HttpUrl = Annotated[str, AfterValidator(_http_url)]
+
+
+def _blank_is_unset(value: Any) -> Any:
+    return None if isinstance(value, str) and not value.strip() else value
+
+
+#: A token or key that authenticates or signs: a blank one is no key at all (it would let
+#: anyone sending `Authorization: Bearer ` in, or sign with an empty HMAC key), so it is unset.
+Key = Annotated[SecretStr | None, BeforeValidator(_blank_is_unset)]
 #: A TCP port to connect to (0 means "any free port" only for a port we listen on).
 RemotePort = Annotated[int, Field(ge=1, le=65535)]
 
@@ -129,11 +138,11 @@ class WebSettings(_Section):
     form_rate_limit: RateLimitSetting = Field(default_factory=lambda: parse_rate_limit("10/m"))
     trusted_proxies: list[str] = Field(default_factory=list)
     max_body_bytes: int = Field(256 * 1024, ge=1024)
-    secret_key: SecretStr | None = None  # HUB_SECRET_KEY: signs sessions and links
+    secret_key: Key = None  # HUB_SECRET_KEY: signs sessions and links
     # Dashboard sign-in tries: per client IP, and per manager id (whatever the address).
     login_rate_limit: RateLimitSetting = Field(default_factory=lambda: parse_rate_limit("10/m"))
     login_manager_rate_limit: RateLimitSetting = Field(default_factory=lambda: parse_rate_limit("5/m"))
-    metrics_token: SecretStr | None = None  # HUB_METRICS_TOKEN: when set, /metrics needs it
+    metrics_token: Key = None  # HUB_METRICS_TOKEN: when set, /metrics needs it
     # Several hub processes on one host and port (SO_REUSEPORT: the kernel spreads connections).
     reuse_port: bool = False
 
@@ -145,7 +154,7 @@ class WebSettings(_Section):
 
 
 class ApiSettings(_Section):
-    token: SecretStr | None = None  # HUB_API_TOKEN
+    token: Key = None  # HUB_API_TOKEN
 
 
 class FormSettings(_Section):
@@ -383,7 +392,7 @@ class TelegramSettings(_Section):
     enabled: bool = False
     token: SecretStr | None = None  # HUB_TELEGRAM_TOKEN
     mode: Literal["polling", "webhook"] = "polling"
-    webhook_secret: SecretStr | None = None  # HUB_TELEGRAM_WEBHOOK_SECRET
+    webhook_secret: Key = None  # HUB_TELEGRAM_WEBHOOK_SECRET
     webhook_path: str = Field("/telegram/webhook", pattern=r"^/[^\s?#]*$")
     api_base: HttpUrl = "https://api.telegram.org"
     staff_group_id: int | None = None
@@ -415,7 +424,7 @@ class WebhookSettings(_Section):
     max_attempts: int = Field(5, ge=1, le=20)
     backoff_base: Duration = Field(default_factory=lambda: timedelta(seconds=1))
     headers: dict[str, str] = Field(default_factory=dict)
-    secret: SecretStr | None = None  # HUB_NOTIFY_WEBHOOK_SECRET: HMAC-SHA256 of the body
+    secret: Key = None  # HUB_NOTIFY_WEBHOOK_SECRET: HMAC-SHA256 of the body
 
 
 class NotifySettings(_Section):

@@ -185,6 +185,20 @@ async def test_api_requires_the_bearer_token(hub: Hub, http, base_url) -> None:
     assert health == {"status": "ok", "storage": "sqlite"}
 
 
+async def test_a_blank_api_token_in_the_config_keeps_the_api_closed(settings_factory, http) -> None:
+    # `api: {token: ""}` let anyone in who sent `Authorization: Bearer ` with nothing after it.
+    hub = Hub(settings_factory(api={"token": ""}, web={"secret_key": "  "}))
+    await hub.start()
+    try:
+        for headers in ({"Authorization": "Bearer "}, {"Authorization": "Bearer"}, {}):
+            resp = await http.get(f"http://127.0.0.1:{hub.web_port}/api/v1/leads", headers=headers)
+            assert resp.status == 401, await resp.text()
+    finally:
+        await hub.stop()
+    # The same for every key that signs or authenticates: blank is unset, never an empty key.
+    assert hub.settings.api.token is None and hub.settings.web.secret_key is None
+
+
 async def test_api_lead_lifecycle(hub: Hub, http, base_url, auth) -> None:
     created = await http.post(
         f"{base_url}/api/v1/leads",
