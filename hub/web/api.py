@@ -6,6 +6,7 @@ import hmac
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+from multidict import MultiDict
 
 from channels import webform
 from hub import i18n
@@ -160,7 +161,9 @@ async def create_lead(request: web.Request) -> web.Response:
 async def list_leads(request: web.Request) -> web.Response:
     """GET /api/v1/leads: filters status, kind, assignee, team, channel, breached, q; cursor pages."""
     hub: Hub = request.app[HUB_KEY]
-    q = request.query
+    # An empty parameter (`?team=`, what a form or a query builder sends for "any") is no
+    # filter: matching the empty string found nothing, for some filters, and was 422 for others.
+    q = MultiDict((key, value) for key, value in request.query.items() if value.strip())
     try:
         statuses = tuple(LeadStatus(s) for s in q.getall("status", [])) or None
         kind = LeadKind(q["kind"]) if "kind" in q else None

@@ -286,6 +286,19 @@ async def test_list_filters_and_cursor_pagination(hub: Hub, http, base_url, auth
     assert bad.status == 422 and (await bad.json())["error"] == "validation_failed"
 
 
+async def test_empty_list_filters_are_no_filters(hub: Hub, http, base_url, auth) -> None:
+    for form in ("contact", "service"):
+        resp = await http.post(f"{base_url}/forms/{form}", json={"email": "e@example.com", "message": form})
+        assert resp.status == 201
+    # What an HTML form or a query builder sends for "any": it found nothing for team, assignee
+    # and channel, and was 422 for kind, status, breached, limit and cursor.
+    empty = {name: "" for name in ("status", "kind", "assignee", "team", "channel", "breached", "q")}
+    for params in [empty, {"limit": "", "cursor": ""}, {"team": " "}]:
+        resp = await http.get(f"{base_url}/api/v1/leads", params=params, headers=auth)
+        assert resp.status == 200, (params, await resp.text())
+        assert [i["lead"] for i in (await resp.json())["items"]] == ["L-2", "L-1"], params
+
+
 async def test_reply_with_idempotency_key_is_recorded_once(hub: Hub, http, base_url, auth) -> None:
     await http.post(f"{base_url}/forms/contact", json={"email": "idem@example.com", "message": "hi"})
     headers = {**auth, "Idempotency-Key": "reply-777"}
