@@ -131,6 +131,10 @@ class SlaClaim:
 #: Dimensions a KPI report can be broken down by (`KpiQuery.group_by`).
 KPI_GROUPS = ("team", "assignee", "channel", "kind", "day")
 
+#: Event data keys that may quote what a customer wrote (an edit's `before` and `after`): erasing
+#: a contact removes them from the events of its leads, which otherwise stay as the audit trail.
+EVENT_TEXT_KEYS = ("text", "before", "after")
+
 #: State key set once a store's phone identities were rewritten to today's E.164 form
 #: (`hub.identities.renormalized_phone`), which both adapters do once at open.
 PHONE_RENORMALIZED_KEY = "storage.phone_e164"

@@ -66,6 +66,7 @@ from hub.domain import (
 from hub.identities import renormalized_phone
 from storage import mongo_kpi
 from storage.base import (
+    EVENT_TEXT_KEYS,
     KPI_GROUPS,
     LEAD_ORDERS,
     PHONE_RENORMALIZED_KEY,
@@ -1994,6 +1995,11 @@ class MongoStore:
             if numbers:
                 for name in ("outbox", "messages", "refs", "inbox"):
                     await self._col(name).delete_many({"lead_number": {"$in": numbers}}, session=session)
+                await self._col("events").update_many(
+                    {"lead_number": {"$in": numbers}},
+                    {"$unset": {f"data.{key}": "" for key in EVENT_TEXT_KEYS}},
+                    session=session,
+                )
                 await self._col("leads").update_many(
                     {"contact_id": contact_id},
                     [

@@ -50,6 +50,7 @@ from hub.domain import (
 from hub.identities import renormalized_phone
 from storage import sqlite_kpi
 from storage.base import (
+    EVENT_TEXT_KEYS,
     KPI_GROUPS,
     LEAD_ORDERS,
     PHONE_RENORMALIZED_KEY,
@@ -2382,6 +2383,11 @@ class SqliteStore:
                 marks = ",".join("?" * len(numbers))
                 for table in ("outbox", "messages", "refs", "inbox"):
                     await db.execute(f"DELETE FROM {table} WHERE lead_number IN ({marks})", numbers)
+                paths = ", ".join(f"'$.{key}'" for key in EVENT_TEXT_KEYS)
+                await db.execute(
+                    f"UPDATE events SET data = json_remove(data, {paths}) WHERE lead_number IN ({marks})",
+                    numbers,
+                )
                 await db.execute(
                     "UPDATE leads SET subject = '', tags = '[]', extra = '{}', "
                     "origin_external_id = 'erased:' || number WHERE contact_id = ?",
