@@ -657,6 +657,26 @@ def _deep_copy(data: Any) -> Any:
     return data
 
 
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: Any, line: int) -> None:
+        super().__init__(f"line {line}: the key {key!r} is given twice")
+        self.key, self.line = key, line
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping: PyYAML keeps the last one
+    silently, so a second `telegram:` section would quietly replace the first."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise _DuplicateKey(key, key_node.start_mark.line + 1)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_settings(path: str | Path | None = None, env: dict[str, str] | None = None) -> Settings:
     """Read and validate the YAML config at `path` (default: HUB_CONFIG or ./config.yaml)."""
     env_map = dict(os.environ if env is None else env)
@@ -676,7 +696,12 @@ def load_settings(path: str | Path | None = None, env: dict[str, str] | None = N
     except OSError as exc:
         raise ConfigError(f"config file {config_path} cannot be read: {exc.strerror or exc}") from exc
     try:
-        data = yaml.safe_load(text) or {}
+        data = yaml.load(text, Loader=_UniqueKeyLoader) or {}
+    except _DuplicateKey as exc:
+        raise ConfigError(
+            f"{config_path} line {exc.line}: {exc.key!r} is given twice in one section "
+            f"(the later one would silently replace the first): keep one"
+        ) from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"{config_path}: not valid YAML: {exc}") from exc
     if not isinstance(data, dict):

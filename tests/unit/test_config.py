@@ -448,3 +448,21 @@ def test_check_config_masks_every_notify_webhook_header_value(tmp_path: Path) ->
     assert ok.returncode == 0, ok.stderr
     assert '"Authorization": "***"' in ok.stdout
     assert not [value for value in ("hdr-secret-777", "key-888", "ops-999") if value in ok.stdout]
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "key"),
+    [
+        ("telegram:\n  enabled: true\nweb:\n  port: 8081\ntelegram:\n  enabled: false\n", 5, "'telegram'"),
+        ("web:\n  port: 8081\n  host: 0.0.0.0\n  port: 8082\n", 4, "'port'"),
+    ],
+)
+def test_a_key_given_twice_is_a_config_error_naming_its_line(
+    tmp_path: Path, text: str, line: int, key: str
+) -> None:
+    # PyYAML keeps the last one silently: the first telegram section was ignored entirely.
+    path = tmp_path / "config.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, env={})
+    assert f"line {line}: {key} is given twice" in str(info.value)
