@@ -411,7 +411,7 @@ def _paths() -> dict[str, Any]:
                     "201": _json(_ref("Lead"), "Created"),
                     "200": _json(_ref("Lead"), "Already submitted with this key: the first result"),
                     "202": _json(_ref("Error"), "Stored, but quarantined for staff"),
-                    **_errors(400, 401, 413, 422, 503),
+                    **_errors(400, 401, 413, 415, 422, 503),
                     "422": _json(
                         _ref("ValidationError"),
                         "Validation failed (`fields` names each bad field), or the Idempotency-Key or "
