@@ -266,8 +266,11 @@ class Store(Protocol):
     async def inbox_requeue(self, item_id: int) -> bool:
         """Put a quarantined item back to pending; False if it was not quarantined."""
 
-    async def inbox_list(self, status: str, limit: int = 100) -> list[InboxItem]:
-        """Items in one status, newest first."""
+    async def inbox_list(
+        self, status: str, limit: int = 100, before_id: int | None = None
+    ) -> list[InboxItem]:
+        """Items in one status, newest first; with `before_id`, those with a smaller id (the
+        next page after an item of that id)."""
 
     # --- contacts ----------------------------------------------------------------------------
     async def find_contact(self, identity: Identity) -> Contact | None:

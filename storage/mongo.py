@@ -926,9 +926,14 @@ class MongoStore:
         return result.modified_count > 0
 
     @_translated
-    async def inbox_list(self, status: str, limit: int = 100) -> list[InboxItem]:
-        """Items in one status, newest first."""
-        cursor = self._col("inbox").find({"status": status}).sort("_id", DESCENDING).limit(limit)
+    async def inbox_list(
+        self, status: str, limit: int = 100, before_id: int | None = None
+    ) -> list[InboxItem]:
+        """Items in one status, newest first; with `before_id`, those with a smaller id."""
+        query: Doc = {"status": status}
+        if before_id is not None:
+            query["_id"] = {"$lt": before_id}
+        cursor = self._col("inbox").find(query).sort("_id", DESCENDING).limit(limit)
         return [_inbox(doc) async for doc in cursor]
 
     # --- contacts -------------------------------------------------------------------------

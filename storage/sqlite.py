@@ -1294,9 +1294,12 @@ class SqliteStore:
             await cursor.close()
         return changed > 0
 
-    async def inbox_list(self, status: str, limit: int = 100) -> list[InboxItem]:
+    async def inbox_list(
+        self, status: str, limit: int = 100, before_id: int | None = None
+    ) -> list[InboxItem]:
         rows = await self._read(
-            "SELECT * FROM inbox WHERE status = ? ORDER BY id DESC LIMIT ?", (status, limit)
+            "SELECT * FROM inbox WHERE status = ? AND id < ? ORDER BY id DESC LIMIT ?",
+            (status, before_id if before_id is not None else 2**63 - 1, limit),
         )
         return [_inbox(r) for r in rows]
 

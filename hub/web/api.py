@@ -259,11 +259,23 @@ async def post_reopen(request: web.Request) -> web.Response:
 async def list_inbox(request: web.Request) -> web.Response:
     """GET /api/v1/inbox?status=quarantined: raw inputs by state (quarantine for staff)."""
     hub: Hub = request.app[HUB_KEY]
-    status = request.query.get("status", "quarantined")
+    status = request.query.get("status") or "quarantined"
     if status not in ("pending", "done", "quarantined"):
         raise ValidationFailed("bad status: pending, done or quarantined")
-    items = await hub.store.inbox_list(status, limit=200)
-    return web.json_response({"items": [inbox_json(i) for i in items]})
+    raw_limit = request.query.get("limit") or str(MAX_PAGE)
+    limit = _small_int(raw_limit)
+    if limit is None or limit < 1:
+        raise ValidationFailed("bad limit: a whole number from 1", {"limit": f"1-{MAX_PAGE}"})
+    limit = min(limit, MAX_PAGE)
+    raw_cursor = request.query.get("cursor") or None
+    cursor = _small_int(raw_cursor) if raw_cursor is not None else None
+    if raw_cursor is not None and cursor is None:
+        raise ValidationFailed("bad cursor: use the next_cursor of the previous page", {"cursor": "a number"})
+    items = await hub.store.inbox_list(status, limit=limit, before_id=cursor)
+    # Past 200 items (a quarantine after an outage) the older ones could not be listed, nor
+    # their ids found to retry them: the next page starts below the last id of this one.
+    next_cursor = str(items[-1].id) if len(items) == limit else None
+    return web.json_response({"items": [inbox_json(i) for i in items], "next_cursor": next_cursor})
 
 
 async def retry_inbox(request: web.Request) -> web.Response:

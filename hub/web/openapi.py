@@ -552,16 +552,30 @@ def _paths() -> dict[str, Any]:
                             "enum": ["pending", "done", "quarantined"],
                             "default": "quarantined",
                         },
-                    }
+                    },
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 200},
+                    },
+                    {
+                        "name": "cursor",
+                        "in": "query",
+                        "schema": {"type": "string", "pattern": "^[0-9]{1,18}$"},
+                        "description": "`next_cursor` of the previous page",
+                    },
                 ],
                 "responses": {
                     "200": _json(
                         {
                             "type": "object",
-                            "required": ["items"],
-                            "properties": {"items": {"type": "array", "items": _ref("InboxItem")}},
+                            "required": ["items", "next_cursor"],
+                            "properties": {
+                                "items": {"type": "array", "items": _ref("InboxItem")},
+                                "next_cursor": _NULLABLE_STRING,
+                            },
                         },
-                        "Up to 200 items, newest first",
+                        "One page of items, newest first; `next_cursor` is null on the last page",
                     ),
                     **_errors(401, 422, 503),
                 },

@@ -299,6 +299,28 @@ async def test_empty_list_filters_are_no_filters(hub: Hub, http, base_url, auth)
         assert [i["lead"] for i in (await resp.json())["items"]] == ["L-2", "L-1"], params
 
 
+async def test_the_inbox_listing_pages_past_its_limit(hub: Hub, http, base_url, auth) -> None:
+    for n in range(5):
+        resp = await http.post(
+            f"{base_url}/forms/contact", json={"email": f"i{n}@example.com", "message": "m"}
+        )
+        assert resp.status == 201
+    # It listed the newest 200 and nothing more: older items could not be found to retry.
+    seen: list[int] = []
+    cursor: str | None = None
+    for _ in range(5):
+        params = {"status": "done", "limit": "2", **({"cursor": cursor} if cursor else {})}
+        page = await (await http.get(f"{base_url}/api/v1/inbox", params=params, headers=auth)).json()
+        seen += [item["id"] for item in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert len(seen) == 5 and seen == sorted(seen, reverse=True)
+    for bad in ({"limit": "0"}, {"limit": "x"}, {"cursor": "abc"}):
+        resp = await http.get(f"{base_url}/api/v1/inbox", params=bad, headers=auth)
+        assert resp.status == 422, bad
+
+
 async def test_reply_with_idempotency_key_is_recorded_once(hub: Hub, http, base_url, auth) -> None:
     await http.post(f"{base_url}/forms/contact", json={"email": "idem@example.com", "message": "hi"})
     headers = {**auth, "Idempotency-Key": "reply-777"}
