@@ -65,7 +65,10 @@ class HubMetrics:
             registry=self.registry,
         )
         self.sla_events = Counter(
-            "hub_sla_events", "SLA warnings and breaches marked", ["type"], registry=self.registry
+            "hub_sla_events",
+            "SLA warnings, breaches and escalations marked by this process",
+            ["type"],
+            registry=self.registry,
         )
         self.delivery_failures = Counter(
             "hub_delivery_failures", "Outbound deliveries that failed", ["channel"], registry=self.registry
@@ -82,7 +85,7 @@ class HubMetrics:
             if lead.first_response_at is not None and lead.first_response_at == event.at:
                 seconds = (lead.first_response_at - lead.created_at).total_seconds()
                 self.first_response.labels(lead.kind.value).observe(max(seconds, 0.0))
-        elif event.type in (EventType.SLA_WARNING, EventType.SLA_BREACHED):
+        elif event.type in (EventType.SLA_WARNING, EventType.SLA_BREACHED, EventType.SLA_ESCALATED):
             self.sla_events.labels(event.type).inc()
         elif event.type == EventType.DELIVERY_FAILED:
             channel = str(event.data.get("channel") or (lead.channel if lead else "unknown"))

@@ -20,7 +20,7 @@ import pytest
 from hub import i18n
 from hub.app import Hub
 from hub.config import Settings
-from hub.domain import Identity, IdentityKind, Inbound, LeadKind, LeadStatus, utcnow
+from hub.domain import Event, Identity, IdentityKind, Inbound, LeadKind, LeadStatus, utcnow
 from hub.web.dashboard.auth import login_link, mint_login_token
 from hub.web.dashboard.views import BREACHES_LIMIT, QUEUE_LIMIT
 from storage.base import StoreError
@@ -681,6 +681,17 @@ async def test_metrics_in_prometheus_format(hub: Hub, http, base_url: str) -> No
     assert 'hub_outbox_rows{state="queued"}' in text or 'hub_outbox_rows{state="failed"}' in text
     assert 'hub_channel_connected{channel="email"} 0.0' in text
     assert "hub_store_up 1.0" in text
+
+
+async def test_metrics_count_every_kind_of_sla_mark(hub: Hub, http, base_url: str) -> None:
+    ref = await _form_lead(http, base_url)
+    lead = await hub.store.get_lead(int(ref[2:]))
+    # Escalations (team_lead_after) went uncounted: an alert on them never fired.
+    for event_type in ("sla.warning", "sla.breached", "sla.escalated"):
+        await hub.bus.publish(Event(event_type, utcnow(), lead.number if lead else None, {}), lead)
+    text = await (await http.get(f"{base_url}/metrics")).text()
+    for event_type in ("sla.warning", "sla.breached", "sla.escalated"):
+        assert f'hub_sla_events_total{{type="{event_type}"}} 1.0' in text, text
 
 
 async def test_metrics_answer_with_store_up_0_while_the_store_is_down(
