@@ -20,6 +20,7 @@ from hub.calendar import AlwaysOpen, Calendar
 from hub.channel_state import ChannelStates
 from hub.config import Settings
 from hub.domain import Lead, new_id, utcnow
+from hub.erasure import Erasure
 from hub.events import EventBus
 from hub.inbox import InboxProcessor
 from hub.intake import Intake
@@ -110,6 +111,7 @@ class Hub:
         self.outbox = OutboxDispatcher(self.store, self.bus, settings.outbox, self.instance_id)
         self.replies = Replies(self.store, self.bus, lambda: self.outbox.channels, self.outbox.wake)
         self.actions = LeadActions(self.store, self.bus, settings, self.sla)
+        self.erasure = Erasure(self.store, self.bus)
         self.sweeper = SlaSweeper(
             self.store,
             self.bus,

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -93,6 +94,27 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _http_url(value: str) -> str:
+    """An absolute http(s) URL (what customers, Telegram or a webhook receiver are sent to)."""
+    if not re.match(r"^https?://[^/\s?#]+", value) or any(c.isspace() for c in value):
+        raise ValueError(f"{value!r} is not an http:// or https:// URL")
+    return value
+
+
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
+
+
+def _blank_is_unset(value: Any) -> Any:
+    return None if isinstance(value, str) and not value.strip() else value
+
+
+#: A token or key that authenticates or signs: a blank one is no key at all (it would let
+#: anyone sending `Authorization: Bearer ` in, or sign with an empty HMAC key), so it is unset.
+Key = Annotated[SecretStr | None, BeforeValidator(_blank_is_unset)]
+#: A TCP port to connect to (0 means "any free port" only for a port we listen on).
+RemotePort = Annotated[int, Field(ge=1, le=65535)]
+
+
 class StorageSettings(_Section):
     url: str = "sqlite:///data/hub.db"
 
@@ -116,17 +138,23 @@ class WebSettings(_Section):
     form_rate_limit: RateLimitSetting = Field(default_factory=lambda: parse_rate_limit("10/m"))
     trusted_proxies: list[str] = Field(default_factory=list)
     max_body_bytes: int = Field(256 * 1024, ge=1024)
-    secret_key: SecretStr | None = None  # HUB_SECRET_KEY: signs sessions and links
+    secret_key: Key = None  # HUB_SECRET_KEY: signs sessions and links
     # Dashboard sign-in tries: per client IP, and per manager id (whatever the address).
     login_rate_limit: RateLimitSetting = Field(default_factory=lambda: parse_rate_limit("10/m"))
     login_manager_rate_limit: RateLimitSetting = Field(default_factory=lambda: parse_rate_limit("5/m"))
-    metrics_token: SecretStr | None = None  # HUB_METRICS_TOKEN: when set, /metrics needs it
+    metrics_token: Key = None  # HUB_METRICS_TOKEN: when set, /metrics needs it
     # Several hub processes on one host and port (SO_REUSEPORT: the kernel spreads connections).
     reuse_port: bool = False
 
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str) -> str:
+        # Sign-in links and Telegram's setWebhook are built on it: a bare host name makes both wrong.
+        return _http_url(value) if value else value
+
 
 class ApiSettings(_Section):
-    token: SecretStr | None = None  # HUB_API_TOKEN
+    token: Key = None  # HUB_API_TOKEN
 
 
 class FormSettings(_Section):
@@ -306,7 +334,7 @@ class SlaSettings(_Section):
 
 class ImapSettings(_Section):
     host: str = "127.0.0.1"
-    port: int = 993
+    port: RemotePort = 993
     security: Literal["ssl", "starttls", "plain"] = "ssl"
     username: str = "support"
     password: SecretStr | None = None  # HUB_IMAP_PASSWORD
@@ -328,7 +356,7 @@ class ImapSettings(_Section):
 
 class SmtpSettings(_Section):
     host: str = "127.0.0.1"
-    port: int = 465
+    port: RemotePort = 465
     security: Literal["ssl", "starttls", "plain"] = "ssl"
     username: str | None = "support"
     password: SecretStr | None = None  # HUB_SMTP_PASSWORD
@@ -368,9 +396,9 @@ class TelegramSettings(_Section):
     enabled: bool = False
     token: SecretStr | None = None  # HUB_TELEGRAM_TOKEN
     mode: Literal["polling", "webhook"] = "polling"
-    webhook_secret: SecretStr | None = None  # HUB_TELEGRAM_WEBHOOK_SECRET
-    webhook_path: str = "/telegram/webhook"
-    api_base: str = "https://api.telegram.org"
+    webhook_secret: Key = None  # HUB_TELEGRAM_WEBHOOK_SECRET
+    webhook_path: str = Field("/telegram/webhook", pattern=r"^/[^\s?#]*$")
+    api_base: HttpUrl = "https://api.telegram.org"
     staff_group_id: int | None = None
     alerts_chat_id: int | None = None
     bot_username: str = ""
@@ -392,7 +420,7 @@ class OutboxSettings(_Section):
 class WebhookSettings(_Section):
     """An outgoing JSON POST for alerts (SLA warnings and breaches, unassigned leads)."""
 
-    url: str
+    url: HttpUrl
     events: list[str] = Field(
         default_factory=lambda: ["sla.warning", "sla.breached", "sla.escalated", "routing.nobody_eligible"]
     )
@@ -400,14 +428,7 @@ class WebhookSettings(_Section):
     max_attempts: int = Field(5, ge=1, le=20)
     backoff_base: Duration = Field(default_factory=lambda: timedelta(seconds=1))
     headers: dict[str, str] = Field(default_factory=dict)
-    secret: SecretStr | None = None  # HUB_NOTIFY_WEBHOOK_SECRET: HMAC-SHA256 of the body
-
-    @field_validator("url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("must be an http:// or https:// URL")
-        return value
+    secret: Key = None  # HUB_NOTIFY_WEBHOOK_SECRET: HMAC-SHA256 of the body
 
 
 class NotifySettings(_Section):
@@ -540,12 +561,29 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
-def _format_error(exc: ValidationError) -> str:
+#: Sections that are off unless config.yaml has them: a secret for one of them in the
+#: environment (a shared .env) configures nothing, so it does not create the section.
+_OPTIONAL_SECTIONS = ("notify.webhook",)
+
+
+def _has_dotted(data: dict[str, Any], dotted: str) -> bool:
+    node: Any = data
+    for key in dotted.split("."):
+        if not isinstance(node, dict) or not isinstance(node.get(key), dict):
+            return False
+        node = node[key]
+    return True
+
+
+def _format_error(exc: ValidationError, from_env: dict[str, str]) -> str:
+    """`key: problem; ...`, naming the environment variable a value came from (the operator
+    would look for it in config.yaml otherwise)."""
     lines = []
     for err in exc.errors():
         key = ".".join(str(part) for part in err["loc"]) or "(top level)"
         message = err["msg"].removeprefix("Value error, ")
-        lines.append(f"{key}: {message}")
+        source = next((var for var, dotted in from_env.items() if f"{key}.".startswith(f"{dotted}.")), None)
+        lines.append(f"{key} (from {source}): {message}" if source else f"{key}: {message}")
     return "; ".join(lines)
 
 
@@ -553,13 +591,19 @@ def settings_from_dict(data: dict[str, Any], env: dict[str, str] | None = None) 
     """Validate a config mapping, applying `HUB_*` overrides from `env` (default: os.environ)."""
     env = dict(os.environ if env is None else env)
     merged: dict[str, Any] = _deep_copy(data)
+    from_env: dict[str, str] = {}
     for var, dotted in ENV_OVERRIDES.items():
-        if env.get(var):
-            _set_dotted(merged, dotted, env[var])
+        if not env.get(var):
+            continue
+        section = next((s for s in _OPTIONAL_SECTIONS if dotted.startswith(f"{s}.")), None)
+        if section is not None and not _has_dotted(merged, section):
+            continue
+        _set_dotted(merged, dotted, env[var])
+        from_env[var] = dotted
     try:
         settings = Settings.model_validate(merged)
     except ValidationError as exc:
-        raise ConfigError(_format_error(exc)) from exc
+        raise ConfigError(_format_error(exc, from_env)) from exc
     _check_calendars(settings)
     return settings
 
@@ -617,6 +661,26 @@ def _deep_copy(data: Any) -> Any:
     return data
 
 
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: Any, line: int) -> None:
+        super().__init__(f"line {line}: the key {key!r} is given twice")
+        self.key, self.line = key, line
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping: PyYAML keeps the last one
+    silently, so a second `telegram:` section would quietly replace the first."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise _DuplicateKey(key, key_node.start_mark.line + 1)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_settings(path: str | Path | None = None, env: dict[str, str] | None = None) -> Settings:
     """Read and validate the YAML config at `path` (default: HUB_CONFIG or ./config.yaml)."""
     env_map = dict(os.environ if env is None else env)
@@ -636,7 +700,12 @@ def load_settings(path: str | Path | None = None, env: dict[str, str] | None = N
     except OSError as exc:
         raise ConfigError(f"config file {config_path} cannot be read: {exc.strerror or exc}") from exc
     try:
-        data = yaml.safe_load(text) or {}
+        data = yaml.load(text, Loader=_UniqueKeyLoader) or {}
+    except _DuplicateKey as exc:
+        raise ConfigError(
+            f"{config_path} line {exc.line}: {exc.key!r} is given twice in one section "
+            f"(the later one would silently replace the first): keep one"
+        ) from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"{config_path}: not valid YAML: {exc}") from exc
     if not isinstance(data, dict):

@@ -250,24 +250,51 @@ def previous_period(period: Period) -> Period:
     return Period(period.start - length, period.start)
 
 
-def to_csv(header: list[str], rows: list[list[Any]]) -> str:
+@dataclass(frozen=True, slots=True)
+class CsvStyle:
+    """How a spreadsheet program expects fields and decimals to be separated."""
+
+    delimiter: str
+    decimal: str
+
+
+#: `,` and `3.5`: English-locale spreadsheets and CSV tools.
+COMMA = CsvStyle(",", ".")
+#: `;` and `3,5`: what Excel in a Ukrainian (and most European) locale opens as columns; with
+#: commas it shows one column, and reads `1.5` as the date 1 May.
+SEMICOLON = CsvStyle(";", ",")
+CSV_STYLES = {"comma": COMMA, "semicolon": SEMICOLON}
+
+
+def to_csv(header: list[str], rows: list[list[Any]], style: CsvStyle = COMMA) -> str:
     """A CSV document (RFC 4180 quoting, CRLF line ends as spreadsheets expect)."""
     out = io.StringIO()
-    writer = csv.writer(out)
+    writer = csv.writer(out, delimiter=style.delimiter)
     writer.writerow(header)
     for row in rows:
-        writer.writerow(["" if v is None else v for v in row])
+        writer.writerow([_cell(v, style) for v in row])
     return out.getvalue()
 
 
-def table_csv(report: Report, table: str) -> str:
+def _cell(value: Any, style: CsvStyle) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value).replace(".", style.decimal)
+    return value
+
+
+def table_csv(report: Report, table: str, style: CsvStyle = COMMA) -> str:
     """One table of the report as CSV: `summary`, `daily` or a breakdown name."""
     if table == "summary":
-        return to_csv(["period", *FIGURES], [[report.period.start.isoformat(), *_values(report.summary)]])
+        return to_csv(
+            ["period", *FIGURES], [[report.period.start.isoformat(), *_values(report.summary)]], style
+        )
     if table == "daily":
-        return to_csv(["day", *FIGURES], [[day, *_values(k)] for day, k in report.daily])
+        return to_csv(["day", *FIGURES], [[day, *_values(k)] for day, k in report.daily], style)
     if table in report.breakdowns:
-        return to_csv([table, *FIGURES], [[key or "", *_values(k)] for key, k in report.breakdowns[table]])
+        rows = [[key or "", *_values(k)] for key, k in report.breakdowns[table]]
+        return to_csv([table, *FIGURES], rows, style)
     raise KeyError(table)
 
 

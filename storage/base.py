@@ -223,6 +223,10 @@ class SlaClaim:
 #: Dimensions a KPI report can be broken down by (`KpiQuery.group_by`).
 KPI_GROUPS = ("team", "assignee", "channel", "kind", "day")
 
+#: Event data keys that may quote what a customer wrote (an edit's `before` and `after`): erasing
+#: a contact removes them from the events of its leads, which otherwise stay as the audit trail.
+EVENT_TEXT_KEYS = ("text", "before", "after")
+
 #: State key set once a store's phone identities were rewritten to today's E.164 form
 #: (`hub.identities.renormalized_phone`), which both adapters do once at open.
 PHONE_RENORMALIZED_KEY = "storage.phone_e164"
@@ -354,8 +358,11 @@ class Store(Protocol):
     async def inbox_requeue(self, item_id: int) -> bool:
         """Put a quarantined item back to pending; False if it was not quarantined."""
 
-    async def inbox_list(self, status: str, limit: int = 100) -> list[InboxItem]:
-        """Items in one status, newest first."""
+    async def inbox_list(
+        self, status: str, limit: int = 100, before_id: int | None = None
+    ) -> list[InboxItem]:
+        """Items in one status, newest first; with `before_id`, those with a smaller id (the
+        next page after an item of that id)."""
 
     # --- contacts ----------------------------------------------------------------------------
     async def find_contact(self, identity: Identity) -> Contact | None:

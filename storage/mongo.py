@@ -66,6 +66,7 @@ from hub.domain import (
 from hub.identities import renormalized_phone
 from storage import mongo_kpi
 from storage.base import (
+    EVENT_TEXT_KEYS,
     KPI_GROUPS,
     LEAD_ORDERS,
     PHONE_RENORMALIZED_KEY,
@@ -1010,9 +1011,14 @@ class MongoStore:
         return result.modified_count > 0
 
     @_translated
-    async def inbox_list(self, status: str, limit: int = 100) -> list[InboxItem]:
-        """Items in one status, newest first."""
-        cursor = self._col("inbox").find({"status": status}).sort("_id", DESCENDING).limit(limit)
+    async def inbox_list(
+        self, status: str, limit: int = 100, before_id: int | None = None
+    ) -> list[InboxItem]:
+        """Items in one status, newest first; with `before_id`, those with a smaller id."""
+        query: Doc = {"status": status}
+        if before_id is not None:
+            query["_id"] = {"$lt": before_id}
+        cursor = self._col("inbox").find(query).sort("_id", DESCENDING).limit(limit)
         return [_inbox(doc) async for doc in cursor]
 
     # --- contacts -------------------------------------------------------------------------
@@ -2115,6 +2121,11 @@ class MongoStore:
             if numbers:
                 for name in ("outbox", "messages", "refs", "inbox"):
                     await self._col(name).delete_many({"lead_number": {"$in": numbers}}, session=session)
+                await self._col("events").update_many(
+                    {"lead_number": {"$in": numbers}},
+                    {"$unset": {f"data.{key}": "" for key in EVENT_TEXT_KEYS}},
+                    session=session,
+                )
                 await self._col("leads").update_many(
                     {"contact_id": contact_id},
                     [

@@ -51,6 +51,7 @@ from hub.domain import (
 from hub.identities import renormalized_phone
 from storage import sqlite_kpi
 from storage.base import (
+    EVENT_TEXT_KEYS,
     KPI_GROUPS,
     LEAD_ORDERS,
     PHONE_RENORMALIZED_KEY,
@@ -1379,9 +1380,12 @@ class SqliteStore:
             await cursor.close()
         return changed > 0
 
-    async def inbox_list(self, status: str, limit: int = 100) -> list[InboxItem]:
+    async def inbox_list(
+        self, status: str, limit: int = 100, before_id: int | None = None
+    ) -> list[InboxItem]:
         rows = await self._read(
-            "SELECT * FROM inbox WHERE status = ? ORDER BY id DESC LIMIT ?", (status, limit)
+            "SELECT * FROM inbox WHERE status = ? AND id < ? ORDER BY id DESC LIMIT ?",
+            (status, before_id if before_id is not None else 2**63 - 1, limit),
         )
         return [_inbox(r) for r in rows]
 
@@ -2532,6 +2536,11 @@ class SqliteStore:
                 marks = ",".join("?" * len(numbers))
                 for table in ("outbox", "messages", "refs", "inbox"):
                     await db.execute(f"DELETE FROM {table} WHERE lead_number IN ({marks})", numbers)
+                paths = ", ".join(f"'$.{key}'" for key in EVENT_TEXT_KEYS)
+                await db.execute(
+                    f"UPDATE events SET data = json_remove(data, {paths}) WHERE lead_number IN ({marks})",
+                    numbers,
+                )
                 await db.execute(
                     "UPDATE leads SET subject = '', tags = '[]', extra = '{}', "
                     "origin_external_id = 'erased:' || number WHERE contact_id = ?",

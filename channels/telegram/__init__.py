@@ -20,7 +20,7 @@ from channels.telegram import links
 from channels.telegram.alerts import AlertRelay
 from channels.telegram.api import TelegramApi, make_bot
 from channels.telegram.customer import CustomerSide
-from channels.telegram.desk import StaffDesk
+from channels.telegram.desk import StaffDesk, edit_key
 from channels.telegram.ratelimit import TelegramRateLimiter
 from channels.telegram.sender import TelegramSender
 from channels.telegram.staff import SELF_COMMANDS, StaffSide
@@ -77,6 +77,7 @@ class TelegramChannel:
         server = TelegramAPIServer.from_base(settings.api_base.rstrip("/"))
         self.api = TelegramApi(make_bot(token, settings.api_base), TelegramRateLimiter(settings.limits))
         self.desk = StaffDesk(hub, self.api)
+        hub.erasure.hooks.append(self._forget_edits)
         decoder = CustomerDecoder(settings.russian_fallback)
         self.customer = CustomerSide(hub, self.api, self.desk, decoder)
         self.staff = StaffSide(hub, self.api, self.desk)
@@ -180,6 +181,14 @@ class TelegramChannel:
             await self.desk.stop()
         if self.api is not None:
             await self.api.close()
+
+    async def _forget_edits(self, message_ids: list[str]) -> None:
+        """Erasure: the latest text of an edited customer message is kept as state, not on it."""
+        assert self._hub is not None
+        kept = await self._hub.store.get_states([edit_key(m) for m in message_ids])
+        for key, text in kept.items():
+            if text is not None:
+                await self._hub.store.set_state(key, None)
 
     def deep_link(self, lead: Lead) -> str:
         """`t.me/<bot>?start=<signed token>` for this lead ('' without a secret or a username)."""

@@ -11,6 +11,7 @@ Unauthenticated by default (the Prometheus convention: keep it on an internal ne
 from __future__ import annotations
 
 import hmac
+import logging
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -20,11 +21,14 @@ from prometheus_client.registry import Collector
 
 from hub.domain import Event, EventType, Lead
 from hub.web.keys import HUB_KEY
+from storage.base import StoreError
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
     from hub.app import Hub
+
+log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -61,7 +65,10 @@ class HubMetrics:
             registry=self.registry,
         )
         self.sla_events = Counter(
-            "hub_sla_events", "SLA warnings and breaches marked", ["type"], registry=self.registry
+            "hub_sla_events",
+            "SLA warnings, breaches and escalations marked by this process",
+            ["type"],
+            registry=self.registry,
         )
         self.delivery_failures = Counter(
             "hub_delivery_failures", "Outbound deliveries that failed", ["channel"], registry=self.registry
@@ -78,14 +85,38 @@ class HubMetrics:
             if lead.first_response_at is not None and lead.first_response_at == event.at:
                 seconds = (lead.first_response_at - lead.created_at).total_seconds()
                 self.first_response.labels(lead.kind.value).observe(max(seconds, 0.0))
-        elif event.type in (EventType.SLA_WARNING, EventType.SLA_BREACHED):
+        elif event.type in (EventType.SLA_WARNING, EventType.SLA_BREACHED, EventType.SLA_ESCALATED):
             self.sla_events.labels(event.type).inc()
         elif event.type == EventType.DELIVERY_FAILED:
             channel = str(event.data.get("channel") or (lead.channel if lead else "unknown"))
             self.delivery_failures.labels(channel).inc()
 
     async def refresh(self, hub: Hub) -> None:
-        """Read the gauges from the store."""
+        """Read the gauges; while the store is down, only the ones that say so.
+
+        A scrape must still answer then: `hub_store_up 0` is what an alert waits for, and a
+        failed store read (a MongoDB server that is gone waits out server selection first)
+        would turn the whole scrape into an error instead.
+        """
+        channels = GaugeMetricFamily(
+            "hub_channel_connected", "1 while a channel is connected to its server", labels=["channel"]
+        )
+        for state in hub.channel_states.snapshot():
+            channels.add_metric([state.name], 1 if state.connected else 0)
+        up = await hub.store.ping()
+        from_store: list[Metric] = []
+        if up:
+            try:
+                from_store = await self._store_gauges(hub)
+            except StoreError as exc:
+                log.warning("metrics: the store did not answer: %s", exc)
+                up = False
+        store_up = GaugeMetricFamily("hub_store_up", "1 while the database answers")
+        store_up.add_metric([], 1 if up else 0)
+        self._snapshot.metrics = [*from_store, channels, store_up]
+
+    @staticmethod
+    async def _store_gauges(hub: Hub) -> list[Metric]:
         open_leads = GaugeMetricFamily("hub_leads_open", "Active leads by team", labels=["team"])
         breached = GaugeMetricFamily(
             "hub_leads_breached_open", "Active leads past their first-response due time", labels=["team"]
@@ -102,14 +133,7 @@ class HubMetrics:
         outbox = GaugeMetricFamily("hub_outbox_rows", "Outbox rows by delivery state", labels=["state"])
         for state_name, count in sorted((await hub.store.outbox_counts()).items()):
             outbox.add_metric([state_name], count)
-        channels = GaugeMetricFamily(
-            "hub_channel_connected", "1 while a channel is connected to its server", labels=["channel"]
-        )
-        for state in hub.channel_states.snapshot():
-            channels.add_metric([state.name], 1 if state.connected else 0)
-        store_up = GaugeMetricFamily("hub_store_up", "1 while the database answers")
-        store_up.add_metric([], 1 if await hub.store.ping() else 0)
-        self._snapshot.metrics = [open_leads, breached, outbox, channels, store_up]
+        return [open_leads, breached, outbox]
 
 
 METRICS_KEY: web.AppKey[HubMetrics] = web.AppKey("metrics")

@@ -411,7 +411,7 @@ def _paths() -> dict[str, Any]:
                     "201": _json(_ref("Lead"), "Created"),
                     "200": _json(_ref("Lead"), "Already submitted with this key: the first result"),
                     "202": _json(_ref("Error"), "Stored, but quarantined for staff"),
-                    **_errors(400, 401, 413, 422, 503),
+                    **_errors(400, 401, 413, 415, 422, 503),
                     "422": _json(
                         _ref("ValidationError"),
                         "Validation failed (`fields` names each bad field), or the Idempotency-Key or "
@@ -552,16 +552,30 @@ def _paths() -> dict[str, Any]:
                             "enum": ["pending", "done", "quarantined"],
                             "default": "quarantined",
                         },
-                    }
+                    },
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 200},
+                    },
+                    {
+                        "name": "cursor",
+                        "in": "query",
+                        "schema": {"type": "string", "pattern": "^[0-9]{1,18}$"},
+                        "description": "`next_cursor` of the previous page",
+                    },
                 ],
                 "responses": {
                     "200": _json(
                         {
                             "type": "object",
-                            "required": ["items"],
-                            "properties": {"items": {"type": "array", "items": _ref("InboxItem")}},
+                            "required": ["items", "next_cursor"],
+                            "properties": {
+                                "items": {"type": "array", "items": _ref("InboxItem")},
+                                "next_cursor": _NULLABLE_STRING,
+                            },
                         },
-                        "Up to 200 items, newest first",
+                        "One page of items, newest first; `next_cursor` is null on the last page",
                     ),
                     **_errors(401, 422, 503),
                 },

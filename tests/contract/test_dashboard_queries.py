@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import pytest
 
-from hub.domain import LeadKind, LeadStatus
+from hub.domain import Event, LeadKind, LeadStatus
 from storage.base import ContactMissing, KpiQuery, KpiRow, LeadChanges, LeadQuery, Store
 from tests.contract.builders import T0, at, contact, email, message, new_lead, outbound
 
@@ -89,6 +89,22 @@ async def test_erase_contact_removes_personal_data_and_keeps_anonymous_leads(sto
     assert len(await store.list_messages(kept.number)) == 1
     assert await store.get_contact(other.id) is not None
     assert await store.erase_contact(person.id) == [lead.number]  # a second run changes nothing
+
+
+async def test_erase_contact_removes_quoted_texts_from_its_leads_events(store: Store) -> None:
+    person = await store.create_contact(contact(email("edits@example.com"), name="Edits"))
+    other = await store.create_contact(contact(email("other@example.com"), name="Other"))
+    lead = await new_lead(store, person.id)
+    kept = await new_lead(store, other.id)
+    edit = {"message_id": "m-1", "before": "рахунок 4441", "after": "рахунок 5552"}
+    await store.append_events(
+        [Event("message.edited", T0, lead.number, edit), Event("message.edited", T0, kept.number, edit)]
+    )
+    await store.erase_contact(person.id)
+    (scrubbed,) = await store.list_events(lead.number, ["message.edited"])
+    assert scrubbed.data == {"message_id": "m-1"}  # the ids stay: the audit trail still says what happened
+    (untouched,) = await store.list_events(kept.number, ["message.edited"])
+    assert untouched.data == edit
 
 
 async def test_merge_with_an_erased_contact_is_refused_and_changes_nothing(store: Store) -> None:

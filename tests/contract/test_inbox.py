@@ -101,3 +101,14 @@ async def test_list_by_status_newest_first(store: Store) -> None:
     assert [i.id for i in await store.inbox_list("done")] == [ids[1]]
     assert [i.id for i in await store.inbox_list("quarantined", limit=1)] == [ids[2]]
     assert await store.inbox_list("nonsense") == []
+
+
+async def test_list_pages_on_below_an_id(store: Store) -> None:
+    ids = [(await store.inbox_put("webform", f"q-{n}", b"p", at(n)))[0].id for n in range(5)]
+    for item_id in ids:
+        await store.inbox_quarantine(item_id, "unreadable")
+    first = [i.id for i in await store.inbox_list("quarantined", limit=2)]
+    assert first == [ids[4], ids[3]]
+    second = [i.id for i in await store.inbox_list("quarantined", limit=2, before_id=first[-1])]
+    assert second == [ids[2], ids[1]]
+    assert [i.id for i in await store.inbox_list("quarantined", limit=2, before_id=second[-1])] == [ids[0]]

@@ -776,3 +776,31 @@ async def test_api_actions_need_a_json_object(
     assert body["error"] == ("unsupported_media_type" if status == 415 else "bad_request"), body
     messages = await hub.store.list_messages(int(lead[2:]))
     assert [m.direction.value for m in messages] == ["in"]
+
+
+@pytest.mark.parametrize(
+    ("data", "ctype", "status"),
+    [
+        (b"message=hi&email=a%40example.com", "application/x-www-form-urlencoded", 415),
+        (b'{"message": "hi", "email": "a@example.com"}', "text/plain", 415),
+        (b"[1]", "application/json", 400),
+        (b"null", "application/json", 400),
+        (b"not json at all", "application/json", 400),
+        (b'{"message": "\xff", "email": "a@example.com"}', "application/json", 400),
+    ],
+)
+async def test_an_api_submission_that_is_not_a_json_object_is_400_or_415_as_documented(
+    hub: Hub,
+    http: aiohttp.ClientSession,
+    base_url: str,
+    auth: dict[str, str],
+    data: bytes,
+    ctype: str,
+    status: int,
+) -> None:
+    # The OpenAPI document says 400 (unreadable body), like every other API call; it was 422.
+    before = await stored(hub)
+    resp = await http.post(f"{base_url}/api/v1/leads", data=data, headers={**auth, "Content-Type": ctype})
+    body = await assert_json_error(resp, status)
+    assert body["error"] == ("unsupported_media_type" if status == 415 else "bad_request"), body
+    assert await stored(hub) == before

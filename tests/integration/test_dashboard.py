@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import html
 import io
@@ -19,10 +20,10 @@ import pytest
 from hub import i18n
 from hub.app import Hub
 from hub.config import Settings
-from hub.domain import Identity, IdentityKind, Inbound, LeadKind, LeadStatus, utcnow
+from hub.domain import Event, Identity, IdentityKind, Inbound, LeadKind, LeadStatus, utcnow
 from hub.web.dashboard.auth import login_link, mint_login_token
 from hub.web.dashboard.views import BREACHES_PAGE, PAST_BREACHES_PAGE, QUEUE_PAGE
-from storage.base import LeadQuery
+from storage.base import LeadQuery, StoreError
 from tests.contract.builders import lead as build_lead
 from tests.support.dashboard import PASSWORDS, csrf_from, managers_with_passwords, sign_in
 
@@ -644,7 +645,7 @@ async def test_kpi_report_figures_equal_what_the_leads_say(
     session, _ = olena
     csv_resp = await session.get(
         f"{base_url}/dashboard/reports/csv",
-        params={"from": "2026-03-02", "to": "2026-03-05", "table": "kind"},
+        params={"from": "2026-03-02", "to": "2026-03-05", "table": "kind", "sep": "comma"},
     )
     assert csv_resp.status == 200 and csv_resp.headers["Content-Type"].startswith("text/csv")
     rows = list(csv.DictReader(io.StringIO((await csv_resp.read()).decode("utf-8-sig"))))
@@ -796,6 +797,41 @@ async def test_metrics_in_prometheus_format(hub: Hub, http, base_url: str) -> No
     assert 'hub_outbox_rows{state="queued"}' in text or 'hub_outbox_rows{state="failed"}' in text
     assert 'hub_channel_connected{channel="email"} 0.0' in text
     assert "hub_store_up 1.0" in text
+
+
+async def test_metrics_count_every_kind_of_sla_mark(hub: Hub, http, base_url: str) -> None:
+    ref = await _form_lead(http, base_url)
+    lead = await hub.store.get_lead(int(ref[2:]))
+    # Escalations (team_lead_after) went uncounted: an alert on them never fired.
+    for event_type in ("sla.warning", "sla.breached", "sla.escalated"):
+        await hub.bus.publish(Event(event_type, utcnow(), lead.number if lead else None, {}), lead)
+    text = await (await http.get(f"{base_url}/metrics")).text()
+    for event_type in ("sla.warning", "sla.breached", "sla.escalated"):
+        assert f'hub_sla_events_total{{type="{event_type}"}} 1.0' in text, text
+
+
+async def test_metrics_answer_with_store_up_0_while_the_store_is_down(
+    hub: Hub, http, base_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def down(*_: object) -> Any:
+        raise StoreError("MongoDB: no server answered within 30 s")
+
+    async def no_pong() -> bool:
+        return False
+
+    # What a store whose server is gone does: its ping says no and its reads raise.
+    for read in ("active_counts", "outbox_counts"):
+        monkeypatch.setattr(hub.store, read, down)
+    monkeypatch.setattr(hub.store, "ping", no_pong)
+    resp = await http.get(f"{base_url}/metrics")
+    assert resp.status == 200, await resp.text()
+    text = await resp.text()
+    assert "hub_store_up 0.0" in text
+    assert "hub_leads_open{" not in text  # nothing made up while the store cannot be read
+    # A store that answers the ping but fails a read is down for the scrape too.
+    monkeypatch.setattr(hub.store, "ping", lambda: asyncio.sleep(0, True))
+    resp = await http.get(f"{base_url}/metrics")
+    assert resp.status == 200 and "hub_store_up 0.0" in await resp.text()
 
 
 async def test_hash_password_cli_prints_a_verifiable_hash(monkeypatch, capsys) -> None:
@@ -1190,3 +1226,58 @@ async def test_merging_contacts_asks_to_confirm_whose_contact_is_merged(
     # A ?merge= in a link names no lead the viewer may merge: nothing is shown.
     page = await (await session.get(f"{base_url}/dashboard/leads/{ref}", params={"merge": "L-999"})).text()
     assert 'id="merge-confirm"' not in page
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"compare_from": "2026-10-01"}, "compare_to"),
+        ({"compare_to": "2026-10-31"}, "compare_from"),
+        ({"compare": "yes"}, "compare"),
+    ],
+)
+async def test_half_a_comparison_period_or_an_unknown_compare_is_422(
+    http, base_url: str, auth, olena, params: dict[str, str], field: str
+) -> None:
+    # It answered 200 without the comparison, which reads as "compared, nothing changed".
+    resp = await http.get(f"{base_url}/api/v1/reports/kpi", params=params, headers=auth)
+    assert resp.status == 422, await resp.text()
+    assert list((await resp.json())["fields"]) == [field]
+    session, _ = olena
+    page = await session.get(
+        f"{base_url}/dashboard/reports", params=params, headers={"Accept-Language": "uk"}
+    )
+    assert page.status == 422
+    assert "Бракує" in html.unescape(await page.text()) or "Порівняти" in html.unescape(await page.text())
+    both = {"compare_from": "2026-10-01", "compare_to": "2026-10-31"}
+    resp = await http.get(f"{base_url}/api/v1/reports/kpi", params=both, headers=auth)
+    assert resp.status == 200 and "compare" in await resp.json()
+
+
+async def test_csv_opens_as_columns_in_a_ukrainian_excel_and_plain_for_english(
+    hub: Hub, http, base_url: str, olena
+) -> None:
+    await _build_history(hub)
+    session, _ = olena
+    params = {"from": "2026-03-02", "to": "2026-03-05", "table": "summary"}
+
+    async def export(headers: dict[str, str], **extra: str) -> str:
+        resp = await session.get(
+            f"{base_url}/dashboard/reports/csv", params={**params, **extra}, headers=headers
+        )
+        assert resp.status == 200, await resp.text()
+        body = await resp.read()
+        assert body.startswith(b"\xef\xbb\xbf")  # the BOM: Excel reads the file as UTF-8
+        return body.decode("utf-8-sig")
+
+    # A comma file showed as one column in Excel with a Ukrainian locale, and 70.0 became text
+    # (1.5 a date): there the list separator is ";" and the decimal one ",".
+    uk = await export({"Accept-Language": "uk"})
+    (row,) = list(csv.DictReader(io.StringIO(uk), delimiter=";"))
+    assert row["received"] == "10" and row["within_target_pct"] == "70,0"
+    en = await export({"Accept-Language": "en"})
+    (row,) = list(csv.DictReader(io.StringIO(en)))
+    assert row["received"] == "10" and row["within_target_pct"] == "70.0"
+    assert await export({"Accept-Language": "uk"}, sep="comma") == en
+    bad = await session.get(f"{base_url}/dashboard/reports/csv", params={**params, "sep": "tab"})
+    assert bad.status == 422

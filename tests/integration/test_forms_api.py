@@ -185,6 +185,20 @@ async def test_api_requires_the_bearer_token(hub: Hub, http, base_url) -> None:
     assert health == {"status": "ok", "storage": "sqlite"}
 
 
+async def test_a_blank_api_token_in_the_config_keeps_the_api_closed(settings_factory, http) -> None:
+    # `api: {token: ""}` let anyone in who sent `Authorization: Bearer ` with nothing after it.
+    hub = Hub(settings_factory(api={"token": ""}, web={"secret_key": "  "}))
+    await hub.start()
+    try:
+        for headers in ({"Authorization": "Bearer "}, {"Authorization": "Bearer"}, {}):
+            resp = await http.get(f"http://127.0.0.1:{hub.web_port}/api/v1/leads", headers=headers)
+            assert resp.status == 401, await resp.text()
+    finally:
+        await hub.stop()
+    # The same for every key that signs or authenticates: blank is unset, never an empty key.
+    assert hub.settings.api.token is None and hub.settings.web.secret_key is None
+
+
 async def test_api_lead_lifecycle(hub: Hub, http, base_url, auth) -> None:
     created = await http.post(
         f"{base_url}/api/v1/leads",
@@ -270,6 +284,41 @@ async def test_list_filters_and_cursor_pagination(hub: Hub, http, base_url, auth
     assert {i["kind"] for i in service["items"]} == {"service_request"} and len(service["items"]) == 3
     bad = await http.get(f"{base_url}/api/v1/leads?kind=bogus", headers=auth)
     assert bad.status == 422 and (await bad.json())["error"] == "validation_failed"
+
+
+async def test_empty_list_filters_are_no_filters(hub: Hub, http, base_url, auth) -> None:
+    for form in ("contact", "service"):
+        resp = await http.post(f"{base_url}/forms/{form}", json={"email": "e@example.com", "message": form})
+        assert resp.status == 201
+    # What an HTML form or a query builder sends for "any": it found nothing for team, assignee
+    # and channel, and was 422 for kind, status, breached, limit and cursor.
+    empty = {name: "" for name in ("status", "kind", "assignee", "team", "channel", "breached", "q")}
+    for params in [empty, {"limit": "", "cursor": ""}, {"team": " "}]:
+        resp = await http.get(f"{base_url}/api/v1/leads", params=params, headers=auth)
+        assert resp.status == 200, (params, await resp.text())
+        assert [i["lead"] for i in (await resp.json())["items"]] == ["L-2", "L-1"], params
+
+
+async def test_the_inbox_listing_pages_past_its_limit(hub: Hub, http, base_url, auth) -> None:
+    for n in range(5):
+        resp = await http.post(
+            f"{base_url}/forms/contact", json={"email": f"i{n}@example.com", "message": "m"}
+        )
+        assert resp.status == 201
+    # It listed the newest 200 and nothing more: older items could not be found to retry.
+    seen: list[int] = []
+    cursor: str | None = None
+    for _ in range(5):
+        params = {"status": "done", "limit": "2", **({"cursor": cursor} if cursor else {})}
+        page = await (await http.get(f"{base_url}/api/v1/inbox", params=params, headers=auth)).json()
+        seen += [item["id"] for item in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert len(seen) == 5 and seen == sorted(seen, reverse=True)
+    for bad in ({"limit": "0"}, {"limit": "x"}, {"cursor": "abc"}):
+        resp = await http.get(f"{base_url}/api/v1/inbox", params=bad, headers=auth)
+        assert resp.status == 422, bad
 
 
 async def test_reply_with_idempotency_key_is_recorded_once(hub: Hub, http, base_url, auth) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import sqlite3
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -1253,3 +1254,23 @@ async def test_a_topic_closed_by_hand_says_the_lead_is_still_open_and_reopens_fo
 
     await env.emu.wait_for(noted, what="the note")
     assert sum(t.startswith(hint) for t in env.emu.texts_to(STAFF, thread)) == 1
+
+
+async def test_erasing_a_telegram_customer_leaves_no_text_they_edited(env: Env) -> None:
+    user = customer()
+    env.emu.send_text(user["id"], user, "Мій секретний номер рахунку 4441")
+    topic = (await env.emu.wait_for(lambda: env.emu.topics_in(STAFF), what="topic"))[0]
+    card = (await env.emu.wait_for(lambda: env.emu.sent_to(STAFF, topic.thread), what="card"))[0]
+    edited = env.emu.message(user["id"], user, "Виправлено: рахунок 5552")
+    edited["message_id"] = 1  # the customer's first message in their chat
+    edited["edit_date"] = edited["date"]
+    env.emu.enqueue("edited_message", edited)
+    await env.emu.wait_for(lambda: "5552" in card.text, what="card edited")
+    lead = await env.hub.store.get_lead(1)
+    assert lead is not None
+    await env.hub.erasure.erase(lead.contact_id, by="olena")
+    path = env.hub.settings.storage.url.removeprefix("sqlite:///")
+    with sqlite3.connect(path) as db:
+        dump = "\n".join(db.iterdump())
+    # The edit's event kept both versions, and the state the topic copy is built from the new one.
+    assert "4441" not in dump and "5552" not in dump

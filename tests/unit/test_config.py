@@ -104,6 +104,37 @@ def test_env_overrides_secrets_and_urls() -> None:
 
 
 @pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"HUB_WEB_PORT": "80a"}, "web.port (from HUB_WEB_PORT): "),
+        ({"HUB_IMAP_PORT": "imap"}, "email.imap.port (from HUB_IMAP_PORT): "),
+        ({"HUB_CPUS": "first"}, "process.cpus.0 (from HUB_CPUS): "),
+        ({"HUB_LOG_LEVEL": "verbose"}, "log_level (from HUB_LOG_LEVEL): "),
+        ({"HUB_STORAGE_URL": "postgres://db/hub"}, "storage.url (from HUB_STORAGE_URL): "),
+    ],
+)
+def test_an_error_in_a_value_from_the_environment_names_the_variable(
+    env: dict[str, str], message: str
+) -> None:
+    # config.yaml's own value is fine: without the variable's name the operator looks there.
+    with pytest.raises(ConfigError) as info:
+        load_settings(ROOT / "config.yaml", env=env)
+    assert message in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        settings_from_dict({"web": {"port": "80a"}}, env={})
+    assert "from HUB_" not in str(info.value)
+
+
+def test_a_notify_webhook_secret_in_the_environment_without_a_webhook_configures_nothing() -> None:
+    # One .env for every deployment: the secret is there, the webhook is not configured here.
+    env = {"HUB_NOTIFY_WEBHOOK_SECRET": "hmac-secret-value"}
+    assert load_settings(ROOT / "config.yaml", env=env).notify.webhook is None
+    hooked = settings_from_dict({"notify": {"webhook": {"url": "https://hooks.example.com/hub"}}}, env=env)
+    assert hooked.notify.webhook is not None and hooked.notify.webhook.secret is not None
+    assert hooked.notify.webhook.secret.get_secret_value() == "hmac-secret-value"
+
+
+@pytest.mark.parametrize(
     ("data", "key"),
     [
         ({"sla": {"check_every": "often"}}, "sla.check_every"),
@@ -121,6 +152,13 @@ def test_env_overrides_secrets_and_urls() -> None:
         ({"process": {"cpus": [0, 0]}}, "process.cpus"),
         ({"process": {"cpus": [-1]}}, "process.cpus"),
         ({"process": {"cpus": "zero"}}, "process.cpus"),
+        # Accepted by check-config, then a traceback at start or a setting that cannot work:
+        ({"telegram": {"webhook_path": "telegram-hook"}}, "telegram.webhook_path"),
+        ({"telegram": {"api_base": "api.telegram.org"}}, "telegram.api_base"),
+        ({"web": {"public_url": "hub.example.com"}}, "web.public_url"),
+        ({"email": {"imap": {"port": 0}}}, "email.imap.port"),
+        ({"email": {"smtp": {"port": 70000}}}, "email.smtp.port"),
+        ({"notify": {"webhook": {"url": "ftp://x"}}}, "notify.webhook.url"),
     ],
 )
 def test_errors_name_the_key(data: dict[str, object], key: str) -> None:
@@ -438,3 +476,21 @@ def test_check_config_masks_every_notify_webhook_header_value(tmp_path: Path) ->
     assert ok.returncode == 0, ok.stderr
     assert '"Authorization": "***"' in ok.stdout
     assert not [value for value in ("hdr-secret-777", "key-888", "ops-999") if value in ok.stdout]
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "key"),
+    [
+        ("telegram:\n  enabled: true\nweb:\n  port: 8081\ntelegram:\n  enabled: false\n", 5, "'telegram'"),
+        ("web:\n  port: 8081\n  host: 0.0.0.0\n  port: 8082\n", 4, "'port'"),
+    ],
+)
+def test_a_key_given_twice_is_a_config_error_naming_its_line(
+    tmp_path: Path, text: str, line: int, key: str
+) -> None:
+    # PyYAML keeps the last one silently: the first telegram section was ignored entirely.
+    path = tmp_path / "config.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, env={})
+    assert f"line {line}: {key} is given twice" in str(info.value)

@@ -13,6 +13,7 @@ from hub.domain import LeadKind, utcnow
 from hub.errors import ValidationFailed
 from hub.reports import (
     BREAKDOWNS,
+    CSV_STYLES,
     EARLIEST,
     FIGURES,
     LATEST,
@@ -87,12 +88,28 @@ def parse_report_request(query: Any, zone: ZoneInfo) -> ReportRequest:
     )
     compare: Period | None = None
     cmp_start, cmp_end = bound("compare_from", False), bound("compare_to", True)
+    if (cmp_start is None) != (cmp_end is None):
+        # Half a period is no period: comparing with nothing would look like "no change".
+        missing = "compare_to" if cmp_end is None else "compare_from"
+        raise BadReportRequest(
+            f"{missing} is missing", {missing: "give both compare_from and compare_to"}, "half_compare",
+            field=missing,
+        )  # fmt: skip
+    compare_raw = str(query.get("compare", "")).strip()
+    if compare_raw not in ("", *_COMPARE_PREVIOUS):
+        raise BadReportRequest(
+            "bad compare", {"compare": f"one of: {', '.join(_COMPARE_PREVIOUS)}"}, "bad_compare"
+        )
     if cmp_start and cmp_end:
         compare = Period(cmp_start, cmp_end)
         _check(compare, "compare_to")
-    elif str(query.get("compare", "")) in ("previous", "1", "on"):
+    elif compare_raw:
         compare = _previous(period, "compare")
     return ReportRequest(period, filters, compare)
+
+
+#: `compare=` values that ask for the period just before this one.
+_COMPARE_PREVIOUS = ("previous", "1", "on")
 
 
 _BOUND_HINT = (
@@ -242,10 +259,19 @@ def hub_name(hub: Any, key: str | None) -> str:
 
 
 async def reports_csv(request: web.Request) -> web.Response:
-    """GET /dashboard/reports/csv?table=summary|daily|team|assignee|channel|kind|compare."""
+    """GET /dashboard/reports/csv?table=summary|daily|team|assignee|channel|kind|compare[&sep=].
+
+    `sep=semicolon` (`;` and decimal commas) is the default for the Ukrainian UI: Excel in a
+    Ukrainian locale opens that by a double click; `sep=comma` for the rest.
+    """
     if not sees_all(viewer_of(request)):
         return error_page(request, 403, "dash.error.forbidden")
     table = request.query.get("table", "summary")
+    sep = request.query.get("sep") or ("semicolon" if language_of(request) == "uk" else "comma")
+    style = CSV_STYLES.get(sep)
+    if style is None:
+        error = BadReportRequest("bad sep", {"sep": "comma or semicolon"}, "bad_sep")
+        return _bad_report(request, error)
     try:
         wanted, report, before = await _reports(request)
     except BadReportRequest as exc:
@@ -262,10 +288,11 @@ async def reports_csv(request: web.Request) -> web.Response:
         text = to_csv(
             ["figure", "before", "after", "change_pct"],
             [[r["figure"], r["before"], r["after"], r["change_pct"]] for r in rows],
+            style,
         )
     else:
         try:
-            text = table_csv(report, table)
+            text = table_csv(report, table, style)
         except KeyError:
             return error_page(request, 404, "dash.error.no_table")
     start = report.period.start.date().isoformat()

@@ -596,16 +596,7 @@ async def _merge(request: web.Request, lead: Lead, other: Lead, viewer: ManagerS
 
 
 async def _erase(request: web.Request, lead: Lead, viewer: ManagerSettings) -> None:
-    hub = hub_of(request)
-    contact_id = lead.contact_id
-    numbers = await hub.store.erase_contact(contact_id)
-    # The audit entry names who erased what, by ids only: no name, address or text survives.
-    event = Event(
-        "contact.erased", utcnow(), None, {"contact_id": contact_id, "leads": numbers, "by": viewer.id}
-    )
-    await hub.store.append_event(event)
-    await hub.bus.publish(event, None)
-    log.info("contact %s erased on request by %s (%d leads anonymised)", contact_id, viewer.id, len(numbers))
+    await hub_of(request).erasure.erase(lead.contact_id, by=viewer.id)
 
 
 # --- breaches and team -------------------------------------------------------------------------
