@@ -307,6 +307,10 @@ class StaffSide:
             url = login_link(self._hub.settings, manager.id, utcnow())
             await self._say(chat, thread, staff("tg.staff.dashboard", url=url))
 
+    async def private_hint(self, chat: int) -> None:
+        """What a manager can do in a private chat with the bot (anything else opened a lead)."""
+        await self._say(chat, None, staff("tg.staff.private_hint"))
+
     async def my_leads(self, manager: ManagerSettings, now: datetime) -> str:
         """The manager's open leads, nearest breach first, with the time left."""
         page = await self._hub.store.list_leads(

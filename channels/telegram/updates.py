@@ -70,14 +70,17 @@ def emails_in(text: str) -> list[str]:
     return [e for e in dict.fromkeys(found) if e]
 
 
-def classify(data: dict[str, Any]) -> str:
-    """The inbox queue for one raw update: a customer message, or control traffic."""
+def classify(data: dict[str, Any], staff: frozenset[int] = frozenset()) -> str:
+    """The inbox queue for one raw update: a customer message, or control traffic.
+
+    `staff`: the managers' Telegram ids; what they write to the bot is never a customer's.
+    """
     message = data.get("message")
     if not isinstance(message, dict):
         return CONTROL
     chat = message.get("chat") or {}
     sender = message.get("from") or {}
-    if chat.get("type") != "private" or sender.get("is_bot"):
+    if chat.get("type") != "private" or sender.get("is_bot") or sender.get("id") in staff:
         return CONTROL
     text = message.get("text") or ""
     command, _ = command_of(text)

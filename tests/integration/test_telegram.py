@@ -1253,3 +1253,20 @@ async def test_a_topic_closed_by_hand_says_the_lead_is_still_open_and_reopens_fo
 
     await env.emu.wait_for(noted, what="the note")
     assert sum(t.startswith(hint) for t in env.emu.texts_to(STAFF, thread)) == 1
+
+
+async def test_a_managers_private_message_to_the_bot_opens_no_lead(env: Env) -> None:
+    """A manager who wrote to the bot (to try it, or by mistake) opened a lead of their own with
+    a topic, an SLA clock and an acknowledgement; /start greeted them as a customer."""
+    for text in ("hello bot, test", "/start", "/help"):
+        env.emu.send_text(OLENA["id"], OLENA, text)
+    env.emu.send_text(OLENA["id"], OLENA, "/my")
+    await env.emu.wait_for(
+        lambda: any("відкритих звернень" in t for t in env.emu.texts_to(OLENA["id"])), what="/my"
+    )
+    texts = env.emu.texts_to(OLENA["id"])
+    hint = "Ви менеджер, тож тут ваші повідомлення не стають зверненнями."
+    assert sum(t.startswith(hint) for t in texts) == 3, texts
+    assert not any("Дякуємо" in t or "Вітаємо" in t for t in texts), texts
+    assert env.emu.topics_in(STAFF) == []
+    assert await env.hub.store.get_lead(1) is None
