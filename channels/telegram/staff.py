@@ -25,7 +25,7 @@ from aiogram.types import (
 
 from channels.telegram.api import TelegramApi
 from channels.telegram.desk import StaffDesk, open_target
-from channels.telegram.sender import COPY_PREFIX, relay_key
+from channels.telegram.sender import COPY_PREFIX, pending_edit_key, relay_key
 from channels.telegram.texts import esc, plain_staff, staff, staff_label, staff_refusal
 from channels.telegram.updates import command_of, content_of, is_relayable, is_service
 from hub.config import ManagerSettings
@@ -227,6 +227,11 @@ class StaffSide:
                 {"external_id": external_id, "after": text, "relayed": isinstance(relayed, dict)},
             )
         )
+        if not isinstance(relayed, dict) and text:
+            # Still queued (a busy chat, a retry): the sender sends this text instead, or edits
+            # what it has just sent. Read the relay again: it may have been sent meanwhile.
+            await self._hub.store.set_state(pending_edit_key(external_id), text)
+            relayed = await self._hub.store.get_state(relay_key(external_id))
         if not isinstance(relayed, dict) or not text:
             return None  # not relayed yet, sent by email (no edits there), or a caption
         chat = int(relayed["chat"])

@@ -1270,3 +1270,23 @@ async def test_a_managers_private_message_to_the_bot_opens_no_lead(env: Env) -> 
     assert not any("Дякуємо" in t or "Вітаємо" in t for t in texts), texts
     assert env.emu.topics_in(STAFF) == []
     assert await env.hub.store.get_lead(1) is None
+
+
+async def test_a_staff_edit_made_while_the_reply_waits_is_what_the_customer_gets(env: Env) -> None:
+    """A reply corrected while it waited (a 429 on the customer's chat) reached the customer
+    with the old text: the edit found nothing relayed yet and was dropped."""
+    user = customer()
+    thread = await open_lead(env, user)
+    await env.emu.wait_for(lambda: env.emu.texts_to(user["id"]), what="ack")
+    env.emu.fail_next("sendMessage", status=429, retry_after=2, chat_id=user["id"])
+    update = env.emu.send_text(STAFF, OLENA, "Ціна 100 грн", thread=thread)
+    await env.emu.wait_for(
+        lambda: [c for c in env.emu.calls_of("sendMessage") if c.status == 429], what="the 429"
+    )
+    edited = dict(update["message"], text="Ціна 120 грн", edit_date=update["message"]["date"])
+    env.emu.enqueue("edited_message", edited)
+    reply = await env.emu.wait_for(
+        lambda: next((s for s in env.emu.sent_to(user["id"])[1:] if s.text), None), timeout=15, what="reply"
+    )
+    await env.emu.wait_for(lambda: reply.text == "Ціна 120 грн", what="the corrected text")
+    assert [s.text for s in env.emu.sent_to(user["id"])[1:]] == ["Ціна 120 грн"]
