@@ -37,6 +37,7 @@ from channels.telegram.texts import (
     esc,
     local_time,
     mention,
+    plain_staff,
     raw_staff,
     split_html_escaped,
     staff,
@@ -44,6 +45,7 @@ from channels.telegram.texts import (
     staff_label,
     truncate_html,
 )
+from channels.telegram.updates import UNSHOWN
 from hub.domain import (
     ACTIVE_STATUSES,
     Contact,
@@ -747,6 +749,8 @@ class StaffDesk:
         """The HTML line naming a customer message's author and time, and its (edited) text."""
         edited = await self._hub.store.get_state(edit_key(message.id))
         text = str(edited) if isinstance(edited, str) else message.text
+        if text == UNSHOWN:
+            text = plain_staff("tg.event.unshown")
         when = local_time(message.created_at, self._hub.settings.sla.calendar.timezone)[11:]
         icon = "✉️ " if message.channel == "email" else ""
         head = f"{icon}<b>{esc(message.author)}</b> <i>{esc(when)}</i>"

@@ -26,6 +26,8 @@ CONTROL = "telegram.control"
 
 #: Private-chat commands handled by the bot itself rather than becoming part of a lead.
 PRIVATE_COMMANDS = frozenset({"/start", "/help", "/away", "/back", "/my", "/dashboard"})
+#: The stored text of a customer message the hub cannot show (the topic says it in staff words).
+UNSHOWN = "[a message of a type the hub does not show]"
 _EMAIL_IN_TEXT = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
 
 
@@ -218,11 +220,16 @@ def content_of(message: Message) -> Content:
         contact = message.contact
         name = " ".join(p for p in (contact.first_name, contact.last_name) if p)
         text = (text + "\n" if text else "") + f"☎ {name} {contact.phone_number}".strip()
+    if message.dice:
+        text = f"{message.dice.emoji} {message.dice.value}"
+    if message.poll:
+        poll = message.poll
+        text = "\n".join([f"📊 {poll.question}", *(f"• {option.text}" for option in poll.options)])
     if not text and attachments:
         text = ", ".join(f"[{a.name}]" for a in attachments)
     if not text:
-        # Polls, dice, games...: staff still see that the customer wrote something.
-        text = "[a message of a type the hub does not show]"
+        # Games, stories, invoices...: staff still see that the customer wrote something.
+        text = UNSHOWN
     return Content(text=text, attachments=tuple(attachments))
 
 

@@ -1290,3 +1290,22 @@ async def test_a_staff_edit_made_while_the_reply_waits_is_what_the_customer_gets
     )
     await env.emu.wait_for(lambda: reply.text == "Ціна 120 грн", what="the corrected text")
     assert [s.text for s in env.emu.sent_to(user["id"])[1:]] == ["Ціна 120 грн"]
+
+
+async def test_a_customers_dice_and_unshowable_messages_read_in_the_staff_language(env: Env) -> None:
+    """A dice or a story showed "[a message of a type the hub does not show]" in English."""
+    user = customer()
+    env.emu.enqueue("message", env.emu.message(user["id"], user, None, dice={"emoji": "🎲", "value": 4}))
+    story = {"chat": {"id": user["id"], "type": "private", "first_name": user["first_name"]}, "id": 7}
+    env.emu.enqueue("message", env.emu.message(user["id"], user, None, story=story))
+    topic = (await env.emu.wait_for(lambda: env.emu.topics_in(STAFF), what="topic"))[0]
+    everything = await env.emu.wait_for(
+        lambda: (
+            "\n".join(env.emu.texts_to(STAFF, topic.thread))
+            if "тут не показується" in "\n".join(env.emu.texts_to(STAFF, topic.thread))
+            else None
+        ),
+        what="both messages",
+    )
+    assert "\n🎲 4" in everything and "does not show" not in everything
+    assert "[повідомлення такого типу (гра, історія, рахунок…) тут не показується" in everything

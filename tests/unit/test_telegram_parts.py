@@ -301,3 +301,24 @@ def test_every_refusal_reads_as_one_sentence_in_telegram_in_both_languages(
                 assert dashboard_only not in lowered, (language, code, text)
             assert lowered.count("не вдалося") <= 1 and lowered.count("could not") <= 1, text
             assert not html_problems(esc(text)), text
+
+
+def test_a_customers_poll_and_dice_keep_what_they_say() -> None:
+    from aiogram.types import Message
+
+    from channels.telegram.updates import content_of
+
+    base = {"message_id": 2, "date": 1, "chat": {"id": 5, "type": "private"}}
+    sender = {"from": {"id": 5, "is_bot": False, "first_name": "M"}}
+    options = [
+        {"persistent_id": str(i), "text": t, "voter_count": 0} for i, t in enumerate(["ранок", "вечір"])
+    ]
+    poll = {
+        "id": "p1", "question": "Коли зручно?", "options": options, "total_voter_count": 0,
+        "is_closed": False, "is_anonymous": True, "type": "regular", "allows_multiple_answers": False,
+        "allows_revoting": False, "members_only": False,
+    }  # fmt: skip
+    asked = content_of(Message.model_validate({**base, **sender, "poll": poll}))
+    assert asked.text == "📊 Коли зручно?\n• ранок\n• вечір"
+    rolled = content_of(Message.model_validate({**base, **sender, "dice": {"emoji": "🎯", "value": 6}}))
+    assert rolled.text == "🎯 6"
