@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 HINT_EVERY = 600.0  # seconds between hints to the same stranger
+MY_LIMIT = 50  # leads listed by /my (one message)
 LEAD_COMMANDS = frozenset({"/take", "/assign", "/resolve", "/reopen", "/kind", "/note"})
 SELF_COMMANDS = frozenset({"/away", "/back", "/my", "/dashboard"})
 
@@ -318,9 +319,9 @@ class StaffSide:
 
     async def my_leads(self, manager: ManagerSettings, now: datetime) -> str:
         """The manager's open leads, nearest breach first, with the time left."""
-        page = await self._hub.store.list_leads(
-            LeadQuery(statuses=tuple(ACTIVE_STATUSES), assignee=manager.id), limit=50
-        )
+        query = LeadQuery(statuses=tuple(ACTIVE_STATUSES), assignee=manager.id, order="due")
+        # The most urgent first from the store: the newest 50 hid the most overdue older leads.
+        page = await self._hub.store.list_leads(query, limit=MY_LIMIT)
         if not page.items:
             return staff("tg.staff.my_empty")
         far = now.replace(year=now.year + 100)
@@ -339,6 +340,10 @@ class StaffSide:
                 left = f"{staff(f'tg.target.{target[0]}')} {time_left}"
             status = staff_label("status", lead.status.value)
             lines.append(f"{esc(lead.ref)} · {esc(status)} · {left}")
+        if len(page.items) >= MY_LIMIT:
+            total = await self._hub.store.count_leads(query)
+            if total > len(page.items):
+                lines.append(staff("tg.staff.my_more", count=total - len(page.items)))
         return "\n".join(lines)
 
     # --- card buttons -----------------------------------------------------------------------------
