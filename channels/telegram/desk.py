@@ -414,7 +414,8 @@ class StaffDesk:
                 reason = staff_delivery_failure(str(data.get("reason") or ""))
                 if data.get("channel"):
                     channel = staff_label("channel", str(data["channel"]))
-                    notices.append("❗ " + staff("tg.event.delivery_failed", channel=channel, reason=reason))
+                    key = "tg.event.ack_failed" if data.get("automatic") else "tg.event.delivery_failed"
+                    notices.append("❗ " + staff(key, channel=channel, reason=reason))
                 else:
                     notices.append("❗ " + staff("tg.event.delivery_failed_nowhere", reason=reason))
             case EventType.REPLY_RECORDED:

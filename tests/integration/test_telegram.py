@@ -1309,3 +1309,20 @@ async def test_a_customers_dice_and_unshowable_messages_read_in_the_staff_langua
     )
     assert "\n🎲 4" in everything and "does not show" not in everything
     assert "[повідомлення такого типу (гра, історія, рахунок…) тут не показується" in everything
+
+
+async def test_an_acknowledgement_that_fails_is_not_called_a_reply(env: Env) -> None:
+    """The bot's own acknowledgement to a customer who blocked the bot right after writing was
+    reported as "could not deliver a reply", which sent staff looking for a reply nobody wrote."""
+    user = customer()
+    env.emu.blocked.add(user["id"])
+    env.emu.send_text(user["id"], user, "Котел не гріє")
+    topic = (await env.emu.wait_for(lambda: env.emu.topics_in(STAFF), what="topic"))[0]
+    notice = await env.emu.wait_for(
+        lambda: [t for t in env.emu.texts_to(STAFF, topic.thread) if t.startswith("❗")], what="notice"
+    )
+    assert notice[0].startswith(
+        "❗ Не вдалося надіслати клієнту автоматичне підтвердження (Telegram). Клієнт заблокував бота"
+    )
+    (event,) = await env.hub.store.list_events(1, ["delivery.failed"])
+    assert event.data["automatic"] is True
