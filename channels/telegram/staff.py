@@ -199,6 +199,18 @@ class StaffSide:
         attachments: list[Attachment] = []
         content = content_of(message)
         if content.attachments:
+            channel = await self._hub.replies.delivery_channel(lead_number)
+            if channel is not None and channel != "telegram":
+                # A copy of a Telegram message can only go to a Telegram chat: an email would
+                # carry the caption (or "[file.pdf]") without the file.
+                label = staff_label("channel", channel)
+                await self._say(
+                    message.chat.id,
+                    message.message_thread_id if message.is_topic_message else None,
+                    staff("tg.staff.media_not_relayed", channel=label),
+                    message.message_id,
+                )
+                return
             # Staff media goes to the customer as a copy of this very message.
             first = content.attachments[0]
             ref = f"{COPY_PREFIX}{message.chat.id}:{message.message_id}"
