@@ -198,8 +198,16 @@ class StaffSide:
         external_id = f"tg:{message.chat.id}:{message.message_id}"
         attachments: list[Attachment] = []
         content = content_of(message)
+        # A location, a venue or a contact card is a pin or a card in Telegram, not coordinates.
+        card = message.location is not None or message.contact is not None
+        channel = (
+            await self._hub.replies.delivery_channel(lead_number) if content.attachments or card else None
+        )
+        if card and not content.attachments and channel == "telegram":
+            kind = "location" if message.location is not None else "contact"
+            ref = f"{COPY_PREFIX}{message.chat.id}:{message.message_id}"
+            attachments.append(Attachment(kind, f"application/vnd.telegram.{kind}", 0, ref))
         if content.attachments:
-            channel = await self._hub.replies.delivery_channel(lead_number)
             if channel is not None and channel != "telegram":
                 # A copy of a Telegram message can only go to a Telegram chat: an email would
                 # carry the caption (or "[file.pdf]") without the file.

@@ -1350,3 +1350,23 @@ async def test_a_file_for_an_email_customer_is_refused_with_a_hint(env: Env) -> 
     assert [m for m in await env.hub.store.list_messages(1) if m.direction == Direction.OUT] == []
     lead = await env.hub.store.get_lead(1)
     assert lead is not None and lead.first_response_at is None
+
+
+async def test_a_managers_location_reaches_the_customer_as_a_pin(env: Env) -> None:
+    """A venue or location a manager shared reached the customer as "📍 50.450100, 30.523400"."""
+    user = customer()
+    thread = await open_lead(env, user)
+    venue = {
+        "location": {"latitude": 50.4501, "longitude": 30.5234},
+        "title": "Сервісний центр",
+        "address": "вул. Хрещатик, 1",
+    }
+    shared = env.emu.message(STAFF, OLENA, None, thread=thread, venue=venue, location=venue["location"])
+    env.emu.enqueue("message", shared)
+    copies = await env.emu.wait_for(
+        lambda: [s for s in env.emu.sent_to(user["id"]) if s.method == "copyMessage"], what="the pin"
+    )
+    assert copies[0].copied_from == (STAFF, shared["message_id"])
+    assert not any("📍" in t for t in env.emu.texts_to(user["id"]))
+    lead = await env.hub.store.get_lead(1)
+    assert lead is not None and lead.first_response_at is not None
