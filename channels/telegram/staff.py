@@ -70,6 +70,10 @@ class StaffSide:
         manager = self._managers.get(user_id) if user_id is not None else None
         return manager if manager is not None and manager.active else None
 
+    def _hint_key(self, user_id: int) -> str:
+        """Why someone may not act: not a manager, or a manager switched off (`active: false`)."""
+        return "tg.staff.inactive" if user_id in self._managers else "tg.staff.hint"
+
     async def _say(self, chat: int, thread: int | None, html: str, reply_to: int | None = None) -> None:
         try:
             await self._api.call(
@@ -115,7 +119,9 @@ class StaffSide:
             now = time.monotonic()
             if now - self._hinted.get(user.id, -HINT_EVERY) >= HINT_EVERY:
                 self._hinted[user.id] = now
-                await self._say(chat, thread, staff("tg.staff.hint", user_id=user.id), message.message_id)
+                await self._say(
+                    chat, thread, staff(self._hint_key(user.id), user_id=user.id), message.message_id
+                )
             log.info("telegram: ignored a message from a non-manager in chat %s", chat)
             return None
         text = message.text or message.caption or ""
@@ -375,7 +381,7 @@ class StaffSide:
         target = ""
         try:
             if manager is None:
-                answer = plain_staff("tg.staff.hint", user_id=query.from_user.id)
+                answer = plain_staff(self._hint_key(query.from_user.id), user_id=query.from_user.id)
                 return None
             action, _, rest = (query.data or "").partition(":")
             if action == "assign":

@@ -8,6 +8,7 @@ import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -1370,3 +1371,33 @@ async def test_a_managers_location_reaches_the_customer_as_a_pin(env: Env) -> No
     assert not any("📍" in t for t in env.emu.texts_to(user["id"]))
     lead = await env.hub.store.get_lead(1)
     assert lead is not None and lead.first_response_at is not None
+
+
+async def test_a_switched_off_manager_is_told_so_not_to_ask_to_be_added(
+    emu: TelegramEmulator, settings_factory: Callable[..., Settings]
+) -> None:
+    """A manager with `active: false` was told to ask an administrator to add their Telegram id,
+    which is in the config already."""
+    from tests.support.settings import base_config
+
+    managers = [dict(m) for m in base_config(Path("."))["managers"]]
+    for manager in managers:
+        if manager["id"] == "taras":
+            manager["active"] = False
+    settings = settings_factory(telegram=telegram_config(emu), managers=managers)
+    hub = Hub(settings)
+    await hub.start()
+    try:
+        env = Env(emu, hub)
+        thread = await open_lead(env, customer())
+        env.emu.send_text(STAFF, TARAS, "Я відповім", thread=thread)
+        card = env.emu.sent_to(STAFF, thread)[0]
+        env.emu.press(STAFF, TARAS, card.message_id, "take:1")
+        hint = await env.emu.wait_for(
+            lambda: [t for t in env.emu.texts_to(STAFF, thread) if "вимкнено" in t], what="hint"
+        )
+        assert hint[0].startswith("Ваш обліковий запис менеджера вимкнено (active: false)")
+        answer = (await env.emu.wait_for(lambda: env.emu.callback_answers, what="answer"))[0]
+        assert (answer.get("text") or "").startswith("Ваш обліковий запис менеджера вимкнено")
+    finally:
+        await hub.stop()
