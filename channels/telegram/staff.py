@@ -28,6 +28,7 @@ from channels.telegram.desk import StaffDesk, open_target
 from channels.telegram.sender import COPY_PREFIX, pending_edit_key, relay_key
 from channels.telegram.texts import esc, plain_staff, staff, staff_label, staff_refusal
 from channels.telegram.updates import command_of, content_of, is_relayable, is_service
+from hub.actions import SPAM_TAG
 from hub.config import ManagerSettings
 from hub.domain import ACTIVE_STATUSES, Attachment, Event, LeadKind, utcnow
 from hub.errors import (
@@ -435,7 +436,7 @@ class StaffSide:
         lead = await self._hub.store.get_lead(number)
         if lead is None:
             raise NotFoundError(f"lead L-{number} does not exist")
-        tags = sorted({*lead.tags, "spam"})
+        tags = sorted({*lead.tags, SPAM_TAG})
         await self._hub.store.update_lead(number, LeadChanges(tags=tags, updated_at=utcnow()))
         await self._hub.store.append_event(Event("lead.tagged", utcnow(), number, {"tags": tags, "by": by}))
         await self._desk.notice(lead, "🚫 " + staff("tg.event.spam", by=by))

@@ -1401,3 +1401,26 @@ async def test_a_switched_off_manager_is_told_so_not_to_ask_to_be_added(
         assert (answer.get("text") or "").startswith("Ваш обліковий запис менеджера вимкнено")
     finally:
         await hub.stop()
+
+
+async def test_a_spammer_writing_again_does_not_reopen_the_spam_lead(env: Env) -> None:
+    """The next message of a contact whose lead staff marked spam reopened it, back in the queue
+    with a first response owed."""
+    user = customer()
+    thread = await open_lead(env, user)
+    card = env.emu.sent_to(STAFF, thread)[0]
+    env.emu.press(STAFF, OLENA, card.message_id, "spam:1")
+    topic = env.emu.topics[(STAFF, thread)]
+    await env.emu.wait_for(lambda: topic.closed, what="closed as spam")
+    env.emu.send_text(user["id"], user, "BUY CHEAP again")
+
+    async def filed() -> bool:
+        return any(m.text == "BUY CHEAP again" for m in await env.hub.store.list_messages(1))
+
+    await env.emu.wait_for(filed, what="the message filed on the spam lead")
+    await env.emu.wait_for(lambda: env.hub.channels and _channel(env.hub).desk.idle(), what="desk idle")
+    lead = await env.hub.store.get_lead(1)
+    assert lead is not None and lead.status == LeadStatus.RESOLVED and "spam" in lead.tags
+    assert not any("Відкрито знову" in t for t in env.emu.texts_to(STAFF, thread))
+    assert topic.closed
+    assert await env.hub.store.list_events(1, ["lead.reopened"]) == []
