@@ -28,6 +28,8 @@ CONTROL = "telegram.control"
 PRIVATE_COMMANDS = frozenset({"/start", "/help", "/away", "/back", "/my", "/dashboard"})
 #: The stored text of a customer message the hub cannot show (the topic says it in staff words).
 UNSHOWN = "[a message of a type the hub does not show]"
+#: What a t.me link's start parameter can be (anything else after /start is typed words).
+_START_PARAMETER = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _EMAIL_IN_TEXT = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
 
 
@@ -47,6 +49,20 @@ def command_of(text: str | None) -> tuple[str, str]:
         return "", ""
     head, _, rest = text.partition(" ")
     return head.split("@", 1)[0].lower(), rest.strip()
+
+
+def private_command(text: str | None) -> str:
+    """The bot's own command a private message is (`PRIVATE_COMMANDS`), or '' for a message.
+
+    "/help my boiler leaks" is a request in words, not a command: only a link's start parameter
+    may follow /start or /help (the words were dropped after a greeting).
+    """
+    command, argument = command_of(text)
+    if command not in PRIVATE_COMMANDS:
+        return ""
+    if command in ("/start", "/help") and argument and not _START_PARAMETER.match(argument):
+        return ""
+    return command
 
 
 def parse_update(payload: bytes) -> Update:
@@ -85,8 +101,7 @@ def classify(data: dict[str, Any], staff: frozenset[int] = frozenset()) -> str:
     if chat.get("type") != "private" or sender.get("is_bot") or sender.get("id") in staff:
         return CONTROL
     text = message.get("text") or ""
-    command, _ = command_of(text)
-    if command in PRIVATE_COMMANDS or text.strip() in kind_buttons():
+    if private_command(text) or text.strip() in kind_buttons():
         return CONTROL
     if message.get("contact") or emails_in(text or message.get("caption") or ""):
         # Shared phone numbers and email addresses may merge contacts: handled with care.

@@ -1424,3 +1424,18 @@ async def test_a_spammer_writing_again_does_not_reopen_the_spam_lead(env: Env) -
     assert not any("Відкрито знову" in t for t in env.emu.texts_to(STAFF, thread))
     assert topic.closed
     assert await env.hub.store.list_events(1, ["lead.reopened"]) == []
+
+
+async def test_words_after_help_or_start_are_a_request_not_lost(env: Env) -> None:
+    """ "/help my boiler leaks" got the greeting and the words were dropped: no lead."""
+    user = customer(6101, "Ірина", "uk")
+    env.emu.send_text(user["id"], user, "/help у мене тече бойлер")
+    topic = (await env.emu.wait_for(lambda: env.emu.topics_in(STAFF), what="topic"))[0]
+    await env.emu.wait_for(
+        lambda: any("тече бойлер" in t for t in env.emu.texts_to(STAFF, topic.thread)), what="the words"
+    )
+    other = customer(6102, "Олег", "uk")
+    env.emu.send_text(other["id"], other, "/start")
+    greeting = await env.emu.wait_for(lambda: env.emu.texts_to(other["id"]), what="greeting")
+    assert greeting[0].startswith("Вітаємо, Олег")
+    assert len(env.emu.topics_in(STAFF)) == 1
