@@ -13,6 +13,7 @@ import weakref
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
+from hub.actions import SPAM_TAG
 from hub.domain import (
     Contact,
     Direction,
@@ -143,6 +144,12 @@ class Intake:
                     lead.ref,
                     inbound.channel,
                     message.id,
+                )
+            elif SPAM_TAG in lead.tags and not lead.is_active:
+                # Staff called it spam: more of it is kept on the lead, but it does not come
+                # back to the queue (nor to the staff topic) with a clock owed.
+                log.info(
+                    "%s %s: message %s filed on a lead marked spam", lead.ref, inbound.channel, message.id
                 )
             else:
                 lead, changed = await self._customer_wrote_again(lead, now, inbound.received_at)

@@ -196,7 +196,14 @@ class OutboxDispatcher:
             EventType.DELIVERY_FAILED.value,
             utcnow(),
             item.lead_number,
-            {"message_id": item.message_id, "channel": item.channel, "reason": reason, "error": error},
+            {
+                "message_id": item.message_id,
+                "channel": item.channel,
+                "reason": reason,
+                "error": error,
+                # An acknowledgement the hub wrote itself, not a reply staff are waiting on.
+                "automatic": bool(item.payload.get("auto") or item.payload.get("kind") == "ack"),
+            },
         )
         await self._store.append_event(event)
         await self._bus.publish(event, lead)

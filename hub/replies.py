@@ -121,6 +121,17 @@ class Replies:
         )
         return message
 
+    def _channel_for(self, lead: Lead, contact: Contact) -> str | None:
+        candidates = delivery_channels(lead, contact)
+        available = set(self._available())
+        return next((c for c in candidates if c in available), candidates[0] if candidates else None)
+
+    async def delivery_channel(self, lead_number: int) -> str | None:
+        """The channel a reply to this lead would go out on now (None: no way to reach the customer)."""
+        lead = await self._store.get_lead(lead_number)
+        contact = await self._store.get_contact(lead.contact_id) if lead is not None else None
+        return self._channel_for(lead, contact) if lead is not None and contact is not None else None
+
     async def record_keyed_reply(
         self, lead_number: int, text: str, author: str, source: str, key: str
     ) -> tuple[Message, bool]:
@@ -160,9 +171,7 @@ class Replies:
             raise ContactErased(
                 f"{lead.ref}: its contact was erased, so there is nobody to deliver a reply to"
             )
-        candidates = delivery_channels(lead, contact)
-        available = set(self._available())
-        channel = next((c for c in candidates if c in available), candidates[0] if candidates else None)
+        channel = self._channel_for(lead, contact)
         key = None
         if external_id is not None:
             # A retried request (same key from the same source, on the same lead) returns the first reply.

@@ -218,6 +218,10 @@ class TelegramChannel:
                 if manager is not None and command in SELF_COMMANDS:
                     await self.staff.self_command(manager, command, message.chat.id, None)
                     return None
+                if manager is not None:
+                    # A manager writing to the bot is not a customer: no lead, no acknowledgement.
+                    await self.staff.private_hint(message.chat.id)
+                    return None
                 return await self.customer.on_message(message, item)
             return await self.staff.on_group_message(message)
         if update.edited_message is not None:

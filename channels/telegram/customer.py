@@ -23,6 +23,7 @@ from channels.telegram.updates import (
     content_of,
     kind_buttons,
     message_external_id,
+    private_command,
 )
 from hub import i18n
 from hub.domain import (
@@ -95,8 +96,8 @@ class CustomerSide:
             return None
         language = self.language(user.language_code)
         text = (message.text or "").strip()
-        command, argument = command_of(text)
-        if command in ("/start", "/help"):
+        _, argument = command_of(text)
+        if private_command(text) in ("/start", "/help"):
             return await self._start(message, argument, language)
         buttons = kind_buttons()
         if text in buttons:

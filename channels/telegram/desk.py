@@ -37,6 +37,7 @@ from channels.telegram.texts import (
     esc,
     local_time,
     mention,
+    plain_staff,
     raw_staff,
     split_html_escaped,
     staff,
@@ -44,6 +45,7 @@ from channels.telegram.texts import (
     staff_label,
     truncate_html,
 )
+from channels.telegram.updates import UNSHOWN
 from hub.domain import (
     ACTIVE_STATUSES,
     Contact,
@@ -412,7 +414,8 @@ class StaffDesk:
                 reason = staff_delivery_failure(str(data.get("reason") or ""))
                 if data.get("channel"):
                     channel = staff_label("channel", str(data["channel"]))
-                    notices.append("❗ " + staff("tg.event.delivery_failed", channel=channel, reason=reason))
+                    key = "tg.event.ack_failed" if data.get("automatic") else "tg.event.delivery_failed"
+                    notices.append("❗ " + staff(key, channel=channel, reason=reason))
                 else:
                     notices.append("❗ " + staff("tg.event.delivery_failed_nowhere", reason=reason))
             case EventType.REPLY_RECORDED:
@@ -747,6 +750,8 @@ class StaffDesk:
         """The HTML line naming a customer message's author and time, and its (edited) text."""
         edited = await self._hub.store.get_state(edit_key(message.id))
         text = str(edited) if isinstance(edited, str) else message.text
+        if text == UNSHOWN:
+            text = plain_staff("tg.event.unshown")
         when = local_time(message.created_at, self._hub.settings.sla.calendar.timezone)[11:]
         icon = "✉️ " if message.channel == "email" else ""
         head = f"{icon}<b>{esc(message.author)}</b> <i>{esc(when)}</i>"

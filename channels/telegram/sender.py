@@ -14,13 +14,13 @@ from aiogram.exceptions import (
     TelegramBadRequest,
     TelegramNotFound,
 )
-from aiogram.methods import CopyMessage, SendMessage
+from aiogram.methods import CopyMessage, EditMessageText, SendMessage
 
 from channels.telegram.api import TelegramApi
-from channels.telegram.texts import split_html_escaped
+from channels.telegram.texts import esc, split_html_escaped
 from hub.delivery_failures import NO_ADDRESS, REJECTED, UNREACHABLE
 from hub.domain import Contact, IdentityKind, Lead, OutboxItem
-from hub.errors import PermanentError, TransientError
+from hub.errors import HubError, PermanentError, TransientError
 from storage.base import Store
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,11 @@ def relay_key(external_id: str) -> str:
     return f"tg.relay.{external_id}"
 
 
+def pending_edit_key(external_id: str) -> str:
+    """State key: the latest text of a staff message edited before it was relayed."""
+    return f"tg.relay_edit.{external_id}"
+
+
 class TelegramSender:
     """Delivers outbox rows of channel `telegram` (the lead's customer chat)."""
 
@@ -59,14 +64,20 @@ class TelegramSender:
             )
         chat_id = int(identity.value)
         message = await self._store.get_message(item.message_id)
+        staff_ref = staff_message_ref(message.external_id if message else None)
+        progress_key = f"tg.out.{item.id}"
+        sent: list[int] = list(await self._store.get_state(progress_key) or [])
         steps: list[tuple[str, str]] = []
         text = str(item.payload.get("text") or "")
+        edited = await self._store.get_state(pending_edit_key(staff_ref)) if staff_ref and not sent else None
+        if isinstance(edited, str) and edited:
+            # The manager corrected it while it waited in the queue (once parts of it are out,
+            # the parts still to send must be those of the same text).
+            text = edited
         copies = [a.ref for a in (message.attachments if message else []) if a.ref.startswith(COPY_PREFIX)]
         if text and not copies:
             steps.extend(("text", part) for part in split_html_escaped(text))
         steps.extend(("copy", ref) for ref in copies)
-        progress_key = f"tg.out.{item.id}"
-        sent: list[int] = list(await self._store.get_state(progress_key) or [])
         for index, (kind, value) in enumerate(steps):
             if index < len(sent):
                 continue  # delivered by an earlier attempt
@@ -99,10 +110,27 @@ class TelegramSender:
                 await self._store.set_state(progress_key, sent)
         if not sent:
             raise PermanentError(f"{lead.ref}: nothing to send in reply {item.message_id}")
-        staff_ref = staff_message_ref(message.external_id if message else None)
         if staff_ref is not None:
             await self._store.set_state(
                 relay_key(staff_ref), {"chat": chat_id, "message_id": sent[0], "lead": lead.number}
             )
+            await self._late_edit(staff_ref, chat_id, sent, steps, text)
         log.info("%s telegram: delivered %s part(s) of %s", lead.ref, len(sent), item.message_id)
         return f"{chat_id}:{sent[0]}"
+
+    async def _late_edit(
+        self, staff_ref: str, chat_id: int, sent: list[int], steps: list[tuple[str, str]], text: str
+    ) -> None:
+        """An edit that came while this reply was being sent (it found no relay yet): apply it."""
+        edited = await self._store.get_state(pending_edit_key(staff_ref))
+        if not isinstance(edited, str) or not edited or edited == text:
+            return
+        if len(steps) != 1 or steps[0][0] != "text":
+            log.info("telegram: a staff edit of a media or multi-part reply is not relayed")
+            return
+        try:
+            await self._api.call(
+                EditMessageText(chat_id=chat_id, message_id=sent[0], text=esc(edited)), chat_id
+            )
+        except (TelegramAPIError, HubError) as exc:
+            log.warning("telegram: could not relay a staff edit made while sending: %s", exc)

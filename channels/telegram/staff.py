@@ -25,9 +25,10 @@ from aiogram.types import (
 
 from channels.telegram.api import TelegramApi
 from channels.telegram.desk import StaffDesk, open_target
-from channels.telegram.sender import COPY_PREFIX, relay_key
+from channels.telegram.sender import COPY_PREFIX, pending_edit_key, relay_key
 from channels.telegram.texts import esc, plain_staff, staff, staff_label, staff_refusal
 from channels.telegram.updates import command_of, content_of, is_relayable, is_service
+from hub.actions import SPAM_TAG
 from hub.config import ManagerSettings
 from hub.domain import ACTIVE_STATUSES, Attachment, Event, LeadKind, utcnow
 from hub.errors import (
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 HINT_EVERY = 600.0  # seconds between hints to the same stranger
+MY_LIMIT = 50  # leads listed by /my (one message)
 LEAD_COMMANDS = frozenset({"/take", "/assign", "/resolve", "/reopen", "/kind", "/note"})
 SELF_COMMANDS = frozenset({"/away", "/back", "/my", "/dashboard"})
 
@@ -68,6 +70,10 @@ class StaffSide:
         """The configured, active manager with this Telegram id."""
         manager = self._managers.get(user_id) if user_id is not None else None
         return manager if manager is not None and manager.active else None
+
+    def _hint_key(self, user_id: int) -> str:
+        """Why someone may not act: not a manager, or a manager switched off (`active: false`)."""
+        return "tg.staff.inactive" if user_id in self._managers else "tg.staff.hint"
 
     async def _say(self, chat: int, thread: int | None, html: str, reply_to: int | None = None) -> None:
         try:
@@ -114,7 +120,9 @@ class StaffSide:
             now = time.monotonic()
             if now - self._hinted.get(user.id, -HINT_EVERY) >= HINT_EVERY:
                 self._hinted[user.id] = now
-                await self._say(chat, thread, staff("tg.staff.hint", user_id=user.id), message.message_id)
+                await self._say(
+                    chat, thread, staff(self._hint_key(user.id), user_id=user.id), message.message_id
+                )
             log.info("telegram: ignored a message from a non-manager in chat %s", chat)
             return None
         text = message.text or message.caption or ""
@@ -197,7 +205,27 @@ class StaffSide:
         external_id = f"tg:{message.chat.id}:{message.message_id}"
         attachments: list[Attachment] = []
         content = content_of(message)
+        # A location, a venue or a contact card is a pin or a card in Telegram, not coordinates.
+        card = message.location is not None or message.contact is not None
+        channel = (
+            await self._hub.replies.delivery_channel(lead_number) if content.attachments or card else None
+        )
+        if card and not content.attachments and channel == "telegram":
+            kind = "location" if message.location is not None else "contact"
+            ref = f"{COPY_PREFIX}{message.chat.id}:{message.message_id}"
+            attachments.append(Attachment(kind, f"application/vnd.telegram.{kind}", 0, ref))
         if content.attachments:
+            if channel is not None and channel != "telegram":
+                # A copy of a Telegram message can only go to a Telegram chat: an email would
+                # carry the caption (or "[file.pdf]") without the file.
+                label = staff_label("channel", channel)
+                await self._say(
+                    message.chat.id,
+                    message.message_thread_id if message.is_topic_message else None,
+                    staff("tg.staff.media_not_relayed", channel=label),
+                    message.message_id,
+                )
+                return
             # Staff media goes to the customer as a copy of this very message.
             first = content.attachments[0]
             ref = f"{COPY_PREFIX}{message.chat.id}:{message.message_id}"
@@ -227,6 +255,11 @@ class StaffSide:
                 {"external_id": external_id, "after": text, "relayed": isinstance(relayed, dict)},
             )
         )
+        if not isinstance(relayed, dict) and text:
+            # Still queued (a busy chat, a retry): the sender sends this text instead, or edits
+            # what it has just sent. Read the relay again: it may have been sent meanwhile.
+            await self._hub.store.set_state(pending_edit_key(external_id), text)
+            relayed = await self._hub.store.get_state(relay_key(external_id))
         if not isinstance(relayed, dict) or not text:
             return None  # not relayed yet, sent by email (no edits there), or a caption
         chat = int(relayed["chat"])
@@ -307,11 +340,15 @@ class StaffSide:
             url = login_link(self._hub.settings, manager.id, utcnow())
             await self._say(chat, thread, staff("tg.staff.dashboard", url=url))
 
+    async def private_hint(self, chat: int) -> None:
+        """What a manager can do in a private chat with the bot (anything else opened a lead)."""
+        await self._say(chat, None, staff("tg.staff.private_hint"))
+
     async def my_leads(self, manager: ManagerSettings, now: datetime) -> str:
         """The manager's open leads, nearest breach first, with the time left."""
-        page = await self._hub.store.list_leads(
-            LeadQuery(statuses=tuple(ACTIVE_STATUSES), assignee=manager.id), limit=50
-        )
+        query = LeadQuery(statuses=tuple(ACTIVE_STATUSES), assignee=manager.id, order="due")
+        # The most urgent first from the store: the newest 50 hid the most overdue older leads.
+        page = await self._hub.store.list_leads(query, limit=MY_LIMIT)
         if not page.items:
             return staff("tg.staff.my_empty")
         far = now.replace(year=now.year + 100)
@@ -330,6 +367,10 @@ class StaffSide:
                 left = f"{staff(f'tg.target.{target[0]}')} {time_left}"
             status = staff_label("status", lead.status.value)
             lines.append(f"{esc(lead.ref)} · {esc(status)} · {left}")
+        if len(page.items) >= MY_LIMIT:
+            total = await self._hub.store.count_leads(query)
+            if total > len(page.items):
+                lines.append(staff("tg.staff.my_more", count=total - len(page.items)))
         return "\n".join(lines)
 
     # --- card buttons -----------------------------------------------------------------------------
@@ -341,7 +382,7 @@ class StaffSide:
         target = ""
         try:
             if manager is None:
-                answer = plain_staff("tg.staff.hint", user_id=query.from_user.id)
+                answer = plain_staff(self._hint_key(query.from_user.id), user_id=query.from_user.id)
                 return None
             action, _, rest = (query.data or "").partition(":")
             if action == "assign":
@@ -395,7 +436,7 @@ class StaffSide:
         lead = await self._hub.store.get_lead(number)
         if lead is None:
             raise NotFoundError(f"lead L-{number} does not exist")
-        tags = sorted({*lead.tags, "spam"})
+        tags = sorted({*lead.tags, SPAM_TAG})
         await self._hub.store.update_lead(number, LeadChanges(tags=tags, updated_at=utcnow()))
         await self._hub.store.append_event(Event("lead.tagged", utcnow(), number, {"tags": tags, "by": by}))
         await self._desk.notice(lead, "🚫 " + staff("tg.event.spam", by=by))

@@ -50,6 +50,10 @@ class Ingest:
         self._hold = float(os.environ.get(HOLD_ENV, "0") or 0)
         self._staff = frozenset(m.telegram_id for m in hub.settings.managers if m.telegram_id is not None)
 
+    def queue_of(self, data: dict[str, Any]) -> str:
+        """The inbox queue of a raw update (a manager's private messages are control traffic)."""
+        return classify(data, self._staff)
+
     def external_id(self, update_id: int) -> str:
         """The inbox key of an update: (bot, update_id)."""
         return f"{self._bot_id()}:{update_id}"
@@ -61,7 +65,7 @@ class Ingest:
     async def meta(self, data: dict[str, Any]) -> dict[str, Any]:
         """What is decided about an update as it is stored (reads only; DecodeError if unusable)."""
         meta: dict[str, Any] = {"update_id": update_id_of(data)}
-        if classify(data) == CUSTOMER:
+        if self.queue_of(data) == CUSTOMER:
             sender = (data.get("message") or {}).get("from") or {}
             kind, recent = await asyncio.gather(
                 self._hub.store.get_state(f"tg.kind.{sender.get('id')}"),
@@ -78,7 +82,7 @@ class Ingest:
         """Write one update with its `meta` to the inbox; returns (item, created)."""
         payload = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
         return await self._hub.store.inbox_put(
-            classify(data),
+            self.queue_of(data),
             self.external_id(update_id_of(data)),
             payload,
             utcnow(),
@@ -324,7 +328,7 @@ class Poller:
                 choice = kind_choice(data)
                 if choice is not None:
                     chosen[choice[0]] = choice[1]
-                elif classify(data) == CUSTOMER:
+                elif self._ingest.queue_of(data) == CUSTOMER:
                     user = ((data.get("message") or {}).get("from") or {}).get("id")
                     if user in chosen:
                         meta = {**meta, "kind": chosen[user], "user": user}

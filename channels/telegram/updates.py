@@ -26,6 +26,10 @@ CONTROL = "telegram.control"
 
 #: Private-chat commands handled by the bot itself rather than becoming part of a lead.
 PRIVATE_COMMANDS = frozenset({"/start", "/help", "/away", "/back", "/my", "/dashboard"})
+#: The stored text of a customer message the hub cannot show (the topic says it in staff words).
+UNSHOWN = "[a message of a type the hub does not show]"
+#: What a t.me link's start parameter can be (anything else after /start is typed words).
+_START_PARAMETER = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _EMAIL_IN_TEXT = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
 
 
@@ -45,6 +49,20 @@ def command_of(text: str | None) -> tuple[str, str]:
         return "", ""
     head, _, rest = text.partition(" ")
     return head.split("@", 1)[0].lower(), rest.strip()
+
+
+def private_command(text: str | None) -> str:
+    """The bot's own command a private message is (`PRIVATE_COMMANDS`), or '' for a message.
+
+    "/help my boiler leaks" is a request in words, not a command: only a link's start parameter
+    may follow /start or /help (the words were dropped after a greeting).
+    """
+    command, argument = command_of(text)
+    if command not in PRIVATE_COMMANDS:
+        return ""
+    if command in ("/start", "/help") and argument and not _START_PARAMETER.match(argument):
+        return ""
+    return command
 
 
 def parse_update(payload: bytes) -> Update:
@@ -70,18 +88,20 @@ def emails_in(text: str) -> list[str]:
     return [e for e in dict.fromkeys(found) if e]
 
 
-def classify(data: dict[str, Any]) -> str:
-    """The inbox queue for one raw update: a customer message, or control traffic."""
+def classify(data: dict[str, Any], staff: frozenset[int] = frozenset()) -> str:
+    """The inbox queue for one raw update: a customer message, or control traffic.
+
+    `staff`: the managers' Telegram ids; what they write to the bot is never a customer's.
+    """
     message = data.get("message")
     if not isinstance(message, dict):
         return CONTROL
     chat = message.get("chat") or {}
     sender = message.get("from") or {}
-    if chat.get("type") != "private" or sender.get("is_bot"):
+    if chat.get("type") != "private" or sender.get("is_bot") or sender.get("id") in staff:
         return CONTROL
     text = message.get("text") or ""
-    command, _ = command_of(text)
-    if command in PRIVATE_COMMANDS or text.strip() in kind_buttons():
+    if private_command(text) or text.strip() in kind_buttons():
         return CONTROL
     if message.get("contact") or emails_in(text or message.get("caption") or ""):
         # Shared phone numbers and email addresses may merge contacts: handled with care.
@@ -215,11 +235,16 @@ def content_of(message: Message) -> Content:
         contact = message.contact
         name = " ".join(p for p in (contact.first_name, contact.last_name) if p)
         text = (text + "\n" if text else "") + f"☎ {name} {contact.phone_number}".strip()
+    if message.dice:
+        text = f"{message.dice.emoji} {message.dice.value}"
+    if message.poll:
+        poll = message.poll
+        text = "\n".join([f"📊 {poll.question}", *(f"• {option.text}" for option in poll.options)])
     if not text and attachments:
         text = ", ".join(f"[{a.name}]" for a in attachments)
     if not text:
-        # Polls, dice, games...: staff still see that the customer wrote something.
-        text = "[a message of a type the hub does not show]"
+        # Games, stories, invoices...: staff still see that the customer wrote something.
+        text = UNSHOWN
     return Content(text=text, attachments=tuple(attachments))
 
 

@@ -9,6 +9,7 @@ import sqlite3
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -1274,3 +1275,188 @@ async def test_erasing_a_telegram_customer_leaves_no_text_they_edited(env: Env) 
         dump = "\n".join(db.iterdump())
     # The edit's event kept both versions, and the state the topic copy is built from the new one.
     assert "4441" not in dump and "5552" not in dump
+
+
+async def test_a_managers_private_message_to_the_bot_opens_no_lead(env: Env) -> None:
+    """A manager who wrote to the bot (to try it, or by mistake) opened a lead of their own with
+    a topic, an SLA clock and an acknowledgement; /start greeted them as a customer."""
+    for text in ("hello bot, test", "/start", "/help"):
+        env.emu.send_text(OLENA["id"], OLENA, text)
+    env.emu.send_text(OLENA["id"], OLENA, "/my")
+    await env.emu.wait_for(
+        lambda: any("відкритих звернень" in t for t in env.emu.texts_to(OLENA["id"])), what="/my"
+    )
+    texts = env.emu.texts_to(OLENA["id"])
+    hint = "Ви менеджер, тож тут ваші повідомлення не стають зверненнями."
+    assert sum(t.startswith(hint) for t in texts) == 3, texts
+    assert not any("Дякуємо" in t or "Вітаємо" in t for t in texts), texts
+    assert env.emu.topics_in(STAFF) == []
+    assert await env.hub.store.get_lead(1) is None
+
+
+async def test_a_staff_edit_made_while_the_reply_waits_is_what_the_customer_gets(env: Env) -> None:
+    """A reply corrected while it waited (a 429 on the customer's chat) reached the customer
+    with the old text: the edit found nothing relayed yet and was dropped."""
+    user = customer()
+    thread = await open_lead(env, user)
+    await env.emu.wait_for(lambda: env.emu.texts_to(user["id"]), what="ack")
+    env.emu.fail_next("sendMessage", status=429, retry_after=2, chat_id=user["id"])
+    update = env.emu.send_text(STAFF, OLENA, "Ціна 100 грн", thread=thread)
+    await env.emu.wait_for(
+        lambda: [c for c in env.emu.calls_of("sendMessage") if c.status == 429], what="the 429"
+    )
+    edited = dict(update["message"], text="Ціна 120 грн", edit_date=update["message"]["date"])
+    env.emu.enqueue("edited_message", edited)
+    reply = await env.emu.wait_for(
+        lambda: next((s for s in env.emu.sent_to(user["id"])[1:] if s.text), None), timeout=15, what="reply"
+    )
+    await env.emu.wait_for(lambda: reply.text == "Ціна 120 грн", what="the corrected text")
+    assert [s.text for s in env.emu.sent_to(user["id"])[1:]] == ["Ціна 120 грн"]
+
+
+async def test_a_customers_dice_and_unshowable_messages_read_in_the_staff_language(env: Env) -> None:
+    """A dice or a story showed "[a message of a type the hub does not show]" in English."""
+    user = customer()
+    env.emu.enqueue("message", env.emu.message(user["id"], user, None, dice={"emoji": "🎲", "value": 4}))
+    story = {"chat": {"id": user["id"], "type": "private", "first_name": user["first_name"]}, "id": 7}
+    env.emu.enqueue("message", env.emu.message(user["id"], user, None, story=story))
+    topic = (await env.emu.wait_for(lambda: env.emu.topics_in(STAFF), what="topic"))[0]
+    everything = await env.emu.wait_for(
+        lambda: (
+            "\n".join(env.emu.texts_to(STAFF, topic.thread))
+            if "тут не показується" in "\n".join(env.emu.texts_to(STAFF, topic.thread))
+            else None
+        ),
+        what="both messages",
+    )
+    assert "\n🎲 4" in everything and "does not show" not in everything
+    assert "[повідомлення такого типу (гра, історія, рахунок…) тут не показується" in everything
+
+
+async def test_an_acknowledgement_that_fails_is_not_called_a_reply(env: Env) -> None:
+    """The bot's own acknowledgement to a customer who blocked the bot right after writing was
+    reported as "could not deliver a reply", which sent staff looking for a reply nobody wrote."""
+    user = customer()
+    env.emu.blocked.add(user["id"])
+    env.emu.send_text(user["id"], user, "Котел не гріє")
+    topic = (await env.emu.wait_for(lambda: env.emu.topics_in(STAFF), what="topic"))[0]
+    notice = await env.emu.wait_for(
+        lambda: [t for t in env.emu.texts_to(STAFF, topic.thread) if t.startswith("❗")], what="notice"
+    )
+    assert notice[0].startswith(
+        "❗ Не вдалося надіслати клієнту автоматичне підтвердження (Telegram). Клієнт заблокував бота"
+    )
+    (event,) = await env.hub.store.list_events(1, ["delivery.failed"])
+    assert event.data["automatic"] is True
+
+
+async def test_a_file_for_an_email_customer_is_refused_with_a_hint(env: Env) -> None:
+    """A photo or document sent in the topic of an email lead went out as an email saying
+    "[рахунок.pdf]" (or only the caption) without the file, and counted as the answer."""
+    await env.hub.intake.accept(
+        Inbound(
+            "email", "<m1@x>", Identity(IdentityKind.EMAIL, "p@example.com", "Петро"), "Рахунок?", utcnow()
+        )
+    )
+    thread = await env.emu.wait_for(
+        lambda: next((t.thread for t in env.emu.topics_in(STAFF) if "Петро" in t.name), None), what="topic"
+    )
+    doc = {"file_id": "d1", "file_unique_id": "ud1", "file_name": "рахунок.pdf", "file_size": 12000}
+    env.emu.enqueue(
+        "message", env.emu.message(STAFF, OLENA, None, thread=thread, document=doc, caption="Ось")
+    )
+    hint = await env.emu.wait_for(
+        lambda: [t for t in env.emu.texts_to(STAFF, thread) if t.startswith("Файл не надіслано")], what="hint"
+    )
+    assert "через канал «ел. пошта»" in hint[0], hint
+    assert [m for m in await env.hub.store.list_messages(1) if m.direction == Direction.OUT] == []
+    lead = await env.hub.store.get_lead(1)
+    assert lead is not None and lead.first_response_at is None
+
+
+async def test_a_managers_location_reaches_the_customer_as_a_pin(env: Env) -> None:
+    """A venue or location a manager shared reached the customer as "📍 50.450100, 30.523400"."""
+    user = customer()
+    thread = await open_lead(env, user)
+    venue = {
+        "location": {"latitude": 50.4501, "longitude": 30.5234},
+        "title": "Сервісний центр",
+        "address": "вул. Хрещатик, 1",
+    }
+    shared = env.emu.message(STAFF, OLENA, None, thread=thread, venue=venue, location=venue["location"])
+    env.emu.enqueue("message", shared)
+    copies = await env.emu.wait_for(
+        lambda: [s for s in env.emu.sent_to(user["id"]) if s.method == "copyMessage"], what="the pin"
+    )
+    assert copies[0].copied_from == (STAFF, shared["message_id"])
+    assert not any("📍" in t for t in env.emu.texts_to(user["id"]))
+    lead = await env.hub.store.get_lead(1)
+    assert lead is not None and lead.first_response_at is not None
+
+
+async def test_a_switched_off_manager_is_told_so_not_to_ask_to_be_added(
+    emu: TelegramEmulator, settings_factory: Callable[..., Settings]
+) -> None:
+    """A manager with `active: false` was told to ask an administrator to add their Telegram id,
+    which is in the config already."""
+    from tests.support.settings import base_config
+
+    managers = [dict(m) for m in base_config(Path("."))["managers"]]
+    for manager in managers:
+        if manager["id"] == "taras":
+            manager["active"] = False
+    settings = settings_factory(telegram=telegram_config(emu), managers=managers)
+    hub = Hub(settings)
+    await hub.start()
+    try:
+        env = Env(emu, hub)
+        thread = await open_lead(env, customer())
+        env.emu.send_text(STAFF, TARAS, "Я відповім", thread=thread)
+        card = env.emu.sent_to(STAFF, thread)[0]
+        env.emu.press(STAFF, TARAS, card.message_id, "take:1")
+        hint = await env.emu.wait_for(
+            lambda: [t for t in env.emu.texts_to(STAFF, thread) if "вимкнено" in t], what="hint"
+        )
+        assert hint[0].startswith("Ваш обліковий запис менеджера вимкнено (active: false)")
+        answer = (await env.emu.wait_for(lambda: env.emu.callback_answers, what="answer"))[0]
+        assert (answer.get("text") or "").startswith("Ваш обліковий запис менеджера вимкнено")
+    finally:
+        await hub.stop()
+
+
+async def test_a_spammer_writing_again_does_not_reopen_the_spam_lead(env: Env) -> None:
+    """The next message of a contact whose lead staff marked spam reopened it, back in the queue
+    with a first response owed."""
+    user = customer()
+    thread = await open_lead(env, user)
+    card = env.emu.sent_to(STAFF, thread)[0]
+    env.emu.press(STAFF, OLENA, card.message_id, "spam:1")
+    topic = env.emu.topics[(STAFF, thread)]
+    await env.emu.wait_for(lambda: topic.closed, what="closed as spam")
+    env.emu.send_text(user["id"], user, "BUY CHEAP again")
+
+    async def filed() -> bool:
+        return any(m.text == "BUY CHEAP again" for m in await env.hub.store.list_messages(1))
+
+    await env.emu.wait_for(filed, what="the message filed on the spam lead")
+    await env.emu.wait_for(lambda: env.hub.channels and _channel(env.hub).desk.idle(), what="desk idle")
+    lead = await env.hub.store.get_lead(1)
+    assert lead is not None and lead.status == LeadStatus.RESOLVED and "spam" in lead.tags
+    assert not any("Відкрито знову" in t for t in env.emu.texts_to(STAFF, thread))
+    assert topic.closed
+    assert await env.hub.store.list_events(1, ["lead.reopened"]) == []
+
+
+async def test_words_after_help_or_start_are_a_request_not_lost(env: Env) -> None:
+    """ "/help my boiler leaks" got the greeting and the words were dropped: no lead."""
+    user = customer(6101, "Ірина", "uk")
+    env.emu.send_text(user["id"], user, "/help у мене тече бойлер")
+    topic = (await env.emu.wait_for(lambda: env.emu.topics_in(STAFF), what="topic"))[0]
+    await env.emu.wait_for(
+        lambda: any("тече бойлер" in t for t in env.emu.texts_to(STAFF, topic.thread)), what="the words"
+    )
+    other = customer(6102, "Олег", "uk")
+    env.emu.send_text(other["id"], other, "/start")
+    greeting = await env.emu.wait_for(lambda: env.emu.texts_to(other["id"]), what="greeting")
+    assert greeting[0].startswith("Вітаємо, Олег")
+    assert len(env.emu.topics_in(STAFF)) == 1

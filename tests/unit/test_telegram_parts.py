@@ -6,7 +6,8 @@ import asyncio
 import json
 import random
 import re
-from datetime import UTC, datetime
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -25,10 +26,12 @@ from channels.telegram.texts import (
 from channels.telegram.transport import Ingest
 from channels.telegram.updates import CONTROL, CUSTOMER, CustomerDecoder, classify, private_sender
 from hub import i18n
+from hub.app import Hub
 from hub.config import TelegramLimits
-from hub.domain import IdentityKind, InboxItem, LeadKind
+from hub.domain import Identity, IdentityKind, Inbound, InboxItem, LeadKind
 from hub.errors import HubError
 from hub.refusals import REFUSALS
+from storage.base import LeadChanges
 from tests.support.telegram_html import html_problems
 
 
@@ -301,3 +304,46 @@ def test_every_refusal_reads_as_one_sentence_in_telegram_in_both_languages(
                 assert dashboard_only not in lowered, (language, code, text)
             assert lowered.count("не вдалося") <= 1 and lowered.count("could not") <= 1, text
             assert not html_problems(esc(text)), text
+
+
+def test_a_customers_poll_and_dice_keep_what_they_say() -> None:
+    from aiogram.types import Message
+
+    from channels.telegram.updates import content_of
+
+    base = {"message_id": 2, "date": 1, "chat": {"id": 5, "type": "private"}}
+    sender = {"from": {"id": 5, "is_bot": False, "first_name": "M"}}
+    options = [
+        {"persistent_id": str(i), "text": t, "voter_count": 0} for i, t in enumerate(["ранок", "вечір"])
+    ]
+    poll = {
+        "id": "p1", "question": "Коли зручно?", "options": options, "total_voter_count": 0,
+        "is_closed": False, "is_anonymous": True, "type": "regular", "allows_multiple_answers": False,
+        "allows_revoting": False, "members_only": False,
+    }  # fmt: skip
+    asked = content_of(Message.model_validate({**base, **sender, "poll": poll}))
+    assert asked.text == "📊 Коли зручно?\n• ранок\n• вечір"
+    rolled = content_of(Message.model_validate({**base, **sender, "dice": {"emoji": "🎯", "value": 6}}))
+    assert rolled.text == "🎯 6"
+
+
+async def test_my_leads_lists_the_most_urgent_and_says_how_many_more(
+    make_hub: Callable[..., Awaitable[Hub]],
+) -> None:
+    """/my listed the 50 newest leads, so a manager with more never saw the most overdue ones."""
+    hub = await make_hub(web={"enabled": False})
+    now = datetime.now(UTC)
+    for number in range(1, 56):
+        # The oldest lead is the overdue one; the others came in later, with time to spare.
+        received = now - timedelta(hours=5) if number == 1 else now - timedelta(minutes=60 - number)
+        inbound = Inbound("webform", f"f-{number}", Identity(IdentityKind.EMAIL, f"c{number}@example.com"),
+                          "Допоможіть", received)  # fmt: skip
+        result = await hub.intake.accept(inbound, now=received)
+        await hub.store.update_lead(result.lead.number, LeadChanges(assignee="olena"))
+    olena = hub.settings.manager("olena")
+    assert olena is not None
+    side = StaffSide(hub, cast(Any, None), cast(Any, None))
+    listing = await side.my_leads(olena, now)
+    lines = listing.split("\n")
+    assert lines[1].startswith("L-1 · нове · перша відповідь -"), lines[:3]
+    assert len(lines) == 52 and lines[-1] == "…і ще 5 (усі — у панелі, /dashboard)."
