@@ -759,8 +759,11 @@ class StaffDesk:
             head += f" <i>({esc(staff('tg.event.edited'))})</i>"
         return head, text
 
-    async def _block(self, message: Message) -> str:
+    async def _block(self, message: Message, original: bool = False) -> str:
+        """A customer message as one HTML block (`original`: its text as received, not edited)."""
         head, text = await self._head(message)
+        if original:
+            text = message.text
         body = esc(text)
         if message.subject:
             line = staff("tg.message.subject", subject=message.subject)
@@ -923,7 +926,18 @@ class StaffDesk:
 
     async def _apply_edits(self, lead: Lead, contact: Contact | None, topic: Topic, edited: set[str]) -> None:
         posts: set[tuple[int, int]] = set()
-        for message_id in edited:
+        for message_id in sorted(edited):
+            message = await self._hub.store.get_message(message_id)
+            if message is not None and len(await self._block(message)) > MAX_TEXT:
+                # Too long for one post: the edited text is posted again in parts, or its end
+                # would never be shown.
+                for unit in await self._units(lead, [message], 0):
+                    if unit.copy_from is None:
+                        await self._send(topic.chat, topic.thread, unit.html)
+                if len(await self._block(message, original=True)) > MAX_TEXT:
+                    # It was shown in parts as well: re-rendering its last part would put the
+                    # start of the new text there, cut off.
+                    continue
             where = await self._hub.store.get_state(copy_key(message_id))
             if isinstance(where, list) and len(where) == 2:
                 posts.add((int(where[0]), int(where[1])))

@@ -885,6 +885,10 @@ async def test_an_edit_that_makes_the_card_too_long_is_cut_as_valid_html(env: En
     await env.emu.wait_for(lambda: card.edits, what="the card re-rendered")
     assert html_problems(card.text) == [] and len(card.text) <= 4096
     assert card.text.endswith("&amp;…") and env.emu.rejected_html == []
+    # The card cannot hold the edited text: it is also posted whole, in parts.
+    await env.emu.wait_for(
+        lambda: any(t.endswith(" END") for t in env.emu.texts_to(STAFF, thread)), what="end"
+    )
 
 
 async def test_a_managers_sticker_reaches_the_customer_as_a_sticker(env: Env) -> None:
@@ -1460,3 +1464,27 @@ async def test_words_after_help_or_start_are_a_request_not_lost(env: Env) -> Non
     greeting = await env.emu.wait_for(lambda: env.emu.texts_to(other["id"]), what="greeting")
     assert greeting[0].startswith("Вітаємо, Олег")
     assert len(env.emu.topics_in(STAFF)) == 1
+
+
+async def test_an_edit_of_a_long_customer_message_is_posted_again_in_parts(env: Env) -> None:
+    """The edit of a message shown in several posts rewrote only the last post, with the start of
+    the edited text cut off at 4,096 characters; the end of the new text was never shown."""
+    user = customer()
+    update = env.emu.send_text(user["id"], user, "Старий опис. " * 450 + "КІНЕЦЬ")
+    topic = (await env.emu.wait_for(lambda: env.emu.topics_in(STAFF), what="topic"))[0]
+    await env.emu.wait_for(
+        lambda: any("КІНЕЦЬ" in t for t in env.emu.texts_to(STAFF, topic.thread)), what="every part"
+    )
+    before = list(env.emu.sent_to(STAFF, topic.thread))
+    edited = dict(
+        update["message"], text="Новий опис. " * 450 + "НОВИЙ КІНЕЦЬ", edit_date=update["message"]["date"]
+    )
+    env.emu.enqueue("edited_message", edited)
+    await env.emu.wait_for(
+        lambda: any("НОВИЙ КІНЕЦЬ" in t for t in env.emu.texts_to(STAFF, topic.thread)), what="the new end"
+    )
+    new = env.emu.sent_to(STAFF, topic.thread)[len(before) :]
+    assert new and all(
+        "(змінено)" in s.text and len(s.text) <= 4096 and not html_problems(s.text) for s in new
+    )
+    assert all(not s.edits for s in before[1:]), "an older part was rewritten"
