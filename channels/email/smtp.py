@@ -20,9 +20,10 @@ from typing import Any
 import aiosmtplib
 
 from hub.config import EmailSettings
-from hub.delivery_failures import NO_ADDRESS, RECIPIENT_REFUSED, REJECTED
+from hub.delivery_failures import FILE_UNSUPPORTED, NO_ADDRESS, RECIPIENT_REFUSED, REJECTED
 from hub.domain import Contact, Direction, IdentityKind, Lead, OutboxItem, utcnow
 from hub.errors import PermanentError, TransientError, UncertainDelivery
+from hub.ports import Delivered, LeftOut
 from storage.base import Store
 
 from .parse import clean_subject, encoded_words, new_message, one_line, redact
@@ -144,11 +145,14 @@ class SmtpSender:
                 refs.extend(message.refs)
         return list(dict.fromkeys(refs))
 
-    async def send(self, item: OutboxItem, lead: Lead, contact: Contact | None) -> str:
+    async def send(self, item: OutboxItem, lead: Lead, contact: Contact | None) -> Delivered:
         """Send one row; TransientError to retry later, PermanentError when it cannot succeed."""
         identity = contact.identity(IdentityKind.EMAIL) if contact else None
         if identity is None:
             raise PermanentError(f"{lead.ref}: the contact has no email address to reply to", code=NO_ADDRESS)
+        message = await self._store.get_message(item.message_id)
+        # The text goes out alone: staff are told which files it went without.
+        left_out = tuple(LeftOut(a.name, FILE_UNSUPPORTED) for a in (message.attachments if message else []))
         msg = compose(
             item,
             lead,
@@ -217,4 +221,4 @@ class SmtpSender:
                 f"SMTP {smtp.host}:{smtp.port} unavailable: {type(exc).__name__}: {exc}"
             ) from exc
         log.info("%s email: sent %s", lead.ref, "acknowledgement" if item.payload.get("auto") else "reply")
-        return f"<{message_id}>"
+        return Delivered(f"<{message_id}>", left_out)

@@ -91,3 +91,49 @@ async def test_email_lead_topic_reply_goes_out_by_smtp(
     )
     assert len(emu.topics_in(STAFF)) == 1
     assert [m.lead_number for m in await both_hub.store.list_messages(lead.number)].count(lead.number) >= 3
+
+
+async def test_a_file_the_email_cannot_carry_gets_staff_a_notice_naming_it(
+    both_hub: Hub, emu: TelegramEmulator, imap: ImapClient, mailbox: str, smtp_server: SmtpServer
+) -> None:
+    """A document posted with a caption in an email lead's topic went out as its caption alone,
+    with no attachment and no word to staff: the file was silently lost."""
+    raw, _ = make_mail(subject="Договір", text="Надішліть договір, будь ласка.")
+    await imap.append(raw, mailbox)
+    (lead,) = await wait_leads(both_hub, 1)
+    topic = await emu.wait_for(lambda: next(iter(emu.topics_in(STAFF)), None), what="topic")
+    await emu.wait_for(lambda: emu.texts_to(STAFF, topic.thread), what="card")
+    # The emulator has no bytes for this file: it can never be attached.
+    document = {
+        "file_id": "doc-unknown",
+        "file_unique_id": "u-doc-unknown",
+        "file_name": "договір.pdf",
+        "mime_type": "application/pdf",
+        "file_size": 1234,
+    }
+    emu.enqueue(
+        "message",
+        emu.message(
+            STAFF, OLENA, None, thread=topic.thread, document=document, caption="Договір у вкладенні"
+        ),
+    )
+
+    async def delivered() -> list[object] | None:
+        return smtp_server.parsed() or None
+
+    (sent,) = await wait_for(delivered, what="the staff reply by SMTP")
+    body = sent.get_body(("plain",))
+    assert body is not None and "Договір у вкладенні" in body.get_content()
+    notice = i18n.text(
+        "tg.event.file_left_out", "uk", channel=i18n.text("dash.channel.email", "uk"), file="", reason=""
+    )
+    head = notice.split("«")[0]
+    posts = await emu.wait_for(
+        lambda: [t for t in emu.texts_to(STAFF, topic.thread) if head in t and "«договір.pdf»" in t],
+        what="the notice naming the file",
+    )
+    assert posts[0].startswith("📎 ")
+    events = await both_hub.store.list_events(lead.number)
+    (left_out,) = [e for e in events if e.type == "delivery.files_left_out"]
+    assert [f["name"] for f in left_out.data["files"]] == ["договір.pdf"]
+    assert [e.type for e in events].count("delivery.sent") == 1
