@@ -25,9 +25,9 @@ from aiogram.types import (
 
 from channels.telegram.api import TelegramApi
 from channels.telegram.desk import StaffDesk, open_target
-from channels.telegram.sender import COPY_PREFIX, relay_key
+from channels.telegram.sender import copy_ref, relay_key
 from channels.telegram.texts import esc, plain_staff, staff, staff_label, staff_refusal
-from channels.telegram.updates import command_of, content_of, is_relayable, is_service
+from channels.telegram.updates import FILE_PREFIX, command_of, content_of, is_relayable, is_service
 from hub.config import ManagerSettings
 from hub.domain import ACTIVE_STATUSES, Attachment, Event, LeadKind, utcnow
 from hub.errors import (
@@ -200,7 +200,8 @@ class StaffSide:
         if content.attachments:
             # Staff media goes to the customer as a copy of this very message.
             first = content.attachments[0]
-            ref = f"{COPY_PREFIX}{message.chat.id}:{message.message_id}"
+            # The file id lets a channel that cannot copy (email) fetch the file itself.
+            ref = copy_ref(message.chat.id, message.message_id, first.ref.removeprefix(FILE_PREFIX))
             attachments.append(Attachment(first.name, first.content_type, first.size, ref))
         await self._hub.replies.record_reply(
             lead_number,

@@ -13,7 +13,9 @@ from typing import Any, cast
 import pytest
 
 from channels.telegram import links
+from channels.telegram.files import StaffFiles
 from channels.telegram.ratelimit import JITTER, TelegramRateLimiter
+from channels.telegram.sender import copy_ref, parse_copy_ref
 from channels.telegram.staff import StaffSide
 from channels.telegram.texts import (
     MAX_TEXT,
@@ -26,8 +28,10 @@ from channels.telegram.transport import Ingest
 from channels.telegram.updates import CONTROL, CUSTOMER, CustomerDecoder, classify, private_sender
 from hub import i18n
 from hub.config import TelegramLimits
-from hub.domain import IdentityKind, InboxItem, LeadKind
+from hub.delivery_failures import FILE_TOO_LARGE, FILE_UNAVAILABLE
+from hub.domain import Attachment, IdentityKind, InboxItem, LeadKind
 from hub.errors import HubError
+from hub.files import FileUnavailable
 from hub.refusals import REFUSALS
 from tests.support.telegram_html import html_problems
 
@@ -301,3 +305,19 @@ def test_every_refusal_reads_as_one_sentence_in_telegram_in_both_languages(
                 assert dashboard_only not in lowered, (language, code, text)
             assert lowered.count("не вдалося") <= 1 and lowered.count("could not") <= 1, text
             assert not html_problems(esc(text)), text
+
+
+def test_copy_refs_keep_the_file_id_and_older_refs_still_parse() -> None:
+    assert parse_copy_ref(copy_ref(-100100, 42, "BQACAgIAAxk-_d")) == (-100100, 42, "BQACAgIAAxk-_d")
+    # Stored before the file id was kept: still copied to Telegram, only not fetchable.
+    assert parse_copy_ref("tg-copy:-100100:42") == (-100100, 42, "")
+
+
+async def test_a_staff_file_stored_without_its_file_id_is_unavailable_not_fetched() -> None:
+    files = StaffFiles(cast(Any, None), "1:x")  # any Bot API call would fail on None
+    with pytest.raises(FileUnavailable) as old:
+        await files.fetch(Attachment("a.pdf", "application/pdf", 10, "tg-copy:-1:2"), 1000)
+    assert old.value.code == FILE_UNAVAILABLE
+    with pytest.raises(FileUnavailable) as big:
+        await files.fetch(Attachment("a.pdf", "application/pdf", 21 * 1024 * 1024, "tg-copy:-1:2:F"), 10**9)
+    assert big.value.code == FILE_TOO_LARGE
