@@ -22,6 +22,7 @@ from hub.config import Settings
 from hub.domain import Lead, new_id, utcnow
 from hub.erasure import Erasure
 from hub.events import EventBus
+from hub.files import FileSources
 from hub.inbox import InboxProcessor
 from hub.intake import Intake
 from hub.notify_webhook import WebhookNotifier
@@ -127,6 +128,7 @@ class Hub:
         self.form_limiter = SlidingWindowLimiter(settings.web.form_rate_limit)
         self.web_setups: list[WebSetup] = []
         self.channel_states = ChannelStates()  # channels report connection state here (/metrics)
+        self.files = FileSources()  # channels that keep files register fetchers here
         self.channels = channels if channels is not None else build_channels(settings)
         for channel in self.channels:
             channel.attach(self)

@@ -28,6 +28,13 @@ DELIVERY_FAILURES = frozenset(
 )  # fmt: skip
 
 
+#: Why a file of a delivered reply was left out of it (`delivery.left_out.<code>` for staff).
+FILE_UNSUPPORTED = "unsupported"  # the channel has no way to carry a file stored like this
+FILE_TOO_LARGE = "too_large"  # larger than the channel (or fetching it) allows
+FILE_UNAVAILABLE = "unavailable"  # fetching the file failed
+FILE_REASONS = frozenset({FILE_UNSUPPORTED, FILE_TOO_LARGE, FILE_UNAVAILABLE})
+
+
 def failure_reason(exc: HubError) -> str:
     """The DELIVERY_FAILURES code of a sender's error ("failed" when it names none)."""
     return exc.code if exc.code in DELIVERY_FAILURES else FAILED
@@ -36,3 +43,8 @@ def failure_reason(exc: HubError) -> str:
 def failure_text(reason: str, language: str) -> str:
     """The plain text (no HTML) that tells staff why a reply was not delivered and what to do."""
     return i18n.text(f"delivery.failed.{reason if reason in DELIVERY_FAILURES else FAILED}", language)
+
+
+def left_out_text(reason: str, language: str) -> str:
+    """The plain text that tells staff why a file did not go out with a delivered reply."""
+    return i18n.text(f"delivery.left_out.{reason if reason in FILE_REASONS else FILE_UNAVAILABLE}", language)

@@ -323,6 +323,8 @@ class EventType(StrEnum):
     REPLY_RECORDED = "reply.recorded"
     DELIVERY_SENT = "delivery.sent"
     DELIVERY_FAILED = "delivery.failed"
+    #: A reply went out without some of its files (the channel could not carry or fetch them).
+    DELIVERY_FILES_LEFT_OUT = "delivery.files_left_out"
     SLA_WARNING = "sla.warning"
     SLA_BREACHED = "sla.breached"
     INPUT_QUARANTINED = "input.quarantined"

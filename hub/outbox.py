@@ -18,7 +18,7 @@ from hub.delivery_failures import FAILED, GAVE_UP, MAYBE_SENT, failure_reason
 from hub.domain import Event, EventType, OutboxItem, utcnow
 from hub.errors import PermanentError, TransientError, UncertainDelivery
 from hub.events import EventBus
-from hub.ports import Sender
+from hub.ports import Delivered, Sender
 from hub.tasks import stop_task
 from storage.base import Store, StoreError
 
@@ -112,7 +112,7 @@ class OutboxDispatcher:
         contact = await self._store.get_contact(lead.contact_id)
         sender = self._senders[item.channel]
         try:
-            external_ref = await sender.send(item, lead, contact)
+            delivered = await sender.send(item, lead, contact)
         except PermanentError as exc:
             await self._store.outbox_failed(item.id, str(exc))
             await self._failed(item, str(exc), failure_reason(exc))
@@ -143,17 +143,41 @@ class OutboxDispatcher:
             await self._store.outbox_failed(item.id, message)
             await self._failed(item, message, FAILED)
             return
+        if not isinstance(delivered, Delivered):
+            delivered = Delivered(delivered)
         now = utcnow()
-        await self._store.outbox_sent(item.id, now, external_ref)
+        await self._store.outbox_sent(item.id, now, delivered.ref)
         event = Event(
             EventType.DELIVERY_SENT.value,
             now,
             lead.number,
-            {"message_id": item.message_id, "channel": item.channel, "ref": external_ref},
+            {"message_id": item.message_id, "channel": item.channel, "ref": delivered.ref},
         )
         await self._store.append_event(event)
         await self._bus.publish(event, lead)
         log.info("%s %s: reply %s delivered", lead.ref, item.channel, item.message_id)
+        if delivered.left_out:
+            await self._left_out(item, delivered)
+
+    async def _left_out(self, item: OutboxItem, delivered: Delivered) -> None:
+        """The reply went out without some of its files: recorded on the lead, so staff are told."""
+        lead = await self._store.get_lead(item.lead_number)
+        files = [{"name": f.name, "reason": f.reason} for f in delivered.left_out]
+        event = Event(
+            EventType.DELIVERY_FILES_LEFT_OUT.value,
+            utcnow(),
+            item.lead_number,
+            {"message_id": item.message_id, "channel": item.channel, "files": files},
+        )
+        await self._store.append_event(event)
+        await self._bus.publish(event, lead)
+        log.warning(
+            "L-%s %s: reply %s went out without %s",
+            item.lead_number,
+            item.channel,
+            item.message_id,
+            ", ".join(f"{f.name!r} ({f.reason})" for f in delivered.left_out),
+        )
 
     async def _uncertain(self, item: OutboxItem, error: str) -> None:
         """Sent, but never confirmed: retry once (same Message-ID), then give up as 'maybe sent'."""

@@ -63,10 +63,27 @@ class Router(Protocol):
         """
 
 
+@dataclass(frozen=True, slots=True)
+class LeftOut:
+    """A file of a reply that went out without it; `reason` is a `hub.delivery_failures.FILE_*` code."""
+
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """What a sender delivered: the channel's id of it, and the reply's files it had to leave out."""
+
+    ref: str
+    left_out: tuple[LeftOut, ...] = ()
+
+
 class Sender(Protocol):
     """Delivers outbox rows of one channel; raises TransientError or PermanentError."""
 
     channel: str
 
-    async def send(self, item: OutboxItem, lead: Lead, contact: Contact | None) -> str:
-        """Deliver one row; returns the channel's id of what was sent (Message-ID, message_id)."""
+    async def send(self, item: OutboxItem, lead: Lead, contact: Contact | None) -> str | Delivered:
+        """Deliver one row; returns the channel's id of what was sent (Message-ID, message_id),
+        as a `Delivered` when files of the reply did not go with it (staff must be told)."""

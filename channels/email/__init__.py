@@ -52,7 +52,7 @@ class EmailChannel:
         self._hub = hub
         self.ingest = EmailIngest(hub, self.decoder, self.attachments, self.parser)
         hub.inbox.register(CHANNEL, self.decoder, after=self.ingest.after_intake)
-        hub.outbox.register(SmtpSender(self.settings, hub.store))
+        hub.outbox.register(SmtpSender(self.settings, hub.store, hub.files))
         hub.bus.subscribe("email.replayed-bounces", self.ingest.on_quarantined)
         self.poller = ImapPoller(
             self.settings, hub.store, hub.instance_id, self.ingest, hub.now, prepare=self.ingest.prepare

@@ -20,9 +20,11 @@ from typing import Any
 import aiosmtplib
 
 from hub.config import EmailSettings
-from hub.delivery_failures import NO_ADDRESS, RECIPIENT_REFUSED, REJECTED
-from hub.domain import Contact, Direction, IdentityKind, Lead, OutboxItem, utcnow
+from hub.delivery_failures import FILE_TOO_LARGE, NO_ADDRESS, RECIPIENT_REFUSED, REJECTED
+from hub.domain import Attachment, Contact, Direction, IdentityKind, Lead, OutboxItem, utcnow
 from hub.errors import PermanentError, TransientError, UncertainDelivery
+from hub.files import FileSources, FileUnavailable
+from hub.ports import Delivered, LeftOut
 from storage.base import Store
 
 from .parse import clean_subject, encoded_words, new_message, one_line, redact
@@ -33,6 +35,7 @@ CHANNEL = "email"
 OUR_ID = re.compile(r"^hub\.([0-9a-f]{32})@")
 MAX_REFERENCES = 20
 SIZE_EXCEEDED = 552  # RFC 1870: the message is larger than the server takes
+MIME_TYPE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*$")
 
 
 def sender_address(from_header: str) -> str:
@@ -89,8 +92,9 @@ def compose(
     to_name: str,
     from_header: str,
     thread_refs: list[str],
+    files: list[tuple[Attachment, bytes]] | None = None,
 ) -> EmailMessage:
-    """The email for one outbox row (text plus HTML alternative, threading headers)."""
+    """The email for one outbox row (text plus HTML alternative, threading headers, files)."""
     payload = item.payload
     msg = new_message(reply_subject(lead))
     from_name, from_addr = next(iter(getaddresses([from_header])), ("", ""))
@@ -114,6 +118,13 @@ def compose(
     html = str(payload.get("html") or "") or text_to_html(text)
     msg.set_content(text)
     msg.add_alternative(html, subtype="html")
+    for attachment, data in files or []:
+        content_type = attachment.content_type.lower()
+        maintype, _, subtype = (
+            content_type if MIME_TYPE.match(content_type) else "application/octet-stream"
+        ).partition("/")
+        name = one_line(attachment.name) or "file"
+        msg.add_attachment(data, maintype=maintype, subtype=subtype, filename=name)
     return msg
 
 
@@ -140,10 +151,30 @@ class SmtpSender:
 
     channel = CHANNEL
 
-    def __init__(self, settings: EmailSettings, store: Store) -> None:
+    def __init__(self, settings: EmailSettings, store: Store, files: FileSources | None = None) -> None:
         self._settings = settings
         self._smtp = settings.smtp
         self._store = store
+        self._files = files or FileSources()
+
+    async def _files_of(
+        self, lead: Lead, attachments: list[Attachment]
+    ) -> tuple[list[tuple[Attachment, bytes]], tuple[LeftOut, ...]]:
+        """The reply's files fetched for attaching, and those it must go without (and why)."""
+        limit = self._settings.max_attachment_bytes
+        files: list[tuple[Attachment, bytes]] = []
+        left_out: list[LeftOut] = []
+        for attachment in attachments:
+            if attachment.size > limit:
+                left_out.append(LeftOut(attachment.name, FILE_TOO_LARGE))
+                continue
+            try:
+                files.append((attachment, await self._files.fetch(attachment, limit)))
+            except FileUnavailable as exc:
+                # The text still goes out: staff are told which file it went without.
+                log.warning("%s email: the reply goes without a file (%s): %s", lead.ref, exc.code, exc)
+                left_out.append(LeftOut(attachment.name, exc.code))
+        return files, tuple(left_out)
 
     async def _thread_refs(self, lead: Lead) -> list[str]:
         """Message-IDs of the customer's mail in this lead, oldest first (for References)."""
@@ -153,11 +184,14 @@ class SmtpSender:
                 refs.extend(message.refs)
         return list(dict.fromkeys(refs))
 
-    async def send(self, item: OutboxItem, lead: Lead, contact: Contact | None) -> str:
+    async def send(self, item: OutboxItem, lead: Lead, contact: Contact | None) -> Delivered:
         """Send one row; TransientError to retry later, PermanentError when it cannot succeed."""
         identity = contact.identity(IdentityKind.EMAIL) if contact else None
         if identity is None:
             raise PermanentError(f"{lead.ref}: the contact has no email address to reply to", code=NO_ADDRESS)
+        message = await self._store.get_message(item.message_id)
+        # Fetched on every attempt, before sending, so a failed fetch never sends the reply twice.
+        files, left_out = await self._files_of(lead, list(message.attachments) if message else [])
         msg = compose(
             item,
             lead,
@@ -165,6 +199,7 @@ class SmtpSender:
             contact.name if contact and contact.name != identity.value else "",
             self._smtp.from_,
             await self._thread_refs(lead),
+            files,
         )
         message_id = our_message_id(item.id, sender_domain(self._smtp.from_))
         await self._store.add_refs(lead.number, [message_id])
@@ -226,4 +261,4 @@ class SmtpSender:
                 f"SMTP {smtp.host}:{smtp.port} unavailable: {type(exc).__name__}: {exc}"
             ) from exc
         log.info("%s email: sent %s", lead.ref, "acknowledgement" if item.payload.get("auto") else "reply")
-        return f"<{message_id}>"
+        return Delivered(f"<{message_id}>", left_out)

@@ -21,8 +21,9 @@ from channels.telegram.alerts import AlertRelay
 from channels.telegram.api import TelegramApi, make_bot
 from channels.telegram.customer import CustomerSide
 from channels.telegram.desk import StaffDesk, edit_key
+from channels.telegram.files import StaffFiles
 from channels.telegram.ratelimit import TelegramRateLimiter
-from channels.telegram.sender import TelegramSender
+from channels.telegram.sender import COPY_PREFIX, TelegramSender
 from channels.telegram.staff import SELF_COMMANDS, StaffSide
 from channels.telegram.transport import Ingest, Poller, webhook_handler
 from channels.telegram.updates import CONTROL, CUSTOMER, CustomerDecoder, command_of, parse_update
@@ -86,6 +87,7 @@ class TelegramChannel:
         hub.inbox.register(CUSTOMER, decoder)
         hub.inbox.register_handler(CONTROL, self.handle_control)
         hub.outbox.register(TelegramSender(self.api, hub.store))
+        hub.files.register(COPY_PREFIX, StaffFiles(self.api, token).fetch)
         hub.bus.subscribe("telegram.desk", self.desk.on_event)
         hub.bus.subscribe("telegram.ack", self._on_event)
         # One relay per database, like the poller: a dead holder is replaced within one lease.

@@ -43,6 +43,7 @@ from channels.telegram.texts import (
     staff,
     staff_delivery_failure,
     staff_label,
+    staff_left_out,
     truncate_html,
 )
 from channels.telegram.updates import UNSHOWN
@@ -418,6 +419,17 @@ class StaffDesk:
                     notices.append("❗ " + staff(key, channel=channel, reason=reason))
                 else:
                     notices.append("❗ " + staff("tg.event.delivery_failed_nowhere", reason=reason))
+            case EventType.DELIVERY_FILES_LEFT_OUT:
+                # The reply itself went out, so nothing else would tell staff the file did not.
+                channel = staff_label("channel", str(data.get("channel") or ""))
+                for file in data.get("files") or []:
+                    reason = staff_left_out(str(file.get("reason") or ""))
+                    notices.append(
+                        "📎 "
+                        + staff(
+                            "tg.event.file_left_out", channel=channel, file=file.get("name"), reason=reason
+                        )
+                    )
             case EventType.REPLY_RECORDED:
                 # A reply written in the topic is shown there already, but it still stops a
                 # deadline the card names, so the lead is synced either way.

@@ -28,6 +28,19 @@ log = logging.getLogger(__name__)
 COPY_PREFIX = "tg-copy:"
 
 
+def copy_ref(chat_id: int, message_id: int, file_id: str = "") -> str:
+    """`tg-copy:<chat>:<message_id>[:<file_id>]`: a staff message to copy, and its file for channels
+    that must carry the bytes themselves (Bot API file ids hold no colons)."""
+    ref = f"{COPY_PREFIX}{chat_id}:{message_id}"
+    return f"{ref}:{file_id}" if file_id else ref
+
+
+def parse_copy_ref(ref: str) -> tuple[int, int, str]:
+    """(chat, message_id, file_id) of a `copy_ref`; file_id is "" in refs stored before it was kept."""
+    chat, message_id, *rest = ref.removeprefix(COPY_PREFIX).split(":", 2)
+    return int(chat), int(message_id), rest[0] if rest else ""
+
+
 def staff_message_ref(external_id: str | None) -> str | None:
     """`tg:<chat>:<message_id>` of a reply written in the staff group (its stored key prefixes lead and source)."""
     if not external_id:
@@ -86,13 +99,9 @@ class TelegramSender:
                     result = await self._api.call(SendMessage(chat_id=chat_id, text=value), chat_id)
                     sent.append(result.message_id)
                 else:
-                    _, from_chat, from_message = value.split(":", 2)
+                    from_chat, from_message, _ = parse_copy_ref(value)
                     copied = await self._api.call(
-                        CopyMessage(
-                            chat_id=chat_id,
-                            from_chat_id=int(from_chat),
-                            message_id=int(from_message),
-                        ),
+                        CopyMessage(chat_id=chat_id, from_chat_id=from_chat, message_id=from_message),
                         chat_id,
                     )
                     sent.append(copied.message_id)

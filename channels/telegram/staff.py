@@ -25,9 +25,9 @@ from aiogram.types import (
 
 from channels.telegram.api import TelegramApi
 from channels.telegram.desk import StaffDesk, open_target
-from channels.telegram.sender import COPY_PREFIX, pending_edit_key, relay_key
+from channels.telegram.sender import COPY_PREFIX, copy_ref, pending_edit_key, relay_key
 from channels.telegram.texts import esc, plain_staff, staff, staff_label, staff_refusal
-from channels.telegram.updates import command_of, content_of, is_relayable, is_service
+from channels.telegram.updates import FILE_PREFIX, command_of, content_of, is_relayable, is_service
 from hub.actions import SPAM_TAG
 from hub.config import ManagerSettings
 from hub.domain import ACTIVE_STATUSES, Attachment, Event, LeadKind, utcnow
@@ -207,28 +207,16 @@ class StaffSide:
         content = content_of(message)
         # A location, a venue or a contact card is a pin or a card in Telegram, not coordinates.
         card = message.location is not None or message.contact is not None
-        channel = (
-            await self._hub.replies.delivery_channel(lead_number) if content.attachments or card else None
-        )
+        channel = await self._hub.replies.delivery_channel(lead_number) if card else None
         if card and not content.attachments and channel == "telegram":
             kind = "location" if message.location is not None else "contact"
             ref = f"{COPY_PREFIX}{message.chat.id}:{message.message_id}"
             attachments.append(Attachment(kind, f"application/vnd.telegram.{kind}", 0, ref))
         if content.attachments:
-            if channel is not None and channel != "telegram":
-                # A copy of a Telegram message can only go to a Telegram chat: an email would
-                # carry the caption (or "[file.pdf]") without the file.
-                label = staff_label("channel", channel)
-                await self._say(
-                    message.chat.id,
-                    message.message_thread_id if message.is_topic_message else None,
-                    staff("tg.staff.media_not_relayed", channel=label),
-                    message.message_id,
-                )
-                return
             # Staff media goes to the customer as a copy of this very message.
             first = content.attachments[0]
-            ref = f"{COPY_PREFIX}{message.chat.id}:{message.message_id}"
+            # The file id lets a channel that cannot copy (email) fetch the file itself.
+            ref = copy_ref(message.chat.id, message.message_id, first.ref.removeprefix(FILE_PREFIX))
             attachments.append(Attachment(first.name, first.content_type, first.size, ref))
         await self._hub.replies.record_reply(
             lead_number,

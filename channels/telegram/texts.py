@@ -9,7 +9,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from hub import i18n
-from hub.delivery_failures import failure_text
+from hub.delivery_failures import failure_text, left_out_text
 from hub.refusals import refusal_text
 
 #: Telegram's limit for one text message (after entity parsing; we count the source text).
@@ -60,6 +60,11 @@ def staff_refusal(code: str, language: str | None = None) -> str:
 def staff_delivery_failure(reason: str) -> str:
     """Why a reply was not delivered (a `hub.delivery_failures` code), as plain staff-language text."""
     return failure_text(reason, STAFF_LANGUAGE)
+
+
+def staff_left_out(reason: str) -> str:
+    """Why a file did not go out with a delivered reply (a `hub.delivery_failures.FILE_*` code)."""
+    return left_out_text(reason, STAFF_LANGUAGE)
 
 
 def staff_label(group: str, value: str) -> str:

@@ -190,6 +190,10 @@ def is_relayable(message: Message) -> bool:
     return message.content_type in RELAYABLE
 
 
+#: Ref of a file a customer sent (its Bot API file id follows).
+FILE_PREFIX = "tg-file:"
+
+
 @dataclass(frozen=True, slots=True)
 class Content:
     """What a Telegram message carries, flattened for the hub."""
@@ -205,7 +209,7 @@ def content_of(message: Message) -> Content:
     if message.photo:
         largest = message.photo[-1]
         attachments.append(
-            Attachment("photo.jpg", "image/jpeg", largest.file_size or 0, f"tg-file:{largest.file_id}")
+            Attachment("photo.jpg", "image/jpeg", largest.file_size or 0, f"{FILE_PREFIX}{largest.file_id}")
         )
     for media, default_type in (
         (message.document, "application/octet-stream"),
@@ -219,14 +223,16 @@ def content_of(message: Message) -> Content:
             continue
         name = getattr(media, "file_name", None) or type(media).__name__.lower()
         mime = getattr(media, "mime_type", None) or default_type
-        attachments.append(Attachment(name, mime, media.file_size or 0, f"tg-file:{media.file_id}"))
+        attachments.append(Attachment(name, mime, media.file_size or 0, f"{FILE_PREFIX}{media.file_id}"))
     if message.sticker:
         sticker = message.sticker
         mime = "video/webm" if sticker.is_video else "image/webp"
         if sticker.is_animated:
             mime = "application/x-tgsticker"
         # A file like any other: staff stickers reach the customer as a copy, not as a word.
-        attachments.append(Attachment("sticker", mime, sticker.file_size or 0, f"tg-file:{sticker.file_id}"))
+        attachments.append(
+            Attachment("sticker", mime, sticker.file_size or 0, f"{FILE_PREFIX}{sticker.file_id}")
+        )
         text = text or f"[sticker {sticker.emoji or ''}]".strip()
     if message.location:
         loc = message.location

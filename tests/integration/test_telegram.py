@@ -1354,30 +1354,6 @@ async def test_an_acknowledgement_that_fails_is_not_called_a_reply(env: Env) -> 
     assert event.data["automatic"] is True
 
 
-async def test_a_file_for_an_email_customer_is_refused_with_a_hint(env: Env) -> None:
-    """A photo or document sent in the topic of an email lead went out as an email saying
-    "[рахунок.pdf]" (or only the caption) without the file, and counted as the answer."""
-    await env.hub.intake.accept(
-        Inbound(
-            "email", "<m1@x>", Identity(IdentityKind.EMAIL, "p@example.com", "Петро"), "Рахунок?", utcnow()
-        )
-    )
-    thread = await env.emu.wait_for(
-        lambda: next((t.thread for t in env.emu.topics_in(STAFF) if "Петро" in t.name), None), what="topic"
-    )
-    doc = {"file_id": "d1", "file_unique_id": "ud1", "file_name": "рахунок.pdf", "file_size": 12000}
-    env.emu.enqueue(
-        "message", env.emu.message(STAFF, OLENA, None, thread=thread, document=doc, caption="Ось")
-    )
-    hint = await env.emu.wait_for(
-        lambda: [t for t in env.emu.texts_to(STAFF, thread) if t.startswith("Файл не надіслано")], what="hint"
-    )
-    assert "через канал «ел. пошта»" in hint[0], hint
-    assert [m for m in await env.hub.store.list_messages(1) if m.direction == Direction.OUT] == []
-    lead = await env.hub.store.get_lead(1)
-    assert lead is not None and lead.first_response_at is None
-
-
 async def test_a_managers_location_reaches_the_customer_as_a_pin(env: Env) -> None:
     """A venue or location a manager shared reached the customer as "📍 50.450100, 30.523400"."""
     user = customer()

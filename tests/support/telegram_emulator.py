@@ -27,6 +27,7 @@ from aiohttp import web
 from tests.support.telegram_html import html_problems
 
 _STRING_FIELDS = {"text", "caption", "name", "url", "secret_token", "callback_query_id", "data", "parse_mode"}
+BOT_DOWNLOAD_LIMIT = 20 * 1024 * 1024  # what the Bot API lets a bot download
 SENDING = {"sendMessage", "copyMessage", "createForumTopic", "sendPhoto", "sendDocument"}
 
 
@@ -95,6 +96,10 @@ class TelegramEmulator:
         # Off by default: on, HTML that Telegram's parser would refuse is answered with a 400.
         self.strict_html = False
         self.rejected_html: list[str] = []
+        #: Files the bot may download, by file_id (see `add_file`); downloads served, by file_path.
+        self.files: dict[str, bytes] = {}
+        self.downloads: list[str] = []
+        self.download_status = 200  # another status fails every download (getFile still answers)
         self.limits: tuple[float, float, float] | None = None  # per chat/s, group/min, global/s
         self._windows: dict[Any, _Window] = {}
         self._msg_ids: dict[int, int] = {}
@@ -111,6 +116,7 @@ class TelegramEmulator:
     async def start(self) -> None:
         app = web.Application(client_max_size=20 * 1024 * 1024)
         app.router.add_route("*", "/bot{token}/{method}", self._handle)
+        app.router.add_route("GET", "/file/bot{token}/{path:.+}", self._download)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -127,6 +133,10 @@ class TelegramEmulator:
             await self._runner.cleanup()
 
     # --- scenario helpers -------------------------------------------------------------------
+    def add_file(self, file_id: str, data: bytes) -> None:
+        """Keep a file's bytes under `file_id` for getFile and the download URL."""
+        self.files[file_id] = data
+
     def add_group(self, chat_id: int, forum: bool = True, title: str = "Support") -> None:
         self.chats[chat_id] = {"id": chat_id, "type": "supergroup", "title": title, "is_forum": forum}
 
@@ -502,6 +512,35 @@ class TelegramEmulator:
     async def _m_answerCallbackQuery(self, params: dict[str, Any]) -> Any:
         self.callback_answers.append(params)
         return True
+
+    async def _m_getFile(self, params: dict[str, Any]) -> Any:
+        file_id = str(params.get("file_id") or "")
+        data = self.files.get(file_id)
+        if data is None:
+            raise _ApiError(400, "Bad Request: invalid file_id")
+        if len(data) > BOT_DOWNLOAD_LIMIT:
+            raise _ApiError(400, "Bad Request: file is too big")
+        path = f"documents/file_{list(self.files).index(file_id)}"
+        return {
+            "file_id": file_id,
+            "file_unique_id": f"u-{file_id}",
+            "file_size": len(data),
+            "file_path": path,
+        }
+
+    async def _download(self, request: web.Request) -> web.Response:
+        """`{base}/file/bot<token>/<file_path>`, as the Bot API serves a getFile path."""
+        if request.match_info["token"] != self.token:
+            return web.Response(status=401, text="Unauthorized")
+        path = request.match_info["path"]
+        self.downloads.append(path)
+        if self.download_status != 200:
+            return web.Response(status=self.download_status, text="Internal Server Error")
+        prefix, _, index = path.rpartition("_")
+        ids = list(self.files)
+        if prefix != "documents/file" or not index.isdigit() or int(index) >= len(ids):
+            return web.Response(status=404, text="Not Found")
+        return web.Response(body=self.files[ids[int(index)]], content_type="application/octet-stream")
 
     async def _m_leaveChat(self, params: dict[str, Any]) -> Any:
         self.left_chats.append(int(params["chat_id"]))

@@ -14,7 +14,9 @@ from typing import Any, cast
 import pytest
 
 from channels.telegram import links
+from channels.telegram.files import StaffFiles
 from channels.telegram.ratelimit import JITTER, TelegramRateLimiter
+from channels.telegram.sender import copy_ref, parse_copy_ref
 from channels.telegram.staff import StaffSide
 from channels.telegram.texts import (
     MAX_TEXT,
@@ -28,8 +30,10 @@ from channels.telegram.updates import CONTROL, CUSTOMER, CustomerDecoder, classi
 from hub import i18n
 from hub.app import Hub
 from hub.config import TelegramLimits
-from hub.domain import Identity, IdentityKind, Inbound, InboxItem, LeadKind
+from hub.delivery_failures import FILE_TOO_LARGE, FILE_UNAVAILABLE
+from hub.domain import Attachment, Identity, IdentityKind, Inbound, InboxItem, LeadKind
 from hub.errors import HubError
+from hub.files import FileUnavailable
 from hub.refusals import REFUSALS
 from storage.base import LeadChanges
 from tests.support.telegram_html import html_problems
@@ -347,3 +351,19 @@ async def test_my_leads_lists_the_most_urgent_and_says_how_many_more(
     lines = listing.split("\n")
     assert lines[1].startswith("L-1 · нове · перша відповідь -"), lines[:3]
     assert len(lines) == 52 and lines[-1] == "…і ще 5 (усі — у панелі, /dashboard)."
+
+
+def test_copy_refs_keep_the_file_id_and_older_refs_still_parse() -> None:
+    assert parse_copy_ref(copy_ref(-100100, 42, "BQACAgIAAxk-_d")) == (-100100, 42, "BQACAgIAAxk-_d")
+    # Stored before the file id was kept: still copied to Telegram, only not fetchable.
+    assert parse_copy_ref("tg-copy:-100100:42") == (-100100, 42, "")
+
+
+async def test_a_staff_file_stored_without_its_file_id_is_unavailable_not_fetched() -> None:
+    files = StaffFiles(cast(Any, None), "1:x")  # any Bot API call would fail on None
+    with pytest.raises(FileUnavailable) as old:
+        await files.fetch(Attachment("a.pdf", "application/pdf", 10, "tg-copy:-1:2"), 1000)
+    assert old.value.code == FILE_UNAVAILABLE
+    with pytest.raises(FileUnavailable) as big:
+        await files.fetch(Attachment("a.pdf", "application/pdf", 21 * 1024 * 1024, "tg-copy:-1:2:F"), 10**9)
+    assert big.value.code == FILE_TOO_LARGE
