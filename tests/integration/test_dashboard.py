@@ -1190,3 +1190,59 @@ async def test_merging_contacts_asks_to_confirm_whose_contact_is_merged(
     # A ?merge= in a link names no lead the viewer may merge: nothing is shown.
     page = await (await session.get(f"{base_url}/dashboard/leads/{ref}", params={"merge": "L-999"})).text()
     assert 'id="merge-confirm"' not in page
+
+
+async def test_a_next_response_owed_shows_its_countdown_and_sorts_by_it(
+    settings_factory: Callable[..., Settings],
+) -> None:
+    """Answered, then the customer wrote again: the queue shows the next response running (not
+    "answered") and sorts the lead by that due time."""
+    policy = {"first_response": "4h", "next_response": "1h"}
+    sla = {"policies": {"message": policy, "service_request": policy}}
+    hub = Hub(settings_factory(managers=managers_with_passwords(), sla=sla))
+    await hub.start()
+    base_url = f"http://127.0.0.1:{hub.web_port}"
+    session, csrf = await sign_in(base_url, "olena")
+    try:
+        ref = await _form_lead(session, base_url, email="again@example.com", name="Again")
+        others = [await _form_lead(session, base_url, email=f"c{i}@example.com") for i in range(2)]
+        page = await (await session.get(f"{base_url}/dashboard/leads/{ref}")).text()
+        key = re.search(
+            r'name="key" value="([^"]+)"', page[page.index(f'action="/dashboard/leads/{ref}/reply"') :]
+        )
+        assert key is not None
+        sent = await session.post(
+            f"{base_url}/dashboard/leads/{ref}/reply",
+            data={"csrf": csrf, "text": "Перевіряємо.", "key": key.group(1)},
+        )
+        assert "done=reply" in str(sent.url)
+        # The customer writes again on the answered lead: a next response is owed within 1 h.
+        again = await _form_lead(session, base_url, email="again@example.com", name="Again", message="І ще")
+        assert again == ref
+        lead = await hub.store.get_lead(int(ref[2:]))
+        assert lead is not None and lead.sla_target == "next_response" and lead.sla_due is not None
+        assert lead.first_response_at is not None
+
+        def row_of(text: str, lead_ref: str) -> str:
+            row = text[text.rindex("<tr", 0, text.index(f'data-lead="{lead_ref}"')) :]
+            return row[: row.index("</tr>")]
+
+        for path in ("/dashboard", "/dashboard/queue/rows"):
+            text = await (await session.get(f"{base_url}{path}", params={"lang": "en"})).text()
+            # Due in 1 h, before the first responses due in 4 h.
+            assert _shown(text) == [int(r[2:]) for r in (ref, *others)], path
+            row = row_of(text, ref)
+            assert f'data-due="{lead.sla_due.isoformat()}"' in row, row
+            assert "next response" in row and ">answered<" not in row, row
+            assert "first response" in row_of(text, others[0])
+        lead_page = await (
+            await session.get(f"{base_url}/dashboard/leads/{ref}", params={"lang": "en"})
+        ).text()
+        assert f'data-due="{lead.sla_due.isoformat()}"' in lead_page and "next response" in lead_page
+
+        await hub.sweeper.sweep(lead.sla_due + timedelta(seconds=1))
+        text = await (await session.get(f"{base_url}/dashboard", params={"lang": "en"})).text()
+        assert 'class="state-breached"' in row_of(text, ref)
+    finally:
+        await session.close()
+        await hub.stop()

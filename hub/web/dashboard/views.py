@@ -131,21 +131,55 @@ def vars_of(filters: QueueFilters) -> dict[str, str]:
 
 
 @dataclass(frozen=True, slots=True)
+class RunningTarget:
+    """The response a lead owes now: which target (first or next response), due when."""
+
+    name: str  # first_response | next_response
+    due: datetime
+    warn: datetime | None
+    warned: bool  # this episode's warning was claimed
+    breached: bool  # this episode's breach was claimed
+
+
+def running_target(lead: Lead) -> RunningTarget | None:
+    """The response target on the clock of an active lead, None when no response is owed."""
+    if not lead.is_active:
+        return None
+    if lead.sla_target and lead.sla_due is not None:
+        return RunningTarget(
+            lead.sla_target,
+            lead.sla_due,
+            lead.sla_warn_due,
+            lead.sla_warned_at is not None,
+            lead.sla_breached_at is not None,
+        )
+    # Leads from before the generalised clock got their first response as the running target
+    # when their store was opened (both adapters), so the queue's order agrees with this.
+    return None
+
+
+@dataclass(frozen=True, slots=True)
 class QueueRow:
     lead: Lead
     contact_name: str
-    state: str  # ok | warned | breached | done
+    state: str  # ok | warned | breached | done | unanswered
+    target: RunningTarget | None = None
 
 
 def _row_state(lead: Lead, now: datetime) -> str:
+    target = running_target(lead)
+    if target is not None:
+        # Owed a response (a first one, or a next one after the customer wrote again): its clock
+        # decides, whether or not an earlier response was given.
+        if target.breached or target.due <= now:
+            return "breached"
+        if target.warned or (target.warn is not None and target.warn <= now):
+            return "warned"
+        return "ok"
     if lead.first_response_at is not None:
         return "done"
     if not lead.is_active:
         return "unanswered"  # resolved or closed without a reply: nothing is owed, nor was it answered
-    if lead.breached_at is not None or (lead.first_response_due and lead.first_response_due <= now):
-        return "breached"
-    if lead.warned_at is not None or (lead.warn_due and lead.warn_due <= now):
-        return "warned"
     return "ok"
 
 
@@ -303,7 +337,7 @@ async def _rows(request: web.Request, filters: QueueFilters, ask: PageAsk) -> tu
         if lead.contact_id not in names:
             contact = await hub.store.get_contact(lead.contact_id)
             names[lead.contact_id] = contact.name if contact else ""
-        rows.append(QueueRow(lead, names[lead.contact_id], _row_state(lead, now)))
+        rows.append(QueueRow(lead, names[lead.contact_id], _row_state(lead, now), running_target(lead)))
     return rows, paged
 
 
@@ -460,6 +494,7 @@ async def lead_page(request: web.Request) -> web.Response:
         reason_text=reason_text,
         reason_key=reason_key,
         state=_row_state(lead, now),
+        target=running_target(lead),
         managers=hub.settings.managers,
         notice=_known(request.query.get("done", ""), DONE_CODES),
         error=_known(request.query.get("error", ""), ERROR_CODES),
