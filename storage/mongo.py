@@ -806,6 +806,12 @@ class MongoStore:
             name="lead_breached_number",
             partialFilterExpression={"breached_at": {"$type": "date"}},
         )
+        # The breaches' other branch: a response breach of the current episode (next response).
+        await leads.create_index(
+            [("_id", DESCENDING), ("sla_breached_at", ASCENDING)],
+            name="lead_sla_breached_number",
+            partialFilterExpression={"sla_breached_at": {"$type": "date"}},
+        )
 
         await self._col("messages").create_index(
             [("channel", ASCENDING), ("external_id", ASCENDING)],
@@ -1324,8 +1330,14 @@ class MongoStore:
         if query.channel is not None:
             conditions.append({"channel": query.channel})
         if query.breached is not None:
-            # `$type: date` is the breached index's own filter, so the planner can use it.
-            conditions.append({"breached_at": {"$type": "date"}} if query.breached else {"breached_at": None})
+            # Any response breach: the first response's (kept for the KPI) or the current
+            # episode's (how a next-response breach is on record). `$type: date` is each
+            # breached index's own filter, so the planner can use them.
+            conditions.append(
+                {"$or": [{"breached_at": {"$type": "date"}}, {"sla_breached_at": {"$type": "date"}}]}
+                if query.breached
+                else {"breached_at": None, "sla_breached_at": None}
+            )
         if query.contact_id is not None:
             conditions.append({"contact_id": query.contact_id})
         if query.text:

@@ -128,7 +128,6 @@ CREATE INDEX IF NOT EXISTS leads_warn_pending ON leads (warn_pending_at)
 CREATE INDEX IF NOT EXISTS leads_contact_status ON leads (contact_id, status);
 CREATE INDEX IF NOT EXISTS leads_assignee_load ON leads (assignee, status, priority);
 CREATE INDEX IF NOT EXISTS leads_status_number ON leads (status, number);
-CREATE INDEX IF NOT EXISTS leads_breached ON leads (number) WHERE breached_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS messages (
     id TEXT PRIMARY KEY, lead_number INTEGER NOT NULL, direction TEXT NOT NULL,
     channel TEXT NOT NULL, author TEXT NOT NULL, text TEXT NOT NULL,
@@ -212,8 +211,9 @@ CREATE INDEX IF NOT EXISTS leads_unassigned ON leads (number) WHERE assignee IS 
 
 #: Indexes older files have that others now cover (a prefix of leads_assignee_load and of
 #: leads_report): every index is one more B-tree each lead's insert and routing update write.
-#: leads_owed_due: the queue now orders by the running target's due time (leads_owed_sla_due).
-_RETIRED_INDEXES = ("leads_assignee_status", "leads_created", "leads_owed_due")
+#: leads_owed_due and leads_breached: the queue now orders by the running target (sla_due) and
+#: the breaches count next-response ones too (leads_owed_sla_due, leads_response_breached).
+_RETIRED_INDEXES = ("leads_assignee_status", "leads_created", "leads_owed_due", "leads_breached")
 
 
 #: Per-manager active load, kept by triggers in the same write as any change to a lead's
@@ -520,11 +520,15 @@ _ACTIVE_SQL = "(" + ",".join(f"'{s}'" for s in sorted(_ACTIVE)) + ")"
 #: An active lead owed a response (first or next) by its running target's due time: the first
 #: part of the queue's due order.
 _OWED_SQL = f"status IN {_ACTIVE_SQL} AND sla_target IS NOT NULL AND sla_due IS NOT NULL"
-#: The due order's two parts, each paged along its own index from a cursor (list_leads). Made
-#: at every open, so older files get them too.
+#: Any response breach: the first response's (kept for the KPI) or the current episode's, which
+#: is how a next-response breach is on record.
+_BREACHED_SQL = "(breached_at IS NOT NULL OR sla_breached_at IS NOT NULL)"
+#: The due order's two parts, each paged along its own index from a cursor (list_leads), and the
+#: breaches' index. Made at every open, so older files get them too.
 _QUEUE_INDEXES = f"""
 CREATE INDEX IF NOT EXISTS leads_owed_sla_due ON leads (sla_due, number) WHERE {_OWED_SQL};
 CREATE INDEX IF NOT EXISTS leads_status_updated ON leads (status, updated_at, number);
+CREATE INDEX IF NOT EXISTS leads_response_breached ON leads (number) WHERE {_BREACHED_SQL};
 """
 #: Active leads from before the generalised clock owe their first response under first_response_*
 #: only: they take the running target's columns once, so the queue's owed part holds them too.
@@ -1879,7 +1883,7 @@ class SqliteStore:
             where.append("channel = ?")
             params.append(query.channel)
         if query.breached is not None:
-            where.append("breached_at IS NOT NULL" if query.breached else "breached_at IS NULL")
+            where.append(_BREACHED_SQL if query.breached else f"NOT {_BREACHED_SQL}")
         if query.contact_id is not None:
             where.append("contact_id = ?")
             params.append(query.contact_id)

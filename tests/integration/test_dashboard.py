@@ -22,7 +22,9 @@ from hub.config import Settings
 from hub.domain import Identity, IdentityKind, Inbound, LeadKind, LeadStatus, utcnow
 from hub.web.dashboard.auth import login_link, mint_login_token
 from hub.web.dashboard.views import BREACHES_PAGE, PAST_BREACHES_PAGE, QUEUE_PAGE
-from storage.base import LeadQuery
+from storage.base import LeadChanges, LeadQuery
+from tests.contract.builders import contact as build_contact
+from tests.contract.builders import email as build_email
 from tests.contract.builders import lead as build_lead
 from tests.support.dashboard import PASSWORDS, csrf_from, managers_with_passwords, sign_in
 
@@ -1192,11 +1194,11 @@ async def test_merging_contacts_asks_to_confirm_whose_contact_is_merged(
     assert 'id="merge-confirm"' not in page
 
 
-async def test_a_next_response_owed_shows_its_countdown_and_sorts_by_it(
+async def test_a_next_response_owed_shows_its_countdown_sorts_by_it_and_its_breach_is_listed(
     settings_factory: Callable[..., Settings],
 ) -> None:
     """Answered, then the customer wrote again: the queue shows the next response running (not
-    "answered") and sorts the lead by that due time."""
+    "answered"), sorts the lead by that due time, and its breach is on the breaches page."""
     policy = {"first_response": "4h", "next_response": "1h"}
     sla = {"policies": {"message": policy, "service_request": policy}}
     hub = Hub(settings_factory(managers=managers_with_passwords(), sla=sla))
@@ -1243,6 +1245,43 @@ async def test_a_next_response_owed_shows_its_countdown_and_sorts_by_it(
         await hub.sweeper.sweep(lead.sla_due + timedelta(seconds=1))
         text = await (await session.get(f"{base_url}/dashboard", params={"lang": "en"})).text()
         assert 'class="state-breached"' in row_of(text, ref)
+        breaches = await (await session.get(f"{base_url}/dashboard/breaches", params={"lang": "en"})).text()
+        current = breaches[breaches.index('id="breaches-current"') : breaches.index('id="breaches-past"')]
+        assert re.findall(r'href="/dashboard/leads/(L-\d+)[?"]', current) == [ref], current
+        assert "Current (still open) (1)" in current and "next response" in current
+        assert 'data-target="next_response"' in current
     finally:
         await session.close()
         await hub.stop()
+
+
+async def test_a_next_response_breach_row_shows_its_own_due_time_and_is_late_until_the_reply(
+    hub: Hub, base_url: str, olena
+) -> None:
+    """The row of a next-response breach counts lateness from that response's due time to the
+    reply that answered it, not from the first response's due time long before."""
+    session, _ = olena
+    now = utcnow()
+    due = now - timedelta(hours=3)
+    person = await hub.store.create_contact(build_contact(build_email("next@example.com"), name="Next"))
+    await hub.store.create_lead(
+        build_lead(1, person.id, status=LeadStatus.OPEN, first_response_due=now - timedelta(hours=30))
+    )
+    # Answered in time, then the customer wrote again: a next response due 3 h ago.
+    await hub.store.update_lead(1, LeadChanges(first_response_at=now - timedelta(hours=31), clear_sla=True))
+    await hub.store.update_lead(
+        1,
+        LeadChanges(
+            sla_target="next_response",
+            sla_started_at=due - timedelta(hours=1),
+            sla_due=due,
+            sla_warn_due=None,
+        ),
+    )
+    claims = await hub.store.claim_sla_marks(now - timedelta(hours=2), 10)
+    assert [(c.target, c.level) for c in claims] == [("next_response", "breach")]
+    await hub.replies.record_reply(1, "Вибачте за затримку", "olena", now=now)
+    text = await (await session.get(f"{base_url}/dashboard/breaches", params={"lang": "en"})).text()
+    current = text[text.index('id="breaches-current"') : text.index('id="breaches-past"')]
+    assert "L-1" in current and 'data-target="next_response"' in current, current
+    assert "3h 00m" in current and "30h" not in current and "1d" not in current, current

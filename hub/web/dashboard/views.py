@@ -652,6 +652,23 @@ class BreachRow:
     holder: str | None
     late_seconds: float
     steps: list[Event]
+    target: str = "first_response"  # the breached response target shown: first or next response
+    due: datetime | None = None  # that target's due time
+
+
+#: The response targets a lead's breach row is about (a resolution breach has no row of its own).
+RESPONSE_TARGETS = ("first_response", "next_response")
+
+
+def _event_time(value: Any) -> datetime | None:
+    """A time an sla.* event recorded (ISO text), None when it is missing or not one."""
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -679,18 +696,38 @@ async def _breach_rows(
     rows = []
     for lead in paged.leads:
         lead_events = await hub.store.list_events(lead_number=lead.number, types=steps_types, limit=200)
-        breach = next((e for e in lead_events if e.type == EventType.SLA_BREACHED.value), None)
+        # The latest response breach: a next response's after an answered first one shows as such.
+        breach = next(
+            (
+                e
+                for e in reversed(lead_events)
+                if e.type == EventType.SLA_BREACHED.value
+                and e.data.get("target", "first_response") in RESPONSE_TARGETS
+            ),
+            None,
+        )
+        target = str(breach.data.get("target", "first_response")) if breach else "first_response"
         holder = breach.data.get("assignee") if breach else lead.assignee
-        due = lead.first_response_due or lead.breached_at or now
-        # Lateness stops with the answer, or with the resolution of a lead never answered.
-        late = ((lead.first_response_at or lead.resolved_at or now) - due).total_seconds()
+        if target == "next_response" and breach is not None:
+            due = _event_time(breach.data.get("due")) or lead.sla_due or breach.at
+            # Lateness stops with the reply that answered it, or the resolution.
+            answer = next(
+                (e.at for e in lead_events if e.type == EventType.REPLY_RECORDED.value and e.at >= breach.at),
+                None,
+            )
+            end = answer or lead.resolved_at or now
+        else:
+            due = lead.first_response_due or lead.breached_at or now
+            # Lateness stops with the answer, or with the resolution of a lead never answered.
+            end = lead.first_response_at or lead.resolved_at or now
+        late = (end - due).total_seconds()
         steps = [e for e in lead_events if breach is None or e.at >= breach.at or e.type.startswith("sla.")]
-        rows.append(BreachRow(lead, holder if isinstance(holder, str) else None, late, steps))
+        rows.append(BreachRow(lead, holder if isinstance(holder, str) else None, late, steps, target, due))
     return rows, paged
 
 
 async def breaches(request: web.Request) -> web.Response:
-    """GET /dashboard/breaches: leads past their first-response due time, current and past,
+    """GET /dashboard/breaches: leads past a response's due time (first or next), current and past,
     each table a page at a time (?page= and ?past=, each link keeping the other table's page)."""
     if not sees_all(viewer_of(request)):
         return error_page(request, 403, "dash.error.forbidden")
