@@ -142,6 +142,7 @@ _MARKS: tuple[tuple[str, Doc, tuple[str, ...], str, EventType], ...] = (
 )
 #: Databases from before that held the last mark of any target in warned_at / breached_at.
 _FIRST_RESPONSE_MARKS_KEY = "storage.first_response_marks"
+_LEGACY_TARGET_KEY = "storage.legacy_first_response_target"
 #: Leads from before the per-target marks: a mark whose due time is set but no longer armed on
 #: an active lead was claimed, so its target's episode is marked (same rule as the SQLite
 #: adapter's backfill). (mark field, the shared mark it was claimed with, due field, pending
@@ -589,6 +590,7 @@ class MongoStore:
             await self._backfill_episode_marks()
             await self._migrate_first_response_marks()
             await self._restore_paused_resolution_marks()
+            await self._target_legacy_leads()
             await self._renormalize_phones()
             for name in ("lead", "inbox", "event", "message"):
                 await self._ensure_counter(name)
@@ -690,6 +692,34 @@ class MongoStore:
                 await leads.update_one({"_id": doc["_id"]}, {"$set": values})
         await self.set_state(_FIRST_RESPONSE_MARKS_KEY, True)
 
+    async def _target_legacy_leads(self) -> None:
+        """Once per database: an active lead from before the generalised clock owes its first
+        response under first_response_* only; it takes the running target's fields, so the
+        queue's owed part (by sla_due) holds it too."""
+        if await self.get_state(_LEGACY_TARGET_KEY):
+            return
+        await self._col("leads").update_many(
+            {
+                "sla_target": None,
+                "first_response_at": None,
+                "first_response_due": {"$type": "date"},
+                "status": {"$in": _ACTIVE},
+            },
+            [
+                {
+                    "$set": {
+                        "sla_target": "first_response",
+                        "sla_started_at": "$created_at",
+                        "sla_due": "$first_response_due",
+                        "sla_warn_due": "$warn_due",
+                        "sla_warned_at": "$warned_at",
+                        "sla_breached_at": "$breached_at",
+                    }
+                }
+            ],
+        )
+        await self.set_state(_LEGACY_TARGET_KEY, True)
+
     async def _restore_paused_resolution_marks(self) -> None:
         """Once per database: arm again the resolution marks an old pause unset though due.
 
@@ -758,11 +788,15 @@ class MongoStore:
         await leads.create_index([("status", ASCENDING), ("_id", DESCENDING)], name="lead_status_number")
         await leads.create_index([("team", ASCENDING), ("_id", DESCENDING)], name="lead_team_number")
         # The queue in due order (list_leads order="due"): a SORT_MERGE over the statuses,
-        # for the owed leads by due time, for the rest by update time; read from a page's cursor.
+        # for the owed leads by their running target's due time, for the rest by update time;
+        # read from a page's cursor.
         await leads.create_index(
-            [("status", ASCENDING), ("first_response_due", ASCENDING), ("_id", ASCENDING)],
-            name="lead_status_due",
+            [("status", ASCENDING), ("sla_due", ASCENDING), ("_id", ASCENDING)],
+            name="lead_status_sla_due",
         )
+        # The first-response order it replaces: one index less for every lead write.
+        if "lead_status_due" in await leads.index_information():
+            await leads.drop_index("lead_status_due")
         await leads.create_index(
             [("status", ASCENDING), ("updated_at", ASCENDING), ("_id", ASCENDING)],
             name="lead_status_updated",
@@ -772,6 +806,12 @@ class MongoStore:
             [("_id", DESCENDING), ("breached_at", ASCENDING)],
             name="lead_breached_number",
             partialFilterExpression={"breached_at": {"$type": "date"}},
+        )
+        # The breaches' other branch: a response breach of the current episode (next response).
+        await leads.create_index(
+            [("_id", DESCENDING), ("sla_breached_at", ASCENDING)],
+            name="lead_sla_breached_number",
+            partialFilterExpression={"sla_breached_at": {"$type": "date"}},
         )
 
         await self._col("messages").create_index(
@@ -1296,8 +1336,14 @@ class MongoStore:
         if query.channel is not None:
             conditions.append({"channel": query.channel})
         if query.breached is not None:
-            # `$type: date` is the breached index's own filter, so the planner can use it.
-            conditions.append({"breached_at": {"$type": "date"}} if query.breached else {"breached_at": None})
+            # Any response breach: the first response's (kept for the KPI) or the current
+            # episode's (how a next-response breach is on record). `$type: date` is each
+            # breached index's own filter, so the planner can use them.
+            conditions.append(
+                {"$or": [{"breached_at": {"$type": "date"}}, {"sla_breached_at": {"$type": "date"}}]}
+                if query.breached
+                else {"breached_at": None, "sla_breached_at": None}
+            )
         if query.contact_id is not None:
             conditions.append({"contact_id": query.contact_id})
         if query.text:
@@ -1348,7 +1394,7 @@ class MongoStore:
         self, query: LeadQuery, limit: int, at: LeadCursor | None
     ) -> list[tuple[Lead, LeadCursor]]:
         """Up to `limit + 1` leads in due order from `at` (backward: nearest first), as in
-        SQLite: the owed part along lead_status_due, then the rest along lead_status_updated,
+        SQLite: the owed part along lead_status_sla_due, then the rest along lead_status_updated,
         each a SORT_MERGE over the statuses asked for, stopped at the page's end."""
         base = await self._lead_query(query)
         backward = at is not None and at.backward
@@ -1362,16 +1408,17 @@ class MongoStore:
             if want <= 0:
                 break
             if part == "owed":
-                # Only an active lead is still owed an answer: a resolved or closed one never
-                # answered sorts with the rest, or it would crowd the urgent ones out.
+                # Only an active lead is still owed a response (first or next, by its running
+                # target's due time): a resolved or closed one sorts with the rest, or it would
+                # crowd the urgent ones out.
                 asked = [s for s in statuses if s in _ACTIVE]
                 if not asked:
                     continue
-                field, ascending = "first_response_due", not backward
+                field, ascending = "sla_due", not backward
                 cond: Doc = {
                     "status": {"$in": asked},
-                    "first_response_at": None,
-                    "first_response_due": {"$type": "date"},
+                    "sla_target": {"$type": "string"},
+                    "sla_due": {"$type": "date"},
                 }
             else:
                 field, ascending = "updated_at", backward
@@ -1380,8 +1427,8 @@ class MongoStore:
                     "status": {"$in": statuses},
                     "$or": [
                         {"status": {"$nin": _ACTIVE}},
-                        {"first_response_at": {"$type": "date"}},
-                        {"first_response_due": None},
+                        {"sla_target": None},
+                        {"sla_due": None},
                     ],
                 }
             conditions = [c for c in (base, cond) if c]

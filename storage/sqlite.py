@@ -129,7 +129,6 @@ CREATE INDEX IF NOT EXISTS leads_warn_pending ON leads (warn_pending_at)
 CREATE INDEX IF NOT EXISTS leads_contact_status ON leads (contact_id, status);
 CREATE INDEX IF NOT EXISTS leads_assignee_load ON leads (assignee, status, priority);
 CREATE INDEX IF NOT EXISTS leads_status_number ON leads (status, number);
-CREATE INDEX IF NOT EXISTS leads_breached ON leads (number) WHERE breached_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS messages (
     id TEXT PRIMARY KEY, lead_number INTEGER NOT NULL, direction TEXT NOT NULL,
     channel TEXT NOT NULL, author TEXT NOT NULL, text TEXT NOT NULL,
@@ -213,7 +212,9 @@ CREATE INDEX IF NOT EXISTS leads_unassigned ON leads (number) WHERE assignee IS 
 
 #: Indexes older files have that others now cover (a prefix of leads_assignee_load and of
 #: leads_report): every index is one more B-tree each lead's insert and routing update write.
-_RETIRED_INDEXES = ("leads_assignee_status", "leads_created")
+#: leads_owed_due and leads_breached: the queue now orders by the running target (sla_due) and
+#: the breaches count next-response ones too (leads_owed_sla_due, leads_response_breached).
+_RETIRED_INDEXES = ("leads_assignee_status", "leads_created", "leads_owed_due", "leads_breached")
 
 
 #: Per-manager active load, kept by triggers in the same write as any change to a lead's
@@ -517,14 +518,28 @@ _INSERT_MESSAGE = (
 
 _ACTIVE = tuple(s.value for s in ACTIVE_STATUSES)
 _ACTIVE_SQL = "(" + ",".join(f"'{s}'" for s in sorted(_ACTIVE)) + ")"
-#: An active lead still owed a first answer: the first part of the queue's due order.
-_OWED_SQL = f"status IN {_ACTIVE_SQL} AND first_response_at IS NULL AND first_response_due IS NOT NULL"
-#: The due order's two parts, each paged along its own index from a cursor (list_leads). Made
-#: at every open, so older files get them too.
+#: An active lead owed a response (first or next) by its running target's due time: the first
+#: part of the queue's due order.
+_OWED_SQL = f"status IN {_ACTIVE_SQL} AND sla_target IS NOT NULL AND sla_due IS NOT NULL"
+#: Any response breach: the first response's (kept for the KPI) or the current episode's, which
+#: is how a next-response breach is on record.
+_BREACHED_SQL = "(breached_at IS NOT NULL OR sla_breached_at IS NOT NULL)"
+#: The due order's two parts, each paged along its own index from a cursor (list_leads), and the
+#: breaches' index. Made at every open, so older files get them too.
 _QUEUE_INDEXES = f"""
-CREATE INDEX IF NOT EXISTS leads_owed_due ON leads (first_response_due, number) WHERE {_OWED_SQL};
+CREATE INDEX IF NOT EXISTS leads_owed_sla_due ON leads (sla_due, number) WHERE {_OWED_SQL};
 CREATE INDEX IF NOT EXISTS leads_status_updated ON leads (status, updated_at, number);
+CREATE INDEX IF NOT EXISTS leads_response_breached ON leads (number) WHERE {_BREACHED_SQL};
 """
+#: Active leads from before the generalised clock owe their first response under first_response_*
+#: only: they take the running target's columns once, so the queue's owed part holds them too.
+_LEGACY_TARGET_KEY = "storage.legacy_first_response_target"
+_LEGACY_TARGET_BACKFILL = (
+    "UPDATE leads SET sla_target = 'first_response', sla_started_at = created_at, "
+    "sla_due = first_response_due, sla_warn_due = warn_due, sla_warned_at = warned_at, "
+    "sla_breached_at = breached_at WHERE sla_target IS NULL AND first_response_at IS NULL "
+    "AND first_response_due IS NOT NULL AND status IN {active}"
+)
 
 
 def _cursor_key(at: LeadCursor) -> float:
@@ -857,6 +872,14 @@ class SqliteStore:
             await self._db.execute(
                 "INSERT INTO kv (key, value) VALUES (?, 'true') ON CONFLICT (key) DO NOTHING",
                 (_PAUSED_MARKS_KEY,),
+            )
+        async with self._db.execute("SELECT 1 FROM kv WHERE key = ?", (_LEGACY_TARGET_KEY,)) as cursor:
+            targeted = await cursor.fetchone() is not None
+        if not targeted:
+            await self._db.execute(_LEGACY_TARGET_BACKFILL.format(active=_LOAD_ACTIVE))
+            await self._db.execute(
+                "INSERT INTO kv (key, value) VALUES (?, 'true') ON CONFLICT (key) DO NOTHING",
+                (_LEGACY_TARGET_KEY,),
             )
         await self._renormalize_phones()
         for statement in (_SLA_INDEXES + _QUEUE_INDEXES).split(";"):
@@ -1762,9 +1785,10 @@ class SqliteStore:
         """Up to `limit + 1` leads in due order from `at` (backward: nearest first).
 
         Two parts, each read along an index from the cursor and stopped at the page's end: the
-        owed leads by (due, number) in leads_owed_due (a partial index, so answered leads are
-        never walked), then the rest by (updated_at, number) in leads_status_updated, one range
-        per status merged (as MongoDB's SORT_MERGE does), never a sort of every match.
+        owed leads by their running target's (sla_due, number) in leads_owed_sla_due (a partial
+        index, so leads owed nothing are never walked), then the rest by (updated_at, number) in
+        leads_status_updated, one range per status merged (as MongoDB's SORT_MERGE does), never
+        a sort of every match.
         """
         backward = at is not None and at.backward
         parts: tuple[str, ...] = ("rest", "owed") if backward else ("owed", "rest")
@@ -1779,7 +1803,7 @@ class SqliteStore:
             bound = at if at is not None and at.owed == (part == "owed") else None
             if part == "owed":
                 rows = await self._owed_rows(query, want, bound, backward)
-                column = "first_response_due"
+                column = "sla_due"
             else:
                 rows = await self._rest_rows(query, want, bound, backward)
                 column = "updated_at"
@@ -1795,17 +1819,17 @@ class SqliteStore:
         if query.statuses is not None and not set(query.statuses) & ACTIVE_STATUSES:
             return []  # nothing asked for can be owed
         where, params = self._lead_where(query)
-        # Written as leads_owed_due's own WHERE, so SQLite can use the partial index.
+        # Written as leads_owed_sla_due's own WHERE, so SQLite can use the partial index.
         where.append(_OWED_SQL)
         if bound is not None:
-            where.append(f"(first_response_due, number) {'<' if backward else '>'} (?, ?)")
+            where.append(f"(sla_due, number) {'<' if backward else '>'} (?, ?)")
             params += [_cursor_key(bound), bound.number]
         direction = "DESC" if backward else "ASC"
         # INDEXED BY: the planner would rather take a status index and sort every owed match
         # (it cannot know the partial index holds only the few owed leads of 1M).
         return await self._read(
-            f"SELECT {_LEAD_COLUMNS} FROM leads INDEXED BY leads_owed_due WHERE {' AND '.join(where)} "
-            f"ORDER BY first_response_due {direction}, number {direction} LIMIT ?",
+            f"SELECT {_LEAD_COLUMNS} FROM leads INDEXED BY leads_owed_sla_due WHERE {' AND '.join(where)} "
+            f"ORDER BY sla_due {direction}, number {direction} LIMIT ?",
             [*params, limit],
         )
 
@@ -1821,8 +1845,8 @@ class SqliteStore:
         parts: list[str] = []
         part_params: list[Any] = []
         for status in sorted(query.statuses if query.statuses is not None else LeadStatus):
-            # An active lead is here only when nothing is owed on it (the rest are the owed part).
-            answered = " AND (first_response_at IS NOT NULL OR first_response_due IS NULL)"
+            # An active lead is here only when no response is owed on it (the rest are the owed part).
+            answered = " AND (sla_target IS NULL OR sla_due IS NULL)"
             parts.append(
                 f"SELECT * FROM (SELECT {_LEAD_COLUMNS} FROM leads WHERE {' AND '.join([*where, 'status = ?'])}"
                 f"{answered if status in ACTIVE_STATUSES else ''} {order} LIMIT ?)"
@@ -1863,7 +1887,7 @@ class SqliteStore:
             where.append("channel = ?")
             params.append(query.channel)
         if query.breached is not None:
-            where.append("breached_at IS NOT NULL" if query.breached else "breached_at IS NULL")
+            where.append(_BREACHED_SQL if query.breached else f"NOT {_BREACHED_SQL}")
         if query.contact_id is not None:
             where.append("contact_id = ?")
             params.append(query.contact_id)

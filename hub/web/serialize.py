@@ -34,7 +34,9 @@ def lead_json(lead: Lead) -> dict[str, Any]:
         "resolved_at": iso(lead.resolved_at),
         "warned_at": iso(lead.warned_at),
         "breached_at": iso(lead.breached_at),
-        "breached": lead.breached_at is not None,
+        # Any response breach (the `breached` filter's meaning): breached_at keeps the first
+        # response's alone, a next response's is the current episode's mark.
+        "breached": lead.breached_at is not None or lead.sla_breached_at is not None,
         "sla": {
             "target": lead.sla_target,
             "due": iso(lead.sla_due),

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from hub.domain import (
+    ACTIVE_STATUSES,
     Contact,
     Direction,
     Identity,
@@ -47,6 +48,20 @@ def lead(number: int, contact_id: str = "c-1", **kw: Any) -> Lead:
         "origin_external_id": f"ext-{number}",
     }
     fields.update(kw)
+    due = fields.get("first_response_due")
+    if (
+        due is not None
+        and "sla_target" not in kw
+        and fields.get("first_response_at") is None
+        and fields["status"] in ACTIVE_STATUSES
+    ):
+        # As the SLA clock starts a new lead: its first response is the running target.
+        fields.update(
+            sla_target="first_response",
+            sla_started_at=fields["created_at"],
+            sla_due=due,
+            sla_warn_due=fields.get("warn_due"),
+        )
     return Lead(number=number, contact_id=contact_id, **fields)
 
 

@@ -215,3 +215,47 @@ async def test_due_order_puts_only_active_unanswered_leads_first(store: Store) -
         resolved.number,
         closed.number,
     ]
+
+
+async def test_a_next_response_breach_is_a_breach_for_the_listings(store: Store) -> None:
+    """The breaches page lists `breached=True`: a claimed next-response breach is one, open
+    while owed and after its answer, in both orders and in the count."""
+    lead = await new_lead(store, status=LeadStatus.OPEN, first_response_due=at(hours=4), warn_due=at(hours=3))
+    calm = await new_lead(store, status=LeadStatus.OPEN, first_response_due=at(hours=4))
+    for number in (lead.number, calm.number):
+        await store.update_lead(
+            number,
+            LeadChanges(first_response_at=at(hours=1), status=LeadStatus.WAITING_CUSTOMER, clear_sla=True),
+        )
+    # The customer wrote again: a next response is owed within 1 h and nobody gives it.
+    await store.update_lead(
+        lead.number,
+        LeadChanges(
+            status=LeadStatus.OPEN,
+            sla_target="next_response",
+            sla_started_at=at(hours=2),
+            sla_due=at(hours=3),
+            sla_warn_due=None,
+            updated_at=at(hours=2),
+        ),
+    )
+    claims = await store.claim_sla_marks(at(hours=3, minutes=1), 10)
+    assert [(c.lead.number, c.target, c.level) for c in claims] == [(lead.number, "next_response", "breach")]
+    active = (LeadStatus.NEW, LeadStatus.OPEN, LeadStatus.WAITING_CUSTOMER)
+    for order in ("due", "newest"):
+        breached = await store.list_leads(LeadQuery(statuses=active, breached=True, order=order), 10)
+        assert [found.number for found in breached.items] == [lead.number]
+        others = await store.list_leads(LeadQuery(statuses=active, breached=False, order=order), 10)
+        assert [found.number for found in others.items] == [calm.number]
+    assert await store.count_leads(LeadQuery(statuses=active, breached=True)) == 1
+    # Answered late and resolved: a past breach still.
+    await store.update_lead(
+        lead.number,
+        LeadChanges(
+            status=LeadStatus.RESOLVED, resolved_at=at(hours=5), clear_sla=True, updated_at=at(hours=5)
+        ),
+    )
+    past = (LeadStatus.RESOLVED, LeadStatus.CLOSED)
+    page = await store.list_leads(LeadQuery(statuses=past, breached=True), 10)
+    assert [found.number for found in page.items] == [lead.number]
+    assert await store.count_leads(LeadQuery(statuses=active, breached=True)) == 0

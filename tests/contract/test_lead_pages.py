@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 
 from hub.domain import ACTIVE_STATUSES, LeadStatus
@@ -105,7 +107,7 @@ async def test_a_lead_that_changes_between_page_loads_shows_on_no_two_adjacent_p
     # Meanwhile the first page's first lead is answered (it moves behind every owed one) and a
     # more urgent lead arrives: an offset would show page 1's last lead again on page 2.
     await store.update_lead(
-        owed[0].number, LeadChanges(first_response_at=at(minutes=1), updated_at=at(hours=1))
+        owed[0].number, LeadChanges(first_response_at=at(minutes=1), clear_sla=True, updated_at=at(hours=1))
     )
     urgent = await new_lead(store, first_response_due=at(hours=-1))
     assert first.next_cursor is not None
@@ -163,3 +165,36 @@ async def test_or_unassigned_lists_a_managers_own_and_the_unassigned_leads(store
     query = LeadQuery(assignee="olena", or_unassigned=True, order="due")
     assert [lead.number for lead in (await store.list_leads(query, 10)).items] == [free.number, own.number]
     assert await store.count_leads(query) == 2
+
+
+async def test_due_order_pages_through_next_responses_owed_forward_and_back(store: Store) -> None:
+    """Leads owed a next response sit in the owed part by its due time, and the keyset pages
+    (built on that due time) meet every lead once in both directions."""
+    leads = [
+        await new_lead(store, first_response_due=at(hours=h), updated_at=at(minutes=h)) for h in range(8)
+    ]
+    # Odd ones were answered and written to again: owed a next response due within 0-2 h, among
+    # the first responses' due times (0-6 h), ties with them and with each other included.
+    for lead in leads[1::2]:
+        await store.update_lead(lead.number, LeadChanges(first_response_at=at(hours=-20), clear_sla=True))
+        due = at(hours=lead.number % 3)
+        await store.update_lead(
+            lead.number,
+            LeadChanges(
+                status=LeadStatus.OPEN,
+                sla_target="next_response",
+                sla_started_at=due - timedelta(hours=1),
+                sla_due=due,
+                sla_warn_due=None,
+                updated_at=at(minutes=30),
+            ),
+        )
+    done = await new_lead(store, first_response_due=at(hours=-30), updated_at=at(minutes=50))
+    await store.update_lead(done.number, LeadChanges(first_response_at=at(hours=-31), clear_sla=True))
+    current = [await store.get_lead(lead.number) for lead in leads]
+    by_due = sorted(current, key=lambda lead: (lead.sla_due, lead.number))  # type: ignore[union-attr]
+    expected = [lead.number for lead in by_due if lead is not None] + [done.number]
+    query = LeadQuery(statuses=ACTIVE, order="due")
+    pages, cursors = await forward(store, query, 3)
+    assert [n for page in pages for n in page] == expected
+    assert await backward(store, query, 3, cursors[-1]) == pages

@@ -152,3 +152,39 @@ async def test_due_order_puts_the_soonest_due_first_before_the_limit(store: Stor
     assert (
         page.next_cursor is not None and page.prev_cursor is None
     )  # pages: tests/contract/test_lead_pages.py
+
+
+async def owes_next_response(store: Store, number: int, due_hours: float) -> None:
+    """The lead was answered, then the customer wrote again: a next response is owed by then."""
+    await store.update_lead(
+        number,
+        LeadChanges(first_response_at=at(hours=-8), status=LeadStatus.WAITING_CUSTOMER, clear_sla=True),
+    )
+    await store.update_lead(
+        number,
+        LeadChanges(
+            status=LeadStatus.OPEN,
+            sla_target="next_response",
+            sla_started_at=at(hours=due_hours - 1),
+            sla_due=at(hours=due_hours),
+            sla_warn_due=at(hours=due_hours - 0.2),
+            updated_at=at(minutes=1),
+        ),
+    )
+
+
+async def test_due_order_sorts_a_lead_owed_a_next_response_by_its_due_time(store: Store) -> None:
+    first = [await new_lead(store, first_response_due=at(hours=h), updated_at=at(minutes=3)) for h in (1, 3)]
+    again = await new_lead(store, first_response_due=at(hours=-9), updated_at=at(minutes=2))
+    await owes_next_response(store, again.number, 2)
+    answered = await new_lead(store, first_response_due=at(hours=-9), updated_at=at(minutes=9))
+    await store.update_lead(
+        answered.number,
+        LeadChanges(first_response_at=at(hours=-10), clear_sla=True, updated_at=at(minutes=9)),
+    )
+    query = LeadQuery(statuses=(LeadStatus.NEW, LeadStatus.OPEN, LeadStatus.WAITING_CUSTOMER), order="due")
+    # Owed leads by their running target's due time (the next response's 2 h between the first
+    # responses' 1 h and 3 h), then the one owed nothing, by update time.
+    expected = [first[0].number, again.number, first[1].number, answered.number]
+    assert await numbers(store, query) == expected
+    assert await all_pages(store, query, 1) == expected

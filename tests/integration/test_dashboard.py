@@ -23,7 +23,9 @@ from hub.config import Settings
 from hub.domain import Event, Identity, IdentityKind, Inbound, LeadKind, LeadStatus, utcnow
 from hub.web.dashboard.auth import login_link, mint_login_token
 from hub.web.dashboard.views import BREACHES_PAGE, PAST_BREACHES_PAGE, QUEUE_PAGE
-from storage.base import LeadQuery, StoreError
+from storage.base import LeadChanges, LeadQuery, StoreError
+from tests.contract.builders import contact as build_contact
+from tests.contract.builders import email as build_email
 from tests.contract.builders import lead as build_lead
 from tests.support.dashboard import PASSWORDS, csrf_from, managers_with_passwords, sign_in
 
@@ -1281,3 +1283,96 @@ async def test_csv_opens_as_columns_in_a_ukrainian_excel_and_plain_for_english(
     assert await export({"Accept-Language": "uk"}, sep="comma") == en
     bad = await session.get(f"{base_url}/dashboard/reports/csv", params={**params, "sep": "tab"})
     assert bad.status == 422
+
+
+async def test_a_next_response_owed_shows_its_countdown_sorts_by_it_and_its_breach_is_listed(
+    settings_factory: Callable[..., Settings],
+) -> None:
+    """Answered, then the customer wrote again: the queue shows the next response running (not
+    "answered"), sorts the lead by that due time, and its breach is on the breaches page."""
+    policy = {"first_response": "4h", "next_response": "1h"}
+    sla = {"policies": {"message": policy, "service_request": policy}}
+    hub = Hub(settings_factory(managers=managers_with_passwords(), sla=sla))
+    await hub.start()
+    base_url = f"http://127.0.0.1:{hub.web_port}"
+    session, csrf = await sign_in(base_url, "olena")
+    try:
+        ref = await _form_lead(session, base_url, email="again@example.com", name="Again")
+        others = [await _form_lead(session, base_url, email=f"c{i}@example.com") for i in range(2)]
+        page = await (await session.get(f"{base_url}/dashboard/leads/{ref}")).text()
+        key = re.search(
+            r'name="key" value="([^"]+)"', page[page.index(f'action="/dashboard/leads/{ref}/reply"') :]
+        )
+        assert key is not None
+        sent = await session.post(
+            f"{base_url}/dashboard/leads/{ref}/reply",
+            data={"csrf": csrf, "text": "Перевіряємо.", "key": key.group(1)},
+        )
+        assert "done=reply" in str(sent.url)
+        # The customer writes again on the answered lead: a next response is owed within 1 h.
+        again = await _form_lead(session, base_url, email="again@example.com", name="Again", message="І ще")
+        assert again == ref
+        lead = await hub.store.get_lead(int(ref[2:]))
+        assert lead is not None and lead.sla_target == "next_response" and lead.sla_due is not None
+        assert lead.first_response_at is not None
+
+        def row_of(text: str, lead_ref: str) -> str:
+            row = text[text.rindex("<tr", 0, text.index(f'data-lead="{lead_ref}"')) :]
+            return row[: row.index("</tr>")]
+
+        for path in ("/dashboard", "/dashboard/queue/rows"):
+            text = await (await session.get(f"{base_url}{path}", params={"lang": "en"})).text()
+            # Due in 1 h, before the first responses due in 4 h.
+            assert _shown(text) == [int(r[2:]) for r in (ref, *others)], path
+            row = row_of(text, ref)
+            assert f'data-due="{lead.sla_due.isoformat()}"' in row, row
+            assert "next response" in row and ">answered<" not in row, row
+            assert "first response" in row_of(text, others[0])
+        lead_page = await (
+            await session.get(f"{base_url}/dashboard/leads/{ref}", params={"lang": "en"})
+        ).text()
+        assert f'data-due="{lead.sla_due.isoformat()}"' in lead_page and "next response" in lead_page
+
+        await hub.sweeper.sweep(lead.sla_due + timedelta(seconds=1))
+        text = await (await session.get(f"{base_url}/dashboard", params={"lang": "en"})).text()
+        assert 'class="state-breached"' in row_of(text, ref)
+        breaches = await (await session.get(f"{base_url}/dashboard/breaches", params={"lang": "en"})).text()
+        current = breaches[breaches.index('id="breaches-current"') : breaches.index('id="breaches-past"')]
+        assert re.findall(r'href="/dashboard/leads/(L-\d+)[?"]', current) == [ref], current
+        assert "Current (still open) (1)" in current and "next response" in current
+        assert 'data-target="next_response"' in current
+    finally:
+        await session.close()
+        await hub.stop()
+
+
+async def test_a_next_response_breach_row_shows_its_own_due_time_and_is_late_until_the_reply(
+    hub: Hub, base_url: str, olena
+) -> None:
+    """The row of a next-response breach counts lateness from that response's due time to the
+    reply that answered it, not from the first response's due time long before."""
+    session, _ = olena
+    now = utcnow()
+    due = now - timedelta(hours=3)
+    person = await hub.store.create_contact(build_contact(build_email("next@example.com"), name="Next"))
+    await hub.store.create_lead(
+        build_lead(1, person.id, status=LeadStatus.OPEN, first_response_due=now - timedelta(hours=30))
+    )
+    # Answered in time, then the customer wrote again: a next response due 3 h ago.
+    await hub.store.update_lead(1, LeadChanges(first_response_at=now - timedelta(hours=31), clear_sla=True))
+    await hub.store.update_lead(
+        1,
+        LeadChanges(
+            sla_target="next_response",
+            sla_started_at=due - timedelta(hours=1),
+            sla_due=due,
+            sla_warn_due=None,
+        ),
+    )
+    claims = await hub.store.claim_sla_marks(now - timedelta(hours=2), 10)
+    assert [(c.target, c.level) for c in claims] == [("next_response", "breach")]
+    await hub.replies.record_reply(1, "Вибачте за затримку", "olena", now=now)
+    text = await (await session.get(f"{base_url}/dashboard/breaches", params={"lang": "en"})).text()
+    current = text[text.index('id="breaches-current"') : text.index('id="breaches-past"')]
+    assert "L-1" in current and 'data-target="next_response"' in current, current
+    assert "3h 00m" in current and "30h" not in current and "1d" not in current, current

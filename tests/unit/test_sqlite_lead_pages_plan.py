@@ -2,7 +2,7 @@
 
 Each statement `list_leads` sends is recorded and explained with EXPLAIN QUERY PLAN: a page of
 1M leads must cost O(page), so no `USE TEMP B-TREE FOR ORDER BY` over a table scan, and the
-owed part must come from the partial index leads_owed_due.
+owed part must come from the partial index leads_owed_sla_due.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import sqlite3
 from collections.abc import Iterable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -26,17 +27,23 @@ ACTIVE = tuple(sorted(ACTIVE_STATUSES))
 
 def _lead(number: int) -> Lead:
     answered = number % 3 == 0
+    status = (LeadStatus.NEW, LeadStatus.OPEN, LeadStatus.RESOLVED, LeadStatus.CLOSED)[number % 4]
+    due = T0 + timedelta(hours=number % 5)
+    owed = status in ACTIVE_STATUSES and (not answered or number % 2 == 0)
     return Lead(
         number=number,
         kind=LeadKind.MESSAGE,
         channel="webform",
         contact_id=f"c{number}",
-        status=(LeadStatus.NEW, LeadStatus.OPEN, LeadStatus.RESOLVED, LeadStatus.CLOSED)[number % 4],
+        status=status,
         created_at=T0,
         updated_at=T0 + timedelta(minutes=number % 7),
         origin_external_id=f"e{number}",
-        first_response_due=T0 + timedelta(hours=number % 5),
+        first_response_due=due,
         first_response_at=T0 if answered else None,
+        # Owed: a first response, or (answered, the customer wrote again) a next one.
+        sla_target=None if not owed else "next_response" if answered else "first_response",
+        sla_due=due + timedelta(minutes=number % 11) if owed else None,
         assignee="olena" if number % 2 else None,
         team="support",
     )
@@ -81,7 +88,7 @@ async def test_every_due_order_page_is_read_along_an_index(tmp_path: Path, query
                 await store.list_leads(query, 5, cursor)
     finally:
         await store.close()
-    assert any("first_response_due" in sql and "ORDER BY first_response_due" in sql for sql, _ in sent) or (
+    assert any("ORDER BY sla_due" in sql for sql, _ in sent) or (
         query.statuses is not None and not set(query.statuses) & ACTIVE_STATUSES
     )
     db = sqlite3.connect(path)
@@ -89,8 +96,8 @@ async def test_every_due_order_page_is_read_along_an_index(tmp_path: Path, query
         for sql, params in sent:
             plan = _plan(db, sql, params)
             assert "SCAN leads" not in plan, (sql, plan)
-            if "ORDER BY first_response_due" in sql:
-                assert "USING INDEX leads_owed_due" in plan, plan
+            if "ORDER BY sla_due" in sql:
+                assert "USING INDEX leads_owed_sla_due" in plan, plan
                 assert "TEMP B-TREE" not in plan, plan
             else:
                 assert "USING INDEX leads_status_updated" in plan, plan
@@ -102,3 +109,50 @@ async def test_every_due_order_page_is_read_along_an_index(tmp_path: Path, query
                         assert before.startswith("SCAN (subquery"), plan
     finally:
         db.close()
+
+
+async def test_an_existing_file_gets_the_running_target_index_and_its_legacy_leads_are_owed(
+    tmp_path: Path,
+) -> None:
+    """A file from before: the first-response index leads_owed_due, and an active lead of the
+    time before the generalised clock (first_response_* only). Opened, it has leads_owed_sla_due
+    in its place and that lead is in the queue's owed part by its first-response due time."""
+    path = tmp_path / "hub.db"
+    store = SqliteStore(path)
+    await store.open()
+    try:
+        for number in (1, 2):
+            await store.create_lead(_lead(number))
+        await store.create_lead(replace(_lead(4), first_response_due=T0 + timedelta(hours=9)))
+    finally:
+        await store.close()
+    db = sqlite3.connect(path)
+    try:
+        db.execute("DROP INDEX leads_owed_sla_due")
+        db.execute(
+            "CREATE INDEX leads_owed_due ON leads (first_response_due, number) WHERE status IN "
+            "('new','open','waiting_customer') AND first_response_at IS NULL AND first_response_due IS NOT NULL"
+        )
+        db.execute("DELETE FROM kv WHERE key = 'storage.legacy_first_response_target'")
+        db.execute(
+            "UPDATE leads SET sla_target = NULL, sla_started_at = NULL, sla_due = NULL, sla_warn_due = NULL "
+            "WHERE number = 4"
+        )
+        db.commit()
+    finally:
+        db.close()
+    reopened = SqliteStore(path)
+    await reopened.open()
+    try:
+        page = await reopened.list_leads(LeadQuery(statuses=ACTIVE, order="due"), 10)
+        legacy = next(lead for lead in page.items if lead.number == 4)
+        assert legacy.sla_target == "first_response" and legacy.sla_due == T0 + timedelta(hours=9)
+        assert [lead.number for lead in page.items][-1] == 4  # the latest due of the owed ones
+    finally:
+        await reopened.close()
+    db = sqlite3.connect(path)
+    try:
+        names = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    finally:
+        db.close()
+    assert "leads_owed_sla_due" in names and "leads_owed_due" not in names

@@ -131,21 +131,55 @@ def vars_of(filters: QueueFilters) -> dict[str, str]:
 
 
 @dataclass(frozen=True, slots=True)
+class RunningTarget:
+    """The response a lead owes now: which target (first or next response), due when."""
+
+    name: str  # first_response | next_response
+    due: datetime
+    warn: datetime | None
+    warned: bool  # this episode's warning was claimed
+    breached: bool  # this episode's breach was claimed
+
+
+def running_target(lead: Lead) -> RunningTarget | None:
+    """The response target on the clock of an active lead, None when no response is owed."""
+    if not lead.is_active:
+        return None
+    if lead.sla_target and lead.sla_due is not None:
+        return RunningTarget(
+            lead.sla_target,
+            lead.sla_due,
+            lead.sla_warn_due,
+            lead.sla_warned_at is not None,
+            lead.sla_breached_at is not None,
+        )
+    # Leads from before the generalised clock got their first response as the running target
+    # when their store was opened (both adapters), so the queue's order agrees with this.
+    return None
+
+
+@dataclass(frozen=True, slots=True)
 class QueueRow:
     lead: Lead
     contact_name: str
-    state: str  # ok | warned | breached | done
+    state: str  # ok | warned | breached | done | unanswered
+    target: RunningTarget | None = None
 
 
 def _row_state(lead: Lead, now: datetime) -> str:
+    target = running_target(lead)
+    if target is not None:
+        # Owed a response (a first one, or a next one after the customer wrote again): its clock
+        # decides, whether or not an earlier response was given.
+        if target.breached or target.due <= now:
+            return "breached"
+        if target.warned or (target.warn is not None and target.warn <= now):
+            return "warned"
+        return "ok"
     if lead.first_response_at is not None:
         return "done"
     if not lead.is_active:
         return "unanswered"  # resolved or closed without a reply: nothing is owed, nor was it answered
-    if lead.breached_at is not None or (lead.first_response_due and lead.first_response_due <= now):
-        return "breached"
-    if lead.warned_at is not None or (lead.warn_due and lead.warn_due <= now):
-        return "warned"
     return "ok"
 
 
@@ -303,7 +337,7 @@ async def _rows(request: web.Request, filters: QueueFilters, ask: PageAsk) -> tu
         if lead.contact_id not in names:
             contact = await hub.store.get_contact(lead.contact_id)
             names[lead.contact_id] = contact.name if contact else ""
-        rows.append(QueueRow(lead, names[lead.contact_id], _row_state(lead, now)))
+        rows.append(QueueRow(lead, names[lead.contact_id], _row_state(lead, now), running_target(lead)))
     return rows, paged
 
 
@@ -460,6 +494,7 @@ async def lead_page(request: web.Request) -> web.Response:
         reason_text=reason_text,
         reason_key=reason_key,
         state=_row_state(lead, now),
+        target=running_target(lead),
         managers=hub.settings.managers,
         notice=_known(request.query.get("done", ""), DONE_CODES),
         error=_known(request.query.get("error", ""), ERROR_CODES),
@@ -608,6 +643,23 @@ class BreachRow:
     holder: str | None
     late_seconds: float
     steps: list[Event]
+    target: str = "first_response"  # the breached response target shown: first or next response
+    due: datetime | None = None  # that target's due time
+
+
+#: The response targets a lead's breach row is about (a resolution breach has no row of its own).
+RESPONSE_TARGETS = ("first_response", "next_response")
+
+
+def _event_time(value: Any) -> datetime | None:
+    """A time an sla.* event recorded (ISO text), None when it is missing or not one."""
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -635,18 +687,38 @@ async def _breach_rows(
     rows = []
     for lead in paged.leads:
         lead_events = await hub.store.list_events(lead_number=lead.number, types=steps_types, limit=200)
-        breach = next((e for e in lead_events if e.type == EventType.SLA_BREACHED.value), None)
+        # The latest response breach: a next response's after an answered first one shows as such.
+        breach = next(
+            (
+                e
+                for e in reversed(lead_events)
+                if e.type == EventType.SLA_BREACHED.value
+                and e.data.get("target", "first_response") in RESPONSE_TARGETS
+            ),
+            None,
+        )
+        target = str(breach.data.get("target", "first_response")) if breach else "first_response"
         holder = breach.data.get("assignee") if breach else lead.assignee
-        due = lead.first_response_due or lead.breached_at or now
-        # Lateness stops with the answer, or with the resolution of a lead never answered.
-        late = ((lead.first_response_at or lead.resolved_at or now) - due).total_seconds()
+        if target == "next_response" and breach is not None:
+            due = _event_time(breach.data.get("due")) or lead.sla_due or breach.at
+            # Lateness stops with the reply that answered it, or the resolution.
+            answer = next(
+                (e.at for e in lead_events if e.type == EventType.REPLY_RECORDED.value and e.at >= breach.at),
+                None,
+            )
+            end = answer or lead.resolved_at or now
+        else:
+            due = lead.first_response_due or lead.breached_at or now
+            # Lateness stops with the answer, or with the resolution of a lead never answered.
+            end = lead.first_response_at or lead.resolved_at or now
+        late = (end - due).total_seconds()
         steps = [e for e in lead_events if breach is None or e.at >= breach.at or e.type.startswith("sla.")]
-        rows.append(BreachRow(lead, holder if isinstance(holder, str) else None, late, steps))
+        rows.append(BreachRow(lead, holder if isinstance(holder, str) else None, late, steps, target, due))
     return rows, paged
 
 
 async def breaches(request: web.Request) -> web.Response:
-    """GET /dashboard/breaches: leads past their first-response due time, current and past,
+    """GET /dashboard/breaches: leads past a response's due time (first or next), current and past,
     each table a page at a time (?page= and ?past=, each link keeping the other table's page)."""
     if not sees_all(viewer_of(request)):
         return error_page(request, 403, "dash.error.forbidden")
