@@ -1245,7 +1245,7 @@ async def test_a_topic_closed_by_hand_says_the_lead_is_still_open_and_reopens_fo
     await env.emu.wait_for(
         lambda: any("Є новини?" in t for t in env.emu.texts_to(STAFF, thread)), what="the message"
     )
-    assert not topic.closed
+    await env.emu.wait_for(lambda: not topic.closed, what="the topic reopened")
     assert env.emu.calls_of("reopenForumTopic")
     # The hub's own close (/resolve) is not "by hand", and a resolved lead's topic stays closed
     # when nobody writes.
