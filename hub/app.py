@@ -16,6 +16,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from channels.base import Channel
 from hub.actions import LeadActions
+from hub.attachments import AttachmentStore
 from hub.calendar import AlwaysOpen, Calendar
 from hub.channel_state import ChannelStates
 from hub.config import Settings
@@ -101,6 +102,8 @@ class Hub:
         self.now = clock
         self.instance_id = f"{socket.gethostname()}:{os.getpid()}:{new_id()[-8:]}"
         self.store: Store = store or store_from_url(settings.storage.url)
+        # Read here (dashboard, staff desk); the email channel writes what it receives.
+        self.attachments = AttachmentStore(settings.email.attachments_dir)
         self.bus = EventBus()
         self.sla = SlaClock(settings.sla, build_calendar(settings))
         self.availability = Availability(self.store, on_change=self._availability_changed)

@@ -1,8 +1,8 @@
 """The email channel: IMAP in (one leased poller per mailbox), SMTP out through the outbox.
 
 Parts: `imap.py` receives, `ingest.py` stores raw first and drives intake, bounces and
-acknowledgements, `parse.py`/`decode.py` turn MIME into an `Inbound`, `smtp.py` sends,
-`attachments.py` keeps attachment files by content hash.
+acknowledgements, `parse.py`/`decode.py` turn MIME into an `Inbound`, `smtp.py` sends.
+Attachment files are kept by content hash in `hub.attachments`.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING
 
+from hub.attachments import AttachmentStore
 from hub.config import EmailSettings
 from hub.tasks import stop_task
 
-from .attachments import AttachmentStore
 from .decode import CHANNEL, EmailDecoder
 from .imap import ImapPoller
 from .ingest import EmailIngest

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from hub.attachments import attachment_ref
 from hub.config import EmailSettings
 from hub.domain import Attachment, Identity, IdentityKind, Inbound, InboxItem, LeadKind, ThreadHints
 from hub.errors import DecodeError
 
-from .attachments import attachment_ref
 from .parse import ParsedEmail, has_reply_prefix, is_forward, parse_email
 from .text import guess_language, strip_quoted
 

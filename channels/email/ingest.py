@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING, TypeVar
 from zoneinfo import ZoneInfo
 
 from hub import i18n
+from hub.attachments import AttachmentStore
 from hub.delivery_failures import BOUNCED, RECIPIENT_REFUSED
 from hub.domain import AUTO_AUTHOR, Event, EventType, InboxItem, Lead
 from hub.errors import DecodeError
 from hub.inbox import CLAIM_SECONDS
 from storage.base import StoreError
 
-from .attachments import AttachmentStore
 from .decode import CHANNEL, INTAKE_KEY, EmailDecoder
 from .imap import Fetched, MailboxPosition
 from .parse import ParsedEmail, parse_email, redact

@@ -54,7 +54,6 @@ _CHARSET_ALIASES = {
 MAX_REFS = 50
 # Local parts of the senders of bounces.
 _DAEMONS = ("mailer-daemon", "postmaster")
-ATTACHMENT_REF_PREFIX = "sha256:"
 
 # Errors the stdlib raises on mail it cannot make sense of; anything else is a bug of ours.
 PARSE_ERRORS = (MessageError, ValueError, TypeError, LookupError, IndexError, AttributeError, UnicodeError)
@@ -601,6 +600,14 @@ def _forward_line(inner: Message) -> str:
     return "Forwarded message — " + " | ".join(f"{label}: {value}" for label, value in fields if value)
 
 
+def _attachment_type(part: Message, ctype: str) -> str:
+    """The part's type, with its declared charset for text (a text file is unreadable without it)."""
+    charset = part.get_content_charset() if ctype.startswith("text/") else None
+    if charset and re.fullmatch(r"[a-z0-9._-]{1,40}", charset):
+        return f"{ctype}; charset={charset}"
+    return ctype
+
+
 def _collect(part: Message, found: _Bodies, in_report: bool) -> None:
     """Every inline text part in order, attachments, and forwarded messages of one part."""
     ctype = part.get_content_type()
@@ -634,7 +641,9 @@ def _collect(part: Message, found: _Bodies, in_report: bool) -> None:
     elif _is_attachment(part):
         payload_bytes = part.get_payload(decode=True)
         data = payload_bytes if isinstance(payload_bytes, bytes) else b""
-        found.attachments.append(RawAttachment(_filename(part, len(found.attachments) + 1), ctype, data))
+        found.attachments.append(
+            RawAttachment(_filename(part, len(found.attachments) + 1), _attachment_type(part, ctype), data)
+        )
     elif ctype == "text/plain":
         found.plain.append(part_text(part))
     elif ctype == "text/html":

@@ -4,7 +4,8 @@ Events on the hub's bus mark a lead "dirty"; one worker per staff chat brings di
 to date, most urgent first (leads nobody can see yet, then nearest breach, answered leads
 last): it creates the topic and the lead card when
 missing (also when staff deleted the topic by hand), posts every customer message not yet
-shown, coalesced into as few posts as fit in 4096 characters, then notices and card edits.
+shown, coalesced into as few posts as fit in 4096 characters (a message's stored files follow
+its text as documents), then notices and card edits.
 What was shown is tracked in the store, so a restart resumes where it stopped.
 """
 
@@ -27,9 +28,10 @@ from aiogram.methods import (
     EditMessageCaption,
     EditMessageText,
     ReopenForumTopic,
+    SendDocument,
     SendMessage,
 )
-from aiogram.types import InlineKeyboardButton, InlineKeyboardMarkup, LinkPreviewOptions
+from aiogram.types import FSInputFile, InlineKeyboardButton, InlineKeyboardMarkup, LinkPreviewOptions
 
 from channels.telegram.api import TelegramApi, thread_not_found
 from channels.telegram.texts import (
@@ -47,8 +49,10 @@ from channels.telegram.texts import (
     truncate_html,
 )
 from channels.telegram.updates import UNSHOWN
+from hub.attachments import is_stored_ref
 from hub.domain import (
     ACTIVE_STATUSES,
+    Attachment,
     Contact,
     Direction,
     Event,
@@ -75,6 +79,10 @@ FAR_FUTURE = 1e12
 ANSWERED = 1e11
 LEAD_LEASE_SECONDS = 120.0
 NOT_VISIBLE = 1e11
+#: The Bot API's limit for a file a bot uploads; larger files stay a line naming them.
+MAX_UPLOAD = 50 * 1024 * 1024
+#: Seconds for one upload (a request's usual bound is far too short for 50 MB).
+UPLOAD_TIMEOUT = 300
 
 
 @dataclass(slots=True)
@@ -107,6 +115,9 @@ class _Unit:
     last_index: int  # the message index shown completely once this unit is posted
     copy_from: tuple[int, int] | None = None
     partial: bool = False  # a non-final part of a message longer than one post
+    upload: Attachment | None = None  # a stored file of the message, sent as a document
+    files_of: str = ""  # this unit ends the text of this message, whose files follow
+    step: int = 0  # an upload's `files_key` progress once it is posted
 
 
 class _ChatQueue:
@@ -141,6 +152,17 @@ def copy_key(message_id: str) -> str:
 def edit_key(message_id: str) -> str:
     """State key: the latest text of a customer message edited in Telegram."""
     return f"tg.edit.{message_id}"
+
+
+def files_key(topic: Topic, message_id: str) -> str:
+    """State key: how much of a message with files a topic shows (1: its text, 1 + n: its text
+    and its first n files). Per topic, so a topic made again shows everything again."""
+    return f"tg.files.{topic.chat}:{topic.thread or 0}:{message_id}"
+
+
+def uploadable(attachment: Attachment) -> bool:
+    """A file kept in the attachment store that Telegram takes from a bot."""
+    return is_stored_ref(attachment.ref) and attachment.size <= MAX_UPLOAD
 
 
 def notices_key(lead_number: int) -> str:
@@ -660,7 +682,7 @@ class StaffDesk:
         self, lead: Lead, contact: Contact | None, topic: Topic, messages: list[Message]
     ) -> None:
         """The lead card, carrying as many of the not yet shown messages as fit."""
-        units = await self._units(lead, messages, topic.seen)
+        units = await self._units(topic, messages, topic.seen)
         header = self._card_header(lead, contact)
         card_units: list[_Unit] = []
         size = len(header)
@@ -787,11 +809,11 @@ class StaffDesk:
 
     @staticmethod
     def _files(message: Message) -> str:
-        """The lines naming a message's files that are not shown as a Telegram copy."""
-        files = [a for a in message.attachments if not a.ref.startswith("tg-file:")]
+        """The lines naming a message's files that are neither a Telegram copy nor uploaded."""
+        files = [a for a in message.attachments if not a.ref.startswith("tg-file:") and not uploadable(a)]
         return "\n".join(f"📎 {esc(a.name)} ({a.size} B)" for a in files)
 
-    async def _units(self, lead: Lead, messages: list[Message], start: int) -> list[_Unit]:
+    async def _units(self, topic: Topic, messages: list[Message], start: int) -> list[_Unit]:
         units: list[_Unit] = []
         for index in range(start, len(messages)):
             message = messages[index]
@@ -801,23 +823,55 @@ class StaffDesk:
             if origin is not None and any(a.ref.startswith("tg-file:") for a in message.attachments):
                 units.append(_Unit("", [message.id], index, copy_from=origin))
                 continue
-            block = await self._block(message)
-            if len(block) <= MAX_TEXT:
-                units.append(_Unit(block, [message.id], index))
-            else:
-                # Every part says whose message it is and which part: several customers'
-                # long texts in a row must not read as one anonymous wall of text.
-                head, text = await self._head(message)
-                if message.subject:
-                    head += "\n" + staff("tg.message.subject", subject=message.subject)
-                head = truncate_html(head, 300)
-                parts = split_html_escaped(text, MAX_TEXT - len(head) - 40)
-                pieces = [f"{head} <i>({n}/{len(parts)})</i>\n{part}" for n, part in enumerate(parts, 1)]
-                if files := self._files(message):
-                    pieces.append(truncate_html(f"{head}\n{files}"))
-                for number, html in enumerate(pieces, 1):
-                    final = number == len(pieces)
-                    units.append(_Unit(html, [message.id], index if final else index - 1, partial=not final))
+            uploads = [a for a in message.attachments if uploadable(a)]
+            if not uploads:
+                units.extend(await self._text_units(message, index))
+                continue
+            # The message counts as shown once its last file is: a restart in between posts
+            # what is missing, and its progress says what is not (text, then file by file).
+            stored = await self._hub.store.get_state(files_key(topic, message.id))
+            done = stored if isinstance(stored, int) else 0
+            if done < 1:
+                texts = await self._text_units(message, index)
+                for unit in texts:
+                    unit.last_index, unit.partial = index - 1, True
+                texts[-1].files_of = message.id
+                units.extend(texts)
+            for step, attachment in enumerate(uploads, 2):
+                if done < step:
+                    final = step == len(uploads) + 1
+                    units.append(
+                        _Unit(
+                            "",
+                            [message.id],
+                            index if final else index - 1,
+                            partial=not final,
+                            upload=attachment,
+                            step=step,
+                        )
+                    )
+        return units
+
+    async def _text_units(self, message: Message, index: int) -> list[_Unit]:
+        """A customer message as text: one unit, or parts naming their author when too long."""
+        units: list[_Unit] = []
+        block = await self._block(message)
+        if len(block) <= MAX_TEXT:
+            units.append(_Unit(block, [message.id], index))
+        else:
+            # Every part says whose message it is and which part: several customers'
+            # long texts in a row must not read as one anonymous wall of text.
+            head, text = await self._head(message)
+            if message.subject:
+                head += "\n" + staff("tg.message.subject", subject=message.subject)
+            head = truncate_html(head, 300)
+            parts = split_html_escaped(text, MAX_TEXT - len(head) - 40)
+            pieces = [f"{head} <i>({n}/{len(parts)})</i>\n{part}" for n, part in enumerate(parts, 1)]
+            if files := self._files(message):
+                pieces.append(truncate_html(f"{head}\n{files}"))
+            for number, html in enumerate(pieces, 1):
+                final = number == len(pieces)
+                units.append(_Unit(html, [message.id], index if final else index - 1, partial=not final))
         return units
 
     @staticmethod
@@ -833,7 +887,7 @@ class StaffDesk:
     async def _mirror(self, lead: Lead, topic: Topic, messages: list[Message]) -> None:
         if topic.seen >= len(messages):
             return
-        units = await self._units(lead, messages, topic.seen)
+        units = await self._units(topic, messages, topic.seen)
         batch: list[_Unit] = []
 
         async def flush() -> None:
@@ -843,6 +897,9 @@ class StaffDesk:
             ids = [i for u in batch for i in u.ids]
             await self._post_html(lead, topic, html, ids, batch[-1].last_index + 1)
             self.coalesced_messages += len(ids)
+            for done in batch:
+                if done.files_of:
+                    await self._hub.store.set_state(files_key(topic, done.files_of), 1)
             batch.clear()
 
         for unit in units:
@@ -864,6 +921,14 @@ class StaffDesk:
                 topic.seen = unit.last_index + 1
                 await self._save(lead.number, topic)
                 continue
+            if unit.upload is not None:
+                await flush()
+                await self._upload(lead, topic, unit.ids, unit.upload)
+                await self._hub.store.set_state(files_key(topic, unit.ids[0]), unit.step)
+                if unit.last_index + 1 > topic.seen:
+                    topic.seen = unit.last_index + 1
+                    await self._save(lead.number, topic)
+                continue
             if batch and sum(len(u.html) + 2 for u in batch) + len(unit.html) > MAX_TEXT:
                 await flush()
             batch.append(unit)
@@ -871,6 +936,40 @@ class StaffDesk:
         if topic.seen < len(messages):
             topic.seen = len(messages)
             await self._save(lead.number, topic)
+
+    async def _upload(self, lead: Lead, topic: Topic, ids: list[str], attachment: Attachment) -> None:
+        """A customer's stored file as a document in the topic (a line naming it when it cannot
+        be: gone from the disk, or refused by Telegram)."""
+        path = await self._hub.attachments.find(attachment.ref)
+        line = f"📎 {esc(attachment.name)} ({attachment.size} B)"
+        if path is None:
+            log.warning("%s telegram: file %s of message %s is not on disk", lead.ref, attachment.ref, ids[0])
+            await self._send(topic.chat, topic.thread, line)
+            return
+        try:
+            sent = await self._api.call(
+                SendDocument(
+                    chat_id=topic.chat,
+                    message_thread_id=topic.thread,
+                    document=FSInputFile(path, filename=attachment.name or "file"),
+                    disable_content_type_detection=True,
+                ),
+                topic.chat,
+                timeout=UPLOAD_TIMEOUT,
+            )
+        except TelegramBadRequest as exc:
+            if thread_not_found(exc):
+                raise
+            log.warning("%s telegram: file %s refused: %s", lead.ref, attachment.ref, exc.message)
+            await self._send(topic.chat, topic.thread, line)
+            return
+        except PermanentError as exc:
+            log.warning("%s telegram: file %s refused: %s", lead.ref, attachment.ref, exc)
+            await self._send(topic.chat, topic.thread, line)
+            return
+        self.posts += 1
+        # A reply to the document is a reply on the lead, like one to any of its posts.
+        await self._remember_post(lead.number, topic.chat, sent.message_id, ids, copy=True)
 
     async def _post_notices(self, topic: Topic, notices: list[str]) -> None:
         """Notices in as few posts as fit (each notice is far below the limit by construction)."""

@@ -5,6 +5,7 @@ Screenshots of the main pages (desktop and phone) go to test-output/screenshots/
 
 from __future__ import annotations
 
+import base64
 import statistics
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -19,6 +20,7 @@ from hub.domain import Event, EventType, Identity, IdentityKind, Inbound, Thread
 from hub.web.dashboard import views
 from tests.browser.conftest import screenshot_path
 from tests.contract.builders import new_lead
+from tests.integration.test_dashboard import _email_lead
 from tests.support.dashboard import PASSWORDS, managers_with_passwords
 
 pytestmark = pytest.mark.browser
@@ -404,3 +406,32 @@ async def test_the_dashboard_pages_load_without_console_errors(hub: Hub, browser
         await page.goto(f"{base_url}/dashboard{path}")
         await page.wait_for_load_state("networkidle")
     assert errors == []
+
+
+_PNG = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+)
+_HTML = b"<html><body><script>document.title = 'RAN'</script>hi</body></html>"
+
+
+async def test_a_customers_photo_opens_and_an_html_file_downloads_under_its_cyrillic_name(
+    hub: Hub, browser: Any, base_url: str
+) -> None:
+    lead, _ = await _email_lead(
+        hub, [("Фото котла.png", "image/png", _PNG), ("Звіт.html", "text/html", _HTML)]
+    )
+    page = await _sign_in(browser, base_url, "olena")
+    await page.goto(f"{base_url}/dashboard/leads/{lead.ref}")
+    async with page.context.expect_page() as opened:
+        await page.get_by_role("link", name="Фото котла.png").click()
+    photo = await opened.value
+    await photo.wait_for_load_state()
+    assert await photo.evaluate("() => document.images.length ? document.images[0].naturalWidth : 0") == 1
+    await photo.close()
+    async with page.expect_download() as started:
+        await page.get_by_role("link", name="Звіт.html").click()
+    download = await started.value
+    assert download.suggested_filename == "Звіт.html"
+    # The download opened no page of its own and ran nothing in the dashboard's.
+    assert [p.url for p in page.context.pages] == [f"{base_url}/dashboard/leads/{lead.ref}"]
+    assert await page.title() != "RAN"

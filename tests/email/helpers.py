@@ -29,9 +29,12 @@ def make_mail(
     in_reply_to: str | None = None,
     references: str | None = None,
     headers: dict[str, str] | None = None,
-    attachments: list[tuple[str, str, bytes]] = (),  # type: ignore[assignment]
+    attachments: list[tuple[str, str, bytes | str]] = (),  # type: ignore[assignment]
 ) -> tuple[bytes, str]:
-    """(raw bytes, Message-ID without brackets) of a test email."""
+    """(raw bytes, Message-ID without brackets) of a test email.
+
+    An attachment given as text is a text part encoded in the charset its type names
+    (`text/plain; charset=koi8-r`)."""
     msg = EmailMessage(policy=email.policy.SMTP)
     msg["From"] = sender
     msg["To"] = to
@@ -52,8 +55,13 @@ def make_mail(
     elif html is not None:
         msg.set_content(html, subtype="html")
     for name, ctype, data in attachments:
-        maintype, _, subtype = ctype.partition("/")
-        msg.add_attachment(data, maintype=maintype, subtype=subtype, filename=name)
+        kind, _, params = ctype.partition(";")
+        maintype, _, subtype = kind.strip().partition("/")
+        if isinstance(data, str):
+            charset = params.partition("charset=")[2].strip() or "utf-8"
+            msg.add_attachment(data, subtype=subtype, charset=charset, filename=name)
+        else:
+            msg.add_attachment(data, maintype=maintype, subtype=subtype, filename=name)
     return msg.as_bytes(), mid
 
 

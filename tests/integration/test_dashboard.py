@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import hashlib
 import html
 import io
 import re
@@ -11,22 +12,39 @@ import sqlite3
 import statistics
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import aiohttp
 import pytest
 
+from channels.email.decode import EmailDecoder
+from channels.email.parse import parse_email
 from hub import i18n
 from hub.app import Hub
+from hub.attachments import AttachmentStore
 from hub.config import Settings
-from hub.domain import Event, Identity, IdentityKind, Inbound, LeadKind, LeadStatus, utcnow
+from hub.domain import (
+    Event,
+    Identity,
+    IdentityKind,
+    Inbound,
+    InboxItem,
+    Lead,
+    LeadKind,
+    LeadStatus,
+    Message,
+    new_id,
+    utcnow,
+)
 from hub.web.dashboard.auth import login_link, mint_login_token
 from hub.web.dashboard.views import BREACHES_PAGE, PAST_BREACHES_PAGE, QUEUE_PAGE
 from storage.base import LeadChanges, LeadQuery, StoreError
 from tests.contract.builders import contact as build_contact
 from tests.contract.builders import email as build_email
 from tests.contract.builders import lead as build_lead
+from tests.email.helpers import make_mail
 from tests.support.dashboard import PASSWORDS, csrf_from, managers_with_passwords, sign_in
 
 KYIV = ZoneInfo("Europe/Kyiv")
@@ -1376,3 +1394,145 @@ async def test_a_next_response_breach_row_shows_its_own_due_time_and_is_late_unt
     current = text[text.index('id="breaches-current"') : text.index('id="breaches-past"')]
     assert "L-1" in current and 'data-target="next_response"' in current, current
     assert "3h 00m" in current and "30h" not in current and "1d" not in current, current
+
+
+# --- customers' attachments ------------------------------------------------------------------
+
+_JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(range(256)) * 4
+_PDF = b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n"
+_HTML = b"<html><body><script>fetch('/dashboard/team')</script>hi</body></html>"
+_SVG = b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(document.cookie)</script></svg>'
+_NOTE = "Котел гуде й вимикається.\n"
+
+
+async def _email_lead(
+    hub: Hub,
+    attachments: list[tuple[str, str, bytes | str]],
+    max_bytes: int | None = None,
+    sender: str = "Петро Іванченко <petro@example.com>",
+) -> tuple[Lead, Message]:
+    """A customer's mail through the email channel's own parser, store and decoder (as the
+    poller takes it: attachment files first, then intake)."""
+    raw, _ = make_mail(
+        sender=sender,
+        subject="Котел не працює",
+        text="Фото котла і рахунок у вкладеннях.",
+        attachments=attachments,
+    )
+    parsed = parse_email(raw)
+    settings = hub.settings.email
+    if max_bytes is not None:
+        settings = settings.model_copy(update={"max_attachment_bytes": max_bytes})
+    files = AttachmentStore(settings.attachments_dir)
+    for part in parsed.attachments:
+        if len(part.data) <= settings.max_attachment_bytes:
+            await files.put(part.data)
+    item = InboxItem(1, "email", f"mail-{new_id()}", raw, utcnow())
+    result = await hub.intake.accept(EmailDecoder(settings).inbound(item, parsed))
+    return result.lead, result.message
+
+
+def _file_links(page: str) -> dict[str, str]:
+    """Attachment name -> its link on a lead page."""
+    return {
+        html.unescape(name): html.unescape(href)
+        for href, name in re.findall(r'<a href="([^"]*/attachments/\d+)"[^>]*>([^<]*)</a>', page)
+    }
+
+
+async def test_a_customers_attachments_open_from_the_lead_page_safely(hub: Hub, base_url: str, olena) -> None:
+    session, _ = olena
+    lead, message = await _email_lead(
+        hub,
+        [
+            ("Фото котла.jpg", "image/jpeg", _JPEG),
+            ("Рахунок №5.pdf", "application/pdf", _PDF),
+            ("пояснення.txt", "text/plain; charset=koi8-u", _NOTE),
+            ("page.html", "text/html", _HTML),
+            ("logo.svg", "image/svg+xml", _SVG),
+            ("video.bin", "application/octet-stream", b"x" * 3000),
+        ],
+        max_bytes=2000,
+    )
+    page = await (await session.get(f"{base_url}/dashboard/leads/{lead.ref}")).text()
+    links = _file_links(page)
+    # Every kept file is a link; the one dropped over the size limit is only named.
+    assert sorted(links) == sorted(
+        ["Фото котла.jpg", "Рахунок №5.pdf", "пояснення.txt", "page.html", "logo.svg"]
+    )
+    assert "video.bin" in page
+
+    async def opened(name: str) -> tuple[aiohttp.ClientResponse, bytes]:
+        resp = await session.get(f"{base_url}{links[name]}", allow_redirects=False)
+        body = await resp.read()
+        assert resp.status == 200, (name, resp.status)
+        assert resp.headers["X-Content-Type-Options"] == "nosniff"
+        csp = resp.headers["Content-Security-Policy"]
+        assert csp.split(";")[0].strip() == "sandbox" and "script-src 'self'" not in csp, csp
+        assert resp.content_disposition is not None and resp.content_disposition.filename == name
+        return resp, body
+
+    photo, body = await opened("Фото котла.jpg")
+    assert body == _JPEG and photo.headers["Content-Type"] == "image/jpeg"
+    disposition = photo.headers["Content-Disposition"]
+    assert (
+        disposition.startswith("inline; ") and "filename*=UTF-8''%D0%A4%D0%BE%D1%82%D0%BE%20" in disposition
+    )
+    assert disposition.encode("ascii")  # the header itself stays ASCII
+    pdf, body = await opened("Рахунок №5.pdf")
+    assert body == _PDF and pdf.headers["Content-Type"] == "application/pdf"
+    assert pdf.headers["Content-Disposition"].startswith("inline; ")
+    note, body = await opened("пояснення.txt")
+    assert (
+        note.headers["Content-Type"] == "text/plain; charset=koi8-u"
+        and body.decode("koi8-u").splitlines() == _NOTE.splitlines()
+    )
+    for name, data in (("page.html", _HTML), ("logo.svg", _SVG)):
+        resp, body = await opened(name)
+        assert body == data
+        assert resp.headers["Content-Type"] == "application/octet-stream"
+        assert resp.headers["Content-Disposition"].startswith("attachment; ")
+
+    base = f"{base_url}/dashboard/leads/{lead.ref}/messages"
+    other, other_message = await _email_lead(
+        hub, [("other.pdf", "application/pdf", _PDF + b"other")], sender="Ганна <hanna@example.com>"
+    )
+    assert other.number != lead.number
+    for wrong in (
+        f"{base}/{message.id}/attachments/5",  # dropped over the limit: no file
+        f"{base}/{message.id}/attachments/6",
+        f"{base}/{message.id}/attachments/x",
+        f"{base}/nosuchmessage/attachments/0",
+        f"{base}/{other_message.id}/attachments/0",  # another lead's message
+        f"{base_url}/dashboard/leads/L-99999/messages/{message.id}/attachments/0",
+    ):
+        assert (await session.get(wrong)).status == 404, wrong
+    # A file gone from disk (restored from an old backup, cleaned up by hand) is a 404 too.
+    digest = hashlib.sha256(_PDF).hexdigest()
+    (Path(hub.settings.email.attachments_dir) / digest[:2] / digest).unlink()
+    assert (await session.get(f"{base_url}{links['Рахунок №5.pdf']}")).status == 404
+
+
+async def test_attachments_open_only_for_who_may_open_the_lead(hub: Hub, base_url: str, olena) -> None:
+    session, csrf = olena
+    lead, message = await _email_lead(hub, [("Рахунок.pdf", "application/pdf", _PDF)])
+    url = f"{base_url}/dashboard/leads/{lead.ref}/messages/{message.id}/attachments/0"
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as stranger:
+        signed_out = await stranger.get(url, allow_redirects=False)
+        assert signed_out.status in (302, 303) and "/dashboard/login" in signed_out.headers["Location"]
+        assert _PDF not in await signed_out.read()
+    await hub.actions.assign(lead.number, "andrii", by="test")
+    taras, _ = await sign_in(base_url, "taras")
+    try:
+        refused = await taras.get(url)
+        assert refused.status == 403 and _PDF not in await refused.read()
+        await hub.actions.assign(lead.number, "taras", by="test")
+        allowed = await taras.get(url)
+        assert allowed.status == 200 and await allowed.read() == _PDF
+    finally:
+        await taras.close()
+    erased = await session.post(
+        f"{base_url}/dashboard/leads/{lead.ref}/erase", data={"csrf": csrf, "confirm": "yes"}
+    )
+    assert "done=erased" in str(erased.url)
+    assert (await session.get(url)).status == 404

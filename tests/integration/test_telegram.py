@@ -16,9 +16,10 @@ import pytest
 
 from channels.telegram.texts import local_time
 from hub.app import Hub
+from hub.attachments import AttachmentStore, attachment_ref
 from hub.config import Settings
 from hub.domain import Attachment, Direction, Identity, IdentityKind, Inbound, LeadStatus, utcnow
-from tests.support.telegram_emulator import TelegramEmulator, running_emulator
+from tests.support.telegram_emulator import MAX_UPLOAD, TelegramEmulator, running_emulator
 from tests.support.telegram_html import html_problems
 
 STAFF = -100100
@@ -1464,3 +1465,72 @@ async def test_an_edit_of_a_long_customer_message_is_posted_again_in_parts(env: 
         "(змінено)" in s.text and len(s.text) <= 4096 and not html_problems(s.text) for s in new
     )
     assert all(not s.edits for s in before[1:]), "an older part was rewritten"
+
+
+async def test_a_customers_mailed_files_follow_the_mails_text_in_the_topic_once(
+    emu: TelegramEmulator, settings_factory: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """Staff in Telegram saw "📎 name (size B)" and could not open a customer's photo or invoice."""
+    settings = settings_factory(
+        telegram=telegram_config(emu), email={"attachments_dir": str(tmp_path / "attachments")}
+    )
+    photo = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(range(256)) * 8
+    invoice = b"%PDF-1.4\n%%EOF\n"
+    files = AttachmentStore(settings.email.attachments_dir)
+    kept = [
+        Attachment("Фото котла.jpg", "image/jpeg", len(photo), await files.put(photo)),
+        Attachment("Рахунок №5.pdf", "application/pdf", len(invoice), await files.put(invoice)),
+    ]
+    huge = Attachment("відео.mp4", "video/mp4", MAX_UPLOAD + 1, attachment_ref(b"stands for 50 MB"))
+    dropped = Attachment("архів.zip", "application/zip", 30_000_000, dropped_reason="over the limit")
+    sender = Identity(IdentityKind.EMAIL, "petro@example.com", "Петро")
+
+    def mail(external_id: str, text: str, attachments: tuple[Attachment, ...] = ()) -> Inbound:
+        return Inbound("email", external_id, sender, text, utcnow(), subject="Котел", attachments=attachments)
+
+    def posts() -> list[Any]:
+        return [s for s in emu.sent if s.chat_id == STAFF and s.thread is not None]
+
+    # The first hub posts the mail's text, then cannot upload (Telegram fails) and stops.
+    emu.fail_next("sendDocument", status=500, times=1000)
+    first = Hub(settings)
+    await first.start()
+    try:
+        await first.intake.accept(
+            mail("<m1@x>", "Фото і рахунок у вкладеннях", (kept[0], huge, kept[1], dropped))
+        )
+        await emu.wait_for(lambda: emu.calls_of("sendDocument"), what="an upload tried")
+    finally:
+        await first.stop()
+    emu.faults.pop("sendDocument", None)
+    assert [s.method for s in posts()] == ["sendMessage", "sendMessage"]  # the card, the mail
+
+    second = Hub(settings)
+    await second.start()
+    try:
+        await emu.wait_for(lambda: len([s for s in posts() if s.method == "sendDocument"]) >= 2, what="files")
+        await second.intake.accept(mail("<m2@x>", "Ще одне питання"))
+        await emu.wait_for(lambda: any("Ще одне питання" in s.text for s in posts()), what="the next mail")
+    finally:
+        await second.stop()
+    third = Hub(settings)  # nothing left to post: a restart posts nothing again
+    await third.start()
+    try:
+        await third.intake.accept(mail("<m3@x>", "Третій лист"))
+        await emu.wait_for(lambda: any("Третій лист" in s.text for s in posts()), what="the third mail")
+    finally:
+        await third.stop()
+
+    shown = posts()
+    assert [s.method for s in shown] == ["sendMessage"] * 2 + ["sendDocument"] * 2 + ["sendMessage"] * 2
+    card, text, *documents, _, _ = shown
+    assert "Фото і рахунок" not in card.text and "Фото і рахунок у вкладеннях" in text.text
+    # Files Telegram does not take from a bot (over 50 MB, or never kept) stay named in the text.
+    assert "📎 відео.mp4" in text.text and "📎 архів.zip" in text.text
+    assert "Фото котла" not in text.text and "Рахунок" not in text.text
+    uploads = [s.document for s in documents]
+    assert [(u.filename, u.data) for u in uploads if u] == [
+        ("Фото котла.jpg", photo),
+        ("Рахунок №5.pdf", invoice),
+    ]
+    assert sum("Фото і рахунок у вкладеннях" in s.text for s in emu.sent) == 1

@@ -5,7 +5,9 @@ bodies work too). It serves queued updates to getUpdates (long polling, confirmi
 offset) or POSTs them to the webhook with the secret token, keeps chats, messages and forum
 topics, can answer 429 (retry_after) and 5xx on demand, says "message thread not found"
 for topics deleted by hand, and can enforce Telegram's flood limits (time scaled down);
-with `strict_html` it refuses HTML that Telegram's parser would refuse.
+with `strict_html` it refuses HTML that Telegram's parser would refuse. Files uploaded with
+sendDocument (multipart, `attach://` as aiogram sends them) are kept with their name and bytes,
+up to the Bot API's 50 MB.
 """
 
 from __future__ import annotations
@@ -39,6 +41,19 @@ class Call:
     status: int = 200
 
 
+#: The Bot API's limit for a file a bot uploads.
+MAX_UPLOAD = 50 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A file sent in a multipart request."""
+
+    filename: str
+    content_type: str
+    data: bytes
+
+
 @dataclass
 class Sent:
     chat_id: int
@@ -50,6 +65,7 @@ class Sent:
     copied_from: tuple[int, int] | None = None
     edits: list[str] = field(default_factory=list)
     caption: str = ""  # of a copy, once edited (the original's caption is not emulated)
+    document: Upload | None = None  # sendDocument's file
 
 
 @dataclass
@@ -114,7 +130,7 @@ class TelegramEmulator:
         return f"http://127.0.0.1:{self.port}"
 
     async def start(self) -> None:
-        app = web.Application(client_max_size=20 * 1024 * 1024)
+        app = web.Application(client_max_size=MAX_UPLOAD + 1024 * 1024)
         app.router.add_route("*", "/bot{token}/{method}", self._handle)
         app.router.add_route("GET", "/file/bot{token}/{path:.+}", self._download)
         self._runner = web.AppRunner(app, access_log=None)
@@ -297,7 +313,10 @@ class TelegramEmulator:
         elif request.can_read_body:
             form = await request.post()
             for key, value in form.items():
-                raw[key] = value if isinstance(value, str) else "<file>"
+                if isinstance(value, web.FileField):
+                    raw[key] = Upload(value.filename, value.content_type, value.file.read())
+                else:
+                    raw[key] = value
         params: dict[str, Any] = {}
         for key, value in raw.items():
             if key in _STRING_FIELDS or not isinstance(value, str):
@@ -452,6 +471,39 @@ class TelegramEmulator:
         )
         self.sent.append(sent)
         return {"message_id": sent.message_id}
+
+    async def _m_sendDocument(self, params: dict[str, Any]) -> Any:
+        chat_id = int(params["chat_id"])
+        self._check_blocked(chat_id)
+        thread = self._check_thread(chat_id, params.get("message_thread_id"))
+        document = params.get("document")
+        if isinstance(document, str) and document.startswith("attach://"):
+            document = params.get(document.removeprefix("attach://"))
+        if not isinstance(document, Upload):
+            raise _ApiError(400, "Bad Request: there is no document in the request")
+        if len(document.data) > MAX_UPLOAD:
+            raise _ApiError(413, "Request Entity Too Large")
+        sent = Sent(
+            chat_id,
+            self._new_message_id(chat_id),
+            str(params.get("caption", "")),
+            thread,
+            method="sendDocument",
+            document=document,
+        )
+        self.sent.append(sent)
+        result = self._message_result(sent)
+        del result["text"]
+        if sent.text:
+            result["caption"] = sent.text
+        result["document"] = {
+            "file_id": f"doc{sent.message_id}",
+            "file_unique_id": f"udoc{sent.message_id}",
+            "file_name": document.filename,
+            "mime_type": document.content_type,
+            "file_size": len(document.data),
+        }
+        return result
 
     async def _m_editMessageCaption(self, params: dict[str, Any]) -> Any:
         chat_id = int(params["chat_id"])

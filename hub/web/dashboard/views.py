@@ -14,6 +14,7 @@ from aiohttp import web
 from markupsafe import Markup
 
 from hub import i18n
+from hub.attachments import is_stored_ref
 from hub.config import ManagerSettings
 from hub.domain import (
     ACTIVE_STATUSES,
@@ -30,6 +31,7 @@ from hub.domain import (
 from hub.errors import HubError, IdempotencyKeyReused
 from hub.identities import normalize_phone
 from hub.refusals import REFUSALS, refusal_code
+from hub.web.dashboard import files
 from hub.web.dashboard.common import (
     PREFIX,
     error_page,
@@ -501,7 +503,18 @@ async def lead_page(request: web.Request) -> web.Response:
         now_iso=now.isoformat(),
         reply_key=new_id(),
         merge_offer=await _merge_offer(request, lead),
+        file_url=lambda message, index: files.file_path(lead, message.id, index),
+        stored=is_stored_ref,
     )
+
+
+async def lead_file(request: web.Request) -> web.StreamResponse:
+    """GET /dashboard/leads/{number}/messages/{message}/attachments/{index}: a stored file,
+    for whoever may open the lead."""
+    found = await _lead_for(request)
+    if isinstance(found, web.Response):
+        return found
+    return await files.open_attachment(request, found)
 
 
 async def lead_action(request: web.Request) -> web.Response:
@@ -819,6 +832,7 @@ def setup_routes(app: web.Application) -> None:
     router.add_get(f"{PREFIX}/events", events)
     router.add_get(f"{PREFIX}/leads/{{number}}", lead_page)
     router.add_post(f"{PREFIX}/leads/{{number}}/{{action}}", lead_action)
+    router.add_get(f"{PREFIX}/leads/{{number}}/messages/{{message}}/attachments/{{index}}", lead_file)
     router.add_get(f"{PREFIX}/breaches", breaches)
     router.add_get(f"{PREFIX}/team", team)
     router.add_post(f"{PREFIX}/team/{{manager}}/away", set_away)

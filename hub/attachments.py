@@ -3,6 +3,9 @@
 The name is the hash of the bytes, so writing the same file twice (a redelivered message, the
 same logo in a hundred mails) is harmless, and a ref can be computed without touching disk.
 File I/O runs in a worker thread so the event loop never blocks on the disk.
+
+It lives in the core because channels write it (email) and others read it (the dashboard, the
+staff desk): `Attachment.ref` values of the form `sha256:<hex>` point here.
 """
 
 from __future__ import annotations
@@ -14,14 +17,18 @@ import re
 import tempfile
 from pathlib import Path
 
-from .parse import ATTACHMENT_REF_PREFIX
-
+ATTACHMENT_REF_PREFIX = "sha256:"
 _REF = re.compile(r"^sha256:([0-9a-f]{64})$")
 
 
 def attachment_ref(data: bytes) -> str:
     """The content address of these bytes (`sha256:<hex>`)."""
     return ATTACHMENT_REF_PREFIX + hashlib.sha256(data).hexdigest()
+
+
+def is_stored_ref(ref: str) -> bool:
+    """Whether `ref` names a file of this store (not a Telegram file id, not a dropped file)."""
+    return bool(_REF.match(ref))
 
 
 class AttachmentStore:
@@ -58,6 +65,17 @@ class AttachmentStore:
     async def put(self, data: bytes) -> str:
         """Store bytes (idempotent); returns their ref."""
         return await asyncio.to_thread(self._write, data)
+
+    def _existing(self, ref: str) -> Path | None:
+        try:
+            target = self.path(ref)
+        except ValueError:
+            return None
+        return target if target.is_file() else None
+
+    async def find(self, ref: str) -> Path | None:
+        """The file of a stored attachment, or None (a ref that is not ours, a missing file)."""
+        return await asyncio.to_thread(self._existing, ref)
 
     async def get(self, ref: str) -> bytes:
         """The bytes of a stored attachment (FileNotFoundError when missing)."""
