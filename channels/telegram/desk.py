@@ -47,6 +47,7 @@ from channels.telegram.texts import (
     truncate_html,
 )
 from channels.telegram.updates import UNSHOWN
+from hub.actions import LEAD_TAGGED, SPAM_TAG
 from hub.domain import (
     ACTIVE_STATUSES,
     Contact,
@@ -438,6 +439,8 @@ class StaffDesk:
                     channel = staff_label("channel", message.channel)
                     head = staff("tg.event.reply", who=message.author, channel=channel)
                     notices.append(f"💬 <i>{head}</i>\n{esc(message.text[:3500])}")
+            case _ if event.type == LEAD_TAGGED and SPAM_TAG in (data.get("tags") or []):
+                notices.append("🚫 " + staff("tg.event.spam", by=by))
             case _:
                 return
         if notices:

@@ -28,7 +28,6 @@ from channels.telegram.desk import StaffDesk, open_target
 from channels.telegram.sender import COPY_PREFIX, copy_ref, pending_edit_key, relay_key
 from channels.telegram.texts import esc, plain_staff, staff, staff_label, staff_refusal
 from channels.telegram.updates import FILE_PREFIX, command_of, content_of, is_relayable, is_service
-from hub.actions import SPAM_TAG
 from hub.config import ManagerSettings
 from hub.domain import ACTIVE_STATUSES, Attachment, Event, LeadKind, utcnow
 from hub.errors import (
@@ -41,7 +40,7 @@ from hub.errors import (
 )
 from hub.refusals import refusal_code
 from hub.web.dashboard.auth import login_link
-from storage.base import LeadChanges, LeadQuery
+from storage.base import LeadQuery
 
 if TYPE_CHECKING:
     from hub.app import Hub
@@ -393,7 +392,8 @@ class StaffSide:
                 name = assignee.name if assignee else target
                 answer = plain_staff("tg.staff.done.assign", lead=ref, manager=name)
             elif action == "spam":
-                await self._spam(number, manager.id)
+                # The topic's notice comes from the desk's bus subscriber, as for the dashboard.
+                await actions.mark_spam(number, manager.id)
                 answer = plain_staff("tg.staff.done.spam", lead=ref)
             elif action == "reassign":
                 await self._pick_manager(number, query)
@@ -419,17 +419,6 @@ class StaffSide:
         done, and the manager is told to use the lead's current card."""
         log.info("telegram: a button with unknown data %r was pressed; nothing done", query.data)
         return plain_staff("tg.staff.stale_button")
-
-    async def _spam(self, number: int, by: str) -> None:
-        lead = await self._hub.store.get_lead(number)
-        if lead is None:
-            raise NotFoundError(f"lead L-{number} does not exist")
-        tags = sorted({*lead.tags, SPAM_TAG})
-        await self._hub.store.update_lead(number, LeadChanges(tags=tags, updated_at=utcnow()))
-        await self._hub.store.append_event(Event("lead.tagged", utcnow(), number, {"tags": tags, "by": by}))
-        await self._desk.notice(lead, "🚫 " + staff("tg.event.spam", by=by))
-        if lead.is_active:
-            await self._hub.actions.resolve(number, by)
 
     async def _pick_manager(self, number: int, query: CallbackQuery) -> None:
         message = query.message

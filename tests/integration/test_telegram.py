@@ -999,6 +999,38 @@ async def test_spam_button_says_so_in_the_topic(env: Env) -> None:
     )
 
 
+async def test_spam_is_one_action_for_telegram_and_the_dashboard(env: Env) -> None:
+    """Telegram's Spam button had its own copy of the dashboard's spam action: it told no bus
+    subscriber (the webhook never heard of the tag), a second press tagged the lead again with a
+    second notice, and the dashboard's spam was not said in the topic."""
+    heard: list[str] = []
+
+    async def listen(event: Any, lead: Any) -> None:
+        heard.append(event.type)
+
+    env.hub.bus.subscribe("test.spam", listen)
+    thread = await open_lead(env, customer())
+    card = env.emu.sent_to(STAFF, thread)[0]
+    notice = "Позначено як спам (olena)"
+    env.emu.press(STAFF, OLENA, card.message_id, "spam:1")
+    await env.emu.wait_for(lambda: any(notice in t for t in env.emu.texts_to(STAFF, thread)), what="notice")
+    await env.emu.wait_for(lambda: "lead.tagged" in heard and "lead.resolved" in heard, what="the events")
+    env.emu.press(STAFF, OLENA, card.message_id, "spam:1")
+    await env.emu.wait_for(
+        lambda: any("вже позначено як спам" in (a.get("text") or "") for a in env.emu.callback_answers),
+        what="the refusal of a second press",
+    )
+    assert len(await env.hub.store.list_events(types=["lead.tagged"])) == 1
+    assert sum(notice in t for t in env.emu.texts_to(STAFF, thread)) == 1
+
+    other = await open_lead(env, customer(5002, "Ганна"))
+    await env.hub.actions.mark_spam(2, "taras")
+    await env.emu.wait_for(
+        lambda: any("Позначено як спам (taras)" in t for t in env.emu.texts_to(STAFF, other)),
+        what="the dashboard's spam in the topic",
+    )
+
+
 async def test_a_web_follow_ups_own_subject_is_shown_in_the_topic(env: Env, http: Any) -> None:
     url = f"http://127.0.0.1:{env.hub.web_port}/forms/contact"
     first = {"name": "Petro", "email": "petro@example.com", "subject": "Котел", "message": "Не гріє"}
