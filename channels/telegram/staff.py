@@ -242,9 +242,10 @@ class StaffSide:
                 {"external_id": external_id, "after": text, "relayed": isinstance(relayed, dict)},
             )
         )
-        if not isinstance(relayed, dict) and text:
+        if not isinstance(relayed, dict) and text and await self._goes_by_telegram(message):
             # Still queued (a busy chat, a retry): the sender sends this text instead, or edits
-            # what it has just sent. Read the relay again: it may have been sent meanwhile.
+            # what it has just sent, and then drops it. Read the relay again: it may have been
+            # sent meanwhile.
             await self._hub.store.set_state(pending_edit_key(external_id), text)
             relayed = await self._hub.store.get_state(relay_key(external_id))
         if not isinstance(relayed, dict) or not text:
@@ -257,6 +258,12 @@ class StaffSide:
         except (TelegramBadRequest, TransientError, PermanentError) as exc:
             log.warning("L-%s telegram: could not relay a staff edit: %s", relayed.get("lead"), exc)
         return int(relayed["lead"])
+
+    async def _goes_by_telegram(self, message: Message) -> bool:
+        """Whether replies in this message's lead go out by Telegram: only its sender applies (and
+        then forgets) a pending edit, so one kept for an email reply would stay for good."""
+        number = await self._lead_of(message)
+        return number is not None and await self._hub.replies.delivery_channel(number) == "telegram"
 
     # --- commands ---------------------------------------------------------------------------------
     async def _lead_command(

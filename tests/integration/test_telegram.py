@@ -1350,6 +1350,53 @@ async def test_a_staff_edit_made_while_the_reply_waits_is_what_the_customer_gets
     assert [s.text for s in env.emu.sent_to(user["id"])[1:]] == ["Ціна 120 грн"]
 
 
+async def _state_gone(env: Env, key: str) -> None:
+    for _ in range(100):
+        if await env.hub.store.get_state(key) is None:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{key} is still kept: {await env.hub.store.get_state(key)!r}")
+
+
+async def test_a_staff_edit_waiting_for_its_reply_is_forgotten_once_applied(env: Env, http: Any) -> None:
+    """Each staff reply edited before it went out left a `tg.relay_edit.*` row for good (and one
+    for every edited reply to an email lead, which no sender ever reads)."""
+    user = customer()
+    thread = await open_lead(env, user)
+    await env.emu.wait_for(lambda: env.emu.texts_to(user["id"]), what="ack")
+    env.emu.fail_next("sendMessage", status=429, retry_after=2, chat_id=user["id"])
+    update = env.emu.send_text(STAFF, OLENA, "Ціна 100 грн", thread=thread)
+    await env.emu.wait_for(
+        lambda: [c for c in env.emu.calls_of("sendMessage") if c.status == 429], what="the 429"
+    )
+    key = f"tg.relay_edit.tg:{STAFF}:{update['message']['message_id']}"
+    edited = dict(update["message"], text="Ціна 120 грн", edit_date=update["message"]["date"])
+    env.emu.enqueue("edited_message", edited)
+    await env.emu.wait_for(
+        lambda: "Ціна 120 грн" in [s.text for s in env.emu.sent_to(user["id"])], timeout=15, what="reply"
+    )
+    await _state_gone(env, key)
+
+    url = f"http://127.0.0.1:{env.hub.web_port}/forms/contact"
+    form = {"name": "Petro", "email": "petro@example.com", "subject": "Котел", "message": "Не гріє"}
+    async with http.post(url, json=form) as resp:
+        assert resp.status == 201
+    topic = await env.emu.wait_for(
+        lambda: next((t for t in env.emu.topics_in(STAFF) if "Petro" in t.name), None), what="topic"
+    )
+    update = env.emu.send_text(STAFF, OLENA, "Лист", thread=topic.thread)
+    key = f"tg.relay_edit.tg:{STAFF}:{update['message']['message_id']}"
+    edited = dict(update["message"], text="Лист 2", edit_date=update["message"]["date"])
+    env.emu.enqueue("edited_message", edited)
+
+    for _ in range(100):
+        if len(await env.hub.store.list_events(types=["reply.edited"])) == 2:
+            break
+        await asyncio.sleep(0.05)
+    assert len(await env.hub.store.list_events(types=["reply.edited"])) == 2
+    assert await env.hub.store.get_state(key) is None
+
+
 async def test_a_customers_dice_and_unshowable_messages_read_in_the_staff_language(env: Env) -> None:
     """A dice or a story showed "[a message of a type the hub does not show]" in English."""
     user = customer()
