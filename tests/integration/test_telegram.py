@@ -18,6 +18,7 @@ from channels.telegram.texts import local_time
 from hub.app import Hub
 from hub.config import Settings
 from hub.domain import Attachment, Direction, Identity, IdentityKind, Inbound, LeadStatus, utcnow
+from storage.base import LeadChanges
 from tests.support.telegram_emulator import TelegramEmulator, running_emulator
 from tests.support.telegram_html import html_problems
 
@@ -343,6 +344,48 @@ async def test_customer_edit_updates_topic_copy(env: Env) -> None:
     await env.emu.wait_for(lambda: "Edited text" in card.text, what="card edited")
     events = await env.hub.store.list_events(1, ["message.edited"])
     assert events and events[0].data["before"] == "Original text"
+
+
+async def test_a_customers_edit_on_a_resolved_lead_is_said_and_reopens_it_within_the_window(
+    env: Env,
+) -> None:
+    """An edit of an old message after the lead was resolved ("it leaks again") only rewrote the
+    old post in the closed topic: nobody was told and the lead stayed resolved."""
+    user = customer()
+    thread = await open_lead(env, user, "Кран тече")
+    topic = env.emu.topics[(STAFF, thread)]
+
+    def edit(text: str) -> None:
+        edited = env.emu.message(user["id"], user, text)
+        edited["message_id"], edited["edit_date"] = 1, edited["date"]
+        env.emu.enqueue("edited_message", edited)
+
+    env.emu.send_text(STAFF, TARAS, "/resolve", thread=thread)
+    await env.emu.wait_for(lambda: topic.closed, what="resolved")
+    edit("Кран тече. Знову тече після ремонту")
+    notice = "Клієнт змінив своє повідомлення у вирішеному зверненні"
+    posted = await env.emu.wait_for(
+        lambda: next((t for t in env.emu.texts_to(STAFF, thread) if notice in t), None), what="notice"
+    )
+    assert "Знову тече після ремонту" in posted
+    await env.emu.wait_for(lambda: not topic.closed, what="the topic reopened")
+    lead = await env.hub.store.get_lead(1)
+    assert lead is not None and lead.status == LeadStatus.OPEN
+    assert [e.data["by"] for e in await env.hub.store.list_events(1, ["lead.reopened"])] == ["customer"]
+
+    # Resolved longer ago than telegram.reopen_within: said in the topic, the lead stays resolved.
+    env.emu.send_text(STAFF, TARAS, "/resolve", thread=thread)
+    await env.emu.wait_for(lambda: topic.closed, what="resolved again")
+    await env.emu.wait_for(lambda: _lead_matches(env, lambda lead: not lead.is_active), what="resolved")
+    await env.hub.store.update_lead(1, LeadChanges(resolved_at=utcnow() - timedelta(days=8)))
+    edit("Кран тече. Дякую, все добре")
+    await env.emu.wait_for(
+        lambda: any("Дякую, все добре" in t and notice in t for t in env.emu.texts_to(STAFF, thread)),
+        what="the second notice",
+    )
+    lead = await env.hub.store.get_lead(1)
+    assert lead is not None and lead.status == LeadStatus.RESOLVED
+    assert len(await env.hub.store.list_events(1, ["lead.reopened"])) == 1
 
 
 async def test_staff_edit_is_relayed(env: Env) -> None:
