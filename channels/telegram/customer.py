@@ -20,7 +20,7 @@ from channels.telegram.texts import esc, local_time, staff, t
 from channels.telegram.updates import (
     CustomerDecoder,
     command_of,
-    content_of,
+    customer_text,
     kind_buttons,
     message_external_id,
     private_command,
@@ -229,7 +229,7 @@ class CustomerSide:
         )
         if known is None:
             return None
-        new_text = content_of(message).text
+        new_text = customer_text(message)
         await self._hub.store.set_state(edit_key(known.id), new_text)
         await self._hub.store.append_event(
             Event(

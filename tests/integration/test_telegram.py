@@ -388,6 +388,31 @@ async def test_a_customers_edit_on_a_resolved_lead_is_said_and_reopens_it_within
     assert len(await env.hub.store.list_events(1, ["lead.reopened"])) == 1
 
 
+async def test_a_customers_reply_to_our_message_shows_what_it_answers(env: Env) -> None:
+    """The customer's Telegram Reply was dropped: staff read "Так, підходить" with no idea to what."""
+    user = customer()
+    thread = await open_lead(env, user)
+    await env.emu.wait_for(lambda: env.emu.sent_to(user["id"]), what="ack")
+    env.emu.send_text(
+        STAFF, OLENA, "Можемо приїхати   завтра о 10:00 або в четвер " + "x" * 80, thread=thread
+    )
+    reply = await env.emu.wait_for(
+        lambda: next((s for s in env.emu.sent_to(user["id"]) if "завтра" in (s.text or "")), None),
+        what="our reply",
+    )
+    answered = {"message_id": reply.message_id, "date": 0, "chat": {"id": user["id"], "type": "private"}}
+    answered |= {"from": {"id": 1, "is_bot": True, "first_name": "Bot"}, "text": reply.text}
+    env.emu.send_text(user["id"], user, "Так, підходить", reply_to_message=answered)
+    quoted = "↩ Можемо приїхати завтра о 10:00 або в четвер " + "x" * 35 + "…"
+    assert len(quoted) == 2 + 80
+    await env.emu.wait_for(
+        lambda: any(f"{quoted}\nТак, підходить" in t for t in env.emu.texts_to(STAFF, thread)), what="quote"
+    )
+    stored = [m.text for m in await env.hub.store.list_messages(1)]
+    assert f"{quoted}\nТак, підходить" in stored  # what the dashboard's lead page shows
+    assert stored[0] == "Hello, my boiler is broken"
+
+
 async def test_staff_edit_is_relayed(env: Env) -> None:
     user = customer()
     thread = await open_lead(env, user)
