@@ -76,6 +76,20 @@ class Intake:
                 await self._bus.publish(event, result.lead)
             return result
 
+    async def customer_edited(self, lead_number: int, now: datetime | None = None) -> Lead | None:
+        """A customer changed what they wrote on a resolved lead: it reopens with a reply owed, as
+        a new message would, unless staff marked it spam. Returns the lead as it is now."""
+        now = now or utcnow()
+        lead = await self._store.get_lead(lead_number)
+        if lead is None or lead.is_active or SPAM_TAG in lead.tags:
+            return lead
+        lead, events = await self._customer_wrote_again(lead, now)
+        if events:
+            events = await self._store.append_events(events)
+        for event in events:
+            await self._bus.publish(event, lead)
+        return lead
+
     async def _accept(self, inbound: Inbound, now: datetime) -> IntakeResult:
         known = await self._store.find_message(inbound.channel, inbound.external_id)
         if known is not None:

@@ -16,11 +16,11 @@ from aiogram.types import ChatMemberUpdated, KeyboardButton, Message, ReplyKeybo
 from channels.telegram import links
 from channels.telegram.api import TelegramApi
 from channels.telegram.desk import StaffDesk, edit_key
-from channels.telegram.texts import local_time, staff, t
+from channels.telegram.texts import esc, local_time, staff, t
 from channels.telegram.updates import (
     CustomerDecoder,
     command_of,
-    content_of,
+    customer_text,
     kind_buttons,
     message_external_id,
     private_command,
@@ -229,7 +229,7 @@ class CustomerSide:
         )
         if known is None:
             return None
-        new_text = content_of(message).text
+        new_text = customer_text(message)
         await self._hub.store.set_state(edit_key(known.id), new_text)
         await self._hub.store.append_event(
             Event(
@@ -240,9 +240,22 @@ class CustomerSide:
             )
         )
         lead = await self._hub.store.get_lead(known.lead_number)
-        if lead is not None:
-            await self._desk.customer_edited(lead, known.id)
+        if lead is None:
+            return known.lead_number
+        await self._desk.customer_edited(lead, known.id)
+        if not lead.is_active:
+            await self._edited_after_resolution(lead, new_text)
         return known.lead_number
+
+    async def _edited_after_resolution(self, lead: Lead, new_text: str) -> None:
+        """Rewriting an old post in a closed topic tells nobody: say it in the topic, and treat
+        an edit within `telegram.reopen_within` of the resolution as the new message it stands
+        for (the customer who adds "it leaks again" expects an answer, and would get one had they
+        written anew); a later edit is only noted, as a new message then opens a new lead."""
+        await self._desk.notice(lead, f"✏️ {staff('tg.event.edited_resolved')}\n{esc(new_text[:3500])}")
+        window = self._hub.settings.telegram.reopen_within
+        if lead.resolved_at is not None and utcnow() - lead.resolved_at <= window:
+            await self._hub.intake.customer_edited(lead.number)
 
     # --- acknowledgements ----------------------------------------------------------------------
     async def acknowledge(self, lead: Lead) -> None:

@@ -49,6 +49,7 @@ from channels.telegram.texts import (
     truncate_html,
 )
 from channels.telegram.updates import UNSHOWN
+from hub.actions import LEAD_TAGGED, SPAM_TAG
 from hub.attachments import is_stored_ref
 from hub.domain import (
     ACTIVE_STATUSES,
@@ -460,6 +461,8 @@ class StaffDesk:
                     channel = staff_label("channel", message.channel)
                     head = staff("tg.event.reply", who=message.author, channel=channel)
                     notices.append(f"💬 <i>{head}</i>\n{esc(message.text[:3500])}")
+            case _ if event.type == LEAD_TAGGED and SPAM_TAG in (data.get("tags") or []):
+                notices.append("🚫 " + staff("tg.event.spam", by=by))
             case _:
                 return
         if notices:
@@ -1042,7 +1045,7 @@ class StaffDesk:
             if message is not None and len(await self._block(message)) > MAX_TEXT:
                 # Too long for one post: the edited text is posted again in parts, or its end
                 # would never be shown.
-                for unit in await self._units(lead, [message], 0):
+                for unit in await self._text_units(message, 0):
                     if unit.copy_from is None:
                         await self._send(topic.chat, topic.thread, unit.html)
                 if len(await self._block(message, original=True)) > MAX_TEXT:

@@ -106,6 +106,9 @@ class TelegramSender:
                     )
                     sent.append(copied.message_id)
             except (TelegramBadRequest, TelegramNotFound) as exc:
+                if staff_ref is not None:
+                    # This reply will never go out: an edit waiting for it has nothing to change.
+                    await self._store.set_state(pending_edit_key(staff_ref), None)
                 # "chat not found": the customer deleted their account (or never wrote to the bot).
                 gone = "chat not found" in exc.message.lower() or "user not found" in exc.message.lower()
                 raise PermanentError(
@@ -124,6 +127,8 @@ class TelegramSender:
                 relay_key(staff_ref), {"chat": chat_id, "message_id": sent[0], "lead": lead.number}
             )
             await self._late_edit(staff_ref, chat_id, sent, steps, text)
+            # Applied: an edit from now on finds the relay above and edits the sent message itself.
+            await self._store.set_state(pending_edit_key(staff_ref), None)
         log.info("%s telegram: delivered %s part(s) of %s", lead.ref, len(sent), item.message_id)
         return f"{chat_id}:{sent[0]}"
 

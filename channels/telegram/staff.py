@@ -28,7 +28,6 @@ from channels.telegram.desk import StaffDesk, open_target
 from channels.telegram.sender import COPY_PREFIX, copy_ref, pending_edit_key, relay_key
 from channels.telegram.texts import esc, plain_staff, staff, staff_label, staff_refusal
 from channels.telegram.updates import FILE_PREFIX, command_of, content_of, is_relayable, is_service
-from hub.actions import SPAM_TAG
 from hub.config import ManagerSettings
 from hub.domain import ACTIVE_STATUSES, Attachment, Event, LeadKind, utcnow
 from hub.errors import (
@@ -41,7 +40,7 @@ from hub.errors import (
 )
 from hub.refusals import refusal_code
 from hub.web.dashboard.auth import login_link
-from storage.base import LeadChanges, LeadQuery
+from storage.base import LeadQuery
 
 if TYPE_CHECKING:
     from hub.app import Hub
@@ -243,9 +242,10 @@ class StaffSide:
                 {"external_id": external_id, "after": text, "relayed": isinstance(relayed, dict)},
             )
         )
-        if not isinstance(relayed, dict) and text:
+        if not isinstance(relayed, dict) and text and await self._goes_by_telegram(message):
             # Still queued (a busy chat, a retry): the sender sends this text instead, or edits
-            # what it has just sent. Read the relay again: it may have been sent meanwhile.
+            # what it has just sent, and then drops it. Read the relay again: it may have been
+            # sent meanwhile.
             await self._hub.store.set_state(pending_edit_key(external_id), text)
             relayed = await self._hub.store.get_state(relay_key(external_id))
         if not isinstance(relayed, dict) or not text:
@@ -258,6 +258,12 @@ class StaffSide:
         except (TelegramBadRequest, TransientError, PermanentError) as exc:
             log.warning("L-%s telegram: could not relay a staff edit: %s", relayed.get("lead"), exc)
         return int(relayed["lead"])
+
+    async def _goes_by_telegram(self, message: Message) -> bool:
+        """Whether replies in this message's lead go out by Telegram: only its sender applies (and
+        then forgets) a pending edit, so one kept for an email reply would stay for good."""
+        number = await self._lead_of(message)
+        return number is not None and await self._hub.replies.delivery_channel(number) == "telegram"
 
     # --- commands ---------------------------------------------------------------------------------
     async def _lead_command(
@@ -393,7 +399,8 @@ class StaffSide:
                 name = assignee.name if assignee else target
                 answer = plain_staff("tg.staff.done.assign", lead=ref, manager=name)
             elif action == "spam":
-                await self._spam(number, manager.id)
+                # The topic's notice comes from the desk's bus subscriber, as for the dashboard.
+                await actions.mark_spam(number, manager.id)
                 answer = plain_staff("tg.staff.done.spam", lead=ref)
             elif action == "reassign":
                 await self._pick_manager(number, query)
@@ -419,17 +426,6 @@ class StaffSide:
         done, and the manager is told to use the lead's current card."""
         log.info("telegram: a button with unknown data %r was pressed; nothing done", query.data)
         return plain_staff("tg.staff.stale_button")
-
-    async def _spam(self, number: int, by: str) -> None:
-        lead = await self._hub.store.get_lead(number)
-        if lead is None:
-            raise NotFoundError(f"lead L-{number} does not exist")
-        tags = sorted({*lead.tags, SPAM_TAG})
-        await self._hub.store.update_lead(number, LeadChanges(tags=tags, updated_at=utcnow()))
-        await self._hub.store.append_event(Event("lead.tagged", utcnow(), number, {"tags": tags, "by": by}))
-        await self._desk.notice(lead, "🚫 " + staff("tg.event.spam", by=by))
-        if lead.is_active:
-            await self._hub.actions.resolve(number, by)
 
     async def _pick_manager(self, number: int, query: CallbackQuery) -> None:
         message = query.message

@@ -28,6 +28,7 @@ CONTROL = "telegram.control"
 PRIVATE_COMMANDS = frozenset({"/start", "/help", "/away", "/back", "/my", "/dashboard"})
 #: The stored text of a customer message the hub cannot show (the topic says it in staff words).
 UNSHOWN = "[a message of a type the hub does not show]"
+QUOTE_CHARS = 80  # of the answered message, on the "↩" line above a customer's reply
 #: What a t.me link's start parameter can be (anything else after /start is typed words).
 _START_PARAMETER = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _EMAIL_IN_TEXT = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
@@ -254,6 +255,29 @@ def content_of(message: Message) -> Content:
     return Content(text=text, attachments=tuple(attachments))
 
 
+def replied_line(message: Message) -> str:
+    """`↩ <start of the answered message>` when the customer used Telegram's Reply ('' otherwise):
+    the hub keeps no link to that message, so without it staff cannot tell what is answered."""
+    quoted = message.quote.text if message.quote is not None else ""
+    replied = message.reply_to_message
+    if not quoted and replied is not None:
+        quoted = replied.text or replied.caption or ""
+        if not quoted and (described := content_of(replied).text) != UNSHOWN:
+            quoted = described  # a photo, a location...: what the topic would call it
+    quoted = " ".join(quoted.split())
+    if len(quoted) > QUOTE_CHARS:
+        quoted = quoted[: QUOTE_CHARS - 1].rstrip() + "…"
+    return f"↩ {quoted}" if quoted else ""
+
+
+def customer_text(message: Message) -> str:
+    """A customer message's text as the hub keeps it: what it answers (`replied_line`) above it."""
+    text = content_of(message).text
+    line = replied_line(message)
+    # UNSHOWN stays alone: the topic replaces that marker with its own words.
+    return f"{line}\n{text}" if line and text != UNSHOWN else text
+
+
 def sender_identities(message: Message) -> tuple[Identity, tuple[Identity, ...]]:
     """The sender's Telegram identity and what else this message proves about them."""
     user = message.from_user
@@ -299,6 +323,7 @@ class CustomerDecoder:
         """The `Inbound` for one customer message stored as `item`."""
         sender, others = sender_identities(message)
         content = content_of(message)
+        text = customer_text(message)
         kind = item.meta.get("kind")
         lead = item.meta.get("lead")
         user = message.from_user
@@ -308,7 +333,7 @@ class CustomerDecoder:
             external_id=message_external_id(message.chat.id, message.message_id),
             sender=sender,
             other_identities=others,
-            text=content.text,
+            text=text,
             attachments=content.attachments,
             received_at=item.received_at,
             kind_hint=LeadKind(kind) if kind else None,

@@ -19,6 +19,7 @@ from hub.app import Hub
 from hub.attachments import AttachmentStore, attachment_ref
 from hub.config import Settings
 from hub.domain import Attachment, Direction, Identity, IdentityKind, Inbound, LeadStatus, utcnow
+from storage.base import LeadChanges
 from tests.support.telegram_emulator import MAX_UPLOAD, TelegramEmulator, running_emulator
 from tests.support.telegram_html import html_problems
 
@@ -344,6 +345,73 @@ async def test_customer_edit_updates_topic_copy(env: Env) -> None:
     await env.emu.wait_for(lambda: "Edited text" in card.text, what="card edited")
     events = await env.hub.store.list_events(1, ["message.edited"])
     assert events and events[0].data["before"] == "Original text"
+
+
+async def test_a_customers_edit_on_a_resolved_lead_is_said_and_reopens_it_within_the_window(
+    env: Env,
+) -> None:
+    """An edit of an old message after the lead was resolved ("it leaks again") only rewrote the
+    old post in the closed topic: nobody was told and the lead stayed resolved."""
+    user = customer()
+    thread = await open_lead(env, user, "Кран тече")
+    topic = env.emu.topics[(STAFF, thread)]
+
+    def edit(text: str) -> None:
+        edited = env.emu.message(user["id"], user, text)
+        edited["message_id"], edited["edit_date"] = 1, edited["date"]
+        env.emu.enqueue("edited_message", edited)
+
+    env.emu.send_text(STAFF, TARAS, "/resolve", thread=thread)
+    await env.emu.wait_for(lambda: topic.closed, what="resolved")
+    edit("Кран тече. Знову тече після ремонту")
+    notice = "Клієнт змінив своє повідомлення у вирішеному зверненні"
+    posted = await env.emu.wait_for(
+        lambda: next((t for t in env.emu.texts_to(STAFF, thread) if notice in t), None), what="notice"
+    )
+    assert "Знову тече після ремонту" in posted
+    await env.emu.wait_for(lambda: not topic.closed, what="the topic reopened")
+    lead = await env.hub.store.get_lead(1)
+    assert lead is not None and lead.status == LeadStatus.OPEN
+    assert [e.data["by"] for e in await env.hub.store.list_events(1, ["lead.reopened"])] == ["customer"]
+
+    # Resolved longer ago than telegram.reopen_within: said in the topic, the lead stays resolved.
+    env.emu.send_text(STAFF, TARAS, "/resolve", thread=thread)
+    await env.emu.wait_for(lambda: topic.closed, what="resolved again")
+    await env.emu.wait_for(lambda: _lead_matches(env, lambda lead: not lead.is_active), what="resolved")
+    await env.hub.store.update_lead(1, LeadChanges(resolved_at=utcnow() - timedelta(days=8)))
+    edit("Кран тече. Дякую, все добре")
+    await env.emu.wait_for(
+        lambda: any("Дякую, все добре" in t and notice in t for t in env.emu.texts_to(STAFF, thread)),
+        what="the second notice",
+    )
+    lead = await env.hub.store.get_lead(1)
+    assert lead is not None and lead.status == LeadStatus.RESOLVED
+    assert len(await env.hub.store.list_events(1, ["lead.reopened"])) == 1
+
+
+async def test_a_customers_reply_to_our_message_shows_what_it_answers(env: Env) -> None:
+    """The customer's Telegram Reply was dropped: staff read "Так, підходить" with no idea to what."""
+    user = customer()
+    thread = await open_lead(env, user)
+    await env.emu.wait_for(lambda: env.emu.sent_to(user["id"]), what="ack")
+    env.emu.send_text(
+        STAFF, OLENA, "Можемо приїхати   завтра о 10:00 або в четвер " + "x" * 80, thread=thread
+    )
+    reply = await env.emu.wait_for(
+        lambda: next((s for s in env.emu.sent_to(user["id"]) if "завтра" in (s.text or "")), None),
+        what="our reply",
+    )
+    answered = {"message_id": reply.message_id, "date": 0, "chat": {"id": user["id"], "type": "private"}}
+    answered |= {"from": {"id": 1, "is_bot": True, "first_name": "Bot"}, "text": reply.text}
+    env.emu.send_text(user["id"], user, "Так, підходить", reply_to_message=answered)
+    quoted = "↩ Можемо приїхати завтра о 10:00 або в четвер " + "x" * 35 + "…"
+    assert len(quoted) == 2 + 80
+    await env.emu.wait_for(
+        lambda: any(f"{quoted}\nТак, підходить" in t for t in env.emu.texts_to(STAFF, thread)), what="quote"
+    )
+    stored = [m.text for m in await env.hub.store.list_messages(1)]
+    assert f"{quoted}\nТак, підходить" in stored  # what the dashboard's lead page shows
+    assert stored[0] == "Hello, my boiler is broken"
 
 
 async def test_staff_edit_is_relayed(env: Env) -> None:
@@ -1000,6 +1068,38 @@ async def test_spam_button_says_so_in_the_topic(env: Env) -> None:
     )
 
 
+async def test_spam_is_one_action_for_telegram_and_the_dashboard(env: Env) -> None:
+    """Telegram's Spam button had its own copy of the dashboard's spam action: it told no bus
+    subscriber (the webhook never heard of the tag), a second press tagged the lead again with a
+    second notice, and the dashboard's spam was not said in the topic."""
+    heard: list[str] = []
+
+    async def listen(event: Any, lead: Any) -> None:
+        heard.append(event.type)
+
+    env.hub.bus.subscribe("test.spam", listen)
+    thread = await open_lead(env, customer())
+    card = env.emu.sent_to(STAFF, thread)[0]
+    notice = "Позначено як спам (olena)"
+    env.emu.press(STAFF, OLENA, card.message_id, "spam:1")
+    await env.emu.wait_for(lambda: any(notice in t for t in env.emu.texts_to(STAFF, thread)), what="notice")
+    await env.emu.wait_for(lambda: "lead.tagged" in heard and "lead.resolved" in heard, what="the events")
+    env.emu.press(STAFF, OLENA, card.message_id, "spam:1")
+    await env.emu.wait_for(
+        lambda: any("вже позначено як спам" in (a.get("text") or "") for a in env.emu.callback_answers),
+        what="the refusal of a second press",
+    )
+    assert len(await env.hub.store.list_events(types=["lead.tagged"])) == 1
+    assert sum(notice in t for t in env.emu.texts_to(STAFF, thread)) == 1
+
+    other = await open_lead(env, customer(5002, "Ганна"))
+    await env.hub.actions.mark_spam(2, "taras")
+    await env.emu.wait_for(
+        lambda: any("Позначено як спам (taras)" in t for t in env.emu.texts_to(STAFF, other)),
+        what="the dashboard's spam in the topic",
+    )
+
+
 async def test_a_web_follow_ups_own_subject_is_shown_in_the_topic(env: Env, http: Any) -> None:
     url = f"http://127.0.0.1:{env.hub.web_port}/forms/contact"
     first = {"name": "Petro", "email": "petro@example.com", "subject": "Котел", "message": "Не гріє"}
@@ -1317,6 +1417,53 @@ async def test_a_staff_edit_made_while_the_reply_waits_is_what_the_customer_gets
     )
     await env.emu.wait_for(lambda: reply.text == "Ціна 120 грн", what="the corrected text")
     assert [s.text for s in env.emu.sent_to(user["id"])[1:]] == ["Ціна 120 грн"]
+
+
+async def _state_gone(env: Env, key: str) -> None:
+    for _ in range(100):
+        if await env.hub.store.get_state(key) is None:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{key} is still kept: {await env.hub.store.get_state(key)!r}")
+
+
+async def test_a_staff_edit_waiting_for_its_reply_is_forgotten_once_applied(env: Env, http: Any) -> None:
+    """Each staff reply edited before it went out left a `tg.relay_edit.*` row for good (and one
+    for every edited reply to an email lead, which no sender ever reads)."""
+    user = customer()
+    thread = await open_lead(env, user)
+    await env.emu.wait_for(lambda: env.emu.texts_to(user["id"]), what="ack")
+    env.emu.fail_next("sendMessage", status=429, retry_after=2, chat_id=user["id"])
+    update = env.emu.send_text(STAFF, OLENA, "Ціна 100 грн", thread=thread)
+    await env.emu.wait_for(
+        lambda: [c for c in env.emu.calls_of("sendMessage") if c.status == 429], what="the 429"
+    )
+    key = f"tg.relay_edit.tg:{STAFF}:{update['message']['message_id']}"
+    edited = dict(update["message"], text="Ціна 120 грн", edit_date=update["message"]["date"])
+    env.emu.enqueue("edited_message", edited)
+    await env.emu.wait_for(
+        lambda: "Ціна 120 грн" in [s.text for s in env.emu.sent_to(user["id"])], timeout=15, what="reply"
+    )
+    await _state_gone(env, key)
+
+    url = f"http://127.0.0.1:{env.hub.web_port}/forms/contact"
+    form = {"name": "Petro", "email": "petro@example.com", "subject": "Котел", "message": "Не гріє"}
+    async with http.post(url, json=form) as resp:
+        assert resp.status == 201
+    topic = await env.emu.wait_for(
+        lambda: next((t for t in env.emu.topics_in(STAFF) if "Petro" in t.name), None), what="topic"
+    )
+    update = env.emu.send_text(STAFF, OLENA, "Лист", thread=topic.thread)
+    key = f"tg.relay_edit.tg:{STAFF}:{update['message']['message_id']}"
+    edited = dict(update["message"], text="Лист 2", edit_date=update["message"]["date"])
+    env.emu.enqueue("edited_message", edited)
+
+    for _ in range(100):
+        if len(await env.hub.store.list_events(types=["reply.edited"])) == 2:
+            break
+        await asyncio.sleep(0.05)
+    assert len(await env.hub.store.list_events(types=["reply.edited"])) == 2
+    assert await env.hub.store.get_state(key) is None
 
 
 async def test_a_customers_dice_and_unshowable_messages_read_in_the_staff_language(env: Env) -> None:
