@@ -1281,3 +1281,44 @@ async def test_csv_opens_as_columns_in_a_ukrainian_excel_and_plain_for_english(
     assert await export({"Accept-Language": "uk"}, sep="comma") == en
     bad = await session.get(f"{base_url}/dashboard/reports/csv", params={**params, "sep": "tab"})
     assert bad.status == 422
+
+
+async def test_nobody_in_the_assign_list_puts_the_lead_back_in_the_unassigned_queue(
+    hub: Hub, http, base_url: str, olena
+) -> None:
+    session, _csrf = olena
+    ref = await _form_lead(http, base_url)
+    number = int(ref[2:])
+    await hub.actions.assign(number, "taras", by="test")
+    page = await (await session.get(f"{base_url}/dashboard/leads/{ref}")).text()
+    form = page[page.index(f'action="/dashboard/leads/{ref}/assign"') :]
+    assert '<option value="none"' in form[: form.index("</form>")] and "Ніхто (назад у чергу)" in form
+    # An agent may not take someone else's lead away.
+    taras, taras_csrf = await sign_in(base_url, "taras")
+    iryna, iryna_csrf = await sign_in(base_url, "iryna")
+    try:
+        refused = await iryna.post(
+            f"{base_url}/dashboard/leads/{ref}/assign", data={"csrf": iryna_csrf, "manager": "none"}
+        )
+        assert refused.status in (403, 404)
+        lead = await hub.store.get_lead(number)
+        assert lead is not None and lead.assignee == "taras"
+        # Its own agent hands it back.
+        done = await taras.post(
+            f"{base_url}/dashboard/leads/{ref}/assign", data={"csrf": taras_csrf, "manager": "none"}
+        )
+        assert done.status == 200 and "done=unassign" in str(done.url), done.url
+    finally:
+        await taras.close()
+        await iryna.close()
+    lead = await hub.store.get_lead(number)
+    assert lead is not None and lead.assignee is None
+    assert (await hub.store.load_by_assignee(["taras"]))["taras"] == (0, 0)
+    assert (await hub.store.count_active_by_assignee(["taras"]))["taras"] == 0
+    assert [x.number for x in await hub.store.oldest_unassigned(10)] == [number]
+    events = [e for e in await hub.store.list_events(number) if e.type == "lead.unassigned"]
+    assert [(e.data["by"], e.data["previous"]) for e in events] == [("taras", "taras")]
+    page = await (await session.get(f"{base_url}/dashboard/leads/{ref}?done=unassign")).text()
+    assert "Призначення знято" in page
+    history = page[page.index('id="assign-h"') : page.index('id="contact-h"')]
+    assert history.count("Не призначено") >= 2  # the current holder line and the history entry

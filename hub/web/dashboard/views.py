@@ -59,8 +59,10 @@ MAX_PAGE_NUMBER = 1_000_000
 #: (`dash.done.<code>`). Only these codes are shown: free text from the URL would let anyone
 #: link a manager to a page that says whatever they like in its alert box.
 ERROR_CODES = REFUSALS | {"confirm", "merge_erased", "no_other_lead", "same_contact"}
-DONE_CODES = frozenset({"reply", "note", "assign", "resolve", "reopen", "merge", "spam"})
+DONE_CODES = frozenset({"reply", "note", "assign", "unassign", "resolve", "reopen", "merge", "spam"})
 QUEUE_DONE_CODES = frozenset({"erased"})
+#: The assign form's "nobody" choice (the word the queue's assignee filter uses for unassigned).
+NOBODY = "none"
 
 
 class ActionRefused(HubError):
@@ -491,6 +493,12 @@ async def lead_action(request: web.Request) -> web.Response:
             await _reply(request, lead, str(form.get("text", "")), form.get("key"), viewer)
         elif action == "note":
             await hub.replies.add_note(lead.number, str(form.get("text", "")), viewer.name)
+        elif action == "assign" and form.get("manager") == NOBODY:
+            # An agent may hand back a lead of their own, never take one from someone else.
+            if not sees_all(viewer) and lead.assignee not in (None, viewer.id):
+                return error_page(request, 403, "dash.error.forbidden")
+            await hub.actions.unassign(lead.number, by=viewer.id)
+            return after(back, done="unassign")
         elif action == "assign":
             target = str(form.get("manager", ""))
             if not sees_all(viewer) and target != viewer.id:
