@@ -1322,3 +1322,35 @@ async def test_nobody_in_the_assign_list_puts_the_lead_back_in_the_unassigned_qu
     assert "Призначення знято" in page
     history = page[page.index('id="assign-h"') : page.index('id="contact-h"')]
     assert history.count("Не призначено") >= 2  # the current holder line and the history entry
+
+
+async def test_a_note_form_sent_twice_stores_one_note(hub: Hub, base_url: str, olena) -> None:
+    session, csrf = olena
+    ref = await _form_lead(session, base_url)
+    number = int(ref[2:])
+    page = await (await session.get(f"{base_url}/dashboard/leads/{ref}")).text()
+    form = page[page.index(f'action="/dashboard/leads/{ref}/note"') :]
+    key = re.search(r'name="key" value="([0-9a-f]{32})"', form[: form.index("</form>")])
+    assert key is not None, form
+    reply = re.search(rf'action="/dashboard/leads/{ref}/reply"[\s\S]*?name="key" value="([^"]+)"', page)
+    assert reply is not None and reply.group(1) != key.group(1)
+
+    def notes() -> Any:
+        return hub.store.list_messages(number)
+
+    for _ in range(2):
+        sent = await session.post(
+            f"{base_url}/dashboard/leads/{ref}/note",
+            data={"csrf": csrf, "text": "Клієнт просив передзвонити", "key": key.group(1)},
+        )
+        assert "done=note" in str(sent.url), sent.url
+    texts = [m.text for m in await notes() if m.direction.value == "note"]
+    assert texts == ["Клієнт просив передзвонити"]
+    # The same page used again for another note: a note of its own.
+    other = await session.post(
+        f"{base_url}/dashboard/leads/{ref}/note",
+        data={"csrf": csrf, "text": "І ще одне", "key": key.group(1)},
+    )
+    assert "done=note" in str(other.url)
+    texts = [m.text for m in await notes() if m.direction.value == "note"]
+    assert texts == ["Клієнт просив передзвонити", "І ще одне"]

@@ -467,6 +467,7 @@ async def lead_page(request: web.Request) -> web.Response:
         error=_known(request.query.get("error", ""), ERROR_CODES),
         now_iso=now.isoformat(),
         reply_key=new_id(),
+        note_key=new_id(),
         merge_offer=await _merge_offer(request, lead),
     )
 
@@ -492,7 +493,10 @@ async def lead_action(request: web.Request) -> web.Response:
         if action == "reply":
             await _reply(request, lead, str(form.get("text", "")), form.get("key"), viewer)
         elif action == "note":
-            await hub.replies.add_note(lead.number, str(form.get("text", "")), viewer.name)
+            # The page's key makes a double submit one note; a key the page did not make is ignored.
+            key = form.get("key")
+            note_key = key if isinstance(key, str) and _REPLY_KEY.fullmatch(key) else None
+            await hub.replies.add_note(lead.number, str(form.get("text", "")), viewer.name, key=note_key)
         elif action == "assign" and form.get("manager") == NOBODY:
             # An agent may hand back a lead of their own, never take one from someone else.
             if not sees_all(viewer) and lead.assignee not in (None, viewer.id):
@@ -537,7 +541,7 @@ async def lead_action(request: web.Request) -> web.Response:
     return after(back, done=action)
 
 
-#: The key each rendering of a lead page gives its reply form (`new_id()`: 32 hex digits).
+#: The key each rendering of a lead page gives its reply and note forms (`new_id()`: 32 hex digits).
 _REPLY_KEY = re.compile(r"[0-9a-f]{32}")
 
 
