@@ -1354,3 +1354,24 @@ async def test_a_note_form_sent_twice_stores_one_note(hub: Hub, base_url: str, o
     assert "done=note" in str(other.url)
     texts = [m.text for m in await notes() if m.direction.value == "note"]
     assert texts == ["Клієнт просив передзвонити", "І ще одне"]
+
+
+def _handled_today(page: str, name: str) -> int:
+    row = page[page.index(f'<th scope="row">{name}</th>') :]
+    row = row[: row.index("</tr>")]
+    return int(re.findall(r"<td>(\d+)</td>", row)[-1])
+
+
+async def test_handled_today_credits_who_replied_not_who_holds_the_lead_now(
+    hub: Hub, base_url: str, olena
+) -> None:
+    session, csrf = olena
+    ref = await _form_lead(session, base_url)
+    await hub.actions.assign(int(ref[2:]), "olena", by="test")
+    sent = await session.post(
+        f"{base_url}/dashboard/leads/{ref}/reply", data={"csrf": csrf, "text": "Вже дивимось."}
+    )
+    assert "done=reply" in str(sent.url)
+    await hub.actions.assign(int(ref[2:]), "taras", by="test")
+    page = await (await session.get(f"{base_url}/dashboard/team")).text()
+    assert (_handled_today(page, "Олена Коваль"), _handled_today(page, "Тарас Бондар")) == (1, 0)

@@ -714,7 +714,9 @@ async def team(request: web.Request) -> web.Response:
                 load=load,
                 away=await hub.availability.is_away(manager.id),
                 available=reason is None,
-                handled_today=handled.get(manager.id, 0),
+                # A reply's author is a manager's id (Telegram) or name (dashboard).
+                handled_today=handled.get(manager.id, 0)
+                + (handled.get(manager.name, 0) if manager.name != manager.id else 0),
                 hours=_hours_text(hours.hours, hours.timezone) if hours else "",
             )
         )
