@@ -554,3 +554,16 @@ async def test_the_documented_phone_formats_are_the_accepted_ones(hub: Hub, http
             await http.get(f"{base_url}/api/v1/leads/{(await resp.json())['lead']}", headers=auth)
         ).json()
         assert lead["contact"]["identities"] == [{"kind": "phone", "value": "+380671234567"}]
+
+
+async def test_an_api_token_configured_with_a_trailing_space_still_lets_its_client_in(
+    settings_factory, http
+) -> None:
+    hub = Hub(settings_factory(api={"token": "spaced-api-token-1234 \n"}))
+    await hub.start()
+    try:
+        headers = {"Authorization": "Bearer spaced-api-token-1234"}
+        resp = await http.get(f"http://127.0.0.1:{hub.web_port}/api/v1/leads", headers=headers)
+        assert resp.status == 200, await resp.text()
+    finally:
+        await hub.stop()
