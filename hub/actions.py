@@ -1,5 +1,5 @@
-"""Staff actions on a lead: assign, resolve, reopen, change kind, mark as spam. Each records an
-event."""
+"""Staff actions on a lead: assign, unassign, resolve, reopen, change kind, mark as spam. Each
+records an event."""
 
 from __future__ import annotations
 
@@ -76,6 +76,24 @@ class LeadActions:
             EventType.LEAD_ASSIGNED,
             now,
             {"assignee": manager.id, "team": team, "by": by, "reason": {"manual": by}},
+        )
+        return lead
+
+    async def unassign(self, number: int, by: str, now: datetime | None = None) -> Lead:
+        """Take the lead from its manager: it waits in the unassigned queue until the router or a
+        person gives it to someone. An unassigned lead stays as it is (no second event)."""
+        now = now or utcnow()
+        lead = await self._lead(number)
+        previous = lead.assignee
+        if previous is None:
+            return lead
+        changes = LeadChanges(clear_assignee=True, updated_at=now)
+        lead = await self._store.update_lead(number, changes) or lead
+        await self._record(
+            lead,
+            EventType.LEAD_UNASSIGNED,
+            now,
+            {"assignee": None, "team": lead.team, "by": by, "previous": previous},
         )
         return lead
 

@@ -104,13 +104,35 @@ def _http_url(value: str) -> str:
 HttpUrl = Annotated[str, AfterValidator(_http_url)]
 
 
-def _blank_is_unset(value: Any) -> Any:
-    return None if isinstance(value, str) and not value.strip() else value
+def _stripped_or_unset(value: Any) -> Any:
+    # Surrounding whitespace (`HUB_API_TOKEN="tok "`, a line copied with its newline) is never
+    # part of a key: kept, no client could ever send it (the API strips what it is given).
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
+    if not isinstance(value, str):
+        return value
+    return value.strip() or None
+
+
+#: The shortest bearer token taken: anything shorter is guessable, or a placeholder left in.
+MIN_TOKEN_CHARS = 16
+
+
+def _long_enough(value: SecretStr | None) -> SecretStr | None:
+    if value is not None and len(value.get_secret_value()) < MIN_TOKEN_CHARS:
+        # The token itself stays out of the message: config errors are logged.
+        raise ValueError(
+            f"too short ({len(value.get_secret_value())} characters): a bearer token needs at least "
+            f"{MIN_TOKEN_CHARS} (e.g. `python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
+        )
+    return value
 
 
 #: A token or key that authenticates or signs: a blank one is no key at all (it would let
 #: anyone sending `Authorization: Bearer ` in, or sign with an empty HMAC key), so it is unset.
-Key = Annotated[SecretStr | None, BeforeValidator(_blank_is_unset)]
+Key = Annotated[SecretStr | None, BeforeValidator(_stripped_or_unset)]
+#: A token clients send as `Authorization: Bearer <token>`: a Key of at least MIN_TOKEN_CHARS.
+BearerToken = Annotated[SecretStr | None, BeforeValidator(_stripped_or_unset), AfterValidator(_long_enough)]
 #: A TCP port to connect to (0 means "any free port" only for a port we listen on).
 RemotePort = Annotated[int, Field(ge=1, le=65535)]
 
@@ -142,7 +164,7 @@ class WebSettings(_Section):
     # Dashboard sign-in tries: per client IP, and per manager id (whatever the address).
     login_rate_limit: RateLimitSetting = Field(default_factory=lambda: parse_rate_limit("10/m"))
     login_manager_rate_limit: RateLimitSetting = Field(default_factory=lambda: parse_rate_limit("5/m"))
-    metrics_token: Key = None  # HUB_METRICS_TOKEN: when set, /metrics needs it
+    metrics_token: BearerToken = None  # HUB_METRICS_TOKEN: when set, /metrics needs it
     # Several hub processes on one host and port (SO_REUSEPORT: the kernel spreads connections).
     reuse_port: bool = False
 
@@ -154,7 +176,7 @@ class WebSettings(_Section):
 
 
 class ApiSettings(_Section):
-    token: Key = None  # HUB_API_TOKEN
+    token: BearerToken = None  # HUB_API_TOKEN
 
 
 class FormSettings(_Section):

@@ -55,6 +55,11 @@ def delivery_channels(lead: Lead, contact: Contact | None) -> list[str]:
     return order
 
 
+#: Where internal notes are stored, and the source their form keys are scoped to.
+NOTE_CHANNEL = "internal"
+NOTE_SOURCE = "note"
+
+
 def _reply_key(lead_number: int, source: str, external_id: str) -> str:
     """The stored external id of a keyed reply: a key is scoped to its lead and its source.
 
@@ -273,9 +278,13 @@ class Replies:
         return None
 
     async def add_note(
-        self, lead_number: int, text: str, author: str, now: datetime | None = None
+        self, lead_number: int, text: str, author: str, now: datetime | None = None, key: str | None = None
     ) -> Message:
-        """Record an internal note: visible to staff, never sent to the customer."""
+        """Record an internal note: visible to staff, never sent to the customer.
+
+        With a `key` (the form's, one per rendering of the page), the same text by the same author
+        under it is one note however often it is posted; another text under it is a note of its own.
+        """
         now = now or utcnow()
         text = text.strip()
         if not text:
@@ -290,16 +299,31 @@ class Replies:
             raise NotFoundError(f"lead L-{lead_number} does not exist")
         if lead.status == LeadStatus.CLOSED:
             raise ConflictError(f"{lead.ref} is closed", code="closed")
+        stored_key = _reply_key(lead.number, NOTE_SOURCE, key) if key is not None else None
+        if stored_key is not None:
+            known = await self._store.find_message(NOTE_CHANNEL, stored_key)
+            if known is not None:
+                if known.text == text and known.author == author:
+                    return known  # the same form posted again (a double click, a resend)
+                stored_key = None  # the same page used again for another note
         message = Message(
             id=new_id(),
             lead_number=lead.number,
             direction=Direction.NOTE,
-            channel="internal",
+            channel=NOTE_CHANNEL,
             author=author,
             text=text,
+            external_id=stored_key,
             created_at=now,
         )
-        await self._store.add_outbound(message, None)
+        try:
+            await self._store.add_outbound(message, None)
+        except DuplicateError:
+            # A concurrent post of the same form won; its note is the one that counts.
+            known = await self._store.find_message(NOTE_CHANNEL, stored_key) if stored_key else None
+            if known is not None and known.text == text and known.author == author:
+                return known
+            raise
         event = Event(
             EventType.MESSAGE_ADDED.value,
             now,

@@ -568,7 +568,10 @@ class Store(Protocol):
         and raw inbox rows, lead subjects; leads stay as anonymous numbers. Returns their numbers."""
 
     async def handled_since(self, since: datetime) -> dict[str, int]:
-        """Per assignee, how many leads got their first response or were resolved since `since`."""
+        """How many leads got their first response or were resolved since `since`, per who
+        handled them: a lead first answered since then counts for its first reply's author (a
+        message author: a manager's id or name), whoever holds it now; one only resolved since
+        then counts for its assignee. Each lead counts once."""
 
     async def active_counts(self) -> list[tuple[str | None, bool, int]]:
         """Active leads as (team, breached, count) rows, for gauges."""

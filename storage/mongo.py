@@ -47,6 +47,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError, Writ
 
 from hub.domain import (
     ACTIVE_STATUSES,
+    AUTO_AUTHOR,
     Attachment,
     Contact,
     DeliveryState,
@@ -2196,15 +2197,35 @@ class MongoStore:
 
     @_translated
     async def handled_since(self, since: datetime) -> dict[str, int]:
-        """Per assignee, leads first answered or resolved since `since`."""
+        """Per first reply's author (or assignee), leads first answered or resolved since `since`."""
+        # A lead first answered since then is the first reply's author's (along message_lead_seq),
+        # whoever holds it now; one only resolved since then is its assignee's.
+        first_reply: Doc = {
+            "$lookup": {
+                "from": "messages",
+                "let": {"n": "$_id"},
+                "pipeline": [
+                    {"$match": {"$expr": {"$eq": ["$lead_number", "$$n"]}}},
+                    {"$match": {"direction": Direction.OUT.value, "author": {"$ne": AUTO_AUTHOR}}},
+                    {"$sort": {"seq": 1}},
+                    {"$limit": 1},
+                    {"$project": {"_id": 0, "author": 1}},
+                ],
+                "as": "first_reply",
+            }
+        }
+        answered = {"$gte": [{"$ifNull": ["$first_response_at", None]}, since]}
+        who = {
+            "$ifNull": [
+                {"$cond": [answered, {"$arrayElemAt": ["$first_reply.author", 0]}, None]},
+                {"$ifNull": ["$assignee", None]},
+            ]
+        }
         pipeline: list[Doc] = [
-            {
-                "$match": {
-                    "assignee": {"$type": "string"},
-                    "$or": [{"first_response_at": {"$gte": since}}, {"resolved_at": {"$gte": since}}],
-                }
-            },
-            {"$group": {"_id": "$assignee", "n": {"$sum": 1}}},
+            {"$match": {"$or": [{"first_response_at": {"$gte": since}}, {"resolved_at": {"$gte": since}}]}},
+            first_reply,
+            {"$group": {"_id": who, "n": {"$sum": 1}}},
+            {"$match": {"_id": {"$type": "string"}}},
         ]
         return {row["_id"]: int(row["n"]) async for row in await self._col("leads").aggregate(pipeline)}
 

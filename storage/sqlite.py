@@ -32,6 +32,7 @@ import aiosqlite
 
 from hub.domain import (
     ACTIVE_STATUSES,
+    AUTO_AUTHOR,
     Attachment,
     Contact,
     DeliveryState,
@@ -2576,12 +2577,16 @@ class SqliteStore:
 
     async def handled_since(self, since: datetime) -> dict[str, int]:
         ts = since.timestamp()
+        # A lead first answered since then is the first reply's author's (along messages_lead),
+        # whoever holds it now; one only resolved since then is its assignee's.
         rows = await self._read(
-            "SELECT assignee, COUNT(*) AS n FROM leads WHERE assignee IS NOT NULL AND "
-            "(first_response_at >= ? OR resolved_at >= ?) GROUP BY assignee",
-            (ts, ts),
+            "SELECT who, COUNT(*) AS n FROM (SELECT COALESCE(CASE WHEN l.first_response_at >= ? THEN "
+            "(SELECT m.author FROM messages m WHERE m.lead_number = l.number AND m.direction = ? "
+            "AND m.author != ? ORDER BY m.seq LIMIT 1) END, l.assignee) AS who FROM leads l "
+            "WHERE l.first_response_at >= ? OR l.resolved_at >= ?) WHERE who IS NOT NULL GROUP BY who",
+            (ts, Direction.OUT.value, AUTO_AUTHOR, ts, ts),
         )
-        return {r["assignee"]: r["n"] for r in rows}
+        return {r["who"]: r["n"] for r in rows}
 
     async def active_counts(self) -> list[tuple[str | None, bool, int]]:
         rows = await self._read(

@@ -416,7 +416,10 @@ class StaffDesk:
                 notices.append("👤 " + raw_staff("tg.event.assigned", who=who, by=author))
                 pending.refresh_card = True
             case EventType.LEAD_UNASSIGNED:
-                # The router took the lead from someone away and nobody else could have it.
+                # The router took the lead from someone away and nobody else could have it, or
+                # staff handed it back to the queue (named, as a manual reassignment is).
+                if by and by != "router":
+                    notices.append("👤 " + staff("tg.event.unassigned", by=by))
                 pending.refresh_card = True
             case EventType.LEAD_RESOLVED:
                 notices.append("✅ " + staff("tg.event.resolved", by=by))

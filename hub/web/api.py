@@ -10,6 +10,7 @@ from multidict import MultiDict
 
 from channels import webform
 from hub import i18n
+from hub.config import Settings
 from hub.domain import LeadKind, LeadStatus, parse_lead_number
 from hub.errors import IdempotencyKeyReused, ValidationFailed
 from hub.web.idempotency import idempotency_key
@@ -23,6 +24,18 @@ if TYPE_CHECKING:
 
 PREFIX = "/api/v1"
 MAX_PAGE = 200
+#: The `form` of an API lead that names none.
+API_FORM = "api"
+
+
+def api_forms(settings: Settings) -> list[str]:
+    """What `POST /leads` takes as `form`: a configured form (its kind and team apply), a name a
+    routing rule matches on, or `api` (the default)."""
+    named: set[str] = set()
+    for rule in settings.routing.rules:
+        match = rule.match.form
+        named.update([match] if isinstance(match, str) else match or [])
+    return [*settings.forms, *sorted(named - set(settings.forms) - {API_FORM}), API_FORM]
 
 
 def error(status: int, code: str, detail: str, **extra: Any) -> web.Response:
@@ -106,18 +119,33 @@ async def create_lead(request: web.Request) -> web.Response:
     """POST /api/v1/leads: a website backend or another CRM submits a lead."""
     hub: Hub = request.app[HUB_KEY]
     body = await _json_object(request)
-    if "text" in body and "message" not in body:
-        body["message"] = body["text"]
-    kind_raw = body.get("kind", LeadKind.MESSAGE.value)
+    if "text" in body and "message" in body:
+        # One would be dropped without a word: say which two came, let the client pick one.
+        both = "give the lead's text as either text or message, not both"
+        raise ValidationFailed(both, {"text": both, "message": both})
+    if "text" in body:
+        body["message"] = body.pop("text")
+    form_id = body.get("form") or API_FORM
+    if not isinstance(form_id, str) or len(form_id) > 40 or not _is_text(form_id):
+        raise ValidationFailed("bad form", {"form": "a string of at most 40 characters"})
+    known = api_forms(hub.settings)
+    if form_id not in known:
+        return error(
+            422,
+            "unknown_form",
+            f"form {form_id!r} is not configured; use one of: {', '.join(known)} (or leave form out)",
+            forms=known,
+        )
+    form = hub.settings.forms.get(form_id)
+    # A configured form's kind unless the client names one; its team always.
+    default_kind = form.kind if form is not None else LeadKind.MESSAGE
+    kind_raw = body.get("kind", default_kind.value)
     try:
         kind = LeadKind(kind_raw) if isinstance(kind_raw, str) else None
     except ValueError:
         kind = None
     if kind is None:
         raise ValidationFailed("bad kind", {"kind": f"one of: {', '.join(k.value for k in LeadKind)}"})
-    form_id = body.get("form") or "api"
-    if not isinstance(form_id, str) or len(form_id) > 40 or not _is_text(form_id):
-        raise ValidationFailed("bad form", {"form": "a string of at most 40 characters"})
     language = i18n.pick_language(body.get("language") if isinstance(body.get("language"), str) else "en")
     submission, errors = webform.validate_submission(body, language)
     if submission is None:
@@ -128,7 +156,8 @@ async def create_lead(request: web.Request) -> web.Response:
         raise ValidationFailed("bad idempotency key", {"external_id": "a string of 1-200 characters"})
     ip = client_ip(request, hub.settings.web.trusted_proxies)
     try:
-        result = await webform.submit(hub, "api", form_id, kind, submission, key, language, ip)
+        team = form.team if form is not None else None
+        result = await webform.submit(hub, "api", form_id, kind, submission, key, language, ip, team=team)
     except IdempotencyKeyReused:
         return error(
             422,

@@ -97,7 +97,13 @@ _CONTACT_REQUIRED = [{"required": ["email"]}, {"required": ["phone"]}, {"require
 _SUBMISSION_PROPERTIES: dict[str, Any] = {
     "name": {"type": "string", "maxLength": 200, "pattern": _ONE_LINE, "description": "One line"},
     "email": {"type": "string", "maxLength": 254, "format": "email"},
-    "phone": {"type": "string", "maxLength": 25, "description": "International format, 7-15 digits"},
+    "phone": {
+        "type": "string",
+        "maxLength": 25,
+        "description": "A valid phone number as people write it, spaces, dots, dashes and brackets "
+        "allowed: with its country code (`+380 67 123 45 67`, `00380671234567`) or without one, read "
+        "as Ukrainian (`067 123 45 67`, `8 067 123 45 67`); stored as E.164 (`+380671234567`)",
+    },
     "telegram": {"type": "string", "maxLength": 64, "description": "Telegram username"},
     "subject": {"type": "string", "maxLength": 300, "pattern": _ONE_LINE, "description": "One line"},
     "message": {"type": "string", "minLength": 1, "maxLength": 10_000},
@@ -192,7 +198,12 @@ def _schemas() -> dict[str, Any]:
                             "type": "object",
                             "additionalProperties": {"type": "string"},
                             "description": "Each bad field and what is wrong with it",
-                        }
+                        },
+                        "forms": {
+                            "type": "array",
+                            "items": {"type": "string"},
+                            "description": "With `unknown_form`: the form names accepted",
+                        },
                     },
                 },
             ]
@@ -260,14 +271,24 @@ def _schemas() -> dict[str, Any]:
             "type": "object",
             "description": "A lead from another system; at least one of email, phone, telegram",
             "allOf": [
-                {"anyOf": [{"required": ["message"]}, {"required": ["text"]}]},
+                {"oneOf": [{"required": ["message"]}, {"required": ["text"]}]},
                 {"anyOf": _CONTACT_REQUIRED},
             ],
             "properties": {
                 **_SUBMISSION_PROPERTIES,
-                "text": {"type": "string", "description": "Alias of message"},
+                "text": {
+                    "type": "string",
+                    "description": "Alias of message; give one of the two (both: 422 naming both)",
+                },
                 "kind": {"type": "string", "enum": [k.value for k in LeadKind], "default": "message"},
-                "form": {"type": "string", "maxLength": 40, "default": "api"},
+                "form": {
+                    "type": "string",
+                    "maxLength": 40,
+                    "default": "api",
+                    "description": "A configured form (`forms.<id>`: its kind applies unless `kind` is "
+                    "given, and its team), a form name a routing rule matches on, or `api`; anything "
+                    "else: 422 `unknown_form` with the accepted names in `forms`",
+                },
                 "language": {"type": "string", "description": "uk or en (ru falls back to uk)"},
                 "external_id": {
                     "type": "string",
@@ -414,8 +435,10 @@ def _paths() -> dict[str, Any]:
                     **_errors(400, 401, 413, 415, 422, 503),
                     "422": _json(
                         _ref("ValidationError"),
-                        "Validation failed (`fields` names each bad field), or the Idempotency-Key or "
-                        "external_id was used before for a different lead (`idempotency_key_reused`)",
+                        "Validation failed (`fields` names each bad field; both `text` and `message`: "
+                        "both named), a `form` that is not accepted (`unknown_form`, the accepted "
+                        "names in `forms`), or the Idempotency-Key or external_id was used before for "
+                        "a different lead (`idempotency_key_reused`)",
                     ),
                 },
             },

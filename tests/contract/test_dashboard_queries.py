@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import pytest
 
-from hub.domain import Event, LeadKind, LeadStatus
+from hub.domain import Direction, Event, LeadKind, LeadStatus, Message
 from storage.base import ContactMissing, KpiQuery, KpiRow, LeadChanges, LeadQuery, Store
 from tests.contract.builders import T0, at, contact, email, message, new_lead, outbound
 
@@ -143,6 +143,42 @@ async def test_handled_since_and_active_counts(store: Store) -> None:
     assert await store.handled_since(at(hours=1)) == {"olena": 2}
     counts = sorted(await store.active_counts(), key=lambda r: (r[0] or "", r[1]))
     assert counts == [("service", False, 1), ("support", False, 1)]
+
+
+async def test_handled_since_credits_the_first_replys_author_not_whoever_holds_the_lead_now(
+    store: Store,
+) -> None:
+    def reply(number: int, author: str, minutes: int) -> Message:
+        return message(
+            number, direction=Direction.OUT, channel="email", author=author, created_at=at(minutes)
+        )
+
+    # Olena answered, then the lead went to Taras.
+    moved = await new_lead(store, assignee="olena", status=LeadStatus.OPEN)
+    await store.add_outbound(reply(moved.number, "auto", 61), None)  # an acknowledgement answers nothing
+    await store.add_outbound(reply(moved.number, "olena", 62), None)
+    await store.add_outbound(reply(moved.number, "taras", 70), None)
+    await store.update_lead(moved.number, LeadChanges(first_response_at=at(minutes=62), assignee="taras"))
+    # Answered from the dashboard (the author is the manager's name), still Taras's.
+    named = await new_lead(store, assignee="taras", status=LeadStatus.OPEN)
+    await store.add_outbound(reply(named.number, "Тарас Бондар", 63), None)
+    await store.update_lead(named.number, LeadChanges(first_response_at=at(minutes=63)))
+    # Answered yesterday by Olena, resolved today while Taras holds it: Taras's.
+    old = await new_lead(store, assignee="taras", status=LeadStatus.OPEN)
+    await store.add_outbound(reply(old.number, "olena", -600), None)
+    await store.update_lead(
+        old.number,
+        LeadChanges(
+            first_response_at=at(minutes=-600), status=LeadStatus.RESOLVED, resolved_at=at(minutes=90)
+        ),
+    )
+    # Answered today, now unassigned: still its author's.
+    handed_back = await new_lead(store, assignee="olena", status=LeadStatus.OPEN)
+    await store.add_outbound(reply(handed_back.number, "olena", 64), None)
+    await store.update_lead(
+        handed_back.number, LeadChanges(first_response_at=at(minutes=64), clear_assignee=True)
+    )
+    assert await store.handled_since(at(hours=1)) == {"olena": 2, "Тарас Бондар": 1, "taras": 1}
 
 
 async def test_kpi_breakdowns_equal_kpi_rows_per_grouping(store: Store) -> None:

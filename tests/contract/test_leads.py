@@ -195,3 +195,19 @@ async def test_count_active_by_assignee(store: Store) -> None:
     assert taras_lead is not None and taras_lead.assignee is None  # the newest one: unassigned
     await store.update_lead(taras_lead.number, LeadChanges(assignee="taras"))
     assert await store.count_active_by_assignee(["taras"]) == {"taras": 2}
+
+
+async def test_an_unassigned_lead_leaves_its_managers_load_and_joins_the_unassigned_queue(
+    store: Store,
+) -> None:
+    held = await new_lead(store, assignee="olena", priority=2)
+    other = await new_lead(store, assignee="olena")
+    assert await store.load_by_assignee(["olena"]) == {"olena": (2, 4)}
+    await store.update_lead(held.number, LeadChanges(clear_assignee=True, updated_at=at(60)))
+    assert await store.load_by_assignee(["olena"]) == {"olena": (1, 1)}
+    assert await store.count_active_by_assignee(["olena"]) == {"olena": 1}
+    assert [x.number for x in await store.oldest_unassigned(10)] == [held.number]
+    # Given to someone again, the load follows it.
+    await store.update_lead(held.number, LeadChanges(assignee="taras", updated_at=at(90)))
+    assert await store.load_by_assignee(["olena", "taras"]) == {"olena": (1, 1), "taras": (1, 3)}
+    assert other.assignee == "olena"

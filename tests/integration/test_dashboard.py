@@ -1536,3 +1536,97 @@ async def test_attachments_open_only_for_who_may_open_the_lead(hub: Hub, base_ur
     )
     assert "done=erased" in str(erased.url)
     assert (await session.get(url)).status == 404
+
+
+async def test_nobody_in_the_assign_list_puts_the_lead_back_in_the_unassigned_queue(
+    hub: Hub, http, base_url: str, olena
+) -> None:
+    session, _csrf = olena
+    ref = await _form_lead(http, base_url)
+    number = int(ref[2:])
+    await hub.actions.assign(number, "taras", by="test")
+    page = await (await session.get(f"{base_url}/dashboard/leads/{ref}")).text()
+    form = page[page.index(f'action="/dashboard/leads/{ref}/assign"') :]
+    assert '<option value="none"' in form[: form.index("</form>")] and "Ніхто (назад у чергу)" in form
+    # An agent may not take someone else's lead away.
+    taras, taras_csrf = await sign_in(base_url, "taras")
+    iryna, iryna_csrf = await sign_in(base_url, "iryna")
+    try:
+        refused = await iryna.post(
+            f"{base_url}/dashboard/leads/{ref}/assign", data={"csrf": iryna_csrf, "manager": "none"}
+        )
+        assert refused.status in (403, 404)
+        lead = await hub.store.get_lead(number)
+        assert lead is not None and lead.assignee == "taras"
+        # Its own agent hands it back.
+        done = await taras.post(
+            f"{base_url}/dashboard/leads/{ref}/assign", data={"csrf": taras_csrf, "manager": "none"}
+        )
+        assert done.status == 200 and "done=unassign" in str(done.url), done.url
+    finally:
+        await taras.close()
+        await iryna.close()
+    lead = await hub.store.get_lead(number)
+    assert lead is not None and lead.assignee is None
+    assert (await hub.store.load_by_assignee(["taras"]))["taras"] == (0, 0)
+    assert (await hub.store.count_active_by_assignee(["taras"]))["taras"] == 0
+    assert [x.number for x in await hub.store.oldest_unassigned(10)] == [number]
+    events = [e for e in await hub.store.list_events(number) if e.type == "lead.unassigned"]
+    assert [(e.data["by"], e.data["previous"]) for e in events] == [("taras", "taras")]
+    page = await (await session.get(f"{base_url}/dashboard/leads/{ref}?done=unassign")).text()
+    assert "Призначення знято" in page
+    history = page[page.index('id="assign-h"') : page.index('id="contact-h"')]
+    assert history.count("Не призначено") >= 2  # the current holder line and the history entry
+
+
+async def test_a_note_form_sent_twice_stores_one_note(hub: Hub, base_url: str, olena) -> None:
+    session, csrf = olena
+    ref = await _form_lead(session, base_url)
+    number = int(ref[2:])
+    page = await (await session.get(f"{base_url}/dashboard/leads/{ref}")).text()
+    form = page[page.index(f'action="/dashboard/leads/{ref}/note"') :]
+    key = re.search(r'name="key" value="([0-9a-f]{32})"', form[: form.index("</form>")])
+    assert key is not None, form
+    reply = re.search(rf'action="/dashboard/leads/{ref}/reply"[\s\S]*?name="key" value="([^"]+)"', page)
+    assert reply is not None and reply.group(1) != key.group(1)
+
+    def notes() -> Any:
+        return hub.store.list_messages(number)
+
+    for _ in range(2):
+        sent = await session.post(
+            f"{base_url}/dashboard/leads/{ref}/note",
+            data={"csrf": csrf, "text": "Клієнт просив передзвонити", "key": key.group(1)},
+        )
+        assert "done=note" in str(sent.url), sent.url
+    texts = [m.text for m in await notes() if m.direction.value == "note"]
+    assert texts == ["Клієнт просив передзвонити"]
+    # The same page used again for another note: a note of its own.
+    other = await session.post(
+        f"{base_url}/dashboard/leads/{ref}/note",
+        data={"csrf": csrf, "text": "І ще одне", "key": key.group(1)},
+    )
+    assert "done=note" in str(other.url)
+    texts = [m.text for m in await notes() if m.direction.value == "note"]
+    assert texts == ["Клієнт просив передзвонити", "І ще одне"]
+
+
+def _handled_today(page: str, name: str) -> int:
+    row = page[page.index(f'<th scope="row">{name}</th>') :]
+    row = row[: row.index("</tr>")]
+    return int(re.findall(r"<td>(\d+)</td>", row)[-1])
+
+
+async def test_handled_today_credits_who_replied_not_who_holds_the_lead_now(
+    hub: Hub, base_url: str, olena
+) -> None:
+    session, csrf = olena
+    ref = await _form_lead(session, base_url)
+    await hub.actions.assign(int(ref[2:]), "olena", by="test")
+    sent = await session.post(
+        f"{base_url}/dashboard/leads/{ref}/reply", data={"csrf": csrf, "text": "Вже дивимось."}
+    )
+    assert "done=reply" in str(sent.url)
+    await hub.actions.assign(int(ref[2:]), "taras", by="test")
+    page = await (await session.get(f"{base_url}/dashboard/team")).text()
+    assert (_handled_today(page, "Олена Коваль"), _handled_today(page, "Тарас Бондар")) == (1, 0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime, timedelta
 
 import aiohttp
@@ -459,11 +460,11 @@ async def test_an_api_idempotency_key_reused_for_another_form_is_422(hub: Hub, h
     headers = {**auth, "Idempotency-Key": "lead-key-form-01"}
     fields = {"email": "forms@example.com", "message": "one request"}
     url = f"{base_url}/api/v1/leads"
-    first = await http.post(url, json={**fields, "form": "landing"}, headers=headers)
+    first = await http.post(url, json={**fields, "form": "contact"}, headers=headers)
     assert first.status == 201, await first.text()
-    other = await http.post(url, json={**fields, "form": "partner"}, headers=headers)
+    other = await http.post(url, json={**fields, "form": "service"}, headers=headers)
     assert other.status == 422 and (await other.json())["error"] == "idempotency_key_reused"
-    retry = await http.post(url, json={**fields, "form": "landing"}, headers=headers)
+    retry = await http.post(url, json={**fields, "form": "contact"}, headers=headers)
     assert retry.status == 200 and (await retry.json())["number"] == (await first.json())["number"]
     assert [m.text for m in await hub.store.list_messages(1)] == ["one request"]
     assert len(await hub.store.list_events(types=["message.added"])) == 1
@@ -486,3 +487,83 @@ async def test_a_submission_stored_under_a_form_scoped_key_is_still_found_by_its
     )
     assert changed.status == 422
     assert [m.text for m in await hub.store.list_messages(1)] == ["stored long ago"]
+
+
+async def test_an_api_lead_with_both_text_and_message_is_422_naming_both(
+    hub: Hub, http, base_url, auth
+) -> None:
+    body = {"email": "both@example.com", "text": "one", "message": "two"}
+    resp = await http.post(f"{base_url}/api/v1/leads", json=body, headers=auth)
+    assert resp.status == 422, await resp.text()
+    assert set((await resp.json())["fields"]) == {"text", "message"}
+    only_text = await http.post(
+        f"{base_url}/api/v1/leads", json={"email": "both@example.com", "text": "one"}, headers=auth
+    )
+    assert only_text.status == 201, await only_text.text()
+    assert [m.text for m in await hub.store.list_messages(1)] == ["one"]
+
+
+async def test_an_api_leads_form_must_be_configured_and_brings_its_kind_and_team(
+    settings_factory, http, auth
+) -> None:
+    forms = {
+        "contact": {"kind": "message"},
+        "service": {"kind": "service_request"},
+        "partner": {"kind": "service_request", "team": "service"},
+    }
+    rules = [{"name": "landing page", "match": {"form": "landing"}, "team": "support"}]
+    hub = Hub(settings_factory(forms=forms, routing={"rules": rules}))
+    await hub.start()
+    try:
+        url = f"http://127.0.0.1:{hub.web_port}/api/v1/leads"
+        fields = {"email": "form@example.com", "message": "Потрібен монтаж"}
+        unknown = await http.post(url, json={**fields, "form": "partnr"}, headers=auth)
+        assert unknown.status == 422, await unknown.text()
+        body = await unknown.json()
+        assert body["error"] == "unknown_form" and "partnr" in body["detail"]
+        assert body["forms"] == ["contact", "service", "partner", "landing", "api"]
+        assert await hub.store.list_events(types=["lead.created"]) == []
+        partner = await (await http.post(url, json={**fields, "form": "partner"}, headers=auth)).json()
+        assert (partner["kind"], partner["team"]) == ("service_request", "service")
+        # A kind the client names wins over the form's.
+        told = await http.post(
+            url,
+            json={**fields, "email": "told@example.com", "form": "partner", "kind": "message"},
+            headers=auth,
+        )
+        assert (await told.json())["kind"] == "message"
+        for form in ("landing", "api", None):
+            sent = await http.post(
+                url, json={**fields, "email": f"{form}@example.com", "form": form}, headers=auth
+            )
+            assert sent.status == 201, (form, await sent.text())
+    finally:
+        await hub.stop()
+
+
+async def test_the_documented_phone_formats_are_the_accepted_ones(hub: Hub, http, base_url, auth) -> None:
+    document = await (await http.get(f"{base_url}/api/v1/openapi.json")).json()
+    described = document["components"]["schemas"]["LeadCreate"]["properties"]["phone"]["description"]
+    examples = re.findall(r"`([^`]+)`", described)
+    assert "067 123 45 67" in examples and "International format" not in described
+    for i, phone in enumerate(e for e in examples if not e.startswith("+380671")):
+        body = {"phone": phone, "message": f"дзвінок {i}"}
+        resp = await http.post(f"{base_url}/api/v1/leads", json=body, headers=auth)
+        assert resp.status == 201, (phone, await resp.text())
+        lead = await (
+            await http.get(f"{base_url}/api/v1/leads/{(await resp.json())['lead']}", headers=auth)
+        ).json()
+        assert lead["contact"]["identities"] == [{"kind": "phone", "value": "+380671234567"}]
+
+
+async def test_an_api_token_configured_with_a_trailing_space_still_lets_its_client_in(
+    settings_factory, http
+) -> None:
+    hub = Hub(settings_factory(api={"token": "spaced-api-token-1234 \n"}))
+    await hub.start()
+    try:
+        headers = {"Authorization": "Bearer spaced-api-token-1234"}
+        resp = await http.get(f"http://127.0.0.1:{hub.web_port}/api/v1/leads", headers=headers)
+        assert resp.status == 200, await resp.text()
+    finally:
+        await hub.stop()

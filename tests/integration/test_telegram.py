@@ -865,6 +865,19 @@ async def test_router_reassignment_updates_the_card_and_tags_the_new_assignee(
         await hub.stop()
 
 
+async def test_a_manual_unassign_updates_the_card_and_says_who_did_it(env: Env) -> None:
+    thread = await open_lead(env, customer())
+    lead = await env.hub.store.get_lead(1)
+    assert lead is not None and lead.assignee is not None
+    card = env.emu.sent_to(STAFF, thread)[0]
+    await env.hub.actions.unassign(1, by="olena")
+    await env.emu.wait_for(lambda: "Відповідальний: не призначено" in card.text, what="card unassigned")
+    notice = await env.emu.wait_for(
+        lambda: [t for t in env.emu.texts_to(STAFF, thread)[1:] if "Призначення знято" in t], what="notice"
+    )
+    assert "olena" in notice[0]
+
+
 async def test_sla_warning_states_the_deadline_not_the_time_of_the_warning(env: Env) -> None:
     thread = await open_lead(env, customer())
     lead = await env.hub.store.get_lead(1)

@@ -93,14 +93,20 @@ def test_process_settings_from_the_environment() -> None:
 
 
 def test_env_overrides_secrets_and_urls() -> None:
-    env = {"HUB_STORAGE_URL": "sqlite:////tmp/x.db", "HUB_WEB_PORT": "9999", "HUB_API_TOKEN": "t0ken-value"}
+    env = {
+        "HUB_STORAGE_URL": "sqlite:////tmp/x.db",
+        "HUB_WEB_PORT": "9999",
+        "HUB_API_TOKEN": "t0ken-value-long-enough",
+    }
     settings = load_settings(ROOT / "config.yaml", env=env)
     assert settings.storage.url == "sqlite:////tmp/x.db"
     assert settings.web.port == 9999
-    assert settings.api.token is not None and settings.api.token.get_secret_value() == "t0ken-value"
+    assert (
+        settings.api.token is not None and settings.api.token.get_secret_value() == "t0ken-value-long-enough"
+    )
     dumped = masked_dump(settings)
     assert dumped["api"]["token"] == "***"
-    assert "t0ken-value" not in str(dumped)
+    assert "t0ken-value-long-enough" not in str(dumped)
 
 
 @pytest.mark.parametrize(
@@ -201,7 +207,7 @@ def test_every_secret_is_handed_to_the_log_redaction() -> None:
     from hub.cli import _secrets
 
     env = {
-        "HUB_API_TOKEN": "api-secret-1",
+        "HUB_API_TOKEN": "api-secret-token-1",
         "HUB_SECRET_KEY": "key-secret-2",
         "HUB_METRICS_TOKEN": "metrics-secret-3",
         "HUB_IMAP_PASSWORD": "imap-secret-4",
@@ -494,3 +500,27 @@ def test_a_key_given_twice_is_a_config_error_naming_its_line(
     with pytest.raises(ConfigError) as info:
         load_settings(path, env={})
     assert f"line {line}: {key} is given twice" in str(info.value)
+
+
+def test_bearer_tokens_lose_surrounding_whitespace_and_short_ones_are_refused() -> None:
+    env = {"HUB_API_TOKEN": "  api-token-long-enough-1 \n", "HUB_METRICS_TOKEN": "\tmetrics-token-long-2 "}
+    settings = settings_from_dict({"web": {"secret_key": " signing-key "}}, env=env)
+    assert (
+        settings.api.token is not None and settings.api.token.get_secret_value() == "api-token-long-enough-1"
+    )
+    assert settings.web.metrics_token is not None
+    assert settings.web.metrics_token.get_secret_value() == "metrics-token-long-2"
+    assert settings.web.secret_key is not None and settings.web.secret_key.get_secret_value() == "signing-key"
+    for where, env, data in (
+        ("api.token (from HUB_API_TOKEN)", {"HUB_API_TOKEN": "tok "}, {}),
+        ("web.metrics_token (from HUB_METRICS_TOKEN)", {"HUB_METRICS_TOKEN": "  short-metrics  "}, {}),
+        ("api.token:", {}, {"api": {"token": "fifteen-chars-x"}}),
+    ):
+        with pytest.raises(ConfigError) as refused:
+            settings_from_dict(data, env=env)
+        message = str(refused.value)
+        assert where in message and "at least 16" in message, message
+        assert "tok" not in message.replace("token", "") and "short-metrics" not in message
+        assert "fifteen-chars-x" not in message
+    sixteen = settings_from_dict({"api": {"token": " sixteen-chars-xy "}}, env={})
+    assert sixteen.api.token is not None and sixteen.api.token.get_secret_value() == "sixteen-chars-xy"

@@ -61,8 +61,10 @@ MAX_PAGE_NUMBER = 1_000_000
 #: (`dash.done.<code>`). Only these codes are shown: free text from the URL would let anyone
 #: link a manager to a page that says whatever they like in its alert box.
 ERROR_CODES = REFUSALS | {"confirm", "merge_erased", "no_other_lead", "same_contact"}
-DONE_CODES = frozenset({"reply", "note", "assign", "resolve", "reopen", "merge", "spam"})
+DONE_CODES = frozenset({"reply", "note", "assign", "unassign", "resolve", "reopen", "merge", "spam"})
 QUEUE_DONE_CODES = frozenset({"erased"})
+#: The assign form's "nobody" choice (the word the queue's assignee filter uses for unassigned).
+NOBODY = "none"
 
 
 class ActionRefused(HubError):
@@ -502,6 +504,7 @@ async def lead_page(request: web.Request) -> web.Response:
         error=_known(request.query.get("error", ""), ERROR_CODES),
         now_iso=now.isoformat(),
         reply_key=new_id(),
+        note_key=new_id(),
         merge_offer=await _merge_offer(request, lead),
         file_url=lambda message, index: files.file_path(lead, message.id, index),
         stored=is_stored_ref,
@@ -538,7 +541,16 @@ async def lead_action(request: web.Request) -> web.Response:
         if action == "reply":
             await _reply(request, lead, str(form.get("text", "")), form.get("key"), viewer)
         elif action == "note":
-            await hub.replies.add_note(lead.number, str(form.get("text", "")), viewer.name)
+            # The page's key makes a double submit one note; a key the page did not make is ignored.
+            key = form.get("key")
+            note_key = key if isinstance(key, str) and _REPLY_KEY.fullmatch(key) else None
+            await hub.replies.add_note(lead.number, str(form.get("text", "")), viewer.name, key=note_key)
+        elif action == "assign" and form.get("manager") == NOBODY:
+            # An agent may hand back a lead of their own, never take one from someone else.
+            if not sees_all(viewer) and lead.assignee not in (None, viewer.id):
+                return error_page(request, 403, "dash.error.forbidden")
+            await hub.actions.unassign(lead.number, by=viewer.id)
+            return after(back, done="unassign")
         elif action == "assign":
             target = str(form.get("manager", ""))
             if not sees_all(viewer) and target != viewer.id:
@@ -577,7 +589,7 @@ async def lead_action(request: web.Request) -> web.Response:
     return after(back, done=action)
 
 
-#: The key each rendering of a lead page gives its reply form (`new_id()`: 32 hex digits).
+#: The key each rendering of a lead page gives its reply and note forms (`new_id()`: 32 hex digits).
 _REPLY_KEY = re.compile(r"[0-9a-f]{32}")
 
 
@@ -787,7 +799,9 @@ async def team(request: web.Request) -> web.Response:
                 load=load,
                 away=await hub.availability.is_away(manager.id),
                 available=reason is None,
-                handled_today=handled.get(manager.id, 0),
+                # A reply's author is a manager's id (Telegram) or name (dashboard).
+                handled_today=handled.get(manager.id, 0)
+                + (handled.get(manager.name, 0) if manager.name != manager.id else 0),
                 hours=_hours_text(hours.hours, hours.timezone) if hours else "",
             )
         )
