@@ -195,3 +195,15 @@ async def test_count_active_by_assignee(store: Store) -> None:
     assert taras_lead is not None and taras_lead.assignee is None  # the newest one: unassigned
     await store.update_lead(taras_lead.number, LeadChanges(assignee="taras"))
     assert await store.count_active_by_assignee(["taras"]) == {"taras": 2}
+
+
+async def test_the_earliest_of_two_first_responses_is_kept_in_either_order(store: Store) -> None:
+    # Two replies that both read the lead unanswered each send their own time; whichever write
+    # lands last, the first response is the earlier reply (the later write won).
+    for first, second in ((at(60), at(30)), (at(30), at(60))):
+        n = (await new_lead(store, first_response_due=at(hours=4))).number
+        await store.update_lead(n, LeadChanges(first_response_at=first, updated_at=first))
+        updated = await store.update_lead(n, LeadChanges(first_response_at=second, updated_at=second))
+        assert updated is not None and updated.first_response_at == at(30)
+        stored = await store.get_lead(n)
+        assert stored is not None and stored.first_response_at == at(30)
