@@ -110,7 +110,9 @@ class Hub:
         self.router = ConfigRouter(settings, self.store, self.availability, self.bus, self.sla)
         self.queue = QueueDrainer(self.store, self.router)
         self.queue.subscribe(self.bus, lambda: self.now())
-        self.intake = Intake(self.store, self.sla, self.router, self.bus)
+        self.intake = Intake(
+            self.store, self.sla, self.router, self.bus, reopen_within=settings.leads.reopen_within
+        )
         self.inbox = InboxProcessor(self.store, self.intake, self.bus, self.instance_id)
         self.outbox = OutboxDispatcher(self.store, self.bus, settings.outbox, self.instance_id)
         self.replies = Replies(self.store, self.bus, lambda: self.outbox.channels, self.outbox.wake)

@@ -428,8 +428,16 @@ class TelegramSettings(_Section):
     poll_timeout: Duration = Field(default_factory=lambda: timedelta(seconds=25))
     poller_lease: Duration = Field(default_factory=lambda: timedelta(seconds=60))
     ack: bool = True  # acknowledge a new lead in the customer's chat
-    reopen_within: Duration = Field(default_factory=lambda: timedelta(days=7))  # else a new lead
+    # Older name of `leads.reopen_within`, still read when that is not set.
+    reopen_within: Duration | None = None
     limits: TelegramLimits = Field(default_factory=lambda: TelegramLimits())
+
+
+class LeadSettings(_Section):
+    #: A customer's message on a lead resolved longer ago than this (a reply to a months-old
+    #: mail thread, a Telegram message) opens a new lead that names the old one; sooner, it
+    #: reopens the old lead. Every channel uses this one window.
+    reopen_within: Duration = Field(default_factory=lambda: timedelta(days=7))
 
 
 class OutboxSettings(_Section):
@@ -502,6 +510,7 @@ class Settings(_Section):
     sla: SlaSettings = Field(default_factory=SlaSettings)
     email: EmailSettings = Field(default_factory=EmailSettings)
     telegram: TelegramSettings = Field(default_factory=TelegramSettings)
+    leads: LeadSettings = Field(default_factory=LeadSettings)
     outbox: OutboxSettings = Field(default_factory=OutboxSettings)
     notify: NotifySettings = Field(default_factory=NotifySettings)
     process: ProcessSettings = Field(default_factory=ProcessSettings)
@@ -514,6 +523,14 @@ class Settings(_Section):
             if not re.fullmatch(r"[a-z0-9_-]{1,40}", form_id):
                 raise ValueError(f"form id {form_id!r}: use 1-40 lowercase letters, digits, - or _")
         return value
+
+    @model_validator(mode="after")
+    def _reopen_window(self) -> Settings:
+        # A config written when only Telegram had the window keeps its value for every channel.
+        legacy = self.telegram.reopen_within
+        if legacy is not None and "reopen_within" not in self.leads.model_fields_set:
+            self.leads = LeadSettings(reopen_within=legacy)
+        return self
 
     @model_validator(mode="after")
     def _references_resolve(self) -> Settings:

@@ -319,6 +319,9 @@ class EventType(StrEnum):
     LEAD_STATUS = "lead.status_changed"
     LEAD_RESOLVED = "lead.resolved"
     LEAD_REOPENED = "lead.reopened"
+    #: A customer wrote on a lead resolved longer ago than the reopen window: this new lead
+    #: took the message instead (data: `follows`, the old lead's number).
+    LEAD_FOLLOWS_UP = "lead.follows_up"
     MESSAGE_ADDED = "message.added"
     REPLY_RECORDED = "reply.recorded"
     DELIVERY_SENT = "delivery.sent"

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import weakref
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from hub.actions import SPAM_TAG
 from hub.domain import (
@@ -49,8 +49,16 @@ class IntakeResult:
 class Intake:
     """Turns inbounds into contacts, leads and messages, routes new leads, publishes events."""
 
-    def __init__(self, store: Store, clock: SlaClock, router: Router, bus: EventBus) -> None:
+    def __init__(
+        self,
+        store: Store,
+        clock: SlaClock,
+        router: Router,
+        bus: EventBus,
+        reopen_within: timedelta = timedelta(days=7),
+    ) -> None:
         self._store = store
+        self._reopen_within = reopen_within
         self._clock = clock
         self._router = router
         self._bus = bus
@@ -229,14 +237,14 @@ class Intake:
             number = await self._store.find_lead_by_refs(list(inbound.thread.message_ids))
             lead = await self._store.get_lead(number) if number else None
             if lead is not None:
-                return lead, False, []
+                return await self._continue(lead, inbound, contact, now)
         if fresh:
             return await self._open_lead(inbound, contact, now)
         if inbound.thread.lead_number is not None:
             lead = await self._store.get_lead(inbound.thread.lead_number)
             # A ticket number alone proves nothing: only the lead's own contact may use it.
             if lead is not None and lead.contact_id == contact.id:
-                return lead, False, []
+                return await self._continue(lead, inbound, contact, now)
         active = await self._store.find_active_lead(contact.id, inbound.channel)
         if active is not None and not (
             # A service request is work of its own (its own team, its own SLA): it must not
@@ -245,6 +253,27 @@ class Intake:
         ):
             return active, False, []
         return await self._open_lead(inbound, contact, now)
+
+    async def _continue(
+        self, lead: Lead, inbound: Inbound, contact: Contact, now: datetime
+    ) -> tuple[Lead, bool, list[Event]]:
+        """The lead a message on `lead`'s thread goes to: `lead`, or a new one naming it.
+
+        A reply to a thread resolved longer ago than the reopen window is a new request (a
+        months-old order's thread reopened the old lead, with its old team and history). Timed
+        from when the customer wrote, so a replay decides the same. A machine reply reopens
+        nothing, so it is filed on the old lead whatever its age."""
+        if lead.is_active or inbound.meta.get("automatic"):
+            return lead, False, []
+        stopped = lead.resolved_at or lead.updated_at
+        if inbound.received_at - stopped <= self._reopen_within:
+            return lead, False, []
+        opened, created, events = await self._open_lead(inbound, contact, now)
+        if created:
+            events.append(
+                Event(EventType.LEAD_FOLLOWS_UP.value, now, opened.number, {"follows": lead.number})
+            )
+        return opened, created, events
 
     async def _open_lead(
         self, inbound: Inbound, contact: Contact, now: datetime

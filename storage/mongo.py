@@ -170,8 +170,9 @@ _PAUSED_MARKS: tuple[tuple[str, str, str, EventType, Doc], ...] = (
     ),
 )
 _DUPLICATE_KEY = 11000
-#: Tries of a pausing lead update whose resolution marks a concurrent claim changed meanwhile.
-_PAUSE_ATTEMPTS = 10
+#: Tries of a lead update whose resolution marks (a pause) or first response a concurrent
+#: claim or reply changed between its read and its write.
+_READ_WRITE_ATTEMPTS = 10
 #: Up to this many leads in a report period the report is exact; above, from the KPI rollups.
 _KPI_SORT_LIMIT = KPI_SORT_LIMIT
 
@@ -430,6 +431,11 @@ def marks_kept_by_pause(current: Mapping[str, Any], paused_at: datetime) -> dict
         if isinstance(value, datetime) and _req_utc(value) <= paused_at:
             kept[field] = value
     return kept
+
+
+def earliest(stored: datetime | None, first_response_at: datetime) -> datetime:
+    """The first response to keep: the earlier of the one stored (if any) and the new one."""
+    return first_response_at if stored is None else min(_req_utc(stored), first_response_at)
 
 
 def sla_state_match(expected: Lead | None) -> Doc:
@@ -1278,29 +1284,40 @@ class MongoStore:
 
         With `expected`, only while the lead's SLA state is still `expected`'s (None if not)."""
         state = sla_state_match(expected)
-        if not changes.pause_sla:
+        if not changes.pause_sla and changes.first_response_at is None:
             doc = await self._apply_lead_update({"_id": number, **state}, lead_update(changes))
             return _lead(doc) if doc else None
-        # A pause keeps the resolution marks already passed (see marks_kept_by_pause): which
-        # ones is read first, and the write matches only while they are still as read, so a
-        # sweep claiming one meanwhile is never undone by arming it again. Each mark changes
-        # once per claim or due time, so a retry is rare and the loop short.
+        # A pause keeps the resolution marks already passed (see marks_kept_by_pause), and a
+        # first response keeps an earlier one already stored (two replies that both read the
+        # lead unanswered: the later write won). What to keep is read first, and the write
+        # matches only while it is still as read, so a sweep claiming a mark or another reply
+        # meanwhile is never undone. Each changes rarely, so a retry is rare and the loop short.
         paused_at = changes.updated_at or datetime.now(UTC)
-        changes = replace(changes, updated_at=paused_at)
-        for _ in range(_PAUSE_ATTEMPTS):
+        if changes.pause_sla:
+            changes = replace(changes, updated_at=paused_at)
+        fields = [*_RESOLUTION_MARKS, "first_response_at"]
+        for _ in range(_READ_WRITE_ATTEMPTS):
             # The SLA state is part of the read's filter: a lead no longer as expected is left
-            # alone (None), while a mark that moved only makes the loop read again.
+            # alone (None), while a field that moved only makes the loop read again.
             current = await self._col("leads").find_one(
-                {"_id": number, **state}, projection=dict.fromkeys(_RESOLUTION_MARKS, 1)
+                {"_id": number, **state}, projection=dict.fromkeys(fields, 1)
             )
             if current is None:
                 return None
-            match: Doc = {"_id": number, **state, **{f: current.get(f) for f in _RESOLUTION_MARKS}}
-            kept = marks_kept_by_pause(current, paused_at)
-            doc = await self._apply_lead_update(match, lead_update(changes, kept))
+            match: Doc = {"_id": number, **state}
+            kept: dict[str, datetime] | None = None
+            applied = changes
+            if changes.pause_sla:
+                match.update({f: current.get(f) for f in _RESOLUTION_MARKS})
+                kept = marks_kept_by_pause(current, paused_at)
+            if changes.first_response_at is not None:
+                answered = current.get("first_response_at")
+                match["first_response_at"] = answered
+                applied = replace(changes, first_response_at=earliest(answered, changes.first_response_at))
+            doc = await self._apply_lead_update(match, lead_update(applied, kept))
             if doc is not None:
                 return _lead(doc)
-        raise StoreError(f"lead {number}: its SLA marks kept changing while pausing its clock")
+        raise StoreError(f"lead {number}: its SLA marks or first response kept changing while updating it")
 
     async def _apply_lead_update(self, match: Doc, update: Doc) -> Doc | None:
         """One atomic update of the lead `match` selects; the lead after it (None: no match)."""

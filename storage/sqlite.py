@@ -1717,7 +1717,10 @@ class SqliteStore:
         if changes.tags is not None:
             put("tags", _to_json(changes.tags))
         if changes.first_response_at is not None:
-            put("first_response_at", _ts(changes.first_response_at))
+            # Two replies that both read the lead unanswered both send their time: the earliest
+            # one is the first response, whichever write lands last (the later one won).
+            sets.append("first_response_at = MIN(IFNULL(first_response_at, ?), ?)")
+            params.extend([_ts(changes.first_response_at)] * 2)
             disarm("breach_pending_at", "warn_pending_at")
         if changes.clear_resolved_at:
             put("resolved_at", None)

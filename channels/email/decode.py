@@ -8,6 +8,7 @@ from hub.domain import Attachment, Identity, IdentityKind, Inbound, InboxItem, L
 from hub.errors import DecodeError
 
 from .parse import ParsedEmail, has_reply_prefix, is_forward, parse_email
+from .smtp import is_own_copy
 from .text import guess_language, strip_quoted
 
 CHANNEL = "email"
@@ -61,6 +62,10 @@ class EmailDecoder:
                 "delivery status notification that could not be matched to a message we sent "
                 f"(original ids: {', '.join(parsed.bounce.original_ids) or 'none'})"
             )
+        if is_own_copy(self._settings.smtp.from_, parsed.sender, parsed.message_id):
+            # Our own reply came back to the mailbox: it is no customer's message. The receiver
+            # marks it done; a replayed one lands here and is marked done on its quarantine.
+            raise DecodeError(f"our own outgoing mail (Message-ID {parsed.message_id}), not a customer's")
         return self.inbound(item, parsed)
 
     def attachments(self, parsed: ParsedEmail) -> tuple[Attachment, ...]:

@@ -28,7 +28,7 @@ from .decode import CHANNEL, INTAKE_KEY, EmailDecoder
 from .imap import Fetched, MailboxPosition
 from .parse import ParsedEmail, parse_email, redact
 from .parse_pool import Parsed, ParsePool, parse_all
-from .smtp import outbox_id_of
+from .smtp import is_own_address, is_own_copy, outbox_id_of
 from .text import guess_language
 
 if TYPE_CHECKING:
@@ -240,6 +240,8 @@ class EmailIngest:
         try:
             if parsed is not None and parsed.bounce is not None and await self.attach_bounce(item, parsed):
                 return
+            if parsed is not None and await self.file_own_copy(item, parsed):
+                return
             if parsed is not None:
                 self._decoder.prime(item.external_id, parsed)
                 self._parsed[item.external_id] = parsed
@@ -295,6 +297,20 @@ class EmailIngest:
             return
         if parsed.bounce is not None:
             await self.attach_bounce(item, parsed)
+        else:
+            await self.file_own_copy(item, parsed)
+
+    async def file_own_copy(self, item: InboxItem, parsed: ParsedEmail) -> bool:
+        """Mark a copy of our own sent mail done without a contact or lead; False if it is not one.
+
+        A Bcc of our replies to the support mailbox (or a server that files sent mail in the
+        inbox) made our own address a customer: its lead was acknowledged to ourselves."""
+        if not is_own_copy(self._settings.smtp.from_, parsed.sender, parsed.message_id):
+            return False
+        number = await self._hub.store.find_lead_by_refs([parsed.message_id])
+        await self._hub.store.inbox_done(item.id, number)
+        log.info("email inbox %s: our own sent mail %s came back; filed, no lead", item.id, parsed.message_id)
+        return True
 
     async def attach_bounce(self, item: InboxItem, parsed: ParsedEmail) -> bool:
         """Record a DSN on the lead of the message it bounces; False when that is not ours."""
@@ -357,6 +373,11 @@ class EmailIngest:
             return False
         if parsed.automatic:
             log.info("%s email: no acknowledgement: the mail is automatic (%s)", lead.ref, parsed.automatic)
+            return False
+        if is_own_address(settings.smtp.from_, parsed.sender):
+            # Mail from our own address (a test, a colleague's forward sent as the support
+            # mailbox): the acknowledgement would go to ourselves, or loop.
+            log.info("%s email: no acknowledgement: the mail is from our own address", lead.ref)
             return False
         limit = settings.ack_rate_limit
         now = self._hub.now()

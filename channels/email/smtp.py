@@ -60,6 +60,23 @@ def outbox_id_of(message_id: str) -> str | None:
     return match.group(1) if match else None
 
 
+def is_own_address(from_header: str, address: str) -> bool:
+    """Whether `address` is our own sending address (email.smtp.from), in any letter case."""
+    own = sender_address(from_header).lower()
+    return bool(own) and address.lower() == own
+
+
+def is_own_copy(from_header: str, sender: str, message_id: str) -> bool:
+    """Whether a received mail is a copy of one we sent (a Bcc to the support mailbox, a server
+    that files sent mail in the inbox): from our address, under a Message-ID only we make."""
+    row_id = outbox_id_of(message_id)
+    return (
+        row_id is not None
+        and is_own_address(from_header, sender)
+        and message_id == our_message_id(row_id, sender_domain(from_header))
+    )
+
+
 def reply_subject(lead: Lead) -> str:
     """`Re: <subject> [#L-1042]`: the token lets a reply find its lead even without headers."""
     subject = one_line(clean_subject(lead.subject)) or "Your request"

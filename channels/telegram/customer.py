@@ -249,11 +249,11 @@ class CustomerSide:
 
     async def _edited_after_resolution(self, lead: Lead, new_text: str) -> None:
         """Rewriting an old post in a closed topic tells nobody: say it in the topic, and treat
-        an edit within `telegram.reopen_within` of the resolution as the new message it stands
+        an edit within `leads.reopen_within` of the resolution as the new message it stands
         for (the customer who adds "it leaks again" expects an answer, and would get one had they
         written anew); a later edit is only noted, as a new message then opens a new lead."""
         await self._desk.notice(lead, f"✏️ {staff('tg.event.edited_resolved')}\n{esc(new_text[:3500])}")
-        window = self._hub.settings.telegram.reopen_within
+        window = self._hub.settings.leads.reopen_within
         if lead.resolved_at is not None and utcnow() - lead.resolved_at <= window:
             await self._hub.intake.customer_edited(lead.number)
 

@@ -105,7 +105,7 @@ class Ingest:
         if not page.items:
             return None
         lead = page.items[0]
-        window = self._hub.settings.telegram.reopen_within
+        window = self._hub.settings.leads.reopen_within
         if lead.is_active or (lead.resolved_at is not None and utcnow() - lead.resolved_at <= window):
             return lead.number
         return None

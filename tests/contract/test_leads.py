@@ -211,3 +211,15 @@ async def test_an_unassigned_lead_leaves_its_managers_load_and_joins_the_unassig
     await store.update_lead(held.number, LeadChanges(assignee="taras", updated_at=at(90)))
     assert await store.load_by_assignee(["olena", "taras"]) == {"olena": (1, 1), "taras": (1, 3)}
     assert other.assignee == "olena"
+
+
+async def test_the_earliest_of_two_first_responses_is_kept_in_either_order(store: Store) -> None:
+    # Two replies that both read the lead unanswered each send their own time; whichever write
+    # lands last, the first response is the earlier reply (the later write won).
+    for first, second in ((at(60), at(30)), (at(30), at(60))):
+        n = (await new_lead(store, first_response_due=at(hours=4))).number
+        await store.update_lead(n, LeadChanges(first_response_at=first, updated_at=first))
+        updated = await store.update_lead(n, LeadChanges(first_response_at=second, updated_at=second))
+        assert updated is not None and updated.first_response_at == at(30)
+        stored = await store.get_lead(n)
+        assert stored is not None and stored.first_response_at == at(30)

@@ -16,7 +16,7 @@ from channels.email.imap import Fetched, MailboxPosition
 from channels.email.ingest import external_id
 from hub.app import Hub
 from hub.config import Settings
-from hub.domain import InboxItem, Message
+from hub.domain import Identity, IdentityKind, InboxItem, Message
 from tests.email.conftest import email_config
 from tests.email.helpers import (
     header_ids,
@@ -589,3 +589,56 @@ async def test_mail_stored_before_content_keys_is_not_stored_again(
     assert texts == ["Also stored by an older version", "Stored by an older version"]
     replayed = await hub.store.inbox_get(pending.id)
     assert replayed is not None and replayed.status == "done"
+
+
+async def test_mail_from_our_own_address_gets_no_acknowledgement(
+    email_hub: Hub, imap: ImapClient, mailbox: str, smtp_server: SmtpServer
+) -> None:
+    # A colleague writes to the support mailbox as the support address itself (any letter case):
+    # a lead, but no acknowledgement sent to ourselves (one went out).
+    raw, _ = make_mail(sender="Support <Support@Example.com>", subject="Call the supplier", text="Today.")
+    await imap.append(raw, mailbox)
+    (lead,) = await wait_leads(email_hub, 1)
+    raw, _ = make_mail(subject="Help", text="A customer's question")
+    await imap.append(raw, mailbox)
+    await wait_leads(email_hub, 2)
+    (ack,) = await wait_for(lambda: _acks(smtp_server), what="the customer's acknowledgement")
+    assert ack["To"] == "Olena <olena@example.com>"
+    await asyncio.sleep(1.5)  # give a wrong acknowledgement the time to go out
+    assert len(smtp_server.raw) == 1
+    assert lead.channel == "email"
+
+
+async def test_a_copy_of_our_own_reply_in_the_mailbox_is_no_customer(
+    email_hub: Hub, imap: ImapClient, mailbox: str, smtp_server: SmtpServer
+) -> None:
+    raw, _ = make_mail(subject="Help", text="Help me")
+    await imap.append(raw, mailbox)
+    (lead,) = await wait_leads(email_hub, 1)
+    await wait_for(lambda: _acks(smtp_server), what="the acknowledgement")
+    await email_hub.replies.record_reply(lead.number, "Answer", "olena")
+
+    async def staff() -> list:  # type: ignore[type-arg]
+        return [m for m in smtp_server.raw if b"Auto-Submitted" not in m]
+
+    (sent,) = await wait_for(staff, what="the staff reply")
+    # The mail server files a copy of what we sent in the support mailbox (a Bcc, a sent copy):
+    # it opened a lead for our own address and acknowledged it to ourselves.
+    await imap.append(sent, mailbox)
+
+    async def done() -> list[InboxItem] | None:
+        items = await email_hub.store.inbox_list("done", limit=10)
+        return items if len(items) == 2 else None
+
+    items = await wait_for(done, what="the copy marked done")
+    assert [i.lead_number for i in items] == [lead.number, lead.number]
+    # The replay path (a crash between storing and processing it) files it the same way.
+    item, _ = await email_hub.store.inbox_put("email", "acct/INBOX/1/98/own-copy", sent, email_hub.now())
+    await email_hub.inbox.replay_once()
+    stored = await email_hub.store.inbox_get(item.id)
+    assert stored is not None and stored.status == "done" and stored.lead_number == lead.number
+    await asyncio.sleep(1.5)  # give a wrong lead or acknowledgement the time to appear
+    assert len(await leads(email_hub)) == 1
+    assert len(await inbound_messages(email_hub, lead.number)) == 1
+    assert len(await _acks(smtp_server)) == 1
+    assert await email_hub.store.find_contact(Identity(IdentityKind.EMAIL, "support@example.com")) is None

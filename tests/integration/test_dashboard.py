@@ -35,6 +35,7 @@ from hub.domain import (
     LeadKind,
     LeadStatus,
     Message,
+    ThreadHints,
     new_id,
     utcnow,
 )
@@ -559,6 +560,25 @@ async def test_the_lead_page_names_events_channels_identities_and_routing_in_the
     history = page[page.index('id="assign-h"') : page.index('id="contact-h"')]
     summary = history[: history.index("<details")]
     assert "автоматичний розподіл" in summary and "strategy" not in summary
+
+
+async def test_a_lead_that_follows_up_a_long_resolved_one_links_it(hub: Hub, base_url: str, olena) -> None:
+    session, _ = olena
+    now = utcnow()
+
+    def mail(key: str, at: datetime, **kw: Any) -> Inbound:
+        sender = Identity(IdentityKind.EMAIL, "marta@example.com", "Marta")
+        return Inbound(channel="email", external_id=key, sender=sender, text=key, received_at=at, **kw)
+
+    long_ago = now - timedelta(days=40)
+    old = await hub.intake.accept(mail("old", long_ago, own_refs=("<old@x>",)), now=long_ago)
+    await hub.actions.resolve(old.lead.number, by="olena", now=now - timedelta(days=30))
+    new = await hub.intake.accept(mail("new", now, thread=ThreadHints(message_ids=("<old@x>",))), now=now)
+    assert new.created_lead
+    page = await (await session.get(f"{base_url}/dashboard/leads/{new.lead.ref}?lang=en")).text()
+    audit = page[page.index('class="history small"') :]
+    assert "continues a lead resolved long ago:" in audit
+    assert f'href="/dashboard/leads/{old.lead.ref}?lang=en">{old.lead.ref}</a>' in audit
 
 
 # --- reports --------------------------------------------------------------------------------

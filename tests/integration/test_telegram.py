@@ -374,7 +374,7 @@ async def test_a_customers_edit_on_a_resolved_lead_is_said_and_reopens_it_within
     assert lead is not None and lead.status == LeadStatus.OPEN
     assert [e.data["by"] for e in await env.hub.store.list_events(1, ["lead.reopened"])] == ["customer"]
 
-    # Resolved longer ago than telegram.reopen_within: said in the topic, the lead stays resolved.
+    # Resolved longer ago than leads.reopen_within: said in the topic, the lead stays resolved.
     env.emu.send_text(STAFF, TARAS, "/resolve", thread=thread)
     await env.emu.wait_for(lambda: topic.closed, what="resolved again")
     await env.emu.wait_for(lambda: _lead_matches(env, lambda lead: not lead.is_active), what="resolved")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -76,6 +77,72 @@ async def test_customer_message_reopens_resolved_lead(core: Hub) -> None:
     assert reply.lead.number == first.lead.number
     assert reply.lead.status == LeadStatus.OPEN
     assert "lead.reopened" in [e.type for e in reply.events]
+
+
+async def test_a_reply_on_a_thread_resolved_long_ago_opens_a_new_lead_naming_the_old(core: Hub) -> None:
+    first = await core.intake.accept(inbound("o1", channel="email", own_refs=("<o1@x>",)), now=T0)
+    await core.actions.resolve(first.lead.number, by="olena", now=T0)
+    old = await core.store.get_lead(first.lead.number)
+    assert old is not None and old.resolved_at is not None
+    late = old.resolved_at + timedelta(days=90)
+    reply = await core.intake.accept(
+        replace(
+            inbound("o2", channel="email", text="the same order again?", own_refs=("<o2@x>",)),
+            thread=ThreadHints(message_ids=("<o1@x>",)),
+            received_at=late,
+        ),
+        now=late,
+    )
+    # A new lead with its own clock (the old resolved lead was reopened with its old history).
+    assert reply.created_lead and reply.lead.number != first.lead.number
+    assert reply.lead.status == LeadStatus.NEW and reply.lead.created_at == late
+    follows = [e for e in reply.events if e.type == "lead.follows_up"]
+    assert [e.data for e in follows] == [{"follows": first.lead.number}]
+    kept = await core.store.get_lead(first.lead.number)
+    assert kept is not None and kept.status == LeadStatus.RESOLVED
+    assert [m.text for m in await core.store.list_messages(first.lead.number)] == ["hello"]
+    # The customer's next reply on the thread (it names both leads' mails) joins the new lead.
+    again = await core.intake.accept(
+        replace(
+            inbound("o3", channel="email", text="any news?"),
+            thread=ThreadHints(message_ids=("<o1@x>", "<o2@x>")),
+            received_at=late,
+        ),
+        now=late,
+    )
+    assert again.lead.number == reply.lead.number and not again.created_lead
+
+
+async def test_the_reopen_window_is_one_setting_for_every_channel(
+    make_hub: Callable[..., Awaitable[Hub]],
+) -> None:
+    core = await make_hub(web={"enabled": False}, leads={"reopen_within": "1h"})
+    first = await core.intake.accept(inbound("w1", channel="email", own_refs=("<w1@x>",)), now=T0)
+    await core.actions.resolve(first.lead.number, by="olena", now=T0)
+    resolved = await core.store.get_lead(first.lead.number)
+    assert resolved is not None and resolved.resolved_at is not None
+
+    def reply(external_id: str, after: timedelta) -> Inbound:
+        return replace(
+            inbound(external_id, channel="email"),
+            thread=ThreadHints(message_ids=("<w1@x>",)),
+            received_at=resolved.resolved_at + after,  # type: ignore[operator]
+        )
+
+    within = await core.intake.accept(reply("w2", timedelta(minutes=59)), now=T0 + timedelta(hours=2))
+    assert within.lead.number == first.lead.number and within.lead.status == LeadStatus.OPEN
+    await core.actions.resolve(first.lead.number, by="olena", now=T0 + timedelta(hours=2))
+    again = await core.store.get_lead(first.lead.number)
+    assert again is not None and again.resolved_at is not None
+    after = await core.intake.accept(
+        replace(reply("w3", timedelta()), received_at=again.resolved_at + timedelta(minutes=61)),
+        now=T0 + timedelta(hours=4),
+    )
+    assert after.created_lead and after.lead.number != first.lead.number
+    # A config written when only Telegram had the window keeps its value for every channel.
+    legacy = await make_hub(web={"enabled": False}, telegram={"reopen_within": "2d"})
+    assert legacy.settings.leads.reopen_within == timedelta(days=2)
+    assert legacy.settings.telegram.reopen_within == timedelta(days=2)
 
 
 async def test_an_auto_reply_is_filed_without_reopening_or_restarting_the_clock(core: Hub) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 
 import bson
 from bson.codec_options import CodecOptions
+from pymongo import ReturnDocument
 
 from hub.domain import Lead, LeadKind, LeadStatus
 from storage import mongo_kpi
@@ -89,22 +90,25 @@ class _Leads:
         self.doc = doc
         self.before_write: list[dict[str, Any]] = []  # changes "another process" makes first
 
-    async def find_one(self, match: Mapping[str, Any], projection: Any = None) -> dict[str, Any] | None:
+    async def find_one(
+        self, match: Mapping[str, Any], projection: Any = None, **_: Any
+    ) -> dict[str, Any] | None:
         return dict(self.doc) if self.doc["_id"] == match["_id"] else None
 
     async def find_one_and_update(
-        self, match: Mapping[str, Any], update: Mapping[str, Any], return_document: Any = None
+        self, match: Mapping[str, Any], update: Mapping[str, Any], return_document: Any = None, **_: Any
     ) -> dict[str, Any] | None:
         if self.before_write:
             self.doc.update(self.before_write.pop(0))
         if any(self.doc.get(k) != v for k, v in match.items()):
             return None
+        before = dict(self.doc)
         self.doc.update(update["$set"])
         for key in update.get("$unset", {}):
             self.doc.pop(key, None)
         for key, value in update.get("$min", {}).items():
             self.doc[key] = min(self.doc.get(key, value), value)
-        return dict(self.doc)
+        return before if return_document == ReturnDocument.BEFORE else dict(self.doc)
 
 
 async def test_a_pause_never_arms_a_mark_a_sweep_claimed_meanwhile() -> None:
@@ -123,6 +127,29 @@ async def test_a_pause_never_arms_a_mark_a_sweep_claimed_meanwhile() -> None:
     leads.doc = dict(base)
     await store.update_lead(7, LeadChanges(pause_sla=True, updated_at=T0 + timedelta(hours=2)))
     assert leads.doc["res_breach_pending_at"] == breach
+
+
+async def test_a_first_response_never_replaces_an_earlier_one() -> None:
+    leads = _Leads(_lead_doc(sla_lead()))
+    store = MongoStore("mongodb://127.0.0.1:1/hub")
+    store._db = {"leads": leads}  # type: ignore[assignment]
+
+    async def no_rollups(*_: Any) -> None:
+        """A first response moves the KPI rollups; this fake collection has none."""
+
+    store._kpi_follow = no_rollups  # type: ignore[method-assign]
+    early, late = T0 + timedelta(minutes=5), T0 + timedelta(minutes=9)
+    # The earlier reply's write lands first: the later one, which read the lead unanswered too,
+    # must not move the first response (the later time won).
+    await store.update_lead(7, LeadChanges(first_response_at=early, updated_at=early))
+    answered = await store.update_lead(7, LeadChanges(first_response_at=late, updated_at=late))
+    assert answered is not None and answered.first_response_at == early
+    # The other order, and a reply landing between the adapter's read and its write.
+    leads.doc = _lead_doc(sla_lead())
+    await store.update_lead(7, LeadChanges(first_response_at=late, updated_at=late))
+    leads.before_write.append({"first_response_at": T0 + timedelta(minutes=1)})
+    answered = await store.update_lead(7, LeadChanges(first_response_at=early, updated_at=early))
+    assert answered is not None and answered.first_response_at == T0 + timedelta(minutes=1)
 
 
 def test_resume_sets_new_due_times_and_unsets_the_pause() -> None:
