@@ -117,7 +117,7 @@ class Hub:
         self.outbox = OutboxDispatcher(self.store, self.bus, settings.outbox, self.instance_id)
         self.replies = Replies(self.store, self.bus, lambda: self.outbox.channels, self.outbox.wake)
         self.actions = LeadActions(self.store, self.bus, settings, self.sla)
-        self.erasure = Erasure(self.store, self.bus)
+        self.erasure = Erasure(self.store, self.bus, self.attachments)
         self.sweeper = SlaSweeper(
             self.store,
             self.bus,

@@ -80,3 +80,15 @@ class AttachmentStore:
     async def get(self, ref: str) -> bytes:
         """The bytes of a stored attachment (FileNotFoundError when missing)."""
         return await asyncio.to_thread(self.path(ref).read_bytes)
+
+    def _remove(self, ref: str) -> bool:
+        try:
+            self.path(ref).unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+    async def delete(self, ref: str) -> bool:
+        """Remove a stored attachment's file; False when it was already gone. The caller checks
+        that no message still names `ref`: identical files are shared."""
+        return await asyncio.to_thread(self._remove, ref)

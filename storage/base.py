@@ -567,6 +567,11 @@ class Store(Protocol):
         """Delete a contact's personal data: identities, messages (with attachments), their outbox
         and raw inbox rows, lead subjects; leads stay as anonymous numbers. Returns their numbers."""
 
+    async def attachment_refs_in_use(self, refs: Sequence[str]) -> set[str]:
+        """Those of `refs` that some stored message's attachment still names. Erasure asks this
+        before deleting a content-addressed file another customer's message may share; it may scan
+        every message (erasure is rare), so nothing hot calls it."""
+
     async def handled_since(self, since: datetime) -> dict[str, int]:
         """How many leads got their first response or were resolved since `since`, per who
         handled them: a lead first answered since then counts for its first reply's author (a

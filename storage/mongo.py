@@ -2213,6 +2213,16 @@ class MongoStore:
         return numbers
 
     @_translated
+    async def attachment_refs_in_use(self, refs: Sequence[str]) -> set[str]:
+        """Those of `refs` that some stored message's attachment still names."""
+        wanted = sorted(set(refs))
+        if not wanted:
+            return set()
+        # distinct() lists every ref of the matching messages; keep only the asked ones.
+        found = await self._col("messages").distinct("attachments.ref", {"attachments.ref": {"$in": wanted}})
+        return {str(ref) for ref in found} & set(wanted)
+
+    @_translated
     async def handled_since(self, since: datetime) -> dict[str, int]:
         """Per first reply's author (or assignee), leads first answered or resolved since `since`."""
         # A lead first answered since then is the first reply's author's (along message_lead_seq),

@@ -2578,6 +2578,22 @@ class SqliteStore:
             await db.execute("DELETE FROM contacts WHERE id = ?", (contact_id,))
         return sorted(numbers)
 
+    async def attachment_refs_in_use(self, refs: Sequence[str]) -> set[str]:
+        wanted = sorted(set(refs))
+        used: set[str] = set()
+        # A scan of the messages with attachments: no index on refs inside the JSON column, and
+        # only erasure asks. Chunks keep each query under SQLite's bound-parameter limit.
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            rows = await self._read(
+                "SELECT DISTINCT json_extract(a.value, '$.ref') AS ref "
+                "FROM messages, json_each(messages.attachments) AS a "
+                f"WHERE messages.attachments != '[]' AND json_extract(a.value, '$.ref') IN ({','.join('?' * len(chunk))})",
+                chunk,
+            )
+            used.update(str(r["ref"]) for r in rows)
+        return used
+
     async def handled_since(self, since: datetime) -> dict[str, int]:
         ts = since.timestamp()
         # A lead first answered since then is the first reply's author's (along messages_lead),

@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import pytest
 
-from hub.domain import Direction, Event, LeadKind, LeadStatus, Message
+from hub.domain import Attachment, Direction, Event, LeadKind, LeadStatus, Message
 from storage.base import ContactMissing, KpiQuery, KpiRow, LeadChanges, LeadQuery, Store
 from tests.contract.builders import T0, at, contact, email, message, new_lead, outbound
 
@@ -89,6 +89,27 @@ async def test_erase_contact_removes_personal_data_and_keeps_anonymous_leads(sto
     assert len(await store.list_messages(kept.number)) == 1
     assert await store.get_contact(other.id) is not None
     assert await store.erase_contact(person.id) == [lead.number]  # a second run changes nothing
+
+
+async def test_attachment_refs_in_use_names_only_refs_a_remaining_message_still_holds(store: Store) -> None:
+    shared, unique, gone = ("sha256:" + c * 64 for c in "abc")
+    person = await store.create_contact(contact(email("files@example.com"), name="Files"))
+    other = await store.create_contact(contact(email("other@example.com"), name="Other"))
+    lead = await new_lead(store, person.id)
+    kept = await new_lead(store, other.id)
+    photo = Attachment("photo.jpg", "image/jpeg", 10, ref=shared)
+    await store.add_message(
+        message(lead.number, attachments=[photo, Attachment("invoice.pdf", "application/pdf", 5, ref=unique)])
+    )
+    await store.add_message(message(kept.number, external_id="other-1", attachments=[photo]))
+    await store.add_message(message(kept.number, external_id="other-2"))
+
+    assert await store.attachment_refs_in_use([shared, unique, gone]) == {shared, unique}
+    await store.erase_contact(person.id)
+    assert await store.attachment_refs_in_use([shared, unique, gone]) == {shared}
+    assert await store.attachment_refs_in_use([]) == set()
+    many = [f"sha256:{n:064x}" for n in range(1200)]  # more than one query's worth of parameters
+    assert await store.attachment_refs_in_use([*many, shared]) == {shared}
 
 
 async def test_erase_contact_removes_quoted_texts_from_its_leads_events(store: Store) -> None:

@@ -1430,9 +1430,11 @@ async def _email_lead(
     attachments: list[tuple[str, str, bytes | str]],
     max_bytes: int | None = None,
     sender: str = "Петро Іванченко <petro@example.com>",
+    via_inbox: bool = False,
 ) -> tuple[Lead, Message]:
     """A customer's mail through the email channel's own parser, store and decoder (as the
-    poller takes it: attachment files first, then intake)."""
+    poller takes it: attachment files first, then intake; `via_inbox` keeps the raw mail in the
+    store's inbox as the poller does)."""
     raw, _ = make_mail(
         sender=sender,
         subject="Котел не працює",
@@ -1447,8 +1449,14 @@ async def _email_lead(
     for part in parsed.attachments:
         if len(part.data) <= settings.max_attachment_bytes:
             await files.put(part.data)
+    decoder = EmailDecoder(settings)
+    if via_inbox:
+        stored, _ = await hub.store.inbox_put("email", f"mail-{new_id()}", raw, utcnow())
+        processed = await hub.inbox.process(stored, lambda it: decoder.inbound(it, parsed))
+        assert processed is not None
+        return processed.lead, processed.message
     item = InboxItem(1, "email", f"mail-{new_id()}", raw, utcnow())
-    result = await hub.intake.accept(EmailDecoder(settings).inbound(item, parsed))
+    result = await hub.intake.accept(decoder.inbound(item, parsed))
     return result.lead, result.message
 
 
@@ -1650,3 +1658,57 @@ async def test_handled_today_credits_who_replied_not_who_holds_the_lead_now(
     await hub.actions.assign(int(ref[2:]), "taras", by="test")
     page = await (await session.get(f"{base_url}/dashboard/team")).text()
     assert (_handled_today(page, "Олена Коваль"), _handled_today(page, "Тарас Бондар")) == (1, 0)
+
+
+async def test_erasing_a_contact_deletes_its_attachment_files_but_keeps_ones_another_message_shares(
+    hub: Hub, base_url: str, olena
+) -> None:
+    session, csrf = olena
+    erased, erased_message = await _email_lead(
+        hub,
+        [("Фото котла.jpg", "image/jpeg", _JPEG), ("Рахунок №5.pdf", "application/pdf", _PDF)],
+        via_inbox=True,
+    )
+    kept, kept_message = await _email_lead(
+        hub, [("котел.jpg", "image/jpeg", _JPEG)], sender="Ірина Коваль <iryna@example.com>", via_inbox=True
+    )
+    files = hub.attachments
+    shared, unique = (a.ref for a in erased_message.attachments)
+    assert kept_message.attachments[0].ref == shared  # one file on disk for both customers
+    assert await files.find(shared) is not None and await files.find(unique) is not None
+
+    resp = await session.post(
+        f"{base_url}/dashboard/leads/{erased.ref}/erase", data={"csrf": csrf, "confirm": "yes"}
+    )
+    assert "done=erased" in str(resp.url), resp.url
+
+    assert await files.find(unique) is None  # only the erased customer's message held the invoice
+    assert await files.get(shared) == _JPEG
+    page = await (await session.get(f"{base_url}/dashboard/leads/{kept.ref}")).text()
+    opened = await session.get(base_url + _file_links(page)["котел.jpg"])
+    assert opened.status == 200 and await opened.read() == _JPEG
+    # The raw mail carries the attachments too: the erased lead's inbox row goes, the other stays.
+    rows = [
+        item for status in ("pending", "done", "quarantined") for item in await hub.store.inbox_list(status)
+    ]
+    assert [(r.status, r.lead_number) for r in rows] == [("done", kept.number)]
+
+
+async def test_an_erasure_interrupted_before_its_files_went_deletes_them_when_run_again(
+    hub: Hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lead, message = await _email_lead(hub, [("Рахунок №5.pdf", "application/pdf", _PDF)])
+    (ref,) = (a.ref for a in message.attachments)
+
+    async def crash(ref: str) -> bool:
+        raise OSError(f"the process died before deleting {ref}")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(hub.attachments, "delete", crash)
+        with pytest.raises(OSError):
+            await hub.erasure.erase(lead.contact_id, by="olena")
+    assert await hub.store.list_messages(lead.number) == []  # the store's erasure committed
+    assert await hub.attachments.find(ref) is not None
+
+    await hub.erasure.erase(lead.contact_id, by="olena")  # the lead page still offers it
+    assert await hub.attachments.find(ref) is None

@@ -25,6 +25,8 @@ def base_config(tmp_path: Path) -> dict[str, Any]:
     """A small but complete config: two teams, four managers, fast test-friendly timings."""
     return {
         "storage": {"url": f"sqlite:///{tmp_path / 'hub.db'}"},
+        # Each test's own files: the default (data/attachments) is shared by every run in the cwd.
+        "email": {"attachments_dir": str(tmp_path / "attachments")},
         "web": {"host": "127.0.0.1", "port": 0, "form_rate_limit": "0"},
         "api": {"token": API_TOKEN},
         "forms": {"contact": {"kind": "message"}, "service": {"kind": "service_request"}},
