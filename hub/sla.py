@@ -230,15 +230,21 @@ class SlaClock:
             due, warn = self._due(policy, owed, now)
             changes = replace(changes, sla_target=owed, sla_started_at=now, sla_due=due, sla_warn_due=warn)
         if RESOLUTION in policy.targets:
-            due, warn = self._due(policy, RESOLUTION, now)
-            changes = replace(
-                changes,
-                resolution_due=due,
-                resolution_warn_due=warn,
-                clear_sla_paused=True,
-                restart_resolution=True,
-            )
+            changes = self._restart_resolution(changes, policy, now)
         return None if changes == LeadChanges() else changes
+
+    def _restart_resolution(
+        self, changes: LeadChanges, policy: EffectivePolicy, now: datetime
+    ) -> LeadChanges:
+        """`changes` plus a resolution target timed afresh from `now` (a reopen)."""
+        due, warn = self._due(policy, RESOLUTION, now)
+        return replace(
+            changes,
+            resolution_due=due,
+            resolution_warn_due=warn,
+            clear_sla_paused=True,
+            restart_resolution=True,
+        )
 
     def on_customer_message(self, lead: Lead, now: datetime) -> LeadChanges | None:
         """A customer wrote on an existing lead: reopen, resume the clock, owe a reply.
@@ -268,14 +274,7 @@ class SlaClock:
             changed = True
         if RESOLUTION in policy.targets:
             if reopening:
-                due, warn = self._due(policy, RESOLUTION, now)
-                changes = replace(
-                    changes,
-                    resolution_due=due,
-                    resolution_warn_due=warn,
-                    clear_sla_paused=True,
-                    restart_resolution=True,
-                )
+                changes = self._restart_resolution(changes, policy, now)
                 changed = True
             elif lead.sla_paused_at is not None and lead.resolution_due is not None:
                 changes = replace(changes, clear_sla_paused=True)
